@@ -1,0 +1,41 @@
+#!/usr/bin/env bash
+# Installs everything cilia needs on a fresh Debian 12 machine: apt packages, a Python venv
+# with cilia and its dependencies, and the BPF objects. Idempotent; safe to run again.
+set -euo pipefail
+here=$(cd "$(dirname "$0")/.." && pwd)
+venv=${CILIA_VENV:-/opt/cilia/venv}
+
+apt_packages=(
+  clang llvm libbpf-dev bpftool linux-libc-dev libc6-dev make
+  iproute2 iptables ethtool procps util-linux
+  python3 python3-venv python3-dev
+  iperf3 sockperf
+)
+missing=()
+for p in "${apt_packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "install-deps: apt packages: ${missing[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+# The venv uses Debian's python3 so the install does not depend on a pyenv shim on PATH.
+if [ ! -x "$venv/bin/python" ]; then
+  echo "install-deps: creating venv $venv"
+  mkdir -p "$(dirname "$venv")"
+  /usr/bin/python3 -m venv "$venv"
+fi
+"$venv/bin/pip" install -q --upgrade pip >/dev/null
+"$venv/bin/pip" install -q -e "$here[dev]"
+
+make -C "$here" bpf
+
+mkdir -p /usr/local/bin /opt/cni/bin
+for cmd in cilia cilia-agent cilia-cni; do
+  ln -sf "$venv/bin/$cmd" "/usr/local/bin/$cmd"
+done
+ln -sf "$venv/bin/cilia-cni" /opt/cni/bin/cilia-cni
+echo "install-deps: done (venv $venv; cilia, cilia-agent, cilia-cni on PATH; /opt/cni/bin/cilia-cni)"

@@ -1,0 +1,3 @@
+"""cilia: eBPF-based container networking, network security and observability."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,100 @@
+"""The agent's configuration: command-line flags parsed into one frozen value."""
+
+from __future__ import annotations
+
+import argparse
+import ipaddress
+from dataclasses import dataclass
+from enum import StrEnum
+from pathlib import Path
+
+from cilia.paths import NodePaths
+
+
+class MonitorAggregation(StrEnum):
+    """How many trace events an established flow emits (Cilium's monitor aggregation)."""
+
+    NONE = "none"  # every packet: for debugging only
+    MEDIUM = "medium"  # new connections, TCP flag changes, and once per interval
+
+
+@dataclass(frozen=True)
+class AgentConfig:
+    node: str
+    ipv4_pod_cidr: ipaddress.IPv4Network | None
+    ipv6_pod_cidr: ipaddress.IPv6Network | None
+    underlay_device: str
+    bpf_dir: Path | None
+    monitor_aggregation: MonitorAggregation
+    monitor_interval_seconds: int
+    flow_buffer: int
+    ct_gc_interval_seconds: float
+    ct_tcp_max: int
+    ct_any_max: int
+    masquerade: bool
+    log_level: str
+
+    @property
+    def paths(self) -> NodePaths:
+        return NodePaths(self.node)
+
+
+def _ipv4_network(text: str) -> ipaddress.IPv4Network:
+    try:
+        return ipaddress.IPv4Network(text, strict=True)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"--ipv4-pod-cidr {text!r}: {exc}") from exc
+
+
+def _ipv6_network(text: str) -> ipaddress.IPv6Network:
+    try:
+        return ipaddress.IPv6Network(text, strict=True)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"--ipv6-pod-cidr {text!r}: {exc}") from exc
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="cilia-agent",
+        description="cilia node agent: runs in the node's network namespace and owns its datapath.",
+    )
+    parser.add_argument("--node", default="default", help="node name (keys the socket, state and pins)")
+    parser.add_argument("--ipv4-pod-cidr", type=_ipv4_network, default=None)
+    parser.add_argument("--ipv6-pod-cidr", type=_ipv6_network, default=None)
+    parser.add_argument("--underlay-device", default="eth0", help="device pod traffic leaves the node by")
+    parser.add_argument("--bpf-dir", type=Path, default=None, help="directory with the compiled BPF objects")
+    parser.add_argument(
+        "--monitor-aggregation",
+        type=MonitorAggregation,
+        choices=list(MonitorAggregation),
+        default=MonitorAggregation.MEDIUM,
+    )
+    parser.add_argument("--monitor-interval", type=int, default=5, dest="monitor_interval_seconds")
+    parser.add_argument("--flow-buffer", type=int, default=4096, help="recent flows kept in memory")
+    parser.add_argument("--ct-gc-interval", type=float, default=30.0, dest="ct_gc_interval_seconds")
+    parser.add_argument("--ct-tcp-max", type=int, default=1 << 20)
+    parser.add_argument("--ct-any-max", type=int, default=1 << 18)
+    parser.add_argument("--no-masquerade", action="store_false", dest="masquerade")
+    parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    return parser
+
+
+def parse_config(argv: list[str] | None = None) -> AgentConfig:
+    args = build_parser().parse_args(argv)
+    if args.ipv4_pod_cidr is None and args.ipv6_pod_cidr is None:
+        build_parser().error("at least one of --ipv4-pod-cidr and --ipv6-pod-cidr is required")
+    return AgentConfig(
+        node=args.node,
+        ipv4_pod_cidr=args.ipv4_pod_cidr,
+        ipv6_pod_cidr=args.ipv6_pod_cidr,
+        underlay_device=args.underlay_device,
+        bpf_dir=args.bpf_dir,
+        monitor_aggregation=args.monitor_aggregation,
+        monitor_interval_seconds=args.monitor_interval_seconds,
+        flow_buffer=args.flow_buffer,
+        ct_gc_interval_seconds=args.ct_gc_interval_seconds,
+        ct_tcp_max=args.ct_tcp_max,
+        ct_any_max=args.ct_any_max,
+        masquerade=args.masquerade,
+        log_level=args.log_level,
+    )

@@ -1,0 +1,125 @@
+"""Request and response models of the agent's local API, shared by the agent, CLI, CNI plugin and tests."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class Strict(BaseModel):
+    """Unknown fields are an error: a typo in a request must not be silently ignored."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+class ErrorBody(Strict):
+    """Every non-2xx answer of the API carries this body.
+
+    `code` follows the CNI spec's error codes where one fits (so the plugin can pass it through):
+    4 invalid network config, 5 container unknown, 7 invalid env/args, 11 try again later,
+    100+ cilia's own (101 IPAM exhausted, 102 datapath error, 103 netlink error).
+    """
+
+    code: int
+    message: str
+    details: str = ""
+
+
+class EndpointState(StrEnum):
+    CREATING = "creating"
+    WAITING_FOR_IDENTITY = "waiting-for-identity"
+    READY = "ready"
+    REGENERATING = "regenerating"
+    DISCONNECTING = "disconnecting"
+    DISCONNECTED = "disconnected"
+
+
+class EndpointCreateRequest(Strict):
+    """What the CNI plugin sends on ADD."""
+
+    container_id: str = Field(min_length=1)
+    netns: str = Field(min_length=1, description="path of the container's network namespace")
+    ifname: str = Field(default="eth0", min_length=1, max_length=15)
+    pod_namespace: str = "default"
+    pod_name: str = ""
+    pod_uid: str = ""
+    infra_container_id: str = ""
+    requested_ipv4: str | None = None
+    requested_ipv6: str | None = None
+    requested_mac: str | None = None
+    mtu: int | None = Field(default=None, ge=576, le=65535)
+    labels: dict[str, str] = Field(default_factory=dict, description="extra labels (lab pods without a Pod object)")
+
+
+class Endpoint(Strict):
+    """An endpoint as the API shows it."""
+
+    id: int
+    container_id: str
+    ifname: str
+    netns: str
+    host_ifname: str
+    host_ifindex: int
+    mac: str
+    host_mac: str
+    ipv4: str | None
+    ipv6: str | None
+    gateway_ipv4: str | None
+    gateway_ipv6: str | None
+    pod_namespace: str
+    pod_name: str
+    pod_uid: str = ""
+    identity: int
+    labels: list[str]
+    state: EndpointState
+    created_at: float
+
+
+class GcRequest(Strict):
+    """CNI GC: every attachment not listed here may be cleaned up."""
+
+    valid_attachments: list[dict[str, str]]
+
+
+class GcResult(Strict):
+    removed: list[int]
+
+
+class Identity(Strict):
+    id: int
+    labels: list[str]
+    reserved: bool = False
+    references: int = 0
+
+
+class ApplyRequest(Strict):
+    """Kubernetes-shaped objects, as kubectl would take them (one YAML document each)."""
+
+    objects: list[dict[str, Any]]
+
+
+class ApplyResultItem(Strict):
+    kind: str
+    namespace: str | None
+    name: str
+    action: str  # created | configured | unchanged | deleted | not-found
+
+
+class ApplyResult(Strict):
+    items: list[ApplyResultItem]
+
+
+class NodeStatus(Strict):
+    node: str
+    version: str
+    uptime_seconds: float
+    endpoints: int
+    identities: int
+    ipv4_pod_cidr: str | None
+    ipv6_pod_cidr: str | None
+    datapath: dict[str, Any]
+    restored_endpoints: int
+    flows_buffered: int
+    events_lost: int

@@ -1,0 +1,230 @@
+"""CLI commands answered by the node's agent: status, endpoint, identity, bpf, apply, delete."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import typer
+
+from cilia.cli.common import (
+    NodeOption,
+    Output,
+    OutputOption,
+    SocketOption,
+    agent_socket,
+    fail,
+    print_json,
+    print_table,
+)
+
+endpoint_app = typer.Typer(help="Endpoints (one per pod interface) on this node.", no_args_is_help=True)
+identity_app = typer.Typer(help="Security identities (label sets -> numbers).", no_args_is_help=True)
+bpf_app = typer.Typer(help="Read the datapath's BPF maps.", no_args_is_help=True)
+bpf_ct_app = typer.Typer(help="Connection tracking table.", no_args_is_help=True)
+bpf_ipcache_app = typer.Typer(help="IP/prefix -> identity cache.", no_args_is_help=True)
+bpf_endpoint_app = typer.Typer(help="Local endpoints map.", no_args_is_help=True)
+bpf_metrics_app = typer.Typer(help="Per-endpoint packet counters.", no_args_is_help=True)
+
+
+@contextmanager
+def _client(node: str | None, socket: Path | None) -> Iterator[Any]:
+    from cilia.api.client import AgentClient, AgentError, AgentUnavailable
+
+    try:
+        with AgentClient(agent_socket(node, socket)) as client:
+            yield client
+    except AgentUnavailable as exc:
+        raise fail(str(exc)) from exc
+    except AgentError as exc:
+        raise fail(str(exc)) from exc
+
+
+def register(app: typer.Typer) -> None:
+    app.command("status")(status)
+    app.command("apply")(apply)
+    app.command("delete")(delete)
+    app.add_typer(endpoint_app, name="endpoint")
+    app.add_typer(identity_app, name="identity")
+    bpf_app.add_typer(bpf_ct_app, name="ct")
+    bpf_app.add_typer(bpf_ipcache_app, name="ipcache")
+    bpf_app.add_typer(bpf_endpoint_app, name="endpoint")
+    bpf_app.add_typer(bpf_metrics_app, name="metrics")
+    app.add_typer(bpf_app, name="bpf")
+
+
+def status(node: str | None = NodeOption, socket: Path | None = SocketOption, output: Output = OutputOption) -> None:
+    """Health and summary of the node's agent and datapath."""
+    with _client(node, socket) as client:
+        info = client.status().model_dump()
+    if output is Output.JSON:
+        print_json(info)
+        return
+    rows = [(key, value) for key, value in info.items() if key != "datapath"]
+    rows += [(f"datapath.{key}", value) for key, value in info["datapath"].items()]
+    print_table(None, ["field", "value"], rows)
+
+
+def _read_objects(files: list[Path]) -> list[dict[str, Any]]:
+    from cilia.resources import ResourceError, parse_documents
+
+    objects: list[dict[str, Any]] = []
+    for path in files:
+        try:
+            text = path.read_text() if str(path) != "-" else typer.get_text_stream("stdin").read()
+        except OSError as exc:
+            raise fail(f"{path}: {exc.strerror}") from exc
+        try:
+            objects.extend(parse_documents(text, str(path)))
+        except ResourceError as exc:
+            raise fail(str(exc)) from exc
+    return objects
+
+
+FileOption = typer.Option(..., "--filename", "-f", help="YAML file (kubectl style, multi-document); - for stdin")
+
+
+def apply(
+    files: list[Path] = FileOption,
+    node: str | None = NodeOption,
+    socket: Path | None = SocketOption,
+) -> None:
+    """Create or update objects (Namespace, Pod, ...) from kubectl-shaped YAML."""
+    from cilia.api.models import ApplyRequest
+
+    objects = _read_objects(files)
+    with _client(node, socket) as client:
+        result = client.apply(ApplyRequest(objects=objects))
+    for item in result.items:
+        ref = f"{item.kind.lower()}/{item.name}"
+        typer.echo(f"{ref} {item.action}" + (f" (namespace {item.namespace})" if item.namespace else ""))
+
+
+def delete(
+    files: list[Path] = FileOption,
+    node: str | None = NodeOption,
+    socket: Path | None = SocketOption,
+) -> None:
+    """Delete the objects named in kubectl-shaped YAML."""
+    from cilia.api.models import ApplyRequest
+
+    objects = _read_objects(files)
+    with _client(node, socket) as client:
+        result = client.delete(ApplyRequest(objects=objects))
+    for item in result.items:
+        typer.echo(f"{item.kind.lower()}/{item.name} {item.action}")
+
+
+@endpoint_app.command("list")
+def endpoint_list(
+    node: str | None = NodeOption, socket: Path | None = SocketOption, output: Output = OutputOption
+) -> None:
+    """Every endpoint: id, pod, addresses, identity, state."""
+    with _client(node, socket) as client:
+        endpoints = client.list_endpoints()
+    if output is Output.JSON:
+        print_json([e.model_dump() for e in endpoints])
+        return
+    print_table(
+        None,
+        ["ID", "POD", "IPv4", "IPv6", "IDENTITY", "STATE", "INTERFACE"],
+        [
+            (e.id, f"{e.pod_namespace}/{e.pod_name}", e.ipv4, e.ipv6, e.identity, e.state.value, e.host_ifname)
+            for e in endpoints
+        ],
+    )
+
+
+@endpoint_app.command("get")
+def endpoint_get(
+    endpoint_id: int,
+    node: str | None = NodeOption,
+    socket: Path | None = SocketOption,
+    output: Output = OutputOption,
+) -> None:
+    """One endpoint in full."""
+    with _client(node, socket) as client:
+        endpoint = client.get_endpoint(endpoint_id)
+    data = endpoint.model_dump()
+    if output is Output.JSON:
+        print_json(data)
+        return
+    print_table(f"endpoint {endpoint_id}", ["field", "value"], list(data.items()))
+
+
+@identity_app.command("list")
+def identity_list(
+    node: str | None = NodeOption, socket: Path | None = SocketOption, output: Output = OutputOption
+) -> None:
+    """Every identity with its labels."""
+    with _client(node, socket) as client:
+        identities = client.list_identities()
+    if output is Output.JSON:
+        print_json([i.model_dump() for i in identities])
+        return
+    print_table(None, ["ID", "LABELS", "REFS"], [(i.id, "\n".join(i.labels), i.references) for i in identities])
+
+
+@identity_app.command("get")
+def identity_get(
+    identity_id: int,
+    node: str | None = NodeOption,
+    socket: Path | None = SocketOption,
+    output: Output = OutputOption,
+) -> None:
+    """One identity."""
+    with _client(node, socket) as client:
+        identity = client.get_identity(identity_id)
+    if output is Output.JSON:
+        print_json(identity.model_dump())
+        return
+    print_table(None, ["ID", "LABELS", "REFS"], [(identity.id, "\n".join(identity.labels), identity.references)])
+
+
+def _dump(path: str, node: str | None, socket: Path | None, output: Output, columns: list[str]) -> None:
+    with _client(node, socket) as client:
+        rows: list[dict[str, Any]] = client.get(path)
+    if output is Output.JSON:
+        print_json(rows)
+        return
+    print_table(None, [c.upper() for c in columns], [[row.get(c) for c in columns] for row in rows])
+
+
+@bpf_ct_app.command("list")
+def bpf_ct_list(
+    node: str | None = NodeOption, socket: Path | None = SocketOption, output: Output = OutputOption
+) -> None:
+    """Connection tracking entries (both TCP and non-TCP tables)."""
+    _dump(
+        "/v1/bpf/ct",
+        node,
+        socket,
+        output,
+        ["proto", "source", "destination", "state", "expires_in", "tx_packets", "rx_packets", "src_identity"],
+    )
+
+
+@bpf_ipcache_app.command("list")
+def bpf_ipcache_list(
+    node: str | None = NodeOption, socket: Path | None = SocketOption, output: Output = OutputOption
+) -> None:
+    """Prefix -> identity entries."""
+    _dump("/v1/bpf/ipcache", node, socket, output, ["prefix", "identity", "tunnel_endpoint"])
+
+
+@bpf_endpoint_app.command("list")
+def bpf_endpoint_list(
+    node: str | None = NodeOption, socket: Path | None = SocketOption, output: Output = OutputOption
+) -> None:
+    """Local endpoint entries keyed by IP."""
+    _dump("/v1/bpf/endpoints", node, socket, output, ["ip", "endpoint_id", "ifindex", "mac", "lxc_mac"])
+
+
+@bpf_metrics_app.command("list")
+def bpf_metrics_list(
+    node: str | None = NodeOption, socket: Path | None = SocketOption, output: Output = OutputOption
+) -> None:
+    """Packets and bytes per endpoint, direction and reason."""
+    _dump("/v1/bpf/metrics", node, socket, output, ["endpoint_id", "direction", "reason", "packets", "bytes"])

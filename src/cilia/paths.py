@@ -1,0 +1,64 @@
+"""Where a cilia node keeps its socket, state, bpffs pins and cgroup subtree."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+RUN_ROOT = Path(os.environ.get("CILIA_RUN_ROOT", "/run/cilia"))
+STATE_ROOT = Path(os.environ.get("CILIA_STATE_ROOT", "/var/lib/cilia"))
+BPFFS_MOUNT = Path("/sys/fs/bpf")
+BPFFS_ROOT = BPFFS_MOUNT / "cilia"
+
+
+def cgroup2_mount() -> Path:
+    """The cgroup v2 mount point, read from /proc/mounts (it is not always /sys/fs/cgroup)."""
+    with open("/proc/mounts", encoding="ascii") as mounts:
+        for line in mounts:
+            fields = line.split()
+            if len(fields) >= 3 and fields[2] == "cgroup2":
+                return Path(fields[1])
+    raise FileNotFoundError("no cgroup2 filesystem is mounted (looked in /proc/mounts)")
+
+
+@dataclass(frozen=True)
+class NodePaths:
+    """Every per-node location; all names carry the node name so nodes never share state."""
+
+    node: str
+
+    @property
+    def run_dir(self) -> Path:
+        return RUN_ROOT / self.node
+
+    @property
+    def socket(self) -> Path:
+        return self.run_dir / "agent.sock"
+
+    @property
+    def pid_file(self) -> Path:
+        return self.run_dir / "agent.pid"
+
+    @property
+    def state_dir(self) -> Path:
+        return STATE_ROOT / self.node
+
+    @property
+    def bpffs_dir(self) -> Path:
+        return BPFFS_ROOT / self.node
+
+    def cgroup_dir(self) -> Path:
+        return cgroup2_mount() / "cilia" / self.node
+
+
+def default_node_name() -> str:
+    """The node this process talks to: $CILIA_NODE, else the only node with a socket, else 'default'."""
+    env = os.environ.get("CILIA_NODE")
+    if env:
+        return env
+    if RUN_ROOT.is_dir():
+        nodes = sorted(p.parent.name for p in RUN_ROOT.glob("*/agent.sock"))
+        if len(nodes) == 1:
+            return nodes[0]
+    return "default"

@@ -78,6 +78,7 @@ class Agent:
         self.datapath.open()
         self.datapath.sync_node_entries(self.node_net)
         self.endpoints.restore()
+        self.identities.forget_unreferenced()
         self.resources.watch(self._on_resource_event)
         log.info("agent %s started: %d endpoints restored", self.config.node, self.endpoints.restored)
 
@@ -94,7 +95,7 @@ class Agent:
         )
         app.add_exception_handler(ApiError, api_error_handler)
         app.include_router(make_router(self))
-        app.include_router(make_flow_router(self.events.flow_service))
+        app.include_router(make_flow_router(self.events.ring, self.config.node))
         return app
 
     async def serve(self) -> None:

@@ -91,7 +91,7 @@ class EndpointManager:
         self._listeners: list[Callable[[], None]] = []
 
     # ----- queries -------------------------------------------------------------------------------
-    def list(self) -> list[Endpoint]:
+    def list_endpoints(self) -> list[Endpoint]:
         with self._lock:
             return [record.to_api() for record in sorted(self._endpoints.values(), key=lambda r: r.id)]
 
@@ -157,7 +157,7 @@ class EndpointManager:
                     "delete it first (CNI DEL) or use another interface name",
                 )
             requested_v4, requested_v6 = _requested_ips(request)
-            undo: list[Callable[[], None]] = []
+            undo: list[Callable[[], object]] = []
             try:
                 return self._create(request, requested_v4, requested_v6, undo)
             except BaseException:
@@ -173,10 +173,11 @@ class EndpointManager:
         request: EndpointCreateRequest,
         requested_v4: ipaddress.IPv4Address | None,
         requested_v6: ipaddress.IPv6Address | None,
-        undo: list[Callable[[], None]],
+        undo: list[Callable[[], object]],
     ) -> Endpoint:
         labels = self._identity_labels(request.pod_namespace, request.pod_name, request.labels)
         endpoint_id = self._store.allocate_id()
+        undo.append(lambda: self._store.remove(endpoint_id))
         owner = f"{request.container_id}/{request.ifname}"
         try:
             allocation = self._ipam.allocate(owner, ipv4=requested_v4, ipv6=requested_v6)

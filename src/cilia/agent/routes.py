@@ -48,7 +48,7 @@ def make_router(agent: Agent) -> APIRouter:
 
     @router.get("/endpoints", response_model=list[Endpoint])
     def list_endpoints() -> list[Endpoint]:
-        return agent.endpoints.list()
+        return agent.endpoints.list_endpoints()
 
     @router.get("/endpoints/{endpoint_id}", response_model=Endpoint)
     def get_endpoint(endpoint_id: int) -> Endpoint:

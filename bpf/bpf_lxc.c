@@ -1,0 +1,164 @@
+/* bpf_lxc: the programs on a pod's host-side veth.
+ *
+ *   cil_from_container  tc ingress of lxcXXX = packets leaving the pod
+ *   cil_to_container    tc egress of lxcXXX  = packets the node's stack sends to the pod
+ *
+ * One loaded instance per endpoint; CONFIG (lib/config.h) carries the endpoint's values.
+ * Pipeline: parse -> source check -> conntrack -> identities -> policy (next issue) ->
+ * deliver (redirect_peer to a local pod, or up the node's stack) -> trace. Every drop leaves
+ * through send_drop(), which names the reason and the line. */
+#define SOURCE_FILE_ID 1
+
+#include "lib/common.h"
+#include "lib/config.h"
+#include "lib/identity.h"
+#include "lib/drop_reasons.h"
+#include "lib/maps.h"
+#include "lib/parse.h"
+#include "lib/conntrack.h"
+#include "lib/events.h"
+#include "lib/lookup.h"
+#include "lib/neigh.h"
+
+char LICENSE[] SEC("license") = "GPL";
+
+/* Policy hook: the next issue evaluates the source's egress and the destination's ingress
+ * policy here (per-endpoint policy maps keyed by identity, direction, protocol, port). */
+__always_inline_fn int policy_verdict(const struct pkt *p, __u32 src_identity, __u32 dst_identity, int ct_status)
+{
+	(void)p;
+	(void)src_identity;
+	(void)dst_identity;
+	(void)ct_status;
+	return 0;
+}
+
+__always_inline_fn bool is_ipv6_link_local(const union addr16 *a)
+{
+	return a->b[0] == 0xfe && (a->b[1] & 0xc0) == 0x80;
+}
+
+__always_inline_fn bool source_is_pod(const struct pkt *p)
+{
+	if (p->t.family == AF_INET_)
+		return p->t.saddr.w[3] == CONFIG.pod_ipv4;
+	return addr16_eq_cfg(p->t.saddr.b, CONFIG.pod_ipv6);
+}
+
+/* Rewrite MACs, lower the TTL and hand the packet straight to the destination pod's eth0. */
+__always_inline_fn int deliver_local(struct __sk_buff *ctx, struct pkt *p, struct endpoint_info *ep,
+				     struct ct_result *ct, __u32 dst_identity)
+{
+	if (p->ttl <= 1)
+		return send_drop(ctx, DROP_TTL_EXCEEDED, CONFIG.identity, dst_identity, DIR_EGRESS);
+	if (p->t.family == AF_INET_) {
+		/* ttl shares a 16-bit word with protocol: fix the checksum for that word */
+		__u32 off = ETH_HLEN_ + offsetof(struct iphdr, ttl);
+		__u16 old_word, new_word;
+		if (bpf_skb_load_bytes(ctx, off, &old_word, 2) < 0)
+			return send_drop(ctx, DROP_INVALID_PACKET, CONFIG.identity, dst_identity, DIR_EGRESS);
+		__u8 ttl = p->ttl - 1;
+		new_word = old_word;
+		((__u8 *)&new_word)[0] = ttl;
+		if (bpf_l3_csum_replace(ctx, ETH_HLEN_ + offsetof(struct iphdr, check), old_word, new_word, 2) < 0 ||
+		    bpf_skb_store_bytes(ctx, off, &ttl, 1, 0) < 0)
+			return send_drop(ctx, DROP_INVALID_PACKET, CONFIG.identity, dst_identity, DIR_EGRESS);
+	} else {
+		__u8 hop = p->ttl - 1;
+		if (bpf_skb_store_bytes(ctx, ETH_HLEN_ + offsetof(struct ipv6hdr, hop_limit), &hop, 1, 0) < 0)
+			return send_drop(ctx, DROP_INVALID_PACKET, CONFIG.identity, dst_identity, DIR_EGRESS);
+	}
+	__u8 macs[12];
+	__builtin_memcpy(macs, ep->mac, 6);
+	__builtin_memcpy(macs + 6, ep->lxc_mac, 6);
+	if (bpf_skb_store_bytes(ctx, 0, macs, sizeof(macs), 0) < 0)
+		return send_drop(ctx, DROP_INVALID_PACKET, CONFIG.identity, dst_identity, DIR_EGRESS);
+	send_trace(ctx, OBS_TO_ENDPOINT, ct->status, CONFIG.identity, dst_identity, DIR_EGRESS, ct->report);
+	return bpf_redirect_peer(ep->ifindex, 0);
+}
+
+__always_inline_fn int from_container_ip(struct __sk_buff *ctx, struct pkt *p)
+{
+	if (!source_is_pod(p)) {
+		/* Neighbour discovery and MLD use link-local sources: they are for the node's stack. */
+		if (p->t.family == AF_INET6_ && p->t.proto == IPPROTO_ICMPV6 && is_ipv6_link_local(&p->t.saddr))
+			return TC_ACT_OK;
+		return send_drop(ctx, DROP_INVALID_SOURCE_IP, CONFIG.identity, 0, DIR_EGRESS);
+	}
+	__u32 dst_identity = ipcache_identity(&p->t.daddr, p->t.family);
+	struct ct_result ct = {};
+	if (ct_process(p, ctx->len, CONFIG.identity, CONFIG.aggregation, CONFIG.aggregation_interval, &ct) < 0)
+		return send_drop(ctx, DROP_CT_MAP_INSERT_FAILED, CONFIG.identity, dst_identity, DIR_EGRESS);
+	int verdict = policy_verdict(p, CONFIG.identity, dst_identity, ct.status);
+	if (verdict < 0)
+		return send_drop(ctx, DROP_POLICY_DEFAULT_DENY, CONFIG.identity, dst_identity, DIR_EGRESS);
+
+	struct endpoint_info *ep = endpoint_lookup(&p->t.daddr, p->t.family);
+	if (ep && ep->endpoint_id != CONFIG.endpoint_id)
+		return deliver_local(ctx, p, ep, &ct, ep->identity);
+	send_trace(ctx, OBS_TO_STACK, ct.status, CONFIG.identity, dst_identity, DIR_EGRESS, ct.report);
+	return TC_ACT_OK;
+}
+
+SEC("tc")
+int cil_from_container(struct __sk_buff *ctx)
+{
+	struct ethhdr eth;
+	struct pkt p = {};
+	int ret;
+
+	if (bpf_skb_load_bytes(ctx, 0, &eth, sizeof(eth)) < 0)
+		return send_drop(ctx, DROP_INVALID_PACKET, CONFIG.identity, 0, DIR_EGRESS);
+	switch (bpf_ntohs(eth.h_proto)) {
+	case ETH_P_ARP:
+		ret = arp_respond(ctx);
+		return ret >= 0 ? ret : TC_ACT_OK;
+	case ETH_P_IP:
+		if (!(CONFIG.flags & EP_FLAG_HAS_IPV4))
+			return send_drop(ctx, DROP_UNSUPPORTED_L3, CONFIG.identity, 0, DIR_EGRESS);
+		if (parse_ipv4(ctx, &p) < 0)
+			return send_drop(ctx, DROP_INVALID_PACKET, CONFIG.identity, 0, DIR_EGRESS);
+		return from_container_ip(ctx, &p);
+	case ETH_P_IPV6:
+		if (!(CONFIG.flags & EP_FLAG_HAS_IPV6))
+			return send_drop(ctx, DROP_UNSUPPORTED_L3, CONFIG.identity, 0, DIR_EGRESS);
+		ret = ndp_respond(ctx);
+		if (ret >= 0)
+			return ret;
+		if (parse_ipv6(ctx, &p) < 0)
+			return send_drop(ctx, DROP_INVALID_PACKET, CONFIG.identity, 0, DIR_EGRESS);
+		return from_container_ip(ctx, &p);
+	default:
+		return send_drop(ctx, DROP_UNSUPPORTED_L2, CONFIG.identity, 0, DIR_EGRESS);
+	}
+}
+
+SEC("tc")
+int cil_to_container(struct __sk_buff *ctx)
+{
+	struct ethhdr eth;
+	struct pkt p = {};
+
+	if (bpf_skb_load_bytes(ctx, 0, &eth, sizeof(eth)) < 0)
+		return send_drop(ctx, DROP_INVALID_PACKET, 0, CONFIG.identity, DIR_INGRESS);
+	__u16 proto = bpf_ntohs(eth.h_proto);
+	if (proto == ETH_P_IP) {
+		if (parse_ipv4(ctx, &p) < 0)
+			return send_drop(ctx, DROP_INVALID_PACKET, 0, CONFIG.identity, DIR_INGRESS);
+	} else if (proto == ETH_P_IPV6) {
+		if (parse_ipv6(ctx, &p) < 0)
+			return send_drop(ctx, DROP_INVALID_PACKET, 0, CONFIG.identity, DIR_INGRESS);
+		if (p.t.proto == IPPROTO_ICMPV6 && is_ipv6_link_local(&p.t.saddr))
+			return TC_ACT_OK; /* the node's own neighbour discovery */
+	} else {
+		return TC_ACT_OK; /* ARP from the node's stack */
+	}
+	__u32 src_identity = ipcache_identity(&p.t.saddr, p.t.family);
+	struct ct_result ct = {};
+	if (ct_process(&p, ctx->len, src_identity, CONFIG.aggregation, CONFIG.aggregation_interval, &ct) < 0)
+		return send_drop(ctx, DROP_CT_MAP_INSERT_FAILED, src_identity, CONFIG.identity, DIR_INGRESS);
+	if (policy_verdict(&p, src_identity, CONFIG.identity, ct.status) < 0)
+		return send_drop(ctx, DROP_POLICY_DEFAULT_DENY, src_identity, CONFIG.identity, DIR_INGRESS);
+	send_trace(ctx, OBS_TO_ENDPOINT, ct.status, src_identity, CONFIG.identity, DIR_INGRESS, ct.report);
+	return TC_ACT_OK;
+}

@@ -1,0 +1,171 @@
+/* Connection tracking: one LRU table for TCP and one for everything else.
+ *
+ * An entry is keyed by the tuple of the connection's first packet. A packet whose tuple is
+ * found is ESTABLISHED (same direction); one whose reversed tuple is found is a REPLY; an ICMP
+ * error quoting a tracked tuple is RELATED; anything else creates an entry and is NEW (for TCP
+ * any packet creates one, as in Cilium, so connections that predate the agent recover).
+ * Expiry is in seconds of CLOCK_MONOTONIC: the agent's GC compares with time.monotonic(). */
+#pragma once
+
+#include "common.h"
+#include "parse.h"
+
+#define CT_NEW 1
+#define CT_ESTABLISHED 2
+#define CT_REPLY 3
+#define CT_RELATED 4
+
+#define CT_LIFETIME_SYN 60
+#define CT_LIFETIME_TCP 21600
+#define CT_LIFETIME_CLOSE 10
+#define CT_LIFETIME_NONTCP 60
+
+struct ct_entry {
+	__u64 expires;
+	__u64 tx_packets;
+	__u64 tx_bytes;
+	__u64 rx_packets;
+	__u64 rx_bytes;
+	__u32 last_report;    /* seconds; aggregation */
+	__u32 src_identity;   /* identity of the connection's initiator */
+	__u8 tx_flags_seen;   /* TCP flags seen from the initiator */
+	__u8 rx_flags_seen;   /* TCP flags seen from the responder */
+	__u8 tx_flags_report; /* TCP flags already reported per direction */
+	__u8 rx_flags_report;
+	__u8 closing;
+	__u8 pad[3];
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__type(key, struct tuple);
+	__type(value, struct ct_entry);
+	__uint(max_entries, 1048576);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} cilia_ct_tcp_v1 SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__type(key, struct tuple);
+	__type(value, struct ct_entry);
+	__uint(max_entries, 262144);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} cilia_ct_any_v1 SEC(".maps");
+
+__always_inline_fn void *ct_map(__u8 proto)
+{
+	return proto == IPPROTO_TCP ? (void *)&cilia_ct_tcp_v1 : (void *)&cilia_ct_any_v1;
+}
+
+__always_inline_fn void tuple_reverse(const struct tuple *in, struct tuple *out)
+{
+	out->saddr = in->daddr;
+	out->daddr = in->saddr;
+	out->sport = in->dport;
+	out->dport = in->sport;
+	out->proto = in->proto;
+	out->family = in->family;
+	out->pad = 0;
+}
+
+__always_inline_fn __u32 ct_lifetime(const struct ct_entry *e, __u8 proto)
+{
+	if (proto != IPPROTO_TCP)
+		return CT_LIFETIME_NONTCP;
+	if (e->closing)
+		return CT_LIFETIME_CLOSE;
+	if ((e->tx_flags_seen & TCPF_ACK) && (e->rx_flags_seen & TCPF_ACK))
+		return CT_LIFETIME_TCP;
+	return CT_LIFETIME_SYN;
+}
+
+struct ct_result {
+	int status;
+	bool report; /* aggregation says this packet deserves a trace event */
+	__u32 src_identity;
+};
+
+/* Look up (and create or update) the packet's connection. Returns <0 when the table refused
+ * a new entry. `report` follows the monitor aggregation setting. */
+__always_inline_fn int ct_process(struct pkt *p, __u32 len, __u32 src_identity, __u32 aggregation,
+				  __u32 interval, struct ct_result *res)
+{
+	void *map = ct_map(p->t.proto);
+	__u64 now = now_seconds();
+	struct tuple rev = {};
+	struct ct_entry *e;
+	bool reply = false;
+
+	res->report = aggregation == 0;
+	if (p->is_icmp_error) {
+		void *inner_map = ct_map(p->t_inner.proto);
+		/* The quote is the packet the receiver of this error sent: its own forward tuple,
+		 * which from our side may be either direction of a tracked connection. */
+		if (bpf_map_lookup_elem(inner_map, &p->t_inner)) {
+			res->status = CT_RELATED;
+			res->report = true;
+			return 0;
+		}
+		tuple_reverse(&p->t_inner, &rev);
+		if (bpf_map_lookup_elem(inner_map, &rev)) {
+			res->status = CT_RELATED;
+			res->report = true;
+			return 0;
+		}
+	}
+
+	e = bpf_map_lookup_elem(map, &p->t);
+	if (!e) {
+		tuple_reverse(&p->t, &rev);
+		e = bpf_map_lookup_elem(map, &rev);
+		reply = e != NULL;
+	}
+	if (!e) {
+		struct ct_entry fresh = {};
+		fresh.tx_packets = 1;
+		fresh.tx_bytes = len;
+		fresh.tx_flags_seen = p->tcp_flags;
+		fresh.tx_flags_report = p->tcp_flags;
+		fresh.src_identity = src_identity;
+		fresh.last_report = now;
+		fresh.closing = (p->tcp_flags & (TCPF_FIN | TCPF_RST)) != 0;
+		fresh.expires = now + ct_lifetime(&fresh, p->t.proto);
+		if (bpf_map_update_elem(map, &p->t, &fresh, BPF_NOEXIST) < 0)
+			return -1;
+		res->status = CT_NEW;
+		res->report = true;
+		res->src_identity = src_identity;
+		return 0;
+	}
+
+	__u8 flags = p->tcp_flags;
+	if (reply) {
+		__sync_fetch_and_add(&e->rx_packets, 1);
+		__sync_fetch_and_add(&e->rx_bytes, len);
+		e->rx_flags_seen |= flags;
+		if (flags & ~e->rx_flags_report & (TCPF_SYN | TCPF_FIN | TCPF_RST)) {
+			e->rx_flags_report |= flags;
+			res->report = true;
+		}
+	} else {
+		__sync_fetch_and_add(&e->tx_packets, 1);
+		__sync_fetch_and_add(&e->tx_bytes, len);
+		e->tx_flags_seen |= flags;
+		if (flags & ~e->tx_flags_report & (TCPF_SYN | TCPF_FIN | TCPF_RST)) {
+			e->tx_flags_report |= flags;
+			res->report = true;
+		}
+	}
+	if (flags & (TCPF_FIN | TCPF_RST))
+		e->closing = 1;
+	else if ((flags & TCPF_SYN) && !(flags & TCPF_ACK) && !reply)
+		e->closing = 0; /* a new SYN on a reused tuple reopens it */
+	e->expires = now + ct_lifetime(e, p->t.proto);
+	if (now - e->last_report >= interval) {
+		e->last_report = now;
+		res->report = true;
+	}
+	res->status = reply ? CT_REPLY : CT_ESTABLISHED;
+	res->src_identity = e->src_identity;
+	return 0;
+}

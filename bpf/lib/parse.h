@@ -1,0 +1,141 @@
+/* Packet parsing into one `struct pkt` summary: family, addresses, L4 ports and flags,
+ * and for ICMP errors the tuple of the packet they quote. Uses bpf_skb_load_bytes into stack
+ * copies so every stage sees validated, bounded data. */
+#pragma once
+
+#include "common.h"
+
+#define TCPF_FIN 0x01
+#define TCPF_SYN 0x02
+#define TCPF_RST 0x04
+#define TCPF_PSH 0x08
+#define TCPF_ACK 0x10
+
+struct tuple {
+	union addr16 saddr;
+	union addr16 daddr;
+	__be16 sport;
+	__be16 dport;
+	__u8 proto;
+	__u8 family;
+	__u16 pad;
+};
+
+struct pkt {
+	struct tuple t;
+	__u32 l3_off;
+	__u32 l4_off;
+	__u8 tcp_flags;
+	__u8 ttl;
+	__u8 icmp_type;
+	__u8 is_icmp_error; /* t_inner holds the quoted packet's tuple */
+	struct tuple t_inner;
+};
+
+/* ports of a TCP/UDP header or the ICMP echo id at `off`; returns <0 when truncated */
+__always_inline_fn int parse_l4(struct __sk_buff *ctx, __u32 off, __u8 proto, struct tuple *t, __u8 *tcp_flags,
+				__u8 *icmp_type, bool v6)
+{
+	if (proto == IPPROTO_TCP) {
+		struct tcphdr th;
+		if (bpf_skb_load_bytes(ctx, off, &th, sizeof(th)) < 0)
+			return -1;
+		t->sport = th.source;
+		t->dport = th.dest;
+		if (tcp_flags)
+			*tcp_flags = ((__u8 *)&th)[13];
+		return 0;
+	}
+	if (proto == IPPROTO_UDP) {
+		struct udphdr uh;
+		if (bpf_skb_load_bytes(ctx, off, &uh, sizeof(uh)) < 0)
+			return -1;
+		t->sport = uh.source;
+		t->dport = uh.dest;
+		return 0;
+	}
+	if (proto == IPPROTO_ICMP || proto == IPPROTO_ICMPV6) {
+		__u8 hdr[8];
+		if (bpf_skb_load_bytes(ctx, off, hdr, sizeof(hdr)) < 0)
+			return -1;
+		__u8 type = hdr[0];
+		__be16 id = *(__be16 *)&hdr[4];
+		if (icmp_type)
+			*icmp_type = type;
+		/* Echo request and reply carry the id on opposite sides so the reply is the reverse tuple. */
+		bool request = v6 ? type == ICMPV6_ECHO_REQUEST : type == ICMP_ECHO;
+		bool reply = v6 ? type == ICMPV6_ECHO_REPLY : type == ICMP_ECHOREPLY;
+		t->sport = request ? id : 0;
+		t->dport = reply ? id : 0;
+		return 0;
+	}
+	t->sport = 0;
+	t->dport = 0;
+	return 0;
+}
+
+__always_inline_fn bool icmp_is_error(__u8 type, bool v6)
+{
+	if (v6)
+		return type == ICMPV6_DEST_UNREACH || type == ICMPV6_PKT_TOOBIG || type == ICMPV6_TIME_EXCEED ||
+		       type == ICMPV6_PARAMPROB;
+	return type == ICMP_DEST_UNREACH || type == ICMP_TIME_EXCEEDED || type == ICMP_PARAMETERPROB;
+}
+
+__always_inline_fn int parse_ipv4(struct __sk_buff *ctx, struct pkt *p)
+{
+	struct iphdr ip;
+	p->l3_off = ETH_HLEN_;
+	if (bpf_skb_load_bytes(ctx, ETH_HLEN_, &ip, sizeof(ip)) < 0 || ip.ihl < 5)
+		return -1;
+	p->t.family = AF_INET_;
+	p->t.proto = ip.protocol;
+	p->ttl = ip.ttl;
+	addr_from_v4(&p->t.saddr, ip.saddr);
+	addr_from_v4(&p->t.daddr, ip.daddr);
+	p->l4_off = ETH_HLEN_ + ip.ihl * 4;
+	if (parse_l4(ctx, p->l4_off, ip.protocol, &p->t, &p->tcp_flags, &p->icmp_type, false) < 0)
+		return -1;
+	if (ip.protocol == IPPROTO_ICMP && icmp_is_error(p->icmp_type, false)) {
+		struct iphdr inner;
+		__u32 inner_off = p->l4_off + 8;
+		if (bpf_skb_load_bytes(ctx, inner_off, &inner, sizeof(inner)) < 0 || inner.ihl < 5)
+			return 0; /* a truncated quote: treat as a plain ICMP packet */
+		p->t_inner.family = AF_INET_;
+		p->t_inner.proto = inner.protocol;
+		addr_from_v4(&p->t_inner.saddr, inner.saddr);
+		addr_from_v4(&p->t_inner.daddr, inner.daddr);
+		if (parse_l4(ctx, inner_off + inner.ihl * 4, inner.protocol, &p->t_inner, NULL, NULL, false) == 0)
+			p->is_icmp_error = 1;
+	}
+	return 0;
+}
+
+__always_inline_fn int parse_ipv6(struct __sk_buff *ctx, struct pkt *p)
+{
+	struct ipv6hdr ip6;
+	p->l3_off = ETH_HLEN_;
+	if (bpf_skb_load_bytes(ctx, ETH_HLEN_, &ip6, sizeof(ip6)) < 0)
+		return -1;
+	p->t.family = AF_INET6_;
+	p->t.proto = ip6.nexthdr; /* extension headers are not walked yet: they count as their own L4 */
+	p->ttl = ip6.hop_limit;
+	addr_from_v6(&p->t.saddr, &ip6.saddr);
+	addr_from_v6(&p->t.daddr, &ip6.daddr);
+	p->l4_off = ETH_HLEN_ + sizeof(ip6);
+	if (parse_l4(ctx, p->l4_off, ip6.nexthdr, &p->t, &p->tcp_flags, &p->icmp_type, true) < 0)
+		return -1;
+	if (ip6.nexthdr == IPPROTO_ICMPV6 && icmp_is_error(p->icmp_type, true)) {
+		struct ipv6hdr inner;
+		__u32 inner_off = p->l4_off + 8;
+		if (bpf_skb_load_bytes(ctx, inner_off, &inner, sizeof(inner)) < 0)
+			return 0;
+		p->t_inner.family = AF_INET6_;
+		p->t_inner.proto = inner.nexthdr;
+		addr_from_v6(&p->t_inner.saddr, &inner.saddr);
+		addr_from_v6(&p->t_inner.daddr, &inner.daddr);
+		if (parse_l4(ctx, inner_off + sizeof(inner), inner.nexthdr, &p->t_inner, NULL, NULL, true) == 0)
+			p->is_icmp_error = 1;
+	}
+	return 0;
+}

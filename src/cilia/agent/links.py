@@ -1,0 +1,41 @@
+"""Adapter: the endpoint manager's link steps on top of cilia.netlink."""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import replace
+
+from cilia.endpoint.record import EndpointRecord
+from cilia.netlink import EndpointLinkSpec, create_endpoint_link, delete_endpoint_link, link_index
+
+
+def _ip4(text: str | None) -> ipaddress.IPv4Address | None:
+    return ipaddress.IPv4Address(text) if text else None
+
+
+def _ip6(text: str | None) -> ipaddress.IPv6Address | None:
+    return ipaddress.IPv6Address(text) if text else None
+
+
+class NetlinkLinks:
+    def create(self, record: EndpointRecord, mtu: int) -> EndpointRecord:
+        link = create_endpoint_link(
+            EndpointLinkSpec(
+                host_ifname=record.host_ifname,
+                container_netns=record.netns,
+                container_ifname=record.ifname,
+                container_mac=record.mac or None,
+                mtu=mtu,
+                ipv4=_ip4(record.ipv4),
+                ipv6=_ip6(record.ipv6),
+                gateway_ipv4=_ip4(record.gateway_ipv4),
+                gateway_ipv6=_ip6(record.gateway_ipv6),
+            )
+        )
+        return replace(record, host_ifindex=link.host_ifindex, host_mac=link.host_mac, mac=link.container_mac)
+
+    def delete(self, record: EndpointRecord) -> None:
+        delete_endpoint_link(record.host_ifname)
+
+    def host_ifindex(self, host_ifname: str) -> int | None:
+        return link_index(host_ifname)

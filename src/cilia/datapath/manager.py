@@ -1,0 +1,157 @@
+"""Datapath: owns the node's shared pinned maps and loads/attaches bpf_lxc.o per endpoint.
+
+Runs inside the node's network namespace (tc attach uses the caller's netns). Nothing here
+detaches or unpins on close: the datapath must outlive the agent process.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from cilia.bpf import EGRESS, INGRESS, BpfMap, BpfObject, ensure_bpffs, tc_attach, tc_detach, tc_query
+from cilia.datapath.config import EndpointConfig
+from cilia.maps import ct, endpoints, ipcache, metrics
+from cilia.maps.endpoints import EndpointInfo, EndpointsMap
+from cilia.maps.ipcache import IpcacheMap, Prefix
+
+log = logging.getLogger(__name__)
+LXC_OBJECT = "bpf_lxc.o"
+FROM_CONTAINER = "cil_from_container"
+TO_CONTAINER = "cil_to_container"
+EVENTS_MAP = "cilia_events_v1"
+
+
+def default_bpf_dir() -> Path:
+    """$CILIA_BPF_DIR, else the installed copy, else the repository's build output."""
+    env = os.environ.get("CILIA_BPF_DIR")
+    if env:
+        return Path(env)
+    installed = Path("/usr/local/lib/cilia/bpf")
+    if (installed / LXC_OBJECT).is_file():
+        return installed
+    return Path(__file__).resolve().parents[3] / "build" / "bpf"
+
+
+@dataclass(frozen=True)
+class DatapathOptions:
+    ct_tcp_max: int = 1 << 20
+    ct_any_max: int = 1 << 18
+    aggregation: int = 1
+    aggregation_interval: int = 5
+
+
+class Datapath:
+    def __init__(self, pin_dir: Path, bpf_dir: Path | None = None, options: DatapathOptions | None = None) -> None:
+        self.pin_dir = pin_dir
+        self.bpf_dir = bpf_dir or default_bpf_dir()
+        self.options = options or DatapathOptions()
+        self._maps: dict[str, BpfMap] = {}
+
+    @property
+    def object_path(self) -> Path:
+        return self.bpf_dir / LXC_OBJECT
+
+    def _load(self, config: EndpointConfig) -> BpfObject:
+        return BpfObject.open(
+            self.object_path,
+            pin_root=self.pin_dir,
+            rodata={"CONFIG": config.pack()},
+            max_entries={ct.TCP_NAME: self.options.ct_tcp_max, ct.ANY_NAME: self.options.ct_any_max},
+        )
+
+    def open(self) -> None:
+        """Create or reuse the pinned maps. A first load with an empty config makes the pins."""
+        ensure_bpffs()
+        self.pin_dir.mkdir(parents=True, exist_ok=True)
+        names = [ipcache.NAME, endpoints.NAME, ct.TCP_NAME, ct.ANY_NAME, metrics.NAME, EVENTS_MAP]
+        if not all((self.pin_dir / name).exists() for name in names):
+            bootstrap = EndpointConfig(0, 0, 0, "00:00:00:00:00:00", "00:00:00:00:00:00", None, None, None, None)
+            self._load(bootstrap).close()
+        for name in names:
+            self._maps[name] = BpfMap.from_pin(self.pin_dir / name)
+
+    def close(self) -> None:
+        for bpf_map in self._maps.values():
+            bpf_map.close()
+        self._maps.clear()
+
+    def map(self, name: str) -> BpfMap:
+        if name not in self._maps:
+            raise RuntimeError(f"datapath maps are not open (wanted {name}): call open() first")
+        return self._maps[name]
+
+    @property
+    def ipcache(self) -> IpcacheMap:
+        return IpcacheMap(self.map(ipcache.NAME))
+
+    @property
+    def endpoints(self) -> EndpointsMap:
+        return EndpointsMap(self.map(endpoints.NAME))
+
+    @property
+    def ct(self) -> ct.CtMap:
+        return ct.CtMap(self.map(ct.TCP_NAME), self.map(ct.ANY_NAME))
+
+    @property
+    def metrics(self) -> metrics.MetricsMap:
+        return metrics.MetricsMap(self.map(metrics.NAME))
+
+    @property
+    def events_map(self) -> BpfMap:
+        return self.map(EVENTS_MAP)
+
+    def attach_endpoint(self, config: EndpointConfig) -> None:
+        """Load this endpoint's instance and attach it (atomic replace), then publish its addresses.
+
+        The object is closed after attaching: tc holds the programs, the pins hold the maps.
+        """
+        obj = self._load(config)
+        try:
+            tc_attach(config.lxc_ifindex, INGRESS, obj.program(FROM_CONTAINER))
+            try:
+                tc_attach(config.lxc_ifindex, EGRESS, obj.program(TO_CONTAINER))
+            except BaseException:
+                tc_detach(config.lxc_ifindex, INGRESS)
+                raise
+        finally:
+            obj.close()
+        info = EndpointInfo(
+            ifindex=config.lxc_ifindex,
+            endpoint_id=config.endpoint_id,
+            mac=config.pod_mac,
+            lxc_mac=config.lxc_mac,
+            identity=config.identity,
+        )
+        for address in (config.pod_ipv4, config.pod_ipv6):
+            if address is not None:
+                self.endpoints.upsert(address, info)
+                self.ipcache.upsert(ipaddress.ip_network(address), config.identity)
+
+    def detach_endpoint(
+        self, lxc_ifindex: int | None, addresses: list[ipaddress.IPv4Address | ipaddress.IPv6Address]
+    ) -> None:
+        """Idempotent: forget the addresses, detach if the link still exists."""
+        for address in addresses:
+            self.endpoints.delete(address)
+            self.ipcache.delete(ipaddress.ip_network(address))
+        if lxc_ifindex:
+            for direction in (INGRESS, EGRESS):
+                try:
+                    tc_detach(lxc_ifindex, direction)
+                except Exception:  # the link may be gone already, which detaches everything
+                    log.debug("detach from ifindex %d failed", lxc_ifindex, exc_info=True)
+
+    def endpoint_attached(self, lxc_ifindex: int) -> bool:
+        return tc_query(lxc_ifindex, INGRESS) is not None and tc_query(lxc_ifindex, EGRESS) is not None
+
+    def sync_prefixes(self, desired: dict[Prefix, int]) -> None:
+        """Node-level ipcache entries (world, host); endpoint entries are managed per endpoint."""
+        for prefix, identity in desired.items():
+            self.ipcache.upsert(prefix, identity)
+
+    def ct_gc(self) -> int:
+        return self.ct.gc()

@@ -1,0 +1,1 @@
+"""Flows: datapath events enriched with endpoints and identities, kept, filtered and served."""

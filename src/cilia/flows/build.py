@@ -1,0 +1,97 @@
+"""Decoded datapath events -> flows shaped like Hubble's (`hubble observe -o json` field names)."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from cilia.monitor.events import EVENT_DROP, MonitorEvent
+
+Flow = dict[str, Any]
+
+
+@dataclass(frozen=True)
+class EndpointView:
+    """What a flow shows of a local endpoint."""
+
+    id: int
+    identity: int
+    namespace: str
+    pod_name: str
+    labels: list[str]
+
+
+EndpointLookup = Callable[[str], EndpointView | None]  # by IP
+IdentityLookup = Callable[[int], list[str]]  # identity -> labels
+
+_OBS_TO_HUBBLE = {"TO_ENDPOINT": "TO_ENDPOINT", "TO_STACK": "TO_STACK", "FROM_ENDPOINT": "FROM_ENDPOINT",
+                  "TO_HOST": "TO_HOST"}
+_ICMP4_NAMES = {0: "EchoReply", 3: "DestinationUnreachable", 8: "EchoRequest", 11: "TimeExceeded"}
+_ICMP6_NAMES = {1: "DestinationUnreachable", 3: "TimeExceeded", 128: "EchoRequest", 129: "EchoReply"}
+
+
+class FlowBuilder:
+    def __init__(self, node_name: str, endpoints: EndpointLookup, identities: IdentityLookup,
+                 boot_time_ns: int) -> None:
+        self.node_name = node_name
+        self._endpoints = endpoints
+        self._identities = identities
+        # ktime is CLOCK_MONOTONIC; add the wall-clock offset taken once at start.
+        self._boot_time_ns = boot_time_ns
+
+    def _endpoint(self, ip: str, identity: int) -> dict[str, Any]:
+        view = self._endpoints(ip) if ip else None
+        if view is not None:
+            return {"ID": view.id, "identity": view.identity, "namespace": view.namespace,
+                    "labels": view.labels, "pod_name": view.pod_name}
+        return {"identity": identity, "labels": self._identities(identity)}
+
+    def build(self, event: MonitorEvent) -> Flow:
+        packet = event.packet
+        timestamp = datetime.fromtimestamp((self._boot_time_ns + event.ktime_ns) / 1e9, tz=UTC)
+        flow: Flow = {
+            "time": timestamp.isoformat().replace("+00:00", "Z"),
+            "uuid": str(uuid.uuid4()),
+            "verdict": "DROPPED" if event.type == EVENT_DROP else "FORWARDED",
+            "ethernet": {"source": packet.eth_source, "destination": packet.eth_destination},
+            "source": self._endpoint(packet.source, event.src_identity),
+            "destination": self._endpoint(packet.destination, event.dst_identity),
+            "Type": "L3_L4",
+            "node_name": self.node_name,
+            "event_type": {"type": 1 if event.type == EVENT_DROP else 4},
+            "traffic_direction": event.direction,
+            "is_reply": event.is_reply,
+            "interface": {"index": event.ifindex},
+        }
+        if packet.ip_version:
+            flow["IP"] = {"source": packet.source, "destination": packet.destination,
+                          "ipVersion": f"IPv{packet.ip_version}"}
+        l4 = packet.l4
+        summary = ""
+        if l4 is not None:
+            if l4.protocol in ("TCP", "UDP"):
+                entry: dict[str, Any] = {"source_port": l4.source_port, "destination_port": l4.destination_port}
+                if l4.protocol == "TCP":
+                    entry["flags"] = {name: True for name in sorted(l4.tcp_flags)}
+                    summary = "TCP Flags: " + ", ".join(sorted(l4.tcp_flags))
+                else:
+                    summary = "UDP"
+                flow["l4"] = {l4.protocol: entry}
+            elif l4.protocol in ("ICMPv4", "ICMPv6"):
+                flow["l4"] = {l4.protocol: {"type": l4.icmp_type, "code": l4.icmp_code}}
+                names = _ICMP4_NAMES if l4.protocol == "ICMPv4" else _ICMP6_NAMES
+                summary = f"{l4.protocol} {names.get(l4.icmp_type or 0, str(l4.icmp_type))}"
+        if event.type == EVENT_DROP:
+            flow["drop_reason"] = event.drop_reason
+            flow["drop_reason_desc"] = event.drop_reason_name
+            flow["file"] = {"name": event.source_file, "line": event.source_line}
+            flow["event_type"]["sub_type"] = event.drop_reason
+            summary = event.drop_reason_desc
+        else:
+            flow["trace_observation_point"] = _OBS_TO_HUBBLE.get(event.observation_point, "UNKNOWN_POINT")
+            flow["event_type"]["sub_type"] = event.subtype
+        flow["Summary"] = summary
+        return flow

@@ -1,0 +1,61 @@
+"""Flow API routes: GET /v1/flows (last N, filters, follow) as NDJSON, and /v1/flows/status."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+from typing import Any
+
+from fastapi import APIRouter, HTTPException, Request
+from fastapi.responses import StreamingResponse
+
+from cilia.flows.filter import FlowFilter
+from cilia.flows.ring import FlowRing, Subscriber
+
+_NOT_FILTERS = {"last", "follow"}
+
+
+def make_router(ring: FlowRing, node_name: str) -> APIRouter:
+    router = APIRouter(prefix="/v1")
+
+    def line(flow: dict[str, Any]) -> bytes:
+        return (json.dumps({"flow": flow, "node_name": node_name, "time": flow.get("time")}) + "\n").encode()
+
+    @router.get("/flows")
+    async def flows(request: Request, last: int = 20, follow: bool = False) -> StreamingResponse:
+        params: dict[str, list[str]] = {}
+        for key, value in request.query_params.multi_items():
+            if key not in _NOT_FILTERS:
+                params.setdefault(key, []).append(value)
+        try:
+            flow_filter = FlowFilter.from_params(params)
+        except ValueError as exc:
+            raise HTTPException(status_code=400, detail=str(exc)) from exc
+
+        async def body() -> AsyncIterator[bytes]:
+            subscriber = Subscriber(asyncio.get_running_loop(), flow_filter) if follow else None
+            if subscriber is not None:
+                ring.subscribe(subscriber)
+            try:
+                for flow in ring.last(last, flow_filter):
+                    yield line(flow)
+                while subscriber is not None:
+                    if await request.is_disconnected():
+                        return
+                    try:
+                        flow = await asyncio.wait_for(subscriber.queue.get(), timeout=1.0)
+                    except TimeoutError:
+                        continue
+                    yield line(flow)
+            finally:
+                if subscriber is not None:
+                    ring.unsubscribe(subscriber)
+
+        return StreamingResponse(body(), media_type="application/x-ndjson")
+
+    @router.get("/flows/status")
+    def status() -> dict[str, int]:
+        return {"buffered": len(ring), "seen": ring.seen, "events_lost": ring.events_lost}
+
+    return router

@@ -1,0 +1,86 @@
+"""cilia_ct_tcp_v1 / cilia_ct_any_v1: connection tracking (C: struct tuple / struct ct_entry)."""
+
+from __future__ import annotations
+
+import socket
+import struct
+import time
+from dataclasses import dataclass
+
+from cilia.bpf import BpfMap
+from cilia.maps.addr import IPAddress, from_addr16
+
+TCP_NAME = "cilia_ct_tcp_v1"
+ANY_NAME = "cilia_ct_any_v1"
+_KEY = struct.Struct("<16s16sHHBBH")
+_VALUE = struct.Struct("<QQQQQIIBBBBB3x")
+PROTOCOLS = {6: "TCP", 17: "UDP", 1: "ICMP", 58: "ICMPv6", 132: "SCTP"}
+
+
+@dataclass(frozen=True)
+class CtTuple:
+    source: IPAddress
+    destination: IPAddress
+    source_port: int
+    destination_port: int
+    protocol: int
+
+    @classmethod
+    def unpack(cls, raw: bytes) -> CtTuple:
+        saddr, daddr, sport, dport, proto, family, _pad = _KEY.unpack(raw)
+        return cls(
+            from_addr16(saddr, family),
+            from_addr16(daddr, family),
+            socket.ntohs(sport),
+            socket.ntohs(dport),
+            proto,
+        )
+
+
+@dataclass(frozen=True)
+class CtEntry:
+    expires: int
+    tx_packets: int
+    tx_bytes: int
+    rx_packets: int
+    rx_bytes: int
+    last_report: int
+    src_identity: int
+    tx_flags_seen: int
+    rx_flags_seen: int
+    closing: bool
+
+    @classmethod
+    def unpack(cls, raw: bytes) -> CtEntry:
+        (expires, txp, txb, rxp, rxb, last, ident, txf, rxf, _txr, _rxr, closing) = _VALUE.unpack(
+            raw[: _VALUE.size]
+        )
+        return cls(expires, txp, txb, rxp, rxb, last, ident, txf, rxf, bool(closing))
+
+    @property
+    def state(self) -> str:
+        if self.closing:
+            return "closing"
+        if self.tx_flags_seen & 0x10 and self.rx_flags_seen & 0x10:
+            return "established"
+        return "new" if self.tx_flags_seen else "active"
+
+
+class CtMap:
+    """Both tables behind one accessor."""
+
+    def __init__(self, tcp: BpfMap, other: BpfMap) -> None:
+        self.tables = (tcp, other)
+
+    def entries(self) -> list[tuple[CtTuple, CtEntry]]:
+        return [(CtTuple.unpack(k), CtEntry.unpack(v)) for table in self.tables for k, v in table.items()]
+
+    def gc(self, now: float | None = None) -> int:
+        """Delete expired entries. Expiry is in seconds of CLOCK_MONOTONIC, like bpf_ktime_get_ns()."""
+        current = int(now if now is not None else time.monotonic())
+        removed = 0
+        for table in self.tables:
+            expired = [k for k, v in table.items() if CtEntry.unpack(v).expires < current]
+            for key in expired:
+                removed += table.delete(key)
+        return removed

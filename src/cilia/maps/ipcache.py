@@ -1,0 +1,71 @@
+"""cilia_ipcache_v1: LPM trie from an IP prefix to its security identity (C: struct ipcache_key/value)."""
+
+from __future__ import annotations
+
+import ipaddress
+import struct
+from dataclasses import dataclass
+
+from cilia.bpf import BpfMap
+from cilia.maps.addr import AF_INET, AF_INET6
+
+NAME = "cilia_ipcache_v1"
+MAX_ENTRIES = 512000
+_KEY = struct.Struct("<IB3x16s")
+_VALUE = struct.Struct("<III")
+Prefix = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+@dataclass(frozen=True)
+class IpcacheValue:
+    identity: int
+    tunnel_endpoint: int = 0
+    flags: int = 0
+
+    def pack(self) -> bytes:
+        return _VALUE.pack(self.identity, self.tunnel_endpoint, self.flags)
+
+    @classmethod
+    def unpack(cls, raw: bytes) -> IpcacheValue:
+        return cls(*_VALUE.unpack(raw[: _VALUE.size]))
+
+
+def pack_key(prefix: Prefix) -> bytes:
+    """The LPM prefix length counts the 32 bits of family + padding before the address."""
+    family = AF_INET if prefix.version == 4 else AF_INET6
+    address = prefix.network_address.packed.ljust(16, b"\0")
+    return _KEY.pack(32 + prefix.prefixlen, family, address)
+
+
+def unpack_key(raw: bytes) -> Prefix:
+    prefixlen, family, address = _KEY.unpack(raw)
+    if family == AF_INET:
+        return ipaddress.IPv4Network((address[:4], prefixlen - 32))
+    return ipaddress.IPv6Network((address, prefixlen - 32))
+
+
+class IpcacheMap:
+    def __init__(self, bpf_map: BpfMap) -> None:
+        self.map = bpf_map
+
+    def upsert(self, prefix: Prefix, identity: int) -> None:
+        self.map.update(pack_key(prefix), IpcacheValue(identity).pack())
+
+    def delete(self, prefix: Prefix) -> bool:
+        return self.map.delete(pack_key(prefix))
+
+    def entries(self) -> dict[Prefix, IpcacheValue]:
+        return {unpack_key(k): IpcacheValue.unpack(v) for k, v in self.map.items()}
+
+    def reconcile(self, desired: dict[Prefix, int]) -> int:
+        """Make the map hold exactly `desired`; touches only entries that differ. Returns changes."""
+        current = {prefix: value.identity for prefix, value in self.entries().items()}
+        changes = 0
+        for prefix, identity in desired.items():
+            if current.get(prefix) != identity:
+                self.upsert(prefix, identity)
+                changes += 1
+        for prefix in current.keys() - desired.keys():
+            self.delete(prefix)
+            changes += 1
+        return changes

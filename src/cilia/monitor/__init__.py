@@ -1,0 +1,1 @@
+"""Reads the datapath's events: ring-buffer records decoded into typed events."""

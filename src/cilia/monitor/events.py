@@ -1,0 +1,174 @@
+"""Decodes the datapath's ring-buffer records (layout in bpf/lib/events.h) into typed events.
+
+Pure Python: the packet headers captured with each event are parsed here, not in BPF.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import struct
+from dataclasses import dataclass, field
+
+EVENT_TRACE = 1
+EVENT_DROP = 2
+EVENT_POLICY_VERDICT = 3
+
+_HEADER = struct.Struct("<QBBBBHHIIIIHHI")
+HEADER_SIZE = _HEADER.size  # 40
+
+OBSERVATION_POINTS = {1: "TO_ENDPOINT", 2: "TO_STACK", 3: "FROM_ENDPOINT", 4: "TO_HOST"}
+CT_STATUS = {0: "", 1: "new", 2: "established", 3: "reply", 4: "related"}
+DIRECTIONS = {1: "EGRESS", 2: "INGRESS"}
+SOURCE_FILES = {1: "bpf_lxc.c"}
+
+# Mirrors bpf/lib/drop_reasons.h (tests/unit/test_events_decode.py checks they agree).
+DROP_REASONS: dict[int, tuple[str, str]] = {
+    130: ("INVALID_SOURCE_MAC", "Invalid source mac"),
+    131: ("INVALID_DEST_MAC", "Invalid destination mac"),
+    132: ("INVALID_SOURCE_IP", "Invalid source ip"),
+    133: ("POLICY_DEFAULT_DENY", "Policy denied"),
+    134: ("INVALID_PACKET", "Invalid packet"),
+    135: ("CT_INVALID_HEADER", "CT: Invalid header"),
+    137: ("UNKNOWN_L4", "Unknown L4 protocol"),
+    139: ("UNSUPPORTED_L3", "Unsupported L3 protocol"),
+    143: ("CT_MAP_INSERT_FAILED", "CT: Map insertion failed"),
+    154: ("UNSUPPORTED_L2", "Unsupported L2 protocol"),
+    164: ("TTL_EXCEEDED", "TTL exceeded"),
+    165: ("NO_ENDPOINT", "No local endpoint"),
+    181: ("POLICY_DENY", "Policy denied by denylist"),
+}
+
+
+@dataclass(frozen=True)
+class L4:
+    protocol: str  # TCP, UDP, ICMPv4, ICMPv6, or the number
+    source_port: int = 0
+    destination_port: int = 0
+    tcp_flags: frozenset[str] = frozenset()
+    icmp_type: int | None = None
+    icmp_code: int | None = None
+
+
+@dataclass(frozen=True)
+class Packet:
+    eth_source: str = ""
+    eth_destination: str = ""
+    ip_version: int = 0
+    source: str = ""
+    destination: str = ""
+    l4: L4 | None = None
+
+
+@dataclass(frozen=True)
+class MonitorEvent:
+    type: int
+    ktime_ns: int
+    subtype: int
+    source_file: str
+    source_line: int
+    ct_status: str
+    endpoint_id: int
+    ifindex: int
+    src_identity: int
+    dst_identity: int
+    orig_len: int
+    direction: str
+    packet: Packet = field(default_factory=Packet)
+
+    @property
+    def is_drop(self) -> bool:
+        return self.type == EVENT_DROP
+
+    @property
+    def observation_point(self) -> str:
+        return "" if self.is_drop else OBSERVATION_POINTS.get(self.subtype, "UNKNOWN_POINT")
+
+    @property
+    def drop_reason(self) -> int:
+        return self.subtype if self.is_drop else 0
+
+    @property
+    def drop_reason_name(self) -> str:
+        return DROP_REASONS.get(self.subtype, (f"UNKNOWN_{self.subtype}", ""))[0] if self.is_drop else ""
+
+    @property
+    def drop_reason_desc(self) -> str:
+        return DROP_REASONS.get(self.subtype, ("", f"Unknown reason {self.subtype}"))[1] if self.is_drop else ""
+
+    @property
+    def is_reply(self) -> bool:
+        return self.ct_status == "reply"
+
+
+class DecodeError(ValueError):
+    pass
+
+
+def _mac(raw: bytes) -> str:
+    return ":".join(f"{b:02x}" for b in raw)
+
+
+_TCP_FLAG_NAMES = ((0x01, "FIN"), (0x02, "SYN"), (0x04, "RST"), (0x08, "PSH"), (0x10, "ACK"), (0x20, "URG"))
+
+
+def _l4(protocol: int, data: bytes, v6: bool) -> L4:
+    if protocol == 6 and len(data) >= 14:
+        sport, dport = struct.unpack_from("!HH", data)
+        flags = frozenset(name for bit, name in _TCP_FLAG_NAMES if data[13] & bit)
+        return L4("TCP", sport, dport, flags)
+    if protocol == 17 and len(data) >= 4:
+        sport, dport = struct.unpack_from("!HH", data)
+        return L4("UDP", sport, dport)
+    if protocol in (1, 58) and len(data) >= 2:
+        return L4("ICMPv6" if v6 else "ICMPv4", icmp_type=data[0], icmp_code=data[1])
+    return L4(str(protocol))
+
+
+def parse_packet(data: bytes) -> Packet:
+    """Ethernet + IPv4/IPv6 + TCP/UDP/ICMP headers; whatever is missing stays empty."""
+    if len(data) < 14:
+        return Packet()
+    eth_dst, eth_src = _mac(data[0:6]), _mac(data[6:12])
+    ethertype = struct.unpack_from("!H", data, 12)[0]
+    payload = data[14:]
+    if ethertype == 0x0800 and len(payload) >= 20:
+        ihl = (payload[0] & 0x0F) * 4
+        return Packet(
+            eth_src, eth_dst, 4,
+            str(ipaddress.IPv4Address(payload[12:16])),
+            str(ipaddress.IPv4Address(payload[16:20])),
+            _l4(payload[9], payload[ihl:], False),
+        )
+    if ethertype == 0x86DD and len(payload) >= 40:
+        return Packet(
+            eth_src, eth_dst, 6,
+            str(ipaddress.IPv6Address(payload[8:24])),
+            str(ipaddress.IPv6Address(payload[24:40])),
+            _l4(payload[6], payload[40:], True),
+        )
+    return Packet(eth_src, eth_dst)
+
+
+def decode(record: bytes) -> MonitorEvent:
+    if len(record) < HEADER_SIZE:
+        raise DecodeError(f"event record of {len(record)} bytes is shorter than the {HEADER_SIZE}-byte header")
+    (ktime, etype, subtype, file_id, ct_status, line, endpoint_id, ifindex, src_id, dst_id, orig_len, cap_len,
+     flags, _pad) = _HEADER.unpack_from(record)
+    if etype not in (EVENT_TRACE, EVENT_DROP, EVENT_POLICY_VERDICT):
+        raise DecodeError(f"unknown event type {etype}")
+    data = record[HEADER_SIZE : HEADER_SIZE + cap_len]
+    return MonitorEvent(
+        type=etype,
+        ktime_ns=ktime,
+        subtype=subtype,
+        source_file=SOURCE_FILES.get(file_id, f"file-{file_id}"),
+        source_line=line,
+        ct_status=CT_STATUS.get(ct_status, str(ct_status)),
+        endpoint_id=endpoint_id,
+        ifindex=ifindex,
+        src_identity=src_id,
+        dst_identity=dst_id,
+        orig_len=orig_len,
+        direction=DIRECTIONS.get(flags, "TRAFFIC_DIRECTION_UNKNOWN"),
+        packet=parse_packet(data),
+    )

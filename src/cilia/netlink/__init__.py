@@ -1,0 +1,18 @@
+"""A small typed wrapper over pyroute2: endpoint veths and the node's own networking."""
+
+from cilia.netlink.links import (
+    EndpointLink,
+    EndpointLinkSpec,
+    NetlinkError,
+    container_link_info,
+    create_endpoint_link,
+    delete_endpoint_link,
+    link_index,
+)
+from cilia.netlink.node import NodeNetConfig, setup_node_networking, teardown_node_networking
+
+__all__ = [
+    "EndpointLink", "EndpointLinkSpec", "NetlinkError", "NodeNetConfig",
+    "container_link_info", "create_endpoint_link", "delete_endpoint_link", "link_index",
+    "setup_node_networking", "teardown_node_networking",
+]

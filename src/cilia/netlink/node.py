@@ -1,0 +1,86 @@
+"""Node-level networking in the agent's netns: the router device, forwarding, masquerade."""
+
+from __future__ import annotations
+
+import contextlib
+import ipaddress
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+from pyroute2 import IPRoute
+
+from cilia.netlink.links import IFA_F_NODAD, NetlinkError
+
+# The router IPs live on the node's loopback: this kernel has no dummy devices, and any
+# local address answers the pods' gateway traffic the same way.
+HOST_DEVICE = "lo"
+MASQ_COMMENT = "cilia-masq"
+
+
+@dataclass(frozen=True)
+class NodeNetConfig:
+    router_ipv4: ipaddress.IPv4Address | None
+    router_ipv6: ipaddress.IPv6Address | None
+    ipv4_pod_cidr: ipaddress.IPv4Network | None
+    ipv6_pod_cidr: ipaddress.IPv6Network | None
+    underlay_device: str
+    masquerade: bool = True
+
+
+def _sysctl(path: str, value: str) -> None:
+    """Writes a sysctl of the calling process's network namespace (never run this in the root one)."""
+    Path("/proc/sys", path).write_text(value)
+
+
+def setup_node_networking(cfg: NodeNetConfig) -> None:
+    """Idempotent: safe on every agent start, and leaves running pods untouched."""
+    with IPRoute() as ipr:
+        index = int(ipr.link_lookup(ifname=HOST_DEVICE)[0])
+        ipr.link("set", index=index, state="up")
+        existing = {str(a.get("address")) for a in ipr.get_addr(index=index)}
+        if cfg.router_ipv4 is not None and str(cfg.router_ipv4) not in existing:
+            ipr.addr("add", index=index, address=str(cfg.router_ipv4), prefixlen=32)
+        if cfg.router_ipv6 is not None and str(cfg.router_ipv6) not in existing:
+            ipr.addr("add", index=index, address=str(cfg.router_ipv6), prefixlen=128, flags=IFA_F_NODAD)
+    _sysctl("net/ipv4/ip_forward", "1")
+    _sysctl("net/ipv4/conf/all/rp_filter", "0")
+    _sysctl("net/ipv4/conf/default/rp_filter", "0")
+    if cfg.ipv6_pod_cidr is not None:
+        _sysctl("net/ipv6/conf/all/forwarding", "1")
+    if cfg.masquerade:
+        for tool, cidr in (("iptables", cfg.ipv4_pod_cidr), ("ip6tables", cfg.ipv6_pod_cidr)):
+            if cidr is not None:
+                _ensure_masquerade(tool, str(cidr), cfg.underlay_device)
+
+
+def _masq_rule(cidr: str, device: str) -> list[str]:
+    return [
+        "POSTROUTING", "-s", cidr, "!", "-d", cidr, "-o", device,
+        "-m", "comment", "--comment", MASQ_COMMENT, "-j", "MASQUERADE",
+    ]
+
+
+def _ensure_masquerade(tool: str, cidr: str, device: str) -> None:
+    rule = _masq_rule(cidr, device)
+    check = subprocess.run([tool, "-w", "5", "-t", "nat", "-C", *rule], capture_output=True, check=False)
+    if check.returncode == 0:
+        return
+    added = subprocess.run([tool, "-w", "5", "-t", "nat", "-A", *rule], capture_output=True, text=True, check=False)
+    if added.returncode != 0:
+        raise NetlinkError(f"adding the masquerade rule for {cidr} with {tool}: {added.stderr.strip()}")
+
+
+def teardown_node_networking(cfg: NodeNetConfig) -> None:
+    with IPRoute() as ipr:
+        index = int(ipr.link_lookup(ifname=HOST_DEVICE)[0])
+        for router, prefix in ((cfg.router_ipv4, 32), (cfg.router_ipv6, 128)):
+            if router is not None:
+                with contextlib.suppress(Exception):
+                    ipr.addr("del", index=index, address=str(router), prefixlen=prefix)
+    for tool, cidr in (("iptables", cfg.ipv4_pod_cidr), ("ip6tables", cfg.ipv6_pod_cidr)):
+        if cidr is not None:
+            subprocess.run(
+                [tool, "-w", "5", "-t", "nat", "-D", *_masq_rule(str(cidr), cfg.underlay_device)],
+                capture_output=True, check=False,
+            )

@@ -1,0 +1,122 @@
+"""Validation per kind. Adding a kind = adding one validator to KINDS."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from typing import Any
+
+from cilia.resources.parse import ResourceError
+
+DNS1123_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
+DNS1123_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+LABEL_NAME = re.compile(r"^([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9]$")
+LABEL_VALUE = re.compile(r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$")
+TOP_LEVEL = {"apiVersion", "kind", "metadata", "spec", "status"}
+METADATA = {"name", "namespace", "labels", "annotations", "uid", "resourceVersion", "generation",
+            "creationTimestamp", "ownerReferences", "finalizers", "generateName", "managedFields"}
+
+
+def describe(obj: dict[str, Any]) -> str:
+    raw = obj.get("metadata")
+    metadata: dict[str, Any] = raw if isinstance(raw, dict) else {}
+    kind = obj.get("kind", "?")
+    name = metadata.get("name", "?")
+    namespace = metadata.get("namespace")
+    return f"{kind} {namespace}/{name}" if namespace else f"{kind} {name}"
+
+
+def _fail(obj: dict[str, Any], field: str, problem: str) -> ResourceError:
+    return ResourceError(f"{describe(obj)}: field {field!r}: {problem}")
+
+
+def validate_labels(obj: dict[str, Any], labels: Any, field: str) -> None:
+    if labels is None:
+        return
+    if not isinstance(labels, dict):
+        raise _fail(obj, field, "must be a map of strings")
+    for key, value in labels.items():
+        if not isinstance(key, str) or not isinstance(value, str):
+            raise _fail(obj, f"{field}.{key}", "keys and values must be strings (quote numbers and booleans)")
+        prefix, _, name = key.rpartition("/")
+        if prefix and (len(prefix) > 253 or not DNS1123_SUBDOMAIN.match(prefix)):
+            raise _fail(obj, f"{field}.{key}", f"prefix {prefix!r} is not a DNS subdomain")
+        if len(name) > 63 or not LABEL_NAME.match(name):
+            raise _fail(obj, f"{field}.{key}", "name must be 63 characters or less, alphanumeric, '-', '_', '.'")
+        if len(value) > 63 or not LABEL_VALUE.match(value):
+            raise _fail(obj, f"{field}.{key}", f"value {value!r} is not a valid label value")
+
+
+def _common(obj: dict[str, Any], namespaced: bool) -> None:
+    unknown = set(obj) - TOP_LEVEL
+    if unknown:
+        raise _fail(obj, sorted(unknown)[0], "unknown field")
+    metadata = obj.get("metadata")
+    if not isinstance(metadata, dict):
+        raise _fail(obj, "metadata", "is required and must be an object")
+    unknown = set(metadata) - METADATA
+    if unknown:
+        raise _fail(obj, f"metadata.{sorted(unknown)[0]}", "unknown field")
+    name = metadata.get("name")
+    if not isinstance(name, str) or len(name) > 253 or not DNS1123_SUBDOMAIN.match(name):
+        raise _fail(obj, "metadata.name", "is required and must be a DNS-1123 subdomain (lowercase, '-', '.')")
+    if namespaced:
+        namespace = metadata.setdefault("namespace", "default")
+        if not isinstance(namespace, str) or not DNS1123_LABEL.match(namespace):
+            raise _fail(obj, "metadata.namespace", "must be a DNS-1123 label")
+    elif "namespace" in metadata:
+        raise _fail(obj, "metadata.namespace", f"{obj['kind']} is cluster-scoped and takes no namespace")
+    validate_labels(obj, metadata.get("labels"), "metadata.labels")
+
+
+def validate_namespace(obj: dict[str, Any]) -> None:
+    _common(obj, namespaced=False)
+    if not DNS1123_LABEL.match(obj["metadata"]["name"]):
+        raise _fail(obj, "metadata.name", "a namespace name must be a DNS-1123 label")
+
+
+def validate_pod(obj: dict[str, Any]) -> None:
+    _common(obj, namespaced=True)
+    spec = obj.get("spec", {})
+    if not isinstance(spec, dict):
+        raise _fail(obj, "spec", "must be an object")
+    containers = spec.get("containers", [])
+    if not isinstance(containers, list):
+        raise _fail(obj, "spec.containers", "must be a list")
+    for ci, container in enumerate(containers):
+        if not isinstance(container, dict):
+            raise _fail(obj, f"spec.containers[{ci}]", "must be an object")
+        for pi, port in enumerate(container.get("ports") or []):
+            where = f"spec.containers[{ci}].ports[{pi}]"
+            number = port.get("containerPort") if isinstance(port, dict) else None
+            if not isinstance(number, int) or not 1 <= number <= 65535:
+                raise _fail(obj, f"{where}.containerPort", "is required and must be an integer 1-65535")
+            protocol = port.get("protocol", "TCP")
+            if protocol not in ("TCP", "UDP", "SCTP"):
+                raise _fail(obj, f"{where}.protocol", f"{protocol!r} is not one of TCP, UDP, SCTP")
+            name = port.get("name")
+            if name is not None and (not isinstance(name, str) or len(name) > 15 or not DNS1123_LABEL.match(name)):
+                raise _fail(obj, f"{where}.name", "must be a DNS-1123 label of at most 15 characters")
+
+
+KINDS: dict[tuple[str, str], tuple[bool, Callable[[dict[str, Any]], None]]] = {
+    ("v1", "Namespace"): (False, validate_namespace),
+    ("v1", "Pod"): (True, validate_pod),
+}
+
+
+def validate(obj: Any) -> None:
+    if not isinstance(obj, dict):
+        raise ResourceError(f"an object must be a mapping, got {type(obj).__name__}")
+    api_version, kind = obj.get("apiVersion"), obj.get("kind")
+    if not isinstance(kind, str) or not kind:
+        raise ResourceError(f"{describe(obj)}: field 'kind': is required")
+    if not isinstance(api_version, str) or (api_version, kind) not in KINDS:
+        supported = ", ".join(f"{a}/{k}" for a, k in KINDS)
+        raise ResourceError(f"{describe(obj)}: apiVersion {api_version!r} kind {kind!r} is not supported yet "
+                            f"(supported: {supported})")
+    KINDS[(api_version, kind)][1](obj)
+
+
+def is_namespaced(obj: dict[str, Any]) -> bool:
+    return KINDS[(obj["apiVersion"], obj["kind"])][0]

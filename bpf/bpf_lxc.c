@@ -80,8 +80,11 @@ __always_inline_fn int deliver_local(struct __sk_buff *ctx, struct pkt *p, struc
 __always_inline_fn int from_container_ip(struct __sk_buff *ctx, struct pkt *p)
 {
 	if (!source_is_pod(p)) {
-		/* Neighbour discovery and MLD use link-local sources: they are for the node's stack. */
-		if (p->t.family == AF_INET6_ && p->t.proto == IPPROTO_ICMPV6 && is_ipv6_link_local(&p->t.saddr))
+		/* Neighbour discovery and MLD (behind a hop-by-hop header) use link-local or unspecified
+		 * sources: they are for the node's stack, not pod traffic. */
+		if (p->t.family == AF_INET6_ &&
+		    (is_ipv6_link_local(&p->t.saddr) || (p->t.saddr.w[0] | p->t.saddr.w[1] | p->t.saddr.w[2] |
+							  p->t.saddr.w[3]) == 0))
 			return TC_ACT_OK;
 		return send_drop(ctx, DROP_INVALID_SOURCE_IP, CONFIG.identity, 0, DIR_EGRESS);
 	}

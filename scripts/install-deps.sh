@@ -10,6 +10,8 @@ apt_packages=(
   iproute2 iptables ethtool procps util-linux
   python3 python3-venv python3-dev
   iperf3 sockperf
+  # real CNI clients the e2e tests drive
+  podman runc containernetworking-plugins busybox-static containerd
 )
 missing=()
 for p in "${apt_packages[@]}"; do

@@ -219,6 +219,19 @@ class Lab:
         pid = _spawn(netns, args, LAB_DIR / f"server-{netns}.log")
         self.state["pids"].append(pid)
         self.save()
+        self._wait_listening(netns, {p.port for p in ports})
+
+    @staticmethod
+    def _wait_listening(netns: str, ports: set[int], timeout: float = 15) -> None:
+        """Tests and probes start right after `up`: return only once every port is bound."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            out = sh(*in_netns(netns, "ss", "-H", "-ltun"), check=False).stdout
+            bound = {int(line.split()[4].rsplit(":", 1)[1]) for line in out.splitlines() if len(line.split()) > 4}
+            if ports <= bound:
+                return
+            time.sleep(0.05)
+        raise LabError(f"servers in {netns} did not bind ports {sorted(ports)} within {timeout:.0f} s")
 
     def _apply_namespaces(self, topology: Topology) -> None:
         from cilia.api.client import AgentClient

@@ -4,7 +4,7 @@ set -uo pipefail
 here=$(cd "$(dirname "$0")/.." && pwd)
 venv=${CILIA_VENV:-/opt/cilia/venv}
 cd "$here"
-"$venv/bin/ruff" check src tests || exit 1
+"$venv/bin/ruff" check src tests bench || exit 1
 "$venv/bin/mypy" || exit 1
 "$venv/bin/python" -m pytest tests "$@"
 rc=$?

@@ -16,7 +16,7 @@ from rich.table import Table
 from cilia.paths import NodePaths, default_node_name
 
 console = Console()
-err_console = Console(stderr=True)
+err_console = Console(stderr=True, soft_wrap=True)  # error lines stay whole for grep and scripts
 
 
 class Output(StrEnum):

@@ -146,14 +146,7 @@ class Lab:
         sh(*n, "addr", "add", f"{node.underlay_ipv6}/64", "dev", "eth0", "nodad")
         sh(*n, "route", "add", "default", "via", "192.0.2.1")
         sh(*n, "-6", "route", "add", "default", "via", "fd00:c1a::1")
-        paths = NodePaths(node.name)
-        pid = _spawn(node.netns, [
-            str(Path(PYTHON).with_name("cilia-agent")), "--node", node.name,
-            "--ipv4-pod-cidr", str(node.ipv4_pod_cidr), "--ipv6-pod-cidr", str(node.ipv6_pod_cidr),
-            "--underlay-device", "eth0", *agent_args,
-        ], paths.run_dir / "agent.log")
-        self.state["nodes"][node.name]["agent_pid"] = pid
-        self.save()
+        self._start_agent(node.name, agent_args)
 
     def restart_agent(self, node_name: str, *, kill: bool = True, agent_args: list[str] | None = None) -> int:
         """kill -9 (or SIGTERM) the node's agent and start a new one; returns the new pid."""
@@ -167,14 +160,20 @@ class Lab:
                 pass
         else:
             stop_pid(old)
+        pid = self._start_agent(node_name, agent_args or [])
+        self._wait_agent(node_name)
+        return pid
+
+    def _start_agent(self, node_name: str, agent_args: list[str]) -> int:
+        """The node's agent inside the node's netns, detached, its pid recorded in the lab state."""
+        node = self.state["nodes"][node_name]
         pid = _spawn(node["netns"], [
             str(Path(PYTHON).with_name("cilia-agent")), "--node", node_name,
             "--ipv4-pod-cidr", node["ipv4_pod_cidr"], "--ipv6-pod-cidr", node["ipv6_pod_cidr"],
-            "--underlay-device", "eth0", *(agent_args or []),
+            "--underlay-device", "eth0", *agent_args,
         ], NodePaths(node_name).run_dir / "agent.log")
         node["agent_pid"] = pid
         self.save()
-        self._wait_agent(node_name)
         return pid
 
     def _wait_agent(self, node_name: str, timeout: float = 30) -> None:

@@ -1,0 +1,75 @@
+"""The agent through the `cilia` CLI: apply/delete YAML, live relabel -> new identity, map dumps, bad input."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from cilia.lab.lab import Lab
+
+pytestmark = pytest.mark.e2e
+CILIA = os.path.join(os.path.dirname(sys.executable), "cilia")
+
+
+def cilia(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    result = subprocess.run([CILIA, *args, *(["--node", "n1"] if args[0] not in ("lab",) else [])],
+                            capture_output=True, text=True, timeout=60, check=False)
+    if check and result.returncode != 0:
+        raise AssertionError(f"cilia {' '.join(args)}: {result.stderr}")
+    return result
+
+
+def cilia_json(*args: str) -> Any:
+    return json.loads(cilia(*args, "-o", "json").stdout)
+
+
+def endpoint(name: str) -> dict[str, Any]:
+    return next(e for e in cilia_json("endpoint", "list") if e["pod_name"] == name)
+
+
+def test_relabel_pod_gives_a_new_identity_live(lab: Lab, tmp_path: Path) -> None:
+    before = endpoint("db")
+    manifest = tmp_path / "db.yaml"
+    manifest.write_text(
+        "apiVersion: v1\nkind: Pod\nmetadata:\n  name: db\n  namespace: team-a\n  labels: {app: db, tier: gold}\n"
+    )
+    assert "pod/db configured" in cilia("apply", "-f", str(manifest)).stdout
+    after = endpoint("db")
+    assert after["identity"] != before["identity"] and "k8s:tier=gold" in after["labels"]
+    ipcache = {row["prefix"]: row["identity"] for row in cilia_json("bpf", "ipcache", "list")}
+    assert ipcache[f"{after['ipv4']}/32"] == after["identity"]  # the datapath knows the new identity
+    identity = cilia_json("identity", "get", str(after["identity"]))
+    assert "k8s:tier=gold" in identity["labels"]
+    assert lab.probe("client", "db", 5432)["verdict"] == "connected"
+
+
+def test_bad_yaml_is_rejected_and_changes_nothing(lab: Lab, tmp_path: Path) -> None:
+    before = endpoint("web")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("apiVersion: v1\nkind: Pod\nmetadata:\n  name: web\n  labels: {app: 'no spaces allowed'}\n")
+    result = cilia("apply", "-f", str(bad), check=False)
+    assert result.returncode != 0 and "metadata.labels.app" in result.stderr
+    missing_ns = tmp_path / "ns.yaml"
+    missing_ns.write_text("apiVersion: v1\nkind: Pod\nmetadata: {name: x, namespace: nowhere}\n")
+    result = cilia("apply", "-f", str(missing_ns), check=False)
+    assert result.returncode != 0 and "namespace 'nowhere' does not exist" in result.stderr
+    assert endpoint("web") == before
+
+
+def test_status_and_map_dumps(lab: Lab) -> None:
+    status = cilia_json("status")
+    assert status["node"] == "n1" and status["endpoints"] == 3
+    assert lab.probe("client", "web", 80)["verdict"] == "connected"
+    ct = cilia_json("bpf", "ct", "list")
+    assert any(row["destination"].endswith(":80") and row["proto"] == "TCP" for row in ct)
+    endpoints = cilia_json("bpf", "endpoint", "list")
+    assert {row["ip"] for row in endpoints} >= {endpoint("web")["ipv4"], endpoint("web")["ipv6"]}
+    metrics = cilia_json("bpf", "metrics", "list")
+    assert any(row["reason"] == "FORWARDED" and row["packets"] > 0 for row in metrics)
+    assert "ID" in cilia("endpoint", "list").stdout  # the table form for people

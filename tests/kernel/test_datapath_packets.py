@@ -12,6 +12,7 @@ import pytest
 
 from cilia.bpf import BpfObject, RingBufferReader, ensure_bpffs, remove_pins
 from cilia.datapath import EndpointConfig, default_bpf_dir
+from cilia.maps.ct import CtMap
 from cilia.maps.endpoints import EndpointInfo, EndpointsMap
 from cilia.monitor.events import decode
 
@@ -118,3 +119,53 @@ def test_world_goes_to_stack_and_reply_is_tracked(lxc: tuple[BpfObject, list[byt
     decoded = [decode(e) for e in events]
     assert [e.ct_status for e in decoded[-2:]] == ["new", "reply"]
     assert decoded[-2].observation_point == "TO_STACK"
+
+
+def ipv6_ns(target: str) -> bytes:
+    src = ipaddress.IPv6Address("fd00:200:1::2")
+    dst = ipaddress.IPv6Address("ff02::1:ff00:1")
+    body = struct.pack("!BBHI16s", 135, 0, 0, 0, ipaddress.IPv6Address(target).packed) + b"\x01\x01" + mac(POD_MAC)
+    pseudo = src.packed + dst.packed + struct.pack("!I3xB", len(body), 58)
+    body = body[:2] + struct.pack("!H", csum(pseudo + body)) + body[4:]
+    ip6 = struct.pack("!IHBB16s16s", 6 << 28, len(body), 58, 255, src.packed, dst.packed)
+    return b"\x33\x33\xff\x00\x00\x01" + mac(POD_MAC) + b"\x86\xdd" + ip6 + body
+
+
+def test_neighbor_solicitation_for_router_gets_advertisement(lxc: tuple[BpfObject, list[bytes]]) -> None:
+    obj, _ = lxc
+    verdict, out = run(obj, ipv6_ns("fd00:200:1::1"))
+    assert verdict == TC_ACT_REDIRECT
+    ip6, icmp = out[14:54], out[54:86]
+    assert icmp[0] == 136 and icmp[8:24] == ipaddress.IPv6Address("fd00:200:1::1").packed
+    assert icmp[26:32] == mac(LXC_MAC)  # target link-layer address option
+    pseudo = ip6[8:24] + ip6[24:40] + struct.pack("!I3xB", 32, 58)
+    assert csum(pseudo + icmp) == 0  # checksum valid
+
+
+def test_aggregation_medium_reports_new_flows_and_flag_changes_only() -> None:
+    ensure_bpffs()
+    config = EndpointConfig(
+        endpoint_id=1, identity=256, lxc_ifindex=4, lxc_mac=LXC_MAC, pod_mac=POD_MAC,
+        pod_ipv4=ipaddress.IPv4Address(POD), pod_ipv6=None, router_ipv4=ipaddress.IPv4Address("10.200.1.1"),
+        router_ipv6=None, aggregation=1, aggregation_interval=3600,
+    )
+    pins = Path(f"/sys/fs/bpf/cilia-test-{uuid.uuid4().hex[:8]}")
+    medium = BpfObject.open(default_bpf_dir() / "bpf_lxc.o", pin_root=pins, rodata={"CONFIG": config.pack()},
+                            max_entries={"cilia_ct_tcp_v1": 4096, "cilia_ct_any_v1": 4096})
+    try:
+        seen: list[bytes] = []
+        reader = RingBufferReader(medium.map("cilia_events_v1"), seen.append)
+        for flags in (0x02, 0x10, 0x10, 0x18, 0x11):  # SYN, ACK, ACK, PSH+ACK, FIN+ACK
+            medium.program("cil_from_container").test_run(ipv4_tcp(POD, WORLD, flags=flags))
+        reader.poll(0)
+        reader.close()
+        flags_reported = [decode(e).packet.l4.tcp_flags for e in seen]  # type: ignore[union-attr]
+        assert flags_reported == [{"SYN"}, {"ACK", "FIN"}]
+        ct = CtMap(medium.map("cilia_ct_tcp_v1"), medium.map("cilia_ct_any_v1"))
+        (key, entry), = ct.entries()
+        assert entry.tx_packets == 5 and entry.closing and str(key.destination) == WORLD
+        assert ct.gc(now=0) == 0  # nothing expired yet
+        assert ct.gc(now=entry.expires + 1) == 1 and ct.entries() == []
+    finally:
+        medium.close()
+        remove_pins(pins)

@@ -142,7 +142,8 @@ __always_inline_fn int ct_process(struct pkt *p, __u32 len, __u32 src_identity, 
 	if (reply) {
 		__sync_fetch_and_add(&e->rx_packets, 1);
 		__sync_fetch_and_add(&e->rx_bytes, len);
-		e->rx_flags_seen |= flags;
+		if (flags & ~e->rx_flags_seen)
+			e->rx_flags_seen |= flags; /* write only on change: the line is shared by both directions */
 		if (flags & ~e->rx_flags_report & (TCPF_SYN | TCPF_FIN | TCPF_RST)) {
 			e->rx_flags_report |= flags;
 			res->report = true;
@@ -150,17 +151,22 @@ __always_inline_fn int ct_process(struct pkt *p, __u32 len, __u32 src_identity, 
 	} else {
 		__sync_fetch_and_add(&e->tx_packets, 1);
 		__sync_fetch_and_add(&e->tx_bytes, len);
-		e->tx_flags_seen |= flags;
+		if (flags & ~e->tx_flags_seen)
+			e->tx_flags_seen |= flags;
 		if (flags & ~e->tx_flags_report & (TCPF_SYN | TCPF_FIN | TCPF_RST)) {
 			e->tx_flags_report |= flags;
 			res->report = true;
 		}
 	}
-	if (flags & (TCPF_FIN | TCPF_RST))
+	if ((flags & (TCPF_FIN | TCPF_RST)) && !e->closing)
 		e->closing = 1;
-	else if ((flags & TCPF_SYN) && !(flags & TCPF_ACK) && !reply)
+	else if ((flags & TCPF_SYN) && !(flags & TCPF_ACK) && !reply && e->closing)
 		e->closing = 0; /* a new SYN on a reused tuple reopens it */
-	e->expires = now + ct_lifetime(e, p->t.proto);
+	/* The expiry moves once a second at most; skipping equal writes keeps the entry's cache
+	 * line from bouncing between the CPUs of sender and receiver on every packet. */
+	__u64 expires = now + ct_lifetime(e, p->t.proto);
+	if (e->expires != expires)
+		e->expires = expires;
 	if (now - e->last_report >= interval) {
 		e->last_report = now;
 		res->report = true;

@@ -73,3 +73,25 @@ def test_status_and_map_dumps(lab: Lab) -> None:
     metrics = cilia_json("bpf", "metrics", "list")
     assert any(row["reason"] == "FORWARDED" and row["packets"] > 0 for row in metrics)
     assert "ID" in cilia("endpoint", "list").stdout  # the table form for people
+
+
+def test_namespace_relabel_moves_its_pods_to_a_new_identity(lab: Lab, tmp_path: Path) -> None:
+    before, client_before = endpoint("db"), endpoint("client")
+    manifest = tmp_path / "ns.yaml"
+    manifest.write_text("apiVersion: v1\nkind: Namespace\nmetadata:\n  name: team-a\n  labels: {team: a, env: prod}\n")
+    cilia("apply", "-f", str(manifest))
+    after = endpoint("db")
+    assert after["identity"] != before["identity"]
+    assert "k8s:io.cilium.k8s.namespace.labels.env=prod" in after["labels"]
+    assert endpoint("client")["identity"] == client_before["identity"]  # other namespaces untouched
+
+
+def test_api_rejects_unknown_fields_naming_them(lab: Lab) -> None:
+    from cilia.api.client import AgentClient, AgentError
+    from cilia.paths import NodePaths
+
+    with AgentClient(NodePaths("n1").socket) as client:
+        with pytest.raises(AgentError, match=r"containr_id|container_id"):
+            client._request("POST", "/v1/endpoints", json={"containr_id": "x", "netns": "/run/netns/x"})
+        spec = client.get("/openapi.json")
+    assert "/v1/endpoints" in spec["paths"] and spec["info"]["title"] == "cilia agent API"

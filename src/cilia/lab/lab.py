@@ -14,7 +14,6 @@ import signal
 import subprocess
 import sys
 import time
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -127,25 +126,28 @@ class Lab:
         sh(*f, "link", "set", "lo", "up")
         sh(*in_netns(FABRIC, "sysctl", "-qw", "net.ipv4.ip_forward=1", "net.ipv6.conf.all.forwarding=1"))
 
-    def _attach_to_fabric(self, netns: str, fabric_side: str) -> None:
+    def _attach_to_fabric(self, netns: str, fabric_side: str, addresses: tuple[str, str],
+                          gateways: tuple[str, str]) -> None:
+        """A host (node or external) with eth0 on the fabric bridge, its addresses and default routes."""
         sh("ip", "netns", "add", netns)
         sh("ip", "-n", FABRIC, "link", "add", fabric_side, "type", "veth", "peer", "name", "eth0", "netns", netns)
         sh("ip", "-n", FABRIC, "link", "set", fabric_side, "master", BRIDGE, "up")
-        sh("ip", "-n", netns, "link", "set", "lo", "up")
-        sh("ip", "-n", netns, "link", "set", "eth0", "up")
+        n = ["ip", "-n", netns]
+        sh(*n, "link", "set", "lo", "up")
+        sh(*n, "link", "set", "eth0", "up")
+        sh(*n, "addr", "add", f"{addresses[0]}/24", "dev", "eth0")
+        sh(*n, "addr", "add", f"{addresses[1]}/64", "dev", "eth0", "nodad")
+        sh(*n, "route", "add", "default", "via", gateways[0])
+        sh(*n, "-6", "route", "add", "default", "via", gateways[1])
 
     def _node(self, node: NodeSpec, agent_args: list[str]) -> None:
-        self.state["nodes"][node.name] = {**asdict(node), "netns": node.netns, "ipv4": str(node.underlay_ipv4),
-                                          "ipv6": str(node.underlay_ipv6)}
-        self.state["nodes"][node.name]["ipv4_pod_cidr"] = str(node.ipv4_pod_cidr)
-        self.state["nodes"][node.name]["ipv6_pod_cidr"] = str(node.ipv6_pod_cidr)
+        self.state["nodes"][node.name] = {
+            "name": node.name, "netns": node.netns, "ipv4": str(node.underlay_ipv4), "ipv6": str(node.underlay_ipv6),
+            "ipv4_pod_cidr": str(node.ipv4_pod_cidr), "ipv6_pod_cidr": str(node.ipv6_pod_cidr),
+        }
         self.save()
-        self._attach_to_fabric(node.netns, f"cilia-{node.name}")
-        n = ["ip", "-n", node.netns]
-        sh(*n, "addr", "add", f"{node.underlay_ipv4}/24", "dev", "eth0")
-        sh(*n, "addr", "add", f"{node.underlay_ipv6}/64", "dev", "eth0", "nodad")
-        sh(*n, "route", "add", "default", "via", "192.0.2.1")
-        sh(*n, "-6", "route", "add", "default", "via", "fd00:c1a::1")
+        self._attach_to_fabric(node.netns, f"cilia-{node.name}", (str(node.underlay_ipv4), str(node.underlay_ipv6)),
+                               ("192.0.2.1", "fd00:c1a::1"))
         self._start_agent(node.name, agent_args)
 
     def restart_agent(self, node_name: str, *, kill: bool = True, agent_args: list[str] | None = None) -> int:
@@ -201,12 +203,8 @@ class Lab:
         self.state["externals"][external.name] = {"netns": external.netns, "ipv4": str(external.ipv4),
                                                   "ipv6": str(external.ipv6)}
         self.save()
-        self._attach_to_fabric(external.netns, f"cilia-x{external.index}")
-        e = ["ip", "-n", external.netns]
-        sh(*e, "addr", "add", f"{external.ipv4}/24", "dev", "eth0")
-        sh(*e, "addr", "add", f"{external.ipv6}/64", "dev", "eth0", "nodad")
-        sh(*e, "route", "add", "default", "via", "198.51.100.1")
-        sh(*e, "-6", "route", "add", "default", "via", "2001:db8:100::1")
+        self._attach_to_fabric(external.netns, f"cilia-x{external.index}", (str(external.ipv4), str(external.ipv6)),
+                               ("198.51.100.1", "2001:db8:100::1"))
         self._start_servers(external.netns, external.name, external.ports)
 
     def _start_servers(self, netns: str, name: str, ports: tuple[Any, ...]) -> None:

@@ -65,8 +65,13 @@ __always_inline_fn void emit_event(struct __sk_buff *ctx, __u8 type, __u8 subtyp
 				   __u8 ct_status, __u32 src_identity, __u32 dst_identity, __u16 direction)
 {
 	struct event *e = bpf_ringbuf_reserve(&cilia_events_v1, sizeof(*e), 0);
-	if (!e)
-		return; /* the agent counts lost events from the ring's producer/consumer positions */
+	if (!e) {
+		__u32 zero = 0;
+		__u64 *lost = bpf_map_lookup_elem(&cilia_events_lost_v1, &zero);
+		if (lost)
+			*lost += 1; /* per-CPU slot: no atomics needed */
+		return;
+	}
 	e->ktime = bpf_ktime_get_ns();
 	e->type = type;
 	e->subtype = subtype;

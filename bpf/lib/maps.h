@@ -80,3 +80,12 @@ struct {
 	__uint(max_entries, 4 * 1024 * 1024);
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } cilia_events_v1 SEC(".maps");
+
+/* events_lost: per-CPU count of events the ring buffer had no room for (the agent sums it). */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__type(key, __u32);
+	__type(value, __u64);
+	__uint(max_entries, 1);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} cilia_events_lost_v1 SEC(".maps");

@@ -95,3 +95,13 @@ def test_api_rejects_unknown_fields_naming_them(lab: Lab) -> None:
             client._request("POST", "/v1/endpoints", json={"containr_id": "x", "netns": "/run/netns/x"})
         spec = client.get("/openapi.json")
     assert "/v1/endpoints" in spec["paths"] and spec["info"]["title"] == "cilia agent API"
+
+
+def test_monitor_prints_raw_events_and_status_counts_lost(lab: Lab) -> None:
+    assert lab.probe("client", "web", 80)["verdict"] == "connected"
+    events = [json.loads(line) for line in cilia("monitor", "--last", "50", "--no-follow").stdout.splitlines()]
+    assert events, "no raw events"
+    syn = [e for e in events
+           if e["type"] == "trace" and e["packet"]["l4"] and e["packet"]["l4"]["tcp_flags"] == ["SYN"]]
+    assert syn and syn[-1]["observation_point"] == "TO_ENDPOINT" and syn[-1]["ct_status"] == "new"
+    assert cilia_json("status")["events_lost"] == 0

@@ -95,7 +95,7 @@ class Agent:
         )
         app.add_exception_handler(ApiError, api_error_handler)
         app.include_router(make_router(self))
-        app.include_router(make_flow_router(self.events.ring, self.config.node))
+        app.include_router(make_flow_router(self.events.ring, self.config.node, self.events.raw))
         return app
 
     async def serve(self) -> None:

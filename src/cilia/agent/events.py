@@ -28,6 +28,7 @@ class EventPump:
         identities: LocalIdentityAllocator,
     ) -> None:
         self.ring = FlowRing(config.flow_buffer)
+        self.raw = FlowRing(1024)  # decoded events as they came, for `cilia monitor`
         self._datapath = datapath
         self._endpoints = endpoints
         self._identities = identities
@@ -59,6 +60,7 @@ class EventPump:
         except DecodeError:
             self.decode_errors += 1
             return
+        self.raw.add(event.to_dict())
         self.ring.add(self.builder.build(event))
 
     def _run_blocking(self) -> None:
@@ -66,6 +68,7 @@ class EventPump:
         try:
             while not self._stop.is_set():
                 reader.poll(200)
+                self.ring.events_lost = self._datapath.datapath.events_lost()
         finally:
             reader.close()
 

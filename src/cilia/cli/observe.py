@@ -97,13 +97,23 @@ def observe(
 
 
 def monitor(
+    last: int = typer.Option(0, "--last", help="also print this many recent events first"),
+    follow: bool = typer.Option(True, "--follow/--no-follow"),
     node: str | None = NodeOption,
     socket: Path | None = SocketOption,
 ) -> None:
-    """Print every new datapath event as it happens (JSON lines) until interrupted."""
-    observe(last=0, follow=True, output=FlowOutput.JSON, pod=[], from_pod=[], to_pod=[], namespace=[], label=[],
-            ip=[], from_ip=[], to_ip=[], port=[], protocol=[], verdict=[], drop_reason=[], traffic_direction=[],
-            node=node, socket=socket)
+    """Print raw datapath events (decoded, not enriched) as JSON lines as they happen, until interrupted."""
+    from cilia.api.client import AgentClient, AgentError, AgentUnavailable
+
+    try:
+        with AgentClient(agent_socket(node, socket)) as client:
+            for event in client.stream_lines("/v1/monitor", {"last": last, "follow": follow}):
+                sys.stdout.write(json.dumps(event) + "\n")
+                sys.stdout.flush()
+    except KeyboardInterrupt:
+        return
+    except (AgentUnavailable, AgentError) as exc:
+        raise fail(str(exc)) from exc
 
 
 def register(app: typer.Typer) -> None:

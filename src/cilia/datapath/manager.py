@@ -23,6 +23,7 @@ LXC_OBJECT = "bpf_lxc.o"
 FROM_CONTAINER = "cil_from_container"
 TO_CONTAINER = "cil_to_container"
 EVENTS_MAP = "cilia_events_v1"
+EVENTS_LOST_MAP = "cilia_events_lost_v1"
 
 
 def default_bpf_dir() -> Path:
@@ -67,7 +68,7 @@ class Datapath:
         """Create or reuse the pinned maps. A first load with an empty config makes the pins."""
         ensure_bpffs()
         self.pin_dir.mkdir(parents=True, exist_ok=True)
-        names = [ipcache.NAME, endpoints.NAME, ct.TCP_NAME, ct.ANY_NAME, metrics.NAME, EVENTS_MAP]
+        names = [ipcache.NAME, endpoints.NAME, ct.TCP_NAME, ct.ANY_NAME, metrics.NAME, EVENTS_MAP, EVENTS_LOST_MAP]
         if not all((self.pin_dir / name).exists() for name in names):
             bootstrap = EndpointConfig(0, 0, 0, "00:00:00:00:00:00", "00:00:00:00:00:00", None, None, None, None)
             self._load(bootstrap).close()
@@ -103,6 +104,11 @@ class Datapath:
     @property
     def events_map(self) -> BpfMap:
         return self.map(EVENTS_MAP)
+
+    def events_lost(self) -> int:
+        """Events the datapath dropped because the ring buffer was full (summed over CPUs)."""
+        raw = self.map(EVENTS_LOST_MAP).lookup(b"\0\0\0\0") or b""
+        return sum(int.from_bytes(raw[i : i + 8], "little") for i in range(0, len(raw), 8))
 
     def attach_endpoint(self, config: EndpointConfig) -> None:
         """Load this endpoint's instance and attach it (atomic replace), then publish its addresses.

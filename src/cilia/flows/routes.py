@@ -16,7 +16,7 @@ from cilia.flows.ring import FlowRing, Subscriber
 _NOT_FILTERS = {"last", "follow"}
 
 
-def make_router(ring: FlowRing, node_name: str) -> APIRouter:
+def make_router(ring: FlowRing, node_name: str, raw: FlowRing | None = None) -> APIRouter:
     router = APIRouter(prefix="/v1")
 
     def line(flow: dict[str, Any]) -> bytes:
@@ -51,6 +51,31 @@ def make_router(ring: FlowRing, node_name: str) -> APIRouter:
             finally:
                 if subscriber is not None:
                     ring.unsubscribe(subscriber)
+
+        return StreamingResponse(body(), media_type="application/x-ndjson")
+
+    @router.get("/monitor")
+    async def monitor(request: Request, last: int = 0, follow: bool = True) -> StreamingResponse:
+        """Decoded datapath events, unenriched, as they arrive (NDJSON)."""
+        events = raw if raw is not None else FlowRing(1)
+        everything = FlowFilter()
+
+        async def body() -> AsyncIterator[bytes]:
+            subscriber = Subscriber(asyncio.get_running_loop(), everything) if follow else None
+            if subscriber is not None:
+                events.subscribe(subscriber)
+            try:
+                for event in events.last(last, everything):
+                    yield (json.dumps(event) + "\n").encode()
+                while subscriber is not None and not await request.is_disconnected():
+                    try:
+                        event = await asyncio.wait_for(subscriber.queue.get(), timeout=1.0)
+                    except TimeoutError:
+                        continue
+                    yield (json.dumps(event) + "\n").encode()
+            finally:
+                if subscriber is not None:
+                    events.unsubscribe(subscriber)
 
         return StreamingResponse(body(), media_type="application/x-ndjson")
 

@@ -7,7 +7,8 @@ from __future__ import annotations
 
 import ipaddress
 import struct
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
+from typing import Any
 
 EVENT_TRACE = 1
 EVENT_DROP = 2
@@ -74,6 +75,16 @@ class MonitorEvent:
     orig_len: int
     direction: str
     packet: Packet = field(default_factory=Packet)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready: what `cilia monitor` prints for each event."""
+        data = asdict(self)
+        if self.packet.l4 is not None:
+            data["packet"]["l4"]["tcp_flags"] = sorted(self.packet.l4.tcp_flags)
+        data["type"] = {EVENT_TRACE: "trace", EVENT_DROP: "drop"}.get(self.type, str(self.type))
+        data["observation_point"] = self.observation_point
+        data["drop_reason_name"] = self.drop_reason_name
+        return data
 
     @property
     def is_drop(self) -> bool:

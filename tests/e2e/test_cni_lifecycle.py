@@ -50,6 +50,7 @@ def netns(lab: Lab) -> Any:
         sh("ip", "netns", "del", NETNS, check=False)
 
 
+@pytest.mark.timeout(900)  # 100 real ADD+DEL cycles: about 150 s here
 def test_add_check_del_cycles_leak_nothing(lab: Lab, netns: str) -> None:
     before = snapshot(lab)
     for cycle in range(100):

@@ -4,7 +4,7 @@
  *   cil_to_container    tc egress of lxcXXX  = packets the node's stack sends to the pod
  *
  * One loaded instance per endpoint; CONFIG (lib/config.h) carries the endpoint's values.
- * Pipeline: parse -> source check -> conntrack -> identities -> policy (next issue) ->
+ * Pipeline: parse -> source check -> identities -> conntrack -> policy (lib/policy.h) ->
  * deliver (redirect_peer to a local pod, or up the node's stack) -> trace. Every drop leaves
  * through send_drop(), which names the reason and the line. */
 #define SOURCE_FILE_ID 1
@@ -19,18 +19,29 @@
 #include "lib/events.h"
 #include "lib/lookup.h"
 #include "lib/neigh.h"
+#include "lib/policy.h"
 
 char LICENSE[] SEC("license") = "GPL";
 
-/* Policy hook: the next issue evaluates the source's egress and the destination's ingress
- * policy here (per-endpoint policy maps keyed by identity, direction, protocol, port). */
-__always_inline_fn int policy_verdict(const struct pkt *p, __u32 src_identity, __u32 dst_identity, int ct_status)
+/* Decide one side's policy for this packet and report it: a policy-verdict event for the first
+ * packet of a connection, and a drop naming the deciding rule when it does not pass.
+ * Returns <0 when the packet must be dropped (the drop event is already sent). */
+__always_inline_fn int enforce_policy(struct __sk_buff *ctx, const struct pkt *p, __u16 endpoint_id, __u8 dir,
+				      __u32 remote, __u32 src_identity, __u32 dst_identity, bool new_conn)
 {
-	(void)p;
-	(void)src_identity;
-	(void)dst_identity;
-	(void)ct_status;
-	return 0;
+	struct policy_result r = {};
+	bool pass = policy_check(endpoint_id, dir, remote, p, &r);
+	__u16 direction = dir == POLICY_DIR_INGRESS ? DIR_INGRESS : DIR_EGRESS;
+	if (new_conn && (r.enforced || r.verdict != VERDICT_ALLOW))
+		send_policy_verdict(ctx, r.verdict, r.audited, r.rule_id, src_identity, dst_identity, direction,
+				    endpoint_id);
+	if (pass)
+		return 0;
+	__u8 reason = r.verdict == VERDICT_DENY		 ? DROP_POLICY_DENY
+		      : r.verdict == VERDICT_NOT_INSTALLED ? DROP_POLICY_NOT_INSTALLED
+							   : DROP_POLICY_DENIED;
+	(void)send_policy_drop(ctx, reason, src_identity, dst_identity, direction, endpoint_id, r.rule_id);
+	return -1;
 }
 
 __always_inline_fn bool is_ipv6_link_local(const union addr16 *a)
@@ -88,17 +99,28 @@ __always_inline_fn int from_container_ip(struct __sk_buff *ctx, struct pkt *p)
 			return TC_ACT_OK;
 		return send_drop(ctx, DROP_INVALID_SOURCE_IP, CONFIG.identity, 0, DIR_EGRESS);
 	}
-	__u32 dst_identity = ipcache_identity(&p->t.daddr, p->t.family);
-	struct ct_result ct = {};
-	if (ct_process(p, ctx->len, CONFIG.identity, CONFIG.aggregation, CONFIG.aggregation_interval, &ct) < 0)
-		return send_drop(ctx, DROP_CT_MAP_INSERT_FAILED, CONFIG.identity, dst_identity, DIR_EGRESS);
-	int verdict = policy_verdict(p, CONFIG.identity, dst_identity, ct.status);
-	if (verdict < 0)
-		return send_drop(ctx, DROP_POLICY_DEFAULT_DENY, CONFIG.identity, dst_identity, DIR_EGRESS);
-
 	struct endpoint_info *ep = endpoint_lookup(&p->t.daddr, p->t.family);
-	if (ep && ep->endpoint_id != CONFIG.endpoint_id)
-		return deliver_local(ctx, p, ep, &ct, ep->identity);
+	bool local = ep && ep->endpoint_id != CONFIG.endpoint_id;
+	__u32 dst_identity = local ? ep->identity : ipcache_identity(&p->t.daddr, p->t.family);
+	struct ct_result ct = {};
+	ct_lookup(p, ctx->len, CONFIG.aggregation, CONFIG.aggregation_interval, &ct);
+	/* Replies and related ICMP errors of an allowed connection pass; everything the initiator
+	 * sends is checked, so a policy change cuts an established connection at its next packet. */
+	if (ct.status == CT_NEW || ct.status == CT_ESTABLISHED) {
+		bool fresh = ct.status == CT_NEW;
+		if (enforce_policy(ctx, p, CONFIG.endpoint_id, POLICY_DIR_EGRESS, dst_identity, CONFIG.identity,
+				   dst_identity, fresh) < 0)
+			return TC_ACT_SHOT;
+		/* A local destination is reached by redirect_peer, which skips its to-container
+		 * program: its ingress policy is decided here, charged to that endpoint. */
+		if (local && enforce_policy(ctx, p, ep->endpoint_id, POLICY_DIR_INGRESS, CONFIG.identity,
+					    CONFIG.identity, dst_identity, fresh) < 0)
+			return TC_ACT_SHOT;
+		if (fresh && ct_create(p, ctx->len, CONFIG.identity) < 0)
+			return send_drop(ctx, DROP_CT_MAP_INSERT_FAILED, CONFIG.identity, dst_identity, DIR_EGRESS);
+	}
+	if (local)
+		return deliver_local(ctx, p, ep, &ct, dst_identity);
 	send_trace(ctx, OBS_TO_STACK, ct.status, CONFIG.identity, dst_identity, DIR_EGRESS, ct.report);
 	return TC_ACT_OK;
 }
@@ -158,10 +180,15 @@ int cil_to_container(struct __sk_buff *ctx)
 	}
 	__u32 src_identity = ipcache_identity(&p.t.saddr, p.t.family);
 	struct ct_result ct = {};
-	if (ct_process(&p, ctx->len, src_identity, CONFIG.aggregation, CONFIG.aggregation_interval, &ct) < 0)
-		return send_drop(ctx, DROP_CT_MAP_INSERT_FAILED, src_identity, CONFIG.identity, DIR_INGRESS);
-	if (policy_verdict(&p, src_identity, CONFIG.identity, ct.status) < 0)
-		return send_drop(ctx, DROP_POLICY_DEFAULT_DENY, src_identity, CONFIG.identity, DIR_INGRESS);
+	ct_lookup(&p, ctx->len, CONFIG.aggregation, CONFIG.aggregation_interval, &ct);
+	if (ct.status == CT_NEW || ct.status == CT_ESTABLISHED) {
+		bool fresh = ct.status == CT_NEW;
+		if (enforce_policy(ctx, &p, CONFIG.endpoint_id, POLICY_DIR_INGRESS, src_identity, src_identity,
+				   CONFIG.identity, fresh) < 0)
+			return TC_ACT_SHOT;
+		if (fresh && ct_create(&p, ctx->len, src_identity) < 0)
+			return send_drop(ctx, DROP_CT_MAP_INSERT_FAILED, src_identity, CONFIG.identity, DIR_INGRESS);
+	}
 	send_trace(ctx, OBS_TO_ENDPOINT, ct.status, src_identity, CONFIG.identity, DIR_INGRESS, ct.report);
 	return TC_ACT_OK;
 }

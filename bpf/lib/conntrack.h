@@ -85,10 +85,10 @@ struct ct_result {
 	__u32 src_identity;
 };
 
-/* Look up (and create or update) the packet's connection. Returns <0 when the table refused
- * a new entry. `report` follows the monitor aggregation setting. */
-__always_inline_fn int ct_process(struct pkt *p, __u32 len, __u32 src_identity, __u32 aggregation,
-				  __u32 interval, struct ct_result *res)
+/* Look the packet's connection up and update it. A packet of no known connection is CT_NEW and
+ * nothing is created yet: policy decides first, then ct_create() records an allowed connection
+ * (so denied packets leave no entry behind). `report` follows the monitor aggregation setting. */
+__always_inline_fn void ct_lookup(struct pkt *p, __u32 len, __u32 aggregation, __u32 interval, struct ct_result *res)
 {
 	void *map = ct_map(p->t.proto);
 	__u64 now = now_seconds();
@@ -104,13 +104,13 @@ __always_inline_fn int ct_process(struct pkt *p, __u32 len, __u32 src_identity, 
 		if (bpf_map_lookup_elem(inner_map, &p->t_inner)) {
 			res->status = CT_RELATED;
 			res->report = true;
-			return 0;
+			return;
 		}
 		tuple_reverse(&p->t_inner, &rev);
 		if (bpf_map_lookup_elem(inner_map, &rev)) {
 			res->status = CT_RELATED;
 			res->report = true;
-			return 0;
+			return;
 		}
 	}
 
@@ -121,21 +121,9 @@ __always_inline_fn int ct_process(struct pkt *p, __u32 len, __u32 src_identity, 
 		reply = e != NULL;
 	}
 	if (!e) {
-		struct ct_entry fresh = {};
-		fresh.tx_packets = 1;
-		fresh.tx_bytes = len;
-		fresh.tx_flags_seen = p->tcp_flags;
-		fresh.tx_flags_report = p->tcp_flags;
-		fresh.src_identity = src_identity;
-		fresh.last_report = now;
-		fresh.closing = (p->tcp_flags & (TCPF_FIN | TCPF_RST)) != 0;
-		fresh.expires = now + ct_lifetime(&fresh, p->t.proto);
-		if (bpf_map_update_elem(map, &p->t, &fresh, BPF_NOEXIST) < 0)
-			return -1;
 		res->status = CT_NEW;
 		res->report = true;
-		res->src_identity = src_identity;
-		return 0;
+		return;
 	}
 
 	__u8 flags = p->tcp_flags;
@@ -173,5 +161,21 @@ __always_inline_fn int ct_process(struct pkt *p, __u32 len, __u32 src_identity, 
 	}
 	res->status = reply ? CT_REPLY : CT_ESTABLISHED;
 	res->src_identity = e->src_identity;
-	return 0;
+}
+
+/* Record a new connection that policy allowed. Losing a race to another CPU is fine. */
+__always_inline_fn int ct_create(struct pkt *p, __u32 len, __u32 src_identity)
+{
+	__u64 now = now_seconds();
+	struct ct_entry fresh = {};
+	fresh.tx_packets = 1;
+	fresh.tx_bytes = len;
+	fresh.tx_flags_seen = p->tcp_flags;
+	fresh.tx_flags_report = p->tcp_flags;
+	fresh.src_identity = src_identity;
+	fresh.last_report = now;
+	fresh.closing = (p->tcp_flags & (TCPF_FIN | TCPF_RST)) != 0;
+	fresh.expires = now + ct_lifetime(&fresh, p->t.proto);
+	int err = bpf_map_update_elem(ct_map(p->t.proto), &p->t, &fresh, BPF_NOEXIST);
+	return err == -17 /* EEXIST */ ? 0 : err;
 }

@@ -5,7 +5,10 @@
  *  10 source file id u8 | 11 ct status u8 | 12 source line u16 | 14 endpoint id u16 |
  *  16 ifindex u32 | 20 src identity u32 | 24 dst identity u32 | 28 original length u32 |
  *  32 captured length u16 | 34 flags u16 (1 = seen leaving the pod, 2 = entering it) |
- *  36 pad u32 | 40 the packet's first 128 bytes, from the Ethernet header */
+ *  36 rule id u32 (policy drops and verdicts: the policy entry that decided, 0 = default deny) |
+ *  40 the packet's first 128 bytes, from the Ethernet header
+ * A policy-verdict event's subtype is the verdict (policy.h VERDICT_*), with 0x80 set when audit
+ * mode let a denied packet through. */
 #pragma once
 
 #include "common.h"
@@ -42,13 +45,13 @@ struct event {
 	__u32 orig_len;
 	__u16 cap_len;
 	__u16 flags;
-	__u32 pad;
+	__u32 rule_id;
 	__u8 data[EVENT_CAPTURE];
 };
 
-__always_inline_fn void metrics_count(__u8 reason, __u8 direction, __u32 len)
+__always_inline_fn void metrics_count(__u16 endpoint_id, __u8 reason, __u8 direction, __u32 len)
 {
-	struct metrics_key key = {.endpoint_id = CONFIG.endpoint_id, .reason = reason, .direction = direction};
+	struct metrics_key key = {.endpoint_id = endpoint_id, .reason = reason, .direction = direction};
 	struct metrics_value *value = bpf_map_lookup_elem(&cilia_metrics_v1, &key);
 	if (!value) {
 		struct metrics_value zero = {};
@@ -62,7 +65,8 @@ __always_inline_fn void metrics_count(__u8 reason, __u8 direction, __u32 len)
 }
 
 __always_inline_fn void emit_event(struct __sk_buff *ctx, __u8 type, __u8 subtype, __u8 file, __u16 line,
-				   __u8 ct_status, __u32 src_identity, __u32 dst_identity, __u16 direction)
+				   __u8 ct_status, __u32 src_identity, __u32 dst_identity, __u16 direction,
+				   __u16 endpoint_id, __u32 rule_id)
 {
 	struct event *e = bpf_ringbuf_reserve(&cilia_events_v1, sizeof(*e), 0);
 	if (!e) {
@@ -78,13 +82,13 @@ __always_inline_fn void emit_event(struct __sk_buff *ctx, __u8 type, __u8 subtyp
 	e->file = file;
 	e->ct_status = ct_status;
 	e->line = line;
-	e->endpoint_id = CONFIG.endpoint_id;
+	e->endpoint_id = endpoint_id;
 	e->ifindex = ctx->ifindex;
 	e->src_identity = src_identity;
 	e->dst_identity = dst_identity;
 	e->orig_len = ctx->len;
 	e->flags = direction;
-	e->pad = 0;
+	e->rule_id = rule_id;
 	__u32 cap = ctx->len < EVENT_CAPTURE ? ctx->len : EVENT_CAPTURE;
 	e->cap_len = 0;
 	if (cap > 0 && cap <= EVENT_CAPTURE && bpf_skb_load_bytes(ctx, 0, e->data, cap) == 0)
@@ -95,16 +99,37 @@ __always_inline_fn void emit_event(struct __sk_buff *ctx, __u8 type, __u8 subtyp
 __always_inline_fn void send_trace(struct __sk_buff *ctx, __u8 obs, __u8 ct_status, __u32 src_identity,
 				   __u32 dst_identity, __u16 direction, bool report)
 {
-	metrics_count(REASON_FORWARDED, direction, ctx->len);
+	metrics_count(CONFIG.endpoint_id, REASON_FORWARDED, direction, ctx->len);
 	if (report)
-		emit_event(ctx, EVENT_TRACE, obs, SOURCE_FILE_ID, 0, ct_status, src_identity, dst_identity, direction);
+		emit_event(ctx, EVENT_TRACE, obs, SOURCE_FILE_ID, 0, ct_status, src_identity, dst_identity, direction,
+			   CONFIG.endpoint_id, 0);
+}
+
+#define VERDICT_AUDIT_FLAG 0x80
+
+/* A policy decision on the first packet of a connection (allowed, denied or audited). */
+__always_inline_fn void send_policy_verdict(struct __sk_buff *ctx, __u8 verdict, bool audited, __u32 rule_id,
+					    __u32 src_identity, __u32 dst_identity, __u16 direction,
+					    __u16 endpoint_id)
+{
+	emit_event(ctx, EVENT_POLICY_VERDICT, verdict | (audited ? VERDICT_AUDIT_FLAG : 0), SOURCE_FILE_ID, 0,
+		   1 /* CT_NEW */, src_identity, dst_identity, direction, endpoint_id, rule_id);
 }
 
 /* The one exit for every drop: an event naming the reason and the line that decided it. */
 #define send_drop(ctx, reason, src_identity, dst_identity, direction)                                          \
 	({                                                                                                     \
-		metrics_count((reason), (direction), (ctx)->len);                                             \
+		metrics_count(CONFIG.endpoint_id, (reason), (direction), (ctx)->len);                         \
 		emit_event((ctx), EVENT_DROP, (reason), SOURCE_FILE_ID, __LINE__, 0, (src_identity),          \
-			   (dst_identity), (direction));                                                       \
+			   (dst_identity), (direction), CONFIG.endpoint_id, 0);                                \
+		TC_ACT_SHOT;                                                                                   \
+	})
+
+/* A policy drop, charged to the endpoint whose policy decided (the destination's, for its ingress). */
+#define send_policy_drop(ctx, reason, src_identity, dst_identity, direction, endpoint_id, rule_id)             \
+	({                                                                                                     \
+		metrics_count((endpoint_id), (reason), (direction), (ctx)->len);                              \
+		emit_event((ctx), EVENT_DROP, (reason), SOURCE_FILE_ID, __LINE__, 0, (src_identity),          \
+			   (dst_identity), (direction), (endpoint_id), (rule_id));                             \
 		TC_ACT_SHOT;                                                                                   \
 	})

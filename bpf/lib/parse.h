@@ -46,7 +46,8 @@ __always_inline_fn int parse_l4(struct __sk_buff *ctx, __u32 off, __u8 proto, st
 			*tcp_flags = ((__u8 *)&th)[13];
 		return 0;
 	}
-	if (proto == IPPROTO_UDP) {
+	if (proto == IPPROTO_UDP || proto == IPPROTO_SCTP) {
+		/* SCTP's common header starts with the two ports, like UDP's */
 		struct udphdr uh;
 		if (bpf_skb_load_bytes(ctx, off, &uh, sizeof(uh)) < 0)
 			return -1;

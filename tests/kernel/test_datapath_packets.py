@@ -14,7 +14,9 @@ from cilia.bpf import BpfObject, RingBufferReader, ensure_bpffs, remove_pins
 from cilia.datapath import EndpointConfig, default_bpf_dir
 from cilia.maps.ct import CtMap
 from cilia.maps.endpoints import EndpointInfo, EndpointsMap
+from cilia.maps.policy import PolicyMaps
 from cilia.monitor.events import decode
+from cilia.policy.mapstate import DirectionState, MapState
 
 TC_ACT_OK, TC_ACT_SHOT, TC_ACT_REDIRECT = 0, 2, 7
 POD_MAC, LXC_MAC = "02:00:00:00:00:02", "02:00:00:00:00:01"
@@ -64,6 +66,7 @@ def lxc() -> Iterator[tuple[BpfObject, list[bytes]]]:
     events: list[bytes] = []
     reader = RingBufferReader(obj.map("cilia_events_v1"), events.append)
     try:
+        allow_all(obj, 1, 2)
         EndpointsMap(obj.map("cilia_endpoints_v1")).upsert(
             ipaddress.IPv4Address(PEER), EndpointInfo(ifindex=6, endpoint_id=2, mac=PEER_MAC, lxc_mac=PEER_LXC_MAC,
                                                        identity=257))
@@ -73,6 +76,13 @@ def lxc() -> Iterator[tuple[BpfObject, list[bytes]]]:
         reader.close()
         obj.close()
         remove_pins(pins)
+
+
+def allow_all(obj: BpfObject, *endpoint_ids: int) -> None:
+    """No policy selects these endpoints: everything passes without a lookup (no state = fail closed)."""
+    policy = PolicyMaps(obj.map("cilia_policy_state_v1"), obj.map("cilia_policy_sel_v1"), obj.map("cilia_policy_v1"))
+    for endpoint_id in endpoint_ids:
+        policy.install(endpoint_id, MapState(DirectionState(), DirectionState()))
 
 
 def run(obj: BpfObject, packet: bytes, program: str = "cil_from_container") -> tuple[int, bytes]:
@@ -153,6 +163,7 @@ def test_aggregation_medium_reports_new_flows_and_flag_changes_only() -> None:
     medium = BpfObject.open(default_bpf_dir() / "bpf_lxc.o", pin_root=pins, rodata={"CONFIG": config.pack()},
                             max_entries={"cilia_ct_tcp_v1": 4096, "cilia_ct_any_v1": 4096})
     try:
+        allow_all(medium, 1)
         seen: list[bytes] = []
         reader = RingBufferReader(medium.map("cilia_events_v1"), seen.append)
         for flags in (0x02, 0x10, 0x10, 0x18, 0x11):  # SYN, ACK, ACK, PSH+ACK, FIN+ACK

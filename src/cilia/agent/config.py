@@ -33,6 +33,10 @@ class AgentConfig:
     ct_any_max: int
     masquerade: bool
     log_level: str
+    policy_enforcement: str = "default"
+    policy_audit_mode: bool = False
+    allow_localhost: str = "auto"
+    policy_map_max_entries: int = 65536
 
     @property
     def paths(self) -> NodePaths:
@@ -76,6 +80,15 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--ct-any-max", type=int, default=1 << 18)
     parser.add_argument("--no-masquerade", action="store_false", dest="masquerade")
     parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    parser.add_argument("--enable-policy", default="default", choices=["default", "always", "never"],
+                        dest="policy_enforcement", help="policy enforcement mode (Cilium's --enable-policy)")
+    parser.add_argument("--policy-audit-mode", action="store_true",
+                        help="log would-be policy drops as AUDIT flows and let the traffic through")
+    parser.add_argument("--allow-localhost", default="auto", choices=["auto", "always", "policy"],
+                        help="the node may reach its pods regardless of ingress policy (auto: unless "
+                             "enforcement is 'always')")
+    parser.add_argument("--policy-map-max-entries", type=int, default=65536,
+                        help="policy map entries one endpoint may use; beyond it the endpoint fails closed")
     return parser
 
 
@@ -97,4 +110,8 @@ def parse_config(argv: list[str] | None = None) -> AgentConfig:
         ct_any_max=args.ct_any_max,
         masquerade=args.masquerade,
         log_level=args.log_level,
+        policy_enforcement=args.policy_enforcement,
+        policy_audit_mode=args.policy_audit_mode,
+        allow_localhost=args.allow_localhost,
+        policy_map_max_entries=args.policy_map_max_entries,
     )

@@ -26,6 +26,7 @@ from cilia.agent.endpoint_manager import EndpointManager
 from cilia.agent.errors import ApiError, invalid
 from cilia.agent.events import EventPump
 from cilia.agent.links import NetlinkLinks
+from cilia.agent.policy_manager import PolicyManager, Settings
 from cilia.agent.routes import api_error_handler, make_router
 from cilia.api.models import Identity, NodeStatus
 from cilia.endpoint.store import EndpointStore
@@ -33,6 +34,9 @@ from cilia.flows.routes import make_router as make_flow_router
 from cilia.identity.allocator import LocalIdentityAllocator
 from cilia.ipam import Ipam
 from cilia.netlink import NodeNetConfig, setup_node_networking
+from cilia.policy.kinds import is_policy
+from cilia.policy.resolve import Enforcement
+from cilia.policy.rules import PROTOCOL_NAMES
 from cilia.resources import ResourceError
 from cilia.resources.store import LocalStore
 
@@ -68,7 +72,19 @@ class Agent:
             links=NetlinkLinks(),
             datapath=self.datapath,
         )
-        self.events = EventPump(config, self.datapath, self.endpoints, self.identities)
+        self.policy = PolicyManager(
+            resources=self.resources,
+            identities=self.identities,
+            datapath=self.datapath,
+            endpoints=self.endpoints,
+            state_dir=paths.state_dir,
+            lock=self.endpoints.lock,
+            settings=Settings(Enforcement(config.policy_enforcement), config.policy_audit_mode,
+                              config.allow_localhost),
+            max_entries=config.policy_map_max_entries,
+        )
+        self.endpoints.policy = self.policy
+        self.events = EventPump(config, self.datapath, self.endpoints, self.identities, self.policy.describe_rule)
         self._resource_lock = threading.Lock()
 
     # ----- lifecycle -----------------------------------------------------------------------------
@@ -77,8 +93,12 @@ class Agent:
         setup_node_networking(self.node_net)
         self.datapath.open()
         self.datapath.sync_node_entries(self.node_net)
+        self.policy.load()
         self.endpoints.restore()
         self.identities.forget_unreferenced()
+        # The restored endpoints' policy is recomputed and compared with what is live: when
+        # nothing changed while the agent was away, nothing in the kernel is touched.
+        self.policy.regenerate()
         self.resources.watch(self._on_resource_event)
         log.info("agent %s started: %d endpoints restored", self.config.node, self.endpoints.restored)
 
@@ -147,6 +167,8 @@ class Agent:
     def _on_resource_event(self, event: str, obj: dict[str, Any], old: dict[str, Any] | None) -> None:
         kind = obj.get("kind")
         metadata = obj.get("metadata", {})
+        if is_policy(obj) or kind == "Pod":
+            self.policy.on_resource_event(event, obj, old)
         if kind == "Pod":
             self.endpoints.reevaluate_identities(metadata.get("namespace", "default"), metadata.get("name"))
         elif kind == "Namespace":
@@ -185,6 +207,39 @@ class Agent:
 
     def bpf_metrics(self) -> list[dict[str, Any]]:
         return self.datapath.dump_metrics()
+
+    def bpf_policy(self, endpoint_id: int) -> dict[str, Any]:
+        """The endpoint's live policy entries, with identity classes expanded and rules named."""
+        raw = self.datapath.dump_policy(endpoint_id)
+        if not raw.get("installed"):
+            return raw
+        members: dict[tuple[str, int], list[int]] = {}
+        for row in raw["classes"]:
+            members.setdefault((row["direction"], row["class"]), []).append(row["identity"])
+        rows = []
+        for row in raw["ports"]:
+            key, value = row["key"], row["value"]
+            klass = row["class"]
+            rule = self.policy.describe_rule(value.rule_id)
+            rows.append({
+                "direction": row["direction"],
+                "identities": sorted(members.get((row["direction"], klass), [])) if klass else "any other",
+                "class": klass,
+                "port": _port_text(key.port, key.bits if key.protocol else 0),
+                "protocol": PROTOCOL_NAMES.get(key.protocol, str(key.protocol)) if key.protocol else "ANY",
+                "verdict": "allow" if value.verdict == 1 else "deny",
+                "rule": (f"{rule['kind']}/{rule['namespace'] + '/' if rule['namespace'] else ''}{rule['name']} "
+                         f"{rule['rule']}") if rule else ("no enforcement" if value.verdict == 1 else "-"),
+            })
+        rows.sort(key=lambda r: (r["direction"], r["class"], r["protocol"], r["port"]))
+        return {"endpoint_id": endpoint_id, "installed": True, "flags": raw["flags"], "entries": rows,
+                "identity_entries": len(raw["classes"])}
+
+
+def _port_text(port: int, bits: int) -> str:
+    if bits == 0:
+        return "*"
+    return str(port) if bits == 16 else f"{port}-{port + (1 << (16 - bits)) - 1}"
 
 
 async def _chmod_when_bound(socket_path: Path) -> None:

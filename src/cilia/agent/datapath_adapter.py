@@ -3,17 +3,20 @@
 from __future__ import annotations
 
 import ipaddress
+from collections.abc import Iterable
 from typing import Any
 
 from cilia.agent.config import AgentConfig, MonitorAggregation
 from cilia.datapath import Datapath, DatapathOptions, EndpointConfig
 from cilia.endpoint.record import EndpointRecord
+from cilia.identity.cidr import CIDR_IDENTITY_BASE, Network
 from cilia.identity.reserved import ReservedIdentity
 from cilia.ipam import Ipam
 from cilia.maps.ct import PROTOCOLS
 from cilia.maps.metrics import DIRECTIONS
 from cilia.monitor.events import DROP_REASONS
 from cilia.netlink import NodeNetConfig
+from cilia.policy.mapstate import MapState
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
@@ -83,12 +86,46 @@ class DatapathAdapter:
     def ct_gc(self) -> int:
         return self.datapath.ct_gc()
 
+    # ----- policy (cilia.agent.policy_manager.PolicyDatapath) ---------------------------------------
+    def install_policy(self, endpoint_id: int, state: MapState) -> bool:
+        return self.datapath.policy.install(endpoint_id, state)
+
+    def fail_policy(self, endpoint_id: int) -> None:
+        self.datapath.policy.fail(endpoint_id)
+
+    def remove_policy(self, endpoint_id: int) -> None:
+        self.datapath.policy.remove(endpoint_id)
+
+    def policy_endpoints(self) -> set[int]:
+        return set(self.datapath.policy.installed)
+
+    def add_cidr_prefixes(self, prefixes: dict[Network, int]) -> None:
+        """CIDR identities into the ipcache, never over a pod's or the node's own entry."""
+        current = self.datapath.ipcache.entries()
+        for prefix, identity in prefixes.items():
+            existing = current.get(prefix)
+            if existing is not None and existing.identity < CIDR_IDENTITY_BASE and prefix.prefixlen > 0:
+                continue
+            if existing is None or existing.identity != identity:
+                self.datapath.ipcache.upsert(prefix, identity)
+
+    def remove_cidr_prefixes(self, prefixes: Iterable[Network]) -> None:
+        current = self.datapath.ipcache.entries()
+        for prefix in prefixes:
+            existing = current.get(prefix)
+            if existing is not None and existing.identity >= CIDR_IDENTITY_BASE:
+                self.datapath.ipcache.delete(prefix)
+
+    def dump_policy(self, endpoint_id: int) -> dict[str, Any]:
+        return self.datapath.policy.dump(endpoint_id)
+
     def summary(self) -> dict[str, Any]:
         return {
             "pin_dir": str(self.datapath.pin_dir),
             "object": str(self.datapath.object_path),
             "ct_entries": len(self.datapath.ct.entries()),
             "ipcache_entries": len(self.datapath.ipcache.entries()),
+            "policy_endpoints": len(self.datapath.policy.installed),
             "monitor_aggregation": self._config.monitor_aggregation.value,
         }
 

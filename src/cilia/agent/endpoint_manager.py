@@ -47,6 +47,22 @@ class EndpointDatapath(Protocol):
     def is_attached(self, record: EndpointRecord) -> bool: ...
 
 
+class EndpointPolicy(Protocol):
+    """What the endpoint manager needs from policy (cilia.agent.policy_manager.PolicyManager)."""
+
+    def regenerate(self, extra: EndpointRecord | None = None) -> None: ...
+
+    def endpoint_removed(self, record: EndpointRecord) -> None: ...
+
+
+class _NoPolicy:
+    def regenerate(self, extra: EndpointRecord | None = None) -> None:
+        pass
+
+    def endpoint_removed(self, record: EndpointRecord) -> None:
+        pass
+
+
 class EndpointLinks(Protocol):
     """What the endpoint manager needs from netlink (cilia.agent.links.NetlinkLinks implements it)."""
 
@@ -89,6 +105,11 @@ class EndpointManager:
         self._machines: dict[int, EndpointStateMachine] = {}
         self.restored = 0
         self._listeners: list[Callable[[], None]] = []
+        self.policy: EndpointPolicy = _NoPolicy()
+
+    @property
+    def lock(self) -> threading.RLock:
+        return self._lock
 
     # ----- queries -------------------------------------------------------------------------------
     def list_endpoints(self) -> list[Endpoint]:
@@ -224,6 +245,10 @@ class EndpointManager:
 
         machine.transition(EndpointState.WAITING_FOR_IDENTITY, "link created")
         machine.transition(EndpointState.REGENERATING, f"identity {identity.id}")
+        # Policy first: the programs fail closed until the endpoint has a policy state, and the
+        # other endpoints learn the new identity before it sends its first packet.
+        undo.append(lambda: self.policy.endpoint_removed(record))
+        self.policy.regenerate(extra=record)
         try:
             self._datapath.attach(record)
         except Exception as exc:
@@ -271,6 +296,7 @@ class EndpointManager:
         errors: list[str] = []
         for what, step in (
             ("datapath", lambda: self._datapath.detach(record)),
+            ("policy", lambda: self.policy.endpoint_removed(record)),
             ("link", lambda: self._links.delete(record)),
             ("ipam", lambda: self._ipam.release(f"{record.container_id}/{record.ifname}")),
             ("identity", lambda: self._identities.release(LabelSet.parse_many(record.identity_labels))),
@@ -360,11 +386,13 @@ class EndpointManager:
                 identity = self._identities.allocate(labels)
                 old_labels = LabelSet.parse_many(record.identity_labels)
                 updated = replace(record, identity=identity.id, identity_labels=new_labels)
+                self.policy.regenerate(extra=updated)  # peers learn the new identity before it is used
                 try:
                     self._datapath.attach(updated)
                 except Exception:
                     log.exception("endpoint %d: re-attach with identity %d failed", record.id, identity.id)
                     self._identities.release(labels)
+                    self.policy.regenerate()
                     machine.transition(EndpointState.READY, "relabel failed; old identity kept")
                     continue
                 self._identities.release(old_labels)
@@ -374,6 +402,7 @@ class EndpointManager:
                 changed += 1
                 log.info("endpoint %d: identity %d -> %d", record.id, record.identity, identity.id)
         if changed:
+            self.policy.regenerate()  # the old identities are gone from everyone's maps
             self._notify()
         return changed
 

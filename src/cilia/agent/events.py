@@ -11,7 +11,7 @@ from cilia.agent.config import AgentConfig
 from cilia.agent.datapath_adapter import DatapathAdapter
 from cilia.agent.endpoint_manager import EndpointManager
 from cilia.bpf import RingBufferReader
-from cilia.flows.build import EndpointView, FlowBuilder
+from cilia.flows.build import EndpointView, FlowBuilder, RuleLookup
 from cilia.flows.ring import FlowRing
 from cilia.identity.allocator import LocalIdentityAllocator
 from cilia.monitor.events import DecodeError, decode
@@ -26,6 +26,7 @@ class EventPump:
         datapath: DatapathAdapter,
         endpoints: EndpointManager,
         identities: LocalIdentityAllocator,
+        rules: RuleLookup | None = None,
     ) -> None:
         self.ring = FlowRing(config.flow_buffer)
         self.raw = FlowRing(1024)  # decoded events as they came, for `cilia monitor`
@@ -35,7 +36,8 @@ class EventPump:
         self._views: dict[str, EndpointView] = {}
         endpoints.subscribe(self._refresh_views)
         boot_offset = time.time_ns() - time.monotonic_ns()
-        self.builder = FlowBuilder(config.node, self._views.get, self._identity_labels, boot_offset)
+        self.builder = FlowBuilder(config.node, self._views.get, self._identity_labels, boot_offset,
+                                   rules or (lambda _rule_id: None))
         self._stop = threading.Event()
         self.decode_errors = 0
 

@@ -9,15 +9,21 @@ from fastapi.responses import JSONResponse
 
 from cilia.agent.errors import ApiError, invalid, not_found
 from cilia.api.models import (
+    AgentConfigPatch,
+    AgentConfigView,
     ApplyRequest,
     ApplyResult,
     ApplyResultItem,
     Endpoint,
+    EndpointConfigRequest,
     EndpointCreateRequest,
     GcRequest,
     GcResult,
     Identity,
     NodeStatus,
+    PolicyList,
+    PolicySummary,
+    TraceRequest,
 )
 
 if TYPE_CHECKING:
@@ -42,17 +48,59 @@ def make_router(agent: Agent) -> APIRouter:
 
     # Endpoints. Handlers are plain functions: FastAPI runs them in its threadpool, so blocking
     # netlink and bpf calls do not stall the event loop; the manager serialises them.
+    def with_policy(endpoint: Endpoint) -> Endpoint:
+        return endpoint.model_copy(update={"policy": agent.policy.status(endpoint.id)})
+
     @router.post("/endpoints", response_model=Endpoint, status_code=201)
     def create_endpoint(request: EndpointCreateRequest) -> Endpoint:
-        return agent.endpoints.create(request)
+        return with_policy(agent.endpoints.create(request))
 
     @router.get("/endpoints", response_model=list[Endpoint])
     def list_endpoints() -> list[Endpoint]:
-        return agent.endpoints.list_endpoints()
+        return [with_policy(e) for e in agent.endpoints.list_endpoints()]
 
     @router.get("/endpoints/{endpoint_id}", response_model=Endpoint)
     def get_endpoint(endpoint_id: int) -> Endpoint:
-        return agent.endpoints.get(endpoint_id)
+        return with_policy(agent.endpoints.get(endpoint_id))
+
+    @router.patch("/endpoints/{endpoint_id}/config", response_model=Endpoint)
+    def configure_endpoint(endpoint_id: int, request: EndpointConfigRequest) -> Endpoint:
+        agent.endpoints.get(endpoint_id)  # 404 when it does not exist
+        agent.policy.set_endpoint_audit(endpoint_id, request.policy_audit_mode)
+        return with_policy(agent.endpoints.get(endpoint_id))
+
+    # Agent settings that change at runtime.
+    @router.get("/config", response_model=AgentConfigView)
+    def get_config() -> AgentConfigView:
+        return agent.policy.config()
+
+    @router.patch("/config", response_model=AgentConfigView)
+    def patch_config(patch: AgentConfigPatch) -> AgentConfigView:
+        return agent.policy.patch_config(patch)
+
+    # Policy.
+    @router.get("/policy", response_model=PolicyList)
+    def list_policy() -> PolicyList:
+        repository = agent.policy.repository
+        return PolicyList(revision=repository.revision, policies=[
+            PolicySummary(kind=ref.kind, namespace=ref.namespace, name=ref.name,
+                          rules=len(repository.rules_of(ref)), selects_endpoints=agent.policy.selecting(ref))
+            for ref in repository.refs()])
+
+    @router.post("/policy/trace")
+    def policy_trace(request: TraceRequest) -> dict[str, Any]:
+        try:
+            result = agent.policy.trace((request.src_pod, request.src_labels, request.src_ip),
+                                        (request.dst_pod, request.dst_labels, request.dst_ip),
+                                        request.protocol, request.dport)
+        except (LookupError, ValueError) as exc:
+            raise invalid(f"policy trace: {exc}") from exc
+        return result.to_dict()
+
+    @router.get("/bpf/policy/{endpoint_id}")
+    def bpf_policy(endpoint_id: int) -> dict[str, Any]:
+        agent.endpoints.get(endpoint_id)
+        return agent.bpf_policy(endpoint_id)
 
     @router.delete("/endpoints/{endpoint_id}", status_code=204)
     def delete_endpoint(endpoint_id: int) -> None:

@@ -83,6 +83,12 @@ class AgentClient:
     def get(self, path: str, params: dict[str, Any] | None = None) -> Any:
         return self._request("GET", path, params=params).json()
 
+    def post(self, path: str, body: dict[str, Any]) -> Any:
+        return self._request("POST", path, json=body).json()
+
+    def patch(self, path: str, body: dict[str, Any]) -> Any:
+        return self._request("PATCH", path, json=body).json()
+
     def healthz(self) -> dict[str, Any]:
         result: dict[str, Any] = self.get("/v1/healthz")
         return result

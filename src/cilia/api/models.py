@@ -53,6 +53,17 @@ class EndpointCreateRequest(Strict):
     labels: dict[str, str] = Field(default_factory=dict, description="extra labels (lab pods without a Pod object)")
 
 
+class EndpointPolicyStatus(Strict):
+    """Policy of one endpoint: enforcement per direction ("enabled", "disabled", "audit", "failed")."""
+
+    ingress: str
+    egress: str
+    audit: bool = False
+    map_entries: int = 0
+    selected_by: list[str] = Field(default_factory=list)
+    error: str = ""
+
+
 class Endpoint(Strict):
     """An endpoint as the API shows it."""
 
@@ -75,6 +86,53 @@ class Endpoint(Strict):
     labels: list[str]
     state: EndpointState
     created_at: float
+    policy: EndpointPolicyStatus | None = None
+
+
+class EndpointConfigRequest(Strict):
+    """Per-endpoint settings; null puts a setting back to the agent's default."""
+
+    policy_audit_mode: bool | None = None
+
+
+class AgentConfigView(Strict):
+    """The agent's runtime-changeable settings (PATCH /v1/config)."""
+
+    policy_enforcement: str = Field(pattern="^(default|always|never)$")
+    policy_audit_mode: bool
+    allow_localhost: str = Field(pattern="^(auto|always|policy)$")
+
+
+class AgentConfigPatch(Strict):
+    policy_enforcement: str | None = Field(default=None, pattern="^(default|always|never)$")
+    policy_audit_mode: bool | None = None
+    allow_localhost: str | None = Field(default=None, pattern="^(auto|always|policy)$")
+
+
+class PolicySummary(Strict):
+    kind: str
+    namespace: str
+    name: str
+    rules: int
+    selects_endpoints: list[int]
+
+
+class PolicyList(Strict):
+    revision: int
+    policies: list[PolicySummary]
+
+
+class TraceRequest(Strict):
+    """Who talks to whom: each side by pod (`ns/name`), by labels (`app=web`, `k8s:team=a`) or by IP."""
+
+    src_pod: str | None = None
+    src_labels: list[str] = Field(default_factory=list)
+    src_ip: str | None = None
+    dst_pod: str | None = None
+    dst_labels: list[str] = Field(default_factory=list)
+    dst_ip: str | None = None
+    dport: int = Field(ge=0, le=65535)
+    protocol: str = Field(default="TCP", pattern="^(TCP|UDP|SCTP|ICMP|ICMPV6|tcp|udp|sctp|icmp|icmpv6)$")
 
 
 class GcRequest(Strict):

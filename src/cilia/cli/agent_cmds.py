@@ -129,9 +129,11 @@ def endpoint_list(
         return
     print_table(
         None,
-        ["ID", "POD", "IPv4", "IPv6", "IDENTITY", "STATE", "INTERFACE"],
+        ["ID", "POD", "IPv4", "IPv6", "IDENTITY", "POLICY INGRESS", "POLICY EGRESS", "STATE", "INTERFACE"],
         [
-            (e.id, f"{e.pod_namespace}/{e.pod_name}", e.ipv4, e.ipv6, e.identity, e.state.value, e.host_ifname)
+            (e.id, f"{e.pod_namespace}/{e.pod_name}", e.ipv4, e.ipv6, e.identity,
+             e.policy.ingress if e.policy else "?", e.policy.egress if e.policy else "?", e.state.value,
+             e.host_ifname)
             for e in endpoints
         ],
     )

@@ -38,6 +38,9 @@ def compact_line(record: dict[str, Any]) -> str:
     point = flow.get("trace_observation_point", "").lower().replace("_", "-")
     verdict = flow["verdict"]
     summary = flow.get("Summary", "")
+    if flow.get("event_type", {}).get("type") == 5:
+        direction = flow.get("traffic_direction", "").lower()
+        return f"{when}: {src} -> {dst} policy-verdict:{direction} {verdict} ({summary})"
     if verdict == "DROPPED":
         where = flow.get("file", {})
         return f"{when}: {src} <> {dst} {verdict} ({summary}, {where.get('name')}:{where.get('line')})"
@@ -61,6 +64,8 @@ def observe(
     verdict: list[str] = typer.Option([], "--verdict", help="FORWARDED, DROPPED, ..."),
     drop_reason: list[str] = typer.Option([], "--drop-reason"),
     traffic_direction: list[str] = typer.Option([], "--traffic-direction"),
+    policy: list[str] = typer.Option([], "--policy", help="deciding policy: name, ns/name, Kind/ns/name or "
+                                     "default-deny"),
     node: str | None = NodeOption,
     socket: Path | None = SocketOption,
 ) -> None:
@@ -71,7 +76,7 @@ def observe(
     for name, values in (("pod", pod), ("from_pod", from_pod), ("to_pod", to_pod), ("namespace", namespace),
                          ("label", label), ("ip", ip), ("from_ip", from_ip), ("to_ip", to_ip), ("port", port),
                          ("protocol", protocol), ("verdict", verdict), ("drop_reason", drop_reason),
-                         ("traffic_direction", traffic_direction)):
+                         ("traffic_direction", traffic_direction), ("policy", policy)):
         if values:
             params[name] = values
     rows: list[list[str]] = []

@@ -15,6 +15,7 @@ from pathlib import Path
 from cilia.bpf import EGRESS, INGRESS, BpfMap, BpfObject, ensure_bpffs, tc_attach, tc_detach, tc_query
 from cilia.datapath.config import EndpointConfig
 from cilia.maps import ct, endpoints, ipcache, metrics
+from cilia.maps import policy as policy_maps
 from cilia.maps.endpoints import EndpointInfo, EndpointsMap
 from cilia.maps.ipcache import IpcacheMap, Prefix
 
@@ -51,6 +52,7 @@ class Datapath:
         self.bpf_dir = bpf_dir or default_bpf_dir()
         self.options = options or DatapathOptions()
         self._maps: dict[str, BpfMap] = {}
+        self._policy: policy_maps.PolicyMaps | None = None
 
     @property
     def object_path(self) -> Path:
@@ -68,17 +70,21 @@ class Datapath:
         """Create or reuse the pinned maps. A first load with an empty config makes the pins."""
         ensure_bpffs()
         self.pin_dir.mkdir(parents=True, exist_ok=True)
-        names = [ipcache.NAME, endpoints.NAME, ct.TCP_NAME, ct.ANY_NAME, metrics.NAME, EVENTS_MAP, EVENTS_LOST_MAP]
+        names = [ipcache.NAME, endpoints.NAME, ct.TCP_NAME, ct.ANY_NAME, metrics.NAME, EVENTS_MAP, EVENTS_LOST_MAP,
+                 *policy_maps.NAMES]
         if not all((self.pin_dir / name).exists() for name in names):
             bootstrap = EndpointConfig(0, 0, 0, "00:00:00:00:00:00", "00:00:00:00:00:00", None, None, None, None)
             self._load(bootstrap).close()
         for name in names:
             self._maps[name] = BpfMap.from_pin(self.pin_dir / name)
+        self._policy = policy_maps.PolicyMaps(*(self._maps[name] for name in policy_maps.NAMES))
+        self._policy.scan()
 
     def close(self) -> None:
         for bpf_map in self._maps.values():
             bpf_map.close()
         self._maps.clear()
+        self._policy = None
 
     def map(self, name: str) -> BpfMap:
         if name not in self._maps:
@@ -100,6 +106,12 @@ class Datapath:
     @property
     def metrics(self) -> metrics.MetricsMap:
         return metrics.MetricsMap(self.map(metrics.NAME))
+
+    @property
+    def policy(self) -> policy_maps.PolicyMaps:
+        if self._policy is None:
+            raise RuntimeError("datapath maps are not open: call open() first")
+        return self._policy
 
     @property
     def events_map(self) -> BpfMap:

@@ -26,6 +26,7 @@ class EndpointView:
 
 EndpointLookup = Callable[[str], EndpointView | None]  # by IP
 IdentityLookup = Callable[[int], list[str]]  # identity -> labels
+RuleLookup = Callable[[int], dict[str, Any] | None]  # rule id -> {kind, namespace, name, rule, id}
 
 _OBS_TO_HUBBLE = {"TO_ENDPOINT": "TO_ENDPOINT", "TO_STACK": "TO_STACK", "FROM_ENDPOINT": "FROM_ENDPOINT",
                   "TO_HOST": "TO_HOST"}
@@ -35,7 +36,8 @@ _ICMP6_NAMES = {1: "DestinationUnreachable", 3: "TimeExceeded", 128: "EchoReques
 
 class FlowBuilder:
     def __init__(self, node_name: str, endpoints: EndpointLookup, identities: IdentityLookup,
-                 boot_time_ns: int) -> None:
+                 boot_time_ns: int, rules: RuleLookup | None = None) -> None:
+        self._rules: RuleLookup = rules or (lambda _rule_id: None)
         self.node_name = node_name
         self._endpoints = endpoints
         self._identities = identities
@@ -55,13 +57,13 @@ class FlowBuilder:
         flow: Flow = {
             "time": timestamp.isoformat().replace("+00:00", "Z"),
             "uuid": str(uuid.uuid4()),
-            "verdict": "DROPPED" if event.type == EVENT_DROP else "FORWARDED",
+            "verdict": _verdict(event),
             "ethernet": {"source": packet.eth_source, "destination": packet.eth_destination},
             "source": self._endpoint(packet.source, event.src_identity),
             "destination": self._endpoint(packet.destination, event.dst_identity),
             "Type": "L3_L4",
             "node_name": self.node_name,
-            "event_type": {"type": 1 if event.type == EVENT_DROP else 4},
+            "event_type": {"type": _EVENT_TYPE.get(event.type, 0)},
             "traffic_direction": event.direction,
             "is_reply": event.is_reply,
             "interface": {"index": event.ifindex},
@@ -84,14 +86,50 @@ class FlowBuilder:
                 flow["l4"] = {l4.protocol: {"type": l4.icmp_type, "code": l4.icmp_code}}
                 names = _ICMP4_NAMES if l4.protocol == "ICMPv4" else _ICMP6_NAMES
                 summary = f"{l4.protocol} {names.get(l4.icmp_type or 0, str(l4.icmp_type))}"
+        if event.is_policy_verdict or event.is_policy_drop:
+            policy = self._policy(event)
+            side = "ingress" if event.direction == "INGRESS" else "egress"
+            allowed = event.is_policy_verdict and event.policy_verdict == "allowed"
+            flow[f"{side}_{'allowed' if allowed else 'denied'}_by"] = [policy] if policy.get("kind") else []
+            flow["policy_decision"] = policy["decision"]
         if event.type == EVENT_DROP:
             flow["drop_reason"] = event.drop_reason
             flow["drop_reason_desc"] = event.drop_reason_name
             flow["file"] = {"name": event.source_file, "line": event.source_line}
             flow["event_type"]["sub_type"] = event.drop_reason
             summary = event.drop_reason_desc
+            if event.is_policy_drop:
+                summary += f" by {flow['policy_decision']}"
+        elif event.is_policy_verdict:
+            flow["event_type"]["sub_type"] = 0
+            flow["policy_verdict"] = event.policy_verdict
+            summary = f"policy verdict {event.policy_verdict}{' (audit)' if event.audited else ''} by " \
+                      f"{flow['policy_decision']}"
         else:
             flow["trace_observation_point"] = _OBS_TO_HUBBLE.get(event.observation_point, "UNKNOWN_POINT")
             flow["event_type"]["sub_type"] = event.subtype
         flow["Summary"] = summary
         return flow
+
+    def _policy(self, event: MonitorEvent) -> dict[str, Any]:
+        """The policy entry that decided, or what decided without one."""
+        rule = self._rules(event.rule_id) if event.rule_id else None
+        if rule is not None:
+            ref = "/".join(p for p in (rule["kind"], rule["namespace"], rule["name"]) if p)
+            return {**rule, "decision": f"{ref} {rule['rule']}"}
+        if event.is_drop and event.drop_reason_name == "POLICY_NOT_INSTALLED":
+            return {"decision": "policy not installed (fail closed)"}
+        if event.is_policy_verdict and event.policy_verdict == "allowed":
+            return {"decision": "allow-localhost" if event.src_identity == 1 else "no enforcement"}
+        return {"decision": "default deny"}
+
+
+_EVENT_TYPE = {1: 4, 2: 1, 3: 5}  # trace, drop, policy verdict -> Hubble's event type numbers
+
+
+def _verdict(event: MonitorEvent) -> str:
+    if event.is_policy_verdict:
+        if event.audited:
+            return "AUDIT"
+        return "FORWARDED" if event.policy_verdict == "allowed" else "DROPPED"
+    return "DROPPED" if event.type == EVENT_DROP else "FORWARDED"

@@ -24,6 +24,7 @@ class FlowFilter:
     verdict: list[str] = field(default_factory=list)
     drop_reason: list[str] = field(default_factory=list)
     traffic_direction: list[str] = field(default_factory=list)
+    policy: list[str] = field(default_factory=list)
 
     @classmethod
     def from_params(cls, params: Mapping[str, Sequence[str]]) -> FlowFilter:
@@ -55,6 +56,7 @@ class FlowFilter:
             (self.verdict, lambda v: v.upper() == flow.get("verdict")),
             (self.drop_reason, lambda v: v.upper() == flow.get("drop_reason_desc")),
             (self.traffic_direction, lambda v: v.upper() == flow.get("traffic_direction")),
+            (self.policy, lambda v: _policy_match(flow, v)),
         ]
         return all(not values or any(test(value) for value in values) for values, test in checks)
 
@@ -73,4 +75,20 @@ def _label_match(endpoint: dict[str, Any], wanted: str) -> bool:
         lkey, _, lvalue = kv.partition("=")
         if lkey == key and (not value or lvalue == value):
             return True
+    return False
+
+
+def _policy_match(flow: Flow, wanted: str) -> bool:
+    """By name, namespace/name or kind/namespace/name of the deciding policy, or `default-deny`."""
+    decision = flow.get("policy_decision")
+    if not decision:
+        return False
+    if wanted.replace("-", " ") == decision:
+        return True
+    for key in ("ingress_denied_by", "egress_denied_by", "ingress_allowed_by", "egress_allowed_by"):
+        for policy in flow.get(key, []):
+            names = {policy["name"], f"{policy['namespace']}/{policy['name']}",
+                     "/".join(p for p in (policy["kind"], policy["namespace"], policy["name"]) if p)}
+            if wanted in names:
+                return True
     return False

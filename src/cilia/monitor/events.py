@@ -27,7 +27,7 @@ DROP_REASONS: dict[int, tuple[str, str]] = {
     130: ("INVALID_SOURCE_MAC", "Invalid source mac"),
     131: ("INVALID_DEST_MAC", "Invalid destination mac"),
     132: ("INVALID_SOURCE_IP", "Invalid source ip"),
-    133: ("POLICY_DEFAULT_DENY", "Policy denied"),
+    133: ("POLICY_DENIED", "Policy denied"),
     134: ("INVALID_PACKET", "Invalid packet"),
     135: ("CT_INVALID_HEADER", "CT: Invalid header"),
     137: ("UNKNOWN_L4", "Unknown L4 protocol"),
@@ -37,7 +37,12 @@ DROP_REASONS: dict[int, tuple[str, str]] = {
     164: ("TTL_EXCEEDED", "TTL exceeded"),
     165: ("NO_ENDPOINT", "No local endpoint"),
     181: ("POLICY_DENY", "Policy denied by denylist"),
+    220: ("POLICY_NOT_INSTALLED", "Policy not installed (fail closed)"),
 }
+POLICY_DROP_REASONS = (133, 181, 220)
+# Policy-verdict subtypes (bpf/lib/policy.h VERDICT_*); 0x80 marks a denied packet audit mode let through.
+VERDICTS = {1: "allowed", 2: "denied", 3: "default-denied", 4: "not-installed"}
+VERDICT_AUDIT_FLAG = 0x80
 
 
 @dataclass(frozen=True)
@@ -75,16 +80,37 @@ class MonitorEvent:
     orig_len: int
     direction: str
     packet: Packet = field(default_factory=Packet)
+    rule_id: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready: what `cilia monitor` prints for each event."""
         data = asdict(self)
         if self.packet.l4 is not None:
             data["packet"]["l4"]["tcp_flags"] = sorted(self.packet.l4.tcp_flags)
-        data["type"] = {EVENT_TRACE: "trace", EVENT_DROP: "drop"}.get(self.type, str(self.type))
+        data["type"] = {EVENT_TRACE: "trace", EVENT_DROP: "drop", EVENT_POLICY_VERDICT: "policy-verdict"}.get(
+            self.type, str(self.type))
         data["observation_point"] = self.observation_point
         data["drop_reason_name"] = self.drop_reason_name
+        if self.is_policy_verdict:
+            data["verdict"] = self.policy_verdict
+            data["audited"] = self.audited
         return data
+
+    @property
+    def is_policy_verdict(self) -> bool:
+        return self.type == EVENT_POLICY_VERDICT
+
+    @property
+    def policy_verdict(self) -> str:
+        return VERDICTS.get(self.subtype & ~VERDICT_AUDIT_FLAG, str(self.subtype)) if self.is_policy_verdict else ""
+
+    @property
+    def audited(self) -> bool:
+        return self.is_policy_verdict and bool(self.subtype & VERDICT_AUDIT_FLAG)
+
+    @property
+    def is_policy_drop(self) -> bool:
+        return self.is_drop and self.subtype in POLICY_DROP_REASONS
 
     @property
     def is_drop(self) -> bool:
@@ -92,7 +118,9 @@ class MonitorEvent:
 
     @property
     def observation_point(self) -> str:
-        return "" if self.is_drop else OBSERVATION_POINTS.get(self.subtype, "UNKNOWN_POINT")
+        if self.is_drop or self.is_policy_verdict:
+            return ""
+        return OBSERVATION_POINTS.get(self.subtype, "UNKNOWN_POINT")
 
     @property
     def drop_reason(self) -> int:
@@ -127,9 +155,9 @@ def _l4(protocol: int, data: bytes, v6: bool) -> L4:
         sport, dport = struct.unpack_from("!HH", data)
         flags = frozenset(name for bit, name in _TCP_FLAG_NAMES if data[13] & bit)
         return L4("TCP", sport, dport, flags)
-    if protocol == 17 and len(data) >= 4:
+    if protocol in (17, 132) and len(data) >= 4:
         sport, dport = struct.unpack_from("!HH", data)
-        return L4("UDP", sport, dport)
+        return L4("UDP" if protocol == 17 else "SCTP", sport, dport)
     if protocol in (1, 58) and len(data) >= 2:
         return L4("ICMPv6" if v6 else "ICMPv4", icmp_type=data[0], icmp_code=data[1])
     return L4(str(protocol))
@@ -164,7 +192,7 @@ def decode(record: bytes) -> MonitorEvent:
     if len(record) < HEADER_SIZE:
         raise DecodeError(f"event record of {len(record)} bytes is shorter than the {HEADER_SIZE}-byte header")
     (ktime, etype, subtype, file_id, ct_status, line, endpoint_id, ifindex, src_id, dst_id, orig_len, cap_len,
-     flags, _pad) = _HEADER.unpack_from(record)
+     flags, rule_id) = _HEADER.unpack_from(record)
     if etype not in (EVENT_TRACE, EVENT_DROP, EVENT_POLICY_VERDICT):
         raise DecodeError(f"unknown event type {etype}")
     data = record[HEADER_SIZE : HEADER_SIZE + cap_len]
@@ -182,4 +210,5 @@ def decode(record: bytes) -> MonitorEvent:
         orig_len=orig_len,
         direction=DIRECTIONS.get(flags, "TRAFFIC_DIRECTION_UNKNOWN"),
         packet=parse_packet(data),
+        rule_id=rule_id,
     )

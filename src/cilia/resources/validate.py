@@ -47,7 +47,7 @@ def validate_labels(obj: dict[str, Any], labels: Any, field: str) -> None:
             raise _fail(obj, f"{field}.{key}", f"value {value!r} is not a valid label value")
 
 
-def _common(obj: dict[str, Any], namespaced: bool) -> None:
+def validate_common(obj: dict[str, Any], namespaced: bool) -> None:
     unknown = set(obj) - TOP_LEVEL
     if unknown:
         raise _fail(obj, sorted(unknown)[0], "unknown field")
@@ -70,13 +70,13 @@ def _common(obj: dict[str, Any], namespaced: bool) -> None:
 
 
 def validate_namespace(obj: dict[str, Any]) -> None:
-    _common(obj, namespaced=False)
+    validate_common(obj, namespaced=False)
     if not DNS1123_LABEL.match(obj["metadata"]["name"]):
         raise _fail(obj, "metadata.name", "a namespace name must be a DNS-1123 label")
 
 
 def validate_pod(obj: dict[str, Any]) -> None:
-    _common(obj, namespaced=True)
+    validate_common(obj, namespaced=True)
     spec = obj.get("spec", {})
     if not isinstance(spec, dict):
         raise _fail(obj, "spec", "must be an object")
@@ -103,6 +103,11 @@ KINDS: dict[tuple[str, str], tuple[bool, Callable[[dict[str, Any]], None]]] = {
     ("v1", "Namespace"): (False, validate_namespace),
     ("v1", "Pod"): (True, validate_pod),
 }
+
+
+def register_kind(api_version: str, kind: str, namespaced: bool, validator: Callable[[dict[str, Any]], None]) -> None:
+    """Kinds owned by other packages (policy) plug their validators in here."""
+    KINDS[(api_version, kind)] = (namespaced, validator)
 
 
 def validate(obj: Any) -> None:

@@ -1,0 +1,154 @@
+/* Policy enforcement: per-endpoint state, identity classes and an LPM of (class, protocol, port).
+ *
+ * The agent (cilia.policy.mapstate) compresses an endpoint's policy so that identities and ports
+ * do not multiply:
+ *   cilia_policy_state_v1  endpoint id -> flags (what to enforce, audit, active generation)
+ *   cilia_policy_sel_v1    (identity, endpoint, direction+generation) -> identity class
+ *   cilia_policy_v1        LPM (endpoint, class, direction+generation, protocol, port) -> verdict + rule id
+ * Identities without a selector entry are class 0 (matched only by wildcard peers). A miss in
+ * the LPM is the default deny. Entries are written under the inactive generation and made live
+ * by one update of the state's generation bit, so a policy change is atomic per endpoint.
+ * No state entry at all means the agent has not installed policy: fail closed. */
+#pragma once
+
+#include "common.h"
+#include "identity.h"
+#include "parse.h"
+
+#define POLICY_DIR_INGRESS 0
+#define POLICY_DIR_EGRESS 1
+
+#define PSTATE_GENERATION (1 << 0)
+#define PSTATE_INGRESS_LOOKUP (1 << 1) /* else: ingress passes without a lookup */
+#define PSTATE_EGRESS_LOOKUP (1 << 2)
+#define PSTATE_INGRESS_ENFORCED (1 << 3)
+#define PSTATE_EGRESS_ENFORCED (1 << 4)
+#define PSTATE_AUDIT (1 << 5)
+#define PSTATE_ALLOW_HOST_INGRESS (1 << 6)
+#define PSTATE_FAILED (1 << 7) /* the agent could not install this endpoint's policy */
+
+#define VERDICT_ALLOW 1
+#define VERDICT_DENY 2
+#define VERDICT_DEFAULT_DENY 3
+#define VERDICT_NOT_INSTALLED 4
+
+struct policy_state {
+	__u32 flags;
+	__u32 revision;
+};
+
+struct policy_sel_key {
+	__u32 identity;
+	__u16 endpoint_id;
+	__u8 dir_gen; /* direction << 1 | generation */
+	__u8 pad;
+};
+
+/* LPM: prefixlen counts from endpoint_id; 40 bits fix endpoint, class and direction+generation,
+ * 48 the protocol, 64 the whole port. dport stays in network order so port prefixes work. */
+struct policy_key {
+	__u32 prefixlen;
+	__u16 endpoint_id;
+	__u16 class_id;
+	__u8 dir_gen;
+	__u8 proto;
+	__be16 dport;
+};
+
+struct policy_entry {
+	__u32 rule_id;
+	__u8 verdict; /* VERDICT_ALLOW or VERDICT_DENY */
+	__u8 pad[3];
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__type(key, __u32);
+	__type(value, struct policy_state);
+	__uint(max_entries, 65536);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} cilia_policy_state_v1 SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__type(key, struct policy_sel_key);
+	__type(value, __u32);
+	__uint(max_entries, 1048576);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} cilia_policy_sel_v1 SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
+	__type(key, struct policy_key);
+	__type(value, struct policy_entry);
+	__uint(max_entries, 1048576);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} cilia_policy_v1 SEC(".maps");
+
+struct policy_result {
+	__u32 rule_id;
+	__u8 verdict;
+	__u8 enforced;
+	__u8 audited; /* denied, but audit mode lets it through */
+	__u8 pad;
+};
+
+/* The port policy sees: L4 destination port, the ICMP type for ICMP, 0 otherwise. */
+__always_inline_fn __be16 policy_port(const struct pkt *p)
+{
+	if (p->t.proto == IPPROTO_ICMP || p->t.proto == IPPROTO_ICMPV6)
+		return bpf_htons(p->icmp_type);
+	return p->t.dport;
+}
+
+/* Decide for endpoint `endpoint_id`, traffic in `dir` with `remote` as the peer's identity.
+ * Returns true when the packet may pass (allowed, or denied in audit mode). */
+__always_inline_fn bool policy_check(__u32 endpoint_id, __u8 dir, __u32 remote, const struct pkt *p,
+				     struct policy_result *r)
+{
+	struct policy_state *st = bpf_map_lookup_elem(&cilia_policy_state_v1, &endpoint_id);
+	r->rule_id = 0;
+	r->audited = 0;
+	r->enforced = 1;
+	if (!st || (st->flags & PSTATE_FAILED)) {
+		r->verdict = VERDICT_NOT_INSTALLED;
+		return false;
+	}
+	__u32 flags = st->flags;
+	bool ingress = dir == POLICY_DIR_INGRESS;
+	r->enforced = (flags & (ingress ? PSTATE_INGRESS_ENFORCED : PSTATE_EGRESS_ENFORCED)) != 0;
+	if (!(flags & (ingress ? PSTATE_INGRESS_LOOKUP : PSTATE_EGRESS_LOOKUP))) {
+		r->verdict = VERDICT_ALLOW;
+		return true;
+	}
+	if (ingress && remote == IDENTITY_HOST && (flags & PSTATE_ALLOW_HOST_INGRESS)) {
+		r->verdict = VERDICT_ALLOW;
+		return true;
+	}
+	__u8 dir_gen = (dir << 1) | (flags & PSTATE_GENERATION);
+	struct policy_sel_key sk = {.identity = remote, .endpoint_id = endpoint_id, .dir_gen = dir_gen};
+	__u32 *klass = bpf_map_lookup_elem(&cilia_policy_sel_v1, &sk);
+	struct policy_key key = {
+		.prefixlen = 64,
+		.endpoint_id = endpoint_id,
+		.class_id = klass ? *klass : 0,
+		.dir_gen = dir_gen,
+		.proto = p->t.proto,
+		.dport = policy_port(p),
+	};
+	struct policy_entry *e = bpf_map_lookup_elem(&cilia_policy_v1, &key);
+	if (e && e->verdict == VERDICT_ALLOW) {
+		r->verdict = VERDICT_ALLOW;
+		r->rule_id = e->rule_id;
+		return true;
+	}
+	r->verdict = e ? VERDICT_DENY : VERDICT_DEFAULT_DENY;
+	r->rule_id = e ? e->rule_id : 0;
+	if (flags & PSTATE_AUDIT) {
+		r->audited = 1;
+		return true;
+	}
+	return false;
+}

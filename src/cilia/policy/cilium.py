@@ -1,0 +1,192 @@
+"""cilium.io/v2 CiliumNetworkPolicy and CiliumClusterwideNetworkPolicy -> Rules, with Cilium's semantics.
+
+- `spec` or `specs` (a list of rules), each with an endpointSelector.
+- A CNP's selectors are scoped to its namespace unless they name `io.kubernetes.pod.namespace`;
+  a CCNP's are cluster-wide.
+- A direction with rules (allow or deny) turns default deny on for it, unless
+  `enableDefaultDeny` says false. `ingress: [{}]` therefore allows nothing and isolates the pod.
+- A rule with only toPorts / icmps applies to every peer; deny beats allow everywhere.
+- toServices, toFQDNs, L7 rules and the other features not built yet are rejected by name.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from cilia.identity.labels import NAMESPACE_LABEL
+from cilia.policy.common import (
+    Fail,
+    as_list,
+    check_fields,
+    failer,
+    parse_cidr_with_excepts,
+    parse_network,
+    parse_port,
+    parse_protocol,
+)
+from cilia.policy.rules import (
+    ALL,
+    ENTITIES,
+    ICMP,
+    ICMPV6,
+    CidrPeer,
+    EntityPeer,
+    Entry,
+    NamedPort,
+    Peer,
+    PolicyRef,
+    PortRange,
+    Rule,
+    SelectorPeer,
+)
+from cilia.policy.selector import Selector, equals, parse_selector
+
+CNP = "CiliumNetworkPolicy"
+CCNP = "CiliumClusterwideNetworkPolicy"
+API_VERSION = "cilium.io/v2"
+
+_LATER = {
+    "toServices": "toServices (service-based egress) comes with service load balancing",
+    "toFQDNs": "toFQDNs (DNS-based policy) needs the DNS proxy",
+    "fromRequires": "fromRequires is deprecated in Cilium and not implemented",
+    "toRequires": "toRequires is deprecated in Cilium and not implemented",
+    "fromGroups": "fromGroups (cloud provider groups) is not available here",
+    "toGroups": "toGroups (cloud provider groups) is not available here",
+    "fromNodes": "fromNodes needs node identities (multi-node)",
+    "toNodes": "toNodes needs node identities (multi-node)",
+    "authentication": "mutual authentication is not implemented",
+    "nodeSelector": "host policies (nodeSelector) are not implemented",
+    "rules": "L7 rules (HTTP, DNS, Kafka) need the L7 proxy",
+    "terminatingTLS": "TLS interception needs the L7 proxy",
+    "originatingTLS": "TLS interception needs the L7 proxy",
+    "serverNames": "serverNames (TLS SNI) needs the L7 proxy",
+    "listener": "Envoy listeners need the L7 proxy",
+    "cidrGroupRef": "CiliumCIDRGroup references are not implemented",
+}
+_RULE_FIELDS = {"endpointSelector", "ingress", "ingressDeny", "egress", "egressDeny", "labels", "description",
+                "enableDefaultDeny"}
+_PEER_FIELDS = {
+    "ingress": ("fromEndpoints", "fromCIDR", "fromCIDRSet", "fromEntities"),
+    "egress": ("toEndpoints", "toCIDR", "toCIDRSet", "toEntities"),
+}
+_ICMP_TYPES_V4 = {"EchoReply": 0, "DestinationUnreachable": 3, "Redirect": 5, "Echo": 8, "EchoRequest": 8,
+                  "TimeExceeded": 11, "ParameterProblem": 12, "Timestamp": 13, "TimestampReply": 14}
+_ICMP_TYPES_V6 = {"DestinationUnreachable": 1, "PacketTooBig": 2, "TimeExceeded": 3, "ParameterProblem": 4,
+                  "EchoRequest": 128, "EchoReply": 129, "MulticastListenerQuery": 130,
+                  "NeighborSolicitation": 135, "NeighborAdvertisement": 136}
+
+
+def parse_cilium_policy(obj: dict[str, Any]) -> list[Rule]:
+    fail = failer(obj)
+    kind = obj["kind"]
+    namespace = obj["metadata"].get("namespace", "default") if kind == CNP else ""
+    ref = PolicyRef(kind, namespace, obj["metadata"]["name"])
+    has_spec, has_specs = obj.get("spec") is not None, obj.get("specs") is not None
+    if not has_spec and not has_specs:
+        raise fail("spec", "a policy needs `spec` or `specs`")
+    raws: list[tuple[str, Any]] = []
+    if has_spec:
+        raws.append(("spec", obj["spec"]))
+    if has_specs:
+        raws += [(f"specs[{i}]", raw) for i, raw in enumerate(as_list(obj["specs"], "specs", fail))]
+    return [_rule(raw, where, ref, namespace, index, fail) for index, (where, raw) in enumerate(raws)]
+
+
+def _rule(raw: Any, where: str, ref: PolicyRef, namespace: str, index: int, fail: Fail) -> Rule:
+    check_fields(raw, _RULE_FIELDS, where, fail, unsupported=_LATER)
+    if "endpointSelector" not in raw:
+        raise fail(f"{where}.endpointSelector", "is required")
+    subject = parse_selector(raw["endpointSelector"], f"{where}.endpointSelector", fail)
+    if namespace:
+        subject = subject.with_requirements([equals(NAMESPACE_LABEL, namespace)])
+    default_deny = check_fields(raw.get("enableDefaultDeny") or {}, {"ingress", "egress"},
+                                f"{where}.enableDefaultDeny", fail)
+    for key, value in default_deny.items():
+        if not isinstance(value, bool):
+            raise fail(f"{where}.enableDefaultDeny.{key}", "must be true or false")
+    entries: dict[str, list[Entry]] = {"ingress": [], "egress": []}
+    for direction in ("ingress", "egress"):
+        for field, deny in ((direction, False), (f"{direction}Deny", True)):
+            for i, entry_raw in enumerate(as_list(raw.get(field), f"{where}.{field}", fail)):
+                entries[direction].append(
+                    _entry(entry_raw, f"{where}.{field}[{i}]", direction, deny, namespace, i, fail))
+    enables = {d: bool(entries[d]) and default_deny.get(d, True) for d in ("ingress", "egress")}
+    return Rule(ref, subject, tuple(entries["ingress"]), tuple(entries["egress"]),
+                enables_ingress=enables["ingress"], enables_egress=enables["egress"], spec_index=index)
+
+
+def _entry(raw: Any, where: str, direction: str, deny: bool, namespace: str, index: int, fail: Fail) -> Entry:
+    endpoints_f, cidr_f, cidrset_f, entities_f = _PEER_FIELDS[direction]
+    check_fields(raw, {endpoints_f, cidr_f, cidrset_f, entities_f, "toPorts", "icmps"}, where, fail,
+                 unsupported=_LATER)
+    peers: list[Peer] = []
+    for i, selector_raw in enumerate(as_list(raw.get(endpoints_f), f"{where}.{endpoints_f}", fail)):
+        selector = parse_selector(selector_raw, f"{where}.{endpoints_f}[{i}]", fail)
+        peers.append(SelectorPeer(_scoped(selector, namespace)))
+    for i, text in enumerate(as_list(raw.get(cidr_f), f"{where}.{cidr_f}", fail)):
+        peers.append(CidrPeer(parse_network(text, f"{where}.{cidr_f}[{i}]", fail)))
+    for i, item in enumerate(as_list(raw.get(cidrset_f), f"{where}.{cidrset_f}", fail)):
+        at = f"{where}.{cidrset_f}[{i}]"
+        check_fields(item, {"cidr", "except"}, at, fail, unsupported=_LATER)
+        peers.append(CidrPeer(*parse_cidr_with_excepts(item.get("cidr"), item.get("except"), at, "except", fail)))
+    for i, entity in enumerate(as_list(raw.get(entities_f), f"{where}.{entities_f}", fail)):
+        if entity not in ENTITIES:
+            raise fail(f"{where}.{entities_f}[{i}]", f"unknown entity {entity!r} (known: {', '.join(ENTITIES)})")
+        peers.append(EntityPeer(entity))
+    ports, named = _to_ports(raw.get("toPorts"), f"{where}.toPorts", deny, fail)
+    ports += _icmps(raw.get("icmps"), f"{where}.icmps", fail)
+    has_l4 = "toPorts" in raw or "icmps" in raw
+    if not peers and has_l4:
+        peers = [ALL]  # an L4-only rule applies to every peer
+    return Entry(tuple(peers), tuple(ports) if has_l4 else (PortRange(0),), tuple(named), deny=deny, index=index)
+
+
+def _scoped(selector: Selector, namespace: str) -> Selector:
+    if not namespace or selector.names_key(NAMESPACE_LABEL):
+        return selector
+    return selector.with_requirements([equals(NAMESPACE_LABEL, namespace)])
+
+
+def _to_ports(raw: Any, where: str, deny: bool, fail: Fail) -> tuple[list[PortRange], list[NamedPort]]:
+    ports: list[PortRange] = []
+    named: list[NamedPort] = []
+    for i, item in enumerate(as_list(raw, where, fail)):
+        at = f"{where}[{i}]"
+        check_fields(item, {"ports"}, at, fail, unsupported=_LATER)
+        port_list = as_list(item.get("ports"), f"{at}.ports", fail)
+        if not port_list:
+            raise fail(f"{at}.ports", "needs at least one port")
+        for j, port in enumerate(port_list):
+            pat = f"{at}.ports[{j}]"
+            check_fields(port, {"port", "endPort", "protocol"}, pat, fail)
+            protocol = parse_protocol(port.get("protocol", "ANY"), f"{pat}.protocol", fail,
+                                      ("TCP", "UDP", "SCTP", "ANY"))
+            numbered, by_name = parse_port(port.get("port"), port.get("endPort"), protocol, pat, fail)
+            ports += numbered
+            named += by_name
+    return ports, named
+
+
+def _icmps(raw: Any, where: str, fail: Fail) -> list[PortRange]:
+    ports: list[PortRange] = []
+    for i, item in enumerate(as_list(raw, where, fail)):
+        at = f"{where}[{i}]"
+        check_fields(item, {"fields"}, at, fail)
+        for j, field in enumerate(as_list(item.get("fields"), f"{at}.fields", fail)):
+            fat = f"{at}.fields[{j}]"
+            check_fields(field, {"type", "family"}, fat, fail)
+            family = field.get("family", "IPv4")
+            if family not in ("IPv4", "IPv6"):
+                raise fail(f"{fat}.family", f"{family!r} is not IPv4 or IPv6")
+            names = _ICMP_TYPES_V4 if family == "IPv4" else _ICMP_TYPES_V6
+            value = field.get("type")
+            if isinstance(value, str) and not value.isdigit():
+                if value not in names:
+                    raise fail(f"{fat}.type", f"unknown {family} ICMP type {value!r} (known: {', '.join(names)})")
+                number = names[value]
+            elif isinstance(value, (int, str)) and not isinstance(value, bool) and 0 <= int(value) <= 255:
+                number = int(value)
+            else:
+                raise fail(f"{fat}.type", "must be an ICMP type 0-255 or its name")
+            ports.append(PortRange(ICMP if family == "IPv4" else ICMPV6, number, number))
+    return ports

@@ -1,0 +1,220 @@
+"""The normalized rule model every policy kind is parsed into.
+
+A Rule is one policy (or one `specs` entry of a CNP): a subject selector and, per direction,
+entries that allow or deny traffic from peers on ports. Peers say which identities they match;
+ports say which (protocol, port range) they match. Rule ids are assigned by the repository and
+travel through the datapath so a drop can name its policy.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass
+from enum import StrEnum
+
+from cilia.identity.cidr import CIDR_IDENTITY_BASE
+from cilia.identity.labels import LabelSet
+from cilia.identity.reserved import ReservedIdentity
+from cilia.policy.selector import Selector
+
+TCP, UDP, SCTP, ICMP, ICMPV6 = 6, 17, 132, 1, 58
+PROTOCOL_NUMBERS = {"TCP": TCP, "UDP": UDP, "SCTP": SCTP, "ICMP": ICMP, "ICMPV6": ICMPV6}
+PROTOCOL_NAMES = {number: name for name, number in PROTOCOL_NUMBERS.items()}
+L4_PROTOCOLS = (TCP, UDP, SCTP)
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+class Direction(StrEnum):
+    INGRESS = "ingress"
+    EGRESS = "egress"
+
+
+@dataclass(frozen=True, order=True)
+class PolicyRef:
+    kind: str
+    namespace: str
+    name: str
+
+    def __str__(self) -> str:
+        return f"{self.kind}/{self.namespace}/{self.name}" if self.namespace else f"{self.kind}/{self.name}"
+
+
+@dataclass(frozen=True)
+class IdentityView:
+    """What policy needs to know of an identity: its number, labels and, for CIDR ones, the prefix."""
+
+    id: int
+    labels: LabelSet
+    prefix: Network | None = None
+
+    @property
+    def is_reserved(self) -> bool:
+        return 0 < self.id < 256
+
+    @property
+    def is_pod(self) -> bool:
+        return 256 <= self.id < CIDR_IDENTITY_BASE
+
+    @property
+    def is_cidr(self) -> bool:
+        return self.prefix is not None
+
+
+# ----- peers -------------------------------------------------------------------------------------
+@dataclass(frozen=True, order=True)
+class SelectorPeer:
+    selector: Selector
+
+    matches_unknown = False
+
+    def matches(self, identity: IdentityView) -> bool:
+        if identity.is_pod:
+            return self.selector.matches(identity.labels)
+        if identity.is_reserved and self.selector.selects_reserved:
+            return self.selector.matches(identity.labels)
+        return False
+
+    def __str__(self) -> str:
+        return f"endpoints {self.selector}"
+
+
+CLUSTER_RESERVED = frozenset({ReservedIdentity.HOST, ReservedIdentity.REMOTE_NODE, ReservedIdentity.HEALTH,
+                              ReservedIdentity.INIT, ReservedIdentity.UNMANAGED, ReservedIdentity.INGRESS,
+                              ReservedIdentity.KUBE_APISERVER})
+ENTITIES = {
+    "host": frozenset({ReservedIdentity.HOST}),
+    "remote-node": frozenset({ReservedIdentity.REMOTE_NODE}),
+    "health": frozenset({ReservedIdentity.HEALTH}),
+    "init": frozenset({ReservedIdentity.INIT}),
+    "unmanaged": frozenset({ReservedIdentity.UNMANAGED}),
+    "kube-apiserver": frozenset({ReservedIdentity.KUBE_APISERVER}),
+    "ingress": frozenset({ReservedIdentity.INGRESS}),
+    "world": frozenset({ReservedIdentity.WORLD}),
+    "world-ipv4": frozenset({ReservedIdentity.WORLD}),
+    "world-ipv6": frozenset({ReservedIdentity.WORLD}),
+    "cluster": CLUSTER_RESERVED,
+    "all": frozenset(),
+}
+
+
+@dataclass(frozen=True, order=True)
+class EntityPeer:
+    entity: str
+
+    @property
+    def matches_unknown(self) -> bool:
+        return self.entity == "all"
+
+    def matches(self, identity: IdentityView) -> bool:
+        if self.entity == "all":
+            return True
+        if self.entity.startswith("world"):
+            return identity.id == ReservedIdentity.WORLD or identity.is_cidr
+        if self.entity == "cluster" and identity.is_pod:
+            return True
+        return identity.id in ENTITIES[self.entity]
+
+    def __str__(self) -> str:
+        return f"entity {self.entity}"
+
+
+@dataclass(frozen=True, order=True)
+class CidrPeer:
+    """Matches the CIDR identities inside `network` and outside every except, and world for /0."""
+
+    network: Network
+    excepts: tuple[Network, ...] = ()
+
+    matches_unknown = False
+
+    def matches(self, identity: IdentityView) -> bool:
+        prefix = identity.prefix
+        if identity.id == ReservedIdentity.WORLD:
+            return self.network.prefixlen == 0  # addresses no CIDR identity covers (excepts have their own)
+        if prefix is None or prefix.version != self.network.version or not prefix.subnet_of(self.network):  # type: ignore[arg-type]
+            return False
+        return not any(prefix.subnet_of(e) for e in self.excepts if e.version == prefix.version)  # type: ignore[arg-type]
+
+    def __str__(self) -> str:
+        excepts = f" except {', '.join(map(str, self.excepts))}" if self.excepts else ""
+        return f"cidr {self.network}{excepts}"
+
+
+Peer = SelectorPeer | EntityPeer | CidrPeer
+ALL = EntityPeer("all")
+
+
+# ----- ports -------------------------------------------------------------------------------------
+@dataclass(frozen=True, order=True)
+class PortRange:
+    """protocol 0 = every protocol (an L3-only rule); low..high inclusive, 0..65535 = every port.
+    ICMP types are carried as ports of protocol ICMP / ICMPv6."""
+
+    protocol: int
+    low: int = 0
+    high: int = 65535
+
+    @property
+    def all_ports(self) -> bool:
+        return self.low == 0 and self.high == 65535
+
+    def matches(self, protocol: int, port: int) -> bool:
+        return (self.protocol in (0, protocol)) and self.low <= port <= self.high
+
+    def __str__(self) -> str:
+        if self.protocol == 0:
+            return "any"
+        name = PROTOCOL_NAMES.get(self.protocol, str(self.protocol))
+        if self.all_ports:
+            return f"*/{name}"
+        if self.protocol in (ICMP, ICMPV6):
+            return f"{name} type {self.low}"
+        return f"{self.low}/{name}" if self.low == self.high else f"{self.low}-{self.high}/{name}"
+
+
+ANY_PORT = (PortRange(0),)
+
+
+@dataclass(frozen=True)
+class NamedPort:
+    """A port given by container-port name; resolved per endpoint (ingress) or over pods (egress)."""
+
+    name: str
+    protocol: int
+
+
+# ----- entries and rules -------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Entry:
+    """One element of ingress / egress / ingressDeny / egressDeny (or of a NetworkPolicy's lists)."""
+
+    peers: tuple[Peer, ...]  # an empty tuple selects nothing (Cilium's `{}` rule)
+    ports: tuple[PortRange, ...] = ANY_PORT
+    named_ports: tuple[NamedPort, ...] = ()
+    deny: bool = False
+    index: int = 0  # position in its list, for messages
+    rule_id: int = 0  # assigned by the repository
+
+    def matches_identity(self, identity: IdentityView) -> bool:
+        return any(peer.matches(identity) for peer in self.peers)
+
+    @property
+    def matches_unknown(self) -> bool:
+        return any(peer.matches_unknown for peer in self.peers)
+
+
+@dataclass(frozen=True)
+class Rule:
+    ref: PolicyRef
+    subject: Selector  # already scoped to the namespace for namespaced kinds
+    ingress: tuple[Entry, ...] = ()
+    egress: tuple[Entry, ...] = ()
+    enables_ingress: bool = False  # selecting an endpoint turns default-deny on for this direction
+    enables_egress: bool = False
+    spec_index: int = 0
+
+    def entries(self, direction: Direction) -> tuple[Entry, ...]:
+        return self.ingress if direction is Direction.INGRESS else self.egress
+
+    def enables(self, direction: Direction) -> bool:
+        return self.enables_ingress if direction is Direction.INGRESS else self.enables_egress

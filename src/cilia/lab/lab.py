@@ -148,6 +148,10 @@ class Lab:
         self.save()
         self._attach_to_fabric(node.netns, f"cilia-{node.name}", (str(node.underlay_ipv4), str(node.underlay_ipv6)),
                                ("192.0.2.1", "fd00:c1a::1"))
+        # Native routing on the fabric: external hosts reach pods directly (ipBlock / fromCIDR ingress).
+        for cidr, via in ((node.ipv4_pod_cidr, node.underlay_ipv4), (node.ipv6_pod_cidr, node.underlay_ipv6)):
+            if cidr is not None:
+                sh("ip", "-n", FABRIC, "route", "replace", str(cidr), "via", str(via))
         self._start_agent(node.name, agent_args)
 
     def restart_agent(self, node_name: str, *, kill: bool = True, agent_args: list[str] | None = None) -> int:

@@ -11,7 +11,7 @@ from typing import Any, Protocol
 
 from cilia.jsonfile import read_json, write_json
 from cilia.resources.parse import ResourceError
-from cilia.resources.validate import describe, is_namespaced, validate
+from cilia.resources.validate import describe, is_cluster_scoped, is_namespaced, validate
 
 Object = dict[str, Any]
 Watcher = Callable[[str, Object, Object | None], None]
@@ -110,7 +110,7 @@ class LocalStore:
                 kind, name = obj.get("kind"), metadata.get("name")
                 if not isinstance(kind, str) or not isinstance(name, str):
                     raise ResourceError(f"{describe(obj)}: 'kind' and 'metadata.name' are required to delete")
-                namespace = metadata.get("namespace") or (None if kind == "Namespace" else "default")
+                namespace = metadata.get("namespace") or (None if is_cluster_scoped(obj) else "default")
                 old = self._objects.pop(_key(kind, namespace, name), None)
                 outcomes.append(ApplyOutcome(kind, namespace, name, "deleted" if old else "not-found"))
                 if old is not None:

@@ -125,3 +125,8 @@ def validate(obj: Any) -> None:
 
 def is_namespaced(obj: dict[str, Any]) -> bool:
     return KINDS[(obj["apiVersion"], obj["kind"])][0]
+
+
+def is_cluster_scoped(obj: dict[str, Any]) -> bool:
+    """By kind alone (a delete request may carry only kind and name)."""
+    return any(kind == obj.get("kind") and not namespaced for (_api, kind), (namespaced, _v) in KINDS.items())

@@ -99,12 +99,12 @@ class FlowBuilder:
             flow["event_type"]["sub_type"] = event.drop_reason
             summary = event.drop_reason_desc
             if event.is_policy_drop:
-                summary += f" by {flow['policy_decision']}"
+                summary += f" ({flow['policy_decision']})"
         elif event.is_policy_verdict:
             flow["event_type"]["sub_type"] = 0
             flow["policy_verdict"] = event.policy_verdict
-            summary = f"policy verdict {event.policy_verdict}{' (audit)' if event.audited else ''} by " \
-                      f"{flow['policy_decision']}"
+            summary = f"policy {event.policy_verdict}{', audit: let through' if event.audited else ''} " \
+                      f"({flow['policy_decision']})"
         else:
             flow["trace_observation_point"] = _OBS_TO_HUBBLE.get(event.observation_point, "UNKNOWN_POINT")
             flow["event_type"]["sub_type"] = event.subtype

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -12,11 +14,19 @@ from cilia.lab.lab import Lab, cleanup_leftovers
 from cilia.lab.topology import load_topology
 
 console = Console()
-TOPOLOGY = Path(__file__).resolve().parents[3] / "examples" / "lab-basic.yaml"
+EXAMPLES = Path(__file__).resolve().parents[3] / "examples"
+TOPOLOGY = EXAMPLES / "lab-basic.yaml"
+POLICY = EXAMPLES / "policy-web.yaml"
 
 
 def step(text: str) -> None:
     console.print(f"\n[bold cyan]==> {text}[/bold cyan]")
+
+
+def run(*args: str) -> None:
+    """A cilia command as a user would type it; wide tables even when the output is not a terminal."""
+    subprocess.run([str(Path(sys.executable).with_name("cilia")), *args], check=False,
+                   env={**os.environ, "COLUMNS": "160"})
 
 
 def main() -> None:
@@ -25,7 +35,7 @@ def main() -> None:
     lab = Lab.up(load_topology(TOPOLOGY))
     try:
         cilia = str(Path(sys.executable).with_name("cilia"))
-        subprocess.run([cilia, "lab", "status"], check=False)
+        run("lab", "status")
         step("pods talking (every connection crosses cilia's eBPF programs)")
         for source, target, port, protocol, ipv6, what in (
             ("client", "web", 80, "tcp", False, "pod -> pod, same node (bpf_redirect_peer)"),
@@ -39,9 +49,32 @@ def main() -> None:
             colour = "green" if verdict["verdict"] == "connected" else "red"
             console.print(f"  {what:45} [{colour}]{verdict['verdict']}[/{colour}] {verdict.get('peer', '')}")
         step("the flows those connections made (cilia observe --last 20)")
-        subprocess.run([cilia, "observe", "--node", "n1", "--last", "20"], check=False)
-        step("endpoints and their identities")
-        subprocess.run([cilia, "endpoint", "list", "--node", "n1"], check=False)
+        run("observe", "--node", "n1", "--last", "20")
+        step(f"applying a policy: cilia policy import -f {POLICY.name}")
+        console.print(POLICY.read_text().strip())
+        run("policy", "import", "--node", "n1", "-f", str(POLICY))
+        for source, target, port, what in (
+            ("client", "web", 80, "client -> web:80 (allowed by web-from-client)"),
+            ("client", "web", 8080, "client -> web:8080 (no rule allows it)"),
+            ("db", "web", 80, "team-a/db -> web:80 (denied by deny-team-a)"),
+        ):
+            verdict = lab.probe(source, target, port, "tcp", timeout=1.5)
+            colour = "green" if verdict["verdict"] == "connected" else "red"
+            console.print(f"  {what:50} [{colour}]{verdict['verdict']}[/{colour}]")
+        step("the drops, each naming the policy that decided (cilia observe --verdict DROPPED)")
+        run("observe", "--node", "n1", "--verdict", "DROPPED", "--last", "6")
+        step("asking without sending a packet: cilia policy trace --src-pod team-a/db --dst-pod web --dport 80/tcp")
+        run("policy", "trace", "--node", "n1", "--src-pod", "team-a/db", "--dst-pod", "web",
+                        "--dport", "80/tcp")
+        step("endpoints, their identities and policy enforcement")
+        run("endpoint", "list", "--node", "n1")
+        step("web's policy map (cilia bpf policy get)")
+        web = next(p for p in lab.state["pods"].values() if p["name"] == "web")
+        endpoint_ids = subprocess.run([cilia, "endpoint", "list", "--node", "n1", "-o", "json"], check=False,
+                                      capture_output=True, text=True).stdout
+        web_id = next((e["id"] for e in json.loads(endpoint_ids or "[]") if e["ipv4"] == web["ipv4"]), None)
+        if web_id is not None:
+            run("bpf", "policy", "get", str(web_id), "--node", "n1")
     finally:
         step("tearing the lab down")
         lab.down()

@@ -21,7 +21,8 @@ from cilia.lab.topology import PodSpec, PortSpec, parse_topology
 
 def cilia_pods() -> tuple[Lab, str, str, str]:
     cleanup_leftovers()
-    lab = Lab.up(parse_topology({"pods": [{"name": "bench-client"}, {"name": "bench-server"}]}))
+    lab = Lab.up(parse_topology({"pods": [{"name": "bench-client", "labels": {"app": "bench-client"}},
+                                          {"name": "bench-server", "labels": {"app": "bench-server"}}]}))
     return lab, lab.netns_of("bench-client"), lab.netns_of("bench-server"), lab.address_of("bench-server")
 
 

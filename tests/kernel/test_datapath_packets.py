@@ -17,24 +17,13 @@ from cilia.maps.endpoints import EndpointInfo, EndpointsMap
 from cilia.maps.policy import PolicyMaps
 from cilia.monitor.events import decode
 from cilia.policy.mapstate import DirectionState, MapState
+from tests.kernel.packets import csum, mac
 
 TC_ACT_OK, TC_ACT_SHOT, TC_ACT_REDIRECT = 0, 2, 7
 POD_MAC, LXC_MAC = "02:00:00:00:00:02", "02:00:00:00:00:01"
 PEER_MAC, PEER_LXC_MAC = "02:00:00:00:00:04", "02:00:00:00:00:03"
 POD, PEER, WORLD = "10.200.1.2", "10.200.1.3", "198.51.100.10"
 
-
-def mac(text: str) -> bytes:
-    return bytes(int(x, 16) for x in text.split(":"))
-
-
-def csum(data: bytes) -> int:
-    if len(data) % 2:
-        data += b"\0"
-    total = sum(struct.unpack(f"!{len(data) // 2}H", data))
-    while total >> 16:
-        total = (total & 0xFFFF) + (total >> 16)
-    return ~total & 0xFFFF
 
 
 def ipv4_tcp(src: str, dst: str, flags: int = 0x02, ttl: int = 64) -> bytes:

@@ -24,6 +24,7 @@ from cilia.policy.mapstate import PeerIndex, compute_map_state
 from cilia.policy.repository import PolicyRepository
 from cilia.policy.resolve import resolve_endpoint
 from cilia.policy.rules import CIDR_IDENTITY_BASE, IdentityView, PolicyRef
+from tests.kernel.packets import csum, mac
 
 TC_ACT_OK, TC_ACT_SHOT, TC_ACT_REDIRECT = 0, 2, 7
 POD_MAC, LXC_MAC, PEER_MAC, PEER_LXC_MAC = "02:00:00:00:00:02", "02:00:00:00:00:01", "02:00:00:00:00:04", "02:00:00:00:00:03"
@@ -35,18 +36,6 @@ UNIVERSE = [IdentityView(1, LabelSet([Label("reserved", "host")])), IdentityView
             IdentityView(POD_ID, POD_LABELS), IdentityView(PEER_ID, PEER_LABELS),
             IdentityView(CIDR_ID, LabelSet([Label("cidr", "198.51.100.0/24")]), ipaddress.ip_network("198.51.100.0/24"))]
 
-
-def mac(text: str) -> bytes:
-    return bytes(int(x, 16) for x in text.split(":"))
-
-
-def csum(data: bytes) -> int:
-    if len(data) % 2:
-        data += b"\0"
-    total = sum(struct.unpack(f"!{len(data) // 2}H", data))
-    while total >> 16:
-        total = (total & 0xFFFF) + (total >> 16)
-    return ~total & 0xFFFF
 
 
 def packet(src: str, dst: str, dport: int, *, proto: int = 6, flags: int = 0x02, sport: int = 40000,

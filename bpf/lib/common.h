@@ -7,7 +7,6 @@
 #include <linux/in6.h>
 #include <linux/ip.h>
 #include <linux/ipv6.h>
-#include <linux/icmp.h>
 #include <linux/icmpv6.h>
 #include <linux/pkt_cls.h>
 #include <linux/tcp.h>
@@ -71,6 +70,14 @@ __always_inline_fn __u64 now_seconds(void)
 {
 	return bpf_ktime_get_ns() / 1000000000ULL;
 }
+
+/* ICMPv4 types, defined here because <linux/icmp.h> includes <linux/if.h>, which pulls glibc's
+ * <sys/socket.h> (and its 32-bit stubs) into a -target bpf build. */
+#define ICMP_ECHOREPLY 0
+#define ICMP_DEST_UNREACH 3
+#define ICMP_ECHO 8
+#define ICMP_TIME_EXCEEDED 11
+#define ICMP_PARAMETERPROB 12
 
 #define NDISC_NEIGHBOUR_SOLICITATION_ 135
 #define NDISC_NEIGHBOUR_ADVERTISEMENT_ 136

@@ -123,6 +123,7 @@ class PolicyManager:
                     self.repository.replace(policy_ref(obj), parse_policy(obj))
                 except Exception:
                     log.exception("stored policy %s/%s no longer parses; skipped", kind, obj["metadata"]["name"])
+        self.repository.forget_absent()
 
     def on_resource_event(self, event: str, obj: dict[str, Any], _old: dict[str, Any] | None) -> None:
         if is_policy(obj):

@@ -54,14 +54,14 @@ class PolicyRepository:
         with self._lock:
             numbered = tuple(self._number(ref, rule) for rule in rules)
             self._policies[ref] = numbered
-            self._forget_unused()
+            self._forget_unused(ref)
             self.revision += 1
 
     def remove(self, ref: PolicyRef) -> bool:
         with self._lock:
             found = self._policies.pop(ref, None) is not None
             if found:
-                self._forget_unused()
+                self._forget_unused(ref)
                 self.revision += 1
             return found
 
@@ -96,9 +96,25 @@ class PolicyRepository:
 
         return replace(rule, ingress=numbered(Direction.INGRESS), egress=numbered(Direction.EGRESS))
 
-    def _forget_unused(self) -> None:
-        used = {e.rule_id for rules in self._policies.values() for r in rules for d in Direction for e in r.entries(d)}
-        self._ids = {k: v for k, v in self._ids.items() if v in used}
-        self._info = {k: v for k, v in self._info.items() if k in used}
+    def forget_absent(self) -> None:
+        """After a restore: drop the ids of policies deleted while the agent was not running."""
+        with self._lock:
+            used = {e.rule_id for rules in self._policies.values() for r in rules for d in Direction
+                    for e in r.entries(d)}
+            if any(v not in used for v in self._ids.values()):
+                self._ids = {k: v for k, v in self._ids.items() if v in used}
+                if self._ids_file:
+                    write_json(self._ids_file, {"next": self._next, "ids": self._ids})
+
+    def _forget_unused(self, ref: PolicyRef) -> None:
+        """Forget the ids of `ref`'s entries that are gone. Only `ref`'s: while the agent restores
+        policies one by one, the ids of those not loaded yet must survive, or a restart would
+        renumber rules and rewrite every endpoint's policy map."""
+        used = {e.rule_id for r in self._policies.get(ref, ()) for d in Direction for e in r.entries(d)}
+        prefix = f"{ref}#"
+        gone = {v for k, v in self._ids.items() if k.startswith(prefix) and v not in used}
+        if gone:
+            self._ids = {k: v for k, v in self._ids.items() if v not in gone}
+            self._info = {k: v for k, v in self._info.items() if k not in gone}
         if self._ids_file:
             write_json(self._ids_file, {"next": self._next, "ids": self._ids})

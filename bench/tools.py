@@ -11,10 +11,23 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from statistics import median
+from typing import Any
+
+# netns -> cgroup directory: commands run "in" that netns join the cgroup first (a lab pod whose
+# processes get socket-level service load balancing). Others stay outside every node's cgroup.
+CGROUPS: dict[str, str] = {}
 
 
 def ns(netns: str, *args: str) -> list[str]:
-    return ["nsenter", f"--net=/run/netns/{netns}", *args]
+    command = ["nsenter", f"--net=/run/netns/{netns}", *args]
+    cgroup = CGROUPS.get(netns)
+    if cgroup is None:
+        return command
+    return ["sh", "-c", 'echo $$ > "$0/cgroup.procs" && exec "$@"', cgroup, *command]
+
+
+# Every port the tools' servers listen on, all TCP (sockperf runs with --tcp).
+PORTS = {"iperf3": 5201, "sockperf": 11111, "cps": 7777}
 
 
 @dataclass(frozen=True)
@@ -43,24 +56,42 @@ class Server:
                 self.process.wait(timeout=5)
 
 
-def iperf3(client_ns: str, server_ns: str, server_ip: str, seconds: int) -> float:
-    server = Server(server_ns, "iperf3", "-s", "-p", "5201")
+def server_command(tool: str, listen_ip: str) -> list[str]:
+    """The server side of `tool` (a key of PORTS); sockperf listens on listen_ip, the others on all addresses."""
+    if tool == "iperf3":
+        return ["iperf3", "-s", "-p", str(PORTS["iperf3"])]
+    if tool == "sockperf":
+        return ["sockperf", "sr", "--tcp", "-i", listen_ip, "-p", str(PORTS["sockperf"])]
+    if tool == "cps":
+        return [sys.executable, "-c", _CPS_SERVER]
+    raise ValueError(f"unknown tool {tool!r} (known: {', '.join(PORTS)})")
+
+
+def _server(server_ns: str | None, tool: str, server_ip: str) -> Server | None:
+    """server_ns None: the servers already listen behind server_ip (the backends of a service address)."""
+    return Server(server_ns, *server_command(tool, server_ip)) if server_ns is not None else None
+
+
+def iperf3(client_ns: str, server_ns: str | None, server_ip: str, seconds: int) -> float:
+    server = _server(server_ns, "iperf3", server_ip)
     try:
         out = subprocess.run(ns(client_ns, "iperf3", "-c", server_ip, "-p", "5201", "-t", str(seconds), "-J"),
                              capture_output=True, text=True, timeout=seconds + 30, check=True).stdout
         return float(json.loads(out)["end"]["sum_received"]["bits_per_second"]) / 1e9
     finally:
-        server.stop()
+        if server is not None:
+            server.stop()
 
 
-def sockperf(client_ns: str, server_ns: str, server_ip: str, seconds: int) -> tuple[float, float]:
-    server = Server(server_ns, "sockperf", "sr", "--tcp", "-i", server_ip, "-p", "11111")
+def sockperf(client_ns: str, server_ns: str | None, server_ip: str, seconds: int) -> tuple[float, float]:
+    server = _server(server_ns, "sockperf", server_ip)
     try:
         out = subprocess.run(ns(client_ns, "sockperf", "pp", "--tcp", "-i", server_ip, "-p", "11111", "-m", "64",
                                 "-t", str(seconds)), capture_output=True, text=True, timeout=seconds + 30,
                              check=True).stdout
     finally:
-        server.stop()
+        if server is not None:
+            server.stop()
     avg = p99 = 0.0
     for line in out.splitlines():
         if "avg-latency=" in line:
@@ -78,22 +109,31 @@ while True:
 """
 _CPS_CLIENT = """
 import socket, sys, time
-ip, seconds = sys.argv[1], float(sys.argv[2]); n = 0; end = time.monotonic() + seconds
+ip, seconds = sys.argv[1], float(sys.argv[2]); n = failed = 0; end = time.monotonic() + seconds
 while time.monotonic() < end and n < 1_000_000:
     c = socket.socket(); c.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b'\\x01\\0\\0\\0\\0\\0\\0\\0')
-    c.connect((ip, 7777)); c.close(); n += 1
-print(n / seconds)
+    c.settimeout(1.0)
+    try:
+        c.connect((ip, 7777)); n += 1
+    except OSError:
+        failed += 1  # a lost SYN (say, a reused port meeting the server's TIME_WAIT): counted, not waited out
+    c.close()
+print(n / seconds, failed)
 """
 
 
-def cps(client_ns: str, server_ns: str, server_ip: str, seconds: int) -> float:
-    server = Server(server_ns, sys.executable, "-c", _CPS_SERVER)
+def cps(client_ns: str, server_ns: str | None, server_ip: str, seconds: int) -> float:
+    server = _server(server_ns, "cps", server_ip)
     try:
         out = subprocess.run(ns(client_ns, sys.executable, "-c", _CPS_CLIENT, server_ip, str(seconds)),
                              capture_output=True, text=True, timeout=seconds + 30, check=True).stdout
-        return float(out.strip())
+        rate, failed = out.split()
+        if int(failed):
+            print(f"cps {client_ns} -> {server_ip}: {failed} connect(s) timed out after 1 s", file=sys.stderr)
+        return float(rate)
     finally:
-        server.stop()
+        if server is not None:
+            server.stop()
 
 
 def measure(client_ns: str, server_ns: str, server_ip: str, seconds: int, repeats: int) -> Figures:
@@ -108,3 +148,31 @@ def measure(client_ns: str, server_ns: str, server_ip: str, seconds: int, repeat
         latency_p99_us=round(median(p for _, p in latencies), 2),
         connections_per_s=round(med(lambda: cps(client_ns, server_ns, server_ip, seconds)), 0),
     )
+
+
+def existing_cilia_netns() -> list[str]:
+    """cilia-* namespaces a lab, test or other benchmark may be using (a lab's cleanup would remove them)."""
+    listing = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True, timeout=30, check=False).stdout
+    return [line.split()[0] for line in listing.splitlines() if line.startswith("cilia-")]
+
+
+def refuse_if_busy() -> None:
+    leftovers = existing_cilia_netns()
+    if leftovers:
+        sys.exit(f"cilia-* network namespaces exist ({', '.join(leftovers)}): another lab, test or bench may be "
+                 "running; if not, `cilia lab down` removes a crashed run's leftovers")
+
+
+def write_results(prefix: str, results: dict[str, Any]) -> None:
+    """Print the results, keep them in build/bench/<prefix>-<time>.json, and exit 1 if a part failed."""
+    from pathlib import Path
+
+    out = Path("build/bench")
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / f"{prefix}-{time.strftime('%Y%m%d-%H%M%S')}.json"
+    path.write_text(json.dumps(results, indent=2))
+    print(json.dumps(results, indent=2))
+    print(f"written to {path}", flush=True)
+    os.sync()
+    if results.get("errors"):
+        sys.exit(1)

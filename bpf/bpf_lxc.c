@@ -4,9 +4,11 @@
  *   cil_to_container    tc egress of lxcXXX  = packets the node's stack sends to the pod
  *
  * One loaded instance per endpoint; CONFIG (lib/config.h) carries the endpoint's values.
- * Pipeline: parse -> source check -> identities -> conntrack -> policy (lib/policy.h) ->
- * deliver (redirect_peer to a local pod, or up the node's stack) -> trace. Every drop leaves
- * through send_drop(), which names the reason and the line. */
+ * Pipeline: parse -> source check -> service translation (lib/lb_xlate.h: per-packet path for
+ * processes the socket hooks do not see) -> identities -> conntrack (replies of service
+ * connections get reverse NAT) -> policy (lib/policy.h, on the backend) -> deliver
+ * (redirect_peer to a local pod, or up the node's stack) -> trace. Every drop leaves through
+ * send_drop(), which names the reason and the line. */
 #define SOURCE_FILE_ID 1
 
 #include "lib/common.h"
@@ -20,6 +22,8 @@
 #include "lib/lookup.h"
 #include "lib/neigh.h"
 #include "lib/policy.h"
+#include "lib/lb.h"
+#include "lib/lb_xlate.h"
 
 char LICENSE[] SEC("license") = "GPL";
 
@@ -58,7 +62,7 @@ __always_inline_fn bool source_is_pod(const struct pkt *p)
 
 /* Rewrite MACs, lower the TTL and hand the packet straight to the destination pod's eth0. */
 __always_inline_fn int deliver_local(struct __sk_buff *ctx, struct pkt *p, struct endpoint_info *ep,
-				     struct ct_result *ct, __u32 dst_identity)
+				     struct ct_result *ct, __u32 dst_identity, __u32 rev_nat_id)
 {
 	if (p->ttl <= 1)
 		return send_drop(ctx, DROP_TTL_EXCEEDED, CONFIG.identity, dst_identity, DIR_EGRESS);
@@ -84,7 +88,8 @@ __always_inline_fn int deliver_local(struct __sk_buff *ctx, struct pkt *p, struc
 	__builtin_memcpy(macs + 6, ep->lxc_mac, 6);
 	if (bpf_skb_store_bytes(ctx, 0, macs, sizeof(macs), 0) < 0)
 		return send_drop(ctx, DROP_INVALID_PACKET, CONFIG.identity, dst_identity, DIR_EGRESS);
-	send_trace(ctx, OBS_TO_ENDPOINT, ct->status, CONFIG.identity, dst_identity, DIR_EGRESS, ct->report);
+	send_trace(ctx, OBS_TO_ENDPOINT, ct->status, CONFIG.identity, dst_identity, DIR_EGRESS, ct->report,
+		   rev_nat_id);
 	return bpf_redirect_peer(ep->ifindex, 0);
 }
 
@@ -100,10 +105,46 @@ __always_inline_fn int from_container_ip(struct __sk_buff *ctx, struct pkt *p)
 		return send_drop(ctx, DROP_INVALID_SOURCE_IP, CONFIG.identity, 0, DIR_EGRESS);
 	}
 	struct endpoint_info *ep = endpoint_lookup(&p->t.daddr, p->t.family);
-	bool local = ep && ep->endpoint_id != CONFIG.endpoint_id;
-	__u32 dst_identity = local ? ep->identity : ipcache_identity(&p->t.daddr, p->t.family);
+	struct lb_xlate x = {};
+	if (!ep) {
+		/* Not a local pod: perhaps a service frontend this pod's process reached without the
+		 * socket hooks (it is outside the node's cgroup). Translate before anything decides. */
+		struct lb_select_opts o = {};
+		int reason = lb_xlate_packet(ctx, p, &o, &x);
+		if (reason) {
+			(void)send_drop(ctx, reason, CONFIG.identity, 0, DIR_EGRESS);
+			if (x.no_backend && p->t.proto == IPPROTO_TCP && (p->tcp_flags & TCPF_SYN) &&
+			    lb_reject_syn(ctx, p) == 0)
+				return bpf_redirect_peer(CONFIG.lxc_ifindex, 0); /* connection refused, at once */
+			return TC_ACT_SHOT;
+		}
+		if (x.rev_nat_id)
+			ep = endpoint_lookup(&p->t.daddr, p->t.family);
+	}
 	struct ct_result ct = {};
 	ct_lookup(p, ctx->len, CONFIG.aggregation, CONFIG.aggregation_interval, &ct);
+	if (ct.status == CT_ESTABLISHED && ct.rev_nat_id != x.rev_nat_id && p->t.proto == IPPROTO_TCP &&
+	    (p->tcp_flags & (TCPF_SYN | TCPF_ACK)) == TCPF_SYN) {
+		/* a SYN translated differently from the entry's connection (service vs direct, or
+		 * another frontend) starts a new connection on a reused tuple */
+		ct_forget(p);
+		ct.status = CT_NEW;
+		ct.report = true;
+		ct.rev_nat_id = 0;
+		ct.lb_flags = 0;
+	}
+	__u32 rev_nat_id = x.rev_nat_id;
+	if (ct.status == CT_REPLY && ct.rev_nat_id) {
+		/* a backend answering a service connection: the client sees the frontend answer */
+		if (lb_rev_nat(ctx, p, ct.rev_nat_id, ct.lb_flags) < 0)
+			return send_drop(ctx, DROP_INVALID_PACKET, CONFIG.identity, 0, DIR_EGRESS);
+		rev_nat_id = ct.rev_nat_id;
+		ep = endpoint_lookup(&p->t.daddr, p->t.family);
+	}
+	/* a pod reaching itself through a service (hairpin) is delivered back to itself */
+	bool hairpin = ((x.flags | ct.lb_flags) & LB_CONN_F_HAIRPIN) != 0;
+	bool local = ep && (ep->endpoint_id != CONFIG.endpoint_id || hairpin);
+	__u32 dst_identity = local ? ep->identity : ipcache_identity(&p->t.daddr, p->t.family);
 	/* Replies and related ICMP errors of an allowed connection pass; everything the initiator
 	 * sends is checked, so a policy change cuts an established connection at its next packet. */
 	if (ct.status == CT_NEW || ct.status == CT_ESTABLISHED) {
@@ -116,12 +157,12 @@ __always_inline_fn int from_container_ip(struct __sk_buff *ctx, struct pkt *p)
 		if (local && enforce_policy(ctx, p, ep->endpoint_id, POLICY_DIR_INGRESS, CONFIG.identity,
 					    CONFIG.identity, dst_identity, fresh) < 0)
 			return TC_ACT_SHOT;
-		if (fresh && ct_create(p, ctx->len, CONFIG.identity) < 0)
+		if (fresh && ct_create(p, ctx->len, CONFIG.identity, x.rev_nat_id, x.flags) < 0)
 			return send_drop(ctx, DROP_CT_MAP_INSERT_FAILED, CONFIG.identity, dst_identity, DIR_EGRESS);
 	}
 	if (local)
-		return deliver_local(ctx, p, ep, &ct, dst_identity);
-	send_trace(ctx, OBS_TO_STACK, ct.status, CONFIG.identity, dst_identity, DIR_EGRESS, ct.report);
+		return deliver_local(ctx, p, ep, &ct, dst_identity, rev_nat_id);
+	send_trace(ctx, OBS_TO_STACK, ct.status, CONFIG.identity, dst_identity, DIR_EGRESS, ct.report, rev_nat_id);
 	return TC_ACT_OK;
 }
 
@@ -178,6 +219,12 @@ int cil_to_container(struct __sk_buff *ctx)
 	} else {
 		return TC_ACT_OK; /* ARP from the node's stack */
 	}
+	/* the node's device program translated this packet for a service frontend (lb.h) */
+	__u16 lb_rev_nat_id = 0;
+	if ((ctx->mark & LB_MARK_MASK) == LB_MARK_MAGIC) {
+		lb_rev_nat_id = ctx->mark & 0xffff;
+		ctx->mark = 0;
+	}
 	__u32 src_identity = ipcache_identity(&p.t.saddr, p.t.family);
 	struct ct_result ct = {};
 	ct_lookup(&p, ctx->len, CONFIG.aggregation, CONFIG.aggregation_interval, &ct);
@@ -186,9 +233,10 @@ int cil_to_container(struct __sk_buff *ctx)
 		if (enforce_policy(ctx, &p, CONFIG.endpoint_id, POLICY_DIR_INGRESS, src_identity, src_identity,
 				   CONFIG.identity, fresh) < 0)
 			return TC_ACT_SHOT;
-		if (fresh && ct_create(&p, ctx->len, src_identity) < 0)
+		if (fresh && ct_create(&p, ctx->len, src_identity, lb_rev_nat_id, 0) < 0)
 			return send_drop(ctx, DROP_CT_MAP_INSERT_FAILED, src_identity, CONFIG.identity, DIR_INGRESS);
 	}
-	send_trace(ctx, OBS_TO_ENDPOINT, ct.status, src_identity, CONFIG.identity, DIR_INGRESS, ct.report);
+	send_trace(ctx, OBS_TO_ENDPOINT, ct.status, src_identity, CONFIG.identity, DIR_INGRESS, ct.report,
+		   lb_rev_nat_id ? lb_rev_nat_id : ct.rev_nat_id);
 	return TC_ACT_OK;
 }

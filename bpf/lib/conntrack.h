@@ -33,7 +33,8 @@ struct ct_entry {
 	__u8 tx_flags_report; /* TCP flags already reported per direction */
 	__u8 rx_flags_report;
 	__u8 closing;
-	__u8 pad[3];
+	__u8 lb_flags;      /* LB_CONN_F_* of a service connection */
+	__u16 rev_nat_id;   /* service connection: replies get the frontend as their source */
 };
 
 struct {
@@ -83,6 +84,8 @@ struct ct_result {
 	int status;
 	bool report; /* aggregation says this packet deserves a trace event */
 	__u32 src_identity;
+	__u16 rev_nat_id; /* the connection went to a service backend through the per-packet path */
+	__u8 lb_flags;
 };
 
 /* Look the packet's connection up and update it. A packet of no known connection is CT_NEW and
@@ -127,6 +130,15 @@ __always_inline_fn void ct_lookup(struct pkt *p, __u32 len, __u32 aggregation, _
 	}
 
 	__u8 flags = p->tcp_flags;
+	if (!reply && e->closing && (flags & (TCPF_SYN | TCPF_ACK)) == TCPF_SYN) {
+		/* A new connection on the tuple of one that closed (ports are reused fast): it is new,
+		 * not a continuation. Forget the old entry so policy decides again and nothing of the old
+		 * connection (a service's reverse NAT, its counters) carries over. */
+		bpf_map_delete_elem(map, &p->t);
+		res->status = CT_NEW;
+		res->report = true;
+		return;
+	}
 	if (reply) {
 		__sync_fetch_and_add(&e->rx_packets, 1);
 		__sync_fetch_and_add(&e->rx_bytes, len);
@@ -148,8 +160,6 @@ __always_inline_fn void ct_lookup(struct pkt *p, __u32 len, __u32 aggregation, _
 	}
 	if ((flags & (TCPF_FIN | TCPF_RST)) && !e->closing)
 		e->closing = 1;
-	else if ((flags & TCPF_SYN) && !(flags & TCPF_ACK) && !reply && e->closing)
-		e->closing = 0; /* a new SYN on a reused tuple reopens it */
 	/* The expiry moves once a second at most; skipping equal writes keeps the entry's cache
 	 * line from bouncing between the CPUs of sender and receiver on every packet. */
 	__u64 expires = now + ct_lifetime(e, p->t.proto);
@@ -161,10 +171,19 @@ __always_inline_fn void ct_lookup(struct pkt *p, __u32 len, __u32 aggregation, _
 	}
 	res->status = reply ? CT_REPLY : CT_ESTABLISHED;
 	res->src_identity = e->src_identity;
+	res->rev_nat_id = e->rev_nat_id;
+	res->lb_flags = e->lb_flags;
 }
 
-/* Record a new connection that policy allowed. Losing a race to another CPU is fine. */
-__always_inline_fn int ct_create(struct pkt *p, __u32 len, __u32 src_identity)
+/* Forget the connection of this packet's tuple (the initiator's direction). */
+__always_inline_fn void ct_forget(const struct pkt *p)
+{
+	bpf_map_delete_elem(ct_map(p->t.proto), &p->t);
+}
+
+/* Record a new connection that policy allowed. Losing a race to another CPU is fine.
+ * `rev_nat_id` (0: none) marks a connection to a service backend, whose replies get reverse NAT. */
+__always_inline_fn int ct_create(struct pkt *p, __u32 len, __u32 src_identity, __u16 rev_nat_id, __u8 lb_flags)
 {
 	__u64 now = now_seconds();
 	struct ct_entry fresh = {};
@@ -175,6 +194,8 @@ __always_inline_fn int ct_create(struct pkt *p, __u32 len, __u32 src_identity)
 	fresh.src_identity = src_identity;
 	fresh.last_report = now;
 	fresh.closing = (p->tcp_flags & (TCPF_FIN | TCPF_RST)) != 0;
+	fresh.rev_nat_id = rev_nat_id;
+	fresh.lb_flags = lb_flags;
 	fresh.expires = now + ct_lifetime(&fresh, p->t.proto);
 	int err = bpf_map_update_elem(ct_map(p->t.proto), &p->t, &fresh, BPF_NOEXIST);
 	return err == -17 /* EEXIST */ ? 0 : err;

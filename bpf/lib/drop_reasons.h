@@ -13,6 +13,7 @@
 #define DROP_UNSUPPORTED_L3 139
 #define DROP_CT_MAP_INSERT_FAILED 143
 #define DROP_UNSUPPORTED_L2 154
+#define DROP_NO_SERVICE 158 /* a service frontend without a backend to take the connection */
 #define DROP_TTL_EXCEEDED 164
 #define DROP_NO_ENDPOINT 165
 #define DROP_POLICY_DENY 181

@@ -5,7 +5,8 @@
  *  10 source file id u8 | 11 ct status u8 | 12 source line u16 | 14 endpoint id u16 |
  *  16 ifindex u32 | 20 src identity u32 | 24 dst identity u32 | 28 original length u32 |
  *  32 captured length u16 | 34 flags u16 (1 = seen leaving the pod, 2 = entering it) |
- *  36 rule id u32 (policy drops and verdicts: the policy entry that decided, 0 = default deny) |
+ *  36 rule id u32 (policy drops and verdicts: the policy entry that decided, 0 = default deny;
+ *     trace events of service traffic: the frontend's rev-NAT id) |
  *  40 the packet's first 128 bytes, from the Ethernet header
  * A policy-verdict event's subtype is the verdict (policy.h VERDICT_*), with 0x80 set when audit
  * mode let a denied packet through. */
@@ -70,10 +71,7 @@ __always_inline_fn void emit_event(struct __sk_buff *ctx, __u8 type, __u8 subtyp
 {
 	struct event *e = bpf_ringbuf_reserve(&cilia_events_v1, sizeof(*e), 0);
 	if (!e) {
-		__u32 zero = 0;
-		__u64 *lost = bpf_map_lookup_elem(&cilia_events_lost_v1, &zero);
-		if (lost)
-			*lost += 1; /* per-CPU slot: no atomics needed */
+		count_lost_event();
 		return;
 	}
 	e->ktime = bpf_ktime_get_ns();
@@ -96,13 +94,14 @@ __always_inline_fn void emit_event(struct __sk_buff *ctx, __u8 type, __u8 subtyp
 	bpf_ringbuf_submit(e, 0);
 }
 
+/* `rev_nat_id`: the service frontend the packet was translated from or to (0: none). */
 __always_inline_fn void send_trace(struct __sk_buff *ctx, __u8 obs, __u8 ct_status, __u32 src_identity,
-				   __u32 dst_identity, __u16 direction, bool report)
+				   __u32 dst_identity, __u16 direction, bool report, __u32 rev_nat_id)
 {
 	metrics_count(CONFIG.endpoint_id, REASON_FORWARDED, direction, ctx->len);
 	if (report)
 		emit_event(ctx, EVENT_TRACE, obs, SOURCE_FILE_ID, 0, ct_status, src_identity, dst_identity, direction,
-			   CONFIG.endpoint_id, 0);
+			   CONFIG.endpoint_id, rev_nat_id);
 }
 
 #define VERDICT_AUDIT_FLAG 0x80

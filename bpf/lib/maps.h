@@ -89,3 +89,12 @@ struct {
 	__uint(max_entries, 1);
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } cilia_events_lost_v1 SEC(".maps");
+
+/* An event the ring buffer had no room for: counted so `cilia status` can say how many were lost. */
+static __always_inline void count_lost_event(void)
+{
+	__u32 zero = 0;
+	__u64 *lost = bpf_map_lookup_elem(&cilia_events_lost_v1, &zero);
+	if (lost)
+		*lost += 1; /* per-CPU slot: no atomics needed */
+}

@@ -112,21 +112,74 @@ __always_inline_fn int parse_ipv4(struct __sk_buff *ctx, struct pkt *p)
 	return 0;
 }
 
+#define IPV6_MAX_EXT_HEADERS 4
+
+/* Skip IPv6 extension headers (hop-by-hop, routing, fragment, destination options, AH), at most
+ * IPV6_MAX_EXT_HEADERS of them, so policy and conntrack see the real L4 protocol. `*nexthdr`
+ * and `*off` end at the upper-layer header; a non-first fragment reports IPPROTO_FRAGMENT_LATER
+ * (it carries no L4 header). Returns <0 when a header is truncated or there are too many. */
+#define IPPROTO_FRAGMENT_LATER 255
+__always_inline_fn int ipv6_skip_ext(struct __sk_buff *ctx, __u8 *nexthdr, __u32 *off)
+{
+#pragma unroll
+	for (int i = 0; i < IPV6_MAX_EXT_HEADERS; i++) {
+		__u8 hdr[2];
+		switch (*nexthdr) {
+		case 0:  /* hop-by-hop options */
+		case 43: /* routing */
+		case 60: /* destination options */
+			if (bpf_skb_load_bytes(ctx, *off, hdr, 2) < 0)
+				return -1;
+			*nexthdr = hdr[0];
+			*off += ((__u32)hdr[1] + 1) * 8;
+			break;
+		case 51: /* authentication header: length in 4-byte units, minus 2 */
+			if (bpf_skb_load_bytes(ctx, *off, hdr, 2) < 0)
+				return -1;
+			*nexthdr = hdr[0];
+			*off += ((__u32)hdr[1] + 2) * 4;
+			break;
+		case 44: { /* fragment: fixed 8 bytes; only the first fragment carries the L4 header */
+			__u8 frag[4];
+			if (bpf_skb_load_bytes(ctx, *off, frag, 4) < 0)
+				return -1;
+			*off += 8;
+			*nexthdr = ((frag[2] << 8 | frag[3]) & 0xfff8) ? IPPROTO_FRAGMENT_LATER : frag[0];
+			if (*nexthdr == IPPROTO_FRAGMENT_LATER)
+				return 0;
+			break;
+		}
+		default:
+			return 0;
+		}
+	}
+	return (*nexthdr == 0 || *nexthdr == 43 || *nexthdr == 60 || *nexthdr == 51 || *nexthdr == 44) ? -1 : 0;
+}
+
 __always_inline_fn int parse_ipv6(struct __sk_buff *ctx, struct pkt *p)
 {
 	struct ipv6hdr ip6;
 	p->l3_off = ETH_HLEN_;
 	if (bpf_skb_load_bytes(ctx, ETH_HLEN_, &ip6, sizeof(ip6)) < 0)
 		return -1;
+	__u8 nexthdr = ip6.nexthdr;
+	__u32 off = ETH_HLEN_ + sizeof(ip6);
+	if (ipv6_skip_ext(ctx, &nexthdr, &off) < 0)
+		return -1;
 	p->t.family = AF_INET6_;
-	p->t.proto = ip6.nexthdr; /* extension headers are not walked yet: they count as their own L4 */
+	p->t.proto = nexthdr == IPPROTO_FRAGMENT_LATER ? 44 : nexthdr;
 	p->ttl = ip6.hop_limit;
 	addr_from_v6(&p->t.saddr, &ip6.saddr);
 	addr_from_v6(&p->t.daddr, &ip6.daddr);
-	p->l4_off = ETH_HLEN_ + sizeof(ip6);
-	if (parse_l4(ctx, p->l4_off, ip6.nexthdr, &p->t, &p->tcp_flags, &p->icmp_type, true) < 0)
+	p->l4_off = off;
+	if (nexthdr == IPPROTO_FRAGMENT_LATER) {
+		p->t.sport = 0;
+		p->t.dport = 0;
+		return 0;
+	}
+	if (parse_l4(ctx, p->l4_off, nexthdr, &p->t, &p->tcp_flags, &p->icmp_type, true) < 0)
 		return -1;
-	if (ip6.nexthdr == IPPROTO_ICMPV6 && icmp_is_error(p->icmp_type, true)) {
+	if (nexthdr == IPPROTO_ICMPV6 && icmp_is_error(p->icmp_type, true)) {
 		struct ipv6hdr inner;
 		__u32 inner_off = p->l4_off + 8;
 		if (bpf_skb_load_bytes(ctx, inner_off, &inner, sizeof(inner)) < 0)

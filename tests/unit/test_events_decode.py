@@ -55,3 +55,24 @@ def test_flow_has_hubble_fields_and_filters() -> None:
     drop = builder.build(decode(record(EVENT_DROP, 132, tcp_syn_v4(), line=5)))
     assert drop["verdict"] == "DROPPED" and drop["drop_reason_desc"] == "INVALID_SOURCE_IP"
     assert drop["file"] == {"name": "bpf_lxc.c", "line": 5}
+
+
+def test_ring_makes_lazy_flows_once_and_only_when_read() -> None:
+    from cilia.flows.ring import FlowRing
+
+    made: list[int] = []
+
+    def maker(n: int) -> object:
+        def make() -> dict[str, object] | None:
+            made.append(n)
+            return None if n == 2 else {"verdict": "FORWARDED", "n": n}
+        return make
+
+    ring = FlowRing(3)
+    for n in range(5):
+        ring.add_lazy(maker(n))  # type: ignore[arg-type]
+    assert made == [] and len(ring) == 3  # nothing decoded on arrival; the oldest two fell out unmade
+    assert [f["n"] for f in ring.last(10, FlowFilter())] == [3, 4]  # 2 was undecodable: skipped
+    assert made == [2, 3, 4]
+    ring.last(10, FlowFilter())
+    assert made == [2, 3, 4]  # made once, kept

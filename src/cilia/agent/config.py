@@ -37,6 +37,11 @@ class AgentConfig:
     policy_audit_mode: bool = False
     allow_localhost: str = "auto"
     policy_map_max_entries: int = 65536
+    cgroup_root: Path | None = None
+    service_cidrs: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
+    lb_map_max: int = 65536
+    maglev_table_size: int = 16381
+    maglev_hash_seed: int = 0
 
     @property
     def paths(self) -> NodePaths:
@@ -89,7 +94,34 @@ def build_parser() -> argparse.ArgumentParser:
                              "enforcement is 'always')")
     parser.add_argument("--policy-map-max-entries", type=int, default=65536,
                         help="policy map entries one endpoint may use; beyond it the endpoint fails closed")
+    parser.add_argument("--cgroup-root", type=Path, default=None,
+                        help="cgroup v2 directory whose processes get socket-level service load balancing "
+                             "(a cgroup of this node's own; never the root cgroup). Unset: per-packet only")
+    parser.add_argument("--service-cidr", action="append", default=None, dest="service_cidrs",
+                        help="range ClusterIPs are allocated from for Services that name none "
+                             "(repeatable; default 10.96.0.0/12)")
+    parser.add_argument("--bpf-lb-map-max", type=int, default=65536, dest="lb_map_max",
+                        help="entries of the service, backend, rev-NAT, affinity and Maglev maps")
+    parser.add_argument("--bpf-lb-maglev-table-size", type=_maglev_size, default=16381, dest="maglev_table_size",
+                        help="Maglev table size M per external frontend (a prime; M > 100 x backends)")
+    parser.add_argument("--bpf-lb-maglev-hash-seed", type=int, default=0, dest="maglev_hash_seed")
     return parser
+
+
+def _maglev_size(text: str) -> int:
+    from cilia.lb.maglev import MAGLEV_SIZES
+
+    if not text.isdigit() or int(text) not in MAGLEV_SIZES:
+        raise argparse.ArgumentTypeError(f"--bpf-lb-maglev-table-size {text!r}: must be one of "
+                                         f"{', '.join(map(str, MAGLEV_SIZES))}")
+    return int(text)
+
+
+def _service_cidr(text: str) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
+    try:
+        return ipaddress.ip_network(text, strict=True)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"--service-cidr {text!r}: {exc}") from exc
 
 
 def parse_config(argv: list[str] | None = None) -> AgentConfig:
@@ -114,4 +146,9 @@ def parse_config(argv: list[str] | None = None) -> AgentConfig:
         policy_audit_mode=args.policy_audit_mode,
         allow_localhost=args.allow_localhost,
         policy_map_max_entries=args.policy_map_max_entries,
+        cgroup_root=args.cgroup_root,
+        service_cidrs=tuple(_service_cidr(c) for c in (args.service_cidrs or ["10.96.0.0/12"])),
+        lb_map_max=args.lb_map_max,
+        maglev_table_size=args.maglev_table_size,
+        maglev_hash_seed=args.maglev_hash_seed,
     )

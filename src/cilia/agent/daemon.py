@@ -19,6 +19,7 @@ from typing import Any
 import uvicorn
 from fastapi import FastAPI
 
+import cilia.lb.kinds  # noqa: F401  (registers Service and EndpointSlice with the object store)
 from cilia import __version__
 from cilia.agent.config import AgentConfig
 from cilia.agent.datapath_adapter import DatapathAdapter
@@ -28,6 +29,7 @@ from cilia.agent.events import EventPump
 from cilia.agent.links import NetlinkLinks
 from cilia.agent.policy_manager import PolicyManager, Settings
 from cilia.agent.routes import api_error_handler, make_router
+from cilia.agent.service_manager import ServiceManager
 from cilia.api.models import Identity, NodeStatus
 from cilia.endpoint.store import EndpointStore
 from cilia.flows.routes import make_router as make_flow_router
@@ -52,7 +54,7 @@ class Agent:
         paths = config.paths
         for directory in (paths.run_dir, paths.state_dir):
             directory.mkdir(parents=True, exist_ok=True, mode=0o700)
-        self.resources = LocalStore(paths.state_dir / "resources.json")
+        self.resources = LocalStore(paths.state_dir / "resources.db")
         self.identities = LocalIdentityAllocator(paths.state_dir / "identities.json")
         self.ipam = Ipam(config.ipv4_pod_cidr, config.ipv6_pod_cidr, paths.state_dir / "ipam.json")
         self.node_net = NodeNetConfig(
@@ -84,7 +86,20 @@ class Agent:
             max_entries=config.policy_map_max_entries,
         )
         self.endpoints.policy = self.policy
-        self.events = EventPump(config, self.datapath, self.endpoints, self.identities, self.policy.describe_rule)
+        self.services = ServiceManager(
+            resources=self.resources,
+            endpoints=self.endpoints,
+            datapath=self.datapath,
+            node=config.node,
+            node_addresses=self.datapath.node_addresses,
+            state_dir=paths.state_dir,
+            lock=self.endpoints.lock,
+            maglev_size=config.maglev_table_size,
+            maglev_seed=config.maglev_hash_seed,
+            service_cidrs=config.service_cidrs,
+        )
+        self.events = EventPump(config, self.datapath, self.endpoints, self.identities, self.policy.describe_rule,
+                                self.services.describe_rev_nat)
         self._resource_lock = threading.Lock()
 
     # ----- lifecycle -----------------------------------------------------------------------------
@@ -99,6 +114,12 @@ class Agent:
         # The restored endpoints' policy is recomputed and compared with what is live: when
         # nothing changed while the agent was away, nothing in the kernel is touched.
         self.policy.regenerate()
+        # Services: ids come back from the maps, so an unchanged state writes nothing; then the
+        # programs that serve them (replaced atomically when a previous agent attached them).
+        self.services.load()
+        self.services.sync_all()
+        self.datapath.attach_service_programs(self.config.underlay_device, self.config.cgroup_root)
+        self.endpoints.subscribe(self.services.on_endpoints_changed)
         self.resources.watch(self._on_resource_event)
         log.info("agent %s started: %d endpoints restored", self.config.node, self.endpoints.restored)
 
@@ -144,10 +165,13 @@ class Agent:
             await asyncio.sleep(self.config.ct_gc_interval_seconds)
             try:
                 removed = await asyncio.to_thread(self.datapath.ct_gc)
-                if removed:
-                    log.debug("ct gc removed %d expired entries", removed)
+                removed_affinity = await asyncio.to_thread(self.services.gc_affinity)
+                if self.services.needs_resync:
+                    await asyncio.to_thread(self.services.sync_all)
+                if removed or removed_affinity:
+                    log.debug("gc removed %d expired conntrack and %d affinity entries", removed, removed_affinity)
             except Exception:
-                log.exception("conntrack garbage collection failed")
+                log.exception("conntrack / affinity garbage collection failed")
 
     # ----- resources -----------------------------------------------------------------------------
     def apply_objects(self, objects: list[dict[str, Any]]) -> list[Any]:
@@ -169,6 +193,8 @@ class Agent:
         metadata = obj.get("metadata", {})
         if is_policy(obj) or kind == "Pod":
             self.policy.on_resource_event(event, obj, old)
+        if kind in ("Service", "EndpointSlice", "Pod"):
+            self.services.on_resource_event(event, obj, old)
         if kind == "Pod":
             self.endpoints.reevaluate_identities(metadata.get("namespace", "default"), metadata.get("name"))
         elif kind == "Namespace":
@@ -194,6 +220,8 @@ class Agent:
             restored_endpoints=self.endpoints.restored,
             flows_buffered=self.events.flows_buffered(),
             events_lost=self.events.events_lost(),
+            services=len(self.services.services()),
+            service_sync_operations=self.services.last_sync_operations,
         )
 
     def bpf_ct(self) -> list[dict[str, Any]]:

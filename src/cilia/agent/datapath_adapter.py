@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ipaddress
 from collections.abc import Iterable
+from pathlib import Path
 from typing import Any
 
 from cilia.agent.config import AgentConfig, MonitorAggregation
@@ -12,7 +13,9 @@ from cilia.endpoint.record import EndpointRecord
 from cilia.identity.cidr import CIDR_IDENTITY_BASE, Network
 from cilia.identity.reserved import ReservedIdentity
 from cilia.ipam import Ipam
+from cilia.maps import lb as lbm
 from cilia.maps.ct import PROTOCOLS
+from cilia.maps.lb import LbMaps
 from cilia.maps.metrics import DIRECTIONS
 from cilia.monitor.events import DROP_REASONS
 from cilia.netlink import NodeNetConfig
@@ -37,6 +40,9 @@ class DatapathAdapter:
                 ct_any_max=config.ct_any_max,
                 aggregation=0 if config.monitor_aggregation is MonitorAggregation.NONE else 1,
                 aggregation_interval=config.monitor_interval_seconds,
+                lb_map_max=config.lb_map_max,
+                maglev_size=config.maglev_table_size,
+                maglev_seed=config.maglev_hash_seed,
             ),
         )
 
@@ -79,6 +85,59 @@ class DatapathAdapter:
 
     def detach(self, record: EndpointRecord) -> None:
         self.datapath.detach_endpoint(record.host_ifindex or None, _addresses(record))
+
+    # ----- services --------------------------------------------------------------------------------
+    @property
+    def lb(self) -> LbMaps:
+        return self.datapath.lb
+
+    def attach_service_programs(self, underlay_device: str, cgroup_root: Path | None) -> None:
+        """Per-packet LB for traffic from outside (the underlay device), socket LB for the node's cgroup."""
+        from pyroute2 import IPRoute
+
+        with IPRoute() as ipr:
+            found = ipr.link_lookup(ifname=underlay_device)
+        if not found:
+            raise RuntimeError(f"underlay device {underlay_device!r} does not exist in this network namespace")
+        self.datapath.attach_host(int(found[0]))
+        if cgroup_root is not None:
+            self.datapath.attach_sock(cgroup_root)
+
+    def node_addresses(self) -> list[IPAddress]:
+        """The node's addresses on its underlay device: where NodePort frontends listen."""
+        from pyroute2 import IPRoute
+
+        with IPRoute() as ipr:
+            found = ipr.link_lookup(ifname=self._config.underlay_device)
+            if not found:
+                return []
+            addresses = [ipaddress.ip_address(str(a.get("address"))) for a in ipr.get_addr(index=found[0])]
+        return sorted((a for a in addresses if not a.is_link_local and not a.is_loopback), key=str)
+
+    def dump_lb(self) -> list[dict[str, Any]]:
+        """The service map as the datapath sees it: each frontend with its slots and backends."""
+        lb = self.datapath.lb
+        snapshot = lb.snapshot((lbm.SERVICES_NAME, lbm.BACKENDS_NAME, lbm.REVNAT_NAME))
+        backends = {lbm.unpack_id(k): lbm.BackendValue.unpack(v) for k, v in snapshot[lbm.BACKENDS_NAME].items()}
+        services = {lbm.ServiceKey.unpack(k): lbm.ServiceValue.unpack(v)
+                    for k, v in snapshot[lbm.SERVICES_NAME].items()}
+        rows = []
+        for key, value in sorted(services.items(), key=lambda kv: (str(kv[0].address), kv[0].port, kv[0].slot)):
+            if key.slot:
+                continue
+            slots = []
+            for slot in range(1, value.count + 1):
+                slot_value = services.get(lbm.ServiceKey(key.address, key.port, key.protocol, slot))
+                backend = backends.get(slot_value.backend_id) if slot_value else None
+                slots.append({"slot": slot, "backend_id": slot_value.backend_id if slot_value else None,
+                              "backend": _endpoint_str(backend.address, backend.port) if backend else None,
+                              "state": lbm.BACKEND_STATE_NAMES.get(backend.state) if backend else None})
+            rows.append({"frontend": _endpoint_str(key.address, key.port),
+                         "protocol": PROTOCOLS.get(key.protocol, str(key.protocol)), "rev_nat_id": value.rev_nat_id,
+                         "flags": [n for bit, n in ((lbm.SVC_F_EXTERNAL, "external"), (lbm.SVC_F_AFFINITY, "affinity"),
+                                                    (lbm.SVC_F_MAGLEV, "maglev")) if value.flags & bit],
+                         "affinity_timeout": value.affinity_timeout, "backends": slots})
+        return rows
 
     def is_attached(self, record: EndpointRecord) -> bool:
         return self.datapath.endpoint_attached(record.host_ifindex)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 from typing import TYPE_CHECKING, Any
 
 from fastapi import APIRouter, Request
@@ -14,6 +15,7 @@ from cilia.api.models import (
     ApplyRequest,
     ApplyResult,
     ApplyResultItem,
+    BackendStateRequest,
     Endpoint,
     EndpointConfigRequest,
     EndpointCreateRequest,
@@ -25,6 +27,7 @@ from cilia.api.models import (
     PolicySummary,
     TraceRequest,
 )
+from cilia.lb.model import BackendState, ServiceName
 
 if TYPE_CHECKING:
     from cilia.agent.daemon import Agent
@@ -153,6 +156,44 @@ def make_router(agent: Agent) -> APIRouter:
     @router.get("/resources")
     def list_resources(kind: str, namespace: str | None = None) -> list[dict[str, Any]]:
         return agent.resources.list(kind, namespace)
+
+    # Services.
+    def service_name(namespace: str, name: str) -> ServiceName:
+        return ServiceName(namespace, name)
+
+    @router.get("/services")
+    def list_services() -> list[dict[str, Any]]:
+        return agent.services.services()
+
+    @router.get("/services/{namespace}/{name}")
+    def get_service(namespace: str, name: str) -> dict[str, Any]:
+        for row in agent.services.services():
+            if row["namespace"] == namespace and row["name"] == name:
+                return row
+        raise not_found(f"service {namespace}/{name}")
+
+    @router.get("/services/{namespace}/{name}/maglev")
+    def get_maglev(namespace: str, name: str) -> list[dict[str, Any]]:
+        try:
+            return agent.services.maglev(service_name(namespace, name))
+        except LookupError as exc:
+            raise not_found(str(exc)) from exc
+
+    @router.patch("/services/{namespace}/{name}/backends")
+    def set_backend_state(namespace: str, name: str, request: BackendStateRequest) -> dict[str, Any]:
+        try:
+            address = ipaddress.ip_address(request.address)
+            agent.services.set_backend_state(service_name(namespace, name), address, request.port,
+                                             BackendState(request.state))
+        except ValueError as exc:
+            raise invalid(f"service {namespace}/{name} backend: {exc}") from exc
+        except LookupError as exc:
+            raise not_found(str(exc)) from exc
+        return get_service(namespace, name)
+
+    @router.get("/bpf/lb")
+    def bpf_lb() -> list[dict[str, Any]]:
+        return agent.datapath.dump_lb()
 
     # BPF map dumps (read through the agent so the CLI needs no bpf privileges or layout knowledge).
     @router.get("/bpf/ct")

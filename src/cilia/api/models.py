@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from enum import StrEnum
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -181,3 +181,14 @@ class NodeStatus(Strict):
     restored_endpoints: int
     flows_buffered: int
     events_lost: int
+    services: int = 0
+    # LB map writes of the start-up sync: 0 when a restarted agent found the maps as it wanted them
+    service_sync_operations: int = 0
+
+
+class BackendStateRequest(Strict):
+    """Set one backend of a service active again, or take it out of selection (quarantined)."""
+
+    address: str
+    port: int = Field(ge=1, le=65535)
+    state: Literal["active", "quarantined"]

@@ -195,9 +195,12 @@ class BpfObject:
         pin_root: str | os.PathLike[str] | None = None,
         rodata: dict[str, bytes] | None = None,
         max_entries: dict[str, int] | None = None,
+        value_sizes: dict[str, int] | None = None,
     ) -> BpfObject:
         """Open and load. `rodata` patches `const volatile` globals by name before the load;
-        maps declared with LIBBPF_PIN_BY_NAME are reused from, or pinned to, `pin_root`."""
+        `max_entries` and `value_sizes` resize maps (by name; a name the object lacks is skipped, so
+        one setting serves every object); maps declared with LIBBPF_PIN_BY_NAME are reused from, or
+        pinned to, `pin_root`."""
         path = Path(path)
         if not path.is_file():
             raise BpfError(f"BPF object {path} does not exist (run `make bpf`)", errno.ENOENT)
@@ -217,10 +220,17 @@ class BpfObject:
             if rodata:
                 obj._patch_rodata(rodata)
             for map_name, entries in (max_entries or {}).items():
-                lb.check(
-                    lb.lib.bpf_map__set_max_entries(obj._find_map(map_name), entries),
-                    f"{path.name}: setting max entries of {map_name}",
-                )
+                if obj._has_map(map_name):
+                    lb.check(
+                        lb.lib.bpf_map__set_max_entries(obj._find_map(map_name), entries),
+                        f"{path.name}: setting max entries of {map_name}",
+                    )
+            for map_name, size in (value_sizes or {}).items():
+                if obj._has_map(map_name):
+                    lb.check(
+                        lb.lib.bpf_map__set_value_size(obj._find_map(map_name), size),
+                        f"{path.name}: setting the value size of {map_name}",
+                    )
             result = lb.lib.bpf_object__load(handle)
             if result < 0:
                 log = log_buf.value.decode(errors="replace")
@@ -231,6 +241,9 @@ class BpfObject:
             obj.close()
             raise
         return obj
+
+    def _has_map(self, name: str) -> bool:
+        return bool(lb.lib.bpf_object__find_map_by_name(self._require(), name.encode()))
 
     def _find_map(self, name: str) -> int:
         handle = lb.lib.bpf_object__find_map_by_name(self._require(), name.encode())

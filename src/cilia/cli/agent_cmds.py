@@ -30,7 +30,8 @@ bpf_metrics_app = typer.Typer(help="Per-endpoint packet counters.", no_args_is_h
 
 
 @contextmanager
-def _client(node: str | None, socket: Path | None) -> Iterator[Any]:
+def client_for(node: str | None, socket: Path | None) -> Iterator[Any]:
+    """The agent's API client; connection and API errors become a CLI error and exit code 1."""
     from cilia.api.client import AgentClient, AgentError, AgentUnavailable
 
     try:
@@ -57,7 +58,7 @@ def register(app: typer.Typer) -> None:
 
 def status(node: str | None = NodeOption, socket: Path | None = SocketOption, output: Output = OutputOption) -> None:
     """Health and summary of the node's agent and datapath."""
-    with _client(node, socket) as client:
+    with client_for(node, socket) as client:
         info = client.status().model_dump()
     if output is Output.JSON:
         print_json(info)
@@ -95,7 +96,7 @@ def apply(
     from cilia.api.models import ApplyRequest
 
     objects = _read_objects(files)
-    with _client(node, socket) as client:
+    with client_for(node, socket) as client:
         result = client.apply(ApplyRequest(objects=objects))
     for item in result.items:
         ref = f"{item.kind.lower()}/{item.name}"
@@ -111,7 +112,7 @@ def delete(
     from cilia.api.models import ApplyRequest
 
     objects = _read_objects(files)
-    with _client(node, socket) as client:
+    with client_for(node, socket) as client:
         result = client.delete(ApplyRequest(objects=objects))
     for item in result.items:
         typer.echo(f"{item.kind.lower()}/{item.name} {item.action}")
@@ -122,7 +123,7 @@ def endpoint_list(
     node: str | None = NodeOption, socket: Path | None = SocketOption, output: Output = OutputOption
 ) -> None:
     """Every endpoint: id, pod, addresses, identity, state."""
-    with _client(node, socket) as client:
+    with client_for(node, socket) as client:
         endpoints = client.list_endpoints()
     if output is Output.JSON:
         print_json([e.model_dump() for e in endpoints])
@@ -147,7 +148,7 @@ def endpoint_get(
     output: Output = OutputOption,
 ) -> None:
     """One endpoint in full."""
-    with _client(node, socket) as client:
+    with client_for(node, socket) as client:
         endpoint = client.get_endpoint(endpoint_id)
     data = endpoint.model_dump()
     if output is Output.JSON:
@@ -161,7 +162,7 @@ def identity_list(
     node: str | None = NodeOption, socket: Path | None = SocketOption, output: Output = OutputOption
 ) -> None:
     """Every identity with its labels."""
-    with _client(node, socket) as client:
+    with client_for(node, socket) as client:
         identities = client.list_identities()
     if output is Output.JSON:
         print_json([i.model_dump() for i in identities])
@@ -177,7 +178,7 @@ def identity_get(
     output: Output = OutputOption,
 ) -> None:
     """One identity."""
-    with _client(node, socket) as client:
+    with client_for(node, socket) as client:
         identity = client.get_identity(identity_id)
     if output is Output.JSON:
         print_json(identity.model_dump())
@@ -186,7 +187,7 @@ def identity_get(
 
 
 def _dump(path: str, node: str | None, socket: Path | None, output: Output, columns: list[str]) -> None:
-    with _client(node, socket) as client:
+    with client_for(node, socket) as client:
         rows: list[dict[str, Any]] = client.get(path)
     if output is Output.JSON:
         print_json(rows)

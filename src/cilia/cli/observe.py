@@ -66,6 +66,7 @@ def observe(
     traffic_direction: list[str] = typer.Option([], "--traffic-direction"),
     policy: list[str] = typer.Option([], "--policy", help="deciding policy: name, ns/name, Kind/ns/name or "
                                      "default-deny"),
+    service: list[str] = typer.Option([], "--service", help="service traffic: [namespace/]name"),
     node: str | None = NodeOption,
     socket: Path | None = SocketOption,
 ) -> None:
@@ -76,7 +77,7 @@ def observe(
     for name, values in (("pod", pod), ("from_pod", from_pod), ("to_pod", to_pod), ("namespace", namespace),
                          ("label", label), ("ip", ip), ("from_ip", from_ip), ("to_ip", to_ip), ("port", port),
                          ("protocol", protocol), ("verdict", verdict), ("drop_reason", drop_reason),
-                         ("traffic_direction", traffic_direction), ("policy", policy)):
+                         ("traffic_direction", traffic_direction), ("policy", policy), ("service", service)):
         if values:
             params[name] = values
     rows: list[list[str]] = []

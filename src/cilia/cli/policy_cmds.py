@@ -7,7 +7,7 @@ from typing import Any
 
 import typer
 
-from cilia.cli.agent_cmds import FileOption, _client, _read_objects, bpf_app, endpoint_app
+from cilia.cli.agent_cmds import FileOption, _read_objects, bpf_app, client_for, endpoint_app
 from cilia.cli.common import NodeOption, Output, OutputOption, SocketOption, fail, print_json, print_table
 
 policy_app = typer.Typer(help="Network policies: import, list, delete, and trace a verdict.", no_args_is_help=True)
@@ -32,7 +32,7 @@ def policy_import(files: list[Path] = FileOption, node: str | None = NodeOption,
     for index, obj in enumerate(objects):
         if obj.get("kind") not in POLICY_KINDS:
             raise fail(f"document {index + 1} is a {obj.get('kind')!r}, not a policy (use `cilia apply`)")
-    with _client(node, socket) as client:
+    with client_for(node, socket) as client:
         result = client.apply(ApplyRequest(objects=objects))
     for item in result.items:
         typer.echo(f"{item.kind.lower()}/{item.name} {item.action}")
@@ -47,7 +47,7 @@ def policy_get(
     """List the policies in force (and the endpoints they select), or show one."""
     import yaml
 
-    with _client(node, socket) as client:
+    with client_for(node, socket) as client:
         if name:
             found = [obj for kind in POLICY_KINDS for obj in client.get("/v1/resources", {"kind": kind})
                      if obj["metadata"]["name"] == name
@@ -81,7 +81,7 @@ def policy_delete(
 
     if kind not in POLICY_KINDS:
         raise fail(f"--kind {kind!r} is not one of {', '.join(POLICY_KINDS)}")
-    with _client(node, socket) as client:
+    with client_for(node, socket) as client:
         if all_policies:
             objects = [{"kind": k, "metadata": {"name": o["metadata"]["name"],
                                                 **({"namespace": o["metadata"]["namespace"]}
@@ -119,7 +119,7 @@ def policy_trace(
     port, protocol = _port(dport)
     body = {"src_pod": src_pod, "src_labels": src_labels, "src_ip": src_ip, "dst_pod": dst_pod,
             "dst_labels": dst_labels, "dst_ip": dst_ip, "dport": port, "protocol": protocol}
-    with _client(node, socket) as client:
+    with client_for(node, socket) as client:
         result: dict[str, Any] = client.post("/v1/policy/trace", body)
     if output is Output.JSON:
         print_json(result)
@@ -142,7 +142,7 @@ def policy_trace(
 def bpf_policy_get(endpoint_id: int, node: str | None = NodeOption, socket: Path | None = SocketOption,
                    output: Output = OutputOption) -> None:
     """An endpoint's live policy map entries: identities, ports, verdict and the rule behind each."""
-    with _client(node, socket) as client:
+    with client_for(node, socket) as client:
         dump: dict[str, Any] = client.get(f"/v1/bpf/policy/{endpoint_id}")
     if output is Output.JSON or not dump.get("installed"):
         print_json(dump)
@@ -172,7 +172,7 @@ def endpoint_config(endpoint_id: int, settings: list[str] = typer.Argument(..., 
         if key != "PolicyAuditMode":
             raise fail(f"unknown endpoint setting {key!r} (known: PolicyAuditMode)")
         body["policy_audit_mode"] = _on_off(key, value)
-    with _client(node, socket) as client:
+    with client_for(node, socket) as client:
         endpoint = client.patch(f"/v1/endpoints/{endpoint_id}/config", body)
     typer.echo(f"endpoint {endpoint_id}: policy {endpoint['policy']}")
 
@@ -192,7 +192,7 @@ def config(settings: list[str] = typer.Argument(None, help="PolicyEnforcement=al
             body["allow_localhost"] = value.lower()
         else:
             raise fail(f"unknown setting {key!r} (known: PolicyEnforcement, PolicyAuditMode, AllowLocalhost)")
-    with _client(node, socket) as client:
+    with client_for(node, socket) as client:
         current: dict[str, Any] = client.patch("/v1/config", body) if body else client.get("/v1/config")
     if output is Output.JSON:
         print_json(current)

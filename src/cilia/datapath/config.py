@@ -29,6 +29,12 @@ class EndpointConfig:
     aggregation: int = 1
     aggregation_interval: int = 5
 
+    @classmethod
+    def node(cls, aggregation: int, aggregation_interval: int) -> EndpointConfig:
+        """The configuration of programs that belong to the node, not a pod (bpf_host.o): endpoint 0."""
+        return cls(0, 1, 0, "00:00:00:00:00:00", "00:00:00:00:00:00", None, None, None, None,
+                   aggregation, aggregation_interval)
+
     def pack(self) -> bytes:
         flags = (FLAG_HAS_IPV4 if self.pod_ipv4 else 0) | (FLAG_HAS_IPV6 if self.pod_ipv6 else 0)
         zero4, zero16 = b"\0" * 4, b"\0" * 16
@@ -50,3 +56,17 @@ class EndpointConfig:
 
 
 CONFIG_SIZE = _LAYOUT.size
+
+
+_HOST_LAYOUT = struct.Struct("<II8x")
+
+
+@dataclass(frozen=True)
+class HostConfig:
+    """Mirror of `struct host_config` (bpf/bpf_host.c)."""
+
+    maglev_size: int
+    maglev_seed: int = 0
+
+    def pack(self) -> bytes:
+        return _HOST_LAYOUT.pack(self.maglev_size, self.maglev_seed & 0xFFFFFFFF)

@@ -1,4 +1,5 @@
-"""Datapath: owns the node's shared pinned maps and loads/attaches bpf_lxc.o per endpoint.
+"""Datapath: owns the node's shared pinned maps, loads/attaches bpf_lxc.o per endpoint, bpf_host.o
+on the node's underlay device and bpf_sock.o on the node's cgroup.
 
 Runs inside the node's network namespace (tc attach uses the caller's netns). Nothing here
 detaches or unpins on close: the datapath must outlive the agent process.
@@ -13,16 +14,31 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cilia.bpf import EGRESS, INGRESS, BpfMap, BpfObject, ensure_bpffs, tc_attach, tc_detach, tc_query
-from cilia.datapath.config import EndpointConfig
+from cilia.bpf.cgroup import CgroupHook, cgroup_attach
+from cilia.datapath.config import EndpointConfig, HostConfig
 from cilia.maps import ct, endpoints, ipcache, metrics
+from cilia.maps import lb as lb_maps
 from cilia.maps import policy as policy_maps
 from cilia.maps.endpoints import EndpointInfo, EndpointsMap
 from cilia.maps.ipcache import IpcacheMap, Prefix
 
 log = logging.getLogger(__name__)
 LXC_OBJECT = "bpf_lxc.o"
+HOST_OBJECT = "bpf_host.o"
+SOCK_OBJECT = "bpf_sock.o"
 FROM_CONTAINER = "cil_from_container"
 TO_CONTAINER = "cil_to_container"
+FROM_NETDEV = "cil_from_netdev"
+SOCK_PROGRAMS = {
+    "cil_sock4_connect": CgroupHook.INET4_CONNECT,
+    "cil_sock6_connect": CgroupHook.INET6_CONNECT,
+    "cil_sock4_sendmsg": CgroupHook.UDP4_SENDMSG,
+    "cil_sock6_sendmsg": CgroupHook.UDP6_SENDMSG,
+    "cil_sock4_recvmsg": CgroupHook.UDP4_RECVMSG,
+    "cil_sock6_recvmsg": CgroupHook.UDP6_RECVMSG,
+    "cil_sock4_getpeername": CgroupHook.INET4_GETPEERNAME,
+    "cil_sock6_getpeername": CgroupHook.INET6_GETPEERNAME,
+}
 EVENTS_MAP = "cilia_events_v1"
 EVENTS_LOST_MAP = "cilia_events_lost_v1"
 
@@ -44,6 +60,9 @@ class DatapathOptions:
     ct_any_max: int = 1 << 18
     aggregation: int = 1
     aggregation_interval: int = 5
+    lb_map_max: int = lb_maps.MAP_MAX
+    maglev_size: int = lb_maps.DEFAULT_MAGLEV_SIZE
+    maglev_seed: int = 0
 
 
 class Datapath:
@@ -58,20 +77,27 @@ class Datapath:
     def object_path(self) -> Path:
         return self.bpf_dir / LXC_OBJECT
 
-    def _load(self, config: EndpointConfig) -> BpfObject:
+    def _open_object(self, name: str, rodata: dict[str, bytes] | None = None) -> BpfObject:
+        """Every object shares the pinned maps, so each load asks for the same sizes."""
+        sizes = {ct.TCP_NAME: self.options.ct_tcp_max, ct.ANY_NAME: self.options.ct_any_max}
+        sizes.update(dict.fromkeys(lb_maps.SIZED_BY_MAP_MAX, self.options.lb_map_max))
         return BpfObject.open(
-            self.object_path,
+            self.bpf_dir / name,
             pin_root=self.pin_dir,
-            rodata={"CONFIG": config.pack()},
-            max_entries={ct.TCP_NAME: self.options.ct_tcp_max, ct.ANY_NAME: self.options.ct_any_max},
+            rodata=rodata,
+            max_entries=sizes,
+            value_sizes={lb_maps.MAGLEV_NAME: 4 * self.options.maglev_size},
         )
+
+    def _load(self, config: EndpointConfig) -> BpfObject:
+        return self._open_object(LXC_OBJECT, {"CONFIG": config.pack()})
 
     def open(self) -> None:
         """Create or reuse the pinned maps. A first load with an empty config makes the pins."""
         ensure_bpffs()
         self.pin_dir.mkdir(parents=True, exist_ok=True)
         names = [ipcache.NAME, endpoints.NAME, ct.TCP_NAME, ct.ANY_NAME, metrics.NAME, EVENTS_MAP, EVENTS_LOST_MAP,
-                 *policy_maps.NAMES]
+                 *policy_maps.NAMES, *lb_maps.NAMES]
         if not all((self.pin_dir / name).exists() for name in names):
             bootstrap = EndpointConfig(0, 0, 0, "00:00:00:00:00:00", "00:00:00:00:00:00", None, None, None, None)
             self._load(bootstrap).close()
@@ -112,6 +138,10 @@ class Datapath:
         if self._policy is None:
             raise RuntimeError("datapath maps are not open: call open() first")
         return self._policy
+
+    @property
+    def lb(self) -> lb_maps.LbMaps:
+        return lb_maps.LbMaps({name: self.map(name) for name in lb_maps.NAMES}, self.options.maglev_size)
 
     @property
     def events_map(self) -> BpfMap:
@@ -162,6 +192,20 @@ class Datapath:
                     tc_detach(lxc_ifindex, direction)
                 except Exception:  # the link may be gone already, which detaches everything
                     log.debug("detach from ifindex %d failed", lxc_ifindex, exc_info=True)
+
+    def attach_host(self, ifindex: int) -> None:
+        """Service traffic from outside: bpf_host.o on the underlay device's tc ingress (atomic replace)."""
+        host = HostConfig(self.options.maglev_size, self.options.maglev_seed)
+        rodata = {"CONFIG": EndpointConfig.node(self.options.aggregation, self.options.aggregation_interval).pack(),
+                  "HOST": host.pack()}
+        with self._open_object(HOST_OBJECT, rodata) as obj:
+            tc_attach(ifindex, INGRESS, obj.program(FROM_NETDEV))
+
+    def attach_sock(self, cgroup: Path) -> None:
+        """Socket-level load balancing for every process in the node's cgroup subtree."""
+        with self._open_object(SOCK_OBJECT) as obj:
+            for program, hook in SOCK_PROGRAMS.items():
+                cgroup_attach(cgroup, hook, obj.program(program))
 
     def endpoint_attached(self, lxc_ifindex: int) -> bool:
         return tc_query(lxc_ifindex, INGRESS) is not None and tc_query(lxc_ifindex, EGRESS) is not None

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from cilia.monitor.events import EVENT_DROP, MonitorEvent
+from cilia.monitor.events import EVENT_DROP, EVENT_TRACE, MonitorEvent, SockEvent
 
 Flow = dict[str, Any]
 
@@ -25,8 +25,11 @@ class EndpointView:
 
 
 EndpointLookup = Callable[[str], EndpointView | None]  # by IP
+NetnsLookup = Callable[[int], EndpointView | None]  # by network namespace cookie
 IdentityLookup = Callable[[int], list[str]]  # identity -> labels
 RuleLookup = Callable[[int], dict[str, Any] | None]  # rule id -> {kind, namespace, name, rule, id}
+# rev-NAT id -> {service, namespace, name, address, port, protocol, frontend}
+ServiceLookup = Callable[[int], dict[str, Any] | None]
 
 _OBS_TO_HUBBLE = {"TO_ENDPOINT": "TO_ENDPOINT", "TO_STACK": "TO_STACK", "FROM_ENDPOINT": "FROM_ENDPOINT",
                   "TO_HOST": "TO_HOST"}
@@ -36,22 +39,25 @@ _ICMP6_NAMES = {1: "DestinationUnreachable", 3: "TimeExceeded", 128: "EchoReques
 
 class FlowBuilder:
     def __init__(self, node_name: str, endpoints: EndpointLookup, identities: IdentityLookup,
-                 boot_time_ns: int, rules: RuleLookup | None = None) -> None:
+                 boot_time_ns: int, rules: RuleLookup | None = None, services: ServiceLookup | None = None,
+                 netns: NetnsLookup | None = None) -> None:
+        self._netns: NetnsLookup = netns or (lambda _cookie: None)
         self._rules: RuleLookup = rules or (lambda _rule_id: None)
+        self._services: ServiceLookup = services or (lambda _rev_nat_id: None)
         self.node_name = node_name
         self._endpoints = endpoints
         self._identities = identities
         # ktime is CLOCK_MONOTONIC; add the wall-clock offset taken once at start.
         self._boot_time_ns = boot_time_ns
 
-    def _endpoint(self, ip: str, identity: int) -> dict[str, Any]:
-        view = self._endpoints(ip) if ip else None
+    def _endpoint(self, ip: str, identity: int, endpoints: EndpointLookup | None = None) -> dict[str, Any]:
+        view = (endpoints or self._endpoints)(ip) if ip else None
         if view is not None:
-            return {"ID": view.id, "identity": view.identity, "namespace": view.namespace,
-                    "labels": view.labels, "pod_name": view.pod_name}
+            return _view(view)
         return {"identity": identity, "labels": self._identities(identity)}
 
-    def build(self, event: MonitorEvent) -> Flow:
+    def build(self, event: MonitorEvent, endpoints: EndpointLookup | None = None) -> Flow:
+        """`endpoints`: the endpoint views as they were when the event arrived (default: the builder's)."""
         packet = event.packet
         timestamp = datetime.fromtimestamp((self._boot_time_ns + event.ktime_ns) / 1e9, tz=UTC)
         flow: Flow = {
@@ -59,8 +65,8 @@ class FlowBuilder:
             "uuid": str(uuid.uuid4()),
             "verdict": _verdict(event),
             "ethernet": {"source": packet.eth_source, "destination": packet.eth_destination},
-            "source": self._endpoint(packet.source, event.src_identity),
-            "destination": self._endpoint(packet.destination, event.dst_identity),
+            "source": self._endpoint(packet.source, event.src_identity, endpoints),
+            "destination": self._endpoint(packet.destination, event.dst_identity, endpoints),
             "Type": "L3_L4",
             "node_name": self.node_name,
             "event_type": {"type": _EVENT_TYPE.get(event.type, 0)},
@@ -108,7 +114,58 @@ class FlowBuilder:
         else:
             flow["trace_observation_point"] = _OBS_TO_HUBBLE.get(event.observation_point, "UNKNOWN_POINT")
             flow["event_type"]["sub_type"] = event.subtype
+        if event.type == EVENT_TRACE and event.rule_id:
+            summary = self._add_service(flow, event, summary)
         flow["Summary"] = summary
+        return flow
+
+    def _add_service(self, flow: Flow, event: MonitorEvent, summary: str) -> str:
+        """Service traffic (per-packet path): name the service, its frontend and the backend chosen.
+        A request carries the backend as its destination; a reply carries the frontend as its source."""
+        service = self._services(event.rule_id)
+        if service is None:
+            return summary
+        ref = {"name": service["name"], "namespace": service["namespace"]}
+        packet = event.packet
+        reply = packet.source == service["address"]
+        flow["source_service" if reply else "destination_service"] = ref
+        port = packet.l4.source_port if reply and packet.l4 else packet.l4.destination_port if packet.l4 else 0
+        backend = None if reply else _host_port(packet.destination, port)
+        flow["service"] = {"name": service["name"], "namespace": service["namespace"],
+                           "frontend": service["frontend"], **({"backend": backend} if backend else {})}
+        via = f"service {service['service']} {service['frontend']}" + (f" -> {backend}" if backend else " (reply)")
+        return f"{summary}; {via}" if summary else via
+
+    def build_sock(self, event: SockEvent, endpoints: EndpointLookup | None = None,
+                   netns: NetnsLookup | None = None) -> Flow:
+        """A socket-level translation (Hubble's SOCK flow): frontend -> backend, once per connection."""
+        timestamp = datetime.fromtimestamp((self._boot_time_ns + event.ktime_ns) / 1e9, tz=UTC)
+        service = self._services(event.rev_nat_id)
+        client = (netns or self._netns)(event.netns_cookie)
+        destination = self._endpoint(event.backend, 0, endpoints)
+        frontend = _host_port(event.frontend, event.frontend_port)
+        backend = _host_port(event.backend, event.backend_port)
+        flow: Flow = {
+            "time": timestamp.isoformat().replace("+00:00", "Z"),
+            "uuid": str(uuid.uuid4()),
+            "verdict": "TRANSLATED",
+            "Type": "SOCK",
+            "node_name": self.node_name,
+            "event_type": {"type": 131},  # Hubble's sock trace event
+            "sock_xlation_point": event.point,
+            "socket_cookie": event.socket_cookie,
+            "cgroup_id": event.cgroup_id,
+            "source": {**(_view(client) if client else {}), "netns_cookie": event.netns_cookie},
+            "destination": destination,
+            "IP": {"destination": event.frontend, "destination_xlated": event.backend},
+            "l4": {event.protocol: {"destination_port": event.backend_port}},
+            "service": {"frontend": frontend, "backend": backend,
+                        **({"name": service["name"], "namespace": service["namespace"]} if service else {})},
+            "Summary": f"{event.protocol} {frontend} -> {backend}"
+                       + (f" (service {service['service']})" if service else ""),
+        }
+        if service:
+            flow["destination_service"] = {"name": service["name"], "namespace": service["namespace"]}
         return flow
 
     def _policy(self, event: MonitorEvent) -> dict[str, Any]:
@@ -125,6 +182,15 @@ class FlowBuilder:
 
 
 _EVENT_TYPE = {1: 4, 2: 1, 3: 5}  # trace, drop, policy verdict -> Hubble's event type numbers
+
+
+def _view(view: EndpointView) -> dict[str, Any]:
+    return {"ID": view.id, "identity": view.identity, "namespace": view.namespace, "labels": view.labels,
+            "pod_name": view.pod_name}
+
+
+def _host_port(address: str, port: int) -> str:
+    return f"[{address}]:{port}" if ":" in address else f"{address}:{port}"
 
 
 def _verdict(event: MonitorEvent) -> str:

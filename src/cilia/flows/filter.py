@@ -25,6 +25,7 @@ class FlowFilter:
     drop_reason: list[str] = field(default_factory=list)
     traffic_direction: list[str] = field(default_factory=list)
     policy: list[str] = field(default_factory=list)
+    service: list[str] = field(default_factory=list)
 
     @classmethod
     def from_params(cls, params: Mapping[str, Sequence[str]]) -> FlowFilter:
@@ -57,6 +58,7 @@ class FlowFilter:
             (self.drop_reason, lambda v: v.upper() == flow.get("drop_reason_desc")),
             (self.traffic_direction, lambda v: v.upper() == flow.get("traffic_direction")),
             (self.policy, lambda v: _policy_match(flow, v)),
+            (self.service, lambda v: _service_match(flow, v)),
         ]
         return all(not values or any(test(value) for value in values) for values, test in checks)
 
@@ -74,6 +76,16 @@ def _label_match(endpoint: dict[str, Any], wanted: str) -> bool:
         _source, _, kv = label.partition(":")
         lkey, _, lvalue = kv.partition("=")
         if lkey == key and (not value or lvalue == value):
+            return True
+    return False
+
+
+def _service_match(flow: Flow, wanted: str) -> bool:
+    """Service traffic by name or namespace/name (either side: requests and their replies)."""
+    namespace, _, name = wanted.rpartition("/")
+    for key in ("service", "destination_service", "source_service"):
+        ref = flow.get(key) or {}
+        if ref.get("name") == name and (not namespace or ref.get("namespace") == namespace):
             return True
     return False
 

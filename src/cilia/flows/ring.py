@@ -1,10 +1,14 @@
-"""A bounded ring of recent flows with sequence numbers, and subscribers for --follow."""
+"""A bounded ring of recent flows with sequence numbers, and subscribers for --follow.
+
+Entries may be lazy: a maker the ring calls the first time the entry is read, or at once when
+someone follows; its result is kept. A maker returning None (an undecodable record) is skipped."""
 
 from __future__ import annotations
 
 import asyncio
 import threading
 from collections import deque
+from collections.abc import Callable
 
 from cilia.flows.build import Flow
 from cilia.flows.filter import FlowFilter
@@ -26,9 +30,24 @@ class Subscriber:
             self.lost += 1
 
 
+class _Entry:
+    __slots__ = ("_make", "_value")
+
+    def __init__(self, make: Callable[[], Flow | None] | None, value: Flow | None = None) -> None:
+        self._make = make
+        self._value = value
+
+    def get(self) -> Flow | None:
+        make = self._make
+        if make is not None:
+            self._value = make()
+            self._make = None
+        return self._value
+
+
 class FlowRing:
     def __init__(self, capacity: int = 4096) -> None:
-        self._flows: deque[tuple[int, Flow]] = deque(maxlen=capacity)
+        self._flows: deque[tuple[int, _Entry]] = deque(maxlen=capacity)
         self._lock = threading.Lock()
         self._seq = 0
         self._subscribers: set[Subscriber] = set()
@@ -37,19 +56,32 @@ class FlowRing:
 
     def add(self, flow: Flow) -> None:
         """Called from the event reader thread."""
+        self._add(_Entry(None, flow))
+
+    def add_lazy(self, make: Callable[[], Flow | None]) -> None:
+        """Keep a flow to be made when first read; made now only if someone follows."""
+        self._add(_Entry(make))
+
+    def _add(self, entry: _Entry) -> None:
         with self._lock:
             self._seq += 1
             self.seen += 1
-            self._flows.append((self._seq, flow))
+            self._flows.append((self._seq, entry))
             subscribers = list(self._subscribers)
+        if not subscribers:
+            return
+        flow = entry.get()
+        if flow is None:
+            return
         for subscriber in subscribers:
             if subscriber.filter.matches(flow):
                 subscriber.loop.call_soon_threadsafe(subscriber.offer, flow)
 
     def last(self, count: int, flow_filter: FlowFilter) -> list[Flow]:
         with self._lock:
-            flows = [flow for _, flow in self._flows]
-        matched = [flow for flow in flows if flow_filter.matches(flow)]
+            entries = [entry for _, entry in self._flows]
+        flows = (entry.get() for entry in entries)
+        matched = [flow for flow in flows if flow is not None and flow_filter.matches(flow)]
         return matched[-count:] if count > 0 else []
 
     def __len__(self) -> int:

@@ -6,17 +6,19 @@ import json
 import os
 import subprocess
 import sys
+from collections import Counter
 from pathlib import Path
 
 from rich.console import Console
 
-from cilia.lab.lab import Lab, cleanup_leftovers
-from cilia.lab.topology import load_topology
+from cilia.lab.lab import PYTHON, Lab, cleanup_leftovers
+from cilia.lab.topology import PodSpec, PortSpec, load_topology
 
 console = Console()
 EXAMPLES = Path(__file__).resolve().parents[3] / "examples"
 TOPOLOGY = EXAMPLES / "lab-basic.yaml"
 POLICY = EXAMPLES / "policy-web.yaml"
+SERVICE = EXAMPLES / "service-echo.yaml"
 
 
 def step(text: str) -> None:
@@ -50,6 +52,7 @@ def main() -> None:
             console.print(f"  {what:45} [{colour}]{verdict['verdict']}[/{colour}] {verdict.get('peer', '')}")
         step("the flows those connections made (cilia observe --last 20)")
         run("observe", "--node", "n1", "--last", "20")
+        service_demo(lab)
         step(f"applying a policy: cilia policy import -f {POLICY.name}")
         console.print(POLICY.read_text().strip())
         run("policy", "import", "--node", "n1", "-f", str(POLICY))
@@ -79,6 +82,27 @@ def main() -> None:
         step("tearing the lab down")
         lab.down()
         console.print("done: no cilia-* namespaces, pins or processes remain")
+
+
+def service_demo(lab: Lab) -> None:
+    """A ClusterIP service over two pods: connections spread across both, each with its flow."""
+    step("two more pods, echo-1 and echo-2 (app=echo), and a ClusterIP service over them: "
+         f"cilia apply -f {SERVICE.name}")
+    for name in ("echo-1", "echo-2"):
+        lab.add_pod(PodSpec(name, "default", "n1", {"app": "echo"}, None, (PortSpec(7000, "tcp", "echo"),)))
+    console.print(SERVICE.read_text().strip())
+    run("apply", "--node", "n1", "-f", str(SERVICE))
+    run("service", "list", "--node", "n1")
+    step("20 connections from client to 10.96.0.50:80 (socket LB: translated once, at connect())")
+    request = json.dumps([{"to": "10.96.0.50", "port": 80, "protocol": "tcp"}] * 20)
+    answers = json.loads(lab.exec("client", [PYTHON, "-m", "cilia.lab.probe", "--many", request]).stdout or "[]")
+    spread = Counter(str(a.get("peer")) if a["verdict"] == "connected" else a["verdict"] for a in answers)
+    for backend, count in sorted(spread.items()):
+        console.print(f"  {backend:10} {count:3} connections")
+    step("their flows: each translation names the service, its address and the backend chosen")
+    run("observe", "--node", "n1", "--service", "default/echo", "--last", "6")
+    step("the service map the datapath reads (cilia bpf lb list)")
+    run("bpf", "lb", "list", "--node", "n1")
 
 
 if __name__ == "__main__":

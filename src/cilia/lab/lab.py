@@ -18,13 +18,33 @@ from pathlib import Path
 from typing import Any
 
 from cilia.lab.topology import ExternalSpec, NodeSpec, PodSpec, Topology
-from cilia.paths import BPFFS_ROOT, RUN_ROOT, STATE_ROOT, NodePaths
+from cilia.paths import BPFFS_ROOT, RUN_ROOT, STATE_ROOT, NodePaths, cgroup2_mount
 
 LAB_DIR = RUN_ROOT / "lab"
 STATE_FILE = LAB_DIR / "state.json"
 FABRIC = "cilia-fabric"
 BRIDGE = "cilia-br0"
 PYTHON = sys.executable
+# LoadBalancer and externalIP addresses in the lab: routed on the fabric to the first node.
+SERVICE_ROUTES = ("203.0.113.0/24", "2001:db8:203::/64")
+
+
+def cgroup_root() -> Path:
+    """The lab's cgroup subtree: <cgroup2>/cilia. Socket LB hooks attach to <root>/<node> only."""
+    return cgroup2_mount() / "cilia"
+
+
+def _join_cgroup(cgroup: Path | None) -> Any:
+    """A preexec_fn that moves the child into `cgroup` before it runs the command."""
+    if cgroup is None:
+        return None
+    procs = str(cgroup / "cgroup.procs")
+
+    def join() -> None:
+        with open(procs, "w", encoding="ascii") as handle:
+            handle.write(str(os.getpid()))
+
+    return join
 
 
 class LabError(Exception):
@@ -43,12 +63,12 @@ def in_netns(netns: str, *args: str) -> list[str]:
     return ["nsenter", f"--net=/run/netns/{netns}", *args]
 
 
-def _spawn(netns: str, args: list[str], log: Path) -> int:
+def _spawn(netns: str, args: list[str], log: Path, cgroup: Path | None = None) -> int:
     log.parent.mkdir(parents=True, exist_ok=True)
     with open(log, "ab") as out:
         process = subprocess.Popen(
             in_netns(netns, *args), stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-            start_new_session=True,
+            start_new_session=True, preexec_fn=_join_cgroup(cgroup),
         )
     return process.pid
 
@@ -152,6 +172,15 @@ class Lab:
         for cidr, via in ((node.ipv4_pod_cidr, node.underlay_ipv4), (node.ipv6_pod_cidr, node.underlay_ipv6)):
             if cidr is not None:
                 sh("ip", "-n", FABRIC, "route", "replace", str(cidr), "via", str(via))
+        if node.index == 1:  # LoadBalancer / externalIP addresses reach the first node
+            for route, gateway in zip(SERVICE_ROUTES, (node.underlay_ipv4, node.underlay_ipv6), strict=True):
+                sh("ip", "-n", FABRIC, "route", "replace", route, "via", str(gateway))
+        # The node's cgroup: its pods' processes (and `lab exec` on the node) run below it, and the
+        # agent attaches the socket load-balancing hooks to it.
+        cgroup = cgroup_root() / node.name
+        (cgroup / "host").mkdir(parents=True, exist_ok=True)
+        self.state["nodes"][node.name]["cgroup"] = str(cgroup)
+        self.save()
         self._start_agent(node.name, agent_args)
 
     def restart_agent(self, node_name: str, *, kill: bool = True, agent_args: list[str] | None = None) -> int:
@@ -176,7 +205,7 @@ class Lab:
         pid = _spawn(node["netns"], [
             str(Path(PYTHON).with_name("cilia-agent")), "--node", node_name,
             "--ipv4-pod-cidr", node["ipv4_pod_cidr"], "--ipv6-pod-cidr", node["ipv6_pod_cidr"],
-            "--underlay-device", "eth0", *agent_args,
+            "--underlay-device", "eth0", "--cgroup-root", node["cgroup"], *agent_args,
         ], NodePaths(node_name).run_dir / "agent.log")
         node["agent_pid"] = pid
         self.save()
@@ -211,13 +240,13 @@ class Lab:
                                ("198.51.100.1", "2001:db8:100::1"))
         self._start_servers(external.netns, external.name, external.ports)
 
-    def _start_servers(self, netns: str, name: str, ports: tuple[Any, ...]) -> None:
+    def _start_servers(self, netns: str, name: str, ports: tuple[Any, ...], cgroup: Path | None = None) -> None:
         if not ports:
             return
         args = [PYTHON, "-m", "cilia.lab.server", "--name", name]
         for port in ports:
             args += [f"--{port.protocol}", str(port.port)]
-        pid = _spawn(netns, args, LAB_DIR / f"server-{netns}.log")
+        pid = _spawn(netns, args, LAB_DIR / f"server-{netns}.log", cgroup)
         self.state["pids"].append(pid)
         self.save()
         self._wait_listening(netns, {p.port for p in ports})
@@ -260,7 +289,11 @@ class Lab:
             client.apply(ApplyRequest(objects=[pod_object]))
         sh("ip", "netns", "add", pod.netns)
         entry: dict[str, Any] = {"name": pod.name, "namespace": pod.namespace, "node": pod.node,
-                                 "netns": pod.netns, "container_id": pod.container_id}
+                                 "netns": pod.netns, "container_id": pod.container_id, "cgroup": None}
+        if pod.socket_lb:
+            cgroup = Path(self.state["nodes"][pod.node]["cgroup"]) / pod.netns
+            cgroup.mkdir(exist_ok=True)
+            entry["cgroup"] = str(cgroup)
         self.state["pods"][f"{pod.namespace}/{pod.name}"] = entry
         self.save()
         result = self.cni("ADD", pod)
@@ -269,7 +302,7 @@ class Lab:
         entry["ipv6"] = next((ip for ip in ips if ":" in ip), None)
         entry["mac"] = result["interfaces"][0]["mac"]
         self.save()
-        self._start_servers(pod.netns, pod.name, pod.ports)
+        self._start_servers(pod.netns, pod.name, pod.ports, Path(entry["cgroup"]) if entry["cgroup"] else None)
         return entry
 
     def cni(self, command: str, pod: PodSpec | dict[str, Any]) -> dict[str, Any]:
@@ -312,9 +345,24 @@ class Lab:
                 return str(self.state[table][name]["ipv6" if ipv6 else "ipv4"])
         return name  # already an address
 
+    def cgroup_of(self, name: str) -> Path | None:
+        """Where a command run 'in' this lab host belongs: its pod's cgroup, the node's host cgroup,
+        or none (external hosts, and pods without socket LB, are outside every node's cgroup)."""
+        for key, pod in self.state["pods"].items():
+            if name in (key, pod["name"]):
+                return Path(pod["cgroup"]) if pod.get("cgroup") else None
+        if name in self.state["nodes"] and self.state["nodes"][name].get("cgroup"):
+            return Path(self.state["nodes"][name]["cgroup"]) / "host"
+        return None
+
+    def popen(self, name: str, command: list[str]) -> subprocess.Popen[str]:
+        """A long-running command in a lab host (its netns and cgroup), stdin/stdout as text pipes."""
+        return subprocess.Popen(in_netns(self.netns_of(name), *command), stdin=subprocess.PIPE,
+                                stdout=subprocess.PIPE, text=True, preexec_fn=_join_cgroup(self.cgroup_of(name)))
+
     def exec(self, name: str, command: list[str], timeout: float = 60) -> subprocess.CompletedProcess[str]:
         return subprocess.run(in_netns(self.netns_of(name), *command), capture_output=True, text=True,
-                              timeout=timeout, check=False)
+                              timeout=timeout, check=False, preexec_fn=_join_cgroup(self.cgroup_of(name)))
 
     def probe(self, source: str, target: str, port: int, protocol: str = "tcp", *, ipv6: bool = False,
               timeout: float = 3.0) -> dict[str, Any]:
@@ -327,6 +375,25 @@ class Lab:
             verdict = {"verdict": "error", "error": result.stderr.strip()}
         verdict["from"] = source
         return verdict
+
+    def wait_ipv6_settled(self, timeout: float = 5.0) -> None:
+        """Wait (bounded) until no address in a node or the fabric is still in duplicate address detection.
+
+        A pod's host-side veth gets its link-local address tentative for about a second after the pod
+        is added; until then the node cannot resolve the pod's IPv6 neighbour entry, so the first packet
+        routed by the node's stack (from an external host, say) waits out a neighbour retry and a probe
+        with a short timeout reports it lost. Pod-to-pod traffic (redirect_peer) is not affected."""
+        netns = [FABRIC, *(str(node["netns"]) for node in self.state["nodes"].values())]
+        deadline = time.monotonic() + timeout
+        while True:
+            listing = {ns: sh(*in_netns(ns, "ip", "-6", "-o", "addr", "show", "tentative"), check=False).stdout
+                       for ns in netns}
+            tentative = [ns for ns, out in listing.items() if out.strip()]
+            if not tentative:
+                return
+            if time.monotonic() >= deadline:
+                raise LabError(f"IPv6 addresses still tentative after {timeout:.0f} s in {', '.join(tentative)}")
+            time.sleep(0.05)
 
     def status(self) -> dict[str, Any]:
         return {"nodes": self.state["nodes"], "pods": list(self.state["pods"].values()),
@@ -364,7 +431,9 @@ def cleanup_leftovers() -> None:
     listing = sh("ip", "netns", "list", check=False).stdout
     names = [line.split()[0] for line in listing.splitlines() if line.strip()]
     # Pods first (their veths live in node namespaces), then nodes, externals, the fabric.
-    for name in sorted((n for n in names if n.startswith("cilia-")), key=lambda n: (not n.startswith("cilia-pod"), n)):
+    # cilia-bench-* belong to a benchmark's own baselines, which remove them themselves.
+    ours = (n for n in names if n.startswith("cilia-") and not n.startswith("cilia-bench-"))
+    for name in sorted(ours, key=lambda n: (not n.startswith("cilia-pod"), n)):
         sh("ip", "netns", "del", name, check=False)
     from cilia.bpf import remove_pins
 
@@ -375,4 +444,25 @@ def cleanup_leftovers() -> None:
         shutil.rmtree(RUN_ROOT / node, ignore_errors=True)
     if BPFFS_ROOT.exists() and not any(BPFFS_ROOT.iterdir()):
         BPFFS_ROOT.rmdir()
+    remove_cgroups()
     shutil.rmtree(LAB_DIR, ignore_errors=True)
+
+
+def remove_cgroups() -> None:
+    """The lab's cgroup subtree, deepest first. Processes still in it are ours (lab servers, probes):
+    stopped by the pids the cgroup lists, then the directories removed (cgroups are rmdir'ed, and
+    the kernel drops the socket hooks attached to them with them)."""
+    try:
+        root = cgroup_root()
+    except FileNotFoundError:
+        return
+    if not root.is_dir():
+        return
+    for cgroup in sorted((p for p in root.rglob("*") if p.is_dir()), key=lambda p: len(p.parts), reverse=True):
+        with contextlib.suppress(OSError, ValueError):
+            for line in (cgroup / "cgroup.procs").read_text().split():
+                stop_pid(int(line), grace=2.0)
+        with contextlib.suppress(OSError):
+            cgroup.rmdir()
+    with contextlib.suppress(OSError):
+        root.rmdir()

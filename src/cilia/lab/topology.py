@@ -49,6 +49,7 @@ class PodSpec:
     labels: dict[str, str] = field(default_factory=dict)
     ip: str | None = None
     ports: tuple[PortSpec, ...] = ()
+    socket_lb: bool = True  # its processes run in the node's cgroup, where the socket LB hooks are
 
     @property
     def netns(self) -> str:
@@ -139,7 +140,11 @@ def parse_topology(data: Any, source: str = "topology") -> Topology:
         if node not in node_names:
             raise TopologyError(f"{where}.node: {node!r} is not a node of this topology")
         labels = {str(k): str(v) for k, v in (raw.get("labels") or {}).items()}
-        pods.append(PodSpec(raw["name"], namespace, node, labels, raw.get("ip"), _ports(raw.get("ports"), where)))
+        socket_lb = raw.get("socketLB", True)
+        if not isinstance(socket_lb, bool):
+            raise TopologyError(f"{where}.socketLB: must be true or false")
+        pods.append(PodSpec(raw["name"], namespace, node, labels, raw.get("ip"), _ports(raw.get("ports"), where),
+                            socket_lb))
     externals = []
     for i, raw in enumerate(data.get("externals") or []):
         if not isinstance(raw, dict) or not isinstance(raw.get("name"), str):

@@ -13,7 +13,7 @@ from cilia.maps.addr import IPAddress, from_addr16
 TCP_NAME = "cilia_ct_tcp_v1"
 ANY_NAME = "cilia_ct_any_v1"
 _KEY = struct.Struct("<16s16sHHBBH")
-_VALUE = struct.Struct("<QQQQQIIBBBBB3x")
+_VALUE = struct.Struct("<QQQQQIIBBBBBBH")
 PROTOCOLS = {6: "TCP", 17: "UDP", 1: "ICMP", 58: "ICMPv6", 132: "SCTP"}
 
 
@@ -49,13 +49,14 @@ class CtEntry:
     tx_flags_seen: int
     rx_flags_seen: int
     closing: bool
+    rev_nat_id: int = 0  # a service connection (per-packet path): its frontend's rev-NAT id
 
     @classmethod
     def unpack(cls, raw: bytes) -> CtEntry:
-        (expires, txp, txb, rxp, rxb, last, ident, txf, rxf, _txr, _rxr, closing) = _VALUE.unpack(
+        (expires, txp, txb, rxp, rxb, last, ident, txf, rxf, _txr, _rxr, closing, _lb_flags, rev_nat) = _VALUE.unpack(
             raw[: _VALUE.size]
         )
-        return cls(expires, txp, txb, rxp, rxb, last, ident, txf, rxf, bool(closing))
+        return cls(expires, txp, txb, rxp, rxb, last, ident, txf, rxf, bool(closing), rev_nat)
 
     @property
     def state(self) -> str:

@@ -13,6 +13,7 @@ from typing import Any
 EVENT_TRACE = 1
 EVENT_DROP = 2
 EVENT_POLICY_VERDICT = 3
+EVENT_SOCK = 4  # bpf_sock.c: a socket-level service translation
 
 _HEADER = struct.Struct("<QBBBBHHIIIIHHI")
 HEADER_SIZE = _HEADER.size  # 40
@@ -20,7 +21,7 @@ HEADER_SIZE = _HEADER.size  # 40
 OBSERVATION_POINTS = {1: "TO_ENDPOINT", 2: "TO_STACK", 3: "FROM_ENDPOINT", 4: "TO_HOST"}
 CT_STATUS = {0: "", 1: "new", 2: "established", 3: "reply", 4: "related"}
 DIRECTIONS = {1: "EGRESS", 2: "INGRESS"}
-SOURCE_FILES = {1: "bpf_lxc.c"}
+SOURCE_FILES = {1: "bpf_lxc.c", 2: "bpf_host.c", 3: "bpf_sock.c"}
 
 # Mirrors bpf/lib/drop_reasons.h (tests/unit/test_events_decode.py checks they agree).
 DROP_REASONS: dict[int, tuple[str, str]] = {
@@ -34,6 +35,7 @@ DROP_REASONS: dict[int, tuple[str, str]] = {
     139: ("UNSUPPORTED_L3", "Unsupported L3 protocol"),
     143: ("CT_MAP_INSERT_FAILED", "CT: Map insertion failed"),
     154: ("UNSUPPORTED_L2", "Unsupported L2 protocol"),
+    158: ("NO_SERVICE", "Service backend not found"),
     164: ("TTL_EXCEEDED", "TTL exceeded"),
     165: ("NO_ENDPOINT", "No local endpoint"),
     181: ("POLICY_DENY", "Policy denied by denylist"),
@@ -212,3 +214,46 @@ def decode(record: bytes) -> MonitorEvent:
         packet=parse_packet(data),
         rule_id=rule_id,
     )
+
+
+_SOCK = struct.Struct("<QBBBBHHQQQ16s16s2s2sI8x")
+SOCK_POINTS = {1: "SOCK_XLATE_POINT_PRE_DIRECTION_FWD"}
+
+
+@dataclass(frozen=True)
+class SockEvent:
+    """bpf_sock.c's record: a connect/sendmsg to a service frontend was given a backend."""
+
+    ktime_ns: int
+    point: str
+    protocol: str
+    rev_nat_id: int
+    socket_cookie: int
+    netns_cookie: int
+    cgroup_id: int
+    frontend: str
+    frontend_port: int
+    backend: str
+    backend_port: int
+    backend_id: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"type": "sock", **asdict(self)}
+
+
+def event_type(record: bytes) -> int:
+    return record[8] if len(record) > 8 else 0
+
+
+def decode_sock(record: bytes) -> SockEvent:
+    if len(record) < _SOCK.size:
+        raise DecodeError(f"sock event of {len(record)} bytes is shorter than {_SOCK.size}")
+    (ktime, _type, point, proto, family, rev_nat_id, _pad, cookie, netns, cgroup, frontend, backend, fport, bport,
+     backend_id) = _SOCK.unpack_from(record)
+    if family == 2:
+        front, back = str(ipaddress.IPv4Address(frontend[12:16])), str(ipaddress.IPv4Address(backend[12:16]))
+    else:
+        front, back = str(ipaddress.IPv6Address(frontend)), str(ipaddress.IPv6Address(backend))
+    return SockEvent(ktime, SOCK_POINTS.get(point, str(point)), {6: "TCP", 17: "UDP"}.get(proto, str(proto)),
+                     rev_nat_id, cookie, netns, cgroup, front, int.from_bytes(fport, "big"), back,
+                     int.from_bytes(bport, "big"), backend_id)

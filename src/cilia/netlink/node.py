@@ -46,6 +46,9 @@ def setup_node_networking(cfg: NodeNetConfig) -> None:
     _sysctl("net/ipv4/ip_forward", "1")
     _sysctl("net/ipv4/conf/all/rp_filter", "0")
     _sysctl("net/ipv4/conf/default/rp_filter", "0")
+    # A backend's reply to a NodePort client leaves with the node's own address as its source
+    # (reverse NAT in bpf_lxc); the node must forward it rather than drop it as a martian.
+    _sysctl("net/ipv4/conf/all/accept_local", "1")
     if cfg.ipv6_pod_cidr is not None:
         _sysctl("net/ipv6/conf/all/forwarding", "1")
     if cfg.masquerade:

@@ -1,0 +1,69 @@
+/* bpf_host: the node's underlay device (tc ingress of eth0): service traffic from outside.
+ *
+ *   cil_from_netdev  a packet for a NodePort, LoadBalancer or externalIP frontend gets a backend,
+ *                    chosen by Maglev so any node would choose the same, kept for the connection
+ *                    in cilia_lb_conn_v1, and is DNATed to it; everything else passes untouched.
+ *
+ * The packet then goes up the node's stack to the backend's veth. The skb mark tells the
+ * backend's to-container program which frontend it came through, so conntrack can record it and
+ * the backend's replies are reverse-NATed on their way out (bpf_lxc.c). ClusterIPs are not
+ * reachable from outside. */
+#define SOURCE_FILE_ID 2
+
+#include "lib/common.h"
+#include "lib/config.h"
+#include "lib/identity.h"
+#include "lib/drop_reasons.h"
+#include "lib/maps.h"
+#include "lib/parse.h"
+#include "lib/events.h"
+#include "lib/lookup.h"
+#include "lib/lb.h"
+
+/* Load-time configuration of the node's device program (cilia.datapath.config.HostConfig). */
+struct host_config {
+	__u32 maglev_size; /* M: entries of each Maglev table (a prime) */
+	__u32 maglev_seed;
+	__u32 pad[2];
+};
+
+const volatile struct host_config HOST = {};
+
+#define LB_MAGLEV_SIZE HOST.maglev_size
+#define LB_MAGLEV_SEED HOST.maglev_seed
+#include "lib/lb_xlate.h"
+
+char LICENSE[] SEC("license") = "GPL";
+
+SEC("tc")
+int cil_from_netdev(struct __sk_buff *ctx)
+{
+	struct ethhdr eth;
+	struct pkt p = {};
+
+	if (bpf_skb_load_bytes(ctx, 0, &eth, sizeof(eth)) < 0)
+		return TC_ACT_OK;
+	__u16 proto = bpf_ntohs(eth.h_proto);
+	if (proto == ETH_P_IP) {
+		if (parse_ipv4(ctx, &p) < 0)
+			return TC_ACT_OK;
+	} else if (proto == ETH_P_IPV6) {
+		if (parse_ipv6(ctx, &p) < 0)
+			return TC_ACT_OK;
+	} else {
+		return TC_ACT_OK;
+	}
+	struct lb_select_opts o = {.external_only = true, .maglev = true};
+	struct lb_xlate x = {};
+	int reason = lb_xlate_packet(ctx, &p, &o, &x);
+	if (reason) {
+		__u32 src_identity = ipcache_identity(&p.t.saddr, p.t.family);
+		(void)send_drop(ctx, reason, src_identity, 0, DIR_INGRESS);
+		if (x.no_backend && p.t.proto == IPPROTO_TCP && (p.tcp_flags & TCPF_SYN) && lb_reject_syn(ctx, &p) == 0)
+			return bpf_redirect(ctx->ifindex, 0);
+		return TC_ACT_SHOT;
+	}
+	if (x.rev_nat_id)
+		ctx->mark = LB_MARK_MAGIC | x.rev_nat_id;
+	return TC_ACT_OK;
+}

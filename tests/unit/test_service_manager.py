@@ -1,0 +1,153 @@
+"""The service manager against in-memory maps: incremental updates touch only what changed, a
+restart that finds the maps as it wants them writes nothing, and ids are taken back from the maps."""
+
+from __future__ import annotations
+
+import ipaddress
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import cilia.lb.kinds  # noqa: F401  (registers Service and EndpointSlice with the store)
+from cilia.agent.service_manager import ServiceManager
+from cilia.endpoint.record import EndpointRecord
+from cilia.lb.model import ServiceName
+from cilia.maps import lb as lbm
+from cilia.resources.store import LocalStore
+
+
+class FakeMap:
+    """A BPF map's interface over a dict, counting writes."""
+
+    def __init__(self) -> None:
+        self.data: dict[bytes, bytes] = {}
+        self.writes = 0
+
+    def update(self, key: bytes, value: bytes) -> None:
+        self.data[key] = value
+        self.writes += 1
+
+    def delete(self, key: bytes) -> bool:
+        self.writes += 1
+        return self.data.pop(key, None) is not None
+
+    def items(self) -> Iterator[tuple[bytes, bytes]]:
+        return iter(list(self.data.items()))
+
+
+class FakeDatapath:
+    def __init__(self) -> None:
+        self.maps = {name: FakeMap() for name in lbm.NAMES}
+
+    @property
+    def lb(self) -> lbm.LbMaps:
+        return lbm.LbMaps(self.maps, 251)  # type: ignore[arg-type]
+
+    def writes(self) -> int:
+        return sum(m.writes for m in self.maps.values())
+
+
+class NoEndpoints:
+    def records(self) -> list[EndpointRecord]:
+        return []
+
+
+def service(name: str, ip: str, **spec: Any) -> dict[str, Any]:
+    return {"apiVersion": "v1", "kind": "Service", "metadata": {"name": name, "namespace": "default"},
+            "spec": {"clusterIP": ip, "ports": [{"port": 80, "targetPort": 8080}], **spec}}
+
+
+def endpoint_slice(name: str, addresses: list[str], terminating: frozenset[str] = frozenset()) -> dict[str, Any]:
+    return {"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+            "metadata": {"name": f"{name}-1", "namespace": "default",
+                         "labels": {"kubernetes.io/service-name": name}},
+            "addressType": "IPv4", "ports": [{"port": 8080}],
+            "endpoints": [{"addresses": [a], "conditions": ({"ready": False, "serving": True, "terminating": True}
+                                                            if a in terminating else {})} for a in addresses]}
+
+
+def manager(store: LocalStore, datapath: FakeDatapath, tmp_path: Path) -> ServiceManager:
+    services = ServiceManager(resources=store, endpoints=NoEndpoints(), datapath=datapath, node="n1",
+                              node_addresses=lambda: [ipaddress.ip_address("192.0.2.11")], state_dir=tmp_path,
+                              lock=threading.RLock(), maglev_size=251)
+    services.load()
+    services.sync_all()
+    store.watch(services.on_resource_event)
+    return services
+
+
+@pytest.fixture
+def setup(tmp_path: Path) -> tuple[LocalStore, FakeDatapath, ServiceManager]:
+    store = LocalStore(tmp_path / "resources.db")
+    store.apply([service(f"s{i}", f"10.96.1.{i + 1}") for i in range(20)] +
+                [endpoint_slice(f"s{i}", [f"10.1.{i}.{j + 1}" for j in range(10)]) for i in range(20)])
+    datapath = FakeDatapath()
+    return store, datapath, manager(store, datapath, tmp_path)
+
+
+def test_replacing_one_backend_touches_three_entries(setup: tuple[LocalStore, FakeDatapath, ServiceManager]) -> None:
+    store, datapath, _ = setup
+    before = datapath.writes()
+    addresses = [f"10.1.7.{j + 1}" for j in range(10)]
+    addresses[3] = "10.1.7.99"
+    store.apply([endpoint_slice("s7", addresses)])
+    # the new backend's entry, the slot that held the old one, the old backend's entry removed
+    assert datapath.writes() - before == 3
+
+
+def test_terminating_backend_leaves_its_slot_but_keeps_its_entry(
+        setup: tuple[LocalStore, FakeDatapath, ServiceManager]) -> None:
+    store, datapath, services = setup
+    addresses = [f"10.1.3.{j + 1}" for j in range(10)]
+    before = datapath.writes()
+    store.apply([endpoint_slice("s3", addresses, terminating=frozenset({"10.1.3.4"}))])
+    # backend state, one slot refilled from the tail, the tail slot removed, the count: four writes
+    assert datapath.writes() - before == 4
+    row = next(r for r in services.services() if r["name"] == "s3")
+    states = {b["address"]: b["state"] for b in row["frontends"][0]["backends"]}
+    assert states["10.1.3.4:8080"] == "terminating" and list(states.values()).count("active") == 9
+    table = {lbm.ServiceKey.unpack(k): lbm.ServiceValue.unpack(v) for k, v in
+             datapath.maps[lbm.SERVICES_NAME].data.items()}
+    master = next(v for k, v in table.items() if str(k.address) == "10.96.1.4" and k.slot == 0)
+    assert master.count == 9
+    backends = {lbm.BackendValue.unpack(v).address for v in datapath.maps[lbm.BACKENDS_NAME].data.values()}
+    assert ipaddress.ip_address("10.1.3.4") in backends  # established connections still find it
+
+
+def test_restart_finding_the_maps_as_wanted_writes_nothing(
+        setup: tuple[LocalStore, FakeDatapath, ServiceManager], tmp_path: Path) -> None:
+    _store, datapath, services = setup
+    ids = {f["address"]: f["rev_nat_id"] for r in services.services() for f in r["frontends"]}
+    before = datapath.writes()
+    again = manager(LocalStore(tmp_path / "resources.db"), datapath, tmp_path)
+    assert datapath.writes() == before and again.last_sync_operations == 0
+    assert {f["address"]: f["rev_nat_id"] for r in again.services() for f in r["frontends"]} == ids
+
+
+def test_restart_removes_what_no_service_wants_any_more(
+        setup: tuple[LocalStore, FakeDatapath, ServiceManager], tmp_path: Path) -> None:
+    store, datapath, _ = setup
+    store.delete([service("s0", "10.96.1.1"), endpoint_slice("s0", [])])
+    fresh = FakeDatapath()
+    fresh.maps = {name: m for name, m in datapath.maps.items()}
+    stale_key = lbm.ServiceKey(ipaddress.ip_address("10.96.9.9"), 80, 6).pack()
+    fresh.maps[lbm.SERVICES_NAME].data[stale_key] = lbm.ServiceValue(count=0, rev_nat_id=999).pack()
+    manager(store, fresh, tmp_path)
+    assert stale_key not in fresh.maps[lbm.SERVICES_NAME].data
+    addresses = {str(lbm.ServiceKey.unpack(k).address) for k in fresh.maps[lbm.SERVICES_NAME].data}
+    assert "10.96.1.1" not in addresses and "10.96.1.2" in addresses
+
+
+def test_frontend_claimed_twice_is_a_conflict_not_a_takeover(
+        setup: tuple[LocalStore, FakeDatapath, ServiceManager]) -> None:
+    store, _, services = setup
+    store.apply([service("copycat", "10.96.1.1")])
+    row = next(r for r in services.services() if r["name"] == "copycat")
+    assert row["frontends"] == [] and "10.96.1.1:80 is already a frontend of service default/s0" in row["conflicts"][0]
+    owner = next(r for r in services.services() if r["name"] == "s0")
+    assert owner["frontends"][0]["address"] == "10.96.1.1:80"
+    assert services.describe_rev_nat(owner["frontends"][0]["rev_nat_id"])["service"] == str(ServiceName("default",
+                                                                                                          "s0"))

@@ -60,7 +60,7 @@ from dataclasses import dataclass, field, replace
 from statistics import median
 from typing import Any
 
-from bench.tools import PORTS, Server, cps, ns, server_command, sockperf
+from bench.tools import PORTS, Server, ns, server_command
 from bench.topologies import delete, sh
 
 SERVICE_CIDR = ipaddress.IPv4Network("10.96.0.0/12")
@@ -378,14 +378,10 @@ class ServiceFigures:
     connections_per_s: float
 
 
-def measure_service(client: str, ip: str, seconds: int, repeats: int) -> ServiceFigures:
-    """bench.tools' sockperf and CPS clients against a service address whose backends already run the
-    servers (start_servers); median of `repeats` runs each."""
-    latencies = [sockperf(client, None, ip, seconds) for _ in range(repeats)]
-    rates = [cps(client, None, ip, seconds) for _ in range(repeats)]
-    return ServiceFigures(latency_avg_us=round(median(a for a, _ in latencies), 2),
-                          latency_p99_us=round(median(p for _, p in latencies), 2),
-                          connections_per_s=round(median(rates), 0))
+def median_figures(samples: Sequence[ServiceFigures]) -> ServiceFigures:
+    return ServiceFigures(latency_avg_us=round(median(s.latency_avg_us for s in samples), 2),
+                          latency_p99_us=round(median(s.latency_p99_us for s in samples), 2),
+                          connections_per_s=round(median(s.connections_per_s for s in samples), 0))
 
 
 @dataclass
@@ -429,18 +425,21 @@ class KubeProxyLab:
 
 @contextmanager
 def kube_proxy_node(services: int, backends_per_service: int = 10,
-                    backend: str = DEFAULT_BACKEND) -> Iterator[KubeProxyLab]:
+                    backend: str = DEFAULT_BACKEND, prefix: str = "cilia-bench-kp") -> Iterator[KubeProxyLab]:
     """A node running kube-proxy's iptables rules for `services` services (see the module docstring),
     wired like topologies.routed_iptables: pods on veths into the node namespace, which forwards.
 
-    cilia-bench-kp-client (10.128.1.2), the client pod; cilia-bench-kp-node, the node, with the rules;
-    cilia-bench-kp-b1/b2 (10.128.2.2, 10.128.3.2), the measured service's backends, running every
-    tool's server. All four namespaces are deleted on the way out, also on failure.
+    <prefix>-client (10.128.1.2), the client pod; <prefix>-node, the node, with the rules;
+    <prefix>-b1/b2 (10.128.2.2, 10.128.3.2), the measured service's backends, running every tool's
+    server (two nodes with different prefixes can be up together: each has its own namespaces). All
+    four namespaces are deleted on the way out, also on failure.
 
     The rules are loaded with kube-proxy's restore command, and how long that took is recorded. With
     backend "nft" --noflush is left out: iptables-nft-restore 1.8.9 takes hours for 10,000 services
     with it, and into an empty namespace both load the same rules (control_plane() times it as is)."""
-    client, node, b1, b2 = "cilia-bench-kp-client", "cilia-bench-kp-node", "cilia-bench-kp-b1", "cilia-bench-kp-b2"
+    if not prefix.startswith("cilia-bench-"):
+        raise KubeProxyError(f"namespace prefix {prefix!r} must start with cilia-bench- (removed by cleanups)")
+    client, node, b1, b2 = (f"{prefix}-{role}" for role in ("client", "node", "b1", "b2"))
     names = (client, node, b1, b2)
     delete(*names)
     servers: list[Server] = []

@@ -12,17 +12,22 @@ pods that run every tool's server. From a client pod, against the ClusterIP:
 - new connections per second: the CPS meter (connect/close loop), each connection balanced anew.
 - no throughput: iperf3's control and data connections may be balanced to different backends.
 
-Halves:
-- iptables (bench/kubeproxy.py): kube-proxy is not installable here, so its iptables proxier's
-  rules (v1.28 layout: KUBE-SERVICES -> KUBE-SVC-* -> KUBE-SEP-* with statistic/DNAT, the measured
-  service in the middle of KUBE-SERVICES, the average position under kube-proxy's random order) are
-  written and loaded into a node namespace the way kube-proxy loads them, with a client and two
-  backend pods on veths. Once per iptables backend (--iptables): legacy and nft (kube-proxy's image
-  carries both and uses the host's). A new connection walks KUBE-SERVICES in the nat table;
-  established ones skip nat, so latency is expected flat and connections/s to fall with N.
-- cilia: a lab (cilia.lab) with bench-client and two bench-server pods ({app: bench-server}); the
-  fillers (Service + EndpointSlice each) are applied through the agent API in batches of 500
-  objects, added as N grows; bench-svc selects the server pods.
+Scenarios, all up at the same time at each N and measured in alternating rounds (`--repeats`
+rounds, each running every scenario once, in an order that rotates from round to round), so a
+ratio is the median of per-round ratios and the machine's drift between rounds cancels out:
+- iptables-legacy, iptables-nft (bench/kubeproxy.py): kube-proxy is not installable here, so its
+  iptables proxier's rules (v1.28 layout: KUBE-SERVICES -> KUBE-SVC-* -> KUBE-SEP-* with
+  statistic/DNAT, the measured service in the middle of KUBE-SERVICES, the average position under
+  kube-proxy's random order) are written and loaded into a node namespace the way kube-proxy loads
+  them, with a client and two backend pods on veths; one node per iptables backend (--iptables;
+  kube-proxy's image carries both and uses the host's). A new connection walks KUBE-SERVICES in the
+  nat table; established ones skip nat, so latency is expected flat and connections/s to fall with N.
+- cilia (per-packet: the client's tools outside the node's cgroup, tc DNAT on every packet, like
+  kube-proxy), cilia-socket (the same tools in the client pod's cgroup: translated at connect()),
+  and cilia-direct (straight to one server pod's address, no service: the baseline that flatness is
+  judged against). One lab (cilia.lab) with bench-client and two bench-server pods
+  ({app: bench-server}); the fillers (Service + EndpointSlice each) are applied through the agent
+  API in batches of 500 objects, added as N grows; bench-svc selects the server pods.
 
 Control plane, at the largest N (10,000 services x 10 endpoints by default), from nothing:
 - cilia: wall clock of the apply calls for all services and slices; then one EndpointSlice changed
@@ -30,9 +35,10 @@ Control plane, at the largest N (10,000 services x 10 endpoints by default), fro
 - iptables: kube_proxy.control_plane(): the first restore, one service changed the way kube-proxy
   syncs it (MinimizeIPTablesRestore), and a full resync.
 
-Targets: cilia flat from the smallest N to the largest (connections/s and latency not worse by more
-than 5%), cilia ahead of iptables at every N (more connections/s, lower latency), one change under
-10 ms at 10,000, full programming under 30 s.
+Targets: cilia flat from the smallest N to the largest (connections/s and latency, each relative to
+cilia-direct in the same rounds, not worse by more than 5%), cilia ahead of iptables at every N
+(more connections/s, lower latency, per-round ratios), one change under 10 ms at 10,000, full
+programming under 30 s.
 
 Printed and written to build/bench/services-<time>.json; exit status 1 if a half failed (what it
 measured before failing is kept).
@@ -43,7 +49,9 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from dataclasses import asdict
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
+from dataclasses import asdict, dataclass
 from statistics import median
 from typing import Any
 
@@ -61,7 +69,7 @@ from bench.kubeproxy import (
     control_plane,
     filler_backend,
     kube_proxy_node,
-    measure_service,
+    median_figures,
     start_servers,
     wait_reachable,
 )
@@ -143,44 +151,119 @@ def apply_objects(api: AgentClient, objects: list[dict[str, Any]]) -> float:
     return elapsed
 
 
-# ----- cilia ------------------------------------------------------------------------------------------------
-def _cilia_datapath(sizes: tuple[int, ...], seconds: int, repeats: int, out: dict[str, Any]) -> None:
+# ----- the data plane: every scenario up at once, measured in alternating rounds ---------------------------
+@dataclass
+class Scenario:
+    """One way of reaching the measured service: from which namespace, to which address, in which cgroup."""
+
+    name: str
+    client: str
+    address: str
+    cgroup: str | None = None
+
+    @contextmanager
+    def _in_cgroup(self) -> Iterator[None]:
+        if self.cgroup:  # the client's tools join the cgroup, so the socket hooks see them
+            tools.CGROUPS[self.client] = self.cgroup
+        try:
+            yield
+        finally:
+            tools.CGROUPS.pop(self.client, None)
+
+    def latency(self, seconds: int) -> tuple[float, float]:
+        with self._in_cgroup():
+            return tools.sockperf(self.client, None, self.address, seconds)
+
+    def connection_rate(self, seconds: int) -> float:
+        with self._in_cgroup():
+            return tools.cps(self.client, None, self.address, seconds)
+
+
+def measure_round(scenarios: list[Scenario], seconds: int, index: int) -> dict[str, ServiceFigures]:
+    """Every scenario once: all latencies first, then all connection rates (a latency run right after
+    a connection-rate run in the same namespace would pay for its TIME_WAIT sockets and conntrack
+    entries). The order rotates with `index`, so over len(scenarios) rounds each scenario takes every
+    position once and no scenario is always the one that runs after another's burst."""
+    turn = index % len(scenarios)
+    order = scenarios[turn:] + scenarios[:turn]
+    latencies = {s.name: s.latency(seconds) for s in order}
+    rates = {s.name: s.connection_rate(seconds) for s in order}
+    return {s.name: ServiceFigures(latency_avg_us=round(latencies[s.name][0], 2),
+                                   latency_p99_us=round(latencies[s.name][1], 2),
+                                   connections_per_s=round(rates[s.name], 0)) for s in scenarios}
+
+
+def _cilia_lab() -> Lab:
     cleanup_leftovers()
-    lab = Lab.up(parse_topology({"pods": [{"name": "bench-client", "labels": {"app": "bench-client"}},
-                                          *({"name": name, "labels": {"app": "bench-server"}} for name in SERVERS)]}),
-                 agent_args=CILIA_AGENT_ARGS)
+    return Lab.up(parse_topology({"pods": [{"name": "bench-client", "labels": {"app": "bench-client"}},
+                                           *({"name": name, "labels": {"app": "bench-server"}} for name in SERVERS)]}),
+                  agent_args=CILIA_AGENT_ARGS)
+
+
+def _cilia_scenarios(lab: Lab) -> list[Scenario]:
+    client = lab.netns_of("bench-client")
+    return [
+        # per-packet path: the client's tools outside the node's cgroup (tc DNAT per packet, like kube-proxy)
+        Scenario("cilia", client, MEASURED_CLUSTER_IP),
+        # socket path: the same tools in the client pod's cgroup (translated once, at connect())
+        Scenario("cilia-socket", client, MEASURED_CLUSTER_IP, str(lab.cgroup_of("bench-client"))),
+        # no service at all, straight to one server pod: the baseline that cancels the machine's drift
+        Scenario("cilia-direct", client, lab.address_of(SERVERS[0])),
+    ]
+
+
+def _grow_cilia(lab: Lab, applied: int, size: int, out: dict[str, Any]) -> None:
+    with AgentClient(NodePaths("n1").socket, timeout=APPLY_TIMEOUT) as api:
+        if applied == 0:
+            out["setup"]["cilia"]["bench-svc"] = round(apply_objects(api, [measured_service()]), 3)
+        out["setup"]["cilia"][size] = round(apply_objects(api, filler_objects(max(applied, 0), size - 1,
+                                                                                BACKENDS_PER_FILLER)), 3)
+    try:
+        wait_reachable(lab.netns_of("bench-client"), MEASURED_CLUSTER_IP, PROBED_PORTS, REACHABLE_TIMEOUT)
+    except KubeProxyError as exc:
+        raise BenchError(f"at N={size} bench-svc ({MEASURED_CLUSTER_IP}) does not answer: {exc}") from exc
+
+
+def _datapath(sizes: tuple[int, ...], seconds: int, repeats: int, only: set[str], backends: list[str],
+              out: dict[str, Any]) -> None:
+    """At each size: cilia's lab grows to N services and a kube-proxy node per iptables backend is
+    loaded with N; then `repeats` rounds, each measuring every scenario once in turn."""
+    lab = _cilia_lab() if "cilia" in only else None
     servers: list[Server] = []
     try:
-        client = lab.netns_of("bench-client")
-        for name in SERVERS:
-            servers += start_servers(lab.netns_of(name), lab.address_of(name))
-        with AgentClient(NodePaths("n1").socket, timeout=APPLY_TIMEOUT) as api:
-            out["apply_seconds"]["bench-svc"] = round(apply_objects(api, [measured_service()]), 3)
+        cilia: list[Scenario] = []
+        if lab is not None:
+            for name in SERVERS:
+                servers += start_servers(lab.netns_of(name), lab.address_of(name))
+            cilia = _cilia_scenarios(lab)
         applied = 0
-        for size in sizes:  # ascending: the fillers of the previous size stay, the new ones are added
-            with AgentClient(NodePaths("n1").socket, timeout=APPLY_TIMEOUT) as api:
-                fillers = filler_objects(applied, size - 1, BACKENDS_PER_FILLER)
-                out["apply_seconds"][size] = round(apply_objects(api, fillers), 3)
-            applied = size - 1
-            try:
-                wait_reachable(client, MEASURED_CLUSTER_IP, PROBED_PORTS, REACHABLE_TIMEOUT)
-            except KubeProxyError as exc:
-                raise BenchError(f"at N={size} bench-svc ({MEASURED_CLUSTER_IP}) does not answer: {exc}") from exc
-            # per-packet path: the client's tools run outside the node's cgroup (tc DNAT per packet)
-            figures = measure_service(client, MEASURED_CLUSTER_IP, seconds, repeats)
-            out["figures"][size] = figures
-            # socket path: the same tools inside the client pod's cgroup (translated at connect())
-            tools.CGROUPS[client] = str(lab.cgroup_of("bench-client"))
-            try:
-                out["socket_figures"][size] = measure_service(client, MEASURED_CLUSTER_IP, seconds, repeats)
-            finally:
-                tools.CGROUPS.pop(client, None)
-            print(f"cilia N={size}: per-packet {figures}, socket {out['socket_figures'][size]} "
-                  f"(fillers applied in {out['apply_seconds'][size]} s)", flush=True)
+        for size in sizes:
+            if lab is not None:
+                _grow_cilia(lab, applied, size, out)
+                applied = size - 1
+            with ExitStack() as stack:
+                nodes = {}
+                if "iptables" in only:
+                    for backend in backends:
+                        nodes[f"iptables-{backend}"] = stack.enter_context(
+                            kube_proxy_node(size, BACKENDS_PER_FILLER, backend, prefix=f"cilia-bench-kp{backend}"))
+                scenarios = cilia + [Scenario(name, node.client, node.cluster_ip) for name, node in nodes.items()]
+                rounds = [measure_round(scenarios, seconds, index) for index in range(repeats)]
+                for name, node in nodes.items():
+                    setup = {**node.summary(), "dnat_hits": node.backend_hits()}
+                    out["setup"].setdefault(name, {})[size] = setup
+                    idle = [ip for ip, hits in setup["dnat_hits"].items() if not hits]
+                    if idle:
+                        raise BenchError(f"{name} at N={size}: no connection was DNATed to {', '.join(idle)}")
+            out["rounds"][size] = rounds
+            for name in rounds[0]:
+                out["figures"].setdefault(name, {})[size] = median_figures([r[name] for r in rounds])
+            print(f"N={size}: " + "; ".join(f"{name} {out['figures'][name][size]}" for name in rounds[0]), flush=True)
     finally:
         for server in servers:
             server.stop()
-        lab.down()
+        if lab is not None:
+            lab.down()
 
 
 def cilia_control_plane(services: int, backends: int, changes: int = CHANGES) -> dict[str, Any]:
@@ -203,43 +286,16 @@ def cilia_control_plane(services: int, backends: int, changes: int = CHANGES) ->
         lab.down()
 
 
-def run_cilia(sizes: tuple[int, ...], seconds: int, repeats: int) -> dict[str, Any]:
-    """cilia's half: figures per size, apply times, control plane at the largest size. A failure is
-    reported under 'error' with what was measured before it kept; labs are torn down whatever happens."""
-    out: dict[str, Any] = {"figures": {}, "socket_figures": {}, "apply_seconds": {}, "control_plane": None,
-                           "error": None}
-    try:
-        _cilia_datapath(sizes, seconds, repeats, out)
-        out["control_plane"] = cilia_control_plane(max(sizes), BACKENDS_PER_FILLER)
-        print(f"cilia control plane: {out['control_plane']}", flush=True)
-    except Exception as exc:
-        out["error"] = describe(exc)
-        print(f"cilia: FAILED: {out['error']}", file=sys.stderr, flush=True)
-    return out
-
-
-# ----- iptables ----------------------------------------------------------------------------------------------
-def run_iptables(sizes: tuple[int, ...], seconds: int, repeats: int, backend: str,
-                 restore_timeout: float) -> dict[str, Any]:
-    """kube-proxy's half for one iptables backend, same shape as run_cilia's result."""
-    out: dict[str, Any] = {"figures": {}, "lab": {}, "control_plane": None, "error": None}
-    try:
-        for size in sizes:
-            with kube_proxy_node(size, BACKENDS_PER_FILLER, backend) as lab:
-                figures = measure_service(lab.client, lab.cluster_ip, seconds, repeats)
-                out["lab"][size] = {**lab.summary(), "dnat_hits": lab.backend_hits()}
-            idle = [ip for ip, hits in out["lab"][size]["dnat_hits"].items() if not hits]
-            if idle:
-                raise BenchError(f"at N={size} no connection was DNATed to {', '.join(idle)}: not load-balanced")
-            out["figures"][size] = figures
-            print(f"iptables-{backend} N={size}: {figures} (restore {out['lab'][size]['restore_seconds']} s, "
-                  f"DNAT hits {out['lab'][size]['dnat_hits']})", flush=True)
-        out["control_plane"] = control_plane(max(sizes), BACKENDS_PER_FILLER, backend, CHANGES, restore_timeout)
-        print(f"iptables-{backend} control plane: {out['control_plane']}", flush=True)
-    except Exception as exc:
-        out["error"] = describe(exc)
-        print(f"iptables-{backend}: FAILED: {out['error']}", file=sys.stderr, flush=True)
-    return out
+def control_planes(size: int, only: set[str], backends: list[str], restore_timeout: float,
+                   out: dict[str, Any]) -> None:
+    if "cilia" in only:
+        out["control_plane"]["cilia"] = cilia_control_plane(size, BACKENDS_PER_FILLER)
+        print(f"cilia control plane: {out['control_plane']['cilia']}", flush=True)
+    if "iptables" in only:
+        for backend in backends:
+            out["control_plane"][f"iptables-{backend}"] = control_plane(size, BACKENDS_PER_FILLER, backend,
+                                                                         CHANGES, restore_timeout)
+            print(f"iptables-{backend} control plane: {out['control_plane'][f'iptables-{backend}']}", flush=True)
 
 
 # ----- ratios and targets ------------------------------------------------------------------------------------
@@ -247,47 +303,66 @@ def _ratio(a: float, b: float) -> float | None:
     return round(a / b, 3) if b else None
 
 
-def compare(a: ServiceFigures, b: ServiceFigures) -> dict[str, float | None]:
-    return {"connections_per_s": _ratio(a.connections_per_s, b.connections_per_s),
-            "latency_avg": _ratio(a.latency_avg_us, b.latency_avg_us),
-            "latency_p99": _ratio(a.latency_p99_us, b.latency_p99_us)}
+def _median_ratio(rounds: list[dict[str, ServiceFigures]], a: str, b: str, metric: str) -> float | None:
+    values = [x for r in rounds if a in r and b in r
+              if (x := _ratio(getattr(r[a], metric), getattr(r[b], metric))) is not None]
+    return round(median(values), 3) if values else None
 
 
-def ratios(halves: dict[str, dict[str, Any]]) -> tuple[dict[str, Any], dict[str, Any]]:
+def compare(rounds: list[dict[str, ServiceFigures]], a: str, b: str) -> dict[str, float | None]:
+    """a/b, the median of the per-round ratios (both measured in the same round)."""
+    return {metric: _median_ratio(rounds, a, b, field_name) for metric, field_name in
+            (("connections_per_s", "connections_per_s"), ("latency_avg", "latency_avg_us"),
+             ("latency_p99", "latency_p99_us"))}
+
+
+def ratios(out: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    rounds: dict[int, list[dict[str, ServiceFigures]]] = out["rounds"]
+    figures: dict[str, dict[int, ServiceFigures]] = out["figures"]
     result: dict[str, Any] = {}
     targets: dict[str, Any] = {}
-    for name, half in halves.items():
-        table: dict[int, ServiceFigures] = half["figures"]
-        if len(table) > 1:
-            base = min(table)
-            result[f"{name} N/{base}"] = {f"{size}/{base}": compare(f, table[base])
-                                          for size, f in table.items() if size != base}
-    cilia: dict[int, ServiceFigures] = halves.get("cilia", {}).get("figures", {})
-    for name, half in halves.items():
-        if name.startswith("cilia") or not cilia:
-            continue
-        common = [size for size in cilia if size in half["figures"]]
-        result[f"cilia/{name}"] = {str(size): compare(cilia[size], half["figures"][size]) for size in common}
-        if common:
-            targets[f"cilia ahead of {name} at every N (more connections/s, lower latency)"] = all(
-                cilia[s].connections_per_s > half["figures"][s].connections_per_s
-                and cilia[s].latency_avg_us < half["figures"][s].latency_avg_us for s in common)
-    if len(cilia) > 1:
-        low, high = min(cilia), max(cilia)
-        at = compare(cilia[high], cilia[low])
-        cps, latency = at["connections_per_s"], at["latency_avg"]
-        targets[f"cilia flat from N={low} to N={high} (not worse by more than {FLAT_TARGET:.0%})"] = {
-            "connections_per_s": cps is not None and cps >= 1 - FLAT_TARGET,
-            "latency_avg": latency is not None and latency <= 1 + FLAT_TARGET,
-        }
-    plane = halves.get("cilia", {}).get("control_plane")
+    sizes = sorted(rounds)
+    low, high = (sizes[0], sizes[-1]) if sizes else (0, 0)
+    for name, table in figures.items():  # raw: each scenario at N against itself at the smallest N
+        if low in table:
+            result[f"{name} N/{low} (raw)"] = {
+                f"{size}/{low}": {"connections_per_s": _ratio(f.connections_per_s, table[low].connections_per_s),
+                                  "latency_avg": _ratio(f.latency_avg_us, table[low].latency_avg_us)}
+                for size, f in table.items() if size != low}
+    kube = [name for name in figures if name.startswith("iptables-")]
+    for other in kube:
+        for mine in ("cilia", "cilia-socket"):
+            if mine in figures:
+                result[f"{mine}/{other}"] = {str(size): compare(rounds[size], mine, other) for size in sizes}
+        if "cilia" in figures:
+            by_size = result[f"cilia/{other}"].values()
+            targets[f"cilia ahead of {other} at every N (more connections/s, lower latency)"] = all(
+                (r["connections_per_s"] or 0) > 1 and (r["latency_avg"] or 2) < 1 for r in by_size)
+    if "cilia-direct" in figures and len(sizes) > 1:
+        # the service path relative to pod-to-pod in the same round: the machine's drift cancels out
+        for mine in ("cilia", "cilia-socket"):
+            if mine not in figures:
+                continue
+            relative = {size: compare(rounds[size], mine, "cilia-direct") for size in sizes}
+            result[f"{mine}/cilia-direct"] = {str(size): r for size, r in relative.items()}
+            cps = _ratio(relative[high]["connections_per_s"] or 0, relative[low]["connections_per_s"] or 0)
+            latency = _ratio(relative[high]["latency_avg"] or 0, relative[low]["latency_avg"] or 0)
+            result[f"{mine} flatness N={high}/N={low} (relative to cilia-direct)"] = {
+                "connections_per_s": cps, "latency_avg": latency}
+            if mine == "cilia":
+                targets[f"cilia flat from N={low} to N={high} (not worse by more than {FLAT_TARGET:.0%}, "
+                        "relative to pod-to-pod in the same rounds)"] = {
+                    "connections_per_s": cps is not None and cps >= 1 - FLAT_TARGET,
+                    "latency_avg": latency is not None and latency <= 1 + FLAT_TARGET,
+                }
+    planes: dict[str, Any] = out["control_plane"]
+    plane = planes.get("cilia")
     if plane:
         targets[f"one change under {CHANGE_TARGET_SECONDS * 1000:.0f} ms at {plane['services']}"] = (
             plane["change_apply_seconds"] < CHANGE_TARGET_SECONDS)
         targets[f"full programming of {plane['services']} x {plane['backends_per_service']} under "
                 f"{PROGRAM_TARGET_SECONDS:.0f} s"] = plane["full_apply_seconds"] < PROGRAM_TARGET_SECONDS
-        for name, half in halves.items():
-            other = half.get("control_plane")
+        for name, other in planes.items():
             if name == "cilia" or not other or other.get("change_restore_seconds") is None:
                 continue
             result[f"one change {name}/cilia"] = _ratio(other["change_restore_seconds"], plane["change_apply_seconds"])
@@ -300,31 +375,29 @@ def ratios(halves: dict[str, dict[str, Any]]) -> tuple[dict[str, Any], dict[str,
 # ----- main --------------------------------------------------------------------------------------------------
 def run(sizes: tuple[int, ...], seconds: int, repeats: int, only: set[str], backends: list[str],
         restore_timeout: float) -> dict[str, Any]:
-    halves: dict[str, dict[str, Any]] = {}
-    if "iptables" in only:
-        for backend in backends:
-            halves[f"iptables-{backend}"] = run_iptables(sizes, seconds, repeats, backend, restore_timeout)
-    if "cilia" in only:
-        # "cilia" is the per-packet path (like kube-proxy, every packet through the datapath);
-        # "cilia-socket" the same service with the client's tools in the pod's cgroup (socket LB)
-        halves["cilia"] = run_cilia(sizes, seconds, repeats)
-        halves["cilia-socket"] = {"figures": halves["cilia"].pop("socket_figures"), "control_plane": None,
-                                  "error": None}
-    result, targets = ratios(halves)
+    out: dict[str, Any] = {"figures": {}, "rounds": {}, "setup": {"cilia": {}}, "control_plane": {}, "error": None}
+    try:
+        _datapath(sizes, seconds, repeats, only, backends, out)
+        control_planes(max(sizes), only, backends, restore_timeout, out)
+    except Exception as exc:  # what was measured before the failure is kept and reported
+        out["error"] = describe(exc)
+        print(f"FAILED: {out['error']}", file=sys.stderr, flush=True)
+    result, targets = ratios(out)
     namespace, name = MEASURED_SERVICE
     return {
         "date": time.strftime("%Y-%m-%d %H:%M"), "seconds": seconds, "repeats": repeats, "sizes": list(sizes),
         "measured_service": {"name": f"{namespace}/{name}", "cluster_ip": MEASURED_CLUSTER_IP, "ports": PORTS,
                              "backends": 2},
         "fillers": {"backends_per_service": BACKENDS_PER_FILLER, "port": f"TCP {FILLER_PORT} -> {FILLER_TARGET_PORT}"},
-        "figures": {half: {str(size): asdict(f) for size, f in data["figures"].items()}
-                    for half, data in halves.items()},
-        "setup": {half: {str(k): v for k, v in data.get("lab", data.get("apply_seconds", {})).items()}
-                  for half, data in halves.items()},
-        "control_plane": {half: data["control_plane"] for half, data in halves.items()},
+        "figures": {scenario: {str(size): asdict(f) for size, f in table.items()}
+                    for scenario, table in out["figures"].items()},
+        "rounds": {str(size): [{scenario: asdict(f) for scenario, f in r.items()} for r in rs]
+                   for size, rs in out["rounds"].items()},
+        "setup": {scenario: {str(k): v for k, v in data.items()} for scenario, data in out["setup"].items()},
+        "control_plane": out["control_plane"],
         "ratios": result,
         "targets": targets,
-        "errors": {half: data["error"] for half, data in halves.items() if data["error"]},
+        "error": out["error"],
     }
 
 
@@ -356,6 +429,8 @@ def main() -> None:
     refuse_if_busy()
     results = run(sizes, seconds, repeats, only, backends, args.restore_timeout)
     write_results("services", results)
+    if results["error"]:
+        sys.exit(1)
 
 if __name__ == "__main__":
     main()

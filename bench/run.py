@@ -2,9 +2,10 @@
 
 Each scenario runs in the same invocation, so the ratios compare like with like on this machine.
 cilia and the bare veth pair (the ratio the targets are about) are up at the same time and
-measured in alternating rounds: on a 2-core machine the noise between minutes is larger than the
-difference measured, and alternating puts both sides under the same drift. The ratio reported is
-the median of the per-round ratios.
+measured in alternating rounds (each tool on both sides, the side that goes first alternating):
+on a 2-core machine the noise between minutes is larger than the difference measured, and
+alternating puts both sides under the same drift. The ratio reported is the median of the
+per-round ratios.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from pathlib import Path
 from statistics import median
 from typing import Any
 
-from bench.tools import Figures, measure, write_results
+from bench.tools import Figures, cps, iperf3, measure, sockperf, write_results
 from bench.topologies import bare_veth, routed_iptables
 from cilia.lab.lab import Lab, cleanup_leftovers
 from cilia.lab.topology import PodSpec, PortSpec, parse_topology
@@ -30,15 +31,24 @@ def cilia_pods() -> tuple[Lab, str, str, str]:
 
 
 def interleaved(seconds: int, rounds: int) -> list[tuple[Figures, Figures]]:
-    """Bare veth and cilia up together, measured veth, cilia, veth, cilia, ... one repeat each."""
+    """Bare veth and cilia up together, measured in rounds of one run each: every tool runs on both
+    sides before the next tool starts, and which side goes first alternates from round to round."""
     lab, client, server, ip = cilia_pods()
     try:
         with bare_veth() as (a, b, veth_ip):
+            sides = {"veth": (a, b, veth_ip), "cilia": (client, server, ip)}
             out = []
             for index in range(rounds):
-                veth = measure(a, b, veth_ip, seconds, 1)
-                cilia = measure(client, server, ip, seconds, 1)
-                print(f"round {index + 1}/{rounds}: veth {veth}; cilia {cilia}", flush=True)
+                order = ["veth", "cilia"] if index % 2 == 0 else ["cilia", "veth"]
+                throughput = {side: iperf3(*sides[side], seconds) for side in order}
+                latency = {side: sockperf(*sides[side], seconds) for side in order}
+                rate = {side: cps(*sides[side], seconds) for side in order}
+                veth, cilia = (Figures(throughput_gbps=round(throughput[side], 2),
+                                       latency_avg_us=round(latency[side][0], 2),
+                                       latency_p99_us=round(latency[side][1], 2),
+                                       connections_per_s=round(rate[side], 0)) for side in ("veth", "cilia"))
+                print(f"round {index + 1}/{rounds} ({' first, '.join(order)} second): veth {veth}; cilia {cilia}",
+                      flush=True)
                 out.append((veth, cilia))
             return out
     finally:

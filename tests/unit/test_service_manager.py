@@ -151,3 +151,17 @@ def test_frontend_claimed_twice_is_a_conflict_not_a_takeover(
     assert owner["frontends"][0]["address"] == "10.96.1.1:80"
     assert services.describe_rev_nat(owner["frontends"][0]["rev_nat_id"])["service"] == str(ServiceName("default",
                                                                                                           "s0"))
+
+
+def test_frontend_passes_to_the_refused_service_when_its_owner_goes(
+        setup: tuple[LocalStore, FakeDatapath, ServiceManager]) -> None:
+    store, datapath, services = setup
+    store.apply([service("copycat", "10.96.1.1"), endpoint_slice("copycat", ["10.9.9.9"])])
+    assert next(r for r in services.services() if r["name"] == "copycat")["frontends"] == []
+    store.delete([service("s0", "10.96.1.1")])
+    row = next(r for r in services.services() if r["name"] == "copycat")
+    assert row["conflicts"] == [] and row["frontends"][0]["address"] == "10.96.1.1:80"
+    assert services.describe_rev_nat(row["frontends"][0]["rev_nat_id"])["service"] == str(ServiceName("default",
+                                                                                                        "copycat"))
+    backends = {str(lbm.BackendValue.unpack(v).address) for v in datapath.maps[lbm.BACKENDS_NAME].data.values()}
+    assert "10.9.9.9" in backends and "10.1.0.1" not in backends  # s0's backends are gone, copycat's written

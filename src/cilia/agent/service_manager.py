@@ -70,6 +70,7 @@ class ServiceState:
     entries: dict[str, Entries] = field(default_factory=dict)
     backend_ids: set[int] = field(default_factory=set)
     conflicts: list[str] = field(default_factory=list)
+    conflicted: set[FrontendKey] = field(default_factory=set)  # frontends another service owns
 
 
 class ClusterIpAllocator:
@@ -274,14 +275,27 @@ class ServiceManager:
             self.update({service})
 
     def update(self, names: Iterable[ServiceName]) -> int:
-        """Recompute these services and write what changed. Returns map operations done."""
+        """Recompute these services and write what changed. Returns map operations done.
+
+        A frontend that its owner gives up (deleted, or no longer in its spec) passes to a service
+        that wanted it too and was refused with a conflict, as if that service had been re-applied."""
         operations = 0
         with self._lock:
-            for name in sorted(set(names)):
-                operations += self._update_one(name)
+            pending = sorted(set(names))
+            # each hand-over gains a frontend and releases none, so this bound is never reached
+            budget = 2 * (len(pending) + len(self._services)) + 1
+            while pending and budget:
+                budget -= 1
+                name = pending.pop(0)
+                done, released = self._update_one(name)
+                operations += done
+                if released:
+                    pending += sorted(n for n, state in self._services.items()
+                                      if n != name and n not in pending and state.conflicted & released)
         return operations
 
-    def _update_one(self, name: ServiceName) -> int:
+    def _update_one(self, name: ServiceName) -> tuple[int, set[FrontendKey]]:
+        """Returns map operations done and the frontends this service gave up that no one owns now."""
         old = self._services.get(name, ServiceState(None))
         for frontend in old.frontends:
             self._owners.pop(frontend.key, None)
@@ -319,9 +333,11 @@ class ServiceManager:
             self._backend_written[backend_id] = self._backend_values[backend_id]
         for backend_id in freed:
             self._backend_written.pop(backend_id, None)
+        released: set[FrontendKey] = set()
         for frontend in old.frontends:
             if frontend.key not in self._owners:  # no service serves this frontend any more
                 self._rev_nat.release(frontend.key)
+                released.add(frontend.key)
         for backend_id in freed:
             value = self._backend_values.pop(backend_id)
             backend = lbm.BackendValue.unpack(value)
@@ -331,7 +347,7 @@ class ServiceManager:
             self._cluster_ips.release(name)
         else:
             self._services[name] = new
-        return operations
+        return operations, released
 
     # ----- computing one service -------------------------------------------------------------------
     def _compute(self, name: ServiceName, old: ServiceState | None = None) -> ServiceState:
@@ -356,6 +372,7 @@ class ServiceManager:
             owner = self._owners.get(frontend.key)
             if owner is not None and owner != name:
                 state.conflicts.append(f"{_frontend_text(frontend.key)} is already a frontend of service {owner}")
+                state.conflicted.add(frontend.key)
                 continue
             frontend = self._with_overrides(frontend)
             self._owners[frontend.key] = name

@@ -29,22 +29,36 @@ char LICENSE[] SEC("license") = "GPL";
 
 /* Decide one side's policy for this packet and report it: a policy-verdict event for the first
  * packet of a connection, and a drop naming the deciding rule when it does not pass.
- * Returns <0 when the packet must be dropped (the drop event is already sent). */
-__always_inline_fn int enforce_policy(struct __sk_buff *ctx, const struct pkt *p, __u16 endpoint_id, __u8 dir,
-				      __u32 remote, __u32 src_identity, __u32 dst_identity, bool new_conn)
+ * Returns <0 when the packet must be dropped (the drop event is already sent).
+ *
+ * A global (BTF) function, not inlined: the verifier checks it once, on its own, instead of once
+ * per call site and per path into it (four call sites in cil_from_container alone), which keeps
+ * the program far from the verifier's 1M-instruction limit and its load time short. */
+struct policy_call {
+	__u32 endpoint_id;  /* whose policy */
+	__u32 dir;          /* POLICY_DIR_INGRESS or POLICY_DIR_EGRESS */
+	__u32 remote;       /* the identity on the other end */
+	__u32 src_identity; /* for the events */
+	__u32 dst_identity;
+	__u32 new_conn;     /* first packet of a connection: report the verdict */
+};
+
+__attribute__((noinline)) int enforce_policy(struct __sk_buff *ctx, const struct pkt *p, const struct policy_call *c)
 {
 	struct policy_result r = {};
-	bool pass = policy_check(endpoint_id, dir, remote, p, &r);
-	__u16 direction = dir == POLICY_DIR_INGRESS ? DIR_INGRESS : DIR_EGRESS;
-	if (new_conn && (r.enforced || r.verdict != VERDICT_ALLOW))
-		send_policy_verdict(ctx, r.verdict, r.audited, r.rule_id, src_identity, dst_identity, direction,
-				    endpoint_id);
+	if (!p || !c)
+		return -1;
+	bool pass = policy_check(c->endpoint_id, c->dir, c->remote, p, &r);
+	__u16 direction = c->dir == POLICY_DIR_INGRESS ? DIR_INGRESS : DIR_EGRESS;
+	if (c->new_conn && (r.enforced || r.verdict != VERDICT_ALLOW))
+		send_policy_verdict(ctx, r.verdict, r.audited, r.rule_id, c->src_identity, c->dst_identity, direction,
+				    c->endpoint_id);
 	if (pass)
 		return 0;
 	__u8 reason = r.verdict == VERDICT_DENY		 ? DROP_POLICY_DENY
 		      : r.verdict == VERDICT_NOT_INSTALLED ? DROP_POLICY_NOT_INSTALLED
 							   : DROP_POLICY_DENIED;
-	(void)send_policy_drop(ctx, reason, src_identity, dst_identity, direction, endpoint_id, r.rule_id);
+	(void)send_policy_drop(ctx, reason, c->src_identity, c->dst_identity, direction, c->endpoint_id, r.rule_id);
 	return -1;
 }
 
@@ -149,14 +163,18 @@ __always_inline_fn int from_container_ip(struct __sk_buff *ctx, struct pkt *p)
 	 * sends is checked, so a policy change cuts an established connection at its next packet. */
 	if (ct.status == CT_NEW || ct.status == CT_ESTABLISHED) {
 		bool fresh = ct.status == CT_NEW;
-		if (enforce_policy(ctx, p, CONFIG.endpoint_id, POLICY_DIR_EGRESS, dst_identity, CONFIG.identity,
-				   dst_identity, fresh) < 0)
+		struct policy_call egress = {CONFIG.endpoint_id, POLICY_DIR_EGRESS, dst_identity, CONFIG.identity,
+					     dst_identity, fresh};
+		if (enforce_policy(ctx, p, &egress) < 0)
 			return TC_ACT_SHOT;
 		/* A local destination is reached by redirect_peer, which skips its to-container
 		 * program: its ingress policy is decided here, charged to that endpoint. */
-		if (local && enforce_policy(ctx, p, ep->endpoint_id, POLICY_DIR_INGRESS, CONFIG.identity,
-					    CONFIG.identity, dst_identity, fresh) < 0)
-			return TC_ACT_SHOT;
+		if (local) {
+			struct policy_call ingress = {ep->endpoint_id, POLICY_DIR_INGRESS, CONFIG.identity,
+						      CONFIG.identity, dst_identity, fresh};
+			if (enforce_policy(ctx, p, &ingress) < 0)
+				return TC_ACT_SHOT;
+		}
 		if (fresh && ct_create(p, ctx->len, CONFIG.identity, x.rev_nat_id, x.flags) < 0)
 			return send_drop(ctx, DROP_CT_MAP_INSERT_FAILED, CONFIG.identity, dst_identity, DIR_EGRESS);
 	}
@@ -230,8 +248,9 @@ int cil_to_container(struct __sk_buff *ctx)
 	ct_lookup(&p, ctx->len, CONFIG.aggregation, CONFIG.aggregation_interval, &ct);
 	if (ct.status == CT_NEW || ct.status == CT_ESTABLISHED) {
 		bool fresh = ct.status == CT_NEW;
-		if (enforce_policy(ctx, &p, CONFIG.endpoint_id, POLICY_DIR_INGRESS, src_identity, src_identity,
-				   CONFIG.identity, fresh) < 0)
+		struct policy_call ingress = {CONFIG.endpoint_id, POLICY_DIR_INGRESS, src_identity, src_identity,
+					      CONFIG.identity, fresh};
+		if (enforce_policy(ctx, &p, &ingress) < 0)
 			return TC_ACT_SHOT;
 		if (fresh && ct_create(&p, ctx->len, src_identity, lb_rev_nat_id, 0) < 0)
 			return send_drop(ctx, DROP_CT_MAP_INSERT_FAILED, src_identity, CONFIG.identity, DIR_INGRESS);

@@ -62,6 +62,15 @@ __attribute__((noinline)) int enforce_policy(struct __sk_buff *ctx, const struct
 	return -1;
 }
 
+/* Conntrack lookup (lib/conntrack.h), global like enforce_policy: checked once, not per path. */
+__attribute__((noinline)) int lxc_ct_lookup(struct pkt *p, __u32 len, struct ct_result *res)
+{
+	if (!p || !res)
+		return -1;
+	ct_lookup(p, len, CONFIG.aggregation, CONFIG.aggregation_interval, res);
+	return 0;
+}
+
 __always_inline_fn bool is_ipv6_link_local(const union addr16 *a)
 {
 	return a->b[0] == 0xfe && (a->b[1] & 0xc0) == 0x80;
@@ -136,7 +145,7 @@ __always_inline_fn int from_container_ip(struct __sk_buff *ctx, struct pkt *p)
 			ep = endpoint_lookup(&p->t.daddr, p->t.family);
 	}
 	struct ct_result ct = {};
-	ct_lookup(p, ctx->len, CONFIG.aggregation, CONFIG.aggregation_interval, &ct);
+	lxc_ct_lookup(p, ctx->len, &ct);
 	if (ct.status == CT_ESTABLISHED && ct.rev_nat_id != x.rev_nat_id && p->t.proto == IPPROTO_TCP &&
 	    (p->tcp_flags & (TCPF_SYN | TCPF_ACK)) == TCPF_SYN) {
 		/* a SYN translated differently from the entry's connection (service vs direct, or
@@ -245,7 +254,7 @@ int cil_to_container(struct __sk_buff *ctx)
 	}
 	__u32 src_identity = ipcache_identity(&p.t.saddr, p.t.family);
 	struct ct_result ct = {};
-	ct_lookup(&p, ctx->len, CONFIG.aggregation, CONFIG.aggregation_interval, &ct);
+	lxc_ct_lookup(&p, ctx->len, &ct);
 	if (ct.status == CT_NEW || ct.status == CT_ESTABLISHED) {
 		bool fresh = ct.status == CT_NEW;
 		struct policy_call ingress = {CONFIG.endpoint_id, POLICY_DIR_INGRESS, src_identity, src_identity,

@@ -125,6 +125,8 @@ _proto("bpf_map__initial_value", c_void_p, c_void_p, ctypes.POINTER(c_size_t))
 _proto("bpf_map__set_initial_value", c_int, c_void_p, c_void_p, c_size_t)
 _proto("bpf_program__name", c_char_p, c_void_p)
 _proto("bpf_program__fd", c_int, c_void_p)
+_proto("bpf_program__set_log_buf", c_int, c_void_p, c_void_p, c_size_t)
+_proto("bpf_program__set_log_level", c_int, c_void_p, c_uint32)
 _proto("btf__find_by_name_kind", ctypes.c_int32, c_void_p, c_char_p, c_uint32)
 _proto("btf__type_by_id", ctypes.POINTER(BtfType), c_void_p, c_uint32)
 _proto("btf__name_by_offset", c_char_p, c_void_p, c_uint32)
@@ -153,6 +155,8 @@ _proto("libbpf_set_print", c_void_p, c_void_p)
 
 # libbpf prints warnings to stderr by default; we report through exceptions and logs instead.
 lib.libbpf_set_print(None)
+
+BPF_LOG_STATS = 4  # the verifier reports what it processed, even for a program it accepts
 
 BTF_KIND_VAR = 14
 BTF_KIND_DATASEC = 15

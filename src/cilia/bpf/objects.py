@@ -9,6 +9,7 @@ from __future__ import annotations
 import ctypes
 import errno
 import os
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +23,7 @@ BPF_NOEXIST = 1
 BPF_EXIST = 2
 PERCPU_MAP_TYPES = {5, 6, 10, 29}  # PERCPU_HASH, PERCPU_ARRAY, LRU_PERCPU_HASH, PERCPU_CGROUP_STORAGE
 _VERIFIER_LOG_SIZE = 16 * 1024 * 1024
+_STATS_LOG_SIZE = 4096  # BPF_LOG_STATS output is a few lines per program
 
 
 def _errno() -> int:
@@ -186,6 +188,7 @@ class BpfObject:
     def __init__(self, handle: int, path: Path) -> None:
         self._handle: int | None = handle
         self.path = path
+        self.verifier_stats: dict[str, str] = {}  # program -> the verifier's statistics (open(..., stats=True))
 
     @classmethod
     def open(
@@ -196,11 +199,13 @@ class BpfObject:
         rodata: dict[str, bytes] | None = None,
         max_entries: dict[str, int] | None = None,
         value_sizes: dict[str, int] | None = None,
+        stats: bool = False,
     ) -> BpfObject:
         """Open and load. `rodata` patches `const volatile` globals by name before the load;
         `max_entries` and `value_sizes` resize maps (by name; a name the object lacks is skipped, so
         one setting serves every object); maps declared with LIBBPF_PIN_BY_NAME are reused from, or
-        pinned to, `pin_root`."""
+        pinned to, `pin_root`. `stats`: keep the verifier's statistics of every program in
+        `verifier_stats` (what it processed and how long it took; see `processed_instructions`)."""
         path = Path(path)
         if not path.is_file():
             raise BpfError(f"BPF object {path} does not exist (run `make bpf`)", errno.ENOENT)
@@ -231,7 +236,9 @@ class BpfObject:
                         lb.lib.bpf_map__set_value_size(obj._find_map(map_name), size),
                         f"{path.name}: setting the value size of {map_name}",
                     )
+            stats_buffers = obj._request_stats() if stats else {}
             result = lb.lib.bpf_object__load(handle)
+            obj.verifier_stats = {name: buf.value.decode(errors="replace") for name, buf in stats_buffers.items()}
             if result < 0:
                 log = log_buf.value.decode(errors="replace")
                 if log:
@@ -241,6 +248,26 @@ class BpfObject:
             obj.close()
             raise
         return obj
+
+    def _request_stats(self) -> dict[str, ctypes.Array[ctypes.c_char]]:
+        buffers: dict[str, ctypes.Array[ctypes.c_char]] = {}
+        program = lb.lib.bpf_object__next_program(self._require(), None)
+        while program:
+            name = lb.lib.bpf_program__name(program).decode()
+            buffers[name] = ctypes.create_string_buffer(_STATS_LOG_SIZE)
+            lb.check(lb.lib.bpf_program__set_log_buf(program, buffers[name], _STATS_LOG_SIZE),
+                     f"{self.path.name}: setting the log buffer of {name}")
+            lb.check(lb.lib.bpf_program__set_log_level(program, lb.BPF_LOG_STATS),
+                     f"{self.path.name}: setting the log level of {name}")
+            program = lb.lib.bpf_object__next_program(self._require(), program)
+        return buffers
+
+    def processed_instructions(self, program: str) -> int:
+        """How many instructions the verifier went through for `program` (its limit is 1,000,000)."""
+        found = re.search(r"processed (\d+) insns", self.verifier_stats.get(program, ""))
+        if found is None:
+            raise BpfError(f"{self.path.name}: no verifier statistics for {program!r} (open with stats=True)")
+        return int(found.group(1))
 
     def _has_map(self, name: str) -> bool:
         return bool(lb.lib.bpf_object__find_map_by_name(self._require(), name.encode()))

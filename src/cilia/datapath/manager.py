@@ -77,7 +77,7 @@ class Datapath:
     def object_path(self) -> Path:
         return self.bpf_dir / LXC_OBJECT
 
-    def _open_object(self, name: str, rodata: dict[str, bytes] | None = None) -> BpfObject:
+    def _open_object(self, name: str, rodata: dict[str, bytes] | None = None, stats: bool = False) -> BpfObject:
         """Every object shares the pinned maps, so each load asks for the same sizes."""
         sizes = {ct.TCP_NAME: self.options.ct_tcp_max, ct.ANY_NAME: self.options.ct_any_max}
         sizes.update(dict.fromkeys(lb_maps.SIZED_BY_MAP_MAX, self.options.lb_map_max))
@@ -87,6 +87,7 @@ class Datapath:
             rodata=rodata,
             max_entries=sizes,
             value_sizes={lb_maps.MAGLEV_NAME: 4 * self.options.maglev_size},
+            stats=stats,
         )
 
     def _load(self, config: EndpointConfig) -> BpfObject:
@@ -193,12 +194,24 @@ class Datapath:
                 except Exception:  # the link may be gone already, which detaches everything
                     log.debug("detach from ifindex %d failed", lxc_ifindex, exc_info=True)
 
+    def _host_rodata(self) -> dict[str, bytes]:
+        host = HostConfig(self.options.maglev_size, self.options.maglev_seed)
+        return {"CONFIG": EndpointConfig.node(self.options.aggregation, self.options.aggregation_interval).pack(),
+                "HOST": host.pack()}
+
+    def verifier_cost(self, config: EndpointConfig) -> dict[str, int]:
+        """Instructions the verifier processes for every program (bpf_lxc loaded with `config`), to
+        keep an eye on its 1M limit and on load time, which grows with it. Loads, attaches nothing."""
+        cost: dict[str, int] = {}
+        for name, rodata in ((LXC_OBJECT, {"CONFIG": config.pack()}), (HOST_OBJECT, self._host_rodata()),
+                             (SOCK_OBJECT, None)):
+            with self._open_object(name, rodata, stats=True) as obj:
+                cost.update({program: obj.processed_instructions(program) for program in obj.verifier_stats})
+        return cost
+
     def attach_host(self, ifindex: int) -> None:
         """Service traffic from outside: bpf_host.o on the underlay device's tc ingress (atomic replace)."""
-        host = HostConfig(self.options.maglev_size, self.options.maglev_seed)
-        rodata = {"CONFIG": EndpointConfig.node(self.options.aggregation, self.options.aggregation_interval).pack(),
-                  "HOST": host.pack()}
-        with self._open_object(HOST_OBJECT, rodata) as obj:
+        with self._open_object(HOST_OBJECT, self._host_rodata()) as obj:
             tc_attach(ifindex, INGRESS, obj.program(FROM_NETDEV))
 
     def attach_sock(self, cgroup: Path) -> None:

@@ -1,0 +1,48 @@
+"""The verifier's work per program stays far from its 1M-instruction limit.
+
+Load time per endpoint grows with it (a CNI ADD waits for bpf_lxc to verify), and a program near
+the limit breaks on the next feature or kernel. cil_from_container once needed 873k instructions
+(1.7 s per endpoint) until enforce_policy and the conntrack lookup became global BPF functions,
+verified once each; it needs ~69k now. The budget fails a change that inlines its way back.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from cilia.bpf import ensure_bpffs, remove_pins
+from cilia.datapath import EndpointConfig
+from cilia.datapath.manager import Datapath
+
+BUDGET = 250_000  # instructions per program; the verifier refuses a program at 1,000,000
+
+
+@pytest.fixture
+def datapath() -> Iterator[Datapath]:
+    ensure_bpffs()
+    pins = Path(f"/sys/fs/bpf/cilia-test-{uuid.uuid4().hex[:8]}")
+    datapath = Datapath(pins)
+    try:
+        yield datapath
+    finally:
+        remove_pins(pins)
+
+
+def dual_stack_endpoint() -> EndpointConfig:
+    """A real endpoint's configuration: both families on, so no path is pruned at load time."""
+    return EndpointConfig(
+        endpoint_id=7, identity=300, lxc_ifindex=12, lxc_mac="02:00:00:00:00:01", pod_mac="02:00:00:00:00:02",
+        pod_ipv4=ipaddress.IPv4Address("10.200.1.9"), pod_ipv6=ipaddress.IPv6Address("fd00:200:1::9"),
+        router_ipv4=ipaddress.IPv4Address("10.200.1.1"), router_ipv6=ipaddress.IPv6Address("fd00:200:1::1"))
+
+
+def test_every_program_verifies_within_budget(datapath: Datapath) -> None:
+    cost = datapath.verifier_cost(dual_stack_endpoint())
+    assert {"cil_from_container", "cil_to_container", "cil_from_netdev", "cil_sock4_connect"} <= cost.keys()
+    over = {program: n for program, n in cost.items() if n > BUDGET}
+    assert not over, f"programs over the verifier budget of {BUDGET:,} instructions: {over} (all: {cost})"

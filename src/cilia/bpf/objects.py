@@ -17,6 +17,7 @@ from types import TracebackType
 
 from cilia.bpf import libbpf as lb
 from cilia.bpf.errors import BpfError, VerifierError
+from cilia.bpf.fs import remove_pins
 
 BPF_ANY = 0
 BPF_NOEXIST = 1
@@ -212,6 +213,9 @@ class BpfObject:
         log_buf = ctypes.create_string_buffer(_VERIFIER_LOG_SIZE)
         opts = lb.BpfObjectOpenOpts(sz=ctypes.sizeof(lb.BpfObjectOpenOpts))
         pin_bytes = os.fsencode(pin_root) if pin_root is not None else None
+        pin_dir = Path(pin_root) if pin_root is not None else None
+        # a pin directory this call creates is removed again if the load fails
+        created_pin_dir = pin_dir if pin_dir is not None and not pin_dir.exists() else None
         if pin_root is not None:
             Path(pin_root).mkdir(parents=True, exist_ok=True)
             opts.pin_root_path = pin_bytes
@@ -219,7 +223,10 @@ class BpfObject:
         opts.kernel_log_size = _VERIFIER_LOG_SIZE
         handle = lb.lib.bpf_object__open_file(os.fsencode(path), ctypes.byref(opts))
         if not handle:
-            raise BpfError(f"opening BPF object {path}", _errno())
+            error = _errno()
+            if created_pin_dir is not None:
+                remove_pins(created_pin_dir)
+            raise BpfError(f"opening BPF object {path}", error)
         obj = cls(handle, path)
         try:
             if rodata:
@@ -246,6 +253,8 @@ class BpfObject:
                 raise BpfError(f"loading {path.name}", -result)
         except BaseException:
             obj.close()
+            if created_pin_dir is not None:
+                remove_pins(created_pin_dir)
             raise
         return obj
 

@@ -61,7 +61,7 @@ from statistics import median
 from typing import Any
 
 from bench.tools import PORTS, Server, ns, server_command
-from bench.topologies import delete, sh
+from bench.topologies import delete, sh, wire_routed_node
 
 SERVICE_CIDR = ipaddress.IPv4Network("10.96.0.0/12")
 CLUSTER_CIDR = "10.128.0.0/10"  # --cluster-cidr: the pod network; the lab pods live in it
@@ -444,18 +444,9 @@ def kube_proxy_node(services: int, backends_per_service: int = 10,
     delete(*names)
     servers: list[Server] = []
     try:
-        for name in names:
-            sh("ip", "netns", "add", name)
-            sh("ip", "-n", name, "link", "set", "lo", "up")
-        for pod, index in ((client, 1), (b1, 2), (b2, 3)):
-            sh("ip", "-n", node, "link", "add", f"veth{index}", "type", "veth", "peer", "name", "eth0", "netns", pod)
-            sh("ip", "-n", node, "addr", "add", f"10.128.{index}.1/24", "dev", f"veth{index}")
-            sh("ip", "-n", node, "link", "set", f"veth{index}", "up")
-            sh("ip", "-n", pod, "addr", "add", f"10.128.{index}.2/24", "dev", "eth0")
-            sh("ip", "-n", pod, "link", "set", "eth0", "up")
-            sh("ip", "-n", pod, "route", "add", "default", "via", f"10.128.{index}.1")
-        # ip_forward: a node forwards; route_localnet: kube-proxy sets it for localhost NodePorts (the default).
-        sh(*ns(node, "sysctl", "-qw", "net.ipv4.ip_forward=1", "net.ipv4.conf.all.route_localnet=1"))
+        wire_routed_node(node, (client, b1, b2), "10.128")  # 10.128.1.2 client, .2.2 and .3.2 backends
+        # route_localnet: kube-proxy sets it for localhost NodePorts (the default).
+        sh(*ns(node, "sysctl", "-qw", "net.ipv4.conf.all.route_localnet=1"))
         backend_ips = LAB_BACKENDS
         noflush = backend != "nft"
         lab = KubeProxyLab(client, node, MEASURED_CLUSTER_IP, (b1, b2), backend_ips, services, backends_per_service,

@@ -216,8 +216,8 @@ def _grow_cilia(lab: Lab, applied: int, size: int, out: dict[str, Any]) -> None:
     with AgentClient(NodePaths("n1").socket, timeout=APPLY_TIMEOUT) as api:
         if applied == 0:
             out["setup"]["cilia"]["bench-svc"] = round(apply_objects(api, [measured_service()]), 3)
-        out["setup"]["cilia"][size] = round(apply_objects(api, filler_objects(max(applied, 0), size - 1,
-                                                                                BACKENDS_PER_FILLER)), 3)
+        fillers = filler_objects(applied, size - 1, BACKENDS_PER_FILLER)  # those of the smaller sizes stay
+        out["setup"]["cilia"][size] = round(apply_objects(api, fillers), 3)
     try:
         wait_reachable(lab.netns_of("bench-client"), MEASURED_CLUSTER_IP, PROBED_PORTS, REACHABLE_TIMEOUT)
     except KubeProxyError as exc:

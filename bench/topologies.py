@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import subprocess
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 
 
@@ -34,6 +34,22 @@ def bare_veth() -> Iterator[tuple[str, str, str]]:
         delete(a, b)
 
 
+def wire_routed_node(node: str, pods: Sequence[str], subnet: str) -> None:
+    """Create `node` and `pods` as namespaces; pod i (from 1) gets eth0 <subnet>.i.2/24 on a veth
+    whose node side, veth<i>, holds <subnet>.i.1 and is the pod's default gateway. The node forwards."""
+    for name in (*pods, node):
+        sh("ip", "netns", "add", name)
+        sh("ip", "-n", name, "link", "set", "lo", "up")
+    for index, pod in enumerate(pods, start=1):
+        sh("ip", "-n", node, "link", "add", f"veth{index}", "type", "veth", "peer", "name", "eth0", "netns", pod)
+        sh("ip", "-n", node, "addr", "add", f"{subnet}.{index}.1/24", "dev", f"veth{index}")
+        sh("ip", "-n", node, "link", "set", f"veth{index}", "up")
+        sh("ip", "-n", pod, "addr", "add", f"{subnet}.{index}.2/24", "dev", "eth0")
+        sh("ip", "-n", pod, "link", "set", "eth0", "up")
+        sh("ip", "-n", pod, "route", "add", "default", "via", f"{subnet}.{index}.1")
+    sh("nsenter", f"--net=/run/netns/{node}", "sysctl", "-qw", "net.ipv4.ip_forward=1")
+
+
 @contextmanager
 def routed_iptables(rules: int) -> Iterator[tuple[str, str, str]]:
     """The classic path: pods on veths into a node that forwards through `rules` iptables FORWARD rules
@@ -41,17 +57,7 @@ def routed_iptables(rules: int) -> Iterator[tuple[str, str, str]]:
     a, b, node = "cilia-bench-pa", "cilia-bench-pb", "cilia-bench-node"
     delete(a, b, node)
     try:
-        for name in (a, b, node):
-            sh("ip", "netns", "add", name)
-            sh("ip", "-n", name, "link", "set", "lo", "up")
-        for pod, index in ((a, 1), (b, 2)):
-            sh("ip", "-n", node, "link", "add", f"veth{index}", "type", "veth", "peer", "name", "eth0", "netns", pod)
-            sh("ip", "-n", node, "addr", "add", f"10.78.{index}.1/24", "dev", f"veth{index}")
-            sh("ip", "-n", node, "link", "set", f"veth{index}", "up")
-            sh("ip", "-n", pod, "addr", "add", f"10.78.{index}.2/24", "dev", "eth0")
-            sh("ip", "-n", pod, "link", "set", "eth0", "up")
-            sh("ip", "-n", pod, "route", "add", "default", "via", f"10.78.{index}.1")
-        sh("nsenter", f"--net=/run/netns/{node}", "sysctl", "-qw", "net.ipv4.ip_forward=1")
+        wire_routed_node(node, (a, b), "10.78")
         lines = ["*filter", ":FORWARD ACCEPT [0:0]"]
         for i in range(rules):
             lines.append(f"-A FORWARD -s 172.{16 + i // 65536 % 16}.{i // 256 % 256}.{i % 256}/32 -p tcp "

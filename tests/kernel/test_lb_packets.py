@@ -6,13 +6,12 @@ from __future__ import annotations
 
 import ipaddress
 import struct
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from cilia.bpf import BpfObject, ensure_bpffs, remove_pins
+from cilia.bpf import BpfObject
 from cilia.lb.maglev import MaglevBackend, build_table
 from cilia.maps import lb as lbm
 from cilia.maps.ct import CtMap
@@ -43,10 +42,8 @@ from tests.kernel.packets import csum, mac
 
 
 @pytest.fixture
-def node() -> Iterator[Node]:
-    ensure_bpffs()
-    pins = Path(f"/sys/fs/bpf/cilia-test-{uuid.uuid4().hex[:8]}")
-    running = Node(pins)
+def node(pin_dir: Path) -> Iterator[Node]:
+    running = Node(pin_dir)
     try:
         running.service(VIP, 80, 1, [(1, PEER, 8080)])
         running.service(VIP6, 80, 2, [(2, PEER6, 8080)])
@@ -54,7 +51,6 @@ def node() -> Iterator[Node]:
         yield running
     finally:
         running.close()
-        remove_pins(pins)
 
 
 def run(obj: BpfObject, packet: bytes, program: str = "cil_from_container") -> tuple[int, bytes]:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import ipaddress
 import re
-from collections.abc import Callable
 from typing import Any
 
 from cilia.lb.model import (
@@ -26,6 +25,7 @@ from cilia.lb.model import (
     SliceEndpoint,
     SlicePort,
 )
+from cilia.resources.fields import Fail, as_list, check_fields
 from cilia.resources.parse import ResourceError
 from cilia.resources.validate import DNS1123_LABEL, DNS1123_SUBDOMAIN, describe, validate_labels
 
@@ -62,9 +62,6 @@ DNS1035_LABEL = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
 IANA_SVC_NAME = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 _LETTER = re.compile(r"[a-z]")
 
-Fail = Callable[[str, str], ResourceError]
-
-
 def _failer(obj: dict[str, Any]) -> Fail:
     def fail(field: str, problem: str) -> ResourceError:
         return ResourceError(f"{describe(obj)}: field {field!r}: {problem}")
@@ -73,23 +70,6 @@ def _failer(obj: dict[str, Any]) -> Fail:
 
 
 # --- small typed readers -------------------------------------------------------------------------
-
-
-def _fields(raw: Any, allowed: set[str], where: str, fail: Fail) -> dict[str, Any]:
-    if not isinstance(raw, dict):
-        raise fail(where, "must be an object")
-    for key in raw:
-        if key not in allowed:
-            raise fail(f"{where}.{key}", "unknown field")
-    return raw
-
-
-def _list(raw: Any, where: str, fail: Fail) -> list[Any]:
-    if raw is None:
-        return []
-    if not isinstance(raw, list):
-        raise fail(where, "must be a list")
-    return raw
 
 
 def _int(raw: Any, where: str, fail: Fail, low: int, high: int) -> int:
@@ -179,7 +159,7 @@ def parse_service(obj: dict[str, Any]) -> ServiceSpec:
                                     "letters, digits and '-', starting with a letter)")
     if obj.get("spec") is None:
         raise fail("spec", "is required")
-    spec = _fields(obj["spec"], SERVICE_SPEC_FIELDS, "spec", fail)
+    spec = check_fields(obj["spec"], SERVICE_SPEC_FIELDS, "spec", fail)
 
     if spec.get("type") == "ExternalName":
         raise fail("spec.type", "ExternalName is not supported yet")
@@ -196,7 +176,7 @@ def parse_service(obj: dict[str, Any]) -> ServiceSpec:
     selector = dict(selector_raw) if selector_raw else None  # {} selects nothing, as no selector
 
     external_ips = tuple(_ip(raw, f"spec.externalIPs[{i}]", fail)
-                         for i, raw in enumerate(_list(spec.get("externalIPs"), "spec.externalIPs", fail)))
+                         for i, raw in enumerate(as_list(spec.get("externalIPs"), "spec.externalIPs", fail)))
 
     affinity_timeout = _affinity(spec, fail)
 
@@ -234,7 +214,7 @@ def _cluster_ips(spec: dict[str, Any], fail: Fail) -> tuple[bool, tuple[IPAddres
     if single is not None and not isinstance(single, str):
         raise fail("spec.clusterIP", f"must be an IP address, \"None\" or \"\", got {single!r}")
     single_ip = _ip(single, "spec.clusterIP", fail) if single not in (None, "", "None") else None
-    multi = _list(spec.get("clusterIPs"), "spec.clusterIPs", fail)
+    multi = as_list(spec.get("clusterIPs"), "spec.clusterIPs", fail)
     if len(multi) > 2:
         raise fail("spec.clusterIPs", f"has {len(multi)} entries: at most two, one per IP family")
     for index, raw in enumerate(multi):
@@ -273,7 +253,7 @@ def _target_port(raw: Any, port: int, where: str, fail: Fail) -> int | str:
 
 def _service_ports(spec: dict[str, Any], service_type: ServiceType, headless: bool, fail: Fail,
                    ) -> tuple[ServicePort, ...]:
-    raw_ports = _list(spec.get("ports"), "spec.ports", fail)
+    raw_ports = as_list(spec.get("ports"), "spec.ports", fail)
     if not raw_ports and not headless:
         raise fail("spec.ports", "is required: at least one port (only a headless service may have none)")
     names: dict[str, str] = {}
@@ -282,7 +262,7 @@ def _service_ports(spec: dict[str, Any], service_type: ServiceType, headless: bo
     ports: list[ServicePort] = []
     for index, raw in enumerate(raw_ports):
         where = f"spec.ports[{index}]"
-        _fields(raw, SERVICE_PORT_FIELDS, where, fail)
+        check_fields(raw, SERVICE_PORT_FIELDS, where, fail)
         name = raw.get("name")
         if name is not None and not isinstance(name, str):
             raise fail(f"{where}.name", f"must be a string, got {name!r}")
@@ -327,11 +307,11 @@ def _affinity(spec: dict[str, Any], fail: Fail) -> int | None:
         return None
     if config is None:
         return DEFAULT_AFFINITY_TIMEOUT
-    _fields(config, {"clientIP"}, "spec.sessionAffinityConfig", fail)
+    check_fields(config, {"clientIP"}, "spec.sessionAffinityConfig", fail)
     client = config.get("clientIP")
     if client is None:
         return DEFAULT_AFFINITY_TIMEOUT
-    _fields(client, {"timeoutSeconds"}, "spec.sessionAffinityConfig.clientIP", fail)
+    check_fields(client, {"timeoutSeconds"}, "spec.sessionAffinityConfig.clientIP", fail)
     timeout = client.get("timeoutSeconds")
     if timeout is None:
         return DEFAULT_AFFINITY_TIMEOUT
@@ -342,15 +322,15 @@ def _ingress_ips(status: Any, fail: Fail) -> tuple[IPAddress, ...]:
     """status.loadBalancer.ingress[].ip; hostname-only entries are ignored."""
     if status is None:
         return ()
-    _fields(status, {"loadBalancer", "conditions"}, "status", fail)
+    check_fields(status, {"loadBalancer", "conditions"}, "status", fail)
     balancer = status.get("loadBalancer")
     if balancer is None:
         return ()
-    _fields(balancer, {"ingress"}, "status.loadBalancer", fail)
+    check_fields(balancer, {"ingress"}, "status.loadBalancer", fail)
     addresses: list[IPAddress] = []
-    for index, entry in enumerate(_list(balancer.get("ingress"), "status.loadBalancer.ingress", fail)):
+    for index, entry in enumerate(as_list(balancer.get("ingress"), "status.loadBalancer.ingress", fail)):
         where = f"status.loadBalancer.ingress[{index}]"
-        _fields(entry, {"ip", "hostname", "ipMode", "ports"}, where, fail)
+        check_fields(entry, {"ip", "hostname", "ipMode", "ports"}, where, fail)
         if entry.get("ip") not in (None, ""):
             addresses.append(_ip(entry["ip"], f"{where}.ip", fail))
     return tuple(addresses)
@@ -382,7 +362,7 @@ def parse_endpoint_slice(obj: dict[str, Any]) -> EndpointSliceSpec:
         raise fail("addressType", f"{address_type!r} is not one of IPv4, IPv6")
     version = 4 if address_type == "IPv4" else 6
 
-    raw_endpoints = _list(obj.get("endpoints"), "endpoints", fail)
+    raw_endpoints = as_list(obj.get("endpoints"), "endpoints", fail)
     if len(raw_endpoints) > MAX_SLICE_ENDPOINTS:
         raise fail("endpoints", f"has {len(raw_endpoints)} entries: at most {MAX_SLICE_ENDPOINTS}")
     endpoints = tuple(_slice_endpoint(raw, f"endpoints[{i}]", version, namespace, fail)
@@ -390,9 +370,9 @@ def parse_endpoint_slice(obj: dict[str, Any]) -> EndpointSliceSpec:
 
     names: dict[str, str] = {}
     ports: list[SlicePort] = []
-    for index, raw in enumerate(_list(obj.get("ports"), "ports", fail)):
+    for index, raw in enumerate(as_list(obj.get("ports"), "ports", fail)):
         where = f"ports[{index}]"
-        _fields(raw, SLICE_PORT_FIELDS, where, fail)
+        check_fields(raw, SLICE_PORT_FIELDS, where, fail)
         port_name = raw.get("name")
         if port_name is not None and not isinstance(port_name, str):
             raise fail(f"{where}.name", f"must be a string, got {port_name!r}")
@@ -413,14 +393,14 @@ def parse_endpoint_slice(obj: dict[str, Any]) -> EndpointSliceSpec:
 
 
 def _slice_endpoint(raw: Any, where: str, version: int, namespace: str, fail: Fail) -> SliceEndpoint:
-    _fields(raw, SLICE_ENDPOINT_FIELDS, where, fail)
-    raw_addresses = _list(raw.get("addresses"), f"{where}.addresses", fail)
+    check_fields(raw, SLICE_ENDPOINT_FIELDS, where, fail)
+    raw_addresses = as_list(raw.get("addresses"), f"{where}.addresses", fail)
     if not 1 <= len(raw_addresses) <= MAX_ENDPOINT_ADDRESSES:
         raise fail(f"{where}.addresses", f"must have 1 to {MAX_ENDPOINT_ADDRESSES} entries, has {len(raw_addresses)}")
     addresses = tuple(_ip(address, f"{where}.addresses[{i}]", fail, version) for i, address in enumerate(raw_addresses))
 
     conditions = raw.get("conditions")
-    conditions = {} if conditions is None else _fields(conditions, {"ready", "serving", "terminating"},
+    conditions = {} if conditions is None else check_fields(conditions, {"ready", "serving", "terminating"},
                                                        f"{where}.conditions", fail)
     ready = _bool(conditions.get("ready"), f"{where}.conditions.ready", fail)
     serving = _bool(conditions.get("serving"), f"{where}.conditions.serving", fail)
@@ -437,7 +417,7 @@ def _slice_endpoint(raw: Any, where: str, version: int, namespace: str, fail: Fa
     pod: str | None = None
     ref = raw.get("targetRef")
     if ref is not None:
-        _fields(ref, OBJECT_REFERENCE_FIELDS, f"{where}.targetRef", fail)
+        check_fields(ref, OBJECT_REFERENCE_FIELDS, f"{where}.targetRef", fail)
         if ref.get("kind") == "Pod":
             pod_name = ref.get("name")
             if pod_name is None or pod_name == "":

@@ -16,8 +16,6 @@ from typing import Any
 from cilia.identity.labels import NAMESPACE_LABEL
 from cilia.policy.common import (
     Fail,
-    as_list,
-    check_fields,
     failer,
     parse_cidr_with_excepts,
     parse_network,
@@ -40,6 +38,7 @@ from cilia.policy.rules import (
     SelectorPeer,
 )
 from cilia.policy.selector import Selector, equals, parse_selector
+from cilia.resources.fields import as_list, check_fields
 
 CNP = "CiliumNetworkPolicy"
 CCNP = "CiliumClusterwideNetworkPolicy"

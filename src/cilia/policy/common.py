@@ -8,6 +8,7 @@ from typing import Any
 
 from cilia.policy.errors import PolicyError
 from cilia.policy.rules import PROTOCOL_NUMBERS, NamedPort, Network, PortRange
+from cilia.resources.fields import as_list
 from cilia.resources.validate import DNS1123_LABEL, describe
 
 Fail = Callable[[str, str], PolicyError]
@@ -18,26 +19,6 @@ def failer(obj: dict[str, Any]) -> Fail:
         return PolicyError(f"{describe(obj)}: field {field!r}: {problem}")
 
     return fail
-
-
-def check_fields(raw: Any, allowed: set[str], where: str, fail: Fail, *, unsupported: dict[str, str] | None = None,
-                 ) -> dict[str, Any]:
-    if not isinstance(raw, dict):
-        raise fail(where, "must be an object")
-    for key in raw:
-        if unsupported and key in unsupported:
-            raise fail(f"{where}.{key}" if where else key, f"not supported yet: {unsupported[key]}")
-        if key not in allowed:
-            raise fail(f"{where}.{key}" if where else key, "unknown field")
-    return raw
-
-
-def as_list(raw: Any, where: str, fail: Fail) -> list[Any]:
-    if raw is None:
-        return []
-    if not isinstance(raw, list):
-        raise fail(where, "must be a list")
-    return raw
 
 
 def parse_network(text: Any, where: str, fail: Fail) -> Network:

@@ -14,9 +14,10 @@ from __future__ import annotations
 from typing import Any
 
 from cilia.identity.labels import NAMESPACE_LABEL, NAMESPACE_LABELS_PREFIX
-from cilia.policy.common import Fail, as_list, check_fields, failer, parse_cidr_with_excepts, parse_port, parse_protocol
+from cilia.policy.common import Fail, failer, parse_cidr_with_excepts, parse_port, parse_protocol
 from cilia.policy.rules import ALL, CidrPeer, Entry, NamedPort, Peer, PolicyRef, PortRange, Rule, SelectorPeer
 from cilia.policy.selector import Requirement, equals, parse_selector, split_key
+from cilia.resources.fields import as_list, check_fields
 
 KIND = "NetworkPolicy"
 API_VERSION = "networking.k8s.io/v1"

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 import yaml
 
-import cilia.lb.kinds  # registers Service and EndpointSlice with the validator
+import cilia.lb.kinds
 from cilia.lb.k8s import parse_endpoint_slice, parse_service
 from cilia.lb.kinds import is_lb_object, parse_lb_object
 from cilia.lb.model import (
@@ -25,11 +25,13 @@ from cilia.lb.model import (
     SliceEndpoint,
     SlicePort,
 )
+from cilia.resources.kinds import CORE_KINDS, KindRegistry
 from cilia.resources.parse import ResourceError
 from cilia.resources.store import LocalStore
-from cilia.resources.validate import validate
 
 ip = ipaddress.ip_address
+KINDS = KindRegistry([*CORE_KINDS, *cilia.lb.kinds.KINDS])
+validate = KINDS.validate
 WEB = ServiceName("default", "web")
 
 
@@ -365,15 +367,14 @@ def test_bad_input_names_object_field_and_reason(obj: dict[str, Any], message: s
 
 
 def test_kinds_are_registered_namespaced() -> None:
-    from cilia.resources.validate import KINDS
-
-    assert KINDS[("v1", "Service")][0] is True
-    assert KINDS[("discovery.k8s.io/v1", "EndpointSlice")][0] is True
+    service_kind, slice_kind = KINDS.get("v1", "Service"), KINDS.get("discovery.k8s.io/v1", "EndpointSlice")
+    assert service_kind is not None and service_kind.namespaced is True
+    assert slice_kind is not None and slice_kind.namespaced is True
     assert {"Service", "EndpointSlice"} == cilia.lb.kinds.LB_KINDS
 
 
 def test_store_rejects_a_bad_service_and_keeps_the_good_one(tmp_path: Path) -> None:
-    store = LocalStore(tmp_path / "resources.json")
+    store = LocalStore(tmp_path / "resources.json", KINDS)
     good = service("{clusterIP: 10.96.0.10, selector: {app: web}, ports: [{port: 80, targetPort: 8080}]}")
     assert [o.action for o in store.apply([good])] == ["created"]
     bad = service("{clusterIP: 10.96.0.10, selector: {app: web}, ports: [{port: 80, targetPort: 80800}]}")
@@ -386,7 +387,7 @@ def test_store_rejects_a_bad_service_and_keeps_the_good_one(tmp_path: Path) -> N
 
 
 def test_store_accepts_a_service_and_its_slice_in_one_batch(tmp_path: Path) -> None:
-    store = LocalStore(tmp_path / "resources.json")
+    store = LocalStore(tmp_path / "resources.json", KINDS)
     slice_obj = endpoint_slice(SLICE_OK + "ports: [{port: 8080}]\n")
     outcomes = store.apply([service("{ports: [{port: 80, targetPort: 8080}]}"), slice_obj])
     assert [(o.kind, o.action) for o in outcomes] == [("Service", "created"), ("EndpointSlice", "created")]

@@ -5,9 +5,12 @@ from __future__ import annotations
 import pytest
 import yaml
 
+from cilia.policy import kinds as policy_kinds
 from cilia.policy.errors import PolicyError
+from cilia.resources.kinds import CORE_KINDS, KindRegistry
 from cilia.resources.parse import ResourceError
-from cilia.resources.validate import validate
+
+validate = KindRegistry([*CORE_KINDS, *policy_kinds.KINDS]).validate
 
 BAD = [
     ("""apiVersion: networking.k8s.io/v1
@@ -92,8 +95,6 @@ spec:
 
 @pytest.mark.parametrize("text,message", BAD, ids=[m.split(":")[-1][:40] for _t, m in BAD])
 def test_bad_policies_name_object_field_and_reason(text: str, message: str) -> None:
-    import cilia.policy.kinds  # noqa: F401  (registers the policy kinds with the validator)
-
     with pytest.raises(ResourceError) as raised:
         validate(yaml.safe_load(text))
     assert message in str(raised.value)

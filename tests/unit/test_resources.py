@@ -8,7 +8,10 @@ from typing import Any
 import pytest
 
 from cilia.resources import ResourceError, parse_documents
+from cilia.resources.kinds import CORE_KINDS, Kind, KindRegistry
 from cilia.resources.store import LocalStore
+
+KINDS = KindRegistry(CORE_KINDS)
 
 
 def ns(name: str, **labels: str) -> dict[str, Any]:
@@ -41,13 +44,13 @@ def test_malformed_yaml_names_file_and_line() -> None:
     ],
 )
 def test_validation_errors_name_the_field(tmp_path: Path, obj: dict[str, Any], message: str) -> None:
-    store = LocalStore(tmp_path / "r.json")
+    store = LocalStore(tmp_path / "r.json", KINDS)
     with pytest.raises(ResourceError, match=message):
         store.apply([obj])
 
 
 def test_bad_batch_stores_nothing_and_missing_namespace(tmp_path: Path) -> None:
-    store = LocalStore(tmp_path / "r.json")
+    store = LocalStore(tmp_path / "r.json", KINDS)
     with pytest.raises(ResourceError, match="namespace 'team-a' does not exist"):
         store.apply([pod("web", "team-a")])
     with pytest.raises(ResourceError):
@@ -58,7 +61,7 @@ def test_bad_batch_stores_nothing_and_missing_namespace(tmp_path: Path) -> None:
 
 
 def test_apply_unchanged_configured_delete_and_watch(tmp_path: Path) -> None:
-    store = LocalStore(tmp_path / "r.json")
+    store = LocalStore(tmp_path / "r.json", KINDS)
     events: list[str] = []
     store.watch(lambda event, obj, old: events.append(f"{event} {obj['metadata']['name']}"))
     assert store.apply([pod("web", app="a")])[0].action == "created"
@@ -67,5 +70,31 @@ def test_apply_unchanged_configured_delete_and_watch(tmp_path: Path) -> None:
     assert store.delete([pod("web")])[0].action == "deleted"
     assert store.delete([pod("web")])[0].action == "not-found"
     assert events == ["ADDED web", "MODIFIED web", "DELETED web"]
-    again = LocalStore(tmp_path / "r.json")
+    again = LocalStore(tmp_path / "r.json", KINDS)
     assert again.list("Pod") == []
+
+
+def test_a_store_accepts_only_the_kinds_it_was_given(tmp_path: Path) -> None:
+    service = {"apiVersion": "v1", "kind": "Service", "metadata": {"name": "web"}}
+    with pytest.raises(ResourceError, match=r"kind 'Service' is not supported yet \(supported: v1/Namespace, v1/Pod\)"):
+        LocalStore(tmp_path / "a.db", KINDS).apply([service])
+    seen: list[str] = []
+
+    def validate_service(obj: dict[str, Any]) -> None:
+        seen.append(obj["kind"])
+        obj["metadata"].setdefault("namespace", "default")
+
+    kinds = KindRegistry([*CORE_KINDS, Kind("v1", "Service", True, validate_service)])
+    assert [o.action for o in LocalStore(tmp_path / "b.db", kinds).apply([service])] == ["created"]
+    assert seen == ["Service"]
+    assert ("v1", "Service") not in KINDS  # building one registry changed no other
+
+
+def test_a_kind_is_registered_once() -> None:
+    with pytest.raises(ValueError, match="v1/Pod is registered twice"):
+        KindRegistry([*CORE_KINDS, CORE_KINDS[1]])
+
+
+def test_cluster_scope_by_kind_alone() -> None:
+    assert KINDS.is_cluster_scoped({"kind": "Namespace"})
+    assert not KINDS.is_cluster_scoped({"kind": "Pod"})

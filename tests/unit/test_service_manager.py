@@ -11,12 +11,15 @@ from typing import Any
 
 import pytest
 
-import cilia.lb.kinds  # noqa: F401  (registers Service and EndpointSlice with the store)
+import cilia.lb.kinds
 from cilia.agent.service_manager import ServiceManager
 from cilia.endpoint.record import EndpointRecord
 from cilia.lb.model import ServiceName
 from cilia.maps import lb as lbm
+from cilia.resources.kinds import CORE_KINDS, KindRegistry
 from cilia.resources.store import LocalStore
+
+KINDS = KindRegistry([*CORE_KINDS, *cilia.lb.kinds.KINDS])
 
 
 class FakeMap:
@@ -81,7 +84,7 @@ def manager(store: LocalStore, datapath: FakeDatapath, tmp_path: Path) -> Servic
 
 @pytest.fixture
 def setup(tmp_path: Path) -> tuple[LocalStore, FakeDatapath, ServiceManager]:
-    store = LocalStore(tmp_path / "resources.db")
+    store = LocalStore(tmp_path / "resources.db", KINDS)
     store.apply([service(f"s{i}", f"10.96.1.{i + 1}") for i in range(20)] +
                 [endpoint_slice(f"s{i}", [f"10.1.{i}.{j + 1}" for j in range(10)]) for i in range(20)])
     datapath = FakeDatapath()
@@ -122,7 +125,7 @@ def test_restart_finding_the_maps_as_wanted_writes_nothing(
     _store, datapath, services = setup
     ids = {f["address"]: f["rev_nat_id"] for r in services.services() for f in r["frontends"]}
     before = datapath.writes()
-    again = manager(LocalStore(tmp_path / "resources.db"), datapath, tmp_path)
+    again = manager(LocalStore(tmp_path / "resources.db", KINDS), datapath, tmp_path)
     assert datapath.writes() == before and again.last_sync_operations == 0
     assert {f["address"]: f["rev_nat_id"] for r in again.services() for f in r["frontends"]} == ids
 

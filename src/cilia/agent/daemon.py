@@ -1,4 +1,5 @@
-"""The agent's composition root: builds every component explicitly and runs the background loops.
+"""The agent's composition root: builds every component explicitly (the object kinds it accepts,
+the engines, the API with its routers) and runs the background loops.
 
 Start-up order: state dirs -> resource store -> identities -> IPAM -> node networking ->
 datapath (reusing pinned maps) -> endpoints restored from disk -> API socket. The datapath keeps
@@ -10,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import threading
 import time
 from contextlib import AsyncExitStack
 from pathlib import Path
@@ -19,27 +19,34 @@ from typing import Any
 import uvicorn
 from fastapi import FastAPI
 
-import cilia.lb.kinds  # noqa: F401  (registers Service and EndpointSlice with the object store)
 from cilia import __version__
+from cilia.agent.api import bpf as bpf_api
+from cilia.agent.api import config as config_api
+from cilia.agent.api import endpoints as endpoints_api
+from cilia.agent.api import flows as flows_api
+from cilia.agent.api import identities as identities_api
+from cilia.agent.api import policy as policy_api
+from cilia.agent.api import resources as resources_api
+from cilia.agent.api import services as services_api
+from cilia.agent.api import status as status_api
+from cilia.agent.api.app import create_app
 from cilia.agent.config import AgentConfig
 from cilia.agent.datapath_adapter import DatapathAdapter
 from cilia.agent.endpoint_manager import EndpointManager
-from cilia.agent.errors import ApiError, invalid
 from cilia.agent.events import EventPump
 from cilia.agent.links import NetlinkLinks
 from cilia.agent.policy_manager import PolicyManager, Settings
-from cilia.agent.routes import api_error_handler, make_router
 from cilia.agent.service_manager import ServiceManager
-from cilia.api.models import Identity, NodeStatus
+from cilia.api.models import NodeStatus
 from cilia.endpoint.store import EndpointStore
-from cilia.flows.routes import make_router as make_flow_router
 from cilia.identity.allocator import LocalIdentityAllocator
 from cilia.ipam import Ipam
+from cilia.lb import kinds as lb_kinds
 from cilia.netlink import NodeNetConfig, setup_node_networking
+from cilia.policy import kinds as policy_kinds
 from cilia.policy.kinds import is_policy
 from cilia.policy.resolve import Enforcement
-from cilia.policy.rules import PROTOCOL_NAMES
-from cilia.resources import ResourceError
+from cilia.resources.kinds import CORE_KINDS, KindRegistry
 from cilia.resources.store import LocalStore
 
 log = logging.getLogger(__name__)
@@ -54,7 +61,9 @@ class Agent:
         paths = config.paths
         for directory in (paths.run_dir, paths.state_dir):
             directory.mkdir(parents=True, exist_ok=True, mode=0o700)
-        self.resources = LocalStore(paths.state_dir / "resources.db")
+        # The kinds the object store accepts; each package that owns kinds lists them.
+        self.kinds = KindRegistry([*CORE_KINDS, *lb_kinds.KINDS, *policy_kinds.KINDS])
+        self.resources = LocalStore(paths.state_dir / "resources.db", self.kinds)
         self.identities = LocalIdentityAllocator(paths.state_dir / "identities.json")
         self.ipam = Ipam(config.ipv4_pod_cidr, config.ipv6_pod_cidr, paths.state_dir / "ipam.json")
         self.node_net = NodeNetConfig(
@@ -100,7 +109,6 @@ class Agent:
         )
         self.events = EventPump(config, self.datapath, self.endpoints, self.identities, self.policy.describe_rule,
                                 self.services.describe_rev_nat)
-        self._resource_lock = threading.Lock()
 
     # ----- lifecycle -----------------------------------------------------------------------------
     def start(self) -> None:
@@ -129,15 +137,18 @@ class Agent:
         self.datapath.close()
 
     def build_app(self) -> FastAPI:
-        app = FastAPI(
-            title="cilia agent API",
-            version=__version__,
-            description="Local API of a cilia node agent (unix socket, mode 0600).",
-        )
-        app.add_exception_handler(ApiError, api_error_handler)
-        app.include_router(make_router(self))
-        app.include_router(make_flow_router(self.events.ring, self.config.node, self.events.raw))
-        return app
+        """The API: each router gets the one component (or two) it reads, nothing else."""
+        return create_app([
+            status_api.make_router(self.config.node, self),
+            endpoints_api.make_router(self.endpoints, self.policy),
+            config_api.make_router(self.policy),
+            policy_api.make_router(self.policy.repository, self.policy),
+            identities_api.make_router(self.identities),
+            resources_api.make_router(self.resources),
+            services_api.make_router(self.services),
+            bpf_api.make_router(self.datapath, self.endpoints, self.policy.describe_rule),
+            flows_api.make_router(self.events.ring, self.config.node, self.events.raw),
+        ])
 
     async def serve(self) -> None:
         socket_path = self.config.paths.socket
@@ -174,20 +185,6 @@ class Agent:
                 log.exception("conntrack / affinity garbage collection failed")
 
     # ----- resources -----------------------------------------------------------------------------
-    def apply_objects(self, objects: list[dict[str, Any]]) -> list[Any]:
-        with self._resource_lock:
-            try:
-                return list(self.resources.apply(objects))
-            except ResourceError as exc:
-                raise invalid(str(exc)) from exc
-
-    def delete_objects(self, objects: list[dict[str, Any]]) -> list[Any]:
-        with self._resource_lock:
-            try:
-                return list(self.resources.delete(objects))
-            except ResourceError as exc:
-                raise invalid(str(exc)) from exc
-
     def _on_resource_event(self, event: str, obj: dict[str, Any], old: dict[str, Any] | None) -> None:
         kind = obj.get("kind")
         metadata = obj.get("metadata", {})
@@ -201,12 +198,6 @@ class Agent:
             self.endpoints.reevaluate_identities(metadata.get("name"))
 
     # ----- views ---------------------------------------------------------------------------------
-    def list_identities(self) -> list[Identity]:
-        return [
-            Identity(id=i.id, labels=[str(label) for label in i.labels], reserved=i.reserved, references=i.references)
-            for i in self.identities.all()
-        ]
-
     def status(self) -> NodeStatus:
         return NodeStatus(
             node=self.config.node,
@@ -223,51 +214,6 @@ class Agent:
             services=len(self.services.services()),
             service_sync_operations=self.services.last_sync_operations,
         )
-
-    def bpf_ct(self) -> list[dict[str, Any]]:
-        return self.datapath.dump_ct()
-
-    def bpf_ipcache(self) -> list[dict[str, Any]]:
-        return self.datapath.dump_ipcache()
-
-    def bpf_endpoints(self) -> list[dict[str, Any]]:
-        return self.datapath.dump_endpoints()
-
-    def bpf_metrics(self) -> list[dict[str, Any]]:
-        return self.datapath.dump_metrics()
-
-    def bpf_policy(self, endpoint_id: int) -> dict[str, Any]:
-        """The endpoint's live policy entries, with identity classes expanded and rules named."""
-        raw = self.datapath.dump_policy(endpoint_id)
-        if not raw.get("installed"):
-            return raw
-        members: dict[tuple[str, int], list[int]] = {}
-        for row in raw["classes"]:
-            members.setdefault((row["direction"], row["class"]), []).append(row["identity"])
-        rows = []
-        for row in raw["ports"]:
-            key, value = row["key"], row["value"]
-            klass = row["class"]
-            rule = self.policy.describe_rule(value.rule_id)
-            rows.append({
-                "direction": row["direction"],
-                "identities": sorted(members.get((row["direction"], klass), [])) if klass else "any other",
-                "class": klass,
-                "port": _port_text(key.port, key.bits if key.protocol else 0),
-                "protocol": PROTOCOL_NAMES.get(key.protocol, str(key.protocol)) if key.protocol else "ANY",
-                "verdict": "allow" if value.verdict == 1 else "deny",
-                "rule": (f"{rule['kind']}/{rule['namespace'] + '/' if rule['namespace'] else ''}{rule['name']} "
-                         f"{rule['rule']}") if rule else ("no enforcement" if value.verdict == 1 else "-"),
-            })
-        rows.sort(key=lambda r: (r["direction"], r["class"], r["protocol"], r["port"]))
-        return {"endpoint_id": endpoint_id, "installed": True, "flags": raw["flags"], "entries": rows,
-                "identity_entries": len(raw["classes"])}
-
-
-def _port_text(port: int, bits: int) -> str:
-    if bits == 0:
-        return "*"
-    return str(port) if bits == 16 else f"{port}-{port + (1 << (16 - bits)) - 1}"
 
 
 async def _chmod_when_bound(socket_path: Path) -> None:

@@ -1,9 +1,13 @@
-"""Adapter: endpoint records and node addresses into the datapath's maps and programs."""
+"""Adapter: endpoint records and node addresses into the datapath's maps and programs, and the maps'
+decoded entries out (typed; `cilia.agent.api.maprows` renders them for the API).
+
+Netlink is reached through `cilia.netlink` only."""
 
 from __future__ import annotations
 
 import ipaddress
 from collections.abc import Iterable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -14,11 +18,13 @@ from cilia.identity.cidr import CIDR_IDENTITY_BASE, Network
 from cilia.identity.reserved import ReservedIdentity
 from cilia.ipam import Ipam
 from cilia.maps import lb as lbm
-from cilia.maps.ct import PROTOCOLS
+from cilia.maps.ct import CtEntry, CtTuple
+from cilia.maps.endpoints import EndpointInfo
+from cilia.maps.ipcache import IpcacheValue, Prefix
 from cilia.maps.lb import LbMaps
-from cilia.maps.metrics import DIRECTIONS
-from cilia.monitor.events import DROP_REASONS
-from cilia.netlink import NodeNetConfig
+from cilia.maps.metrics import MetricsKey
+from cilia.maps.policy import InstalledEntries
+from cilia.netlink import NodeNetConfig, addresses, link_index
 from cilia.policy.mapstate import MapState
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
@@ -26,6 +32,14 @@ IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 def _addresses(record: EndpointRecord) -> list[IPAddress]:
     return [ipaddress.ip_address(a) for a in (record.ipv4, record.ipv6) if a]
+
+
+@dataclass(frozen=True)
+class LbEntries:
+    """The service and backend maps, decoded: every slot of every frontend, backends by id."""
+
+    services: dict[lbm.ServiceKey, lbm.ServiceValue]
+    backends: dict[int, lbm.BackendValue]
 
 
 class DatapathAdapter:
@@ -93,51 +107,28 @@ class DatapathAdapter:
 
     def attach_service_programs(self, underlay_device: str, cgroup_root: Path | None) -> None:
         """Per-packet LB for traffic from outside (the underlay device), socket LB for the node's cgroup."""
-        from pyroute2 import IPRoute
-
-        with IPRoute() as ipr:
-            found = ipr.link_lookup(ifname=underlay_device)
-        if not found:
+        ifindex = link_index(underlay_device)
+        if ifindex is None:
             raise RuntimeError(f"underlay device {underlay_device!r} does not exist in this network namespace")
-        self.datapath.attach_host(int(found[0]))
+        self.datapath.attach_host(ifindex)
         if cgroup_root is not None:
             self.datapath.attach_sock(cgroup_root)
 
     def node_addresses(self) -> list[IPAddress]:
         """The node's addresses on its underlay device: where NodePort frontends listen."""
-        from pyroute2 import IPRoute
+        ifindex = link_index(self._config.underlay_device)
+        if ifindex is None:
+            return []
+        return sorted((a for a in addresses(ifindex) if not a.is_link_local and not a.is_loopback), key=str)
 
-        with IPRoute() as ipr:
-            found = ipr.link_lookup(ifname=self._config.underlay_device)
-            if not found:
-                return []
-            addresses = [ipaddress.ip_address(str(a.get("address"))) for a in ipr.get_addr(index=found[0])]
-        return sorted((a for a in addresses if not a.is_link_local and not a.is_loopback), key=str)
-
-    def dump_lb(self) -> list[dict[str, Any]]:
-        """The service map as the datapath sees it: each frontend with its slots and backends."""
-        lb = self.datapath.lb
-        snapshot = lb.snapshot((lbm.SERVICES_NAME, lbm.BACKENDS_NAME, lbm.REVNAT_NAME))
-        backends = {lbm.unpack_id(k): lbm.BackendValue.unpack(v) for k, v in snapshot[lbm.BACKENDS_NAME].items()}
-        services = {lbm.ServiceKey.unpack(k): lbm.ServiceValue.unpack(v)
-                    for k, v in snapshot[lbm.SERVICES_NAME].items()}
-        rows = []
-        for key, value in sorted(services.items(), key=lambda kv: (str(kv[0].address), kv[0].port, kv[0].slot)):
-            if key.slot:
-                continue
-            slots = []
-            for slot in range(1, value.count + 1):
-                slot_value = services.get(lbm.ServiceKey(key.address, key.port, key.protocol, slot))
-                backend = backends.get(slot_value.backend_id) if slot_value else None
-                slots.append({"slot": slot, "backend_id": slot_value.backend_id if slot_value else None,
-                              "backend": _endpoint_str(backend.address, backend.port) if backend else None,
-                              "state": lbm.BACKEND_STATE_NAMES.get(backend.state) if backend else None})
-            rows.append({"frontend": _endpoint_str(key.address, key.port),
-                         "protocol": PROTOCOLS.get(key.protocol, str(key.protocol)), "rev_nat_id": value.rev_nat_id,
-                         "flags": [n for bit, n in ((lbm.SVC_F_EXTERNAL, "external"), (lbm.SVC_F_AFFINITY, "affinity"),
-                                                    (lbm.SVC_F_MAGLEV, "maglev")) if value.flags & bit],
-                         "affinity_timeout": value.affinity_timeout, "backends": slots})
-        return rows
+    def lb_entries(self) -> LbEntries:
+        """The service and backend maps as the datapath sees them."""
+        snapshot = self.datapath.lb.snapshot((lbm.SERVICES_NAME, lbm.BACKENDS_NAME))
+        return LbEntries(
+            services={lbm.ServiceKey.unpack(k): lbm.ServiceValue.unpack(v)
+                      for k, v in snapshot[lbm.SERVICES_NAME].items()},
+            backends={lbm.unpack_id(k): lbm.BackendValue.unpack(v) for k, v in snapshot[lbm.BACKENDS_NAME].items()},
+        )
 
     def is_attached(self, record: EndpointRecord) -> bool:
         return self.datapath.endpoint_attached(record.host_ifindex)
@@ -175,7 +166,7 @@ class DatapathAdapter:
             if existing is not None and existing.identity >= CIDR_IDENTITY_BASE:
                 self.datapath.ipcache.delete(prefix)
 
-    def dump_policy(self, endpoint_id: int) -> dict[str, Any]:
+    def policy_entries(self, endpoint_id: int) -> InstalledEntries | None:
         return self.datapath.policy.dump(endpoint_id)
 
     def summary(self) -> dict[str, Any]:
@@ -188,57 +179,19 @@ class DatapathAdapter:
             "monitor_aggregation": self._config.monitor_aggregation.value,
         }
 
-    def dump_ct(self) -> list[dict[str, Any]]:
-        import time
+    def ct_entries(self) -> list[tuple[CtTuple, CtEntry]]:
+        return self.datapath.ct.entries()
 
-        now = time.monotonic()
-        rows = []
-        for key, entry in self.datapath.ct.entries():
-            rows.append({
-                "proto": PROTOCOLS.get(key.protocol, str(key.protocol)),
-                "source": _endpoint_str(key.source, key.source_port),
-                "destination": _endpoint_str(key.destination, key.destination_port),
-                "state": entry.state,
-                "expires_in": max(0, int(entry.expires - now)),
-                "tx_packets": entry.tx_packets,
-                "tx_bytes": entry.tx_bytes,
-                "rx_packets": entry.rx_packets,
-                "rx_bytes": entry.rx_bytes,
-                "src_identity": entry.src_identity,
-            })
-        return rows
+    def ipcache_entries(self) -> dict[Prefix, IpcacheValue]:
+        return self.datapath.ipcache.entries()
 
-    def dump_ipcache(self) -> list[dict[str, Any]]:
-        return [
-            {"prefix": str(prefix), "identity": value.identity, "tunnel_endpoint": value.tunnel_endpoint}
-            for prefix, value in sorted(self.datapath.ipcache.entries().items(), key=lambda kv: str(kv[0]))
-        ]
+    def endpoint_entries(self) -> dict[IPAddress, EndpointInfo]:
+        return self.datapath.endpoints.entries()
 
-    def dump_endpoints(self) -> list[dict[str, Any]]:
-        return [
-            {"ip": str(address), "endpoint_id": info.endpoint_id, "ifindex": info.ifindex, "mac": info.mac,
-             "lxc_mac": info.lxc_mac, "identity": info.identity}
-            for address, info in self.datapath.endpoints.entries().items()
-        ]
-
-    def dump_metrics(self) -> list[dict[str, Any]]:
-        return [
-            {"endpoint_id": key.endpoint_id, "direction": DIRECTIONS.get(key.direction, str(key.direction)),
-             "reason": "FORWARDED" if key.reason == 0 else DROP_REASONS.get(key.reason, (str(key.reason),))[0],
-             "packets": packets, "bytes": nbytes}
-            for key, (packets, nbytes) in sorted(self.datapath.metrics.totals().items(),
-                                                 key=lambda kv: (kv[0].endpoint_id, kv[0].direction))
-        ]
-
-
-def _endpoint_str(address: IPAddress, port: int) -> str:
-    return f"[{address}]:{port}" if address.version == 6 else f"{address}:{port}"
+    def metric_totals(self) -> dict[MetricsKey, tuple[int, int]]:
+        return self.datapath.metrics.totals()
 
 
 def _local_addresses() -> list[IPAddress]:
     """The node's own addresses (underlay and others) in this netns: traffic to them is `host`."""
-    from pyroute2 import IPRoute
-
-    with IPRoute() as ipr:
-        found = [ipaddress.ip_address(str(a.get("address"))) for a in ipr.get_addr()]
-    return [a for a in found if not a.is_loopback and not a.is_link_local]
+    return [a for a in addresses() if not a.is_loopback and not a.is_link_local]

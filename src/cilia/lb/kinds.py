@@ -8,8 +8,9 @@ from typing import Any
 
 from cilia.lb import k8s
 from cilia.lb.model import EndpointSliceSpec, ServiceSpec
+from cilia.resources.kinds import Kind
 from cilia.resources.parse import ResourceError
-from cilia.resources.validate import describe, register_kind, validate_common
+from cilia.resources.validate import describe, validate_common
 
 LbObject = ServiceSpec | EndpointSliceSpec
 
@@ -44,15 +45,8 @@ def _validate_endpoint_slice(obj: dict[str, Any]) -> None:
     k8s.parse_endpoint_slice(obj)
 
 
-VALIDATORS: dict[tuple[str, str], Callable[[dict[str, Any]], None]] = {
-    (k8s.SERVICE_API_VERSION, k8s.SERVICE_KIND): _validate_service,
-    (k8s.SLICE_API_VERSION, k8s.SLICE_KIND): _validate_endpoint_slice,
-}
-
-
-def register_lb_kinds() -> None:
-    for (api_version, kind), validator in VALIDATORS.items():
-        register_kind(api_version, kind, True, validator)
-
-
-register_lb_kinds()
+# Registered by the composition root (cilia.resources.kinds.KindRegistry).
+KINDS: tuple[Kind, ...] = (
+    Kind(k8s.SERVICE_API_VERSION, k8s.SERVICE_KIND, True, _validate_service),
+    Kind(k8s.SLICE_API_VERSION, k8s.SLICE_KIND, True, _validate_endpoint_slice),
+)

@@ -90,6 +90,35 @@ def encode(state: MapState, endpoint_id: int, generation: int) -> tuple[dict[byt
     return sel, lpm
 
 
+@dataclass(frozen=True)
+class ClassEntry:
+    """Selector map: this identity is in identity class `klass` of the endpoint's direction."""
+
+    direction: Direction
+    identity: int
+    klass: int
+
+
+@dataclass(frozen=True)
+class PortEntry:
+    """Port map: (class, protocol/port prefix) -> verdict and rule id."""
+
+    direction: Direction
+    klass: int
+    key: PortKey
+    value: PortValue
+
+
+@dataclass(frozen=True)
+class InstalledEntries:
+    """One endpoint's live policy entries as the maps hold them."""
+
+    endpoint_id: int
+    flags: int
+    classes: list[ClassEntry]
+    ports: list[PortEntry]
+
+
 class PolicyMaps:
     def __init__(self, state_map: BpfMap, sel_map: BpfMap, policy_map: BpfMap) -> None:
         self.state_map = state_map
@@ -179,26 +208,23 @@ class PolicyMaps:
         for bpf_map, key in current.stale:
             bpf_map.delete(key)
 
-    def dump(self, endpoint_id: int) -> dict[str, object]:
-        """The endpoint's live entries, decoded (for `cilia bpf policy get`)."""
+    def dump(self, endpoint_id: int) -> InstalledEntries | None:
+        """The endpoint's live entries, decoded (for `cilia bpf policy get`); None when it has none."""
         current = self.installed.get(endpoint_id)
         if current is None:
-            return {"endpoint_id": endpoint_id, "installed": False}
-        classes: list[dict[str, object]] = []
+            return None
+        classes: list[ClassEntry] = []
         for raw_key, raw_value in sorted(current.sel.items()):
             identity, _ep, dir_gen = _SEL_KEY.unpack(raw_key)
-            classes.append({"direction": _direction(dir_gen), "identity": identity,
-                            "class": _U32.unpack(raw_value)[0]})
-        ports: list[dict[str, object]] = []
+            classes.append(ClassEntry(_direction(dir_gen), identity, _U32.unpack(raw_value)[0]))
+        ports: list[PortEntry] = []
         for raw_key, raw_value in current.lpm.items():
             plen, _ep, klass, dir_gen, proto, port = _LPM_KEY.unpack(raw_key)
             key = PortKey(proto, int.from_bytes(port, "big"), max(0, plen - _FIXED_BITS - 8) if proto else 0)
             rule_id, verdict = _ENTRY.unpack(raw_value)
-            ports.append({"direction": _direction(dir_gen), "class": klass, "key": key,
-                          "value": PortValue(verdict, rule_id)})
-        return {"endpoint_id": endpoint_id, "installed": True, "flags": current.flags, "classes": classes,
-                "ports": ports}
+            ports.append(PortEntry(_direction(dir_gen), klass, key, PortValue(verdict, rule_id)))
+        return InstalledEntries(endpoint_id, current.flags, classes, ports)
 
 
-def _direction(dir_gen: int) -> str:
-    return "egress" if dir_gen >> 1 else "ingress"
+def _direction(dir_gen: int) -> Direction:
+    return Direction.EGRESS if dir_gen >> 1 else Direction.INGRESS

@@ -1,5 +1,8 @@
-"""A small typed wrapper over pyroute2: endpoint veths and the node's own networking."""
+"""A small typed wrapper over pyroute2: endpoint veths, the node's own networking, address lookups.
 
+The agent reaches netlink only through this package."""
+
+from cilia.netlink.addresses import addresses
 from cilia.netlink.links import (
     EndpointLink,
     EndpointLinkSpec,
@@ -13,6 +16,6 @@ from cilia.netlink.node import NodeNetConfig, setup_node_networking, teardown_no
 
 __all__ = [
     "EndpointLink", "EndpointLinkSpec", "NetlinkError", "NodeNetConfig",
-    "container_link_info", "create_endpoint_link", "delete_endpoint_link", "link_index",
+    "addresses", "container_link_info", "create_endpoint_link", "delete_endpoint_link", "link_index",
     "setup_node_networking", "teardown_node_networking",
 ]

@@ -7,7 +7,8 @@ from typing import Any
 
 from cilia.policy import cilium, k8s
 from cilia.policy.rules import PolicyRef, Rule
-from cilia.resources.validate import register_kind, validate_common
+from cilia.resources.kinds import Kind
+from cilia.resources.validate import validate_common
 
 PARSERS: dict[tuple[str, str], tuple[bool, Callable[[dict[str, Any]], list[Rule]]]] = {
     (k8s.API_VERSION, k8s.KIND): (True, k8s.parse_network_policy),
@@ -44,9 +45,8 @@ def _validator(namespaced: bool, parse: Callable[[dict[str, Any]], list[Rule]]) 
     return validate
 
 
-def register_policy_kinds() -> None:
-    for (api_version, kind), (namespaced, parse) in PARSERS.items():
-        register_kind(api_version, kind, namespaced, _validator(namespaced, parse))
-
-
-register_policy_kinds()
+# Registered by the composition root (cilia.resources.kinds.KindRegistry).
+KINDS: tuple[Kind, ...] = tuple(
+    Kind(api_version, kind, namespaced, _validator(namespaced, parse))
+    for (api_version, kind), (namespaced, parse) in PARSERS.items()
+)

@@ -12,8 +12,9 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from cilia.jsonfile import read_json
+from cilia.resources.kinds import KindRegistry
 from cilia.resources.parse import ResourceError
-from cilia.resources.validate import describe, is_cluster_scoped, is_namespaced, validate
+from cilia.resources.validate import describe
 
 Object = dict[str, Any]
 Watcher = Callable[[str, Object, Object | None], None]
@@ -57,14 +58,16 @@ class ResourceStore(Protocol):
 
 
 class LocalStore:
-    """Validates a whole batch before storing any of it: a bad object changes nothing.
+    """Validates a whole batch before storing any of it (against the kinds it was given): a bad
+    object changes nothing.
 
     Objects live in memory and in a SQLite file, one row each, so an apply writes only the rows it
     changes (in one transaction) whatever the number of objects stored: at 10,000 Services a change
     costs a row, not a rewrite of everything. WAL journal: a killed agent loses nothing committed."""
 
-    def __init__(self, state_file: Path) -> None:
+    def __init__(self, state_file: Path, kinds: KindRegistry) -> None:
         self._state_file = state_file
+        self._kinds = kinds
         self._lock = threading.RLock()
         state_file.parent.mkdir(parents=True, exist_ok=True)
         self._db = sqlite3.connect(state_file, check_same_thread=False, isolation_level=None)
@@ -95,11 +98,11 @@ class LocalStore:
     def apply(self, objects: list[Object]) -> list[ApplyOutcome]:
         batch = [copy.deepcopy(obj) for obj in objects]
         for obj in batch:
-            validate(obj)
+            self._kinds.validate(obj)
         with self._lock:
             batch_namespaces = {o["metadata"]["name"] for o in batch if o["kind"] == "Namespace"}
             for obj in batch:
-                if is_namespaced(obj):
+                if self._kinds.is_namespaced(obj):
                     namespace = obj["metadata"]["namespace"]
                     if namespace not in batch_namespaces and self.get("Namespace", None, namespace) is None \
                             and namespace != "default":
@@ -138,7 +141,7 @@ class LocalStore:
                 kind, name = obj.get("kind"), metadata.get("name")
                 if not isinstance(kind, str) or not isinstance(name, str):
                     raise ResourceError(f"{describe(obj)}: 'kind' and 'metadata.name' are required to delete")
-                namespace = metadata.get("namespace") or (None if is_cluster_scoped(obj) else "default")
+                namespace = metadata.get("namespace") or (None if self._kinds.is_cluster_scoped(obj) else "default")
                 key = _key(kind, namespace, name)
                 old = self._objects.pop(key, None)
                 outcomes.append(ApplyOutcome(kind, namespace, name, "deleted" if old else "not-found"))

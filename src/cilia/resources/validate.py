@@ -1,9 +1,10 @@
-"""Validation per kind. Adding a kind = adding one validator to KINDS."""
+"""Validation of the core kinds (Namespace, Pod) and the checks every kind shares (metadata, labels).
+
+Which kinds a store accepts is a `cilia.resources.kinds.KindRegistry` built by the composition root."""
 
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
 from typing import Any
 
 from cilia.resources.parse import ResourceError
@@ -97,36 +98,3 @@ def validate_pod(obj: dict[str, Any]) -> None:
             name = port.get("name")
             if name is not None and (not isinstance(name, str) or len(name) > 15 or not DNS1123_LABEL.match(name)):
                 raise _fail(obj, f"{where}.name", "must be a DNS-1123 label of at most 15 characters")
-
-
-KINDS: dict[tuple[str, str], tuple[bool, Callable[[dict[str, Any]], None]]] = {
-    ("v1", "Namespace"): (False, validate_namespace),
-    ("v1", "Pod"): (True, validate_pod),
-}
-
-
-def register_kind(api_version: str, kind: str, namespaced: bool, validator: Callable[[dict[str, Any]], None]) -> None:
-    """Kinds owned by other packages (policy) plug their validators in here."""
-    KINDS[(api_version, kind)] = (namespaced, validator)
-
-
-def validate(obj: Any) -> None:
-    if not isinstance(obj, dict):
-        raise ResourceError(f"an object must be a mapping, got {type(obj).__name__}")
-    api_version, kind = obj.get("apiVersion"), obj.get("kind")
-    if not isinstance(kind, str) or not kind:
-        raise ResourceError(f"{describe(obj)}: field 'kind': is required")
-    if not isinstance(api_version, str) or (api_version, kind) not in KINDS:
-        supported = ", ".join(f"{a}/{k}" for a, k in KINDS)
-        raise ResourceError(f"{describe(obj)}: apiVersion {api_version!r} kind {kind!r} is not supported yet "
-                            f"(supported: {supported})")
-    KINDS[(api_version, kind)][1](obj)
-
-
-def is_namespaced(obj: dict[str, Any]) -> bool:
-    return KINDS[(obj["apiVersion"], obj["kind"])][0]
-
-
-def is_cluster_scoped(obj: dict[str, Any]) -> bool:
-    """By kind alone (a delete request may carry only kind and name)."""
-    return any(kind == obj.get("kind") and not namespaced for (_api, kind), (namespaced, _v) in KINDS.items())

@@ -1,4 +1,6 @@
-"""Flow API routes: GET /v1/flows (last N, filters, follow) as NDJSON, and /v1/flows/status."""
+"""Flow API routes: GET /v1/flows (last N, filters, follow) and GET /v1/monitor (decoded events) as
+NDJSON, and GET /v1/flows/status. Reads only the flow rings.
+"""
 
 from __future__ import annotations
 

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+from cilia.hostport import host_port
 from cilia.monitor.events import EVENT_DROP, EVENT_TRACE, MonitorEvent, SockEvent
 
 Flow = dict[str, Any]
@@ -130,7 +131,7 @@ class FlowBuilder:
         reply = packet.source == service["address"]
         flow["source_service" if reply else "destination_service"] = ref
         port = packet.l4.source_port if reply and packet.l4 else packet.l4.destination_port if packet.l4 else 0
-        backend = None if reply else _host_port(packet.destination, port)
+        backend = None if reply else host_port(packet.destination, port)
         flow["service"] = {"name": service["name"], "namespace": service["namespace"],
                            "frontend": service["frontend"], **({"backend": backend} if backend else {})}
         via = f"service {service['service']} {service['frontend']}" + (f" -> {backend}" if backend else " (reply)")
@@ -143,8 +144,8 @@ class FlowBuilder:
         service = self._services(event.rev_nat_id)
         client = (netns or self._netns)(event.netns_cookie)
         destination = self._endpoint(event.backend, 0, endpoints)
-        frontend = _host_port(event.frontend, event.frontend_port)
-        backend = _host_port(event.backend, event.backend_port)
+        frontend = host_port(event.frontend, event.frontend_port)
+        backend = host_port(event.backend, event.backend_port)
         flow: Flow = {
             "time": timestamp.isoformat().replace("+00:00", "Z"),
             "uuid": str(uuid.uuid4()),
@@ -187,10 +188,6 @@ _EVENT_TYPE = {1: 4, 2: 1, 3: 5}  # trace, drop, policy verdict -> Hubble's even
 def _view(view: EndpointView) -> dict[str, Any]:
     return {"ID": view.id, "identity": view.identity, "namespace": view.namespace, "labels": view.labels,
             "pod_name": view.pod_name}
-
-
-def _host_port(address: str, port: int) -> str:
-    return f"[{address}]:{port}" if ":" in address else f"{address}:{port}"
 
 
 def _verdict(event: MonitorEvent) -> str:

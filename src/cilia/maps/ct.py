@@ -14,7 +14,6 @@ TCP_NAME = "cilia_ct_tcp_v1"
 ANY_NAME = "cilia_ct_any_v1"
 _KEY = struct.Struct("<16s16sHHBBH")
 _VALUE = struct.Struct("<QQQQQIIBBBBBBH")
-PROTOCOLS = {6: "TCP", 17: "UDP", 1: "ICMP", 58: "ICMPv6", 132: "SCTP"}
 
 
 @dataclass(frozen=True)

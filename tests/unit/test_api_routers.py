@@ -5,6 +5,7 @@ names the request or the objects, and logged with its traceback."""
 from __future__ import annotations
 
 import ipaddress
+import json
 import logging
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -423,6 +424,21 @@ def test_bpf_maps_are_rendered_rows() -> None:
         assert api.get("/v1/bpf/endpoints").json() == [] and api.get("/v1/bpf/lb").json() == []
         assert api.get("/v1/bpf/policy/1").json() == {"endpoint_id": 1, "installed": False}
         assert_error(api.get("/v1/bpf/policy/4"), 404, CILIA_NOT_FOUND, "endpoint 4")
+
+
+def test_flows_and_monitor_stream_ndjson() -> None:
+    ring, raw = FlowRing(8), FlowRing(8)
+    for verdict in ("FORWARDED", "DROPPED", "FORWARDED"):
+        ring.add({"verdict": verdict, "time": "t"})
+    raw.add({"type": "trace"})
+    for api in client(flows.make_router(ring, "n1", raw)):
+        dropped = api.get("/v1/flows", params={"last": 5, "verdict": "dropped"})
+        lines = [json.loads(line) for line in dropped.iter_lines() if line]
+        assert lines == [{"flow": {"verdict": "DROPPED", "time": "t"}, "node_name": "n1", "time": "t"}]
+        assert len([line for line in api.get("/v1/flows", params={"last": 2}).iter_lines() if line]) == 2
+        monitor = api.get("/v1/monitor", params={"last": 5, "follow": False})
+        assert [json.loads(line) for line in monitor.iter_lines() if line] == [{"type": "trace"}]
+        assert api.get("/v1/flows/status").json() == {"buffered": 3, "seen": 3, "events_lost": 0}
 
 
 def test_flow_status() -> None:

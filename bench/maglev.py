@@ -1,7 +1,7 @@
 """`python -m bench.maglev [--repeats 5]`: how long a Maglev table takes to compute, and how much of it
 a backend change moves.
 
-For each table size M (16381, the default, and 65521) and backend count N (100 and 1,000): the
+For each table size M (the default, 16381, and 65521) and backend count N (100 and 1,000): the
 median over the repeats of building the table for N backends, and, as the baseline in the same run,
 of rebuilding it with one backend added, with the share of entries that rebuild changed against the
 ideal 1 / (N + 1) (Maglev moves somewhat more than the ideal; less the larger M is against N).
@@ -17,9 +17,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from cilia.lb.maglev import MaglevBackend, build_table, table_changes
+from cilia.lb.maglev import DEFAULT_SIZE, MaglevBackend, build_table, table_changes
 
-SIZES = (16381, 65521)
+SIZES = (DEFAULT_SIZE, 65521)
 BACKENDS = (100, 1000)
 
 

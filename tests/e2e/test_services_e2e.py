@@ -20,6 +20,7 @@ from cilia.api.client import AgentClient, AgentError
 from cilia.api.models import ApplyRequest
 from cilia.lab.lab import PYTHON, Lab, cleanup_leftovers
 from cilia.lab.topology import PodSpec, PortSpec, parse_topology
+from cilia.lb.maglev import DEFAULT_SIZE as MAGLEV_DEFAULT_SIZE
 from cilia.paths import NodePaths
 
 WEB_PORTS = [{"port": 8080, "protocol": "tcp", "name": "http"}, {"port": 5353, "protocol": "udp", "name": "dns"}]
@@ -340,9 +341,9 @@ def test_cli_lists_services_lb_map_and_maglev(slab: Lab) -> None:
     assert lb["10.96.0.11:80"]["affinity_timeout"] == 1 and "affinity" in lb["10.96.0.11:80"]["flags"]
     assert lb["10.96.0.12:80"]["backends"] == []
     tables = cli("bpf", "lb", "maglev", "get", "default/web")
-    assert tables and all(t["size"] == 16381 for t in tables)
+    assert tables and all(t["size"] == MAGLEV_DEFAULT_SIZE for t in tables)
     counts = sorted(tables[0]["entries_per_backend"].values())
-    assert len(counts) == 2 and counts[1] - counts[0] <= 1 and sum(counts) == 16381
+    assert len(counts) == 2 and counts[1] - counts[0] <= 1 and sum(counts) == MAGLEV_DEFAULT_SIZE
 
 
 def test_agent_kill_9_keeps_services_and_restart_rewrites_nothing(slab: Lab) -> None:

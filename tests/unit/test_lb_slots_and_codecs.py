@@ -13,8 +13,10 @@ from typing import cast
 
 import pytest
 
-from cilia.agent.service_manager import ClusterIpAllocator, stable_slots
 from cilia.bpf import BpfMap
+from cilia.lb.clusterip import ClusterIpAllocator
+from cilia.lb.desired import stable_slots
+from cilia.lb.maglev import DEFAULT_SIZE
 from cilia.lb.model import ServiceName
 from cilia.maps import lb as lbm
 from cilia.maps.lb import (
@@ -187,6 +189,13 @@ def test_flags_and_states_mirror_lb_h() -> None:
     assert defines["LB_SVC_F_MAGLEV"] == "(1 << 2)" and lbm.SVC_F_MAGLEV == 4
     assert {k: int(defines[f"LB_BACKEND_{k.upper()}"]) for k in lbm.BACKEND_STATES} == lbm.BACKEND_STATES
     assert lbm.BACKEND_STATES == {"active": 0, "terminating": 1, "quarantined": 2}
+
+
+def test_maglev_map_default_value_size_is_the_default_table_size() -> None:
+    """lb.h declares the Maglev map with the default table's value size (the agent sets the real one
+    before each load): it must be cilia.lb.maglev's one definition."""
+    declared = re.search(r"__uint\(value_size, (\d+) \* sizeof\(__u32\)\);", LB_H.read_text())
+    assert declared is not None and int(declared.group(1)) == DEFAULT_SIZE == lbm.DEFAULT_MAGLEV_SIZE
 
 
 def test_service_key_v4_raw_bytes_and_round_trip() -> None:

@@ -18,7 +18,7 @@ def backends(count: int, start: int = 0) -> list[MaglevBackend]:
     return [MaglevBackend(i, f"10.{i // 65536}.{i // 256 % 256}.{i % 256}:8080") for i in range(start, start + count)]
 
 
-@pytest.mark.parametrize(("size", "count"), [(16381, 100), (65521, 500)])
+@pytest.mark.parametrize(("size", "count"), [(DEFAULT_SIZE, 100), (65521, 500)])
 def test_every_backend_within_one_percent_of_its_share(size: int, count: int) -> None:
     table = build_table(backends(count), size)
     assert len(table) == size
@@ -32,7 +32,7 @@ def test_every_backend_within_one_percent_of_its_share(size: int, count: int) ->
 # Maglev does not guarantee minimal disruption: a displaced backend's next preference may be
 # another backend's slot. The excess shrinks as size / backends grows; measured with these keys:
 # about 1.6x the ideal at 65521 / 100 and 2.4x at 16381 / 100.
-@pytest.mark.parametrize(("size", "bound"), [(65521, 2.0), (16381, 3.0)])
+@pytest.mark.parametrize(("size", "bound"), [(65521, 2.0), (DEFAULT_SIZE, 3.0)])
 def test_adding_a_backend_moves_about_its_share(size: int, bound: float) -> None:
     before = build_table(backends(100), size)
     after = build_table([*backends(100), MaglevBackend(100, "10.0.1.0:8080")], size)
@@ -77,7 +77,7 @@ def test_same_table_in_other_processes() -> None:
 
 
 def test_weights_are_honoured() -> None:
-    size = 16381
+    size = DEFAULT_SIZE
     members = [MaglevBackend(i, f"b{i}", weight=2 if i < 10 else 1) for i in range(20)]
     shares = Counter(build_table(members, size))
     total_weight = 10 * 2 + 10 * 1

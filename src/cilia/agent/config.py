@@ -8,6 +8,8 @@ from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
 
+from cilia.lb.maglev import DEFAULT_SIZE as MAGLEV_DEFAULT_SIZE
+from cilia.lb.maglev import MAGLEV_SIZES
 from cilia.paths import NodePaths
 
 
@@ -40,7 +42,7 @@ class AgentConfig:
     cgroup_root: Path | None = None
     service_cidrs: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
     lb_map_max: int = 65536
-    maglev_table_size: int = 16381
+    maglev_table_size: int = MAGLEV_DEFAULT_SIZE
     maglev_hash_seed: int = 0
 
     @property
@@ -102,15 +104,14 @@ def build_parser() -> argparse.ArgumentParser:
                              "(repeatable; default 10.96.0.0/12)")
     parser.add_argument("--bpf-lb-map-max", type=int, default=65536, dest="lb_map_max",
                         help="entries of the service, backend, rev-NAT, affinity and Maglev maps")
-    parser.add_argument("--bpf-lb-maglev-table-size", type=_maglev_size, default=16381, dest="maglev_table_size",
+    parser.add_argument("--bpf-lb-maglev-table-size", type=_maglev_size, default=MAGLEV_DEFAULT_SIZE,
+                        dest="maglev_table_size",
                         help="Maglev table size M per external frontend (a prime; M > 100 x backends)")
     parser.add_argument("--bpf-lb-maglev-hash-seed", type=int, default=0, dest="maglev_hash_seed")
     return parser
 
 
 def _maglev_size(text: str) -> int:
-    from cilia.lb.maglev import MAGLEV_SIZES
-
     if not text.isdigit() or int(text) not in MAGLEV_SIZES:
         raise argparse.ArgumentTypeError(f"--bpf-lb-maglev-table-size {text!r}: must be one of "
                                          f"{', '.join(map(str, MAGLEV_SIZES))}")

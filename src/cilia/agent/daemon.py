@@ -36,12 +36,12 @@ from cilia.agent.endpoint_manager import EndpointManager
 from cilia.agent.events import EventPump
 from cilia.agent.links import NetlinkLinks
 from cilia.agent.policy_manager import PolicyManager, Settings
-from cilia.agent.service_manager import ServiceManager
 from cilia.api.models import NodeStatus
 from cilia.endpoint.store import EndpointStore
 from cilia.identity.allocator import LocalIdentityAllocator
 from cilia.ipam import Ipam
 from cilia.lb import kinds as lb_kinds
+from cilia.lb.manager import ServiceManager
 from cilia.netlink import NodeNetConfig, setup_node_networking
 from cilia.policy import kinds as policy_kinds
 from cilia.policy.kinds import is_policy
@@ -102,7 +102,6 @@ class Agent:
             node=config.node,
             node_addresses=self.datapath.node_addresses,
             state_dir=paths.state_dir,
-            lock=self.endpoints.lock,
             maglev_size=config.maglev_table_size,
             maglev_seed=config.maglev_hash_seed,
             service_cidrs=config.service_cidrs,

@@ -2,6 +2,7 @@
 
 The datapath keeps, per (frontend rev-NAT id, client), the backend it chose and when (seconds,
 CLOCK_MONOTONIC) the entry was last used; the agent garbage-collects entries with `expired`.
+cilia.maps.lb reads and deletes them as the typed `AffinityKey` / `AffinityEntry` below.
 """
 
 from __future__ import annotations
@@ -10,7 +11,21 @@ from collections.abc import Callable, Collection, Hashable, Mapping
 from dataclasses import dataclass
 from typing import TypeVar
 
+from cilia.lb.model import IPAddress
+
 K = TypeVar("K", bound=Hashable)
+
+
+@dataclass(frozen=True)
+class AffinityKey:
+    """Which client a frontend's affinity entry is for: its address (per-packet path), or the
+    cookie of its network namespace (socket path, where the source address is not known yet)."""
+
+    rev_nat_id: int
+    client: IPAddress | int  # an int is a netns cookie
+
+    def __str__(self) -> str:
+        return f"netns:{self.client}" if isinstance(self.client, int) else str(self.client)
 
 
 @dataclass(frozen=True)

@@ -12,6 +12,8 @@ import ipaddress
 from dataclasses import dataclass, field
 from enum import StrEnum
 
+from cilia import ipproto
+
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 DEFAULT_AFFINITY_TIMEOUT = 10800  # seconds: Kubernetes' default for sessionAffinity ClientIP
@@ -23,7 +25,14 @@ class L4Protocol(StrEnum):
 
     @property
     def number(self) -> int:
-        return 6 if self is L4Protocol.TCP else 17
+        """The IP protocol number (cilia.ipproto)."""
+        return ipproto.number_of(self.value)
+
+    @classmethod
+    def of_number(cls, number: int) -> L4Protocol | None:
+        """TCP for 6, UDP for 17; None for a protocol services do not use."""
+        name = ipproto.name_of(number)
+        return cls(name) if name in cls.__members__ else None
 
 
 class ServiceType(StrEnum):

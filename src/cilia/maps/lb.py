@@ -1,18 +1,41 @@
-"""The service load-balancing maps (C: bpf/lib/lb.h): codecs and a diff writer.
+"""The service load-balancing maps (C: bpf/lib/lb.h): codecs and the writer.
 
-Keys and values are packed from typed records here; the agent's service manager decides what the
-maps should hold and hands over packed entries per map, so this module knows layouts, not policy.
+Two layers of codecs: records that mirror the C structs field for field (`ServiceKey`,
+`ServiceValue`, `BackendValue`, `RevNatValue`: for dumps, and for tests and benches that build
+entries by hand), and the packing of the service engine's typed entries (cilia.lb.entries,
+cilia.lb.affinity), which is the only place those become bytes. The engine decides what the maps
+hold and in which order operations run (cilia.lb.reconcile); this module knows layouts, not policy.
 """
 
 from __future__ import annotations
 
+import logging
 import socket
 import struct
-from collections.abc import Iterable, Mapping
+from array import array
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from cilia.bpf import BpfMap
+from cilia.lb.affinity import AffinityEntry, AffinityKey
+from cilia.lb.entries import (
+    BackendEntry,
+    LbEntries,
+    LbTable,
+    MaglevEntry,
+    RevNatEntry,
+    ServiceEntry,
+    SlotEntry,
+    SlotKey,
+    SlotValue,
+)
+from cilia.lb.maglev import DEFAULT_SIZE
+from cilia.lb.model import BackendState
+from cilia.lb.reconcile import LbChanges, LbKeys, LbMapError, Operation, Put, plan
 from cilia.maps.addr import AF_INET, IPAddress, addr16, from_addr16
+
+log = logging.getLogger(__name__)
 
 SERVICES_NAME = "cilia_lb_services_v1"
 BACKENDS_NAME = "cilia_lb_backends_v1"
@@ -25,7 +48,7 @@ NAMES = (SERVICES_NAME, BACKENDS_NAME, REVNAT_NAME, AFFINITY_NAME, CONN_NAME, SO
 # Sized together by --bpf-lb-map-max (Cilium's default 65536); the conn and sock tables are LRU caches.
 SIZED_BY_MAP_MAX = (SERVICES_NAME, BACKENDS_NAME, REVNAT_NAME, AFFINITY_NAME, MAGLEV_NAME)
 MAP_MAX = 65536
-DEFAULT_MAGLEV_SIZE = 16381
+DEFAULT_MAGLEV_SIZE = DEFAULT_SIZE  # one definition: cilia.lb.maglev
 
 SVC_F_EXTERNAL = 1 << 0
 SVC_F_AFFINITY = 1 << 1
@@ -46,8 +69,12 @@ def _port(port: int) -> bytes:
     return port.to_bytes(2, "big")
 
 
-def _family(address: IPAddress) -> int:
-    return AF_INET if address.version == 4 else socket.AF_INET6
+_V4_MAPPED = b"\0" * 10 + b"\xff\xff"
+
+
+def _from16(raw: bytes) -> IPAddress:
+    """A 16-byte address: v4-mapped is IPv4 (cilia.maps.addr.addr16), anything else IPv6."""
+    return from_addr16(raw, AF_INET if raw[:12] == _V4_MAPPED else socket.AF_INET6)
 
 
 @dataclass(frozen=True)
@@ -63,8 +90,7 @@ class ServiceKey:
     @classmethod
     def unpack(cls, raw: bytes) -> ServiceKey:
         address, port, slot, protocol = _SVC_KEY.unpack(raw)
-        family = AF_INET if address[:12] == b"\0" * 10 + b"\xff\xff" else socket.AF_INET6
-        return cls(from_addr16(address, family), int.from_bytes(port, "big"), protocol, slot)
+        return cls(_from16(address), int.from_bytes(port, "big"), protocol, slot)
 
 
 @dataclass(frozen=True)
@@ -99,8 +125,7 @@ class BackendValue:
     @classmethod
     def unpack(cls, raw: bytes) -> BackendValue:
         address, port, protocol, state = _BACKEND.unpack(raw[: _BACKEND.size])
-        family = AF_INET if address[:12] == b"\0" * 10 + b"\xff\xff" else socket.AF_INET6
-        return cls(from_addr16(address, family), int.from_bytes(port, "big"), protocol, state)
+        return cls(_from16(address), int.from_bytes(port, "big"), protocol, state)
 
 
 @dataclass(frozen=True)
@@ -114,8 +139,7 @@ class RevNatValue:
     @classmethod
     def unpack(cls, raw: bytes) -> RevNatValue:
         address, port = _REVNAT.unpack(raw[: _REVNAT.size])
-        family = AF_INET if address[:12] == b"\0" * 10 + b"\xff\xff" else socket.AF_INET6
-        return cls(from_addr16(address, family), int.from_bytes(port, "big"))
+        return cls(_from16(address), int.from_bytes(port, "big"))
 
 
 def pack_id(value: int) -> bytes:
@@ -137,71 +161,176 @@ def unpack_maglev(raw: bytes) -> list[int]:
     return list(struct.unpack(f"<{len(raw) // 4}I", raw[: len(raw) // 4 * 4]))
 
 
-@dataclass(frozen=True)
-class AffinityKey:
-    client: bytes  # 16 bytes: an address (v4-mapped) or a netns cookie in the first 8
-    rev_nat_id: int
-    netns: bool
-
-    @classmethod
-    def unpack(cls, raw: bytes) -> AffinityKey:
-        client, rev_nat_id, netns = _AFFINITY_KEY.unpack(raw)
-        return cls(client, rev_nat_id, bool(netns))
-
-    def describe(self) -> str:
-        if self.netns:
-            return f"netns:{int.from_bytes(self.client[:8], 'little')}"
-        family = AF_INET if self.client[:12] == b"\0" * 10 + b"\xff\xff" else socket.AF_INET6
-        return str(from_addr16(self.client, family))
-
-
 def unpack_affinity_value(raw: bytes) -> tuple[int, int]:
     backend_id, last_used = _AFFINITY_VALUE.unpack(raw[: _AFFINITY_VALUE.size])
     return int(backend_id), int(last_used)
 
 
+# ----- typed entries (cilia.lb.entries, cilia.lb.affinity) <-> bytes ----------------------------------
+
+def pack_slot_key(key: SlotKey) -> bytes:
+    return ServiceKey(key.address, key.port, key.protocol, key.slot).pack()
+
+
+def unpack_slot_key(raw: bytes) -> SlotKey:
+    key = ServiceKey.unpack(raw)
+    return SlotKey(key.address, key.port, key.protocol, key.slot)
+
+
+def pack_slot_value(value: SlotValue) -> bytes:
+    if isinstance(value, SlotEntry):
+        return ServiceValue(backend_id=value.backend_id).pack()
+    flags = (SVC_F_EXTERNAL if value.external else 0) | (SVC_F_AFFINITY if value.affinity else 0) | \
+        (SVC_F_MAGLEV if value.maglev else 0)
+    return ServiceValue(count=value.count, rev_nat_id=value.rev_nat_id, flags=flags,
+                        affinity_timeout=value.affinity_timeout).pack()
+
+
+def unpack_slot_value(raw: bytes, slot: int) -> SlotValue:
+    """Slot 0 holds the service entry, any other slot a backend id."""
+    value = ServiceValue.unpack(raw)
+    if slot:
+        return SlotEntry(value.backend_id)
+    return ServiceEntry(count=value.count, rev_nat_id=value.rev_nat_id, external=bool(value.flags & SVC_F_EXTERNAL),
+                        affinity=bool(value.flags & SVC_F_AFFINITY), maglev=bool(value.flags & SVC_F_MAGLEV),
+                        affinity_timeout=value.affinity_timeout)
+
+
+def pack_backend(entry: BackendEntry) -> bytes:
+    return BackendValue(entry.address, entry.port, entry.protocol, BACKEND_STATES[entry.state.value]).pack()
+
+
+def unpack_backend(raw: bytes) -> BackendEntry:
+    value = BackendValue.unpack(raw)
+    name = BACKEND_STATE_NAMES.get(value.state)
+    if name is None:
+        raise ValueError(f"backend state {value.state} is none of {BACKEND_STATE_NAMES}")
+    return BackendEntry(value.address, value.port, value.protocol, BackendState(name))
+
+
+def pack_revnat(entry: RevNatEntry) -> bytes:
+    return RevNatValue(entry.address, entry.port).pack()
+
+
+def unpack_revnat(raw: bytes) -> RevNatEntry:
+    value = RevNatValue.unpack(raw)
+    return RevNatEntry(value.address, value.port)
+
+
+def unpack_maglev_entry(raw: bytes) -> MaglevEntry:
+    return MaglevEntry(array("I", unpack_maglev(raw)))
+
+
+def pack_affinity_key(key: AffinityKey) -> bytes:
+    """The client is an address (per-packet path) or a netns cookie in the first 8 bytes (socket path)."""
+    if isinstance(key.client, int):
+        return _AFFINITY_KEY.pack(key.client.to_bytes(8, "little") + bytes(8), key.rev_nat_id, 1)
+    return _AFFINITY_KEY.pack(addr16(key.client), key.rev_nat_id, 0)
+
+
+def unpack_affinity_key(raw: bytes) -> AffinityKey:
+    client, rev_nat_id, netns = _AFFINITY_KEY.unpack(raw)
+    if netns:
+        return AffinityKey(rev_nat_id, int.from_bytes(client[:8], "little"))
+    return AffinityKey(rev_nat_id, _from16(client))
+
+
+def _pack_key(key: SlotKey | int) -> bytes:
+    return pack_slot_key(key) if isinstance(key, SlotKey) else pack_id(key)
+
+
 Entries = dict[bytes, bytes]
 WRITE_ORDER = (BACKENDS_NAME, REVNAT_NAME, MAGLEV_NAME, SERVICES_NAME)
+MAP_OF_TABLE = {LbTable.SERVICES: SERVICES_NAME, LbTable.BACKENDS: BACKENDS_NAME, LbTable.REVNAT: REVNAT_NAME,
+                LbTable.MAGLEV: MAGLEV_NAME}
 
 
-def _is_master(service_key: bytes) -> bool:
-    return service_key[18:20] == b"\0\0"
+def _decoded(raw: Entries, name: str, key_of: Callable[[bytes], Any],
+             value_of: Callable[[bytes, Any], Any]) -> dict[Any, Any]:
+    out: dict[Any, Any] = {}
+    for raw_key, raw_value in raw.items():
+        key = key_of(raw_key)
+        try:
+            out[key] = value_of(raw_value, key)
+        except ValueError as exc:  # not written by us: left out, so it is overwritten or left alone
+            log.warning("%s: entry %s does not decode: %s", name, raw_key.hex(), exc)
+    return out
 
 
 class LbMaps:
-    """The node's LB maps by name, with an ordered diff writer."""
+    """The node's LB maps by name: typed reads and ordered writes for the service engine
+    (cilia.lb.manager.LbMapsPort), raw snapshots for dumps."""
 
     def __init__(self, maps: Mapping[str, BpfMap], maglev_size: int) -> None:
         self.maps = dict(maps)
         self.maglev_size = maglev_size
 
     def snapshot(self, names: Iterable[str] = WRITE_ORDER) -> dict[str, Entries]:
-        """What the maps hold now (for a restarted agent to diff against)."""
+        """What the maps hold now, packed."""
         return {name: dict(self.maps[name].items()) for name in names}
 
+    def entries(self) -> LbEntries:
+        """What the services, backends, rev-NAT and Maglev maps hold now, as typed entries."""
+        raw = self.snapshot()
+        return LbEntries(
+            services=_decoded(raw[SERVICES_NAME], SERVICES_NAME, unpack_slot_key,
+                              lambda v, k: unpack_slot_value(v, k.slot)),
+            backends=_decoded(raw[BACKENDS_NAME], BACKENDS_NAME, unpack_id, lambda v, _k: unpack_backend(v)),
+            revnat=_decoded(raw[REVNAT_NAME], REVNAT_NAME, unpack_id, lambda v, _k: unpack_revnat(v)),
+            maglev=_decoded(raw[MAGLEV_NAME], MAGLEV_NAME, unpack_id, lambda v, _k: unpack_maglev_entry(v)))
+
+    def _pack_value(self, value: Any) -> bytes:
+        if isinstance(value, ServiceEntry | SlotEntry):
+            return pack_slot_value(value)
+        if isinstance(value, BackendEntry):
+            return pack_backend(value)
+        if isinstance(value, RevNatEntry):
+            return pack_revnat(value)
+        if isinstance(value, MaglevEntry):
+            return pack_maglev(value.table, self.maglev_size)
+        raise TypeError(f"no LB map holds a {type(value).__name__}")
+
+    def write(self, operations: Sequence[Operation]) -> int:
+        """Run the operations in the order given (cilia.lb.reconcile.plan orders them); the number
+        done. A failed map operation raises LbMapError: the operations before it stay done."""
+        done = 0
+        try:
+            for op in operations:
+                bpf_map = self.maps[MAP_OF_TABLE[op.table]]
+                if isinstance(op, Put):
+                    bpf_map.update(_pack_key(op.key), self._pack_value(op.value))
+                else:
+                    bpf_map.delete(_pack_key(op.key))
+                done += 1
+        except Exception as exc:
+            from cilia.bpf.errors import BpfError  # here only: the codecs above import without libbpf
+
+            if isinstance(exc, BpfError):
+                raise LbMapError(str(exc)) from exc
+            raise
+        return done
+
     def apply(self, upserts: Mapping[str, Entries], deletes: Mapping[str, Iterable[bytes]]) -> int:
-        """Write `upserts` and remove `deletes`, ordered so the datapath never sees a dangling id:
-        backends, rev-NAT entries and Maglev tables before the slots that name them, slots before
-        their service entry (whose count makes them reachable); removal the other way round.
-        Returns the number of map operations."""
-        operations = 0
-        for name in WRITE_ORDER:
-            entries = upserts.get(name, {})
-            keys = sorted(entries, key=_is_master) if name == SERVICES_NAME else list(entries)
-            for key in keys:
-                self.maps[name].update(key, entries[key])
-                operations += 1
-        for name in reversed(WRITE_ORDER):
-            keys = list(deletes.get(name, ()))
-            if name == SERVICES_NAME:
-                keys.sort(key=lambda k: not _is_master(k))
-            for key in keys:
-                self.maps[name].delete(key)
-                operations += 1
-        return operations
+        """Write packed `upserts` and remove packed `deletes` (entries built by hand: tests, benches),
+        in the order the engine's writes take (cilia.lb.reconcile). Returns the number of map operations."""
+        services = upserts.get(SERVICES_NAME, {})
+        changes = LbChanges(
+            LbEntries(
+                services={unpack_slot_key(k): unpack_slot_value(v, ServiceKey.unpack(k).slot)
+                          for k, v in services.items()},
+                backends={unpack_id(k): unpack_backend(v) for k, v in upserts.get(BACKENDS_NAME, {}).items()},
+                revnat={unpack_id(k): unpack_revnat(v) for k, v in upserts.get(REVNAT_NAME, {}).items()},
+                maglev={unpack_id(k): unpack_maglev_entry(v) for k, v in upserts.get(MAGLEV_NAME, {}).items()}),
+            LbKeys(services=[unpack_slot_key(k) for k in deletes.get(SERVICES_NAME, ())],
+                   backends=[unpack_id(k) for k in deletes.get(BACKENDS_NAME, ())],
+                   revnat=[unpack_id(k) for k in deletes.get(REVNAT_NAME, ())],
+                   maglev=[unpack_id(k) for k in deletes.get(MAGLEV_NAME, ())]))
+        return self.write(plan(changes))
 
-    def affinity_entries(self) -> dict[bytes, tuple[int, int]]:
-        return {k: unpack_affinity_value(v) for k, v in self.maps[AFFINITY_NAME].items()}
+    def affinity(self) -> dict[AffinityKey, AffinityEntry]:
+        """The datapath's affinity entries (it creates and refreshes them; the agent expires them)."""
+        return {unpack_affinity_key(k): AffinityEntry(*unpack_affinity_value(v))
+                for k, v in self.maps[AFFINITY_NAME].items()}
 
-    def delete_affinity(self, keys: Iterable[bytes]) -> int:
-        return sum(self.maps[AFFINITY_NAME].delete(key) for key in keys)
+    def delete_affinity(self, keys: Iterable[AffinityKey]) -> int:
+        return sum(self.maps[AFFINITY_NAME].delete(pack_affinity_key(key)) for key in keys)

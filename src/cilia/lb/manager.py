@@ -1,9 +1,15 @@
-"""Services: Service / EndpointSlice / Pod objects and local endpoints -> the LB maps, incrementally.
+"""The service engine: Service / EndpointSlice / Pod objects and local endpoints -> the LB maps, incrementally.
 
-On any change only the services it touches are recomputed (cilia.lb.state) and only the map
-entries that differ are written, in an order that never exposes a dangling id (cilia.maps.lb).
-Ids (rev-NAT per frontend, one per backend address:port:protocol) are taken back from the maps
-themselves at start, so a restarted agent that computes the same state writes nothing.
+On any change only the services it touches are recomputed (cilia.lb.state, cilia.lb.desired) and
+only the entries that differ are written (cilia.lb.reconcile, in an order that never exposes a
+dangling id). Ids (rev-NAT per frontend, one per backend address:port:protocol) are taken back from
+the maps themselves at start (cilia.lb.recovery), so a restarted agent that computes the same state
+writes nothing. The maps are reached only through `LbMapsPort`, in typed entries: packing them is
+cilia.maps.lb's job.
+
+Locking: the engine has its own lock and never calls the endpoint source while holding it (the
+endpoint manager calls `on_endpoints_changed` under its own lock); local endpoints' addresses are
+kept from the last notification or full sync instead.
 """
 
 from __future__ import annotations
@@ -12,42 +18,55 @@ import ipaddress
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
-from cilia.bpf import BpfError
-from cilia.endpoint.record import EndpointRecord
-from cilia.jsonfile import read_json, write_json
-from cilia.lb.affinity import AffinityEntry, expired
+from cilia.lb import recovery
+from cilia.lb.affinity import AffinityEntry, AffinityKey, expired
+from cilia.lb.clusterip import ClusterIpAllocator
+from cilia.lb.desired import ServiceState, frontend_entries
+from cilia.lb.entries import BackendEntry, BackendKey, LbEntries, SlotKey
 from cilia.lb.ids import IdAllocator
 from cilia.lb.k8s import parse_endpoint_slice, parse_service
-from cilia.lb.maglev import MaglevBackend, build_table
 from cilia.lb.model import (
     Backend,
     BackendState,
     EndpointSliceSpec,
     FrontendKey,
     IPAddress,
-    L4Protocol,
     LbFrontend,
     ServiceName,
-    ServiceSpec,
 )
+from cilia.lb.pods import pod_info
+from cilia.lb.reconcile import LbChanges, LbMapError, Operation, diff, plan
 from cilia.lb.state import PodInfo, frontends_for
-from cilia.maps import lb as lbm
+from cilia.lb.views import frontend_text, maglev_rows, rev_nat_row, service_rows
 from cilia.resources import ResourceError
 
 log = logging.getLogger(__name__)
-Entries = dict[bytes, bytes]
-PER_SERVICE_MAPS = (lbm.SERVICES_NAME, lbm.REVNAT_NAME, lbm.MAGLEV_NAME)
-BackendKey = tuple[IPAddress, int, int]  # address, port, IP protocol number
+PodAddresses = tuple[str | None, str | None]  # a local endpoint's IPv4 and IPv6 address
+
+
+class LbMapsPort(Protocol):
+    """The LB maps in typed entries (cilia.maps.lb.LbMaps)."""
+
+    def entries(self) -> LbEntries:
+        """What the services, backends, rev-NAT and Maglev maps hold now."""
+        ...
+
+    def write(self, operations: Sequence[Operation]) -> int:
+        """Execute these operations in order; the number done. LbMapError when one fails."""
+        ...
+
+    def affinity(self) -> dict[AffinityKey, AffinityEntry]: ...
+
+    def delete_affinity(self, keys: Iterable[AffinityKey]) -> int: ...
 
 
 class LbDatapath(Protocol):
     @property
-    def lb(self) -> lbm.LbMaps: ...
+    def lb(self) -> LbMapsPort: ...
 
 
 class ResourceReader(Protocol):
@@ -56,73 +75,33 @@ class ResourceReader(Protocol):
     def get(self, kind: str, namespace: str | None, name: str) -> dict[str, Any] | None: ...
 
 
+class LocalEndpoint(Protocol):
+    """What the engine needs of a local endpoint record: whose pod it is and its addresses."""
+
+    @property
+    def pod_namespace(self) -> str: ...
+
+    @property
+    def pod_name(self) -> str: ...
+
+    @property
+    def ipv4(self) -> str | None: ...
+
+    @property
+    def ipv6(self) -> str | None: ...
+
+
 class EndpointSource(Protocol):
-    def records(self) -> list[EndpointRecord]: ...
+    def records(self) -> Sequence[LocalEndpoint]: ...
 
 
-@dataclass
-class ServiceState:
-    """What one service contributes to the maps, as last written."""
-
-    spec: ServiceSpec | None
-    cluster_ips: tuple[IPAddress, ...] = ()
-    frontends: list[LbFrontend] = field(default_factory=list)
-    entries: dict[str, Entries] = field(default_factory=dict)
-    backend_ids: set[int] = field(default_factory=set)
-    conflicts: list[str] = field(default_factory=list)
-    conflicted: set[FrontendKey] = field(default_factory=set)  # frontends another service owns
-
-
-class ClusterIpAllocator:
-    """ClusterIPs for Services that name none (the apiserver's job in a real cluster), persisted."""
-
-    def __init__(self, cidrs: Sequence[ipaddress.IPv4Network | ipaddress.IPv6Network], state_file: Path) -> None:
-        self._cidrs = list(cidrs)
-        self._state_file = state_file
-        raw: dict[str, str] = read_json(state_file, {})
-        self._given = {name: ipaddress.ip_address(ip) for name, ip in raw.items()}
-
-    def get(self, service: ServiceName, taken: set[IPAddress]) -> IPAddress | None:
-        key = str(service)
-        if key in self._given:
-            return self._given[key]
-        used = taken | set(self._given.values())
-        for cidr in self._cidrs[:1]:  # single stack by default, the first family configured
-            for offset, host in enumerate(cidr.hosts()):
-                address = ipaddress.ip_address(str(host))
-                if offset == 0:
-                    continue  # .1 is kept for the `kubernetes` service, as the apiserver does
-                if address not in used:
-                    self._given[key] = address
-                    write_json(self._state_file, {k: str(v) for k, v in self._given.items()})
-                    return address
-                if offset > 1 << 20:
-                    break
-        return None
-
-    def release(self, service: ServiceName) -> None:
-        if self._given.pop(str(service), None) is not None:
-            write_json(self._state_file, {k: str(v) for k, v in self._given.items()})
-
-
-def _pod_info(pod: dict[str, Any], record: EndpointRecord | None, node: str) -> PodInfo:
-    metadata = pod.get("metadata", {})
-    addresses = tuple(ipaddress.ip_address(a) for a in ((record.ipv4, record.ipv6) if record else ()) if a)
-    named: dict[tuple[str, L4Protocol], int] = {}
-    for container in (pod.get("spec") or {}).get("containers") or []:
-        for port in container.get("ports") or []:
-            if port.get("name") and port.get("protocol", "TCP") in ("TCP", "UDP"):
-                named[(port["name"], L4Protocol(port.get("protocol", "TCP")))] = int(port["containerPort"])
-    conditions = ((pod.get("status") or {}).get("conditions")) or []
-    ready = not any(c.get("type") == "Ready" and c.get("status") == "False" for c in conditions)
-    return PodInfo(namespace=metadata.get("namespace", "default"), name=metadata["name"],
-                   labels=dict(metadata.get("labels") or {}), addresses=addresses, node=node, ready=ready,
-                   terminating=bool(metadata.get("deletionTimestamp")), named_ports=named)
+def _pod_addresses(records: Iterable[LocalEndpoint]) -> dict[str, PodAddresses]:
+    return {f"{r.pod_namespace}/{r.pod_name}": (r.ipv4, r.ipv6) for r in records}
 
 
 class ServiceManager:
     def __init__(self, *, resources: ResourceReader, endpoints: EndpointSource, datapath: LbDatapath, node: str,
-                 node_addresses: Callable[[], list[IPAddress]], state_dir: Path, lock: threading.RLock,
+                 node_addresses: Callable[[], list[IPAddress]], state_dir: Path,
                  maglev_size: int, maglev_seed: int = 0,
                  service_cidrs: Sequence[ipaddress.IPv4Network | ipaddress.IPv6Network] = ()) -> None:
         self._resources = resources
@@ -130,7 +109,7 @@ class ServiceManager:
         self._datapath = datapath
         self._node = node
         self._node_addresses = node_addresses
-        self._lock = lock
+        self._lock = threading.RLock()
         self._maglev_size = maglev_size
         self._maglev_seed = maglev_seed
         self._cluster_ips = ClusterIpAllocator(service_cidrs, state_dir / "cluster-ips.json")
@@ -139,12 +118,12 @@ class ServiceManager:
         self._services: dict[ServiceName, ServiceState] = {}
         self._owners: dict[FrontendKey, ServiceName] = {}
         self._backend_users: dict[int, set[ServiceName]] = {}
-        self._backend_values: dict[int, bytes] = {}  # desired value of every allocated backend id
-        self._backend_written: dict[int, bytes] = {}  # what the backends map holds
+        self._backend_values: dict[int, BackendEntry] = {}  # desired entry of every allocated backend id
+        self._backend_written: dict[int, BackendEntry] = {}  # what the backends map holds
         self._overrides: dict[tuple[ServiceName, IPAddress, int], BackendState] = {}
-        self._pod_addresses: dict[str, tuple[str | None, str | None]] = {}
+        self._pod_addresses: dict[str, PodAddresses] = {}  # "namespace/name" -> its local endpoint's
         self._addresses: list[IPAddress] = []
-        self._snapshot: dict[str, Entries] | None = None
+        self._live: LbEntries | None = None  # what the maps held at load(), until the first sync
         # EndpointSlices by the service they belong to, parsed once when they change (the store
         # has no index, and scanning every slice per service would make a sync quadratic)
         self._slices: dict[ServiceName, dict[str, EndpointSliceSpec]] = {}
@@ -157,26 +136,15 @@ class ServiceManager:
     def load(self) -> None:
         """Take back the ids the maps use, so the first sync rewrites nothing that is unchanged."""
         with self._lock:
-            lb = self._datapath.lb
-            snapshot = lb.snapshot()
-            masters: dict[FrontendKey, int] = {}
-            for raw_key, raw_value in snapshot[lbm.SERVICES_NAME].items():
-                key = lbm.ServiceKey.unpack(raw_key)
-                if key.slot == 0:
-                    protocol = L4Protocol.TCP if key.protocol == 6 else L4Protocol.UDP
-                    master = lbm.ServiceValue.unpack(raw_value)
-                    masters[FrontendKey(key.address, key.port, protocol)] = master.rev_nat_id
-            self._rev_nat.restore(masters)
-            backends: dict[BackendKey, int] = {}
-            for raw_key, raw_value in snapshot[lbm.BACKENDS_NAME].items():
-                value = lbm.BackendValue.unpack(raw_value)
-                backends[(value.address, value.port, value.protocol)] = lbm.unpack_id(raw_key)
-            self._backend_ids.restore(backends)
-            self._backend_values = {lbm.unpack_id(k): v for k, v in snapshot[lbm.BACKENDS_NAME].items()}
-            self._snapshot = snapshot
+            live = self._datapath.lb.entries()
+            self._rev_nat.restore(recovery.rev_nat_ids(live))
+            self._backend_ids.restore(recovery.backend_ids(live))
+            self._backend_values = dict(live.backends)
+            self._live = live
 
     def sync_all(self) -> None:
         """Compute every service and make the maps hold exactly that (start-up, and after a failed write)."""
+        records = self._endpoints.records()  # before our lock: see the module's docstring
         with self._lock:
             started = time.monotonic()
             self.needs_resync = False
@@ -184,38 +152,38 @@ class ServiceManager:
             self._owners.clear()
             self._backend_users.clear()
             self._addresses = self._node_addresses()
-            self._pod_addresses = self._current_pod_addresses()
+            self._pod_addresses = _pod_addresses(records)
             self._slices.clear()
             for obj in self._resources.list("EndpointSlice"):
                 self._index_slice(obj)
             names = {self._name(obj) for obj in self._resources.list("Service")}
-            desired: dict[str, Entries] = {name: {} for name in (*PER_SERVICE_MAPS, lbm.BACKENDS_NAME)}
+            desired = LbEntries()
             for name in sorted(names):
                 state = self._compute(name)
                 self._services[name] = state
-                for map_name, entries in state.entries.items():
-                    desired[map_name].update(entries)
+                desired.update(state.entries)
                 for backend_id in state.backend_ids:
                     self._backend_users.setdefault(backend_id, set()).add(name)
             for backend_id in self._backend_users:
-                desired[lbm.BACKENDS_NAME][lbm.pack_id(backend_id)] = self._backend_values[backend_id]
-            current = self._snapshot if self._snapshot is not None else self._datapath.lb.snapshot()
-            upserts = {m: {k: v for k, v in desired[m].items() if current[m].get(k) != v} for m in desired}
-            deletes = {m: [k for k in current[m] if k not in desired[m]] for m in desired}
+                desired.backends[backend_id] = self._backend_values[backend_id]
+            live = self._live if self._live is not None else self._datapath.lb.entries()
             try:
-                operations = self._datapath.lb.apply(upserts, deletes)
-            except BpfError as exc:  # the agent still starts; `cilia service list` and the log say why
+                operations = self._write(diff(live, desired))
+            except LbMapError as exc:  # the agent still starts; `cilia service list` and the log say why
                 log.error("services: programming the datapath failed, retried at the next GC: %s", exc)
                 self._errors[ServiceName("", "*")] = str(exc)
                 self.needs_resync = True
                 operations = 0
             self._forget_unused_ids()
             self._backend_written = {i: self._backend_values[i] for i in self._backend_users}
-            self._snapshot = None
+            self._live = None
             self.last_sync_seconds = time.monotonic() - started
             self.last_sync_operations = operations
             log.info("services synced: %d services, %d map operations in %.3f s", len(names), operations,
                      self.last_sync_seconds)
+
+    def _write(self, changes: LbChanges) -> int:
+        return self._datapath.lb.write(plan(changes))
 
     def _forget_unused_ids(self) -> None:
         live = {f.key for s in self._services.values() for f in s.frontends}
@@ -247,8 +215,8 @@ class ServiceManager:
 
     def on_endpoints_changed(self) -> None:
         """An endpoint came, went or changed address: services selecting its pod follow."""
+        now = _pod_addresses(self._endpoints.records())  # before our lock: see the module's docstring
         with self._lock:
-            now = self._current_pod_addresses()
             changed = {k for k in now.keys() | self._pod_addresses.keys() if now.get(k) != self._pod_addresses.get(k)}
             self._pod_addresses = now
             names: set[ServiceName] = set()
@@ -300,12 +268,7 @@ class ServiceManager:
         for frontend in old.frontends:
             self._owners.pop(frontend.key, None)
         new = self._compute(name, old)
-        upserts: dict[str, Entries] = {}
-        deletes: dict[str, list[bytes]] = {}
-        for map_name in PER_SERVICE_MAPS:
-            before, after = old.entries.get(map_name, {}), new.entries.get(map_name, {})
-            upserts[map_name] = {k: v for k, v in after.items() if before.get(k) != v}
-            deletes[map_name] = [k for k in before if k not in after]
+        changes = diff(old.entries, new.entries)  # services, rev-NAT and Maglev: backends are shared
         for backend_id in new.backend_ids - old.backend_ids:
             self._backend_users.setdefault(backend_id, set()).add(name)
         freed: list[int] = []
@@ -316,13 +279,13 @@ class ServiceManager:
                 self._backend_users.pop(backend_id, None)
                 freed.append(backend_id)
         # new backends, and kept ones whose state changed; then those no service uses any more
-        upserts[lbm.BACKENDS_NAME] = {lbm.pack_id(i): self._backend_values[i] for i in new.backend_ids
-                                      if self._backend_written.get(i) != self._backend_values[i]}
-        deletes[lbm.BACKENDS_NAME] = [lbm.pack_id(i) for i in freed]
+        changes.upserts.backends = {i: self._backend_values[i] for i in new.backend_ids
+                                    if self._backend_written.get(i) != self._backend_values[i]}
+        changes.deletes.backends = freed
         try:
-            operations = self._datapath.lb.apply(upserts, deletes)
+            operations = self._write(changes)
             self._errors.pop(name, None)
-        except BpfError as exc:
+        except LbMapError as exc:
             # e.g. a full map (--bpf-lb-map-max): the maps now hold part of the change. Say so on
             # the service, and let the next resync diff against what the maps really hold.
             self._errors[name] = f"programming the datapath failed: {exc}"
@@ -339,9 +302,7 @@ class ServiceManager:
                 self._rev_nat.release(frontend.key)
                 released.add(frontend.key)
         for backend_id in freed:
-            value = self._backend_values.pop(backend_id)
-            backend = lbm.BackendValue.unpack(value)
-            self._backend_ids.release((backend.address, backend.port, backend.protocol))
+            self._backend_ids.release(self._backend_values.pop(backend_id).key)
         if new.spec is None:
             self._services.pop(name, None)
             self._cluster_ips.release(name)
@@ -371,7 +332,7 @@ class ServiceManager:
         for frontend in frontends:
             owner = self._owners.get(frontend.key)
             if owner is not None and owner != name:
-                state.conflicts.append(f"{_frontend_text(frontend.key)} is already a frontend of service {owner}")
+                state.conflicts.append(f"{frontend_text(frontend.key)} is already a frontend of service {owner}")
                 state.conflicted.add(frontend.key)
                 continue
             frontend = self._with_overrides(frontend)
@@ -379,9 +340,15 @@ class ServiceManager:
             state.frontends.append(frontend)
         if state.conflicts:
             log.error("service %s: %s", name, "; ".join(state.conflicts))
-        previous = old.entries.get(lbm.SERVICES_NAME, {}) if old else {}
+        # Slots stay where this service's last write put them, or, at start, where the maps have them.
+        previous = old.entries if old is not None and old.entries.services else self._live or LbEntries()
         for frontend in state.frontends:
-            self._pack(frontend, state, previous)
+            protocol = frontend.key.protocol.number
+            ids = {b: self._backend_id(b, protocol) for b in frontend.backends}
+            state.backend_ids.update(ids.values())
+            master = SlotKey(frontend.key.address, frontend.key.port, protocol)
+            state.entries.update(frontend_entries(frontend, self._rev_nat.allocate(frontend.key), ids,
+                                                  previous.slots(master), self._maglev_size, self._maglev_seed))
         return state
 
     def _with_overrides(self, frontend: LbFrontend) -> LbFrontend:
@@ -395,50 +362,10 @@ class ServiceManager:
                           frontend.affinity_timeout, frontend.local_only)
 
     def _backend_id(self, backend: Backend, protocol: int) -> int:
-        key: BackendKey = (backend.address, backend.port, protocol)
-        backend_id = self._backend_ids.allocate(key)
-        value = lbm.BackendValue(backend.address, backend.port, protocol, lbm.BACKEND_STATES[backend.state.value])
-        self._backend_values[backend_id] = value.pack()
+        entry = BackendEntry(backend.address, backend.port, protocol, backend.state)
+        backend_id = self._backend_ids.allocate(entry.key)
+        self._backend_values[backend_id] = entry
         return backend_id
-
-    def _previous_slots(self, key: lbm.ServiceKey, previous: Entries) -> list[int]:
-        source = previous if previous else (self._snapshot or {}).get(lbm.SERVICES_NAME, {})
-        master = source.get(key.pack())
-        if master is None:
-            return []
-        count = lbm.ServiceValue.unpack(master).count
-        slots = []
-        for slot in range(1, count + 1):
-            raw = source.get(lbm.ServiceKey(key.address, key.port, key.protocol, slot).pack())
-            slots.append(lbm.ServiceValue.unpack(raw).backend_id if raw else 0)
-        return slots
-
-    def _pack(self, frontend: LbFrontend, state: ServiceState, previous: Entries) -> None:
-        protocol = frontend.key.protocol.number
-        rev_nat_id = self._rev_nat.allocate(frontend.key)
-        ids = {b: self._backend_id(b, protocol) for b in frontend.backends}
-        state.backend_ids.update(ids.values())
-        active = [ids[b] for b in frontend.backends if b.state.selectable]
-        master_key = lbm.ServiceKey(frontend.key.address, frontend.key.port, protocol)
-        slots = stable_slots(self._previous_slots(master_key, previous), active)
-        flags = (lbm.SVC_F_EXTERNAL if frontend.type.external else 0) | \
-            (lbm.SVC_F_AFFINITY if frontend.affinity_timeout else 0)
-        entries = state.entries.setdefault(lbm.SERVICES_NAME, {})
-        maglev = state.entries.setdefault(lbm.MAGLEV_NAME, {})
-        if frontend.type.external and active:
-            table = build_table([MaglevBackend(ids[b], f"{b.address}:{b.port}", b.weight)
-                                 for b in frontend.backends if b.state.selectable], self._maglev_size,
-                                self._maglev_seed)
-            maglev[lbm.pack_id(rev_nat_id)] = lbm.pack_maglev(table, self._maglev_size)
-            flags |= lbm.SVC_F_MAGLEV
-        entries[master_key.pack()] = lbm.ServiceValue(
-            count=len(slots), rev_nat_id=rev_nat_id, flags=flags,
-            affinity_timeout=frontend.affinity_timeout or 0).pack()
-        for slot, backend_id in enumerate(slots, start=1):
-            key = lbm.ServiceKey(frontend.key.address, frontend.key.port, protocol, slot)
-            entries[key.pack()] = lbm.ServiceValue(backend_id=backend_id).pack()
-        state.entries.setdefault(lbm.REVNAT_NAME, {})[lbm.pack_id(rev_nat_id)] = lbm.RevNatValue(
-            frontend.key.address, frontend.key.port).pack()
 
     # ----- inputs ----------------------------------------------------------------------------------
     @staticmethod
@@ -472,9 +399,11 @@ class ServiceManager:
         return list(self._slices.get(name, {}).values())
 
     def _pods_in(self, namespace: str) -> list[PodInfo]:
-        records = {(r.pod_namespace, r.pod_name): r for r in self._endpoints.records()}
-        return [_pod_info(pod, records.get((namespace, pod["metadata"]["name"])), self._node)
-                for pod in self._resources.list("Pod", namespace)]
+        pods = []
+        for pod in self._resources.list("Pod", namespace):
+            local = self._pod_addresses.get(f"{namespace}/{pod['metadata']['name']}", (None, None))
+            pods.append(pod_info(pod, tuple(ipaddress.ip_address(a) for a in local if a), self._node))
+        return pods
 
     def _selecting(self, namespace: str, label_sets: list[dict[str, str]]) -> set[ServiceName]:
         names = set()
@@ -486,45 +415,18 @@ class ServiceManager:
                 names.add(name)
         return names
 
-    def _current_pod_addresses(self) -> dict[str, tuple[str | None, str | None]]:
-        return {f"{r.pod_namespace}/{r.pod_name}": (r.ipv4, r.ipv6) for r in self._endpoints.records()}
-
     # ----- views -----------------------------------------------------------------------------------
     def describe_rev_nat(self, rev_nat_id: int) -> dict[str, Any] | None:
         """The frontend behind a rev-NAT id, for flows: service name, address, port."""
         with self._lock:
             for key, ident in self._rev_nat.items().items():
                 if ident == rev_nat_id:
-                    owner = self._owners.get(key)
-                    return {"service": str(owner) if owner else None, "namespace": owner.namespace if owner else "",
-                            "name": owner.name if owner else "", "address": str(key.address), "port": key.port,
-                            "protocol": key.protocol.value, "frontend": _frontend_text(key)}
+                    return rev_nat_row(key, self._owners.get(key))
         return None
 
     def services(self) -> list[dict[str, Any]]:
         with self._lock:
-            rows = []
-            for name, state in sorted(self._services.items()):
-                if state.spec is None:
-                    continue
-                rows.append({
-                    "namespace": name.namespace, "name": name.name, "type": state.spec.type.value,
-                    "cluster_ips": [str(ip) for ip in state.cluster_ips],
-                    "session_affinity": f"ClientIP ({state.spec.affinity_timeout} s)"
-                    if state.spec.affinity_timeout else "None",
-                    "conflicts": state.conflicts,
-                    "error": self._errors.get(name),
-                    "frontends": [{
-                        "address": _frontend_text(f.key), "protocol": f.key.protocol.value, "type": f.type.value,
-                        "port_name": f.port_name, "rev_nat_id": self._rev_nat.get(f.key),
-                        "local_only": f.local_only,
-                        "backends": [{"address": _frontend_text(FrontendKey(b.address, b.port, f.key.protocol)),
-                                      "state": b.state.value, "weight": b.weight, "pod": b.pod, "node": b.node,
-                                      "backend_id": self._backend_ids.get((b.address, b.port, f.key.protocol.number))}
-                                     for b in f.backends],
-                    } for f in state.frontends],
-                })
-            return rows
+            return service_rows(self._services, self._errors, self._rev_nat.get, self._backend_ids.get)
 
     def maglev(self, name: ServiceName) -> list[dict[str, Any]]:
         """Each external frontend's Maglev table: entries per backend, and the table's head."""
@@ -532,57 +434,16 @@ class ServiceManager:
             state = self._services.get(name)
             if state is None:
                 raise LookupError(f"service {name} does not exist")
-            rows = []
-            for frontend in state.frontends:
-                rev_nat_id = self._rev_nat.get(frontend.key)
-                raw = state.entries.get(lbm.MAGLEV_NAME, {}).get(lbm.pack_id(rev_nat_id or 0))
-                if raw is None:
-                    continue
-                table = lbm.unpack_maglev(raw)
-                by_id = {self._backend_ids.get((b.address, b.port, frontend.key.protocol.number)):
-                         _frontend_text(FrontendKey(b.address, b.port, frontend.key.protocol))
-                         for b in frontend.backends}
-                counts: dict[str, int] = {}
-                for backend_id in table:
-                    label = by_id.get(backend_id, str(backend_id))
-                    counts[label] = counts.get(label, 0) + 1
-                rows.append({"frontend": _frontend_text(frontend.key), "type": frontend.type.value,
-                             "rev_nat_id": rev_nat_id, "size": len(table), "entries_per_backend": counts,
-                             "head": [by_id.get(i, str(i)) for i in table[:16]]})
-            return rows
+            return maglev_rows(state, self._rev_nat.get, self._backend_ids.get)
 
+    # ----- affinity --------------------------------------------------------------------------------
     def gc_affinity(self, now: int | None = None) -> int:
         """Delete expired affinity entries (the datapath ignores them already; this frees the slots)."""
         with self._lock:
             lb = self._datapath.lb
-            raw = lb.affinity_entries()
-            entries = {k: AffinityEntry(v[0], v[1]) for k, v in raw.items()}
+            entries: Mapping[AffinityKey, AffinityEntry] = lb.affinity()
             timeouts = {self._rev_nat.get(f.key) or 0: f.affinity_timeout or 0
                         for s in self._services.values() for f in s.frontends if f.affinity_timeout}
             current = int(now if now is not None else time.monotonic())
-            doomed = expired(entries, lambda k: lbm.AffinityKey.unpack(k).rev_nat_id, timeouts, current,
-                             set(self._backend_users))
+            doomed = expired(entries, lambda k: k.rev_nat_id, timeouts, current, set(self._backend_users))
             return lb.delete_affinity(doomed)
-
-
-def stable_slots(previous: list[int], active: list[int]) -> list[int]:
-    """Slot order for a service's active backends that moves as few slots as possible: kept
-    backends stay where they were, newcomers fill holes, and the tail fills what is left."""
-    wanted = set(active)
-    slots: list[int | None] = [b if b in wanted else None for b in previous]
-    newcomers = [b for b in sorted(wanted) if b not in set(previous)]
-    for index, value in enumerate(slots):
-        if value is None and newcomers:
-            slots[index] = newcomers.pop(0)
-    slots.extend(newcomers)
-    while None in slots:
-        hole = slots.index(None)
-        last = slots.pop()
-        if last is not None and hole < len(slots):
-            slots[hole] = last
-    return [b for b in slots if b is not None]
-
-
-def _frontend_text(key: FrontendKey) -> str:
-    return f"[{key.address}]:{key.port}" if key.address.version == 6 else f"{key.address}:{key.port}"
-

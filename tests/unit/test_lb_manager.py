@@ -4,7 +4,6 @@ restart that finds the maps as it wants them writes nothing, and ids are taken b
 from __future__ import annotations
 
 import ipaddress
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -12,8 +11,8 @@ from typing import Any
 import pytest
 
 import cilia.lb.kinds
-from cilia.agent.service_manager import ServiceManager
 from cilia.endpoint.record import EndpointRecord
+from cilia.lb.manager import ServiceManager
 from cilia.lb.model import ServiceName
 from cilia.maps import lb as lbm
 from cilia.resources.kinds import CORE_KINDS, KindRegistry
@@ -75,7 +74,7 @@ def endpoint_slice(name: str, addresses: list[str], terminating: frozenset[str] 
 def manager(store: LocalStore, datapath: FakeDatapath, tmp_path: Path) -> ServiceManager:
     services = ServiceManager(resources=store, endpoints=NoEndpoints(), datapath=datapath, node="n1",
                               node_addresses=lambda: [ipaddress.ip_address("192.0.2.11")], state_dir=tmp_path,
-                              lock=threading.RLock(), maglev_size=251)
+                              maglev_size=251)
     services.load()
     services.sync_all()
     store.watch(services.on_resource_event)

@@ -1,17 +1,22 @@
-"""The service manager against in-memory maps: incremental updates touch only what changed, a
-restart that finds the maps as it wants them writes nothing, and ids are taken back from the maps."""
+"""The service engine against in-memory maps: incremental updates touch only what changed, a
+restart that finds the maps as it wants them writes nothing, ids are taken back from the maps, a
+failed write heals at the resync, and local pods are read outside the engine's lock."""
 
 from __future__ import annotations
 
 import ipaddress
+import struct
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 import cilia.lb.kinds
+from cilia.bpf import BpfError
 from cilia.endpoint.record import EndpointRecord
+from cilia.lb.affinity import AffinityKey
 from cilia.lb.manager import ServiceManager
 from cilia.lb.model import ServiceName
 from cilia.maps import lb as lbm
@@ -167,3 +172,111 @@ def test_frontend_passes_to_the_refused_service_when_its_owner_goes(
                                                                                                         "copycat"))
     backends = {str(lbm.BackendValue.unpack(v).address) for v in datapath.maps[lbm.BACKENDS_NAME].data.values()}
     assert "10.9.9.9" in backends and "10.1.0.1" not in backends  # s0's backends are gone, copycat's written
+
+
+# --- the engine's own lock, a failed write, affinity GC ---------------------------------------------
+
+
+@dataclass(frozen=True)
+class LocalPod:
+    """What the engine reads of an endpoint record (cilia.lb.manager.LocalEndpoint)."""
+
+    pod_namespace: str
+    pod_name: str
+    ipv4: str | None
+    ipv6: str | None = None
+
+
+class LocalPods:
+    """Endpoint records of local pods; `records()` fails if called while the engine's lock is held,
+    since the endpoint manager calls the engine under its own lock (a lock-order inversion)."""
+
+    def __init__(self) -> None:
+        self.engine: ServiceManager | None = None
+        self.list: list[LocalPod] = []
+
+    def records(self) -> list[LocalPod]:
+        assert self.engine is not None and not self.engine._lock._is_owned(), "called under the engine's lock"
+        return list(self.list)
+
+
+def pod(name: str, labels: dict[str, str]) -> dict[str, Any]:
+    return {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name, "namespace": "default", "labels": labels},
+            "spec": {"containers": [{"name": "c", "ports": [{"name": "http", "containerPort": 8080}]}]}}
+
+
+def test_local_pods_are_read_outside_the_engine_lock_and_followed(tmp_path: Path) -> None:
+    store = LocalStore(tmp_path / "resources.db", KINDS)
+    pods = LocalPods()
+    services = ServiceManager(resources=store, endpoints=pods, datapath=FakeDatapath(), node="n1",
+                              node_addresses=lambda: [], state_dir=tmp_path, maglev_size=251)
+    pods.engine = services
+    services.load()
+    services.sync_all()
+    store.watch(services.on_resource_event)
+    store.apply([service("web", "10.96.5.1", selector={"app": "web"}), pod("web1", {"app": "web"})])
+    assert services.services()[0]["frontends"][0]["backends"] == []  # no local endpoint yet: no address
+    pods.list = [LocalPod("default", "web1", "10.1.0.7")]
+    services.on_endpoints_changed()
+    assert [b["address"] for b in services.services()[0]["frontends"][0]["backends"]] == ["10.1.0.7:8080"]
+    store.apply([pod("web1", {"app": "web", "v": "2"})])  # a pod event uses the addresses last seen
+    assert [b["address"] for b in services.services()[0]["frontends"][0]["backends"]] == ["10.1.0.7:8080"]
+    pods.list = []
+    services.on_endpoints_changed()
+    assert services.services()[0]["frontends"][0]["backends"] == []
+
+
+class FullMap(FakeMap):
+    full = False
+
+    def update(self, key: bytes, value: bytes) -> None:
+        if self.full and key not in self.data:
+            raise BpfError("map cilia_lb_backends_v1: update", 7)
+        super().update(key, value)
+
+
+def test_a_failed_write_is_shown_on_the_service_and_healed_by_the_resync(
+        setup: tuple[LocalStore, FakeDatapath, ServiceManager]) -> None:
+    store, datapath, services = setup
+    backends = FullMap()
+    backends.data = datapath.maps[lbm.BACKENDS_NAME].data
+    datapath.maps[lbm.BACKENDS_NAME] = backends
+    backends.full = True
+    store.apply([endpoint_slice("s5", [f"10.1.5.{j + 1}" for j in range(10)] + ["10.1.5.99"])])
+    row = next(r for r in services.services() if r["name"] == "s5")
+    assert row["error"] == f"programming the datapath failed: {BpfError('map cilia_lb_backends_v1: update', 7)}"
+    assert services.needs_resync
+    backends.full = False
+    services.sync_all()
+    assert not services.needs_resync and services.last_sync_operations > 0
+    written = {str(lbm.BackendValue.unpack(v).address) for v in datapath.maps[lbm.BACKENDS_NAME].data.values()}
+    assert "10.1.5.99" in written
+
+
+def test_restart_removes_a_frontend_of_a_protocol_services_do_not_use(
+        setup: tuple[LocalStore, FakeDatapath, ServiceManager], tmp_path: Path) -> None:
+    store, datapath, _ = setup
+    sctp = lbm.ServiceKey(ipaddress.ip_address("10.96.1.1"), 80, 132).pack()
+    datapath.maps[lbm.SERVICES_NAME].data[sctp] = lbm.ServiceValue(count=0, rev_nat_id=60000).pack()
+    again = manager(store, datapath, tmp_path)
+    assert sctp not in datapath.maps[lbm.SERVICES_NAME].data and again.last_sync_operations == 1
+
+
+def test_gc_affinity_deletes_expired_and_orphaned_entries(tmp_path: Path) -> None:
+    store = LocalStore(tmp_path / "resources.db", KINDS)
+    store.apply([service("sticky", "10.96.7.1", sessionAffinity="ClientIP",
+                         sessionAffinityConfig={"clientIP": {"timeoutSeconds": 10}}),
+                 endpoint_slice("sticky", ["10.1.7.1"])])
+    datapath = FakeDatapath()
+    services = manager(store, datapath, tmp_path)
+    frontend = services.services()[0]["frontends"][0]
+    rev_nat, backend = frontend["rev_nat_id"], frontend["backends"][0]["backend_id"]
+    affinity = datapath.maps[lbm.AFFINITY_NAME].data
+    entries = {AffinityKey(rev_nat, ipaddress.ip_address("10.0.9.1")): (backend, 95),  # fresh
+               AffinityKey(rev_nat, 4242): (backend, 80),  # expired (socket path: a netns cookie)
+               AffinityKey(rev_nat, ipaddress.ip_address("10.0.9.3")): (backend + 1, 99),  # backend gone
+               AffinityKey(rev_nat + 1, ipaddress.ip_address("10.0.9.4")): (backend, 99)}  # no affinity there
+    for key, (backend_id, last_used) in entries.items():
+        affinity[lbm.pack_affinity_key(key)] = struct.pack("<II", backend_id, last_used)
+    assert services.gc_affinity(now=100) == 3
+    assert [lbm.unpack_affinity_key(k) for k in affinity] == [AffinityKey(rev_nat, ipaddress.ip_address("10.0.9.1"))]

@@ -249,6 +249,7 @@ def test_a_failed_write_is_shown_on_the_service_and_healed_by_the_resync(
     backends.full = False
     services.sync_all()
     assert not services.needs_resync and services.last_sync_operations > 0
+    assert next(r for r in services.services() if r["name"] == "s5")["error"] is None
     written = {str(lbm.BackendValue.unpack(v).address) for v in datapath.maps[lbm.BACKENDS_NAME].data.values()}
     assert "10.1.5.99" in written
 

@@ -169,6 +169,7 @@ class ServiceManager:
             live = self._live if self._live is not None else self._datapath.lb.entries()
             try:
                 operations = self._write(diff(live, desired))
+                self._errors.clear()  # the maps hold exactly the desired state: earlier failures are healed
             except LbMapError as exc:  # the agent still starts; `cilia service list` and the log say why
                 log.error("services: programming the datapath failed, retried at the next GC: %s", exc)
                 self._errors[ServiceName("", "*")] = str(exc)

@@ -95,7 +95,7 @@ class EndpointSource(Protocol):
     def records(self) -> Sequence[LocalEndpoint]: ...
 
 
-def _pod_addresses(records: Iterable[LocalEndpoint]) -> dict[str, PodAddresses]:
+def _addresses_of(records: Iterable[LocalEndpoint]) -> dict[str, PodAddresses]:
     return {f"{r.pod_namespace}/{r.pod_name}": (r.ipv4, r.ipv6) for r in records}
 
 
@@ -152,7 +152,7 @@ class ServiceManager:
             self._owners.clear()
             self._backend_users.clear()
             self._addresses = self._node_addresses()
-            self._pod_addresses = _pod_addresses(records)
+            self._pod_addresses = _addresses_of(records)
             self._slices.clear()
             for obj in self._resources.list("EndpointSlice"):
                 self._index_slice(obj)
@@ -216,7 +216,7 @@ class ServiceManager:
 
     def on_endpoints_changed(self) -> None:
         """An endpoint came, went or changed address: services selecting its pod follow."""
-        now = _pod_addresses(self._endpoints.records())  # before our lock: see the module's docstring
+        now = _addresses_of(self._endpoints.records())  # before our lock: see the module's docstring
         with self._lock:
             changed = {k for k in now.keys() | self._pod_addresses.keys() if now.get(k) != self._pod_addresses.get(k)}
             self._pod_addresses = now

@@ -77,6 +77,44 @@ def _from16(raw: bytes) -> IPAddress:
     return from_addr16(raw, AF_INET if raw[:12] == _V4_MAPPED else socket.AF_INET6)
 
 
+# The packing of each struct, shared by the C-mirror records and the typed-entry codecs below.
+def _pack_svc_key(address: IPAddress, port: int, protocol: int, slot: int) -> bytes:
+    return _SVC_KEY.pack(addr16(address), _port(port), slot, protocol)
+
+
+def _unpack_svc_key(raw: bytes) -> tuple[IPAddress, int, int, int]:
+    address, port, slot, protocol = _SVC_KEY.unpack(raw)
+    return _from16(address), int.from_bytes(port, "big"), protocol, slot
+
+
+def _pack_svc_value(backend_id: int, count: int, rev_nat_id: int, flags: int, affinity_timeout: int) -> bytes:
+    return _SVC_VALUE.pack(backend_id, affinity_timeout, count, rev_nat_id, flags)
+
+
+def _unpack_svc_value(raw: bytes) -> tuple[int, int, int, int, int]:
+    """backend_id, count, rev_nat_id, flags, affinity_timeout"""
+    backend_id, timeout, count, rev_nat_id, flags = _SVC_VALUE.unpack(raw[: _SVC_VALUE.size])
+    return backend_id, count, rev_nat_id, flags, timeout
+
+
+def _pack_backend(address: IPAddress, port: int, protocol: int, state: int) -> bytes:
+    return _BACKEND.pack(addr16(address), _port(port), protocol, state)
+
+
+def _unpack_backend(raw: bytes) -> tuple[IPAddress, int, int, int]:
+    address, port, protocol, state = _BACKEND.unpack(raw[: _BACKEND.size])
+    return _from16(address), int.from_bytes(port, "big"), protocol, state
+
+
+def _pack_revnat(address: IPAddress, port: int) -> bytes:
+    return _REVNAT.pack(addr16(address), _port(port))
+
+
+def _unpack_revnat(raw: bytes) -> tuple[IPAddress, int]:
+    address, port = _REVNAT.unpack(raw[: _REVNAT.size])
+    return _from16(address), int.from_bytes(port, "big")
+
+
 @dataclass(frozen=True)
 class ServiceKey:
     address: IPAddress
@@ -85,12 +123,11 @@ class ServiceKey:
     slot: int = 0
 
     def pack(self) -> bytes:
-        return _SVC_KEY.pack(addr16(self.address), _port(self.port), self.slot, self.protocol)
+        return _pack_svc_key(self.address, self.port, self.protocol, self.slot)
 
     @classmethod
     def unpack(cls, raw: bytes) -> ServiceKey:
-        address, port, slot, protocol = _SVC_KEY.unpack(raw)
-        return cls(_from16(address), int.from_bytes(port, "big"), protocol, slot)
+        return cls(*_unpack_svc_key(raw))
 
 
 @dataclass(frozen=True)
@@ -104,12 +141,11 @@ class ServiceValue:
     affinity_timeout: int = 0
 
     def pack(self) -> bytes:
-        return _SVC_VALUE.pack(self.backend_id, self.affinity_timeout, self.count, self.rev_nat_id, self.flags)
+        return _pack_svc_value(self.backend_id, self.count, self.rev_nat_id, self.flags, self.affinity_timeout)
 
     @classmethod
     def unpack(cls, raw: bytes) -> ServiceValue:
-        backend_id, timeout, count, rev_nat_id, flags = _SVC_VALUE.unpack(raw[: _SVC_VALUE.size])
-        return cls(backend_id, count, rev_nat_id, flags, timeout)
+        return cls(*_unpack_svc_value(raw))
 
 
 @dataclass(frozen=True)
@@ -120,12 +156,11 @@ class BackendValue:
     state: int = 0
 
     def pack(self) -> bytes:
-        return _BACKEND.pack(addr16(self.address), _port(self.port), self.protocol, self.state)
+        return _pack_backend(self.address, self.port, self.protocol, self.state)
 
     @classmethod
     def unpack(cls, raw: bytes) -> BackendValue:
-        address, port, protocol, state = _BACKEND.unpack(raw[: _BACKEND.size])
-        return cls(_from16(address), int.from_bytes(port, "big"), protocol, state)
+        return cls(*_unpack_backend(raw))
 
 
 @dataclass(frozen=True)
@@ -134,12 +169,11 @@ class RevNatValue:
     port: int
 
     def pack(self) -> bytes:
-        return _REVNAT.pack(addr16(self.address), _port(self.port))
+        return _pack_revnat(self.address, self.port)
 
     @classmethod
     def unpack(cls, raw: bytes) -> RevNatValue:
-        address, port = _REVNAT.unpack(raw[: _REVNAT.size])
-        return cls(_from16(address), int.from_bytes(port, "big"))
+        return cls(*_unpack_revnat(raw))
 
 
 def pack_id(value: int) -> bytes:
@@ -169,52 +203,52 @@ def unpack_affinity_value(raw: bytes) -> tuple[int, int]:
 # ----- typed entries (cilia.lb.entries, cilia.lb.affinity) <-> bytes ----------------------------------
 
 def pack_slot_key(key: SlotKey) -> bytes:
-    return ServiceKey(key.address, key.port, key.protocol, key.slot).pack()
+    return _pack_svc_key(key.address, key.port, key.protocol, key.slot)
 
 
 def unpack_slot_key(raw: bytes) -> SlotKey:
-    key = ServiceKey.unpack(raw)
-    return SlotKey(key.address, key.port, key.protocol, key.slot)
+    return SlotKey(*_unpack_svc_key(raw))
 
 
 def pack_slot_value(value: SlotValue) -> bytes:
     if isinstance(value, SlotEntry):
-        return ServiceValue(backend_id=value.backend_id).pack()
+        return _pack_svc_value(value.backend_id, 0, 0, 0, 0)
     flags = (SVC_F_EXTERNAL if value.external else 0) | (SVC_F_AFFINITY if value.affinity else 0) | \
         (SVC_F_MAGLEV if value.maglev else 0)
-    return ServiceValue(count=value.count, rev_nat_id=value.rev_nat_id, flags=flags,
-                        affinity_timeout=value.affinity_timeout).pack()
+    return _pack_svc_value(0, value.count, value.rev_nat_id, flags, value.affinity_timeout)
 
 
 def unpack_slot_value(raw: bytes, slot: int) -> SlotValue:
     """Slot 0 holds the service entry, any other slot a backend id."""
-    value = ServiceValue.unpack(raw)
+    backend_id, count, rev_nat_id, flags, affinity_timeout = _unpack_svc_value(raw)
     if slot:
-        return SlotEntry(value.backend_id)
-    return ServiceEntry(count=value.count, rev_nat_id=value.rev_nat_id, external=bool(value.flags & SVC_F_EXTERNAL),
-                        affinity=bool(value.flags & SVC_F_AFFINITY), maglev=bool(value.flags & SVC_F_MAGLEV),
-                        affinity_timeout=value.affinity_timeout)
+        return SlotEntry(backend_id)
+    return ServiceEntry(count=count, rev_nat_id=rev_nat_id, external=bool(flags & SVC_F_EXTERNAL),
+                        affinity=bool(flags & SVC_F_AFFINITY), maglev=bool(flags & SVC_F_MAGLEV),
+                        affinity_timeout=affinity_timeout)
+
+
+_BACKEND_STATE_OF = {number: BackendState(name) for number, name in BACKEND_STATE_NAMES.items()}
 
 
 def pack_backend(entry: BackendEntry) -> bytes:
-    return BackendValue(entry.address, entry.port, entry.protocol, BACKEND_STATES[entry.state.value]).pack()
+    return _pack_backend(entry.address, entry.port, entry.protocol, BACKEND_STATES[entry.state.value])
 
 
 def unpack_backend(raw: bytes) -> BackendEntry:
-    value = BackendValue.unpack(raw)
-    name = BACKEND_STATE_NAMES.get(value.state)
-    if name is None:
-        raise ValueError(f"backend state {value.state} is none of {BACKEND_STATE_NAMES}")
-    return BackendEntry(value.address, value.port, value.protocol, BackendState(name))
+    address, port, protocol, number = _unpack_backend(raw)
+    state = _BACKEND_STATE_OF.get(number)
+    if state is None:
+        raise ValueError(f"backend state {number} is none of {BACKEND_STATE_NAMES}")
+    return BackendEntry(address, port, protocol, state)
 
 
 def pack_revnat(entry: RevNatEntry) -> bytes:
-    return RevNatValue(entry.address, entry.port).pack()
+    return _pack_revnat(entry.address, entry.port)
 
 
 def unpack_revnat(raw: bytes) -> RevNatEntry:
-    value = RevNatValue.unpack(raw)
-    return RevNatEntry(value.address, value.port)
+    return RevNatEntry(*_unpack_revnat(raw))
 
 
 def unpack_maglev_entry(raw: bytes) -> MaglevEntry:

@@ -32,7 +32,7 @@ from cilia.lb.entries import (
 )
 from cilia.lb.maglev import DEFAULT_SIZE
 from cilia.lb.model import BackendState
-from cilia.lb.reconcile import LbChanges, LbKeys, LbMapError, Operation, Put, plan
+from cilia.lb.reconcile import EntryValue, LbChanges, LbKeys, LbMapError, Operation, Put, plan
 from cilia.maps.addr import AF_INET, IPAddress, addr16, from_addr16
 
 log = logging.getLogger(__name__)
@@ -274,9 +274,10 @@ def _pack_key(key: SlotKey | int) -> bytes:
 
 
 Entries = dict[bytes, bytes]
-WRITE_ORDER = (BACKENDS_NAME, REVNAT_NAME, MAGLEV_NAME, SERVICES_NAME)
+# The maps the service engine programs (cilia.lb.entries.LbTable); the write order is cilia.lb.reconcile's.
 MAP_OF_TABLE = {LbTable.SERVICES: SERVICES_NAME, LbTable.BACKENDS: BACKENDS_NAME, LbTable.REVNAT: REVNAT_NAME,
                 LbTable.MAGLEV: MAGLEV_NAME}
+ENGINE_MAPS = tuple(MAP_OF_TABLE.values())
 
 
 def _decoded(raw: Entries, name: str, key_of: Callable[[bytes], Any],
@@ -299,7 +300,7 @@ class LbMaps:
         self.maps = dict(maps)
         self.maglev_size = maglev_size
 
-    def snapshot(self, names: Iterable[str] = WRITE_ORDER) -> dict[str, Entries]:
+    def snapshot(self, names: Iterable[str] = ENGINE_MAPS) -> dict[str, Entries]:
         """What the maps hold now, packed."""
         return {name: dict(self.maps[name].items()) for name in names}
 
@@ -313,16 +314,14 @@ class LbMaps:
             revnat=_decoded(raw[REVNAT_NAME], REVNAT_NAME, unpack_id, lambda v, _k: unpack_revnat(v)),
             maglev=_decoded(raw[MAGLEV_NAME], MAGLEV_NAME, unpack_id, lambda v, _k: unpack_maglev_entry(v)))
 
-    def _pack_value(self, value: Any) -> bytes:
+    def _pack_value(self, value: EntryValue) -> bytes:
         if isinstance(value, ServiceEntry | SlotEntry):
             return pack_slot_value(value)
         if isinstance(value, BackendEntry):
             return pack_backend(value)
         if isinstance(value, RevNatEntry):
             return pack_revnat(value)
-        if isinstance(value, MaglevEntry):
-            return pack_maglev(value.table, self.maglev_size)
-        raise TypeError(f"no LB map holds a {type(value).__name__}")
+        return pack_maglev(value.table, self.maglev_size)
 
     def write(self, operations: Sequence[Operation]) -> int:
         """Run the operations in the order given (cilia.lb.reconcile.plan orders them); the number

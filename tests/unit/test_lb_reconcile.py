@@ -6,6 +6,8 @@ from __future__ import annotations
 import ipaddress
 from array import array
 
+import pytest
+
 from cilia.lb.entries import (
     BackendEntry,
     LbEntries,
@@ -91,13 +93,23 @@ def test_a_shrinking_service_lowers_its_count_before_its_slot_and_backend_go() -
     ]
 
 
-def test_every_prefix_of_a_plan_leaves_no_dangling_id() -> None:
+SHRUNK = LbEntries(  # B gone, A's slots refilled with a new backend
+    services={A: ServiceEntry(count=2, rev_nat_id=1), A.at(1): SlotEntry(3), A.at(2): SlotEntry(1)},
+    backends={1: backend(1), 3: backend(3)}, revnat={1: RevNatEntry(A.address, 80)})
+GROWN = LbEntries(  # A gains a slot for a new backend, B a new Maglev table
+    services={A: ServiceEntry(count=3, rev_nat_id=1), A.at(1): SlotEntry(1), A.at(2): SlotEntry(2),
+              A.at(3): SlotEntry(4), B: ServiceEntry(count=1, rev_nat_id=2, external=True, maglev=True),
+              B.at(1): SlotEntry(4)},
+    backends={1: backend(1), 2: backend(2), 4: backend(4)},
+    revnat={1: RevNatEntry(A.address, 80), 2: RevNatEntry(B.address, 443)},
+    maglev={2: MaglevEntry(array("I", [4] * 7))})
+
+
+@pytest.mark.parametrize("after", [SHRUNK, GROWN], ids=["shrunk", "grown"])
+def test_every_prefix_of_a_plan_leaves_no_dangling_id(after: LbEntries) -> None:
     """Replay the plan from two services to a different set, checking after every operation that each
     reachable slot names a backend that exists and each service entry's rev-NAT entry exists."""
     before = two_services()
-    after = LbEntries(
-        services={A: ServiceEntry(count=2, rev_nat_id=1), A.at(1): SlotEntry(3), A.at(2): SlotEntry(1)},
-        backends={1: backend(1), 3: backend(3)}, revnat={1: RevNatEntry(A.address, 80)})
     state = two_services()
     tables = {LbTable.SERVICES: state.services, LbTable.BACKENDS: state.backends, LbTable.REVNAT: state.revnat,
               LbTable.MAGLEV: state.maglev}

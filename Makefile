@@ -9,12 +9,16 @@ BPF_HDRS := $(wildcard bpf/lib/*.h)
 ARCH_INC := /usr/include/$(shell uname -m)-linux-gnu
 BPF_CFLAGS := -O2 -g -target bpf -Wall -Werror -Wno-unused-function -I bpf -I $(ARCH_INC) -D__TARGET_ARCH_x86
 
-.PHONY: install bpf test test-unit test-kernel test-e2e demo lint bench clean
+.PHONY: install bpf proto test test-unit test-kernel test-e2e demo lint bench clean
 
 install:
 	bash scripts/install-deps.sh
 
 bpf: $(BPF_OBJS)
+
+# Python modules for Hubble's gRPC API, from src/cilia/hubble/proto (grpcio-tools; gitignored output)
+proto:
+	$(PY) -m cilia.hubble.codegen
 
 $(BPF_OUT)/%.o: bpf/%.c $(BPF_HDRS)
 	@mkdir -p $(BPF_OUT)

@@ -34,6 +34,7 @@ fi
 "$venv/bin/pip" install -q -e "$here[dev]"
 
 make -C "$here" bpf
+make -C "$here" proto VENV="$venv"
 
 mkdir -p /usr/local/bin /opt/cni/bin
 for cmd in cilia cilia-agent cilia-cni; do

@@ -37,6 +37,11 @@ class NodePaths:
         return self.run_dir / "agent.sock"
 
     @property
+    def hubble_socket(self) -> Path:
+        """Hubble's Observer API (gRPC): `hubble observe --server unix://<this path>`."""
+        return self.run_dir / "hubble.sock"
+
+    @property
     def pid_file(self) -> Path:
         return self.run_dir / "agent.pid"
 

@@ -44,6 +44,11 @@ class AgentConfig:
     lb_map_max: int = 65536
     maglev_table_size: int = MAGLEV_DEFAULT_SIZE
     maglev_hash_seed: int = 0
+    hubble: bool = True
+    hubble_listen_address: str | None = None
+    hubble_tls_cert_file: Path | None = None
+    hubble_tls_key_file: Path | None = None
+    hubble_tls_client_ca_files: tuple[Path, ...] = ()
 
     @property
     def paths(self) -> NodePaths:
@@ -108,6 +113,15 @@ def build_parser() -> argparse.ArgumentParser:
                         dest="maglev_table_size",
                         help="Maglev table size M per external frontend (a prime; M > 100 x backends)")
     parser.add_argument("--bpf-lb-maglev-hash-seed", type=int, default=0, dest="maglev_hash_seed")
+    parser.add_argument("--disable-hubble", action="store_false", dest="hubble",
+                        help="do not serve Hubble's Observer API (served by default on <run dir>/hubble.sock)")
+    parser.add_argument("--hubble-listen-address", default=None,
+                        help="also serve it on this TCP address, e.g. :4244 or 127.0.0.1:4244 (plaintext "
+                             "unless a TLS certificate is given)")
+    parser.add_argument("--hubble-tls-cert-file", type=Path, default=None)
+    parser.add_argument("--hubble-tls-key-file", type=Path, default=None)
+    parser.add_argument("--hubble-tls-client-ca-files", type=Path, action="append", default=None,
+                        help="CA certificates client certificates must be signed by (mutual TLS; repeatable)")
     return parser
 
 
@@ -129,6 +143,8 @@ def parse_config(argv: list[str] | None = None) -> AgentConfig:
     args = build_parser().parse_args(argv)
     if args.ipv4_pod_cidr is None and args.ipv6_pod_cidr is None:
         build_parser().error("at least one of --ipv4-pod-cidr and --ipv6-pod-cidr is required")
+    if (args.hubble_tls_cert_file is None) != (args.hubble_tls_key_file is None):
+        build_parser().error("--hubble-tls-cert-file and --hubble-tls-key-file go together")
     return AgentConfig(
         node=args.node,
         ipv4_pod_cidr=args.ipv4_pod_cidr,
@@ -152,4 +168,9 @@ def parse_config(argv: list[str] | None = None) -> AgentConfig:
         lb_map_max=args.lb_map_max,
         maglev_table_size=args.maglev_table_size,
         maglev_hash_seed=args.maglev_hash_seed,
+        hubble=args.hubble,
+        hubble_listen_address=args.hubble_listen_address,
+        hubble_tls_cert_file=args.hubble_tls_cert_file,
+        hubble_tls_key_file=args.hubble_tls_key_file,
+        hubble_tls_client_ca_files=tuple(args.hubble_tls_client_ca_files or ()),
     )

@@ -38,6 +38,7 @@ from cilia.agent.links import NetlinkLinks
 from cilia.agent.policy_manager import PolicyManager, Settings
 from cilia.api.models import NodeStatus
 from cilia.endpoint.store import EndpointStore
+from cilia.hubble.server import HubbleConfig, HubbleServer
 from cilia.identity.allocator import LocalIdentityAllocator
 from cilia.ipam import Ipam
 from cilia.lb import kinds as lb_kinds
@@ -164,6 +165,13 @@ class Agent:
         )
         async with AsyncExitStack() as stack, asyncio.TaskGroup() as tasks:
             stack.callback(self.stop)
+            if self.config.hubble:  # Hubble's Observer API on hubble.sock (and a TCP address if given)
+                hubble = HubbleServer(HubbleConfig.from_agent(self.config), self.events.ring)
+                stack.callback(hubble.stop)
+                try:
+                    await asyncio.to_thread(hubble.start)
+                except (RuntimeError, TimeoutError):
+                    log.exception("Hubble server not started; the agent runs without it")
             tasks.create_task(self.events.run(), name="events")
             tasks.create_task(self._ct_gc_loop(), name="ct-gc")
             tasks.create_task(_chmod_when_bound(socket_path), name="socket-mode")

@@ -114,6 +114,8 @@ class FlowBuilder:
                       f"({flow['policy_decision']})"
         else:
             flow["trace_observation_point"] = _OBS_TO_HUBBLE.get(event.observation_point, "UNKNOWN_POINT")
+            # conntrack's verdict: new, established, reply, related (Hubble's TraceReason names)
+            flow["trace_reason"] = event.ct_status.upper() or "TRACE_REASON_UNKNOWN"
             flow["event_type"]["sub_type"] = event.subtype
         if event.type == EVENT_TRACE and event.rule_id:
             summary = self._add_service(flow, event, summary)

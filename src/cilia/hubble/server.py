@@ -1,0 +1,353 @@
+"""The agent's Hubble server: the observer.Observer gRPC service and gRPC health, on the node's
+unix socket (/run/cilia/<node>/hubble.sock) and optionally a TCP address (TLS when given a cert).
+
+It runs a grpc.aio server on an event loop in a thread of its own, so that encoding and filtering
+flows for clients never stalls the agent's API loop; the flow ring hands new flows to followers
+on that loop (FlowRing subscribers are thread-safe by call_soon_threadsafe).
+
+GetFlows follows Hubble's local observer: history first (the last `number` matching flows, the
+first `number` with `first`, or those since `since` until `until`/now), then, with `follow`, new
+flows as they come; flows a slow follower missed, and events the datapath lost, are reported as
+LostEvent messages. Flows are encoded once (cached by uuid) whichever client reads them."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import threading
+import time
+from collections import OrderedDict, deque
+from collections.abc import AsyncIterator, Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, cast
+
+import grpc
+from google.protobuf.descriptor import Descriptor
+from google.protobuf.timestamp_pb2 import Timestamp
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1.health import aio as health_aio
+
+from cilia import __version__
+from cilia.agent.config import AgentConfig
+from cilia.flows.filter import FlowFilter
+from cilia.flows.ring import FlowRing, Subscriber
+from cilia.hubble.convert import convert
+from cilia.hubble.filters import FilterError, FlowFilters
+from cilia.hubble.pb import flow_pb2, observer_pb2, observer_pb2_grpc, relay_pb2
+
+log = logging.getLogger(__name__)
+
+HEALTH_SERVICE = "hubble.server.Observer"  # what `hubble status` asks the health service about
+VERSION = f"cilia v{__version__}"
+RATE_WINDOW_S = 60.0
+FOLLOW_QUEUE = 4096
+NAMESPACE_WINDOW_NS = 3600 * 10**9  # GetNamespaces: namespaces with flows in the last hour
+_FLOW_DESCRIPTOR = cast(Descriptor, flow_pb2.Flow.DESCRIPTOR)
+
+
+@dataclass(frozen=True)
+class TlsFiles:
+    cert: Path
+    key: Path
+    client_cas: tuple[Path, ...] = ()
+
+
+@dataclass(frozen=True)
+class HubbleConfig:
+    node: str
+    socket: Path
+    capacity: int
+    listen_address: str | None = None
+    tls: TlsFiles | None = None
+
+    @classmethod
+    def from_agent(cls, config: AgentConfig) -> HubbleConfig:
+        tls = None
+        if config.hubble_tls_cert_file is not None and config.hubble_tls_key_file is not None:
+            tls = TlsFiles(config.hubble_tls_cert_file, config.hubble_tls_key_file, config.hubble_tls_client_ca_files)
+        return cls(config.node, config.paths.hubble_socket, config.flow_buffer, config.hubble_listen_address, tls)
+
+
+class RateMeter:
+    """Flows seen per second over about the last minute, from (time, seen) samples."""
+
+    def __init__(self, seen: int, now: float | None = None) -> None:
+        self._samples: deque[tuple[float, int]] = deque([(time.monotonic() if now is None else now, seen)])
+
+    def rate(self, seen: int, now: float | None = None) -> float:
+        now = time.monotonic() if now is None else now
+        self._samples.append((now, seen))
+        while len(self._samples) > 2 and now - self._samples[1][0] >= RATE_WINDOW_S:
+            self._samples.popleft()
+        then, seen_then = self._samples[0]
+        return (seen - seen_then) / (now - then) if now > then else 0.0
+
+
+class FlowSource:
+    """The agent's flow ring seen as Hubble flows: converted once, cached by uuid."""
+
+    def __init__(self, ring: FlowRing, capacity: int, to_proto: Callable[[Mapping[str, Any]], flow_pb2.Flow] = convert):
+        self.ring = ring
+        self.capacity = capacity
+        self._convert = to_proto
+        self._cache: OrderedDict[str, flow_pb2.Flow] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def proto(self, flow: Mapping[str, Any]) -> flow_pb2.Flow:
+        key = flow.get("uuid") or ""
+        with self._lock:
+            cached = self._cache.get(key) if key else None
+        if cached is not None:
+            return cached
+        message = self._convert(flow)
+        if key:
+            with self._lock:
+                self._cache[key] = message
+                while len(self._cache) > 2 * self.capacity:
+                    self._cache.popitem(last=False)
+        return message
+
+    def snapshot(self) -> list[flow_pb2.Flow]:
+        """Every buffered flow, oldest first."""
+        return [self.proto(flow) for flow in self.ring.last(len(self.ring), FlowFilter())]
+
+
+def select_history(flows: list[flow_pb2.Flow], request: observer_pb2.GetFlowsRequest, filters: FlowFilters,
+                   now_ns: int) -> list[flow_pb2.Flow]:
+    """Which buffered flows a GetFlows request gets before following (Hubble's ring reader)."""
+    since = request.since.ToNanoseconds() if request.HasField("since") else None
+    until = request.until.ToNanoseconds() if request.HasField("until") else None
+    if since is not None and until is None and not request.follow:
+        until = now_ns  # Hubble: a time range without an end ends now
+    number = request.number
+    if request.follow and number == 0 and since is None:
+        return []  # follow only: no need to look back
+    matched = [f for f in flows if filters.matches(f)
+               and (since is None or f.time.ToNanoseconds() >= since)
+               and (until is None or f.time.ToNanoseconds() <= until)]
+    if since is not None or request.first:
+        return matched[:number] if number else matched
+    return matched[-number:] if number else matched
+
+
+class ObserverService(observer_pb2_grpc.ObserverServicer):
+    def __init__(self, source: FlowSource, config: HubbleConfig, started_ns: int | None = None) -> None:
+        self._source = source
+        self._config = config
+        self._started_ns = time.time_ns() if started_ns is None else started_ns
+        self._started_mono = time.monotonic_ns()
+        self._rate = RateMeter(source.ring.seen)
+
+    # ----- flows ---------------------------------------------------------------------------------
+    async def GetFlows(self, request: observer_pb2.GetFlowsRequest,
+                       context: grpc.aio.ServicerContext[Any, Any]) -> AsyncIterator[observer_pb2.GetFlowsResponse]:
+        try:
+            filters = FlowFilters(request.whitelist, request.blacklist)
+        except FilterError as exc:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+            return
+        mask = request.field_mask if request.HasField("field_mask") and request.field_mask.paths else None
+        if mask is not None and not mask.IsValidForDescriptor(_FLOW_DESCRIPTOR):
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"invalid field mask: {list(mask.paths)}")
+            return
+        until = request.until.ToNanoseconds() if request.follow and request.HasField("until") else None
+        ring = self._source.ring
+        subscriber: Subscriber | None = None
+        if request.follow:
+            # Subscribed before the history is read, so nothing falls between the two; what is
+            # in both is skipped by uuid below.
+            subscriber = Subscriber(asyncio.get_running_loop(), FlowFilter(), size=FOLLOW_QUEUE)
+            ring.subscribe(subscriber)
+        try:
+            flows = await asyncio.to_thread(self._source.snapshot)
+            for message in select_history(flows, request, filters, time.time_ns()):
+                yield _response(message, mask)
+            if subscriber is None:
+                return
+            seen = {f.uuid for f in flows[-FOLLOW_QUEUE:]}
+            lost, datapath_lost = 0, ring.events_lost
+            while True:
+                flow = await subscriber.queue.get()
+                if seen:
+                    if flow.get("uuid") in seen:
+                        continue
+                    seen = set()  # queue order is ring order: past the overlap for good
+                if subscriber.lost > lost:
+                    yield _lost(flow_pb2.HUBBLE_RING_BUFFER, subscriber.lost - lost, self._config.node)
+                    lost = subscriber.lost
+                if ring.events_lost > datapath_lost:
+                    yield _lost(flow_pb2.PERF_EVENT_RING_BUFFER, ring.events_lost - datapath_lost, self._config.node)
+                    datapath_lost = ring.events_lost
+                message = self._source.proto(flow)
+                if until is not None and message.time.ToNanoseconds() > until:
+                    return
+                if filters.matches(message):
+                    yield _response(message, mask)
+        finally:
+            if subscriber is not None:
+                ring.unsubscribe(subscriber)
+
+    # ----- status --------------------------------------------------------------------------------
+    def _uptime_ns(self) -> int:
+        return time.monotonic_ns() - self._started_mono
+
+    async def ServerStatus(self, request: observer_pb2.ServerStatusRequest,
+                           context: grpc.aio.ServicerContext[Any, Any]) -> observer_pb2.ServerStatusResponse:
+        ring = self._source.ring
+        # A single agent, like Hubble's: the connected/unavailable node counts are a relay's.
+        return observer_pb2.ServerStatusResponse(
+            num_flows=len(ring), max_flows=self._source.capacity, seen_flows=ring.seen, uptime_ns=self._uptime_ns(),
+            version=VERSION, flows_rate=self._rate.rate(ring.seen))
+
+    async def GetNodes(self, request: observer_pb2.GetNodesRequest,
+                       context: grpc.aio.ServicerContext[Any, Any]) -> observer_pb2.GetNodesResponse:
+        ring = self._source.ring
+        config = self._config
+        node = observer_pb2.Node(
+            name=config.node, version=VERSION, address=config.listen_address or f"unix://{config.socket}",
+            state=relay_pb2.NODE_CONNECTED, uptime_ns=self._uptime_ns(), num_flows=len(ring),
+            max_flows=self._source.capacity, seen_flows=ring.seen)
+        node.tls.enabled = config.tls is not None
+        return observer_pb2.GetNodesResponse(nodes=[node])
+
+    async def GetNamespaces(self, request: observer_pb2.GetNamespacesRequest,
+                            context: grpc.aio.ServicerContext[Any, Any]) -> observer_pb2.GetNamespacesResponse:
+        flows = await asyncio.to_thread(self._source.snapshot)
+        horizon = time.time_ns() - NAMESPACE_WINDOW_NS
+        seen: set[tuple[str, str]] = set()
+        for flow in flows:
+            if flow.time.ToNanoseconds() < horizon:
+                continue
+            for endpoint in (flow.source, flow.destination):
+                if endpoint.namespace:
+                    seen.add((endpoint.cluster_name, endpoint.namespace))
+        return observer_pb2.GetNamespacesResponse(
+            namespaces=[observer_pb2.Namespace(cluster=c, namespace=n) for c, n in sorted(seen)])
+
+    # ----- agent and debug events ------------------------------------------------------------------
+    async def GetAgentEvents(self, request: observer_pb2.GetAgentEventsRequest,
+                             context: grpc.aio.ServicerContext[Any, Any],
+                             ) -> AsyncIterator[observer_pb2.GetAgentEventsResponse]:
+        """The one agent event cilia records: its start. Then nothing (while following)."""
+        started = Timestamp()
+        started.FromNanoseconds(self._started_ns)
+        event = observer_pb2.GetAgentEventsResponse(node_name=self._config.node, time=started)
+        event.agent_event.type = flow_pb2.AGENT_STARTED
+        event.agent_event.agent_start.time.CopyFrom(started)
+        if _in_range(self._started_ns, request):
+            yield event
+        if request.follow:
+            await asyncio.Event().wait()  # until the client goes away
+
+    async def GetDebugEvents(self, request: observer_pb2.GetDebugEventsRequest,
+                             context: grpc.aio.ServicerContext[Any, Any],
+                             ) -> AsyncIterator[observer_pb2.GetDebugEventsResponse]:
+        """cilia's datapath emits no debug events: an empty stream (held open when following)."""
+        if request.follow:
+            await asyncio.Event().wait()
+        return
+        yield  # an async generator that yields nothing
+
+
+def _in_range(event_ns: int, request: observer_pb2.GetAgentEventsRequest) -> bool:
+    if request.HasField("since") and event_ns < request.since.ToNanoseconds():
+        return False
+    return not (request.HasField("until") and event_ns > request.until.ToNanoseconds())
+
+
+def _response(message: flow_pb2.Flow, mask: Any) -> observer_pb2.GetFlowsResponse:
+    if mask is not None:
+        masked = flow_pb2.Flow()
+        mask.MergeMessage(message, masked)
+        message = masked
+    response = observer_pb2.GetFlowsResponse(flow=message, node_name=message.node_name)
+    response.time.CopyFrom(message.time)
+    return response
+
+
+def _lost(source: int, count: int, node: str) -> observer_pb2.GetFlowsResponse:
+    response = observer_pb2.GetFlowsResponse(node_name=node)
+    response.lost_events.source = source  # type: ignore[assignment]
+    response.lost_events.num_events_lost = count
+    response.time.GetCurrentTime()
+    return response
+
+
+class HubbleServer:
+    """Runs the Observer and health services until stopped; start() returns once they listen."""
+
+    def __init__(self, config: HubbleConfig, ring: FlowRing) -> None:
+        self.config = config
+        self.source = FlowSource(ring, config.capacity)
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._server: grpc.aio.Server | None = None
+        self._thread: threading.Thread | None = None
+        self._ready = threading.Event()
+        self._error: BaseException | None = None
+        self.tcp_port: int | None = None
+
+    def start(self, timeout: float = 10.0) -> None:
+        self._thread = threading.Thread(target=self._run, name="hubble", daemon=True)
+        self._thread.start()
+        if not self._ready.wait(timeout):
+            raise TimeoutError(f"hubble server did not start within {timeout} s")
+        if self._error is not None:
+            raise RuntimeError(f"hubble server failed to start: {self._error}") from self._error
+
+    def _run(self) -> None:
+        loop = asyncio.new_event_loop()
+        self._loop = loop
+        try:
+            loop.run_until_complete(self._serve())
+        except BaseException as exc:  # reported to start(), which re-raises
+            self._error = exc
+            self._ready.set()
+        finally:
+            loop.close()
+
+    async def _serve(self) -> None:
+        config = self.config
+        server = grpc.aio.server()
+        observer_pb2_grpc.add_ObserverServicer_to_server(  # type: ignore[no-untyped-call]
+            ObserverService(self.source, config), server)
+        health = health_aio.HealthServicer()
+        for service in ("", HEALTH_SERVICE):
+            await health.set(service, health_pb2.HealthCheckResponse.SERVING)
+        health_pb2_grpc.add_HealthServicer_to_server(health, server)
+        config.socket.parent.mkdir(parents=True, exist_ok=True)
+        config.socket.unlink(missing_ok=True)
+        server.add_insecure_port(f"unix://{config.socket}")
+        if config.listen_address:
+            if config.tls is not None:
+                self.tcp_port = server.add_secure_port(config.listen_address, _credentials(config.tls))
+            else:
+                self.tcp_port = server.add_insecure_port(config.listen_address)
+        await server.start()
+        os.chmod(config.socket, 0o600)  # flows name every pod's peers: root only, like agent.sock
+        self._server = server
+        log.info("hubble server on unix://%s%s", config.socket,
+                 f" and {config.listen_address} ({'TLS' if config.tls else 'plaintext'})"
+                 if config.listen_address else "")
+        self._ready.set()
+        await server.wait_for_termination()
+
+    def stop(self, grace: float = 1.0) -> None:
+        loop, server = self._loop, self._server
+        if loop is not None and server is not None and not loop.is_closed():
+            try:
+                asyncio.run_coroutine_threadsafe(server.stop(grace), loop).result(grace + 5)
+            except (RuntimeError, TimeoutError):
+                log.warning("hubble server did not stop cleanly")
+        if self._thread is not None:
+            self._thread.join(grace + 5)
+        self.config.socket.unlink(missing_ok=True)
+
+
+def _credentials(tls: TlsFiles) -> grpc.ServerCredentials:
+    pair = [(tls.key.read_bytes(), tls.cert.read_bytes())]
+    if not tls.client_cas:
+        return grpc.ssl_server_credentials(pair)
+    roots = b"".join(path.read_bytes() for path in tls.client_cas)
+    return grpc.ssl_server_credentials(pair, root_certificates=roots, require_client_auth=True)

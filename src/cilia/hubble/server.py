@@ -13,6 +13,7 @@ LostEvent messages. Flows are encoded once (cached by uuid) whichever client rea
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import threading
@@ -282,10 +283,11 @@ class HubbleServer:
         self.config = config
         self.source = FlowSource(ring, config.capacity)
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._server: grpc.aio.Server | None = None
         self._thread: threading.Thread | None = None
         self._ready = threading.Event()
         self._error: BaseException | None = None
+        self._stopping: asyncio.Event | None = None
+        self._grace = 1.0
         self.tcp_port: int | None = None
 
     def start(self, timeout: float = 10.0) -> None:
@@ -298,6 +300,7 @@ class HubbleServer:
 
     def _run(self) -> None:
         loop = asyncio.new_event_loop()
+        asyncio.set_event_loop(loop)
         self._loop = loop
         try:
             loop.run_until_complete(self._serve())
@@ -305,6 +308,12 @@ class HubbleServer:
             self._error = exc
             self._ready.set()
         finally:
+            # grpc.aio leaves request-polling tasks behind: end them before the loop goes.
+            pending = asyncio.all_tasks(loop)
+            for task in pending:
+                task.cancel()
+            loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
+            loop.run_until_complete(loop.shutdown_asyncgens())
             loop.close()
 
     async def _serve(self) -> None:
@@ -326,22 +335,25 @@ class HubbleServer:
                 self.tcp_port = server.add_insecure_port(config.listen_address)
         await server.start()
         os.chmod(config.socket, 0o600)  # flows name every pod's peers: root only, like agent.sock
-        self._server = server
         log.info("hubble server on unix://%s%s", config.socket,
                  f" and {config.listen_address} ({'TLS' if config.tls else 'plaintext'})"
                  if config.listen_address else "")
+        self._stopping = asyncio.Event()
         self._ready.set()
-        await server.wait_for_termination()
+        await self._stopping.wait()
+        await server.stop(self._grace)
 
     def stop(self, grace: float = 1.0) -> None:
-        loop, server = self._loop, self._server
-        if loop is not None and server is not None and not loop.is_closed():
-            try:
-                asyncio.run_coroutine_threadsafe(server.stop(grace), loop).result(grace + 5)
-            except (RuntimeError, TimeoutError):
-                log.warning("hubble server did not stop cleanly")
+        """Ends the streams (after `grace` seconds for calls in flight) and the thread."""
+        self._grace = grace
+        loop, stopping = self._loop, self._stopping
+        if loop is not None and stopping is not None:
+            with contextlib.suppress(RuntimeError):  # the loop has already ended
+                loop.call_soon_threadsafe(stopping.set)
         if self._thread is not None:
             self._thread.join(grace + 5)
+            if self._thread.is_alive():
+                log.warning("hubble server did not stop within %.0f s", grace + 5)
         self.config.socket.unlink(missing_ok=True)
 
 

@@ -1,0 +1,213 @@
+"""The Observer server over a real gRPC unix socket (and TCP on loopback, plaintext and TLS),
+with a client generated from our .proto: history selection, follow, filters, status RPCs."""
+
+from __future__ import annotations
+
+import contextlib
+import shutil
+import subprocess
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+from google.protobuf.field_mask_pb2 import FieldMask
+from google.protobuf.timestamp_pb2 import Timestamp
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from cilia.flows.ring import FlowRing
+from cilia.hubble.pb import flow_pb2, observer_pb2, observer_pb2_grpc, relay_pb2
+from cilia.hubble.server import HEALTH_SERVICE, HubbleConfig, HubbleServer, RateMeter, TlsFiles
+
+CAPACITY = 16
+T0 = (time.time_ns() // 10**9 - 7200) * 10**9  # two hours ago: history, but not "the last hour"
+
+
+def flow(i: int, verdict: str = "FORWARDED", namespace: str = "x", at_ns: int | None = None) -> dict[str, Any]:
+    stamp = Timestamp()
+    stamp.FromNanoseconds(at_ns if at_ns is not None else T0 + i * 10**9)
+    return {"time": stamp.ToJsonString(), "uuid": f"uuid-{i}", "verdict": verdict, "Type": "L3_L4",
+            "node_name": "n1", "event_type": {"type": 1 if verdict == "DROPPED" else 4},
+            "drop_reason": 133 if verdict == "DROPPED" else 0, "traffic_direction": "INGRESS",
+            "IP": {"source": "10.0.0.1", "destination": f"10.0.1.{i}", "ipVersion": "IPv4"},
+            "l4": {"TCP": {"source_port": 40000 + i, "destination_port": 80, "flags": {"SYN": True}}},
+            "source": {"ID": 1, "identity": 256, "namespace": namespace, "pod_name": "client", "labels": []},
+            "destination": {"ID": 2, "identity": 257, "namespace": "y", "pod_name": f"server-{i}", "labels": []},
+            "Summary": f"flow {i}"}
+
+
+@pytest.fixture
+def ring() -> FlowRing:
+    r = FlowRing(CAPACITY)
+    for i in range(5):
+        r.add(flow(i, "DROPPED" if i == 3 else "FORWARDED"))
+    return r
+
+
+@pytest.fixture
+def server(ring: FlowRing, tmp_path: Path) -> Iterator[HubbleServer]:
+    s = HubbleServer(HubbleConfig("n1", tmp_path / "hubble.sock", CAPACITY, "127.0.0.1:0"), ring)
+    s.start()
+    try:
+        yield s
+    finally:
+        s.stop()
+
+
+@pytest.fixture
+def channel(server: HubbleServer) -> Iterator[grpc.Channel]:
+    with grpc.insecure_channel(f"unix://{server.config.socket}") as ch:
+        yield ch
+
+
+def stub(channel: grpc.Channel) -> Any:
+    return observer_pb2_grpc.ObserverStub(channel)  # type: ignore[no-untyped-call]
+
+
+def get_flows(channel: grpc.Channel, **request: Any) -> list[observer_pb2.GetFlowsResponse]:
+    return list(stub(channel).GetFlows(observer_pb2.GetFlowsRequest(**request), timeout=5))
+
+
+def uuids(responses: list[observer_pb2.GetFlowsResponse]) -> list[str]:
+    return [r.flow.uuid for r in responses]
+
+
+def test_health_and_status(channel: grpc.Channel, server: HubbleServer) -> None:
+    health = health_pb2_grpc.HealthStub(channel)  # type: ignore[no-untyped-call]
+    reply = health.Check(health_pb2.HealthCheckRequest(service=HEALTH_SERVICE), timeout=5)
+    assert reply.status == health_pb2.HealthCheckResponse.SERVING
+    status = stub(channel).ServerStatus(observer_pb2.ServerStatusRequest(), timeout=5)
+    assert (status.num_flows, status.max_flows, status.seen_flows) == (5, CAPACITY, 5)
+    assert status.uptime_ns > 0 and status.version.startswith("cilia v")
+    assert not status.HasField("num_connected_nodes") and not status.HasField("num_unavailable_nodes")
+    assert server.config.socket.stat().st_mode & 0o777 == 0o600
+
+
+def test_last_first_and_filters(channel: grpc.Channel) -> None:
+    assert uuids(get_flows(channel, number=2)) == ["uuid-3", "uuid-4"]
+    assert uuids(get_flows(channel, number=2, first=True)) == ["uuid-0", "uuid-1"]
+    assert uuids(get_flows(channel, number=0)) == [f"uuid-{i}" for i in range(5)]
+    dropped = get_flows(channel, number=20, whitelist=[flow_pb2.FlowFilter(verdict=[flow_pb2.DROPPED])])
+    assert uuids(dropped) == ["uuid-3"]
+    assert dropped[0].flow.drop_reason_desc == flow_pb2.POLICY_DENIED
+    assert dropped[0].node_name == "n1" and dropped[0].time == dropped[0].flow.time
+    kept = get_flows(channel, number=20, blacklist=[flow_pb2.FlowFilter(destination_pod=["y/server-1"])])
+    assert uuids(kept) == ["uuid-0", "uuid-2", "uuid-3", "uuid-4"]
+
+
+def test_since_until_and_field_mask(channel: grpc.Channel) -> None:
+    since, until = Timestamp(), Timestamp()
+    since.FromNanoseconds(T0 + 2 * 10**9)
+    until.FromNanoseconds(T0 + 3 * 10**9)
+    assert uuids(get_flows(channel, since=since)) == ["uuid-2", "uuid-3", "uuid-4"]
+    assert uuids(get_flows(channel, since=since, until=until)) == ["uuid-2", "uuid-3"]
+    [masked] = get_flows(channel, number=1, field_mask=FieldMask(paths=["verdict", "source.pod_name"]))
+    assert masked.flow.verdict == flow_pb2.FORWARDED and masked.flow.source.pod_name == "client"
+    assert not masked.flow.uuid and not masked.flow.HasField("IP") and not masked.flow.source.namespace
+
+
+def test_bad_requests_are_invalid_argument(channel: grpc.Channel) -> None:
+    for request in ({"whitelist": [flow_pb2.FlowFilter(source_ip=["not-an-ip"])]},
+                    {"field_mask": FieldMask(paths=["no_such_field"])}):
+        with pytest.raises(grpc.RpcError) as info:
+            get_flows(channel, number=1, **request)
+        assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
+def test_follow_gets_new_flows_that_match(channel: grpc.Channel, ring: FlowRing) -> None:
+    request = observer_pb2.GetFlowsRequest(number=1, follow=True,
+                                           whitelist=[flow_pb2.FlowFilter(verdict=[flow_pb2.DROPPED])])
+    stream = stub(channel).GetFlows(request, timeout=10)
+    got: list[str] = []
+
+    def read() -> None:
+        for response in stream:
+            got.append(response.flow.uuid)
+            if len(got) == 2:
+                return
+
+    reader = threading.Thread(target=read)
+    reader.start()
+    deadline = time.monotonic() + 5
+    while not got and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert got == ["uuid-3"]  # the last matching flow of the history
+    ring.add(flow(5))  # forwarded: filtered out
+    ring.add(flow(6, "DROPPED"))
+    reader.join(5)
+    stream.cancel()
+    assert got == ["uuid-3", "uuid-6"]
+
+
+def test_follow_without_number_starts_at_the_end(channel: grpc.Channel, ring: FlowRing) -> None:
+    stream = stub(channel).GetFlows(observer_pb2.GetFlowsRequest(follow=True), timeout=10)
+    first: list[str] = []
+
+    def read_one() -> None:
+        with contextlib.suppress(grpc.RpcError):  # cancelled at the end of a failing test
+            first.append(next(iter(stream)).flow.uuid)
+
+    reader = threading.Thread(target=read_one)
+    reader.start()
+    deadline = time.monotonic() + 5
+    added = 0
+    while time.monotonic() < deadline and reader.is_alive():
+        ring.add(flow(100 + added))  # new flows until the subscription is in place
+        added += 1
+        reader.join(0.1)
+    stream.cancel()
+    assert len(first) == 1 and int(first[0].removeprefix("uuid-")) >= 100  # none of the history
+
+
+def test_nodes_namespaces_agent_and_debug_events(channel: grpc.Channel, ring: FlowRing) -> None:
+    now = time.time_ns()
+    ring.add(flow(7, namespace="recent", at_ns=now))
+    [node] = stub(channel).GetNodes(observer_pb2.GetNodesRequest(), timeout=5).nodes
+    assert (node.name, node.state, node.num_flows, node.max_flows) == ("n1", relay_pb2.NODE_CONNECTED, 6, CAPACITY)
+    assert node.address == "127.0.0.1:0" and not node.tls.enabled
+    namespaces = stub(channel).GetNamespaces(observer_pb2.GetNamespacesRequest(), timeout=5).namespaces
+    assert [(n.cluster, n.namespace) for n in namespaces] == [("", "recent"), ("", "y")]  # the last hour only
+    events = list(stub(channel).GetAgentEvents(observer_pb2.GetAgentEventsRequest(number=10), timeout=5))
+    assert [e.agent_event.type for e in events] == [flow_pb2.AGENT_STARTED] and events[0].node_name == "n1"
+    assert list(stub(channel).GetDebugEvents(observer_pb2.GetDebugEventsRequest(number=10), timeout=5)) == []
+    following = stub(channel).GetDebugEvents(observer_pb2.GetDebugEventsRequest(follow=True), timeout=0.5)
+    with pytest.raises(grpc.RpcError) as info:
+        list(following)
+    assert info.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED  # held open, nothing sent
+
+
+def test_tcp_plaintext(server: HubbleServer) -> None:
+    assert server.tcp_port
+    with grpc.insecure_channel(f"127.0.0.1:{server.tcp_port}") as ch:
+        assert stub(ch).ServerStatus(observer_pb2.ServerStatusRequest(), timeout=5).num_flows == 5
+
+
+@pytest.mark.skipif(shutil.which("openssl") is None, reason="needs openssl to make a certificate")
+def test_tcp_tls(ring: FlowRing, tmp_path: Path) -> None:
+    cert, key = tmp_path / "tls.crt", tmp_path / "tls.key"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=n1",
+                    "-addext", "subjectAltName=DNS:n1.hubble-grpc.cilium.io,IP:127.0.0.1",
+                    "-keyout", str(key), "-out", str(cert)], check=True, capture_output=True)
+    s = HubbleServer(HubbleConfig("n1", tmp_path / "h.sock", CAPACITY, "127.0.0.1:0", TlsFiles(cert, key)), ring)
+    s.start()
+    try:
+        credentials = grpc.ssl_channel_credentials(root_certificates=cert.read_bytes())
+        with grpc.secure_channel(f"127.0.0.1:{s.tcp_port}", credentials) as ch:
+            assert stub(ch).ServerStatus(observer_pb2.ServerStatusRequest(), timeout=5).num_flows == 5
+            [node] = stub(ch).GetNodes(observer_pb2.GetNodesRequest(), timeout=5).nodes
+            assert node.tls.enabled
+        with grpc.insecure_channel(f"127.0.0.1:{s.tcp_port}") as plain, pytest.raises(grpc.RpcError):
+            stub(plain).ServerStatus(observer_pb2.ServerStatusRequest(), timeout=2)
+    finally:
+        s.stop()
+    assert not (tmp_path / "h.sock").exists()
+
+
+def test_rate_meter_is_per_second_over_the_window() -> None:
+    meter = RateMeter(0, now=0.0)
+    assert meter.rate(100, now=10.0) == 10.0
+    assert meter.rate(700, now=70.0) == pytest.approx(10.0)
+    assert meter.rate(1300, now=130.0) == pytest.approx(10.0)  # old samples age out

@@ -109,6 +109,22 @@ def test_since_until_and_field_mask(channel: grpc.Channel) -> None:
     assert not masked.flow.uuid and not masked.flow.HasField("IP") and not masked.flow.source.namespace
 
 
+# What hubble 1.19 asks for with -o compact/dict/table (--use-default-field-masks, on by default).
+CLI_DEFAULT_MASK = ["time", "verdict", "ethernet", "IP", "l4", "source.identity", "source.namespace",
+                    "source.pod_name", "destination.identity", "destination.namespace", "destination.pod_name",
+                    "Type", "node_name", "l7", "event_type", "source_service", "destination_service", "is_reply",
+                    "Summary", "ip_trace_id"]
+
+
+def test_the_cli_default_field_mask(channel: grpc.Channel) -> None:
+    [masked] = get_flows(channel, number=1, first=True, field_mask=FieldMask(paths=CLI_DEFAULT_MASK))
+    f = masked.flow
+    assert (f.verdict, f.IP.destination, f.l4.TCP.destination_port) == (flow_pb2.FORWARDED, "10.0.1.0", 80)
+    assert (f.source.pod_name, f.destination.pod_name, f.event_type.type, f.Summary) == ("client", "server-0", 4,
+                                                                                        "flow 0")
+    assert not f.uuid and not f.source.ID and f.traffic_direction == flow_pb2.TRAFFIC_DIRECTION_UNKNOWN
+
+
 def test_bad_requests_are_invalid_argument(channel: grpc.Channel) -> None:
     for request in ({"whitelist": [flow_pb2.FlowFilter(source_ip=["not-an-ip"])]},
                     {"field_mask": FieldMask(paths=["no_such_field"])}):

@@ -222,6 +222,13 @@ def test_tcp_tls(ring: FlowRing, tmp_path: Path) -> None:
     assert not (tmp_path / "h.sock").exists()
 
 
+def test_a_flow_that_does_not_convert_is_skipped_not_fatal(channel: grpc.Channel, ring: FlowRing,
+                                                          server: HubbleServer) -> None:
+    ring.add({"uuid": "broken", "time": "not a time"})
+    assert uuids(get_flows(channel, number=2)) == ["uuid-3", "uuid-4"]
+    assert server.source.conversion_errors == 1
+
+
 def test_rate_meter_is_per_second_over_the_window() -> None:
     meter = RateMeter(0, now=0.0)
     assert meter.rate(100, now=10.0) == 10.0

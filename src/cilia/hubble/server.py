@@ -95,24 +95,33 @@ class FlowSource:
         self._convert = to_proto
         self._cache: OrderedDict[str, flow_pb2.Flow] = OrderedDict()
         self._lock = threading.Lock()
+        self.conversion_errors = 0
 
-    def proto(self, flow: Mapping[str, Any]) -> flow_pb2.Flow:
+    def proto(self, flow: Mapping[str, Any]) -> flow_pb2.Flow | None:
+        """The flow as a message; None (counted, logged once) for a record that does not convert."""
         key = flow.get("uuid") or ""
         with self._lock:
             cached = self._cache.get(key) if key else None
         if cached is not None:
             return cached
-        message = self._convert(flow)
+        try:
+            message = self._convert(flow)
+        except (KeyError, TypeError, ValueError, AttributeError):
+            self.conversion_errors += 1
+            if self.conversion_errors == 1:
+                log.exception("a flow could not be encoded for Hubble (further ones are only counted)")
+            return None
         if key:
             with self._lock:
                 self._cache[key] = message
-                while len(self._cache) > 2 * self.capacity:
+                while len(self._cache) > self.capacity:
                     self._cache.popitem(last=False)
         return message
 
     def snapshot(self) -> list[flow_pb2.Flow]:
         """Every buffered flow, oldest first."""
-        return [self.proto(flow) for flow in self.ring.last(len(self.ring), FlowFilter())]
+        messages = (self.proto(flow) for flow in self.ring.last(len(self.ring), FlowFilter()))
+        return [m for m in messages if m is not None]
 
 
 def select_history(flows: list[flow_pb2.Flow], request: observer_pb2.GetFlowsRequest, filters: FlowFilters,
@@ -181,11 +190,13 @@ class ObserverService(observer_pb2_grpc.ObserverServicer):
                 if ring.events_lost > datapath_lost:
                     yield _lost(flow_pb2.PERF_EVENT_RING_BUFFER, ring.events_lost - datapath_lost, self._config.node)
                     datapath_lost = ring.events_lost
-                message = self._source.proto(flow)
-                if until is not None and message.time.ToNanoseconds() > until:
+                new = self._source.proto(flow)
+                if new is None:
+                    continue
+                if until is not None and new.time.ToNanoseconds() > until:
                     return
-                if filters.matches(message):
-                    yield _response(message, mask)
+                if filters.matches(new):
+                    yield _response(new, mask)
         finally:
             if subscriber is not None:
                 ring.unsubscribe(subscriber)

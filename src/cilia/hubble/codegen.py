@@ -54,10 +54,15 @@ def generate() -> Path:
         for directory in [work, *(p for p in work.rglob("*") if p.is_dir())]:
             (directory / "__init__.py").touch()
         (work / STAMP).write_text(source_hash() + "\n")
+        os.chmod(work, 0o755)
         old = HERE / f".old-{os.getpid()}"
-        if OUT_DIR.exists():
-            OUT_DIR.rename(old)
-        work.rename(OUT_DIR)
+        try:
+            if OUT_DIR.exists():
+                OUT_DIR.rename(old)
+            work.rename(OUT_DIR)
+        except OSError:
+            if not is_current():  # another process generating at the same time won the race: fine
+                raise
         shutil.rmtree(old, ignore_errors=True)
     finally:
         shutil.rmtree(work, ignore_errors=True)

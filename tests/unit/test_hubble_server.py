@@ -127,7 +127,7 @@ def test_the_cli_default_field_mask(channel: grpc.Channel) -> None:
 
 def test_bad_requests_are_invalid_argument(channel: grpc.Channel) -> None:
     for request in ({"whitelist": [flow_pb2.FlowFilter(source_ip=["not-an-ip"])]},
-                    {"field_mask": FieldMask(paths=["no_such_field"])}):
+                    {"field_mask": FieldMask(paths=["no_such_field"])}, {"first": True, "follow": True}):
         with pytest.raises(grpc.RpcError) as info:
             get_flows(channel, number=1, **request)
         assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
@@ -185,7 +185,7 @@ def test_nodes_namespaces_agent_and_debug_events(channel: grpc.Channel, ring: Fl
     assert (node.name, node.state, node.num_flows, node.max_flows) == ("n1", relay_pb2.NODE_CONNECTED, 6, CAPACITY)
     assert node.address == "127.0.0.1:0" and not node.tls.enabled
     namespaces = stub(channel).GetNamespaces(observer_pb2.GetNamespacesRequest(), timeout=5).namespaces
-    assert [(n.cluster, n.namespace) for n in namespaces] == [("", "recent"), ("", "y")]  # the last hour only
+    assert [(n.cluster, n.namespace) for n in namespaces] == [("default", "recent"), ("default", "y")]  # last hour
     events = list(stub(channel).GetAgentEvents(observer_pb2.GetAgentEventsRequest(number=10), timeout=5))
     assert [e.agent_event.type for e in events] == [flow_pb2.AGENT_STARTED] and events[0].node_name == "n1"
     assert list(stub(channel).GetDebugEvents(observer_pb2.GetDebugEventsRequest(number=10), timeout=5)) == []
@@ -227,6 +227,28 @@ def test_a_flow_that_does_not_convert_is_skipped_not_fatal(channel: grpc.Channel
     ring.add({"uuid": "broken", "time": "not a time"})
     assert uuids(get_flows(channel, number=2)) == ["uuid-3", "uuid-4"]
     assert server.source.conversion_errors == 1
+
+
+def test_history_selection_follows_hubbles_ring_reader() -> None:
+    from cilia.hubble.convert import convert
+    from cilia.hubble.filters import FlowFilters
+    from cilia.hubble.server import select_history
+
+    flows = [convert(flow(i)) for i in range(6)]
+    everything = FlowFilters([], [])
+    since = Timestamp()
+    since.FromNanoseconds(T0 + 2 * 10**9)
+
+    def pick(**request: Any) -> list[str]:
+        return [f.uuid for f in select_history(flows, observer_pb2.GetFlowsRequest(**request), everything)]
+
+    assert pick(number=2) == ["uuid-4", "uuid-5"]
+    assert pick(number=2, follow=True) == ["uuid-4", "uuid-5"]  # then new flows
+    assert pick(follow=True) == []
+    assert pick(number=2, first=True) == ["uuid-0", "uuid-1"]
+    assert pick(since=since, number=2) == ["uuid-2", "uuid-3"]  # forward from since, capped
+    assert pick(since=since, number=2, follow=True) == ["uuid-2", "uuid-3", "uuid-4", "uuid-5"]  # no cap
+    assert pick() == [f"uuid-{i}" for i in range(6)]
 
 
 def test_rate_meter_is_per_second_over_the_window() -> None:

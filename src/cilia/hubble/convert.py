@@ -21,6 +21,7 @@ from google.protobuf.wrappers_pb2 import BoolValue
 
 from cilia import __version__
 from cilia.hubble.pb import flow_pb2
+from cilia.identity.labels import CLUSTER_LABEL
 
 # cilia datapath drop code -> Hubble DropReason value (by meaning).
 DROP_REASONS: dict[int, flow_pb2.DropReason] = {
@@ -60,7 +61,6 @@ TRACE_POINTS: dict[str, int] = {
     "FROM_PROXY": 6, "FROM_HOST": 7, "FROM_STACK": 8, "FROM_OVERLAY": 9, "FROM_NETWORK": 10, "TO_NETWORK": 11,
     "FROM_CRYPTO": 12, "TO_CRYPTO": 13,
 }
-CLUSTER_LABEL = "io.cilium.k8s.policy.cluster"
 EMITTER = "Cilia"
 
 

@@ -6,7 +6,7 @@ flows for clients never stalls the agent's API loop; the flow ring hands new flo
 on that loop (FlowRing subscribers are thread-safe by call_soon_threadsafe).
 
 GetFlows follows Hubble's local observer: history first (the last `number` matching flows, the
-first `number` with `first`, or those since `since` until `until`/now), then, with `follow`, new
+first `number` with `first`, or those from `since` to `until`), then, with `follow`, new
 flows as they come; flows a slow follower missed, and events the datapath lost, are reported as
 LostEvent messages. Flows are encoded once (cached by uuid) whichever client reads them."""
 
@@ -35,7 +35,7 @@ from cilia.agent.config import AgentConfig
 from cilia.flows.filter import FlowFilter
 from cilia.flows.ring import FlowRing, Subscriber
 from cilia.hubble.convert import convert
-from cilia.hubble.filters import FilterError, FlowFilters
+from cilia.hubble.filters import DEFAULT_CLUSTER, FilterError, FlowFilters
 from cilia.hubble.pb import flow_pb2, observer_pb2, observer_pb2_grpc, relay_pb2
 
 log = logging.getLogger(__name__)
@@ -124,13 +124,11 @@ class FlowSource:
         return [m for m in messages if m is not None]
 
 
-def select_history(flows: list[flow_pb2.Flow], request: observer_pb2.GetFlowsRequest, filters: FlowFilters,
-                   now_ns: int) -> list[flow_pb2.Flow]:
+def select_history(flows: list[flow_pb2.Flow], request: observer_pb2.GetFlowsRequest,
+                   filters: FlowFilters) -> list[flow_pb2.Flow]:
     """Which buffered flows a GetFlows request gets before following (Hubble's ring reader)."""
     since = request.since.ToNanoseconds() if request.HasField("since") else None
     until = request.until.ToNanoseconds() if request.HasField("until") else None
-    if since is not None and until is None and not request.follow:
-        until = now_ns  # Hubble: a time range without an end ends now
     number = request.number
     if request.follow and number == 0 and since is None:
         return []  # follow only: no need to look back
@@ -138,7 +136,8 @@ def select_history(flows: list[flow_pb2.Flow], request: observer_pb2.GetFlowsReq
                and (since is None or f.time.ToNanoseconds() >= since)
                and (until is None or f.time.ToNanoseconds() <= until)]
     if since is not None or request.first:
-        return matched[:number] if number else matched
+        # forward from `since` (or the oldest); `number` caps it, except when following (as Hubble)
+        return matched[:number] if number and not request.follow else matched
     return matched[-number:] if number else matched
 
 
@@ -153,6 +152,9 @@ class ObserverService(observer_pb2_grpc.ObserverServicer):
     # ----- flows ---------------------------------------------------------------------------------
     async def GetFlows(self, request: observer_pb2.GetFlowsRequest,
                        context: grpc.aio.ServicerContext[Any, Any]) -> AsyncIterator[observer_pb2.GetFlowsResponse]:
+        if request.first and request.follow:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "first cannot be specified with follow")
+            return
         try:
             filters = FlowFilters(request.whitelist, request.blacklist)
         except FilterError as exc:
@@ -172,7 +174,7 @@ class ObserverService(observer_pb2_grpc.ObserverServicer):
             ring.subscribe(subscriber)
         try:
             flows = await asyncio.to_thread(self._source.snapshot)
-            for message in select_history(flows, request, filters, time.time_ns()):
+            for message in select_history(flows, request, filters):
                 yield _response(message, mask)
             if subscriber is None:
                 return
@@ -234,7 +236,7 @@ class ObserverService(observer_pb2_grpc.ObserverServicer):
                 continue
             for endpoint in (flow.source, flow.destination):
                 if endpoint.namespace:
-                    seen.add((endpoint.cluster_name, endpoint.namespace))
+                    seen.add((DEFAULT_CLUSTER, endpoint.namespace))  # the agent's cluster, as Hubble
         return observer_pb2.GetNamespacesResponse(
             namespaces=[observer_pb2.Namespace(cluster=c, namespace=n) for c, n in sorted(seen)])
 
@@ -243,6 +245,9 @@ class ObserverService(observer_pb2_grpc.ObserverServicer):
                              context: grpc.aio.ServicerContext[Any, Any],
                              ) -> AsyncIterator[observer_pb2.GetAgentEventsResponse]:
         """The one agent event cilia records: its start. Then nothing (while following)."""
+        if request.first and request.follow:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "first cannot be specified with follow")
+            return
         started = Timestamp()
         started.FromNanoseconds(self._started_ns)
         event = observer_pb2.GetAgentEventsResponse(node_name=self._config.node, time=started)
@@ -257,6 +262,9 @@ class ObserverService(observer_pb2_grpc.ObserverServicer):
                              context: grpc.aio.ServicerContext[Any, Any],
                              ) -> AsyncIterator[observer_pb2.GetDebugEventsResponse]:
         """cilia's datapath emits no debug events: an empty stream (held open when following)."""
+        if request.first and request.follow:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "first cannot be specified with follow")
+            return
         if request.follow:
             await asyncio.Event().wait()
         return

@@ -5,6 +5,7 @@ GetFlows with the filters the hubble CLI sends for its flags; follow sees a new 
 
 from __future__ import annotations
 
+import itertools
 import threading
 import time
 from collections.abc import Iterator
@@ -82,7 +83,8 @@ def test_last_20(channel: grpc.Channel) -> None:
     assert 0 < len(last) <= 20
     assert all(f.node_name == "n1" and f.HasField("time") for f in last)
     times = [f.time.ToNanoseconds() for f in last]
-    assert times == sorted(times)
+    # ring order is arrival order; events stamped on different CPUs may cross by a little
+    assert all(later >= earlier - 10**7 for earlier, later in itertools.pairwise(times))
 
 
 def test_dropped_flows_name_reason_pods_and_direction(channel: grpc.Channel) -> None:

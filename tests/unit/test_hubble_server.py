@@ -249,6 +249,10 @@ def test_history_selection_follows_hubbles_ring_reader() -> None:
     assert pick(since=since, number=2) == ["uuid-2", "uuid-3"]  # forward from since, capped
     assert pick(since=since, number=2, follow=True) == ["uuid-2", "uuid-3", "uuid-4", "uuid-5"]  # no cap
     assert pick() == [f"uuid-{i}" for i in range(6)]
+    until = Timestamp()
+    until.FromNanoseconds(T0 + 4 * 10**9)
+    assert pick(until=until) == [f"uuid-{i}" for i in range(5)]
+    assert pick(number=3, until=until) == ["uuid-3", "uuid-4"]  # the last 3, then cut at until
 
 
 def test_rate_meter_is_per_second_over_the_window() -> None:

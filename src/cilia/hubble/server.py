@@ -132,13 +132,16 @@ def select_history(flows: list[flow_pb2.Flow], request: observer_pb2.GetFlowsReq
     number = request.number
     if request.follow and number == 0 and since is None:
         return []  # follow only: no need to look back
-    matched = [f for f in flows if filters.matches(f)
-               and (since is None or f.time.ToNanoseconds() >= since)
-               and (until is None or f.time.ToNanoseconds() <= until)]
-    if since is not None or request.first:
-        # forward from `since` (or the oldest); `number` caps it, except when following (as Hubble)
-        return matched[:number] if number and not request.follow else matched
-    return matched[-number:] if number else matched
+    matched = [f for f in flows if filters.matches(f) and (since is None or f.time.ToNanoseconds() >= since)]
+    if since is None and not request.first and number:
+        matched = matched[-number:]  # rewound by `number` matching flows, as Hubble (not by `until`)
+    elif number and not request.follow:
+        matched = matched[:number]  # forward from `since` or the oldest; a follower is not capped
+    if until is not None:  # reading forward stops at the first flow past `until`
+        for i, f in enumerate(matched):
+            if f.time.ToNanoseconds() > until:
+                return matched[:i]
+    return matched
 
 
 class ObserverService(observer_pb2_grpc.ObserverServicer):

@@ -7,7 +7,7 @@ BPF_SRCS := $(wildcard bpf/*.c)
 BPF_OBJS := $(patsubst bpf/%.c,$(BPF_OUT)/%.o,$(BPF_SRCS))
 BPF_HDRS := $(wildcard bpf/lib/*.h)
 ARCH_INC := /usr/include/$(shell uname -m)-linux-gnu
-BPF_CFLAGS := -O2 -g -target bpf -Wall -Werror -Wno-unused-function -I bpf -I $(ARCH_INC) -D__TARGET_ARCH_x86
+BPF_CFLAGS := -O2 -g -target bpf -Wall -Wextra -Wshadow -Werror -Wno-unused-function -I bpf -I $(ARCH_INC) -D__TARGET_ARCH_x86
 
 .PHONY: install bpf proto test test-unit test-kernel test-e2e demo lint bench clean
 

@@ -8,30 +8,16 @@
  * backend's to-container program which frontend it came through, so conntrack can record it and
  * the backend's replies are reverse-NATed on their way out (bpf_lxc.c). ClusterIPs are not
  * reachable from outside. */
-#define SOURCE_FILE_ID 2
+#define SOURCE_FILE_ID SOURCE_FILE_HOST
 
 #include "lib/common.h"
-#include "lib/config.h"
-#include "lib/identity.h"
-#include "lib/drop_reasons.h"
-#include "lib/maps.h"
-#include "lib/parse.h"
-#include "lib/events.h"
-#include "lib/lookup.h"
+#include "lib/direction.h"
+#include "lib/drop.h"
+#include "lib/host_config.h"
+#include "lib/ipcache.h"
 #include "lib/lb.h"
-
-/* Load-time configuration of the node's device program (cilia.datapath.config.HostConfig). */
-struct host_config {
-	__u32 maglev_size; /* M: entries of each Maglev table (a prime) */
-	__u32 maglev_seed;
-	__u32 pad[2];
-};
-
-const volatile struct host_config HOST = {};
-
-#define LB_MAGLEV_SIZE HOST.maglev_size
-#define LB_MAGLEV_SEED HOST.maglev_seed
 #include "lib/lb_xlate.h"
+#include "lib/parse.h"
 
 char LICENSE[] SEC("license") = "GPL";
 

@@ -9,21 +9,23 @@
  * connections get reverse NAT) -> policy (lib/policy.h, on the backend) -> deliver
  * (redirect_peer to a local pod, or up the node's stack) -> trace. Every drop leaves through
  * send_drop(), which names the reason and the line. */
-#define SOURCE_FILE_ID 1
+#define SOURCE_FILE_ID SOURCE_FILE_LXC
 
 #include "lib/common.h"
 #include "lib/config.h"
-#include "lib/identity.h"
-#include "lib/drop_reasons.h"
-#include "lib/maps.h"
-#include "lib/parse.h"
 #include "lib/conntrack.h"
-#include "lib/events.h"
-#include "lib/lookup.h"
-#include "lib/neigh.h"
-#include "lib/policy.h"
+#include "lib/direction.h"
+#include "lib/drop.h"
+#include "lib/endpoints.h"
+#include "lib/identity.h"
+#include "lib/ipcache.h"
 #include "lib/lb.h"
 #include "lib/lb_xlate.h"
+#include "lib/neigh.h"
+#include "lib/parse.h"
+#include "lib/policy.h"
+#include "lib/policy_verdict.h"
+#include "lib/trace.h"
 
 char LICENSE[] SEC("license") = "GPL";
 
@@ -36,7 +38,7 @@ char LICENSE[] SEC("license") = "GPL";
  * the program far from the verifier's 1M-instruction limit and its load time short. */
 struct policy_call {
 	__u32 endpoint_id;  /* whose policy */
-	__u32 dir;          /* POLICY_DIR_INGRESS or POLICY_DIR_EGRESS */
+	__u32 dir;          /* enum direction */
 	__u32 remote;       /* the identity on the other end */
 	__u32 src_identity; /* for the events */
 	__u32 dst_identity;
@@ -49,16 +51,15 @@ __attribute__((noinline)) int enforce_policy(struct __sk_buff *ctx, const struct
 	if (!p || !c)
 		return -1;
 	bool pass = policy_check(c->endpoint_id, c->dir, c->remote, p, &r);
-	__u16 direction = c->dir == POLICY_DIR_INGRESS ? DIR_INGRESS : DIR_EGRESS;
 	if (c->new_conn && (r.enforced || r.verdict != VERDICT_ALLOW))
-		send_policy_verdict(ctx, r.verdict, r.audited, r.rule_id, c->src_identity, c->dst_identity, direction,
+		send_policy_verdict(ctx, r.verdict, r.audited, r.rule_id, c->src_identity, c->dst_identity, c->dir,
 				    c->endpoint_id);
 	if (pass)
 		return 0;
 	__u8 reason = r.verdict == VERDICT_DENY		 ? DROP_POLICY_DENY
 		      : r.verdict == VERDICT_NOT_INSTALLED ? DROP_POLICY_NOT_INSTALLED
 							   : DROP_POLICY_DENIED;
-	(void)send_policy_drop(ctx, reason, c->src_identity, c->dst_identity, direction, c->endpoint_id, r.rule_id);
+	(void)send_policy_drop(ctx, reason, c->src_identity, c->dst_identity, c->dir, c->endpoint_id, r.rule_id);
 	return -1;
 }
 
@@ -172,14 +173,14 @@ __always_inline_fn int from_container_ip(struct __sk_buff *ctx, struct pkt *p)
 	 * sends is checked, so a policy change cuts an established connection at its next packet. */
 	if (ct.status == CT_NEW || ct.status == CT_ESTABLISHED) {
 		bool fresh = ct.status == CT_NEW;
-		struct policy_call egress = {CONFIG.endpoint_id, POLICY_DIR_EGRESS, dst_identity, CONFIG.identity,
+		struct policy_call egress = {CONFIG.endpoint_id, DIR_EGRESS, dst_identity, CONFIG.identity,
 					     dst_identity, fresh};
 		if (enforce_policy(ctx, p, &egress) < 0)
 			return TC_ACT_SHOT;
 		/* A local destination is reached by redirect_peer, which skips its to-container
 		 * program: its ingress policy is decided here, charged to that endpoint. */
 		if (local) {
-			struct policy_call ingress = {ep->endpoint_id, POLICY_DIR_INGRESS, CONFIG.identity,
+			struct policy_call ingress = {ep->endpoint_id, DIR_INGRESS, CONFIG.identity,
 						      CONFIG.identity, dst_identity, fresh};
 			if (enforce_policy(ctx, p, &ingress) < 0)
 				return TC_ACT_SHOT;
@@ -257,7 +258,7 @@ int cil_to_container(struct __sk_buff *ctx)
 	lxc_ct_lookup(&p, ctx->len, &ct);
 	if (ct.status == CT_NEW || ct.status == CT_ESTABLISHED) {
 		bool fresh = ct.status == CT_NEW;
-		struct policy_call ingress = {CONFIG.endpoint_id, POLICY_DIR_INGRESS, src_identity, src_identity,
+		struct policy_call ingress = {CONFIG.endpoint_id, DIR_INGRESS, src_identity, src_identity,
 					      CONFIG.identity, fresh};
 		if (enforce_policy(ctx, &p, &ingress) < 0)
 			return TC_ACT_SHOT;

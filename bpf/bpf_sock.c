@@ -9,71 +9,18 @@
  * Connected sockets never carry the service address on the wire, so the per-packet path, NAT and
  * conntrack stay out of their way. A frontend without active backends refuses the connect at
  * once (ECONNREFUSED). Each translation is reported as a sock event for flows. */
-#define SOURCE_FILE_ID 3
+#define SOURCE_FILE_ID SOURCE_FILE_SOCK
 
 #include "lib/common.h"
+#include "lib/events.h"
 #include "lib/lb.h"
-#include "lib/maps.h"
+#include "lib/sock_event.h"
 
 char LICENSE[] SEC("license") = "GPL";
-
-#define EVENT_SOCK 4
-#define SOCK_XLATE_FWD 1 /* connect / sendmsg: frontend -> backend */
 
 #define ECONNREFUSED_ 111
 #define SYS_REJECT 0
 #define SYS_PROCEED 1
-
-/* Ring-buffer record (88 bytes; cilia.monitor.events decodes it):
- *   0 ktime u64 | 8 type u8 = 4 | 9 point u8 | 10 proto u8 | 11 family u8 | 12 rev_nat_id u16 |
- *  14 pad u16 | 16 socket cookie u64 | 24 netns cookie u64 | 32 cgroup id u64 |
- *  40 frontend addr16 | 56 backend addr16 | 72 frontend port be16 | 74 backend port be16 |
- *  76 backend id u32 | 80 pad u64 */
-struct sock_event {
-	__u64 ktime;
-	__u8 type;
-	__u8 point;
-	__u8 proto;
-	__u8 family;
-	__u16 rev_nat_id;
-	__u16 pad;
-	__u64 cookie;
-	__u64 netns;
-	__u64 cgroup;
-	union addr16 frontend;
-	union addr16 backend;
-	__be16 frontend_port;
-	__be16 backend_port;
-	__u32 backend_id;
-	__u64 pad2;
-};
-
-__always_inline_fn void sock_event(struct bpf_sock_addr *ctx, __u8 family, const union addr16 *frontend,
-				   __be16 frontend_port, const struct lb_backend *b, __u32 backend_id, __u16 rev_nat_id)
-{
-	struct sock_event *e = bpf_ringbuf_reserve(&cilia_events_v1, sizeof(*e), 0);
-	if (!e) {
-		count_lost_event();
-		return;
-	}
-	e->ktime = bpf_ktime_get_ns();
-	e->type = EVENT_SOCK;
-	e->point = SOCK_XLATE_FWD;
-	e->proto = ctx->protocol;
-	e->family = family;
-	e->rev_nat_id = rev_nat_id;
-	e->pad = 0;
-	e->cookie = bpf_get_socket_cookie(ctx);
-	e->netns = bpf_get_netns_cookie(ctx);
-	e->cgroup = bpf_get_current_cgroup_id();
-	e->frontend = *frontend;
-	e->backend = b->address;
-	e->frontend_port = frontend_port;
-	e->backend_port = b->port;
-	e->backend_id = backend_id;
-	e->pad2 = 0;
-	bpf_ringbuf_submit(e, 0);
-}
 
 /* Pick the backend for this socket: the client's affine one, else a random active one. The
  * client on the socket path is the network namespace: every socket of a pod shares it. */

@@ -10,10 +10,13 @@
 #include "common.h"
 #include "parse.h"
 
-#define CT_NEW 1
-#define CT_ESTABLISHED 2
-#define CT_REPLY 3
-#define CT_RELATED 4
+/* Status of a packet's connection (trace events carry it; 0: not looked up). */
+enum ct_status {
+	CT_NEW = 1,
+	CT_ESTABLISHED = 2,
+	CT_REPLY = 3,
+	CT_RELATED = 4,
+};
 
 #define CT_LIFETIME_SYN 60
 #define CT_LIFETIME_TCP 21600
@@ -81,7 +84,7 @@ __always_inline_fn __u32 ct_lifetime(const struct ct_entry *e, __u8 proto)
 }
 
 struct ct_result {
-	int status;
+	int status; /* enum ct_status */
 	bool report; /* aggregation says this packet deserves a trace event */
 	__u32 src_identity;
 	__u16 rev_nat_id; /* the connection went to a service backend through the per-packet path */

@@ -1,83 +1,95 @@
-/* Trace and drop events into the ring buffer, and the per-endpoint metrics they count.
+/* The ring buffer every program reports into, the lost-event counter, and the record that trace,
+ * drop and policy-verdict events share (cilia.monitor.events decodes it; the contract test checks
+ * the Python layout against this BTF). bpf_sock.c's record is lib/sock_event.h.
  *
- * Record layout (168 bytes; cilia.monitor.events decodes it):
- *   0 ktime_ns u64 | 8 type u8 | 9 subtype u8 (observation point or drop reason) |
- *  10 source file id u8 | 11 ct status u8 | 12 source line u16 | 14 endpoint id u16 |
- *  16 ifindex u32 | 20 src identity u32 | 24 dst identity u32 | 28 original length u32 |
- *  32 captured length u16 | 34 flags u16 (1 = seen leaving the pod, 2 = entering it) |
- *  36 rule id u32 (policy drops and verdicts: the policy entry that decided, 0 = default deny;
- *     trace events of service traffic: the frontend's rev-NAT id) |
- *  40 the packet's first 128 bytes, from the Ethernet header
- * A policy-verdict event's subtype is the verdict (policy.h VERDICT_*), with 0x80 set when audit
- * mode let a denied packet through. */
+ * A program defines SOURCE_FILE_ID (enum source_file) before including this header: each event
+ * names the file and, for drops, the line that sent it. */
 #pragma once
 
 #include "common.h"
-#include "config.h"
-#include "drop_reasons.h"
-#include "maps.h"
+#include "direction.h"
 
-#define EVENT_TRACE 1
-#define EVENT_DROP 2
-#define EVENT_POLICY_VERDICT 3
+#ifndef SOURCE_FILE_ID
+#error "define SOURCE_FILE_ID (enum source_file) before including lib/events.h"
+#endif
 
-/* Observation points (subtype of a trace event). */
-#define OBS_TO_ENDPOINT 1
-#define OBS_TO_STACK 2
-#define OBS_FROM_ENDPOINT 3
-#define OBS_TO_HOST 4
+enum event_type {
+	EVENT_TRACE = 1,
+	EVENT_DROP = 2,
+	EVENT_POLICY_VERDICT = 3,
+	EVENT_SOCK = 4, /* lib/sock_event.h: a socket-level service translation */
+};
 
-#define DIR_EGRESS 1  /* packet leaving the pod (from-container) */
-#define DIR_INGRESS 2 /* packet entering the pod (to-container) */
+enum source_file {
+	SOURCE_FILE_LXC = 1,  /* bpf_lxc.c */
+	SOURCE_FILE_HOST = 2, /* bpf_host.c */
+	SOURCE_FILE_SOCK = 3, /* bpf_sock.c */
+};
 
 #define EVENT_CAPTURE 128
 
 struct event {
 	__u64 ktime;
-	__u8 type;
-	__u8 subtype;
-	__u8 file;
+	__u8 type;    /* enum event_type */
+	__u8 subtype; /* trace: enum obs_point; drop: enum drop_reason; policy verdict: enum policy_verdict */
+	__u8 file;    /* enum source_file */
 	__u8 ct_status;
-	__u16 line;
+	__u16 line; /* drops: the source line that decided */
 	__u16 endpoint_id;
 	__u32 ifindex;
 	__u32 src_identity;
 	__u32 dst_identity;
 	__u32 orig_len;
 	__u16 cap_len;
-	__u16 flags;
-	__u32 rule_id;
-	__u8 data[EVENT_CAPTURE];
+	__u16 direction; /* enum direction */
+	/* one slot, two meanings: which one the event type says */
+	union {
+		__u32 rule_id;    /* drop, policy verdict: the policy entry that decided (0: default deny) */
+		__u32 rev_nat_id; /* trace: the service frontend the packet was translated from or to (0: none) */
+	};
+	__u8 data[EVENT_CAPTURE]; /* the packet's first bytes, from the Ethernet header */
 };
 
-__always_inline_fn void metrics_count(__u16 endpoint_id, __u8 reason, __u8 direction, __u32 len)
+/* events: trace, drop, policy-verdict and sock records for the agent. */
+struct {
+	__uint(type, BPF_MAP_TYPE_RINGBUF);
+	__uint(max_entries, 4 * 1024 * 1024);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} cilia_events_v1 SEC(".maps");
+
+/* events_lost: per-CPU count of events the ring buffer had no room for (the agent sums it). */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__type(key, __u32);
+	__type(value, __u64);
+	__uint(max_entries, 1);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} cilia_events_lost_v1 SEC(".maps");
+
+/* An event the ring buffer had no room for: counted so `cilia status` can say how many were lost. */
+__always_inline_fn void count_lost_event(void)
 {
-	struct metrics_key key = {.endpoint_id = endpoint_id, .reason = reason, .direction = direction};
-	struct metrics_value *value = bpf_map_lookup_elem(&cilia_metrics_v1, &key);
-	if (!value) {
-		struct metrics_value zero = {};
-		bpf_map_update_elem(&cilia_metrics_v1, &key, &zero, BPF_NOEXIST);
-		value = bpf_map_lookup_elem(&cilia_metrics_v1, &key);
-		if (!value)
-			return;
-	}
-	value->packets += 1; /* per-CPU: no atomics needed */
-	value->bytes += len;
+	__u32 zero = 0;
+	__u64 *lost = bpf_map_lookup_elem(&cilia_events_lost_v1, &zero);
+	if (lost)
+		*lost += 1; /* per-CPU slot: no atomics needed */
 }
 
-__always_inline_fn void emit_event(struct __sk_buff *ctx, __u8 type, __u8 subtype, __u8 file, __u16 line,
-				   __u8 ct_status, __u32 src_identity, __u32 dst_identity, __u16 direction,
-				   __u16 endpoint_id, __u32 rule_id)
+/* Reserve and fill a record with the packet's first bytes; the caller sets the slot its type
+ * names (rule_id or rev_nat_id, zero otherwise) and submits. NULL when the ring was full (counted). */
+__always_inline_fn struct event *event_open(struct __sk_buff *ctx, __u8 type, __u8 subtype, __u16 line,
+					    __u8 ct_status, __u32 src_identity, __u32 dst_identity,
+					    __u16 direction, __u16 endpoint_id)
 {
 	struct event *e = bpf_ringbuf_reserve(&cilia_events_v1, sizeof(*e), 0);
 	if (!e) {
 		count_lost_event();
-		return;
+		return NULL;
 	}
 	e->ktime = bpf_ktime_get_ns();
 	e->type = type;
 	e->subtype = subtype;
-	e->file = file;
+	e->file = SOURCE_FILE_ID;
 	e->ct_status = ct_status;
 	e->line = line;
 	e->endpoint_id = endpoint_id;
@@ -85,50 +97,11 @@ __always_inline_fn void emit_event(struct __sk_buff *ctx, __u8 type, __u8 subtyp
 	e->src_identity = src_identity;
 	e->dst_identity = dst_identity;
 	e->orig_len = ctx->len;
-	e->flags = direction;
-	e->rule_id = rule_id;
+	e->direction = direction;
+	e->rule_id = 0;
 	__u32 cap = ctx->len < EVENT_CAPTURE ? ctx->len : EVENT_CAPTURE;
 	e->cap_len = 0;
 	if (cap > 0 && cap <= EVENT_CAPTURE && bpf_skb_load_bytes(ctx, 0, e->data, cap) == 0)
 		e->cap_len = cap;
-	bpf_ringbuf_submit(e, 0);
+	return e;
 }
-
-/* `rev_nat_id`: the service frontend the packet was translated from or to (0: none). */
-__always_inline_fn void send_trace(struct __sk_buff *ctx, __u8 obs, __u8 ct_status, __u32 src_identity,
-				   __u32 dst_identity, __u16 direction, bool report, __u32 rev_nat_id)
-{
-	metrics_count(CONFIG.endpoint_id, REASON_FORWARDED, direction, ctx->len);
-	if (report)
-		emit_event(ctx, EVENT_TRACE, obs, SOURCE_FILE_ID, 0, ct_status, src_identity, dst_identity, direction,
-			   CONFIG.endpoint_id, rev_nat_id);
-}
-
-#define VERDICT_AUDIT_FLAG 0x80
-
-/* A policy decision on the first packet of a connection (allowed, denied or audited). */
-__always_inline_fn void send_policy_verdict(struct __sk_buff *ctx, __u8 verdict, bool audited, __u32 rule_id,
-					    __u32 src_identity, __u32 dst_identity, __u16 direction,
-					    __u16 endpoint_id)
-{
-	emit_event(ctx, EVENT_POLICY_VERDICT, verdict | (audited ? VERDICT_AUDIT_FLAG : 0), SOURCE_FILE_ID, 0,
-		   1 /* CT_NEW */, src_identity, dst_identity, direction, endpoint_id, rule_id);
-}
-
-/* The one exit for every drop: an event naming the reason and the line that decided it. */
-#define send_drop(ctx, reason, src_identity, dst_identity, direction)                                          \
-	({                                                                                                     \
-		metrics_count(CONFIG.endpoint_id, (reason), (direction), (ctx)->len);                         \
-		emit_event((ctx), EVENT_DROP, (reason), SOURCE_FILE_ID, __LINE__, 0, (src_identity),          \
-			   (dst_identity), (direction), CONFIG.endpoint_id, 0);                                \
-		TC_ACT_SHOT;                                                                                   \
-	})
-
-/* A policy drop, charged to the endpoint whose policy decided (the destination's, for its ingress). */
-#define send_policy_drop(ctx, reason, src_identity, dst_identity, direction, endpoint_id, rule_id)             \
-	({                                                                                                     \
-		metrics_count((endpoint_id), (reason), (direction), (ctx)->len);                              \
-		emit_event((ctx), EVENT_DROP, (reason), SOURCE_FILE_ID, __LINE__, 0, (src_identity),          \
-			   (dst_identity), (direction), (endpoint_id), (rule_id));                             \
-		TC_ACT_SHOT;                                                                                   \
-	})

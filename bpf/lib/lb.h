@@ -23,23 +23,35 @@
 #include "common.h"
 #include "parse.h"
 
-#define LB_SVC_F_EXTERNAL (1 << 0) /* NodePort, LoadBalancer or externalIP: reachable from outside */
-#define LB_SVC_F_AFFINITY (1 << 1) /* sessionAffinity ClientIP; affinity_timeout seconds */
-#define LB_SVC_F_MAGLEV (1 << 2)   /* a Maglev table exists under the rev-NAT id */
+/* lb_service_value.flags */
+enum lb_svc_flags {
+	LB_SVC_F_EXTERNAL = 1 << 0, /* NodePort, LoadBalancer or externalIP: reachable from outside */
+	LB_SVC_F_AFFINITY = 1 << 1, /* sessionAffinity ClientIP; affinity_timeout seconds */
+	LB_SVC_F_MAGLEV = 1 << 2,   /* a Maglev table exists under the rev-NAT id */
+};
 
-#define LB_BACKEND_ACTIVE 0
-#define LB_BACKEND_TERMINATING 1
-#define LB_BACKEND_QUARANTINED 2
+/* lb_backend.state */
+enum lb_backend_state {
+	LB_BACKEND_ACTIVE = 0,
+	LB_BACKEND_TERMINATING = 1,
+	LB_BACKEND_QUARANTINED = 2,
+};
 
-#define LB_CONN_F_HAIRPIN (1 << 0) /* the client is its own backend: its source was rewritten too */
+/* lb_conn.flags, ct_entry.lb_flags */
+enum lb_conn_flags {
+	LB_CONN_F_HAIRPIN = 1 << 0, /* the client is its own backend: its source was rewritten too */
+};
 
 /* The node's device program marks a packet it translated so the backend's to-container program
  * can record the frontend in conntrack: magic in the high half, rev-NAT id in the low half. */
 #define LB_MARK_MAGIC 0x0c1a0000
 #define LB_MARK_MASK 0xffff0000
 
-#define LB_MAP_MAX 65536
-#define LB_CONN_MAX 262144
+enum lb_sizes {
+	LB_MAP_MAX = 65536, /* default of --bpf-lb-map-max: the agent sizes the maps at load */
+	LB_CONN_MAX = 262144,
+	LB_MAGLEV_DEFAULT_SIZE = 16381, /* M, a prime: the agent sets the real one at load */
+};
 
 /* A pod that reaches itself through a service (hairpin) sees this source instead of its own
  * address, which its stack would drop as a martian. */
@@ -158,12 +170,12 @@ struct {
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } cilia_lb_sock_v1 SEC(".maps");
 
-/* The value is M backend ids; M (a prime, default 16381) is chosen by the agent, which sets the
+/* The value is M backend ids; M (a prime, LB_MAGLEV_DEFAULT_SIZE by default) is chosen by the agent, which sets the
  * value size of every object it loads before the load. No BTF value type: its size varies. */
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
 	__uint(key_size, sizeof(__u32));
-	__uint(value_size, 16381 * sizeof(__u32));
+	__uint(value_size, LB_MAGLEV_DEFAULT_SIZE * sizeof(__u32));
 	__uint(max_entries, LB_MAP_MAX);
 	__uint(map_flags, BPF_F_NO_PREALLOC);
 	__uint(pinning, LIBBPF_PIN_BY_NAME);

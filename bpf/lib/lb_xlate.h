@@ -7,6 +7,7 @@
 
 #include "common.h"
 #include "drop_reasons.h"
+#include "host_config.h"
 #include "lb.h"
 #include "nat.h"
 #include "parse.h"
@@ -22,25 +23,21 @@ struct lb_select_opts {
 	bool maglev;        /* choose by the Maglev table when the frontend has one */
 };
 
-/* A program that selects by Maglev defines LB_MAGLEV_SIZE and LB_MAGLEV_SEED (its load-time
- * config) before including this header. The bound check reads the size straight from .rodata, so
- * the verifier knows it as a constant and can prove the table index inside the map value. */
-#ifdef LB_MAGLEV_SIZE
+/* Maglev selection (external frontends, the node's device program): M and the seed come from
+ * HOST (lib/host_config.h), a load-time constant every includer has, so what is compiled does not
+ * depend on include order. Pod programs leave HOST zero and never set lb_select_opts.maglev. */
 __always_inline_fn __u32 lb_select_maglev(const struct tuple *t, __u32 rev_nat_id)
 {
 	__u32 key = rev_nat_id;
 	__u32 *table = bpf_map_lookup_elem(&cilia_lb_maglev_v1, &key);
-	__u32 size = LB_MAGLEV_SIZE;
+	__u32 size = HOST.maglev_size;
 	if (!table || !size)
 		return 0;
-	__u32 index = lb_tuple_hash(t, LB_MAGLEV_SEED) % size;
-	if (index >= LB_MAGLEV_SIZE)
+	__u32 index = lb_tuple_hash(t, HOST.maglev_seed) % size;
+	if (index >= HOST.maglev_size)
 		return 0;
 	return table[index];
 }
-#else
-#define lb_select_maglev(t, rev_nat_id) 0
-#endif
 
 /* Translate the packet if it is for a service. Returns 0 when it passes on (translated or not a
  * service packet), a DROP_* reason otherwise; x->no_backend says the frontend had no backend. */

@@ -12,25 +12,28 @@
 #pragma once
 
 #include "common.h"
+#include "direction.h"
 #include "identity.h"
 #include "parse.h"
 
-#define POLICY_DIR_INGRESS 0
-#define POLICY_DIR_EGRESS 1
+/* policy_state.flags */
+enum policy_state_flags {
+	PSTATE_GENERATION = 1 << 0,
+	PSTATE_INGRESS_LOOKUP = 1 << 1, /* else: ingress passes without a lookup */
+	PSTATE_EGRESS_LOOKUP = 1 << 2,
+	PSTATE_INGRESS_ENFORCED = 1 << 3,
+	PSTATE_EGRESS_ENFORCED = 1 << 4,
+	PSTATE_AUDIT = 1 << 5,
+	PSTATE_ALLOW_HOST_INGRESS = 1 << 6,
+	PSTATE_FAILED = 1 << 7, /* the agent could not install this endpoint's policy */
+};
 
-#define PSTATE_GENERATION (1 << 0)
-#define PSTATE_INGRESS_LOOKUP (1 << 1) /* else: ingress passes without a lookup */
-#define PSTATE_EGRESS_LOOKUP (1 << 2)
-#define PSTATE_INGRESS_ENFORCED (1 << 3)
-#define PSTATE_EGRESS_ENFORCED (1 << 4)
-#define PSTATE_AUDIT (1 << 5)
-#define PSTATE_ALLOW_HOST_INGRESS (1 << 6)
-#define PSTATE_FAILED (1 << 7) /* the agent could not install this endpoint's policy */
-
-#define VERDICT_ALLOW 1
-#define VERDICT_DENY 2
-#define VERDICT_DEFAULT_DENY 3
-#define VERDICT_NOT_INSTALLED 4
+enum policy_verdict {
+	VERDICT_ALLOW = 1,
+	VERDICT_DENY = 2,
+	VERDICT_DEFAULT_DENY = 3,
+	VERDICT_NOT_INSTALLED = 4,
+};
 
 struct policy_state {
 	__u32 flags;
@@ -40,7 +43,7 @@ struct policy_state {
 struct policy_sel_key {
 	__u32 identity;
 	__u16 endpoint_id;
-	__u8 dir_gen; /* direction << 1 | generation */
+	__u8 dir_gen; /* enum direction << 1 | generation */
 	__u8 pad;
 };
 
@@ -103,7 +106,7 @@ __always_inline_fn __be16 policy_port(const struct pkt *p)
 	return p->t.dport;
 }
 
-/* Decide for endpoint `endpoint_id`, traffic in `dir` with `remote` as the peer's identity.
+/* Decide for endpoint `endpoint_id`, traffic in `dir` (enum direction) with `remote` as the peer's identity.
  * Returns true when the packet may pass (allowed, or denied in audit mode). */
 __always_inline_fn bool policy_check(__u32 endpoint_id, __u8 dir, __u32 remote, const struct pkt *p,
 				     struct policy_result *r)
@@ -117,7 +120,7 @@ __always_inline_fn bool policy_check(__u32 endpoint_id, __u8 dir, __u32 remote, 
 		return false;
 	}
 	__u32 flags = st->flags;
-	bool ingress = dir == POLICY_DIR_INGRESS;
+	bool ingress = dir == DIR_INGRESS;
 	r->enforced = (flags & (ingress ? PSTATE_INGRESS_ENFORCED : PSTATE_EGRESS_ENFORCED)) != 0;
 	if (!(flags & (ingress ? PSTATE_INGRESS_LOOKUP : PSTATE_EGRESS_LOOKUP))) {
 		r->verdict = VERDICT_ALLOW;

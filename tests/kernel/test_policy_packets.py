@@ -17,7 +17,7 @@ from cilia.datapath import EndpointConfig, default_bpf_dir
 from cilia.identity.labels import Label, LabelSet
 from cilia.maps.endpoints import EndpointInfo, EndpointsMap
 from cilia.maps.ipcache import IpcacheMap
-from cilia.maps.policy import FAILED, PolicyMaps
+from cilia.maps.policy import PolicyMaps, StateFlag
 from cilia.monitor.events import EVENT_DROP, EVENT_POLICY_VERDICT, MonitorEvent, decode
 from cilia.policy.cilium import parse_cilium_policy
 from cilia.policy.mapstate import PeerIndex, compute_map_state
@@ -206,7 +206,7 @@ def test_policy_change_swaps_generations_and_leaves_no_stale_entries(dp: Datapat
     assert fresh.installed[1].lpm == dp.policy.installed[1].lpm and not fresh.installed[1].stale
     dp.policy.fail(1)
     assert fresh.state_map.lookup(struct.pack("<I", 1)) is not None
-    assert dp.policy.installed[1].flags & FAILED
+    assert dp.policy.installed[1].flags & StateFlag.FAILED
     assert dp.run(packet(WORLD, POD, 80, sport=41000)) == TC_ACT_SHOT
 
 

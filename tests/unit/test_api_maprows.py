@@ -7,6 +7,7 @@ import ipaddress
 from cilia.agent.api import maprows
 from cilia.maps import lb as lbm
 from cilia.maps.ct import CtEntry, CtTuple
+from cilia.maps.direction import TrafficDirection
 from cilia.maps.endpoints import EndpointInfo
 from cilia.maps.metrics import MetricsKey
 from cilia.maps.policy import ClassEntry, InstalledEntries, PortEntry
@@ -47,8 +48,9 @@ def test_ct_rows_count_down_to_expiry_and_never_below_zero() -> None:
 
 
 def test_metric_rows_name_drop_reasons_and_sort_by_endpoint() -> None:
-    rows = maprows.metric_rows({MetricsKey(2, 132, 1): (1, 60), MetricsKey(1, 0, 2): (5, 300),
-                                MetricsKey(2, 250, 2): (1, 1)})
+    egress, ingress = TrafficDirection.EGRESS, TrafficDirection.INGRESS
+    rows = maprows.metric_rows({MetricsKey(2, 132, egress): (1, 60), MetricsKey(1, 0, ingress): (5, 300),
+                                MetricsKey(2, 250, ingress): (1, 1)})
     assert [(r["endpoint_id"], r["direction"], r["reason"]) for r in rows] == [
         (1, "ingress", "FORWARDED"), (2, "egress", "INVALID_SOURCE_IP"), (2, "ingress", "250")]
 

@@ -1,16 +1,13 @@
-"""Event decoding, the C/Python drop reason table, and flows built from events."""
+"""Event decoding and flows built from events (the C side of the layouts and tables:
+tests/kernel/test_datapath_contract.py)."""
 
 from __future__ import annotations
 
-import re
 import struct
-from pathlib import Path
 
 from cilia.flows.build import EndpointView, FlowBuilder
 from cilia.flows.filter import FlowFilter
-from cilia.monitor.events import DROP_REASONS, EVENT_DROP, EVENT_TRACE, HEADER_SIZE, decode
-
-ROOT = Path(__file__).resolve().parents[2]
+from cilia.monitor.events import EVENT_DROP, EVENT_POLICY_VERDICT, EVENT_TRACE, HEADER_SIZE, decode
 
 
 def tcp_syn_v4() -> bytes:
@@ -20,17 +17,13 @@ def tcp_syn_v4() -> bytes:
     return eth + ip + tcp
 
 
-def record(etype: int, subtype: int, packet: bytes, line: int = 0, ct: int = 1, flags: int = 1) -> bytes:
+def record(etype: int, subtype: int, packet: bytes, line: int = 0, ct: int = 1, direction: int = 1,
+           slot: int = 0) -> bytes:
+    """`slot`: the record's rule id / rev-NAT id word."""
     header = struct.pack("<QBBBBHHIIIIHHI", 123, etype, subtype, 1, ct, line, 7, 4, 256, 257, len(packet),
-                         len(packet), flags, 0)
+                         len(packet), direction, slot)
     assert len(header) == HEADER_SIZE
     return header + packet.ljust(128, b"\0")
-
-
-def test_drop_reasons_match_the_c_header() -> None:
-    header = (ROOT / "bpf/lib/drop_reasons.h").read_text()
-    in_c = {int(v): k for k, v in re.findall(r"#define DROP_(\w+) (\d+)", header)}
-    assert {code: name for code, (name, _desc) in DROP_REASONS.items()} == in_c
 
 
 def test_decode_trace_and_drop() -> None:
@@ -55,6 +48,47 @@ def test_flow_has_hubble_fields_and_filters() -> None:
     drop = builder.build(decode(record(EVENT_DROP, 132, tcp_syn_v4(), line=5)))
     assert drop["verdict"] == "DROPPED" and drop["drop_reason_desc"] == "INVALID_SOURCE_IP"
     assert drop["file"] == {"name": "bpf_lxc.c", "line": 5}
+
+
+def test_one_direction_encoding_0_ingress_1_egress() -> None:
+    assert decode(record(EVENT_TRACE, 1, tcp_syn_v4(), direction=0)).direction == "INGRESS"
+    assert decode(record(EVENT_TRACE, 1, tcp_syn_v4(), direction=1)).direction == "EGRESS"
+    assert decode(record(EVENT_TRACE, 1, tcp_syn_v4(), direction=7)).direction == "TRAFFIC_DIRECTION_UNKNOWN"
+
+
+def test_the_slot_is_a_rev_nat_id_in_traces_and_a_rule_id_in_policy_events() -> None:
+    trace = decode(record(EVENT_TRACE, 1, tcp_syn_v4(), slot=5))
+    assert (trace.rule_id, trace.rev_nat_id) == (0, 5)
+    assert trace.to_dict()["rule_id"] == 0 and trace.to_dict()["rev_nat_id"] == 5
+    drop = decode(record(EVENT_DROP, 181, tcp_syn_v4(), slot=9))
+    assert (drop.rule_id, drop.rev_nat_id) == (9, 0)
+    verdict = decode(record(EVENT_POLICY_VERDICT, 2, tcp_syn_v4(), slot=9))
+    assert (verdict.rule_id, verdict.rev_nat_id) == (9, 0)
+
+
+def test_flows_look_services_up_by_rev_nat_id_and_rules_by_rule_id() -> None:
+    services = {5: {"service": "default/web", "namespace": "default", "name": "web", "address": "10.96.0.10",
+                    "port": 80, "protocol": "TCP", "frontend": "10.96.0.10:80"}}
+    rules = {9: {"kind": "CiliumNetworkPolicy", "namespace": "default", "name": "deny", "rule": "ingressDeny[0]",
+                 "id": 9}}
+    asked: list[tuple[str, int]] = []
+
+    def service(rev_nat_id: int) -> dict[str, object] | None:
+        asked.append(("service", rev_nat_id))
+        return services.get(rev_nat_id)
+
+    def rule(rule_id: int) -> dict[str, object] | None:
+        asked.append(("rule", rule_id))
+        return rules.get(rule_id)
+
+    builder = FlowBuilder("n1", lambda _ip: None, lambda _i: [], 0, rule, service)
+    flow = builder.build(decode(record(EVENT_TRACE, 1, tcp_syn_v4(), slot=5)))
+    assert flow["service"]["name"] == "web" and flow["destination_service"] == {"name": "web", "namespace": "default"}
+    assert asked == [("service", 5)]
+    asked.clear()
+    drop = builder.build(decode(record(EVENT_DROP, 181, tcp_syn_v4(), direction=0, slot=9)))
+    assert drop["ingress_denied_by"][0]["name"] == "deny" and "service" not in drop
+    assert asked == [("rule", 9)]
 
 
 def test_ring_makes_lazy_flows_once_and_only_when_read() -> None:

@@ -100,6 +100,22 @@ class BtfVarSecinfo(ctypes.Structure):
     _fields_ = [("type", c_uint32), ("offset", c_uint32), ("size", c_uint32)]
 
 
+class BtfMember(ctypes.Structure):
+    _fields_ = [("name_off", c_uint32), ("type", c_uint32), ("offset", c_uint32)]
+
+
+class BtfEnum(ctypes.Structure):
+    _fields_ = [("name_off", c_uint32), ("val", ctypes.c_int32)]
+
+
+class BtfEnum64(ctypes.Structure):
+    _fields_ = [("name_off", c_uint32), ("val_lo32", c_uint32), ("val_hi32", c_uint32)]
+
+
+class BtfArray(ctypes.Structure):
+    _fields_ = [("type", c_uint32), ("index_type", c_uint32), ("nelems", c_uint32)]
+
+
 RingBufferSampleFn = ctypes.CFUNCTYPE(c_int, c_void_p, c_void_p, c_size_t)
 
 
@@ -130,6 +146,11 @@ _proto("bpf_program__set_log_level", c_int, c_void_p, c_uint32)
 _proto("btf__find_by_name_kind", ctypes.c_int32, c_void_p, c_char_p, c_uint32)
 _proto("btf__type_by_id", ctypes.POINTER(BtfType), c_void_p, c_uint32)
 _proto("btf__name_by_offset", c_char_p, c_void_p, c_uint32)
+_proto("btf__parse_elf", c_void_p, c_char_p, c_void_p)
+_proto("btf__free", None, c_void_p)
+_proto("btf__type_cnt", c_uint32, c_void_p)
+_proto("btf__resolve_size", ctypes.c_int64, c_void_p, c_uint32)
+_proto("btf__resolve_type", c_int, c_void_p, c_uint32)
 _proto("bpf_map_update_elem", c_int, c_int, c_void_p, c_void_p, ctypes.c_uint64)
 _proto("bpf_map_lookup_elem", c_int, c_int, c_void_p, c_void_p)
 _proto("bpf_map_delete_elem", c_int, c_int, c_void_p)
@@ -158,8 +179,18 @@ lib.libbpf_set_print(None)
 
 BPF_LOG_STATS = 4  # the verifier reports what it processed, even for a program it accepts
 
+BTF_KIND_INT = 1
+BTF_KIND_PTR = 2
+BTF_KIND_ARRAY = 3
+BTF_KIND_STRUCT = 4
+BTF_KIND_UNION = 5
+BTF_KIND_ENUM = 6
+BTF_KIND_TYPEDEF = 8
+BTF_KIND_VOLATILE = 9
+BTF_KIND_CONST = 10
 BTF_KIND_VAR = 14
 BTF_KIND_DATASEC = 15
+BTF_KIND_ENUM64 = 19
 
 
 def check(result: int, what: str) -> int:

@@ -16,6 +16,7 @@ from pathlib import Path
 from types import TracebackType
 
 from cilia.bpf import libbpf as lb
+from cilia.bpf.btf import Btf
 from cilia.bpf.errors import BpfError, VerifierError
 from cilia.bpf.fs import remove_pins
 
@@ -293,21 +294,11 @@ class BpfObject:
         btf = lb.lib.bpf_object__btf(handle)
         if not btf:
             raise BpfError(f"{self.path.name} has no BTF (build it with -g)")
-        datasec_id = lb.lib.btf__find_by_name_kind(btf, b".rodata", lb.BTF_KIND_DATASEC)
-        if datasec_id < 0:
+        # libbpf fixed the DATASEC offsets at open (in the ELF file they are still 0)
+        variables = Btf(btf, self.path.name, owned=False).datasec(".rodata")
+        if not variables:
             raise BpfError(f"{self.path.name} has no .rodata section: declare `const volatile` globals")
-        datasec = lb.lib.btf__type_by_id(btf, datasec_id)
-        vlen = datasec.contents.info & 0xFFFF
-        secinfos = ctypes.cast(
-            ctypes.addressof(datasec.contents) + ctypes.sizeof(lb.BtfType), ctypes.POINTER(lb.BtfVarSecinfo)
-        )
-        layout: dict[str, tuple[int, int]] = {}
-        for index in range(vlen):
-            info = secinfos[index]
-            var = lb.lib.btf__type_by_id(btf, info.type)
-            name = lb.lib.btf__name_by_offset(btf, var.contents.name_off)
-            if name:
-                layout[name.decode()] = (int(info.offset), int(info.size))
+        layout = {name: (var.offset, var.size) for name, var in variables.items()}
         rodata_map = None
         current = lb.lib.bpf_object__next_map(handle, None)
         while current:

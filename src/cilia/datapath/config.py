@@ -1,18 +1,26 @@
-"""EndpointConfig: the Python mirror of `struct ep_config` (bpf/lib/config.h), packed for .rodata."""
+"""The load-time configurations patched into .rodata before a load: EndpointConfig mirrors
+`struct ep_config` (bpf/lib/config.h, the `CONFIG` of every object), HostConfig `struct host_config`
+(bpf/lib/host_config.h, `HOST`). The loader refuses a size mismatch; the contract test checks
+every field's offset against the objects' BTF."""
 
 from __future__ import annotations
 
 import ipaddress
-import struct
 from dataclasses import dataclass
 
 from cilia.maps.addr import mac_bytes
+from cilia.maps.layout import CStruct
 
-# Must match bpf/lib/config.h byte for byte: the loader refuses a size mismatch.
-_LAYOUT = struct.Struct("<IIII6s6s4s16s4s16sIII")
-FLAG_HAS_IPV4 = 1 << 0
+EP_CONFIG = CStruct("ep_config", ("endpoint_id", "I"), ("identity", "I"), ("lxc_ifindex", "I"), ("flags", "I"),
+                    ("lxc_mac", "6s"), ("pod_mac", "6s"), ("pod_ipv4", "4s"), ("pod_ipv6", "16s"),
+                    ("router_ipv4", "4s"), ("router_ipv6", "16s"), ("aggregation", "I"),
+                    ("aggregation_interval", "I"), ("pad", "I"))
+HOST_CONFIG = CStruct("host_config", ("maglev_size", "I"), ("maglev_seed", "I"), ("pad", "8x"))
+RODATA = {"CONFIG": EP_CONFIG, "HOST": HOST_CONFIG}  # .rodata variable -> the struct it holds
+_LAYOUT = EP_CONFIG.codec
+FLAG_HAS_IPV4 = 1 << 0  # C: enum ep_flags
 FLAG_HAS_IPV6 = 1 << 1
-AGGREGATION_LEVELS = {"none": 0, "medium": 1}
+AGGREGATION_LEVELS = {"none": 0, "medium": 1}  # C: enum aggregation
 
 
 @dataclass(frozen=True)
@@ -58,12 +66,12 @@ class EndpointConfig:
 CONFIG_SIZE = _LAYOUT.size
 
 
-_HOST_LAYOUT = struct.Struct("<II8x")
+_HOST_LAYOUT = HOST_CONFIG.codec
 
 
 @dataclass(frozen=True)
 class HostConfig:
-    """Mirror of `struct host_config` (bpf/bpf_host.c)."""
+    """Mirror of `struct host_config` (bpf/lib/host_config.h): Maglev's M and seed for bpf_host.o."""
 
     maglev_size: int
     maglev_seed: int = 0

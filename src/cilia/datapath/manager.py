@@ -16,7 +16,7 @@ from pathlib import Path
 from cilia.bpf import EGRESS, INGRESS, BpfMap, BpfObject, ensure_bpffs, tc_attach, tc_detach, tc_query
 from cilia.bpf.cgroup import CgroupHook, cgroup_attach
 from cilia.datapath.config import EndpointConfig, HostConfig
-from cilia.maps import ct, endpoints, ipcache, metrics
+from cilia.maps import ct, endpoints, events, ipcache, metrics
 from cilia.maps import lb as lb_maps
 from cilia.maps import policy as policy_maps
 from cilia.maps.endpoints import EndpointInfo, EndpointsMap
@@ -39,8 +39,8 @@ SOCK_PROGRAMS = {
     "cil_sock4_getpeername": CgroupHook.INET4_GETPEERNAME,
     "cil_sock6_getpeername": CgroupHook.INET6_GETPEERNAME,
 }
-EVENTS_MAP = "cilia_events_v1"
-EVENTS_LOST_MAP = "cilia_events_lost_v1"
+EVENTS_MAP = events.NAME
+EVENTS_LOST_MAP = events.LOST_NAME
 
 
 def default_bpf_dir() -> Path:
@@ -150,8 +150,7 @@ class Datapath:
 
     def events_lost(self) -> int:
         """Events the datapath dropped because the ring buffer was full (summed over CPUs)."""
-        raw = self.map(EVENTS_LOST_MAP).lookup(b"\0\0\0\0") or b""
-        return sum(int.from_bytes(raw[i : i + 8], "little") for i in range(0, len(raw), 8))
+        return events.lost_total(self.map(EVENTS_LOST_MAP).lookup(events.LOST_KEY) or b"")
 
     def attach_endpoint(self, config: EndpointConfig) -> None:
         """Load this endpoint's instance and attach it (atomic replace), then publish its addresses.

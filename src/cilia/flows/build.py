@@ -117,7 +117,7 @@ class FlowBuilder:
             # conntrack's verdict: new, established, reply, related (Hubble's TraceReason names)
             flow["trace_reason"] = event.ct_status.upper() or "TRACE_REASON_UNKNOWN"
             flow["event_type"]["sub_type"] = event.subtype
-        if event.type == EVENT_TRACE and event.rule_id:
+        if event.type == EVENT_TRACE and event.rev_nat_id:
             summary = self._add_service(flow, event, summary)
         flow["Summary"] = summary
         return flow
@@ -125,7 +125,7 @@ class FlowBuilder:
     def _add_service(self, flow: Flow, event: MonitorEvent, summary: str) -> str:
         """Service traffic (per-packet path): name the service, its frontend and the backend chosen.
         A request carries the backend as its destination; a reply carries the frontend as its source."""
-        service = self._services(event.rule_id)
+        service = self._services(event.rev_nat_id)
         if service is None:
             return summary
         ref = {"name": service["name"], "namespace": service["namespace"]}

@@ -1,4 +1,5 @@
-"""Reserved security identities, shared with the datapath (bpf/lib/identity.h)."""
+"""Reserved security identities, shared with the datapath (C: enum reserved_identity, bpf/lib/identity.h;
+the datapath contract test checks the two agree)."""
 
 from __future__ import annotations
 
@@ -16,5 +17,6 @@ class ReservedIdentity(IntEnum):
     INGRESS = 8
 
 
+UNKNOWN_IDENTITY = 0  # C: IDENTITY_UNKNOWN; never allocated (a drop before the source is known carries it)
 MIN_CLUSTER_IDENTITY = 256
 MAX_CLUSTER_IDENTITY = 65535

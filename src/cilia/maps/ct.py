@@ -3,17 +3,29 @@
 from __future__ import annotations
 
 import socket
-import struct
 import time
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-from cilia.bpf import BpfMap
 from cilia.maps.addr import IPAddress, from_addr16
+from cilia.maps.layout import CStruct, MapLayout
+
+if TYPE_CHECKING:  # a type only: the codecs import without libbpf
+    from cilia.bpf import BpfMap
 
 TCP_NAME = "cilia_ct_tcp_v1"
 ANY_NAME = "cilia_ct_any_v1"
-_KEY = struct.Struct("<16s16sHHBBH")
-_VALUE = struct.Struct("<QQQQQIIBBBBBBH")
+# struct tuple: also the key of cilia_lb_conn_v1 (maps/lb.py)
+TUPLE = CStruct("tuple", ("saddr", "16s"), ("daddr", "16s"), ("sport", "H"), ("dport", "H"), ("proto", "B"),
+                ("family", "B"), ("pad", "H"))
+ENTRY = CStruct("ct_entry", ("expires", "Q"), ("tx_packets", "Q"), ("tx_bytes", "Q"), ("rx_packets", "Q"),
+                ("rx_bytes", "Q"), ("last_report", "I"), ("src_identity", "I"), ("tx_flags_seen", "B"),
+                ("rx_flags_seen", "B"), ("tx_flags_report", "B"), ("rx_flags_report", "B"), ("closing", "B"),
+                ("lb_flags", "B"), ("rev_nat_id", "H"))
+LAYOUTS = (MapLayout(TCP_NAME, TUPLE, ENTRY), MapLayout(ANY_NAME, TUPLE, ENTRY))
+_KEY = TUPLE.codec
+_VALUE = ENTRY.codec
+_TCP_ACK = 0x10
 
 
 @dataclass(frozen=True)
@@ -61,7 +73,7 @@ class CtEntry:
     def state(self) -> str:
         if self.closing:
             return "closing"
-        if self.tx_flags_seen & 0x10 and self.rx_flags_seen & 0x10:
+        if self.tx_flags_seen & _TCP_ACK and self.rx_flags_seen & _TCP_ACK:
             return "established"
         return "new" if self.tx_flags_seen else "active"
 

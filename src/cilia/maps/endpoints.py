@@ -2,15 +2,22 @@
 
 from __future__ import annotations
 
-import struct
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-from cilia.bpf import BpfMap
 from cilia.maps.addr import IPAddress, addr16, family_of, from_addr16, mac_bytes, mac_str
+from cilia.maps.layout import CStruct, MapLayout
+
+if TYPE_CHECKING:  # a type only: the codecs import without libbpf
+    from cilia.bpf import BpfMap
 
 NAME = "cilia_endpoints_v1"
-_KEY = struct.Struct("<B3x16s")
-_VALUE = struct.Struct("<IHH6s6sI")
+KEY = CStruct("endpoint_key", ("family", "B"), ("pad", "3x"), ("addr", "16s"))
+VALUE = CStruct("endpoint_info", ("ifindex", "I"), ("endpoint_id", "H"), ("flags", "H"), ("mac", "6s"),
+                ("lxc_mac", "6s"), ("identity", "I"))
+LAYOUTS = (MapLayout(NAME, KEY, VALUE),)
+_KEY = KEY.codec
+_VALUE = VALUE.codec
 
 
 @dataclass(frozen=True)

@@ -3,16 +3,22 @@
 from __future__ import annotations
 
 import ipaddress
-import struct
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-from cilia.bpf import BpfMap
 from cilia.maps.addr import AF_INET, AF_INET6
+from cilia.maps.layout import CStruct, MapLayout
+
+if TYPE_CHECKING:  # a type only: the codecs import without libbpf
+    from cilia.bpf import BpfMap
 
 NAME = "cilia_ipcache_v1"
 MAX_ENTRIES = 512000
-_KEY = struct.Struct("<IB3x16s")
-_VALUE = struct.Struct("<III")
+KEY = CStruct("ipcache_key", ("prefixlen", "I"), ("family", "B"), ("pad", "3x"), ("addr", "16s"))
+VALUE = CStruct("ipcache_value", ("identity", "I"), ("tunnel_endpoint", "I"), ("flags", "I"))
+LAYOUTS = (MapLayout(NAME, KEY, VALUE),)
+_KEY = KEY.codec
+_VALUE = VALUE.codec
 Prefix = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 

@@ -15,9 +15,8 @@ import struct
 from array import array
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from cilia.bpf import BpfMap
 from cilia.lb.affinity import AffinityEntry, AffinityKey
 from cilia.lb.entries import (
     BackendEntry,
@@ -34,6 +33,11 @@ from cilia.lb.maglev import DEFAULT_SIZE
 from cilia.lb.model import BackendState
 from cilia.lb.reconcile import EntryValue, LbChanges, LbKeys, LbMapError, Operation, Put, plan
 from cilia.maps.addr import AF_INET, IPAddress, addr16, from_addr16
+from cilia.maps.ct import TUPLE
+from cilia.maps.layout import CStruct, MapLayout, Scalar
+
+if TYPE_CHECKING:  # a type only: the codecs import without libbpf
+    from cilia.bpf import BpfMap
 
 log = logging.getLogger(__name__)
 
@@ -56,13 +60,37 @@ SVC_F_MAGLEV = 1 << 2
 BACKEND_STATES = {"active": 0, "terminating": 1, "quarantined": 2}
 BACKEND_STATE_NAMES = {v: k for k, v in BACKEND_STATES.items()}
 
-_SVC_KEY = struct.Struct("<16s2sHB3x")
-_SVC_VALUE = struct.Struct("<IIHHB3x")
-_BACKEND = struct.Struct("<16s2sBB")
-_REVNAT = struct.Struct("<16s2s2x")
+SERVICE_KEY = CStruct("lb_service_key", ("address", "16s"), ("dport", "2s"), ("slot", "H"), ("proto", "B"),
+                      ("pad", "3x"))
+SERVICE_VALUE = CStruct("lb_service_value", ("backend_id", "I"), ("affinity_timeout", "I"), ("count", "H"),
+                        ("rev_nat_id", "H"), ("flags", "B"), ("pad", "3x"))
+BACKEND = CStruct("lb_backend", ("address", "16s"), ("port", "2s"), ("proto", "B"), ("state", "B"))
+REVNAT = CStruct("lb_rev_nat", ("address", "16s"), ("port", "2s"), ("pad", "2x"))
+AFFINITY_KEY = CStruct("lb_affinity_key", ("client", "16s"), ("rev_nat_id", "I"), ("netns", "I"))
+AFFINITY_VALUE = CStruct("lb_affinity_value", ("backend_id", "I"), ("last_used", "I"))
+# The datapath's own tables (per-packet connections, socket-path UDP replies): the agent only sizes them.
+CONN = CStruct("lb_conn", ("backend_id", "I"), ("rev_nat_id", "H"), ("flags", "B"), ("pad", "x"))
+SOCK_KEY = CStruct("lb_sock_key", ("cookie", "Q"), ("address", "16s"), ("port", "2s"), ("pad", "2x"),
+                   ("pad2", "4x"))
+SOCK_VALUE = CStruct("lb_sock_value", ("address", "16s"), ("port", "2s"), ("rev_nat_id", "H"))
+_ID = Scalar("__u32", 4)
+LAYOUTS = (
+    MapLayout(SERVICES_NAME, SERVICE_KEY, SERVICE_VALUE),
+    MapLayout(BACKENDS_NAME, _ID, BACKEND),
+    MapLayout(REVNAT_NAME, _ID, REVNAT),
+    MapLayout(AFFINITY_NAME, AFFINITY_KEY, AFFINITY_VALUE),
+    MapLayout(CONN_NAME, TUPLE, CONN),
+    MapLayout(SOCK_NAME, SOCK_KEY, SOCK_VALUE),
+    # M backend ids; the object's placeholder size is the default M, the agent sets the real one at load
+    MapLayout(MAGLEV_NAME, _ID, Scalar("__u32[LB_MAGLEV_DEFAULT_SIZE]", 4 * DEFAULT_MAGLEV_SIZE)),
+)
+_SVC_KEY = SERVICE_KEY.codec
+_SVC_VALUE = SERVICE_VALUE.codec
+_BACKEND = BACKEND.codec
+_REVNAT = REVNAT.codec
 _U32 = struct.Struct("<I")
-_AFFINITY_KEY = struct.Struct("<16sII")
-_AFFINITY_VALUE = struct.Struct("<II")
+_AFFINITY_KEY = AFFINITY_KEY.codec
+_AFFINITY_VALUE = AFFINITY_VALUE.codec
 
 
 def _port(port: int) -> bytes:

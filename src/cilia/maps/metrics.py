@@ -1,23 +1,31 @@
-"""cilia_metrics_v1: per-CPU packets/bytes per (endpoint, reason, direction) (C: struct metrics_key/value)."""
+"""cilia_metrics_v2: per-CPU packets/bytes per (endpoint, reason, direction) (C: bpf/lib/metrics.h).
+
+v2: the direction is TrafficDirection (0 = ingress, 1 = egress); v1 counted 1 = egress, 2 = ingress.
+"""
 
 from __future__ import annotations
 
-import struct
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-from cilia.bpf import BpfMap
+from cilia.maps.layout import CStruct, MapLayout
 
-NAME = "cilia_metrics_v1"
-_KEY = struct.Struct("<HBB")
-_VALUE = struct.Struct("<QQ")
-DIRECTIONS = {1: "egress", 2: "ingress"}
+if TYPE_CHECKING:  # a type only: the codecs import without libbpf
+    from cilia.bpf import BpfMap
+
+NAME = "cilia_metrics_v2"
+KEY = CStruct("metrics_key", ("endpoint_id", "H"), ("reason", "B"), ("direction", "B"))
+VALUE = CStruct("metrics_value", ("packets", "Q"), ("bytes", "Q"))  # one per possible CPU
+LAYOUTS = (MapLayout(NAME, KEY, VALUE),)
+_KEY = KEY.codec
+_VALUE = VALUE.codec
 
 
 @dataclass(frozen=True)
 class MetricsKey:
     endpoint_id: int
-    reason: int
-    direction: int
+    reason: int  # DropReason, 0 = forwarded
+    direction: int  # TrafficDirection
 
 
 class MetricsMap:

@@ -10,48 +10,76 @@ from __future__ import annotations
 
 import struct
 from dataclasses import dataclass, field
+from enum import IntFlag
+from typing import TYPE_CHECKING
 
-from cilia.bpf import BpfMap
-from cilia.policy.mapstate import DIRECTION_BITS, MapState, PortKey, PortValue
+from cilia.maps.direction import TrafficDirection
+from cilia.maps.layout import CStruct, MapLayout, Scalar
+from cilia.policy.mapstate import MapState, PortKey, PortValue
 from cilia.policy.rules import Direction
+
+if TYPE_CHECKING:  # a type only: the codecs import without libbpf
+    from cilia.bpf import BpfMap
 
 STATE_NAME = "cilia_policy_state_v1"
 SEL_NAME = "cilia_policy_sel_v1"
 POLICY_NAME = "cilia_policy_v1"
 NAMES = (STATE_NAME, SEL_NAME, POLICY_NAME)
 
-GENERATION = 1 << 0
-INGRESS_LOOKUP = 1 << 1
-EGRESS_LOOKUP = 1 << 2
-INGRESS_ENFORCED = 1 << 3
-EGRESS_ENFORCED = 1 << 4
-AUDIT = 1 << 5
-ALLOW_HOST_INGRESS = 1 << 6
-FAILED = 1 << 7
 
-_STATE = struct.Struct("<II")
-_SEL_KEY = struct.Struct("<IHBx")
+
+class StateFlag(IntFlag):
+    """policy_state.flags (C: enum policy_state_flags)."""
+
+    GENERATION = 1 << 0
+    INGRESS_LOOKUP = 1 << 1
+    EGRESS_LOOKUP = 1 << 2
+    INGRESS_ENFORCED = 1 << 3
+    EGRESS_ENFORCED = 1 << 4
+    AUDIT = 1 << 5
+    ALLOW_HOST_INGRESS = 1 << 6
+    FAILED = 1 << 7
+
+
+STATE = CStruct("policy_state", ("flags", "I"), ("revision", "I"))
+SEL_KEY = CStruct("policy_sel_key", ("identity", "I"), ("endpoint_id", "H"), ("dir_gen", "B"), ("pad", "x"))
+LPM_KEY = CStruct("policy_key", ("prefixlen", "I"), ("endpoint_id", "H"), ("class_id", "H"), ("dir_gen", "B"),
+                  ("proto", "B"), ("dport", "2s"))
+ENTRY = CStruct("policy_entry", ("rule_id", "I"), ("verdict", "B"), ("pad", "3x"))
+_U32_SCALAR = Scalar("__u32", 4)
+LAYOUTS = (
+    MapLayout(STATE_NAME, _U32_SCALAR, STATE),  # endpoint id -> state
+    MapLayout(SEL_NAME, SEL_KEY, _U32_SCALAR),  # -> identity class
+    MapLayout(POLICY_NAME, LPM_KEY, ENTRY),
+)
+_STATE = STATE.codec
+_SEL_KEY = SEL_KEY.codec
 _U32 = struct.Struct("<I")
-_LPM_KEY = struct.Struct("<IHHBB2s")
-_ENTRY = struct.Struct("<IB3x")
+_LPM_KEY = LPM_KEY.codec
+_ENTRY = ENTRY.codec
 _FIXED_BITS = 40  # endpoint id, class and direction+generation
 
 
 def state_flags(state: MapState) -> int:
     flags = 0
     if state.ingress.lookup:
-        flags |= INGRESS_LOOKUP
+        flags |= StateFlag.INGRESS_LOOKUP
     if state.egress.lookup:
-        flags |= EGRESS_LOOKUP
+        flags |= StateFlag.EGRESS_LOOKUP
     if state.ingress.enforced:
-        flags |= INGRESS_ENFORCED
+        flags |= StateFlag.INGRESS_ENFORCED
     if state.egress.enforced:
-        flags |= EGRESS_ENFORCED
+        flags |= StateFlag.EGRESS_ENFORCED
     if state.audit:
-        flags |= AUDIT
+        flags |= StateFlag.AUDIT
     if state.allow_host_ingress:
-        flags |= ALLOW_HOST_INGRESS
+        flags |= StateFlag.ALLOW_HOST_INGRESS
     return flags
+
+
+def dir_gen_of(direction: Direction, generation: int) -> int:
+    """The keys' direction+generation byte: TrafficDirection << 1 | generation."""
+    return int(TrafficDirection[direction.name]) << 1 | generation
 
 
 def sel_key(identity: int, endpoint_id: int, dir_gen: int) -> bytes:
@@ -74,7 +102,7 @@ class Installed:
 
     @property
     def generation(self) -> int:
-        return self.flags & GENERATION
+        return self.flags & StateFlag.GENERATION
 
 
 def encode(state: MapState, endpoint_id: int, generation: int) -> tuple[dict[bytes, bytes], dict[bytes, bytes]]:
@@ -82,7 +110,7 @@ def encode(state: MapState, endpoint_id: int, generation: int) -> tuple[dict[byt
     lpm: dict[bytes, bytes] = {}
     for direction in Direction:
         dstate = state.direction(direction)
-        dir_gen = DIRECTION_BITS[direction] << 1 | generation
+        dir_gen = dir_gen_of(direction, generation)
         for identity, klass in dstate.classes.items():
             sel[sel_key(identity, endpoint_id, dir_gen)] = _U32.pack(klass)
         for (klass, key), value in dstate.ports.items():
@@ -190,7 +218,7 @@ class PolicyMaps:
     def fail(self, endpoint_id: int) -> None:
         """Fail closed: the datapath drops the endpoint's traffic with 'policy not installed'."""
         current = self.installed.get(endpoint_id)
-        flags = (current.flags if current else 0) | FAILED
+        flags = (current.flags if current else 0) | StateFlag.FAILED
         self.state_map.update(_U32.pack(endpoint_id), _STATE.pack(flags, 0))
         if current is not None:
             current.flags = flags
@@ -227,4 +255,4 @@ class PolicyMaps:
 
 
 def _direction(dir_gen: int) -> Direction:
-    return Direction.EGRESS if dir_gen >> 1 else Direction.INGRESS
+    return Direction.EGRESS if dir_gen >> 1 == TrafficDirection.EGRESS else Direction.INGRESS

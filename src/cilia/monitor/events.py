@@ -1,5 +1,8 @@
-"""Decodes the datapath's ring-buffer records (layout in bpf/lib/events.h) into typed events.
+"""Decodes the datapath's ring-buffer records into typed events.
 
+Records and their constant tables mirror bpf/lib/events.h (struct event: trace, drop, policy
+verdict) and bpf/lib/sock_event.h (struct sock_event); every enum here carries its C enum's
+names (tests/kernel/test_datapath_contract.py checks layouts and values against the objects' BTF).
 Pure Python: the packet headers captured with each event are parsed here, not in BPF.
 """
 
@@ -8,43 +11,121 @@ from __future__ import annotations
 import ipaddress
 import struct
 from dataclasses import asdict, dataclass, field
+from enum import IntEnum
 from typing import Any
 
-EVENT_TRACE = 1
-EVENT_DROP = 2
-EVENT_POLICY_VERDICT = 3
-EVENT_SOCK = 4  # bpf_sock.c: a socket-level service translation
+from cilia import ipproto
+from cilia.maps.direction import TrafficDirection
+from cilia.maps.layout import CStruct
 
-_HEADER = struct.Struct("<QBBBBHHIIIIHHI")
+
+class EventType(IntEnum):
+    """C: enum event_type."""
+
+    TRACE = 1
+    DROP = 2
+    POLICY_VERDICT = 3
+    SOCK = 4  # bpf_sock.c: a socket-level service translation
+
+
+EVENT_TRACE = EventType.TRACE
+EVENT_DROP = EventType.DROP
+EVENT_POLICY_VERDICT = EventType.POLICY_VERDICT
+EVENT_SOCK = EventType.SOCK
+
+EVENT = CStruct("event", ("ktime", "Q"), ("type", "B"), ("subtype", "B"), ("file", "B"), ("ct_status", "B"),
+                ("line", "H"), ("endpoint_id", "H"), ("ifindex", "I"), ("src_identity", "I"),
+                ("dst_identity", "I"), ("orig_len", "I"), ("cap_len", "H"), ("direction", "H"),
+                (("rule_id", "rev_nat_id"), "I"), ("data", "128s"))
+_HEADER = EVENT.head("data")
 HEADER_SIZE = _HEADER.size  # 40
 
-OBSERVATION_POINTS = {1: "TO_ENDPOINT", 2: "TO_STACK", 3: "FROM_ENDPOINT", 4: "TO_HOST"}
-CT_STATUS = {0: "", 1: "new", 2: "established", 3: "reply", 4: "related"}
-DIRECTIONS = {1: "EGRESS", 2: "INGRESS"}
-SOURCE_FILES = {1: "bpf_lxc.c", 2: "bpf_host.c", 3: "bpf_sock.c"}
 
-# Mirrors bpf/lib/drop_reasons.h (tests/unit/test_events_decode.py checks they agree).
-DROP_REASONS: dict[int, tuple[str, str]] = {
-    130: ("INVALID_SOURCE_MAC", "Invalid source mac"),
-    131: ("INVALID_DEST_MAC", "Invalid destination mac"),
-    132: ("INVALID_SOURCE_IP", "Invalid source ip"),
-    133: ("POLICY_DENIED", "Policy denied"),
-    134: ("INVALID_PACKET", "Invalid packet"),
-    135: ("CT_INVALID_HEADER", "CT: Invalid header"),
-    137: ("UNKNOWN_L4", "Unknown L4 protocol"),
-    139: ("UNSUPPORTED_L3", "Unsupported L3 protocol"),
-    143: ("CT_MAP_INSERT_FAILED", "CT: Map insertion failed"),
-    154: ("UNSUPPORTED_L2", "Unsupported L2 protocol"),
-    158: ("NO_SERVICE", "Service backend not found"),
-    164: ("TTL_EXCEEDED", "TTL exceeded"),
-    165: ("NO_ENDPOINT", "No local endpoint"),
-    181: ("POLICY_DENY", "Policy denied by denylist"),
-    220: ("POLICY_NOT_INSTALLED", "Policy not installed (fail closed)"),
+class ObsPoint(IntEnum):
+    """Where a trace event saw the packet (its subtype). C: enum obs_point."""
+
+    TO_ENDPOINT = 1
+    TO_STACK = 2
+    FROM_ENDPOINT = 3
+    TO_HOST = 4
+
+
+class CtStatus(IntEnum):
+    """C: enum ct_status; 0 means the packet was not looked up."""
+
+    NEW = 1
+    ESTABLISHED = 2
+    REPLY = 3
+    RELATED = 4
+
+
+class SourceFile(IntEnum):
+    """The program file that sent an event. C: enum source_file."""
+
+    LXC = 1
+    HOST = 2
+    SOCK = 3
+
+
+OBSERVATION_POINTS = {int(p): p.name for p in ObsPoint}
+CT_STATUS = {0: "", **{int(s): s.name.lower() for s in CtStatus}}
+SOURCE_FILES = {int(f): f"bpf_{f.name.lower()}.c" for f in SourceFile}
+
+
+class DropReason(IntEnum):
+    """C: enum drop_reason (the DROP_ names; REASON_FORWARDED is 0)."""
+
+    INVALID_SOURCE_MAC = 130
+    INVALID_DEST_MAC = 131
+    INVALID_SOURCE_IP = 132
+    POLICY_DENIED = 133
+    INVALID_PACKET = 134
+    CT_INVALID_HEADER = 135
+    UNKNOWN_L4 = 137
+    UNSUPPORTED_L3 = 139
+    CT_MAP_INSERT_FAILED = 143
+    UNSUPPORTED_L2 = 154
+    NO_SERVICE = 158
+    TTL_EXCEEDED = 164
+    NO_ENDPOINT = 165
+    POLICY_DENY = 181
+    POLICY_NOT_INSTALLED = 220
+
+
+REASON_FORWARDED = 0  # the metrics map's reason for forwarded packets
+_DROP_DESCRIPTIONS = {
+    DropReason.INVALID_SOURCE_MAC: "Invalid source mac",
+    DropReason.INVALID_DEST_MAC: "Invalid destination mac",
+    DropReason.INVALID_SOURCE_IP: "Invalid source ip",
+    DropReason.POLICY_DENIED: "Policy denied",
+    DropReason.INVALID_PACKET: "Invalid packet",
+    DropReason.CT_INVALID_HEADER: "CT: Invalid header",
+    DropReason.UNKNOWN_L4: "Unknown L4 protocol",
+    DropReason.UNSUPPORTED_L3: "Unsupported L3 protocol",
+    DropReason.CT_MAP_INSERT_FAILED: "CT: Map insertion failed",
+    DropReason.UNSUPPORTED_L2: "Unsupported L2 protocol",
+    DropReason.NO_SERVICE: "Service backend not found",
+    DropReason.TTL_EXCEEDED: "TTL exceeded",
+    DropReason.NO_ENDPOINT: "No local endpoint",
+    DropReason.POLICY_DENY: "Policy denied by denylist",
+    DropReason.POLICY_NOT_INSTALLED: "Policy not installed (fail closed)",
 }
-POLICY_DROP_REASONS = (133, 181, 220)
-# Policy-verdict subtypes (bpf/lib/policy.h VERDICT_*); 0x80 marks a denied packet audit mode let through.
-VERDICTS = {1: "allowed", 2: "denied", 3: "default-denied", 4: "not-installed"}
-VERDICT_AUDIT_FLAG = 0x80
+DROP_REASONS: dict[int, tuple[str, str]] = {int(r): (r.name, _DROP_DESCRIPTIONS[r]) for r in DropReason}
+POLICY_DROP_REASONS = (DropReason.POLICY_DENIED, DropReason.POLICY_DENY, DropReason.POLICY_NOT_INSTALLED)
+
+
+class PolicyVerdict(IntEnum):
+    """A policy-verdict event's subtype. C: enum policy_verdict (bpf/lib/policy.h)."""
+
+    ALLOW = 1
+    DENY = 2
+    DEFAULT_DENY = 3
+    NOT_INSTALLED = 4
+
+
+VERDICTS: dict[int, str] = {PolicyVerdict.ALLOW: "allowed", PolicyVerdict.DENY: "denied",
+                             PolicyVerdict.DEFAULT_DENY: "default-denied", PolicyVerdict.NOT_INSTALLED: "not-installed"}
+VERDICT_AUDIT_FLAG = 0x80  # set in the subtype when audit mode let a denied packet through
 
 
 @dataclass(frozen=True)
@@ -67,6 +148,9 @@ class Packet:
     l4: L4 | None = None
 
 
+_TYPE_NAMES: dict[int, str] = {EVENT_TRACE: "trace", EVENT_DROP: "drop", EVENT_POLICY_VERDICT: "policy-verdict"}
+
+
 @dataclass(frozen=True)
 class MonitorEvent:
     type: int
@@ -82,15 +166,16 @@ class MonitorEvent:
     orig_len: int
     direction: str
     packet: Packet = field(default_factory=Packet)
-    rule_id: int = 0
+    # The record's one slot for these, named by the event type (C: a union in struct event):
+    rule_id: int = 0  # drop, policy verdict: the policy entry that decided (0: default deny / none)
+    rev_nat_id: int = 0  # trace: the service frontend the packet was translated from or to (0: none)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready: what `cilia monitor` prints for each event."""
         data = asdict(self)
         if self.packet.l4 is not None:
             data["packet"]["l4"]["tcp_flags"] = sorted(self.packet.l4.tcp_flags)
-        data["type"] = {EVENT_TRACE: "trace", EVENT_DROP: "drop", EVENT_POLICY_VERDICT: "policy-verdict"}.get(
-            self.type, str(self.type))
+        data["type"] = _TYPE_NAMES.get(self.type, str(self.type))
         data["observation_point"] = self.observation_point
         data["drop_reason_name"] = self.drop_reason_name
         if self.is_policy_verdict:
@@ -153,14 +238,15 @@ _TCP_FLAG_NAMES = ((0x01, "FIN"), (0x02, "SYN"), (0x04, "RST"), (0x08, "PSH"), (
 
 
 def _l4(protocol: int, data: bytes, v6: bool) -> L4:
-    if protocol == 6 and len(data) >= 14:
+    if protocol == ipproto.TCP and len(data) >= 14:
         sport, dport = struct.unpack_from("!HH", data)
         flags = frozenset(name for bit, name in _TCP_FLAG_NAMES if data[13] & bit)
-        return L4("TCP", sport, dport, flags)
-    if protocol in (17, 132) and len(data) >= 4:
+        return L4(ipproto.name_of(protocol), sport, dport, flags)
+    if protocol in (ipproto.UDP, ipproto.SCTP) and len(data) >= 4:
         sport, dport = struct.unpack_from("!HH", data)
-        return L4("UDP" if protocol == 17 else "SCTP", sport, dport)
-    if protocol in (1, 58) and len(data) >= 2:
+        return L4(ipproto.name_of(protocol), sport, dport)
+    if protocol in (ipproto.ICMP, ipproto.ICMPV6) and len(data) >= 2:
+        # flows name ICMP by the packet's IP version (Hubble's ICMPv4 / ICMPv6), whatever the number says
         return L4("ICMPv6" if v6 else "ICMPv4", icmp_type=data[0], icmp_code=data[1])
     return L4(str(protocol))
 
@@ -194,7 +280,7 @@ def decode(record: bytes) -> MonitorEvent:
     if len(record) < HEADER_SIZE:
         raise DecodeError(f"event record of {len(record)} bytes is shorter than the {HEADER_SIZE}-byte header")
     (ktime, etype, subtype, file_id, ct_status, line, endpoint_id, ifindex, src_id, dst_id, orig_len, cap_len,
-     flags, rule_id) = _HEADER.unpack_from(record)
+     direction, slot) = _HEADER.unpack_from(record)
     if etype not in (EVENT_TRACE, EVENT_DROP, EVENT_POLICY_VERDICT):
         raise DecodeError(f"unknown event type {etype}")
     data = record[HEADER_SIZE : HEADER_SIZE + cap_len]
@@ -210,14 +296,27 @@ def decode(record: bytes) -> MonitorEvent:
         src_identity=src_id,
         dst_identity=dst_id,
         orig_len=orig_len,
-        direction=DIRECTIONS.get(flags, "TRAFFIC_DIRECTION_UNKNOWN"),
+        direction=TrafficDirection.name_of(direction),
         packet=parse_packet(data),
-        rule_id=rule_id,
+        rule_id=0 if etype == EVENT_TRACE else slot,
+        rev_nat_id=slot if etype == EVENT_TRACE else 0,
     )
 
 
-_SOCK = struct.Struct("<QBBBBHHQQQ16s16s2s2sI8x")
-SOCK_POINTS = {1: "SOCK_XLATE_POINT_PRE_DIRECTION_FWD"}
+SOCK_EVENT = CStruct("sock_event", ("ktime", "Q"), ("type", "B"), ("point", "B"), ("proto", "B"), ("family", "B"),
+                     ("rev_nat_id", "H"), ("pad", "H"), ("cookie", "Q"), ("netns", "Q"), ("cgroup", "Q"),
+                     ("frontend", "16s"), ("backend", "16s"), ("frontend_port", "2s"), ("backend_port", "2s"),
+                     ("backend_id", "I"), ("pad2", "8x"))
+_SOCK = SOCK_EVENT.codec
+
+
+class SockXlatePoint(IntEnum):
+    """The hook that translated. C: enum sock_xlate_point."""
+
+    FWD = 1  # connect / sendmsg: frontend -> backend
+
+
+SOCK_POINTS: dict[int, str] = {SockXlatePoint.FWD: "SOCK_XLATE_POINT_PRE_DIRECTION_FWD"}  # Hubble's names
 
 
 @dataclass(frozen=True)
@@ -254,6 +353,6 @@ def decode_sock(record: bytes) -> SockEvent:
         front, back = str(ipaddress.IPv4Address(frontend[12:16])), str(ipaddress.IPv4Address(backend[12:16]))
     else:
         front, back = str(ipaddress.IPv6Address(frontend)), str(ipaddress.IPv6Address(backend))
-    return SockEvent(ktime, SOCK_POINTS.get(point, str(point)), {6: "TCP", 17: "UDP"}.get(proto, str(proto)),
+    return SockEvent(ktime, SOCK_POINTS.get(point, str(point)), ipproto.name_of(proto),
                      rev_nat_id, cookie, netns, cgroup, front, int.from_bytes(fport, "big"), back,
                      int.from_bytes(bport, "big"), backend_id)

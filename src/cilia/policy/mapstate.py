@@ -22,8 +22,7 @@ from cilia.policy.errors import PolicyMapOverflow
 from cilia.policy.resolve import Decision, DirectionPolicy, EndpointPolicy, Verdict
 from cilia.policy.rules import CidrPeer, Direction, EntityPeer, Entry, IdentityView, PortRange, SelectorPeer
 
-ALLOW, DENY = 1, 2
-DIRECTION_BITS = {Direction.INGRESS: 0, Direction.EGRESS: 1}
+ALLOW, DENY = 1, 2  # policy_entry.verdict (C: VERDICT_ALLOW, VERDICT_DENY; the contract test checks)
 
 
 @dataclass(frozen=True, order=True)

@@ -14,9 +14,10 @@ from cilia.hostport import host_port
 from cilia.maps import lb as lbm
 from cilia.maps.addr import IPAddress
 from cilia.maps.ct import CtEntry, CtTuple
+from cilia.maps.direction import TrafficDirection
 from cilia.maps.endpoints import EndpointInfo
 from cilia.maps.ipcache import IpcacheValue, Prefix
-from cilia.maps.metrics import DIRECTIONS, MetricsKey
+from cilia.maps.metrics import MetricsKey
 from cilia.maps.policy import InstalledEntries
 from cilia.monitor.events import DROP_REASONS
 from cilia.policy.mapstate import ALLOW
@@ -65,11 +66,14 @@ def _reason(reason: int) -> str:
 
 
 def metric_rows(totals: Mapping[MetricsKey, tuple[int, int]]) -> list[Row]:
-    return [
-        {"endpoint_id": key.endpoint_id, "direction": DIRECTIONS.get(key.direction, str(key.direction)),
+    rows = [
+        {"endpoint_id": key.endpoint_id,
+         "direction": TrafficDirection.name_of(key.direction, str(key.direction)).lower(),
          "reason": _reason(key.reason), "packets": packets, "bytes": nbytes}
-        for key, (packets, nbytes) in sorted(totals.items(), key=lambda kv: (kv[0].endpoint_id, kv[0].direction))
+        for key, (packets, nbytes) in totals.items()
     ]
+    # by the direction's name, so the order does not follow the datapath's numeric encoding
+    return sorted(rows, key=lambda row: (row["endpoint_id"], row["direction"]))
 
 
 def lb_rows(services: Mapping[lbm.ServiceKey, lbm.ServiceValue], backends: Mapping[int, lbm.BackendValue]) -> list[Row]:

@@ -2,8 +2,10 @@
 
 A `CStruct` names the C struct and each field, so its offsets and sizes can be compared with the
 C compiler's (BTF) field by field; `MapLayout` says what a pinned map's key and value are. The
-datapath contract test (tests/kernel/test_datapath_contract.py) reads the BTF of build/bpf/*.o
-and runs `mismatches` on every declaration; nothing here needs libbpf.
+checkers (`mismatches`, `map_side_mismatches`, `enum_mismatches`) take the C side as plain data
+and return one message per difference, naming the struct, map or enum and the field; the datapath
+contract test (tests/kernel/test_datapath_contract.py) feeds them the BTF of build/bpf/*.o.
+Nothing here needs libbpf.
 
 Formats are little-endian with no implicit padding ("<"), so C's padding is spelled out as named
 pad fields ("3x") and a missing one shows up as a shifted offset.

@@ -9,9 +9,11 @@ from typing import Any
 from cilia.flows.build import EndpointView, FlowBuilder
 from cilia.hubble.convert import DROP_REASONS, convert
 from cilia.hubble.pb import flow_pb2
+from cilia.maps.direction import TrafficDirection
 from cilia.monitor.events import DROP_REASONS as CILIA_DROP_REASONS
 from cilia.monitor.events import EVENT_DROP, EVENT_POLICY_VERDICT, EVENT_TRACE, SockEvent, decode
 
+INGRESS, EGRESS = TrafficDirection.INGRESS, TrafficDirection.EGRESS  # the record's direction word
 CLIENT, SERVER = "10.200.1.2", "10.200.1.3"
 BOOT_NS = 1_700_000_000 * 10**9
 
@@ -38,7 +40,7 @@ def icmp6_echo() -> bytes:
     return eth(0x86DD) + ip6 + struct.pack("!BBHHH", 128, 0, 0, 1, 1)
 
 
-def record(etype: int, subtype: int, packet: bytes, *, ct: int = 1, direction: int = 1, line: int = 0,
+def record(etype: int, subtype: int, packet: bytes, *, ct: int = 1, direction: int = EGRESS, line: int = 0,
            rule_id: int = 0, src_id: int = 256, dst_id: int = 257) -> bytes:
     header = struct.pack("<QBBBBHHIIIIHHI", 5_000_000, etype, subtype, 1, ct, line, 7, 4, src_id, dst_id,
                          len(packet), len(packet), direction, rule_id)
@@ -102,7 +104,7 @@ def test_reply_and_unknown_conntrack_state() -> None:
 
 
 def test_policy_drop_names_reason_and_policy() -> None:
-    f = flow_of(record(EVENT_DROP, 133, tcp_v4(), direction=2, line=42, rule_id=5))
+    f = flow_of(record(EVENT_DROP, 133, tcp_v4(), direction=INGRESS, line=42, rule_id=5))
     assert f.verdict == flow_pb2.DROPPED
     assert (f.drop_reason, f.drop_reason_desc) == (133, flow_pb2.POLICY_DENIED)
     assert (f.event_type.type, f.event_type.sub_type) == (1, 133)
@@ -127,16 +129,16 @@ def test_every_cilia_drop_code_maps_to_a_hubble_reason_by_meaning() -> None:
 
 
 def test_policy_verdicts() -> None:
-    denied = flow_of(record(EVENT_POLICY_VERDICT, 2, tcp_v4(), direction=2, rule_id=5))
+    denied = flow_of(record(EVENT_POLICY_VERDICT, 2, tcp_v4(), direction=INGRESS, rule_id=5))
     assert (denied.event_type.type, denied.event_type.sub_type) == (5, 0)
     assert denied.verdict == flow_pb2.DROPPED and denied.drop_reason_desc == flow_pb2.POLICY_DENY
     assert [p.name for p in denied.ingress_denied_by] == ["deny-client"]
-    default_denied = flow_of(record(EVENT_POLICY_VERDICT, 3, tcp_v4(), direction=2))
+    default_denied = flow_of(record(EVENT_POLICY_VERDICT, 3, tcp_v4(), direction=INGRESS))
     assert default_denied.drop_reason_desc == flow_pb2.POLICY_DENIED and not default_denied.ingress_denied_by
-    allowed = flow_of(record(EVENT_POLICY_VERDICT, 1, tcp_v4(), direction=1, rule_id=5))
+    allowed = flow_of(record(EVENT_POLICY_VERDICT, 1, tcp_v4(), direction=EGRESS, rule_id=5))
     assert allowed.verdict == flow_pb2.FORWARDED and allowed.drop_reason_desc == flow_pb2.DROP_REASON_UNKNOWN
     assert [p.name for p in allowed.egress_allowed_by] == ["deny-client"]
-    audited = flow_of(record(EVENT_POLICY_VERDICT, 0x80 | 3, tcp_v4(), direction=2))
+    audited = flow_of(record(EVENT_POLICY_VERDICT, 0x80 | 3, tcp_v4(), direction=INGRESS))
     assert audited.verdict == flow_pb2.AUDIT
 
 
@@ -175,7 +177,7 @@ def test_socket_translation_flow() -> None:
 
 
 def test_wire_round_trip_and_unknown_names_tolerated() -> None:
-    f = flow_of(record(EVENT_DROP, 133, tcp_v4(), direction=2, rule_id=5))
+    f = flow_of(record(EVENT_DROP, 133, tcp_v4(), direction=INGRESS, rule_id=5))
     assert flow_pb2.Flow.FromString(f.SerializeToString()) == f
     odd: dict[str, Any] = {"verdict": "SOMETHING_NEW", "traffic_direction": "SIDEWAYS", "Type": "L9",
                            "event_type": {"type": 1}, "drop_reason": 250}

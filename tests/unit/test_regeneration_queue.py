@@ -217,3 +217,13 @@ def test_synchronous_mode_works_everything_before_publish_returns(work: Recorder
     assert sorted(work.calls) == [(1, "s1"), (2, "s1"), (3, "s1")]
     assert q.wait(revision, timeout=0).reached
     assert threading.active_count() >= 1  # no worker threads were needed
+
+
+def test_wait_can_look_at_some_endpoints_only(queue: RegenerationQueue[str], work: Recorder) -> None:
+    work.gate.clear()
+    revision = queue.publish("s1", [1, 2])
+    wait_until(lambda: work.running >= 1)
+    assert not queue.wait(revision, 0.05, only=[1]).reached
+    assert queue.wait(revision, 0, only=[3]).reached  # nobody queued endpoint 3
+    work.gate.set()
+    assert queue.wait(revision, 5, only=[1]).reached

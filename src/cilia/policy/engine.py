@@ -271,6 +271,9 @@ class PolicyEngine:
 
     def _change(self, affected: Callable[[PolicyInputs, PolicyInputs], Iterable[int]]) -> int:
         """New inputs, the endpoints to regenerate, the next revision. Called under the lock."""
+        return self._publish(affected)[0]
+
+    def _publish(self, affected: Callable[[PolicyInputs, PolicyInputs], Iterable[int]]) -> tuple[int, set[int]]:
         previous = self._inputs
         inputs = self._build_inputs()
         if self.mode == "sync":
@@ -282,7 +285,7 @@ class PolicyEngine:
         added = {p: n for p, n in inputs.cidrs.items() if previous.cidrs.get(p) != n}
         if added:
             self.queue.when_reached(revision, lambda: self._add_cidrs(inputs.cidrs))
-        return revision
+        return revision, targets
 
     def _build_inputs(self) -> PolicyInputs:
         rules = tuple(self.repository.rules())
@@ -327,11 +330,11 @@ class PolicyEngine:
         and the endpoints that must learn its identity are regenerated (waited for, bounded).
         Returns "" or why its policy is not installed (its traffic is then dropped)."""
         with self._lock:
-            revision = self._change(lambda _old, _new: ())
+            revision, peers = self._publish(lambda _old, _new: ())
         if self.queue.synchronous:
             return self.queue.error(record.id)  # a sync change regenerated every endpoint, this one too
         error = self.queue.run_now(record.id)
-        result = self.queue.wait(revision, PEER_WAIT_SECONDS)
+        result = self.queue.wait(revision, PEER_WAIT_SECONDS, only=peers - {record.id})
         if not result.reached:
             log.warning("endpoint %d: %d peers did not learn its identity within %.0f s", record.id,
                         len(result.pending), PEER_WAIT_SECONDS)

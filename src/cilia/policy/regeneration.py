@@ -229,13 +229,17 @@ class RegenerationQueue(Generic[Snapshot]):
             except Exception:
                 log.exception("a revision callback failed")
 
-    def wait(self, revision: int | None = None, timeout: float = 30.0) -> WaitResult:
-        """Until every endpoint reflects `revision` (default: the current one), or `timeout`."""
+    def wait(self, revision: int | None = None, timeout: float = 30.0, *,
+             only: Iterable[int] | None = None) -> WaitResult:
+        """Until every endpoint (or every one of `only`) reflects `revision` (default: the current
+        one), or `timeout`."""
         deadline = time.monotonic() + max(0.0, timeout)
+        among = None if only is None else set(only)
         with self._cond:
             target = self._revision if revision is None else revision
             while True:
-                pending = sorted(i for i, p in self._pending.items() if p.realized < target)
+                pending = sorted(i for i, p in self._pending.items()
+                                 if p.realized < target and (among is None or i in among))
                 reached = not pending and self._revision >= target
                 remaining = deadline - time.monotonic()
                 if reached or remaining <= 0:

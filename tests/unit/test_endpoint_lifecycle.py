@@ -21,8 +21,10 @@ from cilia.endpoint.store import EndpointStore
 from cilia.identity.allocator import LocalIdentityAllocator
 from cilia.identity.cidr import Network
 from cilia.ipam import Ipam
+from cilia.policy import kinds as policy_kinds
 from cilia.policy.engine import PolicyEngine, Settings
 from cilia.policy.mapstate import MapState
+from cilia.resources.kinds import CORE_KINDS, KindRegistry
 from cilia.resources.store import LocalStore
 
 S = EndpointState
@@ -96,7 +98,7 @@ class FakeDatapath:
 
 class Node:
     def __init__(self, tmp: Path, mode: str = "queue", max_entries: int = 0) -> None:
-        self.resources = LocalStore(tmp / "resources.db")
+        self.resources = LocalStore(tmp / "resources.db", KindRegistry([*CORE_KINDS, *policy_kinds.KINDS]))
         self.identities = LocalIdentityAllocator(tmp / "identities.json")
         self.datapath = FakeDatapath()
         self.registry = EndpointRegistry()

@@ -210,15 +210,17 @@ class RegenerationQueue(Generic[Snapshot]):
         return error
 
     # ----- revisions -----------------------------------------------------------------------------
-    def _lowest(self) -> int:
-        return min((p.realized for p in self._pending.values()), default=self._revision)
+    def _below(self, revision: int, among: set[int] | None = None) -> bool:
+        """Is some queued endpoint (of `among`) still below `revision`? Stops at the first: the
+        oldest entries come first, so while a big change is worked this is one look, not a scan."""
+        return any(p.realized < revision for i, p in self._pending.items() if among is None or i in among)
 
     def _due_callbacks(self) -> list[Callable[[], None]]:
         if not self._callbacks:
             return []
-        lowest = self._lowest()
-        due = [cb for rev, cb in self._callbacks if rev <= lowest]
-        self._callbacks = [(rev, cb) for rev, cb in self._callbacks if rev > lowest]
+        due = [cb for rev, cb in self._callbacks if not self._below(rev)]
+        if due:
+            self._callbacks = [(rev, cb) for rev, cb in self._callbacks if self._below(rev)]
         return due
 
     @staticmethod
@@ -238,11 +240,11 @@ class RegenerationQueue(Generic[Snapshot]):
         with self._cond:
             target = self._revision if revision is None else revision
             while True:
-                pending = sorted(i for i, p in self._pending.items()
-                                 if p.realized < target and (among is None or i in among))
-                reached = not pending and self._revision >= target
+                reached = self._revision >= target and not self._below(target, among)
                 remaining = deadline - time.monotonic()
                 if reached or remaining <= 0:
+                    pending = sorted(i for i, p in self._pending.items()
+                                     if p.realized < target and (among is None or i in among))
                     return WaitResult(target, self._revision, reached, pending, dict(self._errors))
                 self._cond.wait(min(remaining, 0.5))
 

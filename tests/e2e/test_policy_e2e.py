@@ -5,6 +5,7 @@ reachability matrix against what the Kubernetes / Cilium semantics say it must b
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 import time
@@ -23,6 +24,7 @@ from cilia.paths import NodePaths
 
 Expect = Callable[[str, str, int, str], bool]  # source, target, port, protocol -> reachable
 POLICY_KINDS = ("NetworkPolicy", "CiliumNetworkPolicy", "CiliumClusterwideNetworkPolicy")
+WAIT = 30.0  # seconds an apply waits for the endpoints' policy revision
 
 
 @pytest.fixture(scope="module")
@@ -44,13 +46,14 @@ def clear_policies() -> None:
         objects = [{"kind": kind, "metadata": {k: v for k, v in o["metadata"].items() if k in ("name", "namespace")}}
                    for kind in POLICY_KINDS for o in client.get("/v1/resources", {"kind": kind})]
         if objects:
-            client.delete(ApplyRequest(objects=objects))
+            client.delete(ApplyRequest(objects=objects), wait=WAIT)
         client.patch("/v1/config", {"policy_enforcement": "default", "policy_audit_mode": False})
 
 
 def apply(text: str) -> None:
+    """Apply and wait until every endpoint's policy reflects it (regeneration runs in the background)."""
     with api() as client:
-        client.apply(ApplyRequest(objects=[o for o in yaml.safe_load_all(text) if o]))
+        client.apply(ApplyRequest(objects=[o for o in yaml.safe_load_all(text) if o]), wait=WAIT)
 
 
 def rows() -> dict[str, list[Target]]:
@@ -189,25 +192,25 @@ def test_changes_replace_delete_relabel_pod_and_namespace(lab: Lab) -> None:
         (x_b,) = [o for o in client.get("/v1/resources", {"kind": "Pod", "namespace": "x"})
                   if o["metadata"]["name"] == "b"]
         x_b["metadata"]["labels"] = {"pod": "c"}
-        client.apply(ApplyRequest(objects=[x_b]))
+        client.apply(ApplyRequest(objects=[x_b]), wait=WAIT)
     try:
         check(lab, lambda s, t, p, pr: t != "x/a" or s in ("x/b", "x/c"))
     finally:
         x_b["metadata"]["labels"] = {"pod": "b"}
         with api() as client:
-            client.apply(ApplyRequest(objects=[x_b]))
+            client.apply(ApplyRequest(objects=[x_b]), wait=WAIT)
     apply(NP("a-from", "x", "  podSelector: {matchLabels: {pod: a}}\n"
                             "  ingress: [{from: [{namespaceSelector: {matchLabels: {ns: y}}}]}]"))
     check(lab, lambda s, t, p, pr: t != "x/a" or ns(s) == "y")
     z = {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "z", "labels": {"ns": "y"}}}
     with api() as client:  # relabel namespace z: its pods now match ns=y
-        client.apply(ApplyRequest(objects=[z]))
+        client.apply(ApplyRequest(objects=[z]), wait=WAIT)
     try:
         check(lab, lambda s, t, p, pr: t != "x/a" or ns(s) in ("y", "z"))
     finally:
         z["metadata"]["labels"] = {"ns": "z"}
         with api() as client:
-            client.apply(ApplyRequest(objects=[z]))
+            client.apply(ApplyRequest(objects=[z]), wait=WAIT)
     clear_policies()  # delete
     check(lab, everything)
 
@@ -371,3 +374,42 @@ def test_drops_name_their_policy_and_trace_agrees(lab: Lab) -> None:
     assert flow["policy_decision"] == "CiliumNetworkPolicy/x/deny-y ingressDeny[0]"
     assert trace["verdict"] == "DENIED" and trace["ingress"]["decided_by"] == flow["policy_decision"]
     assert allowed["verdict"] == "ALLOWED" and lab.probe("y/a", "x/b", 80, timeout=2)["verdict"] == "connected"
+
+
+CILIA = os.path.join(os.path.dirname(sys.executable), "cilia")
+
+
+def test_apply_wait_returns_the_revision_and_the_policy_is_enforced_after_it(lab: Lab, tmp_path: Any) -> None:
+    """`cilia apply --wait` prints the revision it produced and returns once every endpoint has it:
+    a probe right after sees the policy. Only the endpoint the policy selects was regenerated
+    (its state went regenerating -> ready, 'policy installed'); the others kept their state."""
+    clear_policies()
+    with api() as client:
+        before = {e.id: (e.state, e.state_reason) for e in client.list_endpoints()}
+    manifest = tmp_path / "a-from-b.yaml"
+    manifest.write_text(NP("a-from-b", "x", "  podSelector: {matchLabels: {pod: a}}\n"
+                                            "  ingress: [{from: [{podSelector: {matchLabels: {pod: b}}}]}]"))
+    result = subprocess.run([CILIA, "apply", "--node", "n1", "-f", str(manifest), "--wait"],
+                            capture_output=True, text=True, timeout=120, check=False)
+    assert result.returncode == 0, result.stderr
+    found = re.search(r"^policy revision (\d+)$", result.stdout, re.MULTILINE)
+    assert found, result.stdout
+    revision = int(found.group(1))
+    assert f"policy revision {revision} enforced on every endpoint" in result.stdout
+    assert lab.probe("y/a", "x/a", 80, timeout=1.0)["verdict"] != "connected"
+    assert lab.probe("x/b", "x/a", 80)["verdict"] == "connected"
+    waited = subprocess.run([CILIA, "policy", "wait", "--node", "n1", "--revision", str(revision), "--timeout", "5"],
+                            capture_output=True, text=True, timeout=60, check=False)
+    assert waited.returncode == 0 and f"policy revision {revision} enforced" in waited.stdout, waited.stderr
+    with api() as client:
+        assert not client.wait_policy(revision + 1000, 0.2).reached  # a revision nobody produced yet
+        endpoints = {f"{e.pod_namespace}/{e.pod_name}": e for e in client.list_endpoints()}
+    x_a = endpoints["x/a"]
+    assert (x_a.state.value, x_a.state_reason) == ("ready", "policy installed")
+    assert x_a.policy is not None and x_a.policy.ingress == "enabled"
+    assert {e.id: (e.state, e.state_reason) for e in endpoints.values() if e.id != x_a.id} == \
+        {i: s for i, s in before.items() if i != x_a.id}
+    listing = subprocess.run([CILIA, "endpoint", "list", "--node", "n1"], capture_output=True, text=True, timeout=60,
+                             check=False)
+    assert listing.returncode == 0 and "STATE" in listing.stdout and "ready" in listing.stdout
+    clear_policies()

@@ -26,6 +26,7 @@ from cilia.api.models import (
     EndpointPolicyStatus,
     EndpointState,
     NodeStatus,
+    PolicyWaitResult,
 )
 from cilia.flows.ring import FlowRing
 from cilia.identity.allocator import Identity as AllocatedIdentity
@@ -57,14 +58,6 @@ def endpoint(endpoint_id: int, pod: str = "web") -> Endpoint:
                     labels=[f"k8s:app={pod}"], state=EndpointState.READY, created_at=1.0)
 
 
-class Record:
-    def __init__(self, view: Endpoint) -> None:
-        self.view = view
-
-    def to_api(self) -> Endpoint:
-        return self.view
-
-
 class FakeEndpoints:
     def __init__(self, *known: Endpoint) -> None:
         self.known = {e.id: e for e in known}
@@ -89,13 +82,13 @@ class FakeEndpoints:
     def delete(self, endpoint_id: int) -> bool:
         return self.known.pop(endpoint_id, None) is not None
 
-    def find_by_container(self, container_id: str, ifname: str) -> Record | None:
+    def view_by_container(self, container_id: str, ifname: str) -> Endpoint | None:
         found = [e for e in self.known.values() if e.container_id == container_id and e.ifname == ifname]
-        return Record(found[0]) if found else None
+        return found[0] if found else None
 
     def delete_by_container(self, container_id: str, ifname: str) -> bool:
-        record = self.find_by_container(container_id, ifname)
-        return record is not None and self.delete(record.view.id)
+        found = self.view_by_container(container_id, ifname)
+        return found is not None and self.delete(found.id)
 
     def gc(self, valid: set[tuple[str, str]]) -> list[int]:
         self.gc_valid = valid
@@ -222,7 +215,8 @@ def test_apply_and_delete_through_a_store(tmp_path: Path) -> None:
     store = LocalStore(tmp_path / "r.db", KindRegistry(CORE_KINDS))
     for api in client(resources.make_router(store)):
         applied = api.post("/v1/resources/apply", json={"objects": [pod("web")]}).json()
-        assert applied == {"items": [{"kind": "Pod", "namespace": "default", "name": "web", "action": "created"}]}
+        assert applied == {"items": [{"kind": "Pod", "namespace": "default", "name": "web", "action": "created"}],
+                           "revision": None}
         assert [o["metadata"]["name"] for o in api.get("/v1/resources", params={"kind": "Pod"}).json()] == ["web"]
         assert_error(api.post("/v1/resources/apply", json={"objects": [pod("Web")]}), 400, CILIA_INVALID_OBJECT,
                      "Pod default/Web: field 'metadata.name'")
@@ -306,9 +300,41 @@ class FakeQueries:
         return TraceResult(True, None, None)
 
 
+class FakeRevisions:
+    def __init__(self) -> None:
+        self.waited: list[tuple[int | None, float]] = []
+
+    def wait(self, revision: int | None, timeout: float) -> PolicyWaitResult:
+        self.waited.append((revision, timeout))
+        target = 7 if revision is None else revision
+        return PolicyWaitResult(revision=target, current=7, reached=target <= 7,
+                                pending=[] if target <= 7 else [2], not_ready={})
+
+
+def test_policy_wait_passes_revision_and_timeout_and_checks_them() -> None:
+    revisions = FakeRevisions()
+    for api in client(policy.make_router(FakeCatalog(), FakeQueries(), revisions)):
+        assert api.get("/v1/policy/wait", params={"revision": 5, "timeout": 2}).json() == {
+            "revision": 5, "current": 7, "reached": True, "pending": [], "not_ready": {}}
+        assert api.get("/v1/policy/wait", params={"revision": 9, "timeout": 0}).json()["pending"] == [2]
+        assert api.get("/v1/policy/wait").json()["revision"] == 7
+        assert revisions.waited == [(5, 2.0), (9, 0.0), (None, 30.0)]
+        assert_error(api.get("/v1/policy/wait", params={"revision": -1}), 400, CILIA_INVALID_OBJECT, "negative")
+        assert_error(api.get("/v1/policy/wait", params={"timeout": 3600}), 400, CILIA_INVALID_OBJECT, "0-600 s")
+        assert len(revisions.waited) == 3  # refused requests never waited
+
+
+def test_an_apply_answers_with_the_policy_revision(tmp_path: Path) -> None:
+    store = LocalStore(tmp_path / "r.db", KindRegistry(CORE_KINDS))
+    produced = iter([4, 5])
+    for api in client(resources.make_router(store, lambda: next(produced))):
+        assert api.post("/v1/resources/apply", json={"objects": [pod("web")]}).json()["revision"] == 4
+        assert api.post("/v1/resources/delete", json={"objects": [pod("web")]}).json()["revision"] == 5
+
+
 def test_policy_list_and_trace() -> None:
     queries = FakeQueries()
-    for api in client(policy.make_router(FakeCatalog(), queries)):
+    for api in client(policy.make_router(FakeCatalog(), queries, FakeRevisions())):
         assert api.get("/v1/policy").json() == {"revision": 7, "policies": [
             {"kind": "CiliumNetworkPolicy", "namespace": "team-a", "name": "web", "rules": 2,
              "selects_endpoints": [1, 2]},
@@ -454,7 +480,7 @@ def test_flow_status() -> None:
 PATHS = {
     "/v1/healthz", "/v1/status", "/v1/config", "/v1/endpoints", "/v1/endpoints/{endpoint_id}",
     "/v1/endpoints/{endpoint_id}/config", "/v1/endpoints/by-container/{container_id}", "/v1/gc",
-    "/v1/policy", "/v1/policy/trace", "/v1/identities", "/v1/identities/{identity_id}",
+    "/v1/policy", "/v1/policy/trace", "/v1/policy/wait", "/v1/identities", "/v1/identities/{identity_id}",
     "/v1/resources/apply", "/v1/resources/delete", "/v1/resources", "/v1/services",
     "/v1/services/{namespace}/{name}", "/v1/services/{namespace}/{name}/maglev",
     "/v1/services/{namespace}/{name}/backends", "/v1/bpf/policy/{endpoint_id}", "/v1/bpf/lb", "/v1/bpf/ct",
@@ -466,7 +492,7 @@ def test_the_openapi_description_lists_every_path(tmp_path: Path) -> None:
     fake_endpoints, fake_policy = FakeEndpoints(), FakePolicy()
     routers = [
         status.make_router("n1", FakeStatus()), endpoints.make_router(fake_endpoints, fake_policy),
-        config.make_router(FakeSettings()), policy.make_router(FakeCatalog(), FakeQueries()),
+        config.make_router(FakeSettings()), policy.make_router(FakeCatalog(), FakeQueries(), FakeRevisions()),
         identities.make_router(FakeIdentities()),
         resources.make_router(LocalStore(tmp_path / "r.db", KindRegistry(CORE_KINDS))),
         services.make_router(FakeServices()), bpf.make_router(FakeMaps(), fake_endpoints, lambda _r: None),

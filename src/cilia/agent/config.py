@@ -39,6 +39,8 @@ class AgentConfig:
     policy_audit_mode: bool = False
     allow_localhost: str = "auto"
     policy_map_max_entries: int = 65536
+    policy_regeneration: str = "queue"
+    regeneration_workers: int = 2
     cgroup_root: Path | None = None
     service_cidrs: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
     lb_map_max: int = 65536
@@ -101,6 +103,11 @@ def build_parser() -> argparse.ArgumentParser:
                              "enforcement is 'always')")
     parser.add_argument("--policy-map-max-entries", type=int, default=65536,
                         help="policy map entries one endpoint may use; beyond it the endpoint fails closed")
+    parser.add_argument("--policy-regeneration", default="queue", choices=["queue", "sync"],
+                        help="queue: a change regenerates only the endpoints it can affect, in worker threads; "
+                             "sync: every change regenerates every endpoint in the API thread (the old way)")
+    parser.add_argument("--regeneration-workers", type=_positive, default=2,
+                        help="threads regenerating endpoint policies (queue mode)")
     parser.add_argument("--cgroup-root", type=Path, default=None,
                         help="cgroup v2 directory whose processes get socket-level service load balancing "
                              "(a cgroup of this node's own; never the root cgroup). Unset: per-packet only")
@@ -123,6 +130,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--hubble-tls-client-ca-files", type=Path, action="append", default=None,
                         help="CA certificates client certificates must be signed by (mutual TLS; repeatable)")
     return parser
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: must be at least 1")
+    return value
 
 
 def _maglev_size(text: str) -> int:
@@ -163,6 +177,8 @@ def parse_config(argv: list[str] | None = None) -> AgentConfig:
         policy_audit_mode=args.policy_audit_mode,
         allow_localhost=args.allow_localhost,
         policy_map_max_entries=args.policy_map_max_entries,
+        policy_regeneration=args.policy_regeneration,
+        regeneration_workers=args.regeneration_workers,
         cgroup_root=args.cgroup_root,
         service_cidrs=tuple(_service_cidr(c) for c in (args.service_cidrs or ["10.96.0.0/12"])),
         lb_map_max=args.lb_map_max,

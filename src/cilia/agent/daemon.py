@@ -30,13 +30,14 @@ from cilia.agent.api import resources as resources_api
 from cilia.agent.api import services as services_api
 from cilia.agent.api import status as status_api
 from cilia.agent.api.app import create_app
+from cilia.agent.api.policy_view import PolicyApi
 from cilia.agent.config import AgentConfig
 from cilia.agent.datapath_adapter import DatapathAdapter
-from cilia.agent.endpoint_manager import EndpointManager
 from cilia.agent.events import EventPump
 from cilia.agent.links import NetlinkLinks
-from cilia.agent.policy_manager import PolicyManager, Settings
 from cilia.api.models import NodeStatus
+from cilia.endpoint.manager import EndpointManager
+from cilia.endpoint.registry import EndpointRegistry
 from cilia.endpoint.store import EndpointStore
 from cilia.hubble.server import HubbleConfig, HubbleServer
 from cilia.identity.allocator import LocalIdentityAllocator
@@ -45,6 +46,7 @@ from cilia.lb import kinds as lb_kinds
 from cilia.lb.manager import ServiceManager
 from cilia.netlink import NodeNetConfig, setup_node_networking
 from cilia.policy import kinds as policy_kinds
+from cilia.policy.engine import PolicyEngine, Settings
 from cilia.policy.kinds import is_policy
 from cilia.policy.resolve import Enforcement
 from cilia.resources.kinds import CORE_KINDS, KindRegistry
@@ -76,26 +78,32 @@ class Agent:
             masquerade=config.masquerade,
         )
         self.datapath = DatapathAdapter(config, self.ipam)
+        # Dependency direction: the registry holds the endpoints and their states; the policy
+        # engine reads it and reports regeneration to it; the endpoint manager drives the
+        # lifecycle and tells the engine (never the other way round).
+        self.registry = EndpointRegistry()
+        self.policy = PolicyEngine(
+            resources=self.resources,
+            identities=self.identities,
+            datapath=self.datapath,
+            endpoints=self.registry,
+            state_dir=paths.state_dir,
+            settings=Settings(Enforcement(config.policy_enforcement), config.policy_audit_mode,
+                              config.allow_localhost),
+            max_entries=config.policy_map_max_entries,
+            workers=config.regeneration_workers,
+            mode=config.policy_regeneration,
+        )
         self.endpoints = EndpointManager(
+            registry=self.registry,
             store=EndpointStore(paths.state_dir / "endpoints"),
             ipam=self.ipam,
             identities=self.identities,
             resources=self.resources,
             links=NetlinkLinks(),
             datapath=self.datapath,
+            policy=self.policy,
         )
-        self.policy = PolicyManager(
-            resources=self.resources,
-            identities=self.identities,
-            datapath=self.datapath,
-            endpoints=self.endpoints,
-            state_dir=paths.state_dir,
-            lock=self.endpoints.lock,
-            settings=Settings(Enforcement(config.policy_enforcement), config.policy_audit_mode,
-                              config.allow_localhost),
-            max_entries=config.policy_map_max_entries,
-        )
-        self.endpoints.policy = self.policy
         self.services = ServiceManager(
             resources=self.resources,
             endpoints=self.endpoints,
@@ -121,7 +129,7 @@ class Agent:
         self.identities.forget_unreferenced()
         # The restored endpoints' policy is recomputed and compared with what is live: when
         # nothing changed while the agent was away, nothing in the kernel is touched.
-        self.policy.regenerate()
+        self.policy.start()
         # Services: ids come back from the maps, so an unchanged state writes nothing; then the
         # programs that serve them (replaced atomically when a previous agent attached them).
         self.services.load()
@@ -134,17 +142,19 @@ class Agent:
     def stop(self) -> None:
         """Close our handles. Programs, maps and links stay: the datapath outlives the agent."""
         self.events.close()
+        self.policy.stop()
         self.datapath.close()
 
     def build_app(self) -> FastAPI:
         """The API: each router gets the one component (or two) it reads, nothing else."""
+        policy = PolicyApi(self.policy)  # the engine in wire models
         return create_app([
             status_api.make_router(self.config.node, self),
-            endpoints_api.make_router(self.endpoints, self.policy),
-            config_api.make_router(self.policy),
-            policy_api.make_router(self.policy.repository, self.policy),
+            endpoints_api.make_router(self.endpoints, policy),
+            config_api.make_router(policy),
+            policy_api.make_router(policy, policy, policy),
             identities_api.make_router(self.identities),
-            resources_api.make_router(self.resources),
+            resources_api.make_router(self.resources, lambda: self.policy.revision),
             services_api.make_router(self.services),
             bpf_api.make_router(self.datapath, self.endpoints, self.policy.describe_rule),
             flows_api.make_router(self.events.ring, self.config.node, self.events.raw),

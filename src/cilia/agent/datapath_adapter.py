@@ -136,7 +136,7 @@ class DatapathAdapter:
     def ct_gc(self) -> int:
         return self.datapath.ct_gc()
 
-    # ----- policy (cilia.agent.policy_manager.PolicyDatapath) ---------------------------------------
+    # ----- policy (cilia.policy.engine.PolicyDatapath) ------------------------------------------------
     def install_policy(self, endpoint_id: int, state: MapState) -> bool:
         return self.datapath.policy.install(endpoint_id, state)
 

@@ -14,8 +14,8 @@ import time
 
 from cilia.agent.config import AgentConfig
 from cilia.agent.datapath_adapter import DatapathAdapter
-from cilia.agent.endpoint_manager import EndpointManager
 from cilia.bpf import RingBufferReader
+from cilia.endpoint.manager import EndpointManager
 from cilia.flows.build import EndpointView, Flow, FlowBuilder, RuleLookup, ServiceLookup
 from cilia.flows.ring import FlowRing
 from cilia.identity.allocator import LocalIdentityAllocator

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import ipaddress
-from dataclasses import replace
 
 from cilia.endpoint.record import EndpointRecord
 from cilia.netlink import EndpointLinkSpec, create_endpoint_link, delete_endpoint_link, link_index
@@ -32,7 +31,8 @@ class NetlinkLinks:
                 gateway_ipv6=_ip6(record.gateway_ipv6),
             )
         )
-        return replace(record, host_ifindex=link.host_ifindex, host_mac=link.host_mac, mac=link.container_mac)
+        return record.model_copy(update={"host_ifindex": link.host_ifindex, "host_mac": link.host_mac,
+                                         "mac": link.container_mac})
 
     def delete(self, record: EndpointRecord) -> None:
         delete_endpoint_link(record.host_ifname)

@@ -20,11 +20,32 @@ from cilia.api.models import (
     GcResult,
     Identity,
     NodeStatus,
+    PolicyWaitResult,
 )
 
 
 class AgentUnavailable(Exception):
     """The socket is missing or refuses connections."""
+
+
+class PolicyNotEnforced(Exception):
+    """`apply(..., wait=S)`: the endpoints did not reach the change's policy revision in time, or
+    some could not install it."""
+
+    def __init__(self, result: PolicyWaitResult) -> None:
+        self.result = result
+        super().__init__(describe_wait(result))
+
+
+def describe_wait(result: PolicyWaitResult) -> str:
+    """One line for a wait that did not end well (or "" when it did)."""
+    parts = []
+    if not result.reached:
+        parts.append(f"policy revision {result.revision} not reached (current {result.current}); "
+                     f"endpoints still regenerating: {', '.join(map(str, result.pending)) or 'none'}")
+    if result.not_ready:
+        parts.append("endpoints not ready: " + "; ".join(f"{i}: {why}" for i, why in sorted(result.not_ready.items())))
+    return ". ".join(parts)
 
 
 class AgentError(Exception):
@@ -133,14 +154,34 @@ class AgentClient:
     def get_identity(self, identity_id: int) -> Identity:
         return Identity.model_validate(self.get(f"/v1/identities/{identity_id}"))
 
-    def apply(self, request: ApplyRequest) -> ApplyResult:
+    def apply(self, request: ApplyRequest, wait: float | None = None) -> ApplyResult:
+        """Apply objects. With `wait` (seconds), return only once every endpoint's policy reflects
+        the change (raises PolicyNotEnforced otherwise): the agent regenerates in the background."""
         response = self._request("POST", "/v1/resources/apply", json=request.model_dump())
-        return ApplyResult.model_validate(response.json())
+        result = ApplyResult.model_validate(response.json())
+        if wait is not None:
+            self.wait_policy(result.revision, wait, check=True)
+        return result
 
-    def delete(self, request: ApplyRequest) -> ApplyResult:
-        return ApplyResult.model_validate(
+    def wait_policy(self, revision: int | None = None, timeout: float = 30.0, *,
+                    check: bool = False) -> PolicyWaitResult:
+        """Until every endpoint's installed policy reflects `revision` (default: the current one)."""
+        params: dict[str, Any] = {"timeout": timeout}
+        if revision is not None:
+            params["revision"] = revision
+        response = self._request("GET", "/v1/policy/wait", params=params, timeout=timeout + 30)
+        result = PolicyWaitResult.model_validate(response.json())
+        if check and not result.ok:
+            raise PolicyNotEnforced(result)
+        return result
+
+    def delete(self, request: ApplyRequest, wait: float | None = None) -> ApplyResult:
+        result = ApplyResult.model_validate(
             self._request("POST", "/v1/resources/delete", json=request.model_dump()).json()
         )
+        if wait is not None:
+            self.wait_policy(result.revision, wait, check=True)
+        return result
 
     def stream_lines(self, path: str, params: dict[str, Any]) -> Iterator[dict[str, Any]]:
         if not self.socket_path.exists():

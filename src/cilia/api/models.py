@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
-from enum import StrEnum
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
+
+from cilia.endpoint.record import EndpointRecord
+from cilia.endpoint.state import EndpointState as EndpointState  # re-exported: the wire shows it
 
 
 class Strict(BaseModel):
@@ -25,15 +27,6 @@ class ErrorBody(Strict):
     code: int
     message: str
     details: str = ""
-
-
-class EndpointState(StrEnum):
-    CREATING = "creating"
-    WAITING_FOR_IDENTITY = "waiting-for-identity"
-    READY = "ready"
-    REGENERATING = "regenerating"
-    DISCONNECTING = "disconnecting"
-    DISCONNECTED = "disconnected"
 
 
 class EndpointCreateRequest(Strict):
@@ -64,29 +57,21 @@ class EndpointPolicyStatus(Strict):
     error: str = ""
 
 
-class Endpoint(Strict):
-    """An endpoint as the API shows it."""
+class Endpoint(EndpointRecord):
+    """An endpoint as the API shows it: its record (the fields are declared once, in
+    cilia.endpoint.record) plus what is not persisted: the state machine's state, the reason for
+    it (why an endpoint is not-ready), and the policy status."""
 
-    id: int
-    container_id: str
-    ifname: str
-    netns: str
-    host_ifname: str
-    host_ifindex: int
-    mac: str
-    host_mac: str
-    ipv4: str | None
-    ipv6: str | None
-    gateway_ipv4: str | None
-    gateway_ipv6: str | None
-    pod_namespace: str
-    pod_name: str
-    pod_uid: str = ""
-    identity: int
-    labels: list[str]
+    model_config = ConfigDict(frozen=False, extra="forbid")
+
     state: EndpointState
-    created_at: float
+    state_reason: str = ""
     policy: EndpointPolicyStatus | None = None
+
+    @classmethod
+    def of(cls, record: EndpointRecord, state: EndpointState, reason: str = "",
+           policy: EndpointPolicyStatus | None = None) -> Endpoint:
+        return cls(**record.fields(), state=state, state_reason=reason, policy=policy)
 
 
 class EndpointConfigRequest(Strict):
@@ -120,6 +105,22 @@ class PolicySummary(Strict):
 class PolicyList(Strict):
     revision: int
     policies: list[PolicySummary]
+
+
+class PolicyWaitResult(Strict):
+    """GET /v1/policy/wait: has every endpoint's installed policy reached `revision`?"""
+
+    revision: int
+    current: int = Field(description="the newest policy revision")
+    reached: bool = Field(description="no endpoint is still below `revision`")
+    pending: list[int] = Field(default_factory=list, description="endpoints still regenerating towards it")
+    not_ready: dict[int, str] = Field(default_factory=dict,
+                                      description="endpoints whose policy could not be installed, and why "
+                                                  "(their traffic is dropped)")
+
+    @property
+    def ok(self) -> bool:
+        return self.reached and not self.not_ready
 
 
 class TraceRequest(Strict):
@@ -167,6 +168,8 @@ class ApplyResultItem(Strict):
 
 class ApplyResult(Strict):
     items: list[ApplyResultItem]
+    # the policy revision once this change was accepted: `cilia policy wait --revision N`
+    revision: int | None = None
 
 
 class NodeStatus(Strict):

@@ -85,12 +85,26 @@ def _read_objects(files: list[Path]) -> list[dict[str, Any]]:
 
 
 FileOption = typer.Option(..., "--filename", "-f", help="YAML file (kubectl style, multi-document); - for stdin")
+WaitTimeoutOption = typer.Option(60.0, "--wait-timeout", min=0, max=600,
+                                 help="seconds --wait waits for the endpoints' policy")
+
+
+def wait_for_revision(client: Any, revision: int | None, timeout: float) -> None:
+    """Wait until every endpoint's policy reflects `revision`; exit 1 naming the laggards otherwise."""
+    from cilia.api.client import describe_wait
+
+    result = client.wait_policy(revision, timeout)
+    if not result.ok:
+        raise fail(describe_wait(result))
+    typer.echo(f"policy revision {result.revision} enforced on every endpoint")
 
 
 def apply(
     files: list[Path] = FileOption,
     node: str | None = NodeOption,
     socket: Path | None = SocketOption,
+    wait: bool = typer.Option(False, "--wait", help="return once every endpoint's policy reflects the change"),
+    wait_timeout: float = WaitTimeoutOption,
 ) -> None:
     """Create or update objects (Namespace, Pod, ...) from kubectl-shaped YAML."""
     from cilia.api.models import ApplyRequest
@@ -98,9 +112,13 @@ def apply(
     objects = _read_objects(files)
     with client_for(node, socket) as client:
         result = client.apply(ApplyRequest(objects=objects))
-    for item in result.items:
-        ref = f"{item.kind.lower()}/{item.name}"
-        typer.echo(f"{ref} {item.action}" + (f" (namespace {item.namespace})" if item.namespace else ""))
+        for item in result.items:
+            ref = f"{item.kind.lower()}/{item.name}"
+            typer.echo(f"{ref} {item.action}" + (f" (namespace {item.namespace})" if item.namespace else ""))
+        if result.revision is not None:
+            typer.echo(f"policy revision {result.revision}")
+        if wait:
+            wait_for_revision(client, result.revision, wait_timeout)
 
 
 def delete(
@@ -116,6 +134,8 @@ def delete(
         result = client.delete(ApplyRequest(objects=objects))
     for item in result.items:
         typer.echo(f"{item.kind.lower()}/{item.name} {item.action}")
+    if result.revision is not None:
+        typer.echo(f"policy revision {result.revision}")
 
 
 @endpoint_app.command("list")
@@ -133,7 +153,8 @@ def endpoint_list(
         ["ID", "POD", "IPv4", "IPv6", "IDENTITY", "POLICY INGRESS", "POLICY EGRESS", "STATE", "INTERFACE"],
         [
             (e.id, f"{e.pod_namespace}/{e.pod_name}", e.ipv4, e.ipv6, e.identity,
-             e.policy.ingress if e.policy else "?", e.policy.egress if e.policy else "?", e.state.value,
+             e.policy.ingress if e.policy else "?", e.policy.egress if e.policy else "?",
+             e.state.value + (f" ({e.state_reason})" if e.state.value == "not-ready" else ""),
              e.host_ifname)
             for e in endpoints
         ],

@@ -7,10 +7,19 @@ from typing import Any
 
 import typer
 
-from cilia.cli.agent_cmds import FileOption, _read_objects, bpf_app, client_for, endpoint_app
+from cilia.cli.agent_cmds import (
+    FileOption,
+    WaitTimeoutOption,
+    _read_objects,
+    bpf_app,
+    client_for,
+    endpoint_app,
+    wait_for_revision,
+)
 from cilia.cli.common import NodeOption, Output, OutputOption, SocketOption, fail, print_json, print_table
 
-policy_app = typer.Typer(help="Network policies: import, list, delete, and trace a verdict.", no_args_is_help=True)
+policy_app = typer.Typer(help="Network policies: import, list, delete, wait for a revision, trace a verdict.",
+                         no_args_is_help=True)
 bpf_policy_app = typer.Typer(help="Per-endpoint policy map entries.", no_args_is_help=True)
 POLICY_KINDS = ("NetworkPolicy", "CiliumNetworkPolicy", "CiliumClusterwideNetworkPolicy")
 _ON_OFF = {"enabled": True, "true": True, "on": True, "disabled": False, "false": False, "off": False}
@@ -24,7 +33,10 @@ def register(app: typer.Typer) -> None:
 
 @policy_app.command("import")
 def policy_import(files: list[Path] = FileOption, node: str | None = NodeOption,
-                  socket: Path | None = SocketOption) -> None:
+                  socket: Path | None = SocketOption,
+                  wait: bool = typer.Option(True, "--wait/--no-wait",
+                                            help="return once every endpoint's policy reflects the import"),
+                  wait_timeout: float = WaitTimeoutOption) -> None:
     """Apply policy objects (NetworkPolicy, CiliumNetworkPolicy, CiliumClusterwideNetworkPolicy)."""
     from cilia.api.models import ApplyRequest
 
@@ -34,8 +46,30 @@ def policy_import(files: list[Path] = FileOption, node: str | None = NodeOption,
             raise fail(f"document {index + 1} is a {obj.get('kind')!r}, not a policy (use `cilia apply`)")
     with client_for(node, socket) as client:
         result = client.apply(ApplyRequest(objects=objects))
-    for item in result.items:
-        typer.echo(f"{item.kind.lower()}/{item.name} {item.action}")
+        for item in result.items:
+            typer.echo(f"{item.kind.lower()}/{item.name} {item.action}")
+        typer.echo(f"policy revision {result.revision}")
+        if wait:
+            wait_for_revision(client, result.revision, wait_timeout)
+
+
+@policy_app.command("wait")
+def policy_wait(
+    revision: int = typer.Option(None, "--revision", min=0, help="the revision `apply` printed (default: the current)"),
+    timeout: float = typer.Option(60.0, "--timeout", min=0, max=600, help="seconds to wait at most"),
+    node: str | None = NodeOption, socket: Path | None = SocketOption, output: Output = OutputOption,
+) -> None:
+    """Wait until every endpoint's installed policy reflects a policy revision (exit 1 if not)."""
+    from cilia.api.client import describe_wait
+
+    with client_for(node, socket) as client:
+        result = client.wait_policy(revision, timeout)
+    if output is Output.JSON:
+        print_json(result.model_dump())
+    elif result.ok:
+        typer.echo(f"policy revision {result.revision} enforced on every endpoint (current {result.current})")
+    if not result.ok:
+        raise fail(describe_wait(result))
 
 
 @policy_app.command("get")

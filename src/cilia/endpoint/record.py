@@ -1,15 +1,22 @@
-"""EndpointRecord: everything the agent persists about one endpoint."""
+"""EndpointRecord: everything the agent persists about one endpoint, and the one list of its fields.
+
+The API's `Endpoint` (cilia.api.models) extends this model with what is not persisted (state,
+policy status), so a field is declared once, here. Records written by earlier versions carried a
+`state` field: it is ignored on load (the state machine, not the file, says what state an
+endpoint is in).
+"""
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from cilia.api.models import Endpoint, EndpointState
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field
 
 
-@dataclass(frozen=True)
-class EndpointRecord:
+class EndpointRecord(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="ignore", validate_by_name=True, validate_by_alias=True,
+                              serialize_by_alias=True)
+
     id: int
     container_id: str
     ifname: str
@@ -24,42 +31,22 @@ class EndpointRecord:
     gateway_ipv6: str | None
     pod_namespace: str
     pod_name: str
-    pod_uid: str
-    infra_container_id: str
+    pod_uid: str = ""
+    infra_container_id: str = ""
     identity: int
-    identity_labels: list[str]
-    state: EndpointState
+    # the API calls them `labels`; the file keeps the name it always had
+    identity_labels: list[str] = Field(serialization_alias="labels",
+                                       validation_alias=AliasChoices("identity_labels", "labels"))
     created_at: float
-    extra_labels: dict[str, str] = field(default_factory=dict)
+    extra_labels: dict[str, str] = Field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
-        data = asdict(self)
-        data["state"] = self.state.value
-        return data
+        return self.model_dump(mode="json", by_alias=False)
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> EndpointRecord:
-        return cls(**{**data, "state": EndpointState(data["state"])})
+        return cls.model_validate(data)
 
-    def to_api(self) -> Endpoint:
-        return Endpoint(
-            id=self.id,
-            container_id=self.container_id,
-            ifname=self.ifname,
-            netns=self.netns,
-            host_ifname=self.host_ifname,
-            host_ifindex=self.host_ifindex,
-            mac=self.mac,
-            host_mac=self.host_mac,
-            ipv4=self.ipv4,
-            ipv6=self.ipv6,
-            gateway_ipv4=self.gateway_ipv4,
-            gateway_ipv6=self.gateway_ipv6,
-            pod_namespace=self.pod_namespace,
-            pod_name=self.pod_name,
-            pod_uid=self.pod_uid,
-            identity=self.identity,
-            labels=list(self.identity_labels),
-            state=self.state,
-            created_at=self.created_at,
-        )
+    def fields(self) -> dict[str, Any]:
+        """Field name -> value (what the API model is built from)."""
+        return {name: getattr(self, name) for name in type(self).model_fields}

@@ -15,9 +15,11 @@ is stored as deny, so the datapath's longest match is always the right answer.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
+from cilia.identity.reserved import ReservedIdentity
 from cilia.policy.errors import PolicyMapOverflow
 from cilia.policy.resolve import Decision, DirectionPolicy, EndpointPolicy, Verdict
 from cilia.policy.rules import CidrPeer, Direction, EntityPeer, Entry, IdentityView, PortRange, SelectorPeer
@@ -85,7 +87,7 @@ class MapState:
         state = self.direction(direction)
         if not state.lookup:
             return Decision(Verdict.ALLOWED, 0, enforced=False)
-        if direction is Direction.INGRESS and identity == 1 and self.allow_host_ingress:
+        if direction is Direction.INGRESS and identity == ReservedIdentity.HOST and self.allow_host_ingress:
             return Decision(Verdict.ALLOWED, 0)
         klass = state.classes.get(identity, 0)
         best: tuple[PortKey, PortValue] | None = None
@@ -101,7 +103,10 @@ class MapState:
 
 # ----- peers -> identities -------------------------------------------------------------------------
 class PeerIndex:
-    """Which identities each peer matches, computed once per universe and shared by all endpoints."""
+    """Which identities each peer matches, computed once per universe and shared by all endpoints.
+
+    Thread-safe: the regeneration workers share one index per revision. Answers are cached as
+    they are computed (two threads computing the same one store the same value)."""
 
     def __init__(self, universe: Sequence[IdentityView]) -> None:
         self.universe = universe
@@ -111,6 +116,7 @@ class PeerIndex:
         self._cidrs = [i for i in universe if i.is_cidr]
         self._cache: dict[object, frozenset[int]] = {}
         self._cidr_peers_done: set[CidrPeer] = set()
+        self._cidr_lock = threading.Lock()
 
     def matches(self, peer: SelectorPeer | EntityPeer | CidrPeer) -> frozenset[int]:
         cached = self._cache.get(peer)
@@ -122,7 +128,7 @@ class PeerIndex:
         elif isinstance(peer, EntityPeer):
             candidates = self.universe
         else:
-            candidates = self._cidr_candidates(peer) + [i for i in self._reserved if i.id == 2]
+            candidates = self._cidr_candidates(peer) + [i for i in self._reserved if i.id == ReservedIdentity.WORLD]
         result = frozenset(i.id for i in candidates if peer.matches(i))
         self._cache[peer] = result
         return result
@@ -130,14 +136,18 @@ class PeerIndex:
     def _cidr_candidates(self, peer: CidrPeer) -> list[IdentityView]:
         """CIDR identities inside the peer's network, found by walking each identity's supernets once."""
         if not self._cidr_by_key and self._cidrs:
-            for identity in self._cidrs:
-                prefix = identity.prefix
-                assert prefix is not None
-                address = int(prefix.network_address)
-                width = prefix.max_prefixlen
-                for bits in range(prefix.prefixlen, -1, -1):
-                    mask = ((1 << bits) - 1) << (width - bits) if bits else 0
-                    self._cidr_by_key.setdefault((prefix.version, address & mask, bits), []).append(identity)
+            with self._cidr_lock:  # built once, completely, before anyone reads it
+                if not self._cidr_by_key:
+                    by_key: dict[tuple[int, int, int], list[IdentityView]] = {}
+                    for identity in self._cidrs:
+                        prefix = identity.prefix
+                        assert prefix is not None
+                        address = int(prefix.network_address)
+                        width = prefix.max_prefixlen
+                        for bits in range(prefix.prefixlen, -1, -1):
+                            mask = ((1 << bits) - 1) << (width - bits) if bits else 0
+                            by_key.setdefault((prefix.version, address & mask, bits), []).append(identity)
+                    self._cidr_by_key = by_key
         network = peer.network
         return self._cidr_by_key.get((network.version, int(network.network_address), network.prefixlen), [])
 

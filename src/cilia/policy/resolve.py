@@ -11,6 +11,7 @@ from dataclasses import dataclass, field, replace
 from enum import StrEnum
 
 from cilia.identity.labels import LabelSet
+from cilia.identity.reserved import ReservedIdentity
 from cilia.policy.rules import Direction, Entry, IdentityView, PolicyRef, PortRange, Rule
 
 
@@ -112,7 +113,7 @@ def decide(policy: DirectionPolicy, identity: IdentityView, protocol: int, port:
         return Decision(Verdict.DENIED, denies[0], ids, policy.enforced, audited=audit)
     if not policy.enforced:
         return Decision(Verdict.ALLOWED, 0, ids, False)
-    if allow_host and identity.id == 1 and policy.direction is Direction.INGRESS:
+    if allow_host and identity.id == ReservedIdentity.HOST and policy.direction is Direction.INGRESS:
         return Decision(Verdict.ALLOWED, 0, ids, True)
     allows = sorted(e.rule_id for e in matched)
     if allows:

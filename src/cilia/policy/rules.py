@@ -12,15 +12,16 @@ import ipaddress
 from dataclasses import dataclass
 from enum import StrEnum
 
+from cilia import ipproto
 from cilia.identity.cidr import CIDR_IDENTITY_BASE
 from cilia.identity.labels import LabelSet
 from cilia.identity.reserved import ReservedIdentity
 from cilia.policy.selector import Selector
 
-TCP, UDP, SCTP, ICMP, ICMPV6 = 6, 17, 132, 1, 58
-PROTOCOL_NUMBERS = {"TCP": TCP, "UDP": UDP, "SCTP": SCTP, "ICMP": ICMP, "ICMPV6": ICMPV6}
-PROTOCOL_NAMES = {number: name for name, number in PROTOCOL_NUMBERS.items()}
-L4_PROTOCOLS = (TCP, UDP, SCTP)
+TCP, UDP, SCTP, ICMP, ICMPV6 = ipproto.TCP, ipproto.UDP, ipproto.SCTP, ipproto.ICMP, ipproto.ICMPV6
+# The spellings policy objects use (upper case), from the one protocol table.
+PROTOCOL_NUMBERS = {name.upper(): number for number, name in ipproto.NAMES.items()}
+L4_PROTOCOLS = ipproto.PORT_PROTOCOLS
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
@@ -164,7 +165,7 @@ class PortRange:
     def __str__(self) -> str:
         if self.protocol == 0:
             return "any"
-        name = PROTOCOL_NAMES.get(self.protocol, str(self.protocol))
+        name = ipproto.name_of(self.protocol)
         if self.all_ports:
             return f"*/{name}"
         if self.protocol in (ICMP, ICMPV6):

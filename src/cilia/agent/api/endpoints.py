@@ -21,10 +21,6 @@ from cilia.api.models import (
 )
 
 
-class EndpointRecordView(Protocol):
-    def to_api(self) -> Endpoint: ...
-
-
 class Endpoints(Protocol):
     """The endpoint engine, as the API uses it. `get` raises a 404 ApiError for an unknown id."""
 
@@ -36,7 +32,7 @@ class Endpoints(Protocol):
 
     def delete(self, endpoint_id: int) -> bool: ...
 
-    def find_by_container(self, container_id: str, ifname: str) -> EndpointRecordView | None: ...
+    def view_by_container(self, container_id: str, ifname: str) -> Endpoint | None: ...
 
     def delete_by_container(self, container_id: str, ifname: str) -> bool: ...
 
@@ -44,7 +40,7 @@ class Endpoints(Protocol):
 
 
 class EndpointPolicy(Protocol):
-    """Each endpoint's policy status, and its audit-mode override."""
+    """Each endpoint's policy status, and its audit-mode override (answers once installed)."""
 
     def status(self, endpoint_id: int) -> EndpointPolicyStatus | None: ...
 
@@ -82,10 +78,10 @@ def make_router(endpoints: Endpoints, policy: EndpointPolicy) -> APIRouter:
 
     @router.get("/endpoints/by-container/{container_id}", response_model=Endpoint)
     def get_by_container(container_id: str, ifname: str = "eth0") -> Endpoint:
-        record = endpoints.find_by_container(container_id, ifname)
-        if record is None:
+        found = endpoints.view_by_container(container_id, ifname)
+        if found is None:
             raise not_found(f"endpoint of container {container_id!r} interface {ifname!r}")
-        return record.to_api()
+        return found
 
     @router.delete("/endpoints/by-container/{container_id}", status_code=204)
     def delete_by_container(container_id: str, ifname: str = "eth0") -> None:

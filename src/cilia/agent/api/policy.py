@@ -1,4 +1,5 @@
-"""GET /v1/policy (the policies in force, their rule counts and the endpoints they select) and
+"""GET /v1/policy (the policies in force, their rule counts and the endpoints they select),
+GET /v1/policy/wait (until every endpoint's installed policy reflects a revision) and
 POST /v1/policy/trace (the verdict policy gives a connection, and why)."""
 
 from __future__ import annotations
@@ -9,15 +10,16 @@ from typing import Any, Protocol
 from fastapi import APIRouter
 
 from cilia.agent.errors import invalid
-from cilia.api.models import PolicyList, PolicySummary, TraceRequest
+from cilia.api.models import PolicyList, PolicySummary, PolicyWaitResult, TraceRequest
 from cilia.policy.rules import PolicyRef
 from cilia.policy.trace import TraceResult
 
 TraceSide = tuple[str | None, list[str], str | None]  # pod (ns/name), labels, IP
+MAX_WAIT_SECONDS = 600.0
 
 
 class RuleCatalog(Protocol):
-    """The policy repository: which policies are in force, and their rules."""
+    """Which policies are in force, their rules, and the policy revision."""
 
     @property
     def revision(self) -> int: ...
@@ -35,7 +37,13 @@ class PolicyQueries(Protocol):
     def trace(self, src: TraceSide, dst: TraceSide, protocol: str, port: int) -> TraceResult: ...
 
 
-def make_router(catalog: RuleCatalog, queries: PolicyQueries) -> APIRouter:
+class Revisions(Protocol):
+    """The regeneration queue's revisions (cilia.agent.api.policy_view.PolicyApi)."""
+
+    def wait(self, revision: int | None, timeout: float) -> PolicyWaitResult: ...
+
+
+def make_router(catalog: RuleCatalog, queries: PolicyQueries, revisions: Revisions) -> APIRouter:
     router = APIRouter(prefix="/v1")
 
     @router.get("/policy", response_model=PolicyList)
@@ -44,6 +52,16 @@ def make_router(catalog: RuleCatalog, queries: PolicyQueries) -> APIRouter:
             PolicySummary(kind=ref.kind, namespace=ref.namespace, name=ref.name,
                           rules=len(catalog.rules_of(ref)), selects_endpoints=queries.selecting(ref))
             for ref in catalog.refs()])
+
+    @router.get("/policy/wait", response_model=PolicyWaitResult)
+    def policy_wait(revision: int | None = None, timeout: float = 30.0) -> PolicyWaitResult:
+        """Until every endpoint's installed policy reflects `revision` (default: the current one), or
+        `timeout` seconds; the answer names the endpoints still below it and those not ready."""
+        if revision is not None and revision < 0:
+            raise invalid(f"policy wait: revision {revision} is negative")
+        if not 0 <= timeout <= MAX_WAIT_SECONDS:
+            raise invalid(f"policy wait: timeout {timeout} is not within 0-{MAX_WAIT_SECONDS:.0f} s")
+        return revisions.wait(revision, timeout)
 
     @router.post("/policy/trace")
     def policy_trace(request: TraceRequest) -> dict[str, Any]:

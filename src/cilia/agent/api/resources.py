@@ -38,7 +38,8 @@ def batch_text(objects: list[Object]) -> str:
     return ", ".join(names) + (f" and {more} more" if more > 0 else "") if names else "no objects"
 
 
-def make_router(store: ObjectStore) -> APIRouter:
+def make_router(store: ObjectStore, revision: Callable[[], int] | None = None) -> APIRouter:
+    """`revision`: the policy revision once a batch was accepted (its watchers ran), for the answer."""
     router = APIRouter(prefix="/v1")
     lock = threading.Lock()
 
@@ -52,8 +53,10 @@ def make_router(store: ObjectStore) -> APIRouter:
                 raise
             except Exception as exc:
                 raise internal_error(f"{verb} {batch_text(objects)}", exc) from exc
+            produced = revision() if revision is not None else None
         return ApplyResult(items=[
-            ApplyResultItem(kind=o.kind, namespace=o.namespace, name=o.name, action=o.action) for o in outcomes])
+            ApplyResultItem(kind=o.kind, namespace=o.namespace, name=o.name, action=o.action) for o in outcomes],
+            revision=produced)
 
     @router.post("/resources/apply", response_model=ApplyResult)
     def apply(request: ApplyRequest) -> ApplyResult:

@@ -1,8 +1,10 @@
-"""Creates, restores, relabels and removes endpoints: IPAM -> link -> identity -> datapath, with rollback.
+"""Creates, restores, relabels and removes endpoints: IPAM -> link -> identity -> policy -> datapath.
 
 This is the only place that knows the order in which an endpoint's pieces are made. Each step
-registers its undo on an ExitStack-like list, so a failed ADD leaves no address, link, map
-entry or identity reference behind.
+registers its undo, so a failed ADD leaves no address, link, map entry or identity reference
+behind. The endpoints and their states live in the registry (endpoint/registry.py); this
+manager drives the lifecycle states and tells policy (through `PolicyHooks`, implemented by
+cilia.policy.engine.PolicyEngine) what happened. Policy never calls back: it reads the registry.
 """
 
 from __future__ import annotations
@@ -13,7 +15,6 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import replace
 from typing import Protocol
 
 from cilia.agent.errors import (
@@ -25,9 +26,10 @@ from cilia.agent.errors import (
     invalid,
     not_found,
 )
-from cilia.api.models import Endpoint, EndpointCreateRequest, EndpointState
+from cilia.api.models import Endpoint, EndpointCreateRequest
 from cilia.endpoint.record import EndpointRecord
-from cilia.endpoint.state import EndpointStateMachine
+from cilia.endpoint.registry import EndpointRegistry
+from cilia.endpoint.state import EndpointState, EndpointStateMachine
 from cilia.endpoint.store import EndpointStore
 from cilia.identity.allocator import IdentityAllocator
 from cilia.identity.labels import LabelSet
@@ -35,10 +37,11 @@ from cilia.ipam import Ipam, IpamError, IpamExhausted
 from cilia.resources.store import ResourceStore
 
 log = logging.getLogger(__name__)
+S = EndpointState
 
 
 class EndpointDatapath(Protocol):
-    """What the endpoint manager needs from the datapath (cilia.datapath.Datapath implements it)."""
+    """What the endpoint manager needs from the datapath (cilia.agent.datapath_adapter implements it)."""
 
     def attach(self, record: EndpointRecord) -> None: ...
 
@@ -47,20 +50,32 @@ class EndpointDatapath(Protocol):
     def is_attached(self, record: EndpointRecord) -> bool: ...
 
 
-class EndpointPolicy(Protocol):
-    """What the endpoint manager needs from policy (cilia.agent.policy_manager.PolicyManager)."""
+class PolicyHooks(Protocol):
+    """What the endpoint manager tells policy (cilia.policy.engine.PolicyEngine implements it)."""
 
-    def regenerate(self, extra: EndpointRecord | None = None) -> None: ...
+    def endpoint_added(self, record: EndpointRecord) -> str: ...
+
+    def endpoint_changed(self, record: EndpointRecord) -> str: ...
 
     def endpoint_removed(self, record: EndpointRecord) -> None: ...
 
+    def identities_changed(self) -> int: ...
 
-class _NoPolicy:
-    def regenerate(self, extra: EndpointRecord | None = None) -> None:
-        pass
+
+class NoPolicy:
+    """For tests and tools that run endpoints without policy."""
+
+    def endpoint_added(self, record: EndpointRecord) -> str:
+        return ""
+
+    def endpoint_changed(self, record: EndpointRecord) -> str:
+        return ""
 
     def endpoint_removed(self, record: EndpointRecord) -> None:
         pass
+
+    def identities_changed(self) -> int:
+        return 0
 
 
 class EndpointLinks(Protocol):
@@ -80,66 +95,73 @@ def host_ifname_for(container_id: str, ifname: str) -> str:
 
 
 class EndpointManager:
-    """Owns every endpoint of this node. Thread-safe: API handlers call it from a threadpool."""
+    """Owns every endpoint's lifecycle on this node. Thread-safe: API handlers call it from a
+    threadpool; ADD, DEL and relabel are serialised by its own lock (policy has its own)."""
 
     def __init__(
         self,
         *,
+        registry: EndpointRegistry,
         store: EndpointStore,
         ipam: Ipam,
         identities: IdentityAllocator,
         resources: ResourceStore,
         links: EndpointLinks,
         datapath: EndpointDatapath,
+        policy: PolicyHooks | None = None,
         default_mtu: int = 1500,
     ) -> None:
+        self._registry = registry
         self._store = store
         self._ipam = ipam
         self._identities = identities
         self._resources = resources
         self._links = links
         self._datapath = datapath
+        self._policy: PolicyHooks = policy if policy is not None else NoPolicy()
         self._default_mtu = default_mtu
         self._lock = threading.RLock()
-        self._endpoints: dict[int, EndpointRecord] = {}
-        self._machines: dict[int, EndpointStateMachine] = {}
         self.restored = 0
         self._listeners: list[Callable[[], None]] = []
-        self.policy: EndpointPolicy = _NoPolicy()
 
     @property
     def lock(self) -> threading.RLock:
+        """Serialises endpoint lifecycle steps. (The service manager still shares it until it has its own.)"""
         return self._lock
 
     # ----- queries -------------------------------------------------------------------------------
     def list_endpoints(self) -> list[Endpoint]:
-        with self._lock:
-            return [record.to_api() for record in sorted(self._endpoints.values(), key=lambda r: r.id)]
+        return [Endpoint.of(record, state, reason) for record, state, reason in self._registry.snapshot()]
 
     def records(self) -> list[EndpointRecord]:
-        with self._lock:
-            return list(self._endpoints.values())
+        return self._registry.records()
 
     def get(self, endpoint_id: int) -> Endpoint:
-        with self._lock:
-            record = self._endpoints.get(endpoint_id)
-            if record is None:
-                raise not_found(f"endpoint {endpoint_id}")
-            return record.to_api()
+        record = self._registry.get(endpoint_id)
+        state = self._registry.state(endpoint_id)
+        if record is None or state is None:
+            raise not_found(f"endpoint {endpoint_id}")
+        return Endpoint.of(record, *state)
+
+    def view(self, record: EndpointRecord) -> Endpoint:
+        state, reason = self._registry.state(record.id) or (S.DISCONNECTED, "removed")
+        return Endpoint.of(record, state, reason)
 
     def find_by_container(self, container_id: str, ifname: str) -> EndpointRecord | None:
-        with self._lock:
-            for record in self._endpoints.values():
-                if record.container_id == container_id and record.ifname == ifname:
-                    return record
-            return None
+        for record in self._registry.records():
+            if record.container_id == container_id and record.ifname == ifname:
+                return record
+        return None
+
+    def view_by_container(self, container_id: str, ifname: str) -> Endpoint | None:
+        record = self.find_by_container(container_id, ifname)
+        return self.view(record) if record is not None else None
 
     def find_by_ip(self, ip: str) -> EndpointRecord | None:
-        with self._lock:
-            for record in self._endpoints.values():
-                if ip in (record.ipv4, record.ipv6):
-                    return record
-            return None
+        for record in self._registry.records():
+            if ip in (record.ipv4, record.ipv6):
+                return record
+        return None
 
     def subscribe(self, listener: Callable[[], None]) -> None:
         """Called after any endpoint is added, changed or removed (flows refresh their lookups)."""
@@ -171,7 +193,7 @@ class EndpointManager:
             existing = self.find_by_container(request.container_id, request.ifname)
             if existing is not None:
                 if existing.netns == request.netns:
-                    return existing.to_api()  # a repeated ADD for the same attachment is answered, not redone
+                    return self.view(existing)  # a repeated ADD for the same attachment is answered, not redone
                 raise invalid(
                     f"endpoint for container {request.container_id!r} interface {request.ifname!r} "
                     f"already exists in netns {existing.netns!r}",
@@ -209,6 +231,7 @@ class EndpointManager:
         undo.append(lambda: self._ipam.release(owner))
 
         identity = self._identities.allocate(labels)
+        undo.append(self._policy.identities_changed)  # runs after the release below: peers forget it
         undo.append(lambda: self._identities.release(labels))
 
         record = EndpointRecord(
@@ -231,7 +254,6 @@ class EndpointManager:
             extra_labels=dict(request.labels),
             identity=identity.id,
             identity_labels=[str(label) for label in labels],
-            state=EndpointState.CREATING,
             created_at=time.time(),
         )
         machine = EndpointStateMachine(endpoint_id)
@@ -243,12 +265,14 @@ class EndpointManager:
             raise ApiError(500, CILIA_NETLINK, f"endpoint {endpoint_id}: creating its link failed: {exc}") from exc
         undo.append(lambda: self._links.delete(record))
 
-        machine.transition(EndpointState.WAITING_FOR_IDENTITY, "link created")
-        machine.transition(EndpointState.REGENERATING, f"identity {identity.id}")
+        machine.transition(S.WAITING_FOR_IDENTITY, "link created")
+        machine.transition(S.REGENERATING, f"identity {identity.id}")
+        self._registry.add(record, machine, held=True)
+        undo.append(lambda: self._registry.discard(endpoint_id))
         # Policy first: the programs fail closed until the endpoint has a policy state, and the
         # other endpoints learn the new identity before it sends its first packet.
-        undo.append(lambda: self.policy.endpoint_removed(record))
-        self.policy.regenerate(extra=record)
+        undo.append(lambda: self._policy.endpoint_removed(record))
+        self._policy.endpoint_added(record)
         try:
             self._datapath.attach(record)
         except Exception as exc:
@@ -257,17 +281,14 @@ class EndpointManager:
             ) from exc
         undo.append(lambda: self._datapath.detach(record))
 
-        machine.transition(EndpointState.READY, "datapath attached")
-        record = replace(record, state=EndpointState.READY)
         self._store.save(record)
-        self._endpoints[endpoint_id] = record
-        self._machines[endpoint_id] = machine
+        state = self._registry.release(endpoint_id, "datapath attached")
         log.info(
-            "endpoint %d ready: %s/%s %s %s identity %d",
-            endpoint_id, record.pod_namespace, record.pod_name, record.ipv4, record.ipv6, record.identity,
+            "endpoint %d %s: %s/%s %s %s identity %d", endpoint_id, state.value if state else "?",
+            record.pod_namespace, record.pod_name, record.ipv4, record.ipv6, record.identity,
         )
         self._notify()
-        return record.to_api()
+        return self.view(record)
 
     # ----- DEL -----------------------------------------------------------------------------------
     def delete_by_container(self, container_id: str, ifname: str) -> bool:
@@ -282,33 +303,32 @@ class EndpointManager:
 
     def delete(self, endpoint_id: int) -> bool:
         with self._lock:
-            record = self._endpoints.get(endpoint_id)
+            record = self._registry.get(endpoint_id)
             if record is None:
                 return False
             self._delete(record)
             return True
 
     def _delete(self, record: EndpointRecord) -> None:
-        machine = self._machines.get(record.id)
-        if machine is not None:
-            machine.transition(EndpointState.DISCONNECTING, "delete requested")
+        # disconnecting first: from here on regeneration leaves the endpoint alone
+        self._registry.transition(record.id, S.DISCONNECTING, "delete requested")
         # Every step is attempted even if an earlier one fails: DEL must not leak.
         errors: list[str] = []
         for what, step in (
             ("datapath", lambda: self._datapath.detach(record)),
-            ("policy", lambda: self.policy.endpoint_removed(record)),
+            ("policy", lambda: self._policy.endpoint_removed(record)),
             ("link", lambda: self._links.delete(record)),
             ("ipam", lambda: self._ipam.release(f"{record.container_id}/{record.ifname}")),
             ("identity", lambda: self._identities.release(LabelSet.parse_many(record.identity_labels))),
             ("state", lambda: self._store.remove(record.id)),
+            ("peers", self._policy.identities_changed),
         ):
             try:
                 step()
             except Exception as exc:
                 log.exception("endpoint %d: removing its %s failed", record.id, what)
                 errors.append(f"{what}: {exc}")
-        self._endpoints.pop(record.id, None)
-        self._machines.pop(record.id, None)
+        self._registry.remove(record.id, "removed with errors" if errors else "removed")
         self._notify()
         if errors:
             raise ApiError(500, CILIA_DATAPATH, f"endpoint {record.id} removed with errors", "; ".join(errors))
@@ -317,7 +337,7 @@ class EndpointManager:
         """CNI GC: remove every endpoint whose (container id, ifname) is not in `valid`."""
         removed: list[int] = []
         with self._lock:
-            for record in list(self._endpoints.values()):
+            for record in self._registry.records():
                 if (record.container_id, record.ifname) not in valid:
                     self._delete(record)
                     removed.append(record.id)
@@ -329,7 +349,8 @@ class EndpointManager:
 
         The datapath kept forwarding while we were down. We take the records from disk, check
         the link is still there, take our identity references again, and re-attach the
-        programs with an atomic replace (no window without a program).
+        programs with an atomic replace (no window without a program). They stay `regenerating`
+        until the start-up regeneration has compared their policy with what is live.
         """
         with self._lock:
             for record in self._store.load_all():
@@ -351,19 +372,16 @@ class EndpointManager:
                 labels = LabelSet.parse_many(record.identity_labels)
                 identity = self._identities.allocate(labels)
                 if identity.id != record.identity:
-                    record = replace(record, identity=identity.id)
+                    record = record.model_copy(update={"identity": identity.id})
                 machine = EndpointStateMachine(record.id)
-                machine.transition(EndpointState.WAITING_FOR_IDENTITY, "restored")
-                machine.transition(EndpointState.REGENERATING, "restored")
+                machine.transition(S.WAITING_FOR_IDENTITY, "restored")
+                machine.transition(S.REGENERATING, "restored: policy to be compared with the live one")
                 try:
                     self._datapath.attach(record)
                 except Exception:
                     log.exception("endpoint %d: re-attaching its programs failed; keeping the old ones", record.id)
-                machine.transition(EndpointState.READY, "restored")
-                record = replace(record, state=EndpointState.READY)
                 self._store.save(record)
-                self._endpoints[record.id] = record
-                self._machines[record.id] = machine
+                self._registry.add(record, machine, held=False)
                 self.restored += 1
             self._notify()
 
@@ -372,7 +390,7 @@ class EndpointManager:
         """Recompute identity labels (pod or namespace labels changed); re-attach those that moved."""
         changed = 0
         with self._lock:
-            for record in list(self._endpoints.values()):
+            for record in self._registry.records():
                 if pod_namespace is not None and record.pod_namespace != pod_namespace:
                     continue
                 if pod_name is not None and record.pod_name != pod_name:
@@ -381,29 +399,29 @@ class EndpointManager:
                 new_labels = [str(label) for label in labels]
                 if new_labels == record.identity_labels:
                     continue
-                machine = self._machines[record.id]
-                machine.transition(EndpointState.REGENERATING, "labels changed")
+                self._registry.hold(record.id, "labels changed")
                 identity = self._identities.allocate(labels)
                 old_labels = LabelSet.parse_many(record.identity_labels)
-                updated = replace(record, identity=identity.id, identity_labels=new_labels)
-                self.policy.regenerate(extra=updated)  # peers learn the new identity before it is used
+                updated = record.model_copy(update={"identity": identity.id, "identity_labels": new_labels})
+                self._registry.replace(updated)
+                self._policy.endpoint_changed(updated)  # peers learn the new identity before it is used
                 try:
                     self._datapath.attach(updated)
                 except Exception:
                     log.exception("endpoint %d: re-attach with identity %d failed", record.id, identity.id)
                     self._identities.release(labels)
-                    self.policy.regenerate()
-                    machine.transition(EndpointState.READY, "relabel failed; old identity kept")
+                    self._registry.replace(record)
+                    self._policy.endpoint_changed(record)
+                    self._registry.release(record.id, "relabel failed; old identity kept")
                     continue
                 self._identities.release(old_labels)
-                machine.transition(EndpointState.READY, f"identity {identity.id}")
                 self._store.save(updated)
-                self._endpoints[record.id] = updated
+                self._registry.release(record.id, f"identity {identity.id}")
                 changed += 1
                 log.info("endpoint %d: identity %d -> %d", record.id, record.identity, identity.id)
-        if changed:
-            self.policy.regenerate()  # the old identities are gone from everyone's maps
-            self._notify()
+            if changed:
+                self._policy.identities_changed()  # the old identities are gone from everyone's maps
+                self._notify()
         return changed
 
 

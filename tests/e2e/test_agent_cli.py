@@ -13,7 +13,6 @@ import pytest
 
 from cilia.lab.lab import Lab
 
-pytestmark = pytest.mark.e2e
 CILIA = os.path.join(os.path.dirname(sys.executable), "cilia")
 
 

@@ -61,6 +61,9 @@ def namespace_object(name: str, labels: dict[str, str]) -> dict[str, Any]:
 
 
 class Lab:
+    """A lab and its state: saved to STATE_FILE after every step, so that `cilia lab` commands (other
+    processes) find it and a lab whose `up` failed half-way can still be torn down."""
+
     def __init__(self, state: dict[str, Any] | None = None) -> None:
         self.state: dict[str, Any] = state or {"nodes": {}, "pods": {}, "externals": {}, "pids": []}
 

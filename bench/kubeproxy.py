@@ -62,6 +62,7 @@ from typing import Any
 
 from bench.tools import PORTS, Server, ns, server_command
 from bench.topologies import delete, sh, wire_routed_node
+from cilia.testing import WaitTimeout, wait_for
 
 SERVICE_CIDR = ipaddress.IPv4Network("10.96.0.0/12")
 CLUSTER_CIDR = "10.128.0.0/10"  # --cluster-cidr: the pod network; the lab pods live in it
@@ -321,17 +322,19 @@ def iptables_version(backend: str = DEFAULT_BACKEND) -> str:
 
 
 def wait_listening(netns: str, ports: Collection[int], timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
     missing: set[int] = set(ports)
-    while time.monotonic() < deadline:
+
+    def all_listening() -> bool:
         listing = subprocess.run(ns(netns, "ss", "-Htln"), capture_output=True, text=True, timeout=30,
                                  check=False).stdout
-        listening = {int(m) for m in re.findall(r":(\d+)\s", listing)}
-        missing = set(ports) - listening
-        if not missing:
-            return
-        time.sleep(0.1)
-    raise KubeProxyError(f"no server listening on TCP {sorted(missing)} in {netns} after {timeout:.0f} s")
+        missing.clear()
+        missing.update(set(ports) - {int(m) for m in re.findall(r":(\d+)\s", listing)})
+        return not missing
+
+    try:
+        wait_for(all_listening, timeout, 0.1, lambda: f"no server listening on TCP {sorted(missing)} in {netns}")
+    except WaitTimeout as exc:
+        raise KubeProxyError(str(exc)) from exc
 
 
 def start_servers(netns: str, ip: str) -> list[Server]:
@@ -351,18 +354,24 @@ def start_servers(netns: str, ip: str) -> list[Server]:
 def wait_reachable(client: str, ip: str, ports: Collection[int], timeout: float = 30.0) -> None:
     """Bounded: until a TCP connection from `client` to ip:port succeeds for every port (iperf3's port
     is not probed: a bare connect makes its server log an error)."""
-    deadline = time.monotonic() + timeout
-    for port in ports:
-        while True:
+    pending = list(ports)
+    last = [""]
+
+    def all_reached() -> bool:  # one budget for all the ports, probed in turn
+        while pending:
             result = subprocess.run(ns(client, sys.executable, "-m", "cilia.lab.probe", "--to", ip, "--port",
-                                       str(port), "--timeout", "1"), capture_output=True, text=True, timeout=30,
-                                    check=False)
-            if result.returncode == 0:
-                break
-            if time.monotonic() >= deadline:
-                raise KubeProxyError(f"{ip}:{port} not reachable from {client} after {timeout:.0f} s: "
-                                     f"{(result.stdout or result.stderr).strip()[-300:]}")
-            time.sleep(0.2)
+                                       str(pending[0]), "--timeout", "1"), capture_output=True, text=True,
+                                    timeout=30, check=False)
+            if result.returncode != 0:
+                last[0] = (result.stdout or result.stderr).strip()[-300:]
+                return False
+            pending.pop(0)
+        return True
+
+    try:
+        wait_for(all_reached, timeout, 0.2, lambda: f"{ip}:{pending[0]} not reachable from {client}: {last[0]}")
+    except WaitTimeout as exc:
+        raise KubeProxyError(str(exc)) from exc
 
 
 @dataclass(frozen=True)

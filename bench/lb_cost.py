@@ -24,11 +24,11 @@ from pathlib import Path
 from statistics import median
 from typing import Any
 
-from tests.kernel.lbnode import PEER, POD, VIP, Node, tcp_packet
-
 from bench.tools import write_results
 from cilia.bpf import ensure_bpffs, remove_pins
 from cilia.maps import lb as lbm
+from cilia.testing.lbnode import VIP, Node
+from cilia.testing.packets import PEER, POD, tcp_packet
 
 SIZES = (10, 1000, 10000)
 BACKENDS = 10

@@ -13,11 +13,12 @@ import os
 import shutil
 import signal
 import subprocess
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+
+from cilia.testing import wait_for
 
 BUSYBOX = Path("/bin/busybox")
 CTR_CONFLIST = Path("/etc/cni/net.d/00-cilia-e2e.conflist")
@@ -115,11 +116,12 @@ def containerd(workdir: Path) -> Iterator[Containerd]:
                                    start_new_session=True)
     daemon = Containerd(workdir=workdir, process=process)
     try:
-        deadline = time.monotonic() + 30
-        while daemon.ctr("version", timeout=5).returncode != 0:
-            if time.monotonic() > deadline or process.poll() is not None:
-                raise AssertionError(f"containerd did not start: {log_path.read_text()[-2000:]}")
-            time.sleep(0.2)
+        def answers() -> bool:
+            if process.poll() is not None:
+                raise AssertionError(f"containerd exited at start-up: {log_path.read_text()[-2000:]}")
+            return daemon.ctr("version", timeout=5).returncode == 0
+
+        wait_for(answers, 30, 0.2, lambda: f"containerd did not start: {log_path.read_text()[-2000:]}")
         yield daemon
     finally:
         if process.poll() is None:

@@ -1,23 +1,8 @@
-"""e2e fixtures: a lab from examples/lab-basic.yaml, always torn down (also when a test fails)."""
+"""e2e fixtures (cilia.testing.fixtures): `lab`, a lab from examples/lab-basic.yaml per module, always
+torn down (also when a test fails). Every test here is marked `e2e` (tests/conftest.py)."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from pathlib import Path
+from cilia.testing.fixtures import lab
 
-import pytest
-
-from cilia.lab.lab import Lab, cleanup_leftovers
-from cilia.lab.topology import load_topology
-
-ROOT = Path(__file__).resolve().parents[2]
-
-
-@pytest.fixture(scope="module")
-def lab() -> Iterator[Lab]:
-    cleanup_leftovers()
-    running = Lab.up(load_topology(ROOT / "examples/lab-basic.yaml"))
-    try:
-        yield running
-    finally:
-        running.down()
+__all__ = ["lab"]  # a fixture: pytest finds it by this name

@@ -6,14 +6,20 @@ import json
 import os
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from cilia.lab.lab import Lab
+from cilia.api.client import AgentClient
+from cilia.api.models import ApplyRequest
+from cilia.lab.lab import Lab, namespace_object, pod_object
+from cilia.lab.topology import load_topology
+from cilia.paths import NodePaths
+from cilia.testing import wait_for
+from cilia.testing.labs import BASIC
 
-pytestmark = pytest.mark.e2e
 CILIA = os.path.join(os.path.dirname(sys.executable), "cilia")
 
 
@@ -33,7 +39,28 @@ def endpoint(name: str) -> dict[str, Any]:
     return next(e for e in cilia_json("endpoint", "list") if e["pod_name"] == name)
 
 
-def test_relabel_pod_gives_a_new_identity_live(lab: Lab, tmp_path: Path) -> None:
+@pytest.fixture
+def restore_labels(lab: Lab) -> Iterator[None]:
+    """The relabel tests change db's and team-a's labels on the module's shared lab: put the labels of
+    examples/lab-basic.yaml back afterwards, so that no test here sees another's change (each passes
+    or fails alone, in any order) and each relabel test starts from the labels it assumes."""
+    topology = load_topology(BASIC)
+    originals = [namespace_object("team-a", topology.namespaces["team-a"]),
+                 *(pod_object(p) for p in topology.pods if (p.namespace, p.name) == ("team-a", "db"))]
+
+    def current() -> list[str]:
+        return sorted(endpoint("db")["labels"])
+
+    before = current()
+    try:
+        yield
+    finally:
+        with AgentClient(NodePaths("n1").socket) as client:
+            client.apply(ApplyRequest(objects=originals))
+        wait_for(lambda: current() == before, 10, 0.1, lambda: f"db's labels not restored: {current()} != {before}")
+
+
+def test_relabel_pod_gives_a_new_identity_live(lab: Lab, tmp_path: Path, restore_labels: None) -> None:
     before = endpoint("db")
     manifest = tmp_path / "db.yaml"
     manifest.write_text(
@@ -75,7 +102,8 @@ def test_status_and_map_dumps(lab: Lab) -> None:
     assert "ID" in cilia("endpoint", "list").stdout  # the table form for people
 
 
-def test_namespace_relabel_moves_its_pods_to_a_new_identity(lab: Lab, tmp_path: Path) -> None:
+def test_namespace_relabel_moves_its_pods_to_a_new_identity(lab: Lab, tmp_path: Path,
+                                                            restore_labels: None) -> None:
     before, client_before = endpoint("db"), endpoint("client")
     manifest = tmp_path / "ns.yaml"
     manifest.write_text("apiVersion: v1\nkind: Namespace\nmetadata:\n  name: team-a\n  labels: {team: a, env: prod}\n")

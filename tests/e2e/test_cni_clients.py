@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import tempfile
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -12,10 +11,10 @@ import pytest
 from cilia.api.client import AgentClient
 from cilia.lab.lab import Lab
 from cilia.paths import NodePaths
+from cilia.testing import wait_for
 
 from .cni_clients import Podman, build_busybox_rootfs, containerd, ctr_network
 
-pytestmark = pytest.mark.e2e
 SOCKET = NodePaths("n1").socket
 
 
@@ -61,7 +60,6 @@ def test_ctr_container_reaches_a_pod(lab: Lab, workdir: Path) -> None:
                             "/bin/sh", "-c", request, timeout=120)
         assert result.returncode == 0, result.stderr
         assert "200 OK" in result.stdout and result.stdout.rstrip().endswith("web"), result.stdout
-    deadline = time.monotonic() + 10
-    while endpoints_of("default-cilia-e2e-ctr") and time.monotonic() < deadline:
-        time.sleep(0.2)
-    assert endpoints_of("default-cilia-e2e-ctr") == []  # ctr's DEL (empty CNI_NETNS) removed it
+    # ctr's DEL (empty CNI_NETNS) removed it
+    wait_for(lambda: endpoints_of("default-cilia-e2e-ctr") == [], 10, 0.2,
+             "ctr's CNI DEL left the container's endpoint behind")

@@ -11,10 +11,10 @@ from typing import Any
 import pytest
 
 from cilia.api.client import AgentClient
-from cilia.lab.lab import Lab, sh
+from cilia.lab.lab import Lab
+from cilia.lab.process import sh
 from cilia.paths import NodePaths
 
-pytestmark = pytest.mark.e2e
 PLUGIN = os.path.join(os.path.dirname(sys.executable), "cilia-cni")
 NETNS = "cilia-pod-cni-cycles"
 

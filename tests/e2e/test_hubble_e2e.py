@@ -22,8 +22,8 @@ from cilia.api.models import ApplyRequest
 from cilia.hubble.pb import flow_pb2, observer_pb2, observer_pb2_grpc, relay_pb2
 from cilia.lab.lab import Lab
 from cilia.paths import NodePaths
+from cilia.testing import wait_for
 
-pytestmark = pytest.mark.e2e
 FF = flow_pb2.FlowFilter
 POLICY = """
 apiVersion: cilium.io/v2
@@ -144,14 +144,18 @@ def test_follow_sees_a_new_probe(channel: grpc.Channel, denied: Lab) -> None:
 
     reader = threading.Thread(target=read)
     reader.start()
-    deadline = time.monotonic() + 15
     started = time.time_ns()
-    while not got and time.monotonic() < deadline:
+
+    def followed() -> bool:
         denied.probe("client", "web", 80, timeout=0.5)  # again until the follower has one: bounded
         reader.join(1.0)
-    stream.cancel()
-    reader.join(5)
-    assert got, "no followed flow within 15 s of new probes"
+        return bool(got)
+
+    try:
+        wait_for(followed, 15, 0, "no followed flow of new probes")
+    finally:
+        stream.cancel()
+        reader.join(5)
     assert got[0].time.ToNanoseconds() >= started - 10**9 and got[0].verdict == flow_pb2.DROPPED
 
 

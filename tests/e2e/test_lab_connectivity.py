@@ -6,15 +6,14 @@ import json
 import os
 import subprocess
 import sys
-import time
 
 import pytest
 
 from cilia.api.client import AgentClient
-from cilia.lab.lab import Lab, in_netns
+from cilia.lab.lab import Lab
+from cilia.lab.process import in_netns
 from cilia.paths import NodePaths
-
-pytestmark = pytest.mark.e2e
+from cilia.testing import wait_for
 
 
 @pytest.mark.parametrize("ipv6", [False, True], ids=["v4", "v6"])
@@ -46,21 +45,22 @@ def test_closed_port_is_refused_not_dropped(lab: Lab) -> None:
 
 def test_flows_show_the_traffic(lab: Lab) -> None:
     assert lab.probe("client", "db", 5432, "tcp")["verdict"] == "connected"
-    deadline = time.monotonic() + 10
-    flows: list[dict[str, object]] = []
-    while time.monotonic() < deadline and not flows:
+
+    def flows_to_db() -> list[dict[str, object]]:
         with AgentClient(NodePaths("n1").socket) as client:
-            flows = [r["flow"] for r in client.stream_lines("/v1/flows", {"last": 200, "to_pod": "team-a/db",
-                                                                              "port": "5432"})]
-        time.sleep(0.2)
-    assert flows, "no flow to team-a/db:5432"
+            return [r["flow"] for r in client.stream_lines("/v1/flows", {"last": 200, "to_pod": "team-a/db",
+                                                                          "port": "5432"})]
+
+    flows = wait_for(flows_to_db, 10, 0.2, "no flow to team-a/db:5432")
     syn = next(f for f in flows if f.get("l4", {}).get("TCP", {}).get("flags") == {"SYN": True})
     assert syn["verdict"] == "FORWARDED" and syn["trace_observation_point"] == "TO_ENDPOINT"
     assert syn["source"]["pod_name"] == "client" and syn["destination"]["namespace"] == "team-a"
     cli = subprocess.run([os.path.join(os.path.dirname(sys.executable), "cilia"), "observe", "--node", "n1",
                           "--to-pod", "team-a/db", "-o", "json", "--last", "5"], capture_output=True, text=True,
                          check=True, timeout=30)
-    assert all(json.loads(line)["flow"]["destination"]["pod_name"] == "db" for line in cli.stdout.splitlines())
+    printed = [json.loads(line)["flow"] for line in cli.stdout.splitlines()]
+    assert printed, f"cilia observe --to-pod team-a/db printed no flow: {cli.stderr}"  # all() of nothing holds
+    assert all(flow["destination"]["pod_name"] == "db" for flow in printed), printed
 
 
 def test_established_tcp_survives_agent_kill_9(lab: Lab) -> None:

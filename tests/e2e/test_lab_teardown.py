@@ -6,13 +6,9 @@ import os
 import subprocess
 from pathlib import Path
 
-import pytest
-
 from cilia.lab.lab import Lab, cleanup_leftovers
 from cilia.lab.topology import parse_topology
 from cilia.paths import BPFFS_ROOT, RUN_ROOT
-
-pytestmark = pytest.mark.e2e
 
 
 def cilia_namespaces() -> list[str]:

@@ -8,7 +8,6 @@ import os
 import re
 import subprocess
 import sys
-import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -17,10 +16,12 @@ import yaml
 
 from cilia.api.client import AgentClient, AgentError
 from cilia.api.models import ApplyRequest
-from cilia.lab.lab import Lab, cleanup_leftovers, in_netns
-from cilia.lab.reach import Key, Target, format_mismatches, pod_names, pod_targets, policy_topology, probe_matrix
-from cilia.lab.topology import parse_topology
+from cilia.lab.lab import Lab
+from cilia.lab.process import in_netns
 from cilia.paths import NodePaths
+from cilia.testing import wait_for
+from cilia.testing.labs import running_lab
+from cilia.testing.reach import Key, Target, format_mismatches, pod_names, pod_targets, policy_topology, probe_rows
 
 Expect = Callable[[str, str, int, str], bool]  # source, target, port, protocol -> reachable
 POLICY_KINDS = ("NetworkPolicy", "CiliumNetworkPolicy", "CiliumClusterwideNetworkPolicy")
@@ -29,12 +30,8 @@ WAIT = 30.0  # seconds an apply waits for the endpoints' policy revision
 
 @pytest.fixture(scope="module")
 def lab() -> Iterator[Lab]:
-    cleanup_leftovers()
-    running = Lab.up(parse_topology(policy_topology()))
-    try:
+    with running_lab(policy_topology()) as running:
         yield running
-    finally:
-        running.down()
 
 
 def api() -> AgentClient:
@@ -63,13 +60,13 @@ def rows() -> dict[str, list[Target]]:
 
 
 def check(lab: Lab, expect: Expect) -> None:
-    actual = probe_matrix(lab, rows(), timeout=1.0)
+    actual = probe_rows(lab, rows(), timeout=1.0)
     expected: dict[Key, bool] = {key: (key[0] == key[1]) or expect(*key) for key in actual}
     # a pod talking to itself never crosses its veth: nothing to enforce, always reachable
     actual = {key: (key[0] == key[1]) or value for key, value in actual.items()}
     mismatches = format_mismatches(expected, actual)
     if mismatches:  # one retry: a SYN lost for another reason must not fail the matrix
-        again = probe_matrix(lab, rows(), timeout=2.0)
+        again = probe_rows(lab, rows(), timeout=2.0)
         actual = {key: (key[0] == key[1]) or value for key, value in again.items()}
         mismatches = format_mismatches(expected, actual)
     assert not mismatches, "reachability differs from the policy semantics:\n" + mismatches
@@ -262,7 +259,7 @@ def test_ipv6_is_enforced_too(lab: Lab) -> None:
     clear_policies()
     apply(NP("a-from-b", "x", "  podSelector: {matchLabels: {pod: a}}\n"
                               "  ingress: [{from: [{podSelector: {matchLabels: {pod: b}}}]}]"))
-    got = probe_matrix(lab, {s: [Target("x/a", 80), Target("x/a", 80, "udp")] for s in ("x/b", "x/c", "y/b")},
+    got = probe_rows(lab, {s: [Target("x/a", 80), Target("x/a", 80, "udp")] for s in ("x/b", "x/c", "y/b")},
                        timeout=1.0, ipv6=True)
     assert {k[0]: v for k, v in got.items() if k[3] == "tcp"} == {"x/b": True, "x/c": False, "y/b": False}
     assert {k[0]: v for k, v in got.items() if k[3] == "udp"} == {"x/b": True, "x/c": False, "y/b": False}
@@ -359,15 +356,12 @@ def test_drops_name_their_policy_and_trace_agrees(lab: Lab) -> None:
   ingressDeny: [{fromEndpoints: [{matchLabels: {k8s:io.kubernetes.pod.namespace: y}}], toPorts: [{ports: [{port: "81"}]}]}]"""))
     assert lab.probe("y/a", "x/b", 81, timeout=1)["verdict"] == "timed-out"
     with api() as client:
-        flows: list[dict[str, Any]] = []
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline and not flows:
-            flows = [r["flow"] for r in client.stream_lines("/v1/flows", {"last": 500, "verdict": ["DROPPED"],
-                                                                         "policy": ["x/deny-y"]})]
-            time.sleep(0.2)
+        flows: list[dict[str, Any]] = wait_for(
+            lambda: [r["flow"] for r in client.stream_lines("/v1/flows", {"last": 500, "verdict": ["DROPPED"],
+                                                                         "policy": ["x/deny-y"]})],
+            10, 0.2, "no drop flow attributed to x/deny-y")
         trace = client.post("/v1/policy/trace", {"src_pod": "y/a", "dst_pod": "x/b", "dport": 81, "protocol": "TCP"})
         allowed = client.post("/v1/policy/trace", {"src_pod": "y/a", "dst_pod": "x/b", "dport": 80, "protocol": "TCP"})
-    assert flows, "no drop flow attributed to x/deny-y"
     flow = flows[-1]
     assert flow["drop_reason_desc"] == "POLICY_DENY"
     assert flow["ingress_denied_by"][0]["name"] == "deny-y"

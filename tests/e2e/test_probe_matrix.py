@@ -9,29 +9,26 @@ from collections.abc import Iterator
 
 import pytest
 
-from cilia.lab.lab import PYTHON, Lab, cleanup_leftovers
-from cilia.lab.matrix import (
+from cilia.lab.lab import PYTHON, Lab
+from cilia.lab.topology import parse_topology
+from cilia.testing.labs import running_lab
+from cilia.testing.reach import (
     Key,
     Target,
     expect_all,
     format_mismatches,
     pod_names,
     pod_targets,
-    policy_matrix_topology,
+    policy_topology,
     probe_matrix,
     probe_rows,
 )
-from cilia.lab.topology import parse_topology
 
 
 @pytest.fixture(scope="module")
 def mlab() -> Iterator[Lab]:
-    cleanup_leftovers()
-    running = Lab.up(parse_topology(policy_matrix_topology(), "policy_matrix_topology()"))
-    try:
+    with running_lab(parse_topology(policy_topology(), "policy_topology()")) as running:
         yield running
-    finally:
-        running.down()
 
 
 def full_rows() -> dict[str, list[Target]]:
@@ -42,7 +39,7 @@ def full_rows() -> dict[str, list[Target]]:
 
 
 def test_topology_shape() -> None:
-    topology = parse_topology(policy_matrix_topology())
+    topology = parse_topology(policy_topology())
     assert {ns: labels for ns, labels in topology.namespaces.items() if ns != "default"} == {
         "x": {"ns": "x"}, "y": {"ns": "y"}, "z": {"ns": "z"}}
     assert sorted(f"{p.namespace}/{p.name}" for p in topology.pods) == sorted(pod_names())

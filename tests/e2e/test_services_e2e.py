@@ -18,10 +18,12 @@ import pytest
 
 from cilia.api.client import AgentClient, AgentError
 from cilia.api.models import ApplyRequest
-from cilia.lab.lab import PYTHON, Lab, cleanup_leftovers
+from cilia.lab.lab import PYTHON, Lab
 from cilia.lab.topology import PodSpec, PortSpec, parse_topology
 from cilia.lb.maglev import DEFAULT_SIZE as MAGLEV_DEFAULT_SIZE
 from cilia.paths import NodePaths
+from cilia.testing import wait_for
+from cilia.testing.labs import running_lab
 
 WEB_PORTS = [{"port": 8080, "protocol": "tcp", "name": "http"}, {"port": 5353, "protocol": "udp", "name": "dns"}]
 TOPOLOGY = {
@@ -95,13 +97,9 @@ def delete(*objects: dict[str, Any]) -> None:
 
 @pytest.fixture(scope="module")
 def slab() -> Iterator[Lab]:
-    cleanup_leftovers()
-    running = Lab.up(parse_topology(TOPOLOGY, "services topology"))
-    try:
+    with running_lab(parse_topology(TOPOLOGY, "services topology")) as running:
         apply(WEB, WEB_LB, STICKY, EMPTY, HAIRPIN, HAIRPIN_RAW, SLICED, web_slice(running))
         yield running
-    finally:
-        running.down()
 
 
 def probes(lab: Lab, source: str, address: str, port: int, protocol: str = "tcp", count: int = 1,
@@ -280,9 +278,8 @@ def test_hairpin_pod_reaches_itself_through_its_service(slab: Lab) -> None:
 def test_live_updates_follow_pods_and_the_service(slab: Lab) -> None:
     slab.add_pod(PodSpec("web3", "default", "n1", {"app": "web"}, None,
                          (PortSpec(8080, "tcp", "http"), PortSpec(5353, "udp", "dns"))))
-    deadline = time.monotonic() + 10
-    while "web3" not in peers(probes(slab, "client", "10.96.0.10", 80, count=24)):
-        assert time.monotonic() < deadline, "a new pod matching the selector never became a backend"
+    wait_for(lambda: "web3" in peers(probes(slab, "client", "10.96.0.10", 80, count=24)), 10, 0.1,
+             "a new pod matching the selector never became a backend")
     slab.cni("DEL", slab.state["pods"]["default/web3"])
     assert "web3" not in peers(probes(slab, "client", "10.96.0.10", 80, count=24))
     # the service itself goes away: its ClusterIP stops answering

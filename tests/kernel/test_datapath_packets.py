@@ -4,26 +4,33 @@ from __future__ import annotations
 
 import ipaddress
 import struct
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from cilia.bpf import BpfObject, RingBufferReader, ensure_bpffs, remove_pins
+from cilia.bpf import BpfObject
 from cilia.datapath import EndpointConfig, default_bpf_dir
 from cilia.maps.ct import CtMap
 from cilia.maps.endpoints import EndpointInfo, EndpointsMap
 from cilia.maps.policy import PolicyMaps
 from cilia.monitor.events import decode
 from cilia.policy.mapstate import DirectionState, MapState
-from tests.kernel.packets import csum, mac
-
-TC_ACT_OK, TC_ACT_SHOT, TC_ACT_REDIRECT = 0, 2, 7
-POD_MAC, LXC_MAC = "02:00:00:00:00:02", "02:00:00:00:00:01"
-PEER_MAC, PEER_LXC_MAC = "02:00:00:00:00:04", "02:00:00:00:00:03"
-POD, PEER, WORLD = "10.200.1.2", "10.200.1.3", "198.51.100.10"
-
+from cilia.testing.bpf import RingEvents
+from cilia.testing.packets import (
+    LXC_MAC,
+    PEER,
+    PEER_LXC_MAC,
+    PEER_MAC,
+    POD,
+    POD_MAC,
+    TC_ACT_OK,
+    TC_ACT_REDIRECT,
+    TC_ACT_SHOT,
+    WORLD,
+    csum,
+    mac,
+)
 
 
 def ipv4_tcp(src: str, dst: str, flags: int = 0x02, ttl: int = 64) -> bytes:
@@ -41,30 +48,26 @@ def arp_request(target: str) -> bytes:
 
 
 @pytest.fixture
-def lxc() -> Iterator[tuple[BpfObject, list[bytes]]]:
-    ensure_bpffs()
-    pins = Path(f"/sys/fs/bpf/cilia-test-{uuid.uuid4().hex[:8]}")
+def lxc(pin_dir: Path) -> Iterator[tuple[BpfObject, RingEvents]]:
+    """bpf_lxc for endpoint 1 (POD) with a local peer (PEER), and a reader of its events that is
+    closed when the test ends."""
     config = EndpointConfig(
         endpoint_id=1, identity=256, lxc_ifindex=4, lxc_mac=LXC_MAC, pod_mac=POD_MAC,
         pod_ipv4=ipaddress.IPv4Address(POD), pod_ipv6=ipaddress.IPv6Address("fd00:200:1::2"),
         router_ipv4=ipaddress.IPv4Address("10.200.1.1"), router_ipv6=ipaddress.IPv6Address("fd00:200:1::1"),
         aggregation=0,
     )
-    obj = BpfObject.open(default_bpf_dir() / "bpf_lxc.o", pin_root=pins, rodata={"CONFIG": config.pack()},
+    obj = BpfObject.open(default_bpf_dir() / "bpf_lxc.o", pin_root=pin_dir, rodata={"CONFIG": config.pack()},
                          max_entries={"cilia_ct_tcp_v1": 4096, "cilia_ct_any_v1": 4096})
-    events: list[bytes] = []
-    reader = RingBufferReader(obj.map("cilia_events_v1"), events.append)
     try:
-        allow_all(obj, 1, 2)
-        EndpointsMap(obj.map("cilia_endpoints_v1")).upsert(
-            ipaddress.IPv4Address(PEER), EndpointInfo(ifindex=6, endpoint_id=2, mac=PEER_MAC, lxc_mac=PEER_LXC_MAC,
-                                                       identity=257))
-        yield obj, events
-        reader.poll(0)
+        with RingEvents(obj.map("cilia_events_v1")) as events:
+            allow_all(obj, 1, 2)
+            EndpointsMap(obj.map("cilia_endpoints_v1")).upsert(
+                ipaddress.IPv4Address(PEER), EndpointInfo(ifindex=6, endpoint_id=2, mac=PEER_MAC,
+                                                           lxc_mac=PEER_LXC_MAC, identity=257))
+            yield obj, events
     finally:
-        reader.close()
         obj.close()
-        remove_pins(pins)
 
 
 def allow_all(obj: BpfObject, *endpoint_ids: int) -> None:
@@ -79,7 +82,7 @@ def run(obj: BpfObject, packet: bytes, program: str = "cil_from_container") -> t
     return result.retval, result.data_out
 
 
-def test_arp_request_for_gateway_is_answered_with_lxc_mac(lxc: tuple[BpfObject, list[bytes]]) -> None:
+def test_arp_request_for_gateway_is_answered_with_lxc_mac(lxc: tuple[BpfObject, RingEvents]) -> None:
     obj, _ = lxc
     verdict, out = run(obj, arp_request("10.200.1.1"))
     assert verdict == TC_ACT_REDIRECT
@@ -88,34 +91,31 @@ def test_arp_request_for_gateway_is_answered_with_lxc_mac(lxc: tuple[BpfObject, 
     assert op == 2 and sha == mac(LXC_MAC) and sip == ipaddress.IPv4Address("10.200.1.1").packed
 
 
-def test_pod_to_local_pod_is_redirected_with_rewrites(lxc: tuple[BpfObject, list[bytes]]) -> None:
+def test_pod_to_local_pod_is_redirected_with_rewrites(lxc: tuple[BpfObject, RingEvents]) -> None:
     obj, events = lxc
     verdict, out = run(obj, ipv4_tcp(POD, PEER))
     assert verdict == TC_ACT_REDIRECT
     assert out[0:6] == mac(PEER_MAC) and out[6:12] == mac(PEER_LXC_MAC)
     assert out[14 + 8] == 63 and csum(out[14:34]) == 0  # TTL lowered, checksum still valid
-    RingBufferReader(obj.map("cilia_events_v1"), events.append).poll(0)
-    trace = decode(events[-1])
+    trace = decode(events.poll()[-1])
     assert trace.observation_point == "TO_ENDPOINT" and trace.ct_status == "new" and trace.dst_identity == 257
 
 
-def test_spoofed_source_is_dropped_with_reason(lxc: tuple[BpfObject, list[bytes]]) -> None:
+def test_spoofed_source_is_dropped_with_reason(lxc: tuple[BpfObject, RingEvents]) -> None:
     obj, events = lxc
     verdict, _ = run(obj, ipv4_tcp("10.200.1.99", PEER))
     assert verdict == TC_ACT_SHOT
-    RingBufferReader(obj.map("cilia_events_v1"), events.append).poll(0)
-    drop = decode(events[-1])
+    drop = decode(events.poll()[-1])
     assert drop.is_drop and drop.drop_reason_name == "INVALID_SOURCE_IP" and drop.source_line > 0
 
 
-def test_world_goes_to_stack_and_reply_is_tracked(lxc: tuple[BpfObject, list[bytes]]) -> None:
+def test_world_goes_to_stack_and_reply_is_tracked(lxc: tuple[BpfObject, RingEvents]) -> None:
     obj, events = lxc
     assert run(obj, ipv4_tcp(POD, WORLD))[0] == TC_ACT_OK
     reply = ipv4_tcp(WORLD, POD, flags=0x12)
     reply = reply[:34] + struct.pack("!HH", 80, 40000) + reply[38:]  # ports reversed
     assert run(obj, reply, "cil_to_container")[0] == TC_ACT_OK
-    RingBufferReader(obj.map("cilia_events_v1"), events.append).poll(0)
-    decoded = [decode(e) for e in events]
+    decoded = [decode(e) for e in events.poll()]
     assert [e.ct_status for e in decoded[-2:]] == ["new", "reply"]
     assert decoded[-2].observation_point == "TO_STACK"
 
@@ -130,7 +130,7 @@ def ipv6_ns(target: str) -> bytes:
     return b"\x33\x33\xff\x00\x00\x01" + mac(POD_MAC) + b"\x86\xdd" + ip6 + body
 
 
-def test_neighbor_solicitation_for_router_gets_advertisement(lxc: tuple[BpfObject, list[bytes]]) -> None:
+def test_neighbor_solicitation_for_router_gets_advertisement(lxc: tuple[BpfObject, RingEvents]) -> None:
     obj, _ = lxc
     verdict, out = run(obj, ipv6_ns("fd00:200:1::1"))
     assert verdict == TC_ACT_REDIRECT
@@ -141,24 +141,20 @@ def test_neighbor_solicitation_for_router_gets_advertisement(lxc: tuple[BpfObjec
     assert csum(pseudo + icmp) == 0  # checksum valid
 
 
-def test_aggregation_medium_reports_new_flows_and_flag_changes_only() -> None:
-    ensure_bpffs()
+def test_aggregation_medium_reports_new_flows_and_flag_changes_only(pin_dir: Path) -> None:
     config = EndpointConfig(
         endpoint_id=1, identity=256, lxc_ifindex=4, lxc_mac=LXC_MAC, pod_mac=POD_MAC,
         pod_ipv4=ipaddress.IPv4Address(POD), pod_ipv6=None, router_ipv4=ipaddress.IPv4Address("10.200.1.1"),
         router_ipv6=None, aggregation=1, aggregation_interval=3600,
     )
-    pins = Path(f"/sys/fs/bpf/cilia-test-{uuid.uuid4().hex[:8]}")
-    medium = BpfObject.open(default_bpf_dir() / "bpf_lxc.o", pin_root=pins, rodata={"CONFIG": config.pack()},
+    medium = BpfObject.open(default_bpf_dir() / "bpf_lxc.o", pin_root=pin_dir, rodata={"CONFIG": config.pack()},
                             max_entries={"cilia_ct_tcp_v1": 4096, "cilia_ct_any_v1": 4096})
     try:
         allow_all(medium, 1)
-        seen: list[bytes] = []
-        reader = RingBufferReader(medium.map("cilia_events_v1"), seen.append)
-        for flags in (0x02, 0x10, 0x10, 0x18, 0x11):  # SYN, ACK, ACK, PSH+ACK, FIN+ACK
-            medium.program("cil_from_container").test_run(ipv4_tcp(POD, WORLD, flags=flags))
-        reader.poll(0)
-        reader.close()
+        with RingEvents(medium.map("cilia_events_v1")) as events:
+            for flags in (0x02, 0x10, 0x10, 0x18, 0x11):  # SYN, ACK, ACK, PSH+ACK, FIN+ACK
+                medium.program("cil_from_container").test_run(ipv4_tcp(POD, WORLD, flags=flags))
+            seen = events.poll()
         flags_reported = [decode(e).packet.l4.tcp_flags for e in seen]  # type: ignore[union-attr]
         assert flags_reported == [{"SYN"}, {"ACK", "FIN"}]
         ct = CtMap(medium.map("cilia_ct_tcp_v1"), medium.map("cilia_ct_any_v1"))
@@ -168,4 +164,3 @@ def test_aggregation_medium_reports_new_flows_and_flag_changes_only() -> None:
         assert ct.gc(now=entry.expires + 1) == 1 and ct.entries() == []
     finally:
         medium.close()
-        remove_pins(pins)

@@ -15,12 +15,9 @@ from cilia.bpf import BpfObject
 from cilia.lb.maglev import MaglevBackend, build_table
 from cilia.maps import lb as lbm
 from cilia.maps.ct import CtMap
-from tests.kernel.lbnode import (
-    CLIENT,
-    EMPTY_VIP,
+from cilia.testing.lbnode import CLIENT, EMPTY_VIP, MAGLEV_M, NODE, VIP, VIP6, Node
+from cilia.testing.packets import (
     LXC_MAC,
-    MAGLEV_M,
-    NODE,
     PEER,
     PEER6,
     PEER_LXC_MAC,
@@ -31,14 +28,12 @@ from tests.kernel.lbnode import (
     TC_ACT_OK,
     TC_ACT_REDIRECT,
     TC_ACT_SHOT,
-    VIP,
-    VIP6,
-    Node,
-    _pseudo,
+    csum,
+    mac,
     parse,
+    pseudo_header,
     tcp_packet,
 )
-from tests.kernel.packets import csum, mac
 
 
 @pytest.fixture
@@ -152,7 +147,7 @@ def test_ipv6_extension_headers_are_walked_to_the_transport_header(node: Node) -
     sport, dport = struct.unpack_from("!HH", l4)
     dst = ipaddress.IPv6Address(out[14 + 24:14 + 40])
     assert (str(dst), sport, dport) == (PEER6, 40100, 8080)
-    assert csum(_pseudo(ipaddress.IPv6Address(POD6), dst, len(l4)) + l4) == 0
+    assert csum(pseudo_header(ipaddress.IPv6Address(POD6), dst, len(l4)) + l4) == 0
     ct = CtMap(node.client.map("cilia_ct_tcp_v1"), node.client.map("cilia_ct_any_v1"))
     assert [(k.protocol, k.destination_port) for k, _ in ct.entries()] == [(6, 8080)]
 

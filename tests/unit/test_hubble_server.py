@@ -21,6 +21,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from cilia.flows.ring import FlowRing
 from cilia.hubble.pb import flow_pb2, observer_pb2, observer_pb2_grpc, relay_pb2
 from cilia.hubble.server import HEALTH_SERVICE, HubbleConfig, HubbleServer, RateMeter, TlsFiles
+from cilia.testing import wait_for
 
 CAPACITY = 16
 T0 = (time.time_ns() // 10**9 - 7200) * 10**9  # two hours ago: history, but not "the last hour"
@@ -147,9 +148,7 @@ def test_follow_gets_new_flows_that_match(channel: grpc.Channel, ring: FlowRing)
 
     reader = threading.Thread(target=read)
     reader.start()
-    deadline = time.monotonic() + 5
-    while not got and time.monotonic() < deadline:
-        time.sleep(0.02)
+    wait_for(lambda: got, 5, 0.02, "no flow of the history reached the follower")
     assert got == ["uuid-3"]  # the last matching flow of the history
     ring.add(flow(5))  # forwarded: filtered out
     ring.add(flow(6, "DROPPED"))
@@ -168,13 +167,19 @@ def test_follow_without_number_starts_at_the_end(channel: grpc.Channel, ring: Fl
 
     reader = threading.Thread(target=read_one)
     reader.start()
-    deadline = time.monotonic() + 5
     added = 0
-    while time.monotonic() < deadline and reader.is_alive():
+
+    def followed() -> bool:
+        nonlocal added
         ring.add(flow(100 + added))  # new flows until the subscription is in place
         added += 1
         reader.join(0.1)
-    stream.cancel()
+        return not reader.is_alive()
+
+    try:
+        wait_for(followed, 5, 0, "the follower never got a new flow")
+    finally:
+        stream.cancel()
     assert len(first) == 1 and int(first[0].removeprefix("uuid-")) >= 100  # none of the history
 
 

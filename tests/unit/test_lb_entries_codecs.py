@@ -25,6 +25,7 @@ from cilia.lb.entries import (
 from cilia.lb.model import BackendState
 from cilia.lb.reconcile import LbMapError, Put, Remove
 from cilia.maps import lb as lbm
+from cilia.testing.fakes import FakeMap
 
 ip = ipaddress.ip_address
 
@@ -100,25 +101,21 @@ def test_affinity_key_layout_is_what_the_datapath_writes() -> None:
 # --- LbMaps in typed entries -------------------------------------------------------------------------
 
 
-class FakeMap:
+class FailingMap(FakeMap):
+    """A fake map whose update of one key fails as a full map's does."""
+
     def __init__(self, fail_on: bytes | None = None) -> None:
-        self.entries: dict[bytes, bytes] = {}
+        super().__init__()
         self.fail_on = fail_on
 
-    def update(self, key: bytes, value: bytes) -> None:
+    def update(self, key: bytes, value: bytes, flags: int = 0) -> None:
         if key == self.fail_on:
             raise BpfError("map cilia_lb_services_v1: update", 7)  # E2BIG: the map is full
-        self.entries[key] = value
-
-    def delete(self, key: bytes) -> bool:
-        return self.entries.pop(key, None) is not None
-
-    def items(self) -> list[tuple[bytes, bytes]]:
-        return list(self.entries.items())
+        super().update(key, value, flags)
 
 
-def fake_maps(fail_on: bytes | None = None) -> tuple[lbm.LbMaps, dict[str, FakeMap]]:
-    maps = {name: FakeMap(fail_on if name == lbm.SERVICES_NAME else None) for name in lbm.NAMES}
+def fake_maps(fail_on: bytes | None = None) -> tuple[lbm.LbMaps, dict[str, FailingMap]]:
+    maps = {name: FailingMap(fail_on if name == lbm.SERVICES_NAME else None) for name in lbm.NAMES}
     return lbm.LbMaps({n: cast(BpfMap, m) for n, m in maps.items()}, maglev_size=7), maps
 
 
@@ -137,15 +134,15 @@ def test_written_entries_read_back_as_written() -> None:
                   Put(LbTable.SERVICES, MASTER, WANTED.services[MASTER])]
     assert maps.write(operations) == 5
     assert maps.entries() == WANTED
-    assert raw[lbm.BACKENDS_NAME].entries == {lbm.pack_id(1): lbm.pack_backend(WANTED.backends[1])}
+    assert raw[lbm.BACKENDS_NAME].data == {lbm.pack_id(1): lbm.pack_backend(WANTED.backends[1])}
     assert maps.write([Remove(LbTable.SERVICES, MASTER), Remove(LbTable.MAGLEV, 2)]) == 2
     assert MASTER not in maps.entries().services and maps.entries().maglev == {}
 
 
 def test_an_entry_that_does_not_decode_is_left_out_of_what_is_read() -> None:
     maps, raw = fake_maps()
-    raw[lbm.BACKENDS_NAME].entries[lbm.pack_id(3)] = lbm.BackendValue(ip("10.0.0.3"), 80, 6, 9).pack()
-    raw[lbm.BACKENDS_NAME].entries[lbm.pack_id(4)] = lbm.pack_backend(BackendEntry(ip("10.0.0.4"), 80, 6))
+    raw[lbm.BACKENDS_NAME].data[lbm.pack_id(3)] = lbm.BackendValue(ip("10.0.0.3"), 80, 6, 9).pack()
+    raw[lbm.BACKENDS_NAME].data[lbm.pack_id(4)] = lbm.pack_backend(BackendEntry(ip("10.0.0.4"), 80, 6))
     assert maps.entries().backends == {4: BackendEntry(ip("10.0.0.4"), 80, 6)}
 
 
@@ -154,7 +151,7 @@ def test_a_failed_map_operation_is_an_lb_map_error_after_the_ones_before_it() ->
     with pytest.raises(LbMapError, match="cilia_lb_services_v1: update"):
         maps.write([Put(LbTable.SERVICES, MASTER.at(1), SlotEntry(1)), Put(LbTable.SERVICES, MASTER,
                                                                           WANTED.services[MASTER])])
-    assert list(raw[lbm.SERVICES_NAME].entries) == [lbm.pack_slot_key(MASTER.at(1))]
+    assert list(raw[lbm.SERVICES_NAME].data) == [lbm.pack_slot_key(MASTER.at(1))]
 
 
 def test_a_bug_is_not_disguised_as_a_map_error() -> None:
@@ -167,7 +164,7 @@ def test_affinity_entries_are_read_and_deleted_by_typed_key() -> None:
     maps, raw = fake_maps()
     by_address, by_netns = AffinityKey(2, ip("10.0.0.9")), AffinityKey(2, 77)
     for key, value in ((by_address, (1, 100)), (by_netns, (1, 50))):
-        raw[lbm.AFFINITY_NAME].entries[lbm.pack_affinity_key(key)] = lbm._AFFINITY_VALUE.pack(*value)
+        raw[lbm.AFFINITY_NAME].data[lbm.pack_affinity_key(key)] = lbm._AFFINITY_VALUE.pack(*value)
     assert maps.affinity() == {by_address: AffinityEntry(1, 100), by_netns: AffinityEntry(1, 50)}
     assert maps.delete_affinity([by_netns, AffinityKey(3, 77)]) == 1
     assert maps.affinity() == {by_address: AffinityEntry(1, 100)}

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import ipaddress
 import struct
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,27 +21,9 @@ from cilia.lb.model import ServiceName
 from cilia.maps import lb as lbm
 from cilia.resources.kinds import CORE_KINDS, KindRegistry
 from cilia.resources.store import LocalStore
+from cilia.testing.fakes import FakeMap
 
 KINDS = KindRegistry([*CORE_KINDS, *cilia.lb.kinds.KINDS])
-
-
-class FakeMap:
-    """A BPF map's interface over a dict, counting writes."""
-
-    def __init__(self) -> None:
-        self.data: dict[bytes, bytes] = {}
-        self.writes = 0
-
-    def update(self, key: bytes, value: bytes) -> None:
-        self.data[key] = value
-        self.writes += 1
-
-    def delete(self, key: bytes) -> bool:
-        self.writes += 1
-        return self.data.pop(key, None) is not None
-
-    def items(self) -> Iterator[tuple[bytes, bytes]]:
-        return iter(list(self.data.items()))
 
 
 class FakeDatapath:

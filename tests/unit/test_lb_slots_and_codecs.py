@@ -27,6 +27,7 @@ from cilia.maps.lb import (
     pack_maglev,
     unpack_maglev,
 )
+from cilia.testing.fakes import FakeMap, MapLog
 
 ip = ipaddress.ip_address
 
@@ -251,28 +252,8 @@ def test_maglev_table_round_trip_and_length_check() -> None:
 # --- LbMaps.apply ordering -------------------------------------------------------------------------
 
 
-class FakeMap:
-    """update/delete/items like a BpfMap, recording every call in a log shared by all maps."""
-
-    def __init__(self, name: str, log: list[tuple[str, str, bytes]]) -> None:
-        self.name = name
-        self.log = log
-        self.entries: dict[bytes, bytes] = {}
-
-    def update(self, key: bytes, value: bytes) -> None:
-        self.log.append((self.name, "update", key))
-        self.entries[key] = value
-
-    def delete(self, key: bytes) -> bool:
-        self.log.append((self.name, "delete", key))
-        return self.entries.pop(key, None) is not None
-
-    def items(self) -> list[tuple[bytes, bytes]]:
-        return list(self.entries.items())
-
-
-def fake_lb_maps() -> tuple[LbMaps, list[tuple[str, str, bytes]]]:
-    log: list[tuple[str, str, bytes]] = []
+def fake_lb_maps() -> tuple[LbMaps, MapLog]:
+    log: MapLog = []
     maps = {name: cast(BpfMap, FakeMap(name, log)) for name in lbm.NAMES}
     return LbMaps(maps, maglev_size=7), log
 

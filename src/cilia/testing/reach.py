@@ -1,10 +1,18 @@
-"""Reachability matrices for policy tests: every source probes all its targets in parallel, and
-all sources run at once, so a 9 x 9 x 3 matrix takes about one probe timeout."""
+"""The reachability oracle the policy tests stand on: who reaches whom, probed for real through a
+running lab, set against what is expected.
+
+Every source runs one probe process in its own netns (`python -m cilia.lab.probe --many`), all
+sources at once, each probing all its targets in parallel, so a full 3 namespaces x 3 pods x 3 ports
+matrix takes about one probe timeout. TCP counts as reached when connect() succeeds, UDP when the
+server's reply arrives. The shared policy topology (namespaces x, y, z with pods a, b, c) is here
+too, with the names of its pods and ports.
+"""
 
 from __future__ import annotations
 
 import json
 import subprocess
+from collections.abc import Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
@@ -27,7 +35,8 @@ Key = tuple[str, str, int, str]  # source, target, port, protocol
 
 
 def policy_topology() -> dict[str, Any]:
-    """Three namespaces x three pods serving tcp 80, tcp 81 and udp 80, plus one external host."""
+    """Namespaces x, y, z ({ns: x} ...), pods a, b, c in each ({pod: a} ...) serving tcp 80, tcp 81 and
+    udp 80, and the external host world1 serving tcp 80: the dict `parse_topology` takes."""
     return {
         "nodes": [{"name": "n1", "podCIDRv4": "10.200.1.0/24", "podCIDRv6": "fd00:200:1::/64"}],
         "namespaces": [{"name": ns, "labels": {"ns": ns}} for ns in NAMESPACES],
@@ -48,6 +57,7 @@ def pod_targets() -> list[Target]:
 
 
 def probe_row(lab: Lab, source: str, targets: list[Target], timeout: float, ipv6: bool = False) -> dict[Key, bool]:
+    """One source probes all its targets in parallel, in one process in its namespace."""
     request = [{"to": lab.address_of(t.name, ipv6), "port": t.port, "protocol": t.protocol} for t in targets]
     command = in_netns(lab.netns_of(source), PYTHON, "-m", "cilia.lab.probe", "--many", json.dumps(request),
                        "--timeout", str(timeout))
@@ -56,13 +66,19 @@ def probe_row(lab: Lab, source: str, targets: list[Target], timeout: float, ipv6
         answers: list[dict[str, Any]] = json.loads(result.stdout.strip().splitlines()[-1])
     except (IndexError, json.JSONDecodeError) as exc:
         raise RuntimeError(f"probes from {source} failed: {result.stderr.strip()}") from exc
-    return {(source, t.name, t.port, t.protocol): a["verdict"] == "connected" for t, a in zip(targets, answers,
-                                                                                              strict=True)}
+    return {(source, t.name, t.port, t.protocol): a["verdict"] == "connected"
+            for t, a in zip(targets, answers, strict=True)}
 
 
-def probe_matrix(lab: Lab, rows: dict[str, list[Target]], timeout: float = 1.0,
-                 ipv6: bool = False) -> dict[Key, bool]:
-    """rows: source -> the targets it probes. Returns reachability per (source, target, port, protocol)."""
+def probe_rows(lab: Lab, rows: Mapping[str, list[Target]], timeout: float = 1.0,
+               ipv6: bool = False) -> dict[Key, bool]:
+    """Each source with its own targets (say world1 -> pods tcp 80 next to pod -> pod on all ports):
+    (source, target, port, protocol) -> reached. All sources at once.
+
+    With ipv6, first waits (bounded) for the nodes' duplicate address detection: right after a pod is
+    added, the node's first IPv6 packet to it would otherwise wait out a neighbour retry."""
+    if ipv6:
+        lab.wait_ipv6_settled()
     found: dict[Key, bool] = {}
     with ThreadPoolExecutor(max_workers=max(1, len(rows))) as pool:
         for part in pool.map(lambda item: probe_row(lab, item[0], item[1], timeout, ipv6), rows.items()):
@@ -70,12 +86,25 @@ def probe_matrix(lab: Lab, rows: dict[str, list[Target]], timeout: float = 1.0,
     return found
 
 
+def probe_matrix(lab: Lab, sources: list[str], targets: list[Target], timeout: float = 1.0,
+                 ipv6: bool = False) -> dict[Key, bool]:
+    """Every source probes every target."""
+    return probe_rows(lab, {source: list(targets) for source in sources}, timeout=timeout, ipv6=ipv6)
+
+
+def expect_all(keys: Iterable[Key], reachable: bool = True) -> dict[Key, bool]:
+    """An expectation table with one verdict everywhere, to start from and then override."""
+    return dict.fromkeys(keys, reachable)
+
+
 def format_mismatches(expected: dict[Key, bool], actual: dict[Key, bool]) -> str:
+    """One line per key whose verdict differs (a key missing from `actual` is always one: nothing
+    unprobed passes)."""
     lines = []
     for key in sorted(expected):
         if actual.get(key) != expected[key]:
             source, target, port, protocol = key
+            got = "not probed" if key not in actual else "reachable" if actual[key] else "blocked"
             lines.append(f"  {source} -> {target}:{port}/{protocol}: expected "
-                         f"{'reachable' if expected[key] else 'blocked'}, got "
-                         f"{'reachable' if actual.get(key) else 'blocked'}")
+                         f"{'reachable' if expected[key] else 'blocked'}, got {got}")
     return "\n".join(lines)

@@ -1,12 +1,11 @@
 """A node's worth of service datapath for BPF_PROG_RUN: two endpoints' bpf_lxc instances (client
-POD, backend PEER) and bpf_host, sharing one set of pins, plus packet builders and a parser that
-checks checksums. Used by tests/kernel/test_lb_packets.py and bench/lb_cost.py."""
+POD, backend PEER) and bpf_host, sharing one set of pins, with services written the way the agent
+writes them. Used by tests/kernel/test_lb_packets.py and bench/lb_cost.py; the packets to run
+through it come from cilia.testing.packets."""
 
 from __future__ import annotations
 
 import ipaddress
-import struct
-from dataclasses import dataclass
 from pathlib import Path
 
 from cilia.bpf import BpfObject
@@ -16,77 +15,29 @@ from cilia.maps import lb as lbm
 from cilia.maps.endpoints import EndpointInfo, EndpointsMap
 from cilia.maps.policy import PolicyMaps
 from cilia.policy.mapstate import DirectionState, MapState
-from tests.kernel.packets import csum, mac
+from cilia.testing.packets import (
+    LXC_MAC,
+    PEER,
+    PEER6,
+    PEER_LXC_MAC,
+    PEER_MAC,
+    POD,
+    POD6,
+    POD_MAC,
+    ROUTER,
+    ROUTER6,
+)
 
-TC_ACT_OK, TC_ACT_SHOT, TC_ACT_REDIRECT = 0, 2, 7
-POD_MAC, LXC_MAC = "02:00:00:00:00:02", "02:00:00:00:00:01"
-PEER_MAC, PEER_LXC_MAC = "02:00:00:00:00:04", "02:00:00:00:00:03"
-POD, PEER = "10.200.1.2", "10.200.1.3"
-POD6, PEER6 = "fd00:200:1::2", "fd00:200:1::3"
 VIP, VIP6, EMPTY_VIP = "10.96.0.10", "fd00:96::10", "10.96.0.12"
 NODE, CLIENT = "192.0.2.11", "198.51.100.10"
 MAGLEV_M = 251
-Address = ipaddress.IPv4Address | ipaddress.IPv6Address
-
-
-def tcp_packet(src: str, dst: str, sport: int, dport: int, flags: int = 0x02, seq: int = 1000,
-               eth: tuple[str, str] = (LXC_MAC, POD_MAC)) -> bytes:
-    """Ethernet + IPv4/IPv6 + TCP with every checksum computed (CHECKSUM_NONE, as BPF_PROG_RUN sees it)."""
-    s, d = ipaddress.ip_address(src), ipaddress.ip_address(dst)
-    tcp = struct.pack("!HHIIBBHHH", sport, dport, seq, 0, 0x50, flags, 65535, 0, 0)
-    pseudo = _pseudo(s, d, len(tcp))
-    tcp = tcp[:16] + struct.pack("!H", csum(pseudo + tcp)) + tcp[18:]
-    if s.version == 4:
-        ip = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(tcp), 1, 0, 64, 6, 0, s.packed, d.packed)
-        ip = ip[:10] + struct.pack("!H", csum(ip)) + ip[12:]
-        ethertype = b"\x08\x00"
-    else:
-        ip = struct.pack("!IHBB16s16s", 6 << 28, len(tcp), 6, 64, s.packed, d.packed)
-        ethertype = b"\x86\xdd"
-    return mac(eth[0]) + mac(eth[1]) + ethertype + ip + tcp
-
-
-def _pseudo(src: Address, dst: Address, length: int) -> bytes:
-    if src.version == 4:
-        return src.packed + dst.packed + struct.pack("!BBH", 0, 6, length)
-    return src.packed + dst.packed + struct.pack("!I3xB", length, 6)
-
-
-@dataclass(frozen=True)
-class Parsed:
-    src: Address
-    dst: Address
-    sport: int
-    dport: int
-    seq: int
-    ack: int
-    flags: int
-    ip_ok: bool
-    tcp_ok: bool
-
-
-def parse(packet: bytes) -> Parsed:
-    """The addresses, ports and flags of an output packet, and whether both checksums verify."""
-    src: Address
-    dst: Address
-    if packet[12:14] == b"\x08\x00":
-        ip, l4 = packet[14:34], packet[34:]
-        src, dst = ipaddress.IPv4Address(ip[12:16]), ipaddress.IPv4Address(ip[16:20])
-        ip_ok = csum(ip) == 0
-    else:
-        ip, l4 = packet[14:54], packet[54:]
-        src, dst = ipaddress.IPv6Address(ip[8:24]), ipaddress.IPv6Address(ip[24:40])
-        ip_ok = True
-    sport, dport, seq, ack, _off, flags = struct.unpack_from("!HHIIBB", l4)
-    tcp_ok = csum(_pseudo(src, dst, len(l4)) + l4) == 0
-    return Parsed(src, dst, sport, dport, seq, ack, flags, ip_ok, tcp_ok)
 
 
 def endpoint_config(endpoint_id: int, pod: str, pod6: str, pod_mac: str, lxc_mac: str) -> EndpointConfig:
     return EndpointConfig(
         endpoint_id=endpoint_id, identity=255 + endpoint_id, lxc_ifindex=2 + 2 * endpoint_id, lxc_mac=lxc_mac,
         pod_mac=pod_mac, pod_ipv4=ipaddress.IPv4Address(pod), pod_ipv6=ipaddress.IPv6Address(pod6),
-        router_ipv4=ipaddress.IPv4Address("10.200.1.1"), router_ipv6=ipaddress.IPv6Address("fd00:200:1::1"),
+        router_ipv4=ipaddress.IPv4Address(ROUTER), router_ipv6=ipaddress.IPv6Address(ROUTER6),
         aggregation=0)
 
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
+from cilia.identity.reserved import ReservedIdentity
 from cilia.policy.errors import PolicyMapOverflow
 from cilia.policy.resolve import Decision, DirectionPolicy, EndpointPolicy, Verdict
 from cilia.policy.rules import CidrPeer, Direction, EntityPeer, Entry, IdentityView, PortRange, SelectorPeer
@@ -86,7 +87,7 @@ class MapState:
         state = self.direction(direction)
         if not state.lookup:
             return Decision(Verdict.ALLOWED, 0, enforced=False)
-        if direction is Direction.INGRESS and identity == 1 and self.allow_host_ingress:
+        if direction is Direction.INGRESS and identity == ReservedIdentity.HOST and self.allow_host_ingress:
             return Decision(Verdict.ALLOWED, 0)
         klass = state.classes.get(identity, 0)
         best: tuple[PortKey, PortValue] | None = None
@@ -123,7 +124,7 @@ class PeerIndex:
         elif isinstance(peer, EntityPeer):
             candidates = self.universe
         else:
-            candidates = self._cidr_candidates(peer) + [i for i in self._reserved if i.id == 2]
+            candidates = self._cidr_candidates(peer) + [i for i in self._reserved if i.id == ReservedIdentity.WORLD]
         result = frozenset(i.id for i in candidates if peer.matches(i))
         self._cache[peer] = result
         return result

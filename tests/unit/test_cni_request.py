@@ -121,6 +121,8 @@ def test_refused_address_code_follows_where_the_runtime_put_it() -> None:
         ({}, {"runtimeConfig": []}, 7, '"runtimeConfig"'),
         ({}, {"args": {"cni": []}}, 7, '"args.cni"'),
         ({}, {"args": {"cni": {"ips": ["x"]}}}, 7, '"args.cni.ips[0]"'),
+        ({}, {"agentSocket": "/run/\0x"}, 7, '"agentSocket"'),
+        ({}, {"logFile": "/tmp/\0x"}, 7, '"logFile"'),
     ],
 )
 def test_add_parameters_are_checked_with_the_right_code(env: dict[str, str], conf: dict[str, object], code: int,
@@ -139,3 +141,13 @@ def test_check_and_gc_read_their_lists_with_the_right_code() -> None:
     with pytest.raises(CniError, match="valid-attachments") as info:
         parse_request(gc, json.dumps(json.loads(CONF) | {"cni.dev/valid-attachments": [{"ifname": "eth0"}]}))
     assert info.value.code == 7
+
+
+def test_executable_answers_json_when_its_log_file_cannot_be_opened() -> None:
+    exe = os.path.join(os.path.dirname(sys.executable), "cilia-cni")
+    conf = {"cniVersion": "1.0.0", "name": "cilia", "agentSocket": "/nonexistent/cilia.sock",
+            "logFile": "/nonexistent/dir/cilia-cni.log"}
+    out = subprocess.run([exe], env={**os.environ, "CNI_COMMAND": "STATUS"}, input=json.dumps(conf),
+                         capture_output=True, text=True, check=False, timeout=60)
+    assert out.returncode == 1 and json.loads(out.stdout)["code"] == 50, (out.stdout, out.stderr)
+    assert "cannot log to /nonexistent/dir/cilia-cni.log" in out.stderr

@@ -145,8 +145,11 @@ def main() -> None:
         assert request.conf is not None
         version = request.conf.cni_version
         if request.conf.log_file:
-            logging.basicConfig(filename=request.conf.log_file, level=logging.INFO,
-                                format="%(asctime)s %(levelname)s %(message)s")
+            try:
+                logging.basicConfig(filename=request.conf.log_file, level=logging.INFO,
+                                    format="%(asctime)s %(levelname)s %(message)s")
+            except OSError as exc:  # a log we cannot write must not fail the command: stderr is for logs
+                sys.stderr.write(f"cilia-cni: cannot log to {request.conf.log_file}: {exc}\n")
         output = run(request)
         if output is not None:
             sys.stdout.write(output + "\n")

@@ -22,8 +22,8 @@ COMMANDS = {"ADD", "DEL", "CHECK", "VERSION", "STATUS", "GC"}
 K8S_ARGS = {"K8S_POD_NAMESPACE", "K8S_POD_NAME", "K8S_POD_INFRA_CONTAINER_ID", "K8S_POD_UID"}
 KNOWN_ARGS = K8S_ARGS | {"IgnoreUnknown", "MAC", "IP"}
 # The spec's CNI_CONTAINERID: alphanumeric first, then alphanumerics, '_', '.', '-'.
-CONTAINER_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
-MAC = re.compile(r"^[0-9A-Fa-f]{2}(:[0-9A-Fa-f]{2}){5}$")
+CONTAINER_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*\Z")
+MAC = re.compile(r"^[0-9A-Fa-f]{2}(:[0-9A-Fa-f]{2}){5}\Z")
 IFNAMSIZ = 16  # Linux: an interface name is at most 15 bytes
 
 
@@ -100,11 +100,11 @@ def parse_netconf(stdin: str) -> NetConf:
     if mtu is not None and (not isinstance(mtu, int) or isinstance(mtu, bool) or not 576 <= mtu <= 65535):
         raise CniError(INVALID_NETWORK_CONFIG, 'network config: field "mtu": must be an integer 576-65535')
     socket = raw.get("agentSocket")
-    if socket is not None and (not isinstance(socket, str) or not socket.startswith("/")):
+    if socket is not None and (not isinstance(socket, str) or not socket.startswith("/") or "\0" in socket):
         raise CniError(INVALID_NETWORK_CONFIG, 'network config: field "agentSocket": must be an absolute path')
     log_file = raw.get("logFile")
-    if log_file is not None and not isinstance(log_file, str):
-        raise CniError(INVALID_NETWORK_CONFIG, 'network config: field "logFile": must be a string')
+    if log_file is not None and (not isinstance(log_file, str) or "\0" in log_file):
+        raise CniError(INVALID_NETWORK_CONFIG, 'network config: field "logFile": must be a path (a string)')
     runtime_config = raw.get("runtimeConfig")
     if runtime_config is not None and not isinstance(runtime_config, dict):
         raise CniError(INVALID_NETWORK_CONFIG, 'network config: field "runtimeConfig": must be an object')

@@ -6,8 +6,8 @@ message names the object (kind and name, when they are readable) and the field. 
 (TypeError, AttributeError, KeyError, a ValueError leaking from ipaddress, ...) is a crash that
 the API would answer with 500 and the CNI plugin with a traceback.
 
-Runs are derandomized (a fixed seed per test), so a failure reproduces; CILIA_FUZZ_EXAMPLES
-raises the number of examples for a longer local hunt.
+Runs are derandomized (a fixed seed per test), so a failure reproduces; for a longer local hunt,
+CILIA_FUZZ_EXAMPLES raises the number of examples and CILIA_FUZZ_RANDOM=1 draws new ones each run.
 """
 
 from __future__ import annotations
@@ -24,7 +24,8 @@ from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 
 EXAMPLES = int(os.environ.get("CILIA_FUZZ_EXAMPLES", "200"))
-FUZZ = settings(max_examples=EXAMPLES, deadline=None, derandomize=True, database=None,
+FUZZ = settings(max_examples=EXAMPLES, deadline=None, derandomize=not os.environ.get("CILIA_FUZZ_RANDOM"),
+                database=None,
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 
 Path = tuple[str | int, ...]

@@ -19,10 +19,12 @@ PLUGIN = os.path.join(os.path.dirname(sys.executable), "cilia-cni")
 NETNS = "cilia-pod-cni-cycles"
 
 
-def cni(command: str, container_id: str, netns: str, args: str = "", version: str = "1.0.0") -> tuple[int, Any]:
+def cni(command: str, container_id: str, netns: str, args: str = "", version: str = "1.0.0",
+        conf_extra: dict[str, Any] | None = None) -> tuple[int, Any]:
     env = {**os.environ, "CNI_COMMAND": command, "CNI_CONTAINERID": container_id, "CNI_IFNAME": "eth0",
            "CNI_NETNS": netns, "CNI_PATH": "/opt/cni/bin", "CNI_ARGS": args}
-    conf = {"cniVersion": version, "name": "cilia", "type": "cilia-cni", "agentSocket": str(NodePaths("n1").socket)}
+    conf = {"cniVersion": version, "name": "cilia", "type": "cilia-cni", "agentSocket": str(NodePaths("n1").socket),
+            **(conf_extra or {})}
     result = subprocess.run([PLUGIN], input=json.dumps(conf), env=env, capture_output=True, text=True, timeout=60,
                             check=False)
     return result.returncode, json.loads(result.stdout) if result.stdout.strip() else None
@@ -68,18 +70,21 @@ def test_add_check_del_cycles_leak_nothing(lab: Lab, netns: str) -> None:
     assert code == 0
 
 
+# The CNI spec's codes: 4 invalid environment (CNI_ARGS is one), 5 I/O error, 7 invalid network config.
 @pytest.mark.parametrize(
-    ("args", "netns_path", "expected_code", "message"),
+    ("args", "conf_extra", "netns_path", "expected_code", "message"),
     [
-        ("IP=10.99.0.5", None, 7, "outside"),  # requested IP outside the pod CIDR
-        ("IP=10.200.1.1", None, 7, "reserved"),  # the router's address
-        ("", "/run/netns/cilia-does-not-exist", 5, "does not exist"),  # netns vanished mid-ADD
+        ("IP=10.99.0.5", None, None, 4, "CNI_ARGS: ipv4: 10.99.0.5 is outside"),  # requested IP outside the CIDR
+        ("IP=10.200.1.1", None, None, 4, "reserved"),  # the router's address
+        ("IP=10.200.1.300", None, None, 4, "CNI_ARGS: IP"),  # not an address: refused by the plugin itself
+        ("", {"runtimeConfig": {"ips": ["10.99.0.5/24"]}}, None, 7, "network config: ipv4: 10.99.0.5 is outside"),
+        ("", None, "/run/netns/cilia-does-not-exist", 5, "does not exist"),  # netns vanished mid-ADD
     ],
 )
-def test_failed_add_leaves_nothing(lab: Lab, netns: str, args: str, netns_path: str | None, expected_code: int,
-                                   message: str) -> None:
+def test_failed_add_leaves_nothing(lab: Lab, netns: str, args: str, conf_extra: dict[str, Any] | None,
+                                   netns_path: str | None, expected_code: int, message: str) -> None:
     before = snapshot(lab)
-    code, error = cni("ADD", "cilia-failing", netns_path or netns, args)
+    code, error = cni("ADD", "cilia-failing", netns_path or netns, args, conf_extra=conf_extra)
     assert code == 1 and error["code"] == expected_code and message in error["msg"], error
     assert snapshot(lab) == before
     assert lab.exec("n1", ["ip", "-o", "link"]).stdout.count("tmp") == 0

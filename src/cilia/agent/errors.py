@@ -1,14 +1,19 @@
-"""Errors the agent's API answers with: an HTTP status plus a CNI-compatible error body."""
+"""Errors the agent's API answers with: an HTTP status plus a CNI-compatible error body.
+
+The CNI codes are the spec's, defined once in `cilia.cni.spec`; the plugin passes a code below
+100 through to the runtime unchanged, so a wrong number here is a wrong meaning there.
+"""
 
 from __future__ import annotations
 
 from cilia.api.models import ErrorBody
+from cilia.cni import spec
 
-# CNI spec error codes the plugin passes through unchanged.
-CNI_INVALID_NETWORK_CONFIG = 4
-CNI_UNKNOWN_CONTAINER = 5
-CNI_INVALID_ENV = 7
-CNI_TRY_AGAIN_LATER = 11
+# CNI spec error codes the plugin passes through unchanged (values from cilia.cni.spec).
+CNI_UNKNOWN_CONTAINER = spec.UNKNOWN_CONTAINER
+CNI_INVALID_ENV = spec.INVALID_ENV  # a request parameter the runtime passed (CNI_ARGS IP=, MAC=) is unusable
+CNI_INVALID_NETWORK_CONFIG = spec.INVALID_NETWORK_CONFIG
+CNI_TRY_AGAIN_LATER = spec.TRY_AGAIN_LATER
 # cilia's own codes (100 and up, as the spec reserves them for plugins).
 CILIA_IPAM_EXHAUSTED = 101
 CILIA_DATAPATH = 102

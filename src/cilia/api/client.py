@@ -22,6 +22,7 @@ from cilia.api.models import (
     NodeStatus,
     PolicyWaitResult,
 )
+from cilia.cni.spec import INVALID_NETWORK_CONFIG
 
 
 class AgentUnavailable(Exception):
@@ -70,7 +71,7 @@ def _error_body(response: httpx.Response) -> ErrorBody:
         for item in detail:
             location = ".".join(str(p) for p in item.get("loc", []) if p != "body")
             parts.append(f"field {location!r}: {item.get('msg')}")
-        return ErrorBody(code=7, message="invalid request: " + "; ".join(parts))
+        return ErrorBody(code=INVALID_NETWORK_CONFIG, message="invalid request: " + "; ".join(parts))
     return ErrorBody(code=199, message=str(detail))
 
 

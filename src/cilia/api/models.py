@@ -19,9 +19,10 @@ class Strict(BaseModel):
 class ErrorBody(Strict):
     """Every non-2xx answer of the API carries this body.
 
-    `code` follows the CNI spec's error codes where one fits (so the plugin can pass it through):
-    4 invalid network config, 5 container unknown, 7 invalid env/args, 11 try again later,
-    100+ cilia's own (101 IPAM exhausted, 102 datapath error, 103 netlink error).
+    `code` follows the CNI spec's error codes (`cilia.cni.spec`) where one fits, so the plugin can
+    pass it through: 3 unknown container, 4 invalid environment (CNI_ARGS), 7 invalid network
+    config, 11 try again later; 100+ are cilia's own (`cilia.agent.errors`: 101 IPAM exhausted,
+    102 datapath error, 103 netlink error, 104 invalid object, 105 not found).
     """
 
     code: int

@@ -12,10 +12,18 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from cilia.cni.request import CniRequest, parse_request, requested_ips, requested_mac
+from cilia.cni.request import (
+    CniRequest,
+    parse_request,
+    prev_result_addresses,
+    requested_ips,
+    requested_mac,
+    valid_attachments,
+)
 from cilia.cni.result import render_result
 from cilia.cni.spec import (
     DEFAULT_VERSION,
+    INVALID_ENV,
     INVALID_NETWORK_CONFIG,
     IO_ERROR,
     PLUGIN_NOT_AVAILABLE,
@@ -85,11 +93,7 @@ def run(request: CniRequest) -> str | None:
                 client.healthz()
                 return None
             if request.command == "GC":
-                attachments = conf.raw.get("cni.dev/valid-attachments", []) or []
-                client.gc(GcRequest(valid_attachments=[
-                    {"containerID": str(a.get("containerID", "")), "ifname": str(a.get("ifname", "eth0"))}
-                    for a in attachments if isinstance(a, dict)
-                ]))
+                client.gc(GcRequest(valid_attachments=valid_attachments(conf)))
                 return None
     except AgentUnavailable as exc:
         if request.command == "DEL":
@@ -99,21 +103,33 @@ def run(request: CniRequest) -> str | None:
         raise CniError(PLUGIN_NOT_AVAILABLE if request.command == "STATUS" else TRY_AGAIN_LATER,
                        str(exc)) from exc
     except AgentError as exc:
-        code = exc.body.code if exc.body.code < 100 else IO_ERROR if exc.status >= 500 else INVALID_NETWORK_CONFIG
-        raise CniError(code if code != 5 else IO_ERROR, exc.body.message, exc.body.details) from exc
+        raise agent_error(request, exc.status, exc.body.code, exc.body.message, exc.body.details) from exc
     return None
 
 
+def agent_error(request: CniRequest, status: int, code: int, message: str, details: str = "") -> CniError:
+    """The CNI error for an agent's error answer. A spec code (below 100) passes through, with one
+    refinement: the agent says INVALID_ENV when it cannot give a requested address, not knowing where
+    the runtime put it; the plugin does, and an address from the network config (runtimeConfig.ips,
+    args.cni.ips) is INVALID_NETWORK_CONFIG. cilia's own codes become IO_ERROR for a failure on the
+    node (5xx) and INVALID_NETWORK_CONFIG for a refused request (4xx)."""
+    if code == INVALID_ENV:
+        if request.ips_origin == "network config":
+            return CniError(INVALID_NETWORK_CONFIG, f"network config: {message}", details)
+        return CniError(INVALID_ENV, f"CNI_ARGS: {message}" if request.ips_origin else message, details)
+    if code < 100:
+        return CniError(code, message, details)
+    return CniError(IO_ERROR if status >= 500 else INVALID_NETWORK_CONFIG, message, details)
+
+
 def _check_prev_result(prev: dict[str, Any] | None, mac: str, ipv4: str | None, ipv6: str | None) -> None:
-    if not prev:
-        return
+    have, interfaces = prev_result_addresses(prev)
     want = {f"{ipv4}/32" if ipv4 else "", f"{ipv6}/128" if ipv6 else ""} - {""}
-    have = {str(ip.get("address")) for ip in prev.get("ips", []) or [] if isinstance(ip, dict)}
     if have and have != want:
         raise CniError(INVALID_NETWORK_CONFIG, f"CHECK: prevResult ips {sorted(have)} differ from the endpoint's "
                        f"{sorted(want)}")
-    for interface in prev.get("interfaces", []) or []:
-        if isinstance(interface, dict) and interface.get("sandbox") and interface.get("mac") not in (None, mac):
+    for interface in interfaces:
+        if interface.get("sandbox") and interface.get("mac") not in (None, mac):
             raise CniError(INVALID_NETWORK_CONFIG, f"CHECK: prevResult mac {interface.get('mac')} differs from {mac}")
 
 
@@ -129,8 +145,11 @@ def main() -> None:
         assert request.conf is not None
         version = request.conf.cni_version
         if request.conf.log_file:
-            logging.basicConfig(filename=request.conf.log_file, level=logging.INFO,
-                                format="%(asctime)s %(levelname)s %(message)s")
+            try:
+                logging.basicConfig(filename=request.conf.log_file, level=logging.INFO,
+                                    format="%(asctime)s %(levelname)s %(message)s")
+            except OSError as exc:  # a log we cannot write must not fail the command: stderr is for logs
+                sys.stderr.write(f"cilia-cni: cannot log to {request.conf.log_file}: {exc}\n")
         output = run(request)
         if output is not None:
             sys.stdout.write(output + "\n")

@@ -9,6 +9,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from cilia.hostport import host_port
+from cilia.identity.reserved import ReservedIdentity
 from cilia.monitor.events import EVENT_DROP, EVENT_TRACE, MonitorEvent, SockEvent
 
 Flow = dict[str, Any]
@@ -180,7 +181,7 @@ class FlowBuilder:
         if event.is_drop and event.drop_reason_name == "POLICY_NOT_INSTALLED":
             return {"decision": "policy not installed (fail closed)"}
         if event.is_policy_verdict and event.policy_verdict == "allowed":
-            return {"decision": "allow-localhost" if event.src_identity == 1 else "no enforcement"}
+            return {"decision": "allow-localhost" if event.src_identity == ReservedIdentity.HOST else "no enforcement"}
         return {"decision": "default deny"}
 
 

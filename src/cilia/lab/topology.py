@@ -93,60 +93,95 @@ class Topology:
         raise TopologyError(f"no node named {name!r}")
 
 
+def _list(raw: Any, where: str) -> list[Any]:
+    if raw is None:
+        return []
+    if not isinstance(raw, list):
+        raise TopologyError(f"{where}: must be a list")
+    return raw
+
+
+def _labels(raw: Any, where: str) -> dict[str, str]:
+    """A map of labels; scalar values are read as strings, as before ({team: 1} is team=1)."""
+    if raw is None:
+        return {}
+    scalar = str | int | float | bool
+    if not isinstance(raw, dict) or not all(isinstance(k, scalar) and isinstance(v, scalar) for k, v in raw.items()):
+        raise TopologyError(f"{where}: must be a map of strings")
+    return {str(k): str(v) for k, v in raw.items()}
+
+
 def _ports(raw: Any, where: str) -> tuple[PortSpec, ...]:
     ports = []
-    for i, entry in enumerate(raw or []):
-        if not isinstance(entry, dict) or not isinstance(entry.get("port"), int) or not 1 <= entry["port"] <= 65535:
-            raise TopologyError(f"{where}.ports[{i}]: field 'port' must be an integer 1-65535")
+    for i, entry in enumerate(_list(raw, f"{where}.ports")):
+        number = entry.get("port") if isinstance(entry, dict) else None
+        if isinstance(number, bool) or not isinstance(number, int) or not 1 <= number <= 65535:
+            raise TopologyError(f"{where}.ports[{i}].port: must be an integer 1-65535")
         protocol = str(entry.get("protocol", "tcp")).lower()
         if protocol not in ("tcp", "udp", "http"):
             raise TopologyError(f"{where}.ports[{i}].protocol: {protocol!r} is not tcp, udp or http")
-        ports.append(PortSpec(entry["port"], protocol, entry.get("name")))
+        name = entry.get("name")
+        if name is not None and not isinstance(name, str):
+            raise TopologyError(f"{where}.ports[{i}].name: must be a string")
+        ports.append(PortSpec(number, protocol, name))
     return tuple(ports)
 
 
+def _network(raw: Any, default: str, where: str, version: int) -> Any:
+    text = default if raw is None else raw
+    if not isinstance(text, str):
+        raise TopologyError(f"{where}: must be an IPv{version} CIDR string")
+    try:
+        return ipaddress.IPv4Network(text) if version == 4 else ipaddress.IPv6Network(text)
+    except ValueError as exc:
+        raise TopologyError(f"{where}: {exc}") from exc
+
+
 def parse_topology(data: Any, source: str = "topology") -> Topology:
+    """Every error names the source and the field (`lab.yaml: pods[1].namespace: ...`)."""
     if not isinstance(data, dict):
         raise TopologyError(f"{source}: must be a mapping with nodes, namespaces, pods, externals")
-    unknown = set(data) - {"nodes", "namespaces", "pods", "externals"}
+    unknown = set(map(str, data)) - {"nodes", "namespaces", "pods", "externals"}
     if unknown:
         raise TopologyError(f"{source}: unknown field {sorted(unknown)[0]!r}")
     nodes = []
-    for i, raw in enumerate(data.get("nodes") or [{"name": "n1"}]):
+    for i, raw in enumerate(_list(data.get("nodes"), f"{source}: nodes") or [{"name": "n1"}]):
         name = raw.get("name") if isinstance(raw, dict) else None
-        if not isinstance(name, str) or not name.isalnum() or len(name) > 8:
+        if not isinstance(name, str) or not name.isascii() or not name.isalnum() or len(name) > 8:
             raise TopologyError(f"{source}: nodes[{i}].name must be alphanumeric, at most 8 characters")
-        try:
-            v4 = ipaddress.IPv4Network(raw.get("podCIDRv4", f"10.200.{i + 1}.0/24"))
-            v6 = ipaddress.IPv6Network(raw.get("podCIDRv6", f"fd00:200:{i + 1}::/64"))
-        except ValueError as exc:
-            raise TopologyError(f"{source}: nodes[{i}]: {exc}") from exc
+        v4 = _network(raw.get("podCIDRv4"), f"10.200.{i + 1}.0/24", f"{source}: nodes[{i}].podCIDRv4", 4)
+        v6 = _network(raw.get("podCIDRv6"), f"fd00:200:{i + 1}::/64", f"{source}: nodes[{i}].podCIDRv6", 6)
         nodes.append(NodeSpec(name, i + 1, v4, v6))
     node_names = {n.name for n in nodes}
     namespaces: dict[str, dict[str, str]] = {"default": {}}
-    for i, raw in enumerate(data.get("namespaces") or []):
+    for i, raw in enumerate(_list(data.get("namespaces"), f"{source}: namespaces")):
         if not isinstance(raw, dict) or not isinstance(raw.get("name"), str):
             raise TopologyError(f"{source}: namespaces[{i}].name is required")
-        namespaces[raw["name"]] = {str(k): str(v) for k, v in (raw.get("labels") or {}).items()}
+        namespaces[raw["name"]] = _labels(raw.get("labels"), f"{source}: namespaces[{i}].labels")
     pods = []
-    for i, raw in enumerate(data.get("pods") or []):
+    for i, raw in enumerate(_list(data.get("pods"), f"{source}: pods")):
         where = f"{source}: pods[{i}]"
         if not isinstance(raw, dict) or not isinstance(raw.get("name"), str):
             raise TopologyError(f"{where}.name is required")
         namespace = raw.get("namespace", "default")
-        if namespace not in namespaces:
+        if not isinstance(namespace, str) or namespace not in namespaces:
             raise TopologyError(f"{where}.namespace: {namespace!r} is not listed under namespaces")
         node = raw.get("node", nodes[0].name)
-        if node not in node_names:
+        if not isinstance(node, str) or node not in node_names:
             raise TopologyError(f"{where}.node: {node!r} is not a node of this topology")
-        labels = {str(k): str(v) for k, v in (raw.get("labels") or {}).items()}
+        labels = _labels(raw.get("labels"), f"{where}.labels")
         socket_lb = raw.get("socketLB", True)
         if not isinstance(socket_lb, bool):
             raise TopologyError(f"{where}.socketLB: must be true or false")
-        pods.append(PodSpec(raw["name"], namespace, node, labels, raw.get("ip"), _ports(raw.get("ports"), where),
-                            socket_lb))
+        ip = raw.get("ip")
+        if ip is not None:
+            try:
+                ipaddress.ip_address(ip if isinstance(ip, str) else "")
+            except ValueError:
+                raise TopologyError(f"{where}.ip: {ip!r} is not an IP address") from None
+        pods.append(PodSpec(raw["name"], namespace, node, labels, ip, _ports(raw.get("ports"), where), socket_lb))
     externals = []
-    for i, raw in enumerate(data.get("externals") or []):
+    for i, raw in enumerate(_list(data.get("externals"), f"{source}: externals")):
         if not isinstance(raw, dict) or not isinstance(raw.get("name"), str):
             raise TopologyError(f"{source}: externals[{i}].name is required")
         externals.append(ExternalSpec(raw["name"], i, _ports(raw.get("ports"), f"{source}: externals[{i}]")))

@@ -56,10 +56,10 @@ MAX_SLICE_ENDPOINTS = 1000
 MAX_ENDPOINT_ADDRESSES = 100
 
 # A Service name is a DNS-1035 label: starts with a letter.
-DNS1035_LABEL = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
+DNS1035_LABEL = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?\Z")
 # IANA_SVC_NAME (a container port name): lowercase alphanumerics and '-', no '-' at either end and
 # no '--', at least one letter, at most 15 characters.
-IANA_SVC_NAME = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+IANA_SVC_NAME = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?\Z")
 _LETTER = re.compile(r"[a-z]")
 
 def _failer(obj: dict[str, Any]) -> Fail:

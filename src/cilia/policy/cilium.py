@@ -38,7 +38,7 @@ from cilia.policy.rules import (
     SelectorPeer,
 )
 from cilia.policy.selector import Selector, equals, parse_selector
-from cilia.resources.fields import as_list, check_fields
+from cilia.resources.fields import as_list, check_fields, is_number, object_name
 
 CNP = "CiliumNetworkPolicy"
 CCNP = "CiliumClusterwideNetworkPolicy"
@@ -77,9 +77,11 @@ _ICMP_TYPES_V6 = {"DestinationUnreachable": 1, "PacketTooBig": 2, "TimeExceeded"
 
 def parse_cilium_policy(obj: dict[str, Any]) -> list[Rule]:
     fail = failer(obj)
-    kind = obj["kind"]
-    namespace = obj["metadata"].get("namespace", "default") if kind == CNP else ""
-    ref = PolicyRef(kind, namespace, obj["metadata"]["name"])
+    kind = obj.get("kind")
+    if kind not in (CNP, CCNP):
+        raise fail("kind", f"must be {CNP} or {CCNP}")
+    namespace, name = object_name(obj, fail, namespaced=kind == CNP)
+    ref = PolicyRef(kind, namespace, name)
     has_spec, has_specs = obj.get("spec") is not None, obj.get("specs") is not None
     if not has_spec and not has_specs:
         raise fail("spec", "a policy needs `spec` or `specs`")
@@ -129,7 +131,7 @@ def _entry(raw: Any, where: str, direction: str, deny: bool, namespace: str, ind
         check_fields(item, {"cidr", "except"}, at, fail, unsupported=_LATER)
         peers.append(CidrPeer(*parse_cidr_with_excepts(item.get("cidr"), item.get("except"), at, "except", fail)))
     for i, entity in enumerate(as_list(raw.get(entities_f), f"{where}.{entities_f}", fail)):
-        if entity not in ENTITIES:
+        if not isinstance(entity, str) or entity not in ENTITIES:
             raise fail(f"{where}.{entities_f}[{i}]", f"unknown entity {entity!r} (known: {', '.join(ENTITIES)})")
         peers.append(EntityPeer(entity))
     ports, named = _to_ports(raw.get("toPorts"), f"{where}.toPorts", deny, fail)
@@ -179,7 +181,7 @@ def _icmps(raw: Any, where: str, fail: Fail) -> list[PortRange]:
                 raise fail(f"{fat}.family", f"{family!r} is not IPv4 or IPv6")
             names = _ICMP_TYPES_V4 if family == "IPv4" else _ICMP_TYPES_V6
             value = field.get("type")
-            if isinstance(value, str) and not value.isdigit():
+            if isinstance(value, str) and not is_number(value):
                 if value not in names:
                     raise fail(f"{fat}.type", f"unknown {family} ICMP type {value!r} (known: {', '.join(names)})")
                 number = names[value]

@@ -8,7 +8,7 @@ from typing import Any
 
 from cilia.policy.errors import PolicyError
 from cilia.policy.rules import PROTOCOL_NUMBERS, NamedPort, Network, PortRange
-from cilia.resources.fields import as_list
+from cilia.resources.fields import as_list, is_number
 from cilia.resources.validate import DNS1123_LABEL, describe
 
 Fail = Callable[[str, str], PolicyError]
@@ -60,7 +60,7 @@ def parse_port(port: Any, end_port: Any, protocol: str, where: str, fail: Fail,
         if end_port is not None:
             raise fail(f"{where}.endPort", "needs a port")
         return [PortRange(n) for n in numbers], []
-    if isinstance(port, str) and not port.isdigit():
+    if isinstance(port, str) and not is_number(port):
         if end_port is not None:
             raise fail(f"{where}.endPort", "cannot be used with a named port")
         if len(port) > 15 or not DNS1123_LABEL.match(port):
@@ -73,7 +73,7 @@ def parse_port(port: Any, end_port: Any, protocol: str, where: str, fail: Fail,
         raise fail(f"{where}.port", f"{low} is out of range 1-65535")
     high = low
     if end_port is not None:
-        if isinstance(end_port, bool) or not isinstance(end_port, (int, str)) or not str(end_port).isdigit():
+        if isinstance(end_port, bool) or not isinstance(end_port, (int, str)) or not is_number(str(end_port)):
             raise fail(f"{where}.endPort", "must be a number")
         high = int(end_port)
         if not low <= high <= 65535:

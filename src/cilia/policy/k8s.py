@@ -17,7 +17,7 @@ from cilia.identity.labels import NAMESPACE_LABEL, NAMESPACE_LABELS_PREFIX
 from cilia.policy.common import Fail, failer, parse_cidr_with_excepts, parse_port, parse_protocol
 from cilia.policy.rules import ALL, CidrPeer, Entry, NamedPort, Peer, PolicyRef, PortRange, Rule, SelectorPeer
 from cilia.policy.selector import Requirement, equals, parse_selector, split_key
-from cilia.resources.fields import as_list, check_fields
+from cilia.resources.fields import as_list, check_fields, object_name
 
 KIND = "NetworkPolicy"
 API_VERSION = "networking.k8s.io/v1"
@@ -39,8 +39,8 @@ def _pod_key(key: str, operator: str, values: tuple[str, ...]) -> Requirement:
 
 def parse_network_policy(obj: dict[str, Any]) -> list[Rule]:
     fail = failer(obj)
-    namespace = obj["metadata"].get("namespace", "default")
-    ref = PolicyRef(KIND, namespace, obj["metadata"]["name"])
+    namespace, name = object_name(obj, fail, namespaced=True)
+    ref = PolicyRef(KIND, namespace, name)
     spec = check_fields(obj.get("spec"), {"podSelector", "ingress", "egress", "policyTypes"}, "spec", fail)
     in_namespace = equals(NAMESPACE_LABEL, namespace)
     if "podSelector" not in spec:

@@ -7,12 +7,13 @@ from __future__ import annotations
 import re
 from typing import Any
 
+from cilia.resources.fields import as_list
 from cilia.resources.parse import ResourceError
 
-DNS1123_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
-DNS1123_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
-LABEL_NAME = re.compile(r"^([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9]$")
-LABEL_VALUE = re.compile(r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$")
+DNS1123_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*\Z")
+DNS1123_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?\Z")
+LABEL_NAME = re.compile(r"^([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9]\Z")
+LABEL_VALUE = re.compile(r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?\Z")
 TOP_LEVEL = {"apiVersion", "kind", "metadata", "spec", "status"}
 METADATA = {"name", "namespace", "labels", "annotations", "uid", "resourceVersion", "generation",
             "creationTimestamp", "ownerReferences", "finalizers", "generateName", "managedFields"}
@@ -77,24 +78,45 @@ def validate_namespace(obj: dict[str, Any]) -> None:
 
 
 def validate_pod(obj: dict[str, Any]) -> None:
+    """The fields the agent reads at run time (named container ports, the service account, the
+    Ready condition) are checked here, so what is stored never surprises a reader."""
     validate_common(obj, namespaced=True)
+
+    def fail(field: str, problem: str) -> ResourceError:
+        return _fail(obj, field, problem)
+
     spec = obj.get("spec", {})
     if not isinstance(spec, dict):
-        raise _fail(obj, "spec", "must be an object")
+        raise fail("spec", "must be an object")
+    account = spec.get("serviceAccountName")
+    if account is not None and (not isinstance(account, str) or len(account) > 253
+                                or not DNS1123_SUBDOMAIN.match(account)):
+        raise fail("spec.serviceAccountName", "must be a DNS-1123 subdomain (lowercase, '-', '.')")
     containers = spec.get("containers", [])
     if not isinstance(containers, list):
-        raise _fail(obj, "spec.containers", "must be a list")
+        raise fail("spec.containers", "must be a list")
     for ci, container in enumerate(containers):
         if not isinstance(container, dict):
-            raise _fail(obj, f"spec.containers[{ci}]", "must be an object")
-        for pi, port in enumerate(container.get("ports") or []):
+            raise fail(f"spec.containers[{ci}]", "must be an object")
+        for pi, port in enumerate(as_list(container.get("ports"), f"spec.containers[{ci}].ports", fail)):
             where = f"spec.containers[{ci}].ports[{pi}]"
-            number = port.get("containerPort") if isinstance(port, dict) else None
-            if not isinstance(number, int) or not 1 <= number <= 65535:
-                raise _fail(obj, f"{where}.containerPort", "is required and must be an integer 1-65535")
+            if not isinstance(port, dict):
+                raise fail(where, "must be an object with containerPort")
+            number = port.get("containerPort")
+            if isinstance(number, bool) or not isinstance(number, int) or not 1 <= number <= 65535:
+                raise fail(f"{where}.containerPort", "is required and must be an integer 1-65535")
             protocol = port.get("protocol", "TCP")
             if protocol not in ("TCP", "UDP", "SCTP"):
-                raise _fail(obj, f"{where}.protocol", f"{protocol!r} is not one of TCP, UDP, SCTP")
+                raise fail(f"{where}.protocol", f"{protocol!r} is not one of TCP, UDP, SCTP")
             name = port.get("name")
             if name is not None and (not isinstance(name, str) or len(name) > 15 or not DNS1123_LABEL.match(name)):
-                raise _fail(obj, f"{where}.name", "must be a DNS-1123 label of at most 15 characters")
+                raise fail(f"{where}.name", "must be a DNS-1123 label of at most 15 characters")
+    status = obj.get("status")
+    if status is not None:
+        if not isinstance(status, dict):
+            raise fail("status", "must be an object")
+        for index, condition in enumerate(as_list(status.get("conditions"), "status.conditions", fail)):
+            if not isinstance(condition, dict) or not all(
+                    isinstance(condition.get(key), str) for key in ("type", "status")):
+                raise fail(f"status.conditions[{index}]", "must be an object with type and status (strings)")
+

@@ -1,0 +1,99 @@
+"""Mutation fuzz of the policy parsers (policy/k8s.py, policy/cilium.py and the shared readers in
+policy/common.py, policy/selector.py), called directly: only PolicyError, naming object and field."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from hypothesis import given
+from hypothesis import strategies as st
+from mutation import FUZZ, check_error, crashes_of_single_edits, mutated, values
+
+from cilia.policy import cilium, k8s
+from cilia.policy.common import failer, parse_cidr_with_excepts, parse_network, parse_port, parse_protocol
+from cilia.policy.errors import PolicyError
+from cilia.policy.selector import parse_selector
+
+ROOT = Path(__file__).resolve().parents[2]
+SEEDS = [d for path in (ROOT / "tests/unit/fuzz_seeds/resources.yaml", ROOT / "examples/policy-web.yaml")
+         for d in yaml.safe_load_all(path.read_text())]
+PARSERS = {"NetworkPolicy": k8s.parse_network_policy, "CiliumNetworkPolicy": cilium.parse_cilium_policy,
+           "CiliumClusterwideNetworkPolicy": cilium.parse_cilium_policy}
+OBJ = {"kind": "NetworkPolicy", "metadata": {"name": "p", "namespace": "x"}}
+FIELD = "spec.ingress[0].ports[0]"
+
+
+def checker(kind: str) -> Any:
+    def check(obj: Any) -> None:
+        try:
+            PARSERS[kind](obj)
+        except PolicyError as exc:
+            check_error(str(exc), obj)
+
+    return check
+
+
+@pytest.mark.parametrize("kind", sorted(PARSERS))
+def test_policy_parser_fails_only_with_policy_error(kind: str) -> None:
+    @FUZZ
+    @given(mutated([s for s in SEEDS if s["kind"] == kind], keep_root=True))
+    def run(obj: Any) -> None:
+        checker(kind)(obj)
+
+    run()
+
+
+@pytest.mark.parametrize("kind", sorted(PARSERS))
+def test_policy_parser_every_single_edit(kind: str) -> None:
+    assert crashes_of_single_edits([s for s in SEEDS if s["kind"] == kind], checker(kind)) == []
+
+
+def _expect_policy_error(call: Any) -> None:
+    try:
+        call()
+    except PolicyError as exc:
+        message = str(exc)
+        assert message.startswith("NetworkPolicy x/p: field 'spec.ingress[0].ports[0]"), message
+
+
+@FUZZ
+@given(values(), values(), st.sampled_from(["TCP", "UDP", "SCTP", "ANY"]))
+def test_parse_port_fails_only_with_policy_error(port: Any, end_port: Any, protocol: str) -> None:
+    _expect_policy_error(lambda: parse_port(port, end_port, protocol, FIELD, failer(OBJ)))
+
+
+@FUZZ
+@given(values(), values())
+def test_cidr_readers_fail_only_with_policy_error(cidr: Any, excepts: Any) -> None:
+    _expect_policy_error(lambda: parse_network(cidr, FIELD, failer(OBJ)))
+    _expect_policy_error(lambda: parse_cidr_with_excepts(cidr, excepts, FIELD, "except", failer(OBJ)))
+    _expect_policy_error(lambda: parse_protocol(cidr, FIELD, failer(OBJ), ("TCP", "UDP")))
+
+
+@FUZZ
+@given(mutated([{"matchLabels": {"app": "web", "k8s:io.kubernetes.pod.namespace": "a"},
+                 "matchExpressions": [{"key": "tier", "operator": "In", "values": ["a", "b"]},
+                                      {"key": "x", "operator": "DoesNotExist"}]}]))
+def test_selector_fails_only_with_policy_error(raw: Any) -> None:
+    _expect_policy_error(lambda: parse_selector(raw, FIELD, failer(OBJ)))
+
+
+@pytest.mark.parametrize(
+    ("call", "message"),
+    [
+        # crashes the fuzz found, before the fix
+        (lambda: parse_port("²", None, "TCP", FIELD, failer(OBJ)), "'²' is neither a port number"),
+        (lambda: parse_port("80", "²", "TCP", FIELD, failer(OBJ)), "endPort': must be a number"),
+        (lambda: cilium.parse_cilium_policy({"kind": "CiliumNetworkPolicy", "spec": {}}),
+         "CiliumNetworkPolicy ?: field 'metadata': is required"),
+        (lambda: k8s.parse_network_policy({"kind": "NetworkPolicy", "metadata": {"name": 5}}),
+         "field 'metadata.name'"),
+    ],
+)
+def test_found_crashes_are_policy_errors(call: Any, message: str) -> None:
+    with pytest.raises(PolicyError) as info:
+        call()
+    assert message in str(info.value)

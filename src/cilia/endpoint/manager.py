@@ -34,6 +34,7 @@ from cilia.endpoint.store import EndpointStore
 from cilia.identity.allocator import IdentityAllocator
 from cilia.identity.labels import LabelSet
 from cilia.ipam import Ipam, IpamError, IpamExhausted
+from cilia.resources.pods import read_pod
 from cilia.resources.store import ResourceStore
 
 log = logging.getLogger(__name__)
@@ -178,8 +179,8 @@ class EndpointManager:
         if pod_name:
             pod = self._resources.get("Pod", pod_namespace, pod_name)
             if pod is not None:
-                pod_labels = dict(pod.get("metadata", {}).get("labels") or {})
-                service_account = pod.get("spec", {}).get("serviceAccountName") or "default"
+                facts = read_pod(pod)
+                pod_labels, service_account = dict(facts.labels), facts.service_account
         namespace = self._resources.get("Namespace", None, pod_namespace)
         namespace_labels: dict[str, str] = {}
         if namespace is not None:

@@ -50,6 +50,7 @@ from cilia.policy.resolve import EndpointPolicy, Enforcement, resolve_endpoint
 from cilia.policy.rules import CidrPeer, Direction, IdentityView, PolicyRef, Rule
 from cilia.policy.selector import labels_of
 from cilia.policy.trace import TraceResult, trace
+from cilia.resources.pods import read_pod
 from cilia.resources.store import ResourceStore
 
 log = logging.getLogger(__name__)
@@ -136,12 +137,8 @@ class PolicyInputs:
 
 def named_ports(pod: dict[str, Any] | None) -> NamedPorts:
     ports: NamedPorts = {}
-    for container in ((pod or {}).get("spec") or {}).get("containers") or []:
-        for port in container.get("ports") or []:
-            if port.get("name"):
-                name = str(port.get("protocol", "TCP"))
-                protocol = ipproto.number_of(name) if ipproto.is_known(name) else ipproto.TCP
-                ports.setdefault(port["name"], set()).add((protocol, int(port["containerPort"])))
+    for port in read_pod(pod).named_ports() if pod else ():
+        ports.setdefault(port.name, set()).add((port.protocol, port.port))
     return ports
 
 

@@ -17,7 +17,7 @@ from fastapi.testclient import TestClient
 
 from cilia.agent.api import bpf, config, endpoints, flows, identities, policy, resources, services, status
 from cilia.agent.api.app import create_app
-from cilia.agent.errors import CILIA_INTERNAL, CILIA_INVALID_OBJECT, CILIA_NOT_FOUND, not_found
+from cilia.api.errors import CILIA_INTERNAL, CILIA_INVALID_OBJECT, CILIA_NOT_FOUND, not_found
 from cilia.api.models import (
     AgentConfigPatch,
     AgentConfigView,

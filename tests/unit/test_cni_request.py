@@ -78,7 +78,7 @@ ADD_ENV = {"CNI_COMMAND": "ADD", "CNI_CONTAINERID": "c1", "CNI_IFNAME": "eth0", 
 
 def test_agent_uses_the_spec_error_codes() -> None:
     """The numbers from the CNI spec's error table (SPEC.md "Error"), not from our own constants."""
-    from cilia.agent import errors
+    from cilia.api import errors
     from cilia.cni import spec
 
     assert (spec.INCOMPATIBLE_VERSION, spec.UNSUPPORTED_FIELD, spec.UNKNOWN_CONTAINER, spec.INVALID_ENV,
@@ -93,7 +93,7 @@ def test_agent_uses_the_spec_error_codes() -> None:
 def test_refused_address_code_follows_where_the_runtime_put_it() -> None:
     """The agent refuses a requested address with INVALID_ENV; the runtime must read 4 (invalid
     environment) for CNI_ARGS IP= and 7 (invalid network config) for runtimeConfig.ips."""
-    from cilia.agent.errors import CILIA_DATAPATH, CILIA_INVALID_OBJECT, CNI_INVALID_ENV, CNI_UNKNOWN_CONTAINER
+    from cilia.api.errors import CILIA_DATAPATH, CILIA_INVALID_OBJECT, CNI_INVALID_ENV, CNI_UNKNOWN_CONTAINER
     from cilia.cni.main import agent_error
 
     refused = "ipv4: 10.99.0.5 is outside the node's pod CIDR 10.200.1.0/24"

@@ -21,7 +21,7 @@ class ErrorBody(Strict):
 
     `code` follows the CNI spec's error codes (`cilia.cni.spec`) where one fits, so the plugin can
     pass it through: 3 unknown container, 4 invalid environment (CNI_ARGS), 7 invalid network
-    config, 11 try again later; 100+ are cilia's own (`cilia.agent.errors`: 101 IPAM exhausted,
+    config, 11 try again later; 100+ are cilia's own (`cilia.api.errors`: 101 IPAM exhausted,
     102 datapath error, 103 netlink error, 104 invalid object, 105 not found).
     """
 

@@ -17,7 +17,7 @@ import time
 from collections.abc import Callable
 from typing import Protocol
 
-from cilia.agent.errors import (
+from cilia.api.errors import (
     CILIA_DATAPATH,
     CILIA_IPAM_EXHAUSTED,
     CILIA_NETLINK,

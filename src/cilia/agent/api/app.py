@@ -8,7 +8,7 @@ from fastapi import APIRouter, FastAPI
 
 from cilia import __version__
 from cilia.agent.api.errors import UnexpectedErrors, api_error_handler
-from cilia.agent.errors import ApiError
+from cilia.api.errors import ApiError
 
 
 def create_app(routers: Iterable[APIRouter]) -> FastAPI:

@@ -10,7 +10,7 @@ from typing import Protocol
 
 from fastapi import APIRouter
 
-from cilia.agent.errors import invalid, not_found
+from cilia.api.errors import invalid, not_found
 from cilia.api.models import (
     Endpoint,
     EndpointConfigRequest,

@@ -9,7 +9,7 @@ from fastapi import Request
 from fastapi.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from cilia.agent.errors import CILIA_INTERNAL, ApiError
+from cilia.api.errors import CILIA_INTERNAL, ApiError
 
 log = logging.getLogger("cilia.agent.api")
 

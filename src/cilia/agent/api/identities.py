@@ -6,7 +6,7 @@ from typing import Protocol
 
 from fastapi import APIRouter
 
-from cilia.agent.errors import not_found
+from cilia.api.errors import not_found
 from cilia.api.models import Identity
 from cilia.identity.allocator import Identity as AllocatedIdentity
 

@@ -9,7 +9,7 @@ from typing import Any, Protocol
 
 from fastapi import APIRouter
 
-from cilia.agent.errors import invalid
+from cilia.api.errors import invalid
 from cilia.api.models import PolicyList, PolicySummary, PolicyWaitResult, TraceRequest
 from cilia.policy.rules import PolicyRef
 from cilia.policy.trace import TraceResult

@@ -14,7 +14,7 @@ from typing import Any, Protocol
 from fastapi import APIRouter
 
 from cilia.agent.api.errors import internal_error
-from cilia.agent.errors import ApiError, invalid
+from cilia.api.errors import ApiError, invalid
 from cilia.api.models import ApplyRequest, ApplyResult, ApplyResultItem
 from cilia.resources import ResourceError
 from cilia.resources.store import ApplyOutcome, Object

@@ -8,7 +8,7 @@ from typing import Any, Protocol
 
 from fastapi import APIRouter
 
-from cilia.agent.errors import invalid, not_found
+from cilia.api.errors import invalid, not_found
 from cilia.api.models import BackendStateRequest
 from cilia.lb.model import BackendState, ServiceName
 

@@ -1,4 +1,4 @@
-"""Errors the agent's API answers with: an HTTP status plus a CNI-compatible error body.
+"""Errors the agent API answers with: an HTTP status plus a CNI-compatible error body.
 
 The CNI codes are the spec's, defined once in `cilia.cni.spec`; the plugin passes a code below
 100 through to the runtime unchanged, so a wrong number here is a wrong meaning there.

@@ -53,6 +53,7 @@ from cilia.lab.topology import parse_topology
 from cilia.paths import NodePaths
 
 SIZES = (0, 1000, 10000)
+BPF_SIZES = (0, 1, 1000, 10000)  # N = 1 separates having a policy at all (1/0) from its size (10,000/1)
 POLICY_PREFIX = "bench-scale"
 SIZE_LABEL = "bench-policy-size"
 CLIENT_LABELS = {"app": "bench-client"}
@@ -245,19 +246,13 @@ def run_datapaths(sizes: tuple[int, ...], seconds: int, repeats: int, only: set[
 
 
 # ----- figures and ratios ------------------------------------------------------------------------------------
-def _stats(values: list[float]) -> dict[str, float] | None:
-    if not values:
-        return None
-    return {"median": round(median(values), 3), "min": round(min(values), 3), "max": round(max(values), 3)}
-
-
 def per_round_ratios(rounds: list[dict[str, Figures]], a: str, b: str) -> dict[str, dict[str, float] | None]:
     """a/b for each metric: median and min-max of the ratios of the rounds that measured both."""
     result: dict[str, dict[str, float] | None] = {}
     for metric, field_name in METRICS.items():
         values = [getattr(r[a], field_name) / getattr(r[b], field_name) for r in rounds
                   if a in r and b in r and getattr(r[b], field_name)]
-        result[metric] = _stats(values)
+        result[metric] = policy_cost.ratio_stats(values) if values else None
     return result
 
 
@@ -284,6 +279,12 @@ def ratios(rounds: list[dict[str, Figures]], sizes: tuple[int, ...]) -> dict[str
         if f"{datapath}-0" in names:
             result[f"{datapath} N/0"] = {f"{size}/0": per_round_ratios(rounds, f"{datapath}-{size}", f"{datapath}-0")
                                          for size in sizes if size and f"{datapath}-{size}" in names}
+    nonzero = [size for size in sizes if size]
+    if len(nonzero) > 1:  # the size alone: both under a policy, one with many more peers
+        low, high = nonzero[0], nonzero[-1]
+        for datapath in DATAPATHS:
+            if {f"{datapath}-{low}", f"{datapath}-{high}"} <= names:
+                result[f"{datapath} {high}/{low}"] = per_round_ratios(rounds, f"{datapath}-{high}", f"{datapath}-{low}")
     result["cilia/iptables"] = {str(size): per_round_ratios(rounds, f"cilia-{size}", f"iptables-{size}")
                                 for size in sizes if {f"cilia-{size}", f"iptables-{size}"} <= names}
     biggest = max(sizes)
@@ -301,7 +302,8 @@ def ratios(rounds: list[dict[str, Figures]], sizes: tuple[int, ...]) -> dict[str
 
 # ----- main --------------------------------------------------------------------------------------------------
 def run(seconds: int, repeats: int, only: set[str], sizes: tuple[int, ...] = SIZES, *,
-        bpf_rounds: int = 9, bpf_packets: int = policy_cost.SINGLE_CALLS) -> dict[str, Any]:
+        bpf_sizes: tuple[int, ...] = BPF_SIZES, bpf_rounds: int = 8,
+        bpf_packets: int = policy_cost.SINGLE_CALLS) -> dict[str, Any]:
     """The parts `only` names (cilia, iptables, bpf) in one invocation; a failing part is reported
     under 'errors' and the others still run."""
     unknown = only - {*DATAPATHS, "bpf"}
@@ -314,7 +316,7 @@ def run(seconds: int, repeats: int, only: set[str], sizes: tuple[int, ...] = SIZ
         run_datapaths(sizes, seconds, repeats, only, out)
     bpf: dict[str, Any] | None = None
     if "bpf" in only:
-        servers = {size: (server_labels(size), scale_policy(size) if size else None) for size in sizes}
+        servers = {size: (server_labels(size), scale_policy(size) if size else None) for size in bpf_sizes}
         peer = cidr_peers(1)[0]["cidr"].split("/")[0]
         try:
             bpf = policy_cost.measure(CLIENT_LABELS, servers, peer, PROBE_PORT, bpf_rounds, bpf_packets)
@@ -323,6 +325,13 @@ def run(seconds: int, repeats: int, only: set[str], sizes: tuple[int, ...] = SIZ
             print(f"bpf: FAILED: {out['errors']['bpf']}", file=sys.stderr, flush=True)
     rounds: list[dict[str, Figures]] = out["rounds"]
     cilia = out["cilia"]
+    if bpf is not None and cilia["endpoint_policy"]:
+        # the BPF half computes each server's map state itself: it must be as big as the agent's
+        agent = {str(size): row["map_entries"] for size, row in cilia["endpoint_policy"].items()}
+        mine = {size: n for size, n in bpf["map_entries"].items() if size in agent}
+        bpf["map_entries_match_agent"] = agent == mine
+        if agent != mine:
+            out["errors"]["bpf"] = f"BPF half map entries {mine} differ from the agent's {agent}"
     return {
         "date": time.strftime("%Y-%m-%d %H:%M"), "seconds": seconds, "rounds_planned": repeats,
         "rounds_measured": len(rounds), "sizes": list(sizes), "scenarios": out["scenarios"],
@@ -341,27 +350,30 @@ def run(seconds: int, repeats: int, only: set[str], sizes: tuple[int, ...] = SIZ
 
 def main() -> None:
     parser = argparse.ArgumentParser(description="policy size vs per-packet cost: cilia CNP vs iptables rules")
-    parser.add_argument("--seconds", type=int, default=2, help="per tool run")
-    parser.add_argument("--repeats", type=int, default=6, help="rounds (each: every tool on every scenario)")
-    parser.add_argument("--quick", action="store_true", help="1 s runs, 2 rounds, 2 BPF rounds of 200 packets")
+    parser.add_argument("--seconds", type=int, default=1, help="per tool run")
+    parser.add_argument("--repeats", type=int, default=12, help="rounds (each: every tool on every scenario)")
+    parser.add_argument("--quick", action="store_true", help="1 s runs, 2 rounds, 2 BPF rounds of 200 packets each")
     parser.add_argument("--only", default="cilia,iptables,bpf", help="cilia, iptables, bpf (comma-separated)")
     parser.add_argument("--sizes", default=",".join(map(str, SIZES)), help="rule counts, ascending from 0")
-    parser.add_argument("--bpf-rounds", type=int, default=9)
+    parser.add_argument("--bpf-sizes", default=",".join(map(str, BPF_SIZES)),
+                        help="policy sizes of the BPF part, ascending from 0")
+    parser.add_argument("--bpf-rounds", type=int, default=8)
     parser.add_argument("--bpf-packets", type=int, default=policy_cost.SINGLE_CALLS,
                         help="single-run calls per size and round (SYNs, and established packets)")
     args = parser.parse_args()
     seconds, repeats = (1, 2) if args.quick else (args.seconds, args.repeats)
     bpf_rounds, bpf_packets = (2, 200) if args.quick else (args.bpf_rounds, args.bpf_packets)
     try:
-        sizes = tuple(int(s) for s in args.sizes.split(","))
+        sizes, bpf_sizes = (tuple(int(s) for s in text.split(",")) for text in (args.sizes, args.bpf_sizes))
     except ValueError:
-        parser.error("--sizes: comma-separated integers")
-    if sizes[0] != 0 or list(sizes) != sorted(set(sizes)):
-        parser.error("--sizes must start at 0 and ascend")
+        parser.error("--sizes, --bpf-sizes: comma-separated integers")
+    if any(s[0] != 0 or list(s) != sorted(set(s)) for s in (sizes, bpf_sizes)):
+        parser.error("--sizes and --bpf-sizes must start at 0 and ascend")
     if seconds < 1 or repeats < 1 or bpf_rounds < 1 or bpf_packets < 1:
         parser.error("--seconds, --repeats, --bpf-rounds and --bpf-packets must be at least 1")
     refuse_if_busy()
-    results = run(seconds, repeats, set(args.only.split(",")), sizes, bpf_rounds=bpf_rounds, bpf_packets=bpf_packets)
+    results = run(seconds, repeats, set(args.only.split(",")), sizes, bpf_sizes=bpf_sizes, bpf_rounds=bpf_rounds,
+                  bpf_packets=bpf_packets)
     write_results("policy", results)
 
 

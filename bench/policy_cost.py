@@ -22,7 +22,10 @@ For each, per size:
   created): every SYN has its own source port, conntrack is emptied after each batch, and the
   batch must have created one entry per SYN.
 
-Sizes are measured in rounds, the order rotating, so per-round ratios to N = 0 cancel drift.
+Every size and path is measured in the same rounds, interleaved call by call (the order of sizes
+rotating from round to round), so that what else the 2-core machine does at a moment falls on
+every size alike; a ratio is the median of per-round ratios, each round's figure the median of
+its calls.
 Each measured packet's verdict is checked (delivered), and at N > 0 a packet the policy does
 not allow must be dropped (the policy is in force).
 """
@@ -36,7 +39,7 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from statistics import median
+from statistics import median, quantiles
 from typing import Any
 
 from tests.kernel.lbnode import tcp_packet
@@ -267,38 +270,50 @@ class Ports:
         return port
 
 
-def measure_path(node: PolicyNode, path: PathUnderTest, ports: Ports, key: tuple[str, int],
-                 single_calls: int, established_calls: int) -> dict[str, float]:
-    def runs(packet_of: Callable[[], bytes], calls: int, repeat: int = 1) -> list[int]:
-        durations = []
-        for _ in range(calls):
-            verdict, duration = path.run(packet_of(), repeat)
-            if verdict != path.expected:
-                raise BenchError(f"BPF half, {key}: verdict {verdict}, expected {path.expected}")
-            durations.append(duration)
-        node.drain()
-        return durations
+Sample = dict[int, dict[str, dict[str, float]]]  # size -> path -> metric -> ns
 
-    sport = ports.take(key)
-    if path.run(path.packet(sport, 0x02))[0] != path.expected:  # the connection the established packets use
-        raise BenchError(f"BPF half, {key}: the SYN that opens the established connection was not delivered")
-    established = path.packet(sport, 0x18)  # PSH|ACK
-    amortized = runs(lambda: established, established_calls, REPEAT)
-    single = runs(lambda: established, single_calls)
+
+def measure_round(node: PolicyNode, order: list[tuple[int, str, PathUnderTest]], ports: Ports,
+                  single_calls: int, established_calls: int) -> Sample:
+    """Every (size, path) of `order` interleaved call by call, so that whatever else the machine does
+    at a moment falls on every size alike; the median of each one's calls."""
+    durations: dict[tuple[int, str], dict[str, list[int]]] = {(size, name): {m: [] for m in METRICS}
+                                                              for size, name, _ in order}
+
+    def run_all(metric: str, calls: int, packet_of: Callable[[int, str, PathUnderTest], bytes],
+                repeat: int = 1) -> None:
+        for call in range(calls):
+            for size, name, path in order:
+                verdict, duration = path.run(packet_of(size, name, path), repeat)
+                if verdict != path.expected:
+                    raise BenchError(f"BPF half, N={size}, {name}, {metric}: verdict {verdict}, "
+                                     f"expected {path.expected}")
+                durations[size, name][metric].append(duration)
+            if call % 100 == 99:
+                node.drain()  # as the agent would: a full ring buffer makes sending an event cheaper
+        node.drain()
+
+    established = {}
+    for size, name, path in order:  # the connections the established packets belong to
+        sport = ports.take((name, size))
+        if path.run(path.packet(sport, 0x02))[0] != path.expected:
+            raise BenchError(f"BPF half, N={size}, {name}: the SYN that opens the measured connection was dropped")
+        established[size, name] = path.packet(sport, 0x18)  # PSH|ACK
+    run_all("established_ns", established_calls, lambda size, name, _: established[size, name], REPEAT)
+    run_all("established_single_ns", single_calls, lambda size, name, _: established[size, name])
     entries = len(list(node.ct_table.keys()))
-    new = runs(lambda: path.packet(ports.take(key), 0x02), single_calls)
+    run_all("new_ns", single_calls, lambda size, name, path: path.packet(ports.take((name, size)), 0x02))
     created = len(list(node.ct_table.keys())) - entries
-    if created != single_calls:
-        raise BenchError(f"BPF half, {key}: {single_calls} SYNs created {created} conntrack entries: "
+    if created != single_calls * len(order):
+        raise BenchError(f"BPF half: {single_calls * len(order)} SYNs created {created} conntrack entries: "
                          "not every SYN was a new connection")
     node.clear_ct()
-    node.drain()
-    return {"established_ns": float(median(amortized)), "established_single_ns": float(median(single)),
-            "new_ns": float(median(new))}
+    sample: Sample = {}
+    for (size, name), by_metric in durations.items():
+        sample.setdefault(size, {})[name] = {m: float(median(values)) for m, values in by_metric.items()}
+    return sample
 
 
-def _ratio_stats(values: list[float]) -> dict[str, float]:
-    return {"median": round(median(values), 3), "min": round(min(values), 3), "max": round(max(values), 3)}
 
 
 def measure(client_labels: dict[str, str], servers: dict[int, tuple[dict[str, str], dict[str, Any] | None]],
@@ -315,14 +330,12 @@ def measure(client_labels: dict[str, str], servers: dict[int, tuple[dict[str, st
             sizes = list(servers)
             in_force = {str(size): check_in_force(node, size, peer, closed_port) for size in sizes}
             ports = Ports()
-            samples: list[dict[int, dict[str, dict[str, float]]]] = []
+            samples: list[Sample] = []
             for index in range(rounds):
                 turn = index % len(sizes)
-                sample: dict[int, dict[str, dict[str, float]]] = {}
-                for size in sizes[turn:] + sizes[:turn]:
-                    sample[size] = {name: measure_path(node, path, ports, (name, size), single_calls,
-                                                       established_calls)
-                                    for name, path in paths(node, size, peer).items()}
+                order = [(size, name, path) for size in sizes[turn:] + sizes[:turn]
+                         for name, path in paths(node, size, peer).items()]
+                sample = measure_round(node, order, ports, single_calls, established_calls)
                 samples.append(sample)
                 print(f"BPF round {index + 1}/{rounds}: " + "; ".join(
                     f"N={size} " + ", ".join(f"{name} {r['established_ns']:.0f}/{r['new_ns']:.0f} ns"
@@ -334,7 +347,14 @@ def measure(client_labels: dict[str, str], servers: dict[int, tuple[dict[str, st
         remove_pins(pins)
 
 
-def summarize(sizes: list[int], samples: list[dict[int, dict[str, dict[str, float]]]], node: PolicyNode,
+def ratio_stats(values: list[float]) -> dict[str, float]:
+    """Median, quartiles and range of per-round ratios."""
+    q1, _, q3 = quantiles(values, n=4, method="inclusive") if len(values) > 1 else (values[0],) * 3
+    return {"median": round(median(values), 3), "q1": round(q1, 3), "q3": round(q3, 3),
+            "min": round(min(values), 3), "max": round(max(values), 3)}
+
+
+def summarize(sizes: list[int], samples: list[Sample], node: PolicyNode,
               in_force: dict[str, dict[str, int]], rounds: int, single_calls: int,
               established_calls: int) -> dict[str, Any]:
     figures: dict[str, dict[str, dict[str, float]]] = {}
@@ -347,9 +367,11 @@ def summarize(sizes: list[int], samples: list[dict[int, dict[str, dict[str, floa
             row["new_minus_established_ns"] = round(median(
                 s[size][path]["new_ns"] - s[size][path]["established_single_ns"] for s in samples), 1)
             figures[path][str(size)] = row
-        ratios[path] = {f"{size}/{base}": {metric: _ratio_stats([s[size][path][metric] / s[base][path][metric]
-                                                                 for s in samples]) for metric in METRICS}
-                        for size in sizes if size != base}
+        pairs = [(size, base) for size in sizes if size != base]
+        if len(sizes) > 2:  # the size alone: the largest against the smallest that has a policy
+            pairs.append((sizes[-1], sizes[1]))
+        ratios[path] = {f"{a}/{b}": {metric: ratio_stats([s[a][path][metric] / s[b][path][metric] for s in samples])
+                                     for metric in METRICS} for a, b in pairs}
     return {
         "method": {"rounds": rounds, "established": f"median of {established_calls} calls of {REPEAT} runs each",
                    "established_single_and_new": f"median of {single_calls} calls of one run each",

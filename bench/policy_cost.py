@@ -167,12 +167,12 @@ class PolicyNode:
         index = PeerIndex(universe)
         policy = policy_maps.PolicyMaps(*(maps.map(name) for name in policy_maps.NAMES))
         policy.scan()
-        self.map_entries: dict[int, int] = {}
-        for pod in (self.client, *self.servers.values()):
+        self.map_entries: dict[int, int] = {}  # size -> entries of that server's map state
+        for size, pod in [(-1, self.client), *self.servers.items()]:
             state = compute_map_state(resolve_endpoint(rules, pod.labels, allow_host_ingress=True), index)
             policy.install(pod.endpoint_id, state)
             if pod is not self.client:
-                self.map_entries[next(s for s, p in self.servers.items() if p is pod)] = state.size()
+                self.map_entries[size] = state.size()
         for prefix, number in cidrs.items():
             cache.upsert(prefix, number)
         self.cidr_identities = len(cidrs)

@@ -42,9 +42,6 @@ from pathlib import Path
 from statistics import median, quantiles
 from typing import Any
 
-from tests.kernel.lbnode import tcp_packet
-from tests.kernel.packets import csum
-
 from cilia.bpf import BpfObject, RingBufferReader, ensure_bpffs, remove_pins
 from cilia.datapath import DatapathOptions, EndpointConfig, default_bpf_dir
 from cilia.identity.allocator import LocalIdentityAllocator
@@ -60,6 +57,7 @@ from cilia.policy.mapstate import PeerIndex, compute_map_state
 from cilia.policy.repository import PolicyRepository
 from cilia.policy.resolve import resolve_endpoint
 from cilia.policy.rules import CidrPeer, Direction, IdentityView
+from cilia.testing.packets import csum, tcp_packet
 
 TC_ACT_OK, TC_ACT_SHOT, TC_ACT_REDIRECT = 0, 2, 7
 NAMESPACE = "default"

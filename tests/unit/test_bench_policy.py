@@ -6,7 +6,8 @@ from __future__ import annotations
 import pytest
 from bench import policy, policy_cost
 from bench.tools import Figures
-from tests.kernel.packets import csum
+
+from cilia.testing.packets import csum
 
 
 def fig(throughput: float, latency: float = 10.0, rate: float = 1000.0) -> Figures:

@@ -51,19 +51,20 @@ def wire_routed_node(node: str, pods: Sequence[str], subnet: str) -> None:
 
 
 @contextmanager
-def routed_iptables(rules: int) -> Iterator[tuple[str, str, str]]:
+def routed_iptables(rules: int, prefix: str = "cilia-bench", subnet: str = "10.78") -> Iterator[tuple[str, str, str]]:
     """The classic path: pods on veths into a node that forwards through `rules` iptables FORWARD rules
-    (none matching the test traffic, then ACCEPT), as a kube-proxy/NetworkPolicy-by-iptables node would."""
-    a, b, node = "cilia-bench-pa", "cilia-bench-pb", "cilia-bench-node"
+    (none matching the test traffic, then ACCEPT), as a kube-proxy/NetworkPolicy-by-iptables node would.
+    Namespaces <prefix>-pa, -pb, -node (another prefix: several such nodes up at once)."""
+    a, b, node = f"{prefix}-pa", f"{prefix}-pb", f"{prefix}-node"
     delete(a, b, node)
     try:
-        wire_routed_node(node, (a, b), "10.78")
+        wire_routed_node(node, (a, b), subnet)
         lines = ["*filter", ":FORWARD ACCEPT [0:0]"]
         for i in range(rules):
             lines.append(f"-A FORWARD -s 172.{16 + i // 65536 % 16}.{i // 256 % 256}.{i % 256}/32 -p tcp "
                          f"--dport {1000 + i % 60000} -j DROP")
         lines += ["-A FORWARD -j ACCEPT", "COMMIT", ""]
         sh("nsenter", f"--net=/run/netns/{node}", "iptables-restore", stdin="\n".join(lines))
-        yield a, b, "10.78.2.2"
+        yield a, b, f"{subnet}.2.2"
     finally:
         delete(a, b, node)

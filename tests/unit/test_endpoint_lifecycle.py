@@ -291,3 +291,19 @@ def test_an_unchanged_pod_update_is_no_change(node: Node) -> None:
     pod["metadata"]["annotations"] = {"note": "x"}
     node.apply(pod)
     assert node.policy.revision == revision
+
+
+def test_a_new_cidr_identity_regenerates_the_endpoints_whose_cidr_peers_contain_it(node: Node) -> None:
+    ids = {name: node.add(name) for name in ("wide", "narrow", "other")}
+    revision = node.apply(cnp("wide", {"app": "wide"}, ingress=[{"fromCIDR": ["10.9.0.0/16"]}]))
+    assert node.policy.wait(revision, 5).reached
+    node.datapath.installs.clear()
+    # 10.9.1.0/24 becomes a CIDR identity of its own, inside wide's /16: wide must learn it
+    revision = node.apply(cnp("narrow", {"app": "narrow"}, ingress=[{"fromCIDR": ["10.9.1.0/24", "192.0.2.0/24"]}]))
+    assert node.policy.wait(revision, 5).reached
+    assert sorted(node.datapath.installs) == sorted([ids["wide"], ids["narrow"]])
+    node.datapath.installs.clear()
+    # a prefix outside every other rule regenerates only the endpoint its own policy selects
+    revision = node.apply(cnp("other", {"app": "other"}, ingress=[{"fromCIDR": ["198.51.100.0/24"]}]))
+    assert node.policy.wait(revision, 5).reached
+    assert node.datapath.installs == [ids["other"]]

@@ -144,10 +144,10 @@ def wait_verdict(client: str, server_ip: str, expected: str, timeout: float = IN
 
 
 def apply_policy(api: AgentClient, size: int) -> float:
-    """Apply server `size`'s policy; seconds the API call took."""
+    """Apply server `size`'s policy and wait until every endpoint enforces it; seconds that took."""
     start = time.monotonic()
     try:
-        api.apply(ApplyRequest(objects=[scale_policy(size)]))
+        api.apply(ApplyRequest(objects=[scale_policy(size)]), wait=APPLY_TIMEOUT)
     except Exception as exc:
         raise BenchError(f"applying CiliumNetworkPolicy default/{POLICY_PREFIX}-{size} with {size} CIDR peers "
                          f"failed: {type(exc).__name__}: {exc}") from exc

@@ -86,8 +86,9 @@ def web_slice(lab: Lab, terminating: set[str] = frozenset()) -> dict[str, Any]: 
 
 
 def apply(*objects: dict[str, Any]) -> None:
+    """Apply; a policy among the objects is enforced on return (regeneration runs in the background)."""
     with AgentClient(NodePaths("n1").socket, timeout=60) as api:
-        api.apply(ApplyRequest(objects=list(objects)))
+        api.apply(ApplyRequest(objects=list(objects)), wait=60)
 
 
 def delete(*objects: dict[str, Any]) -> None:

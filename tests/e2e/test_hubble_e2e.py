@@ -42,7 +42,7 @@ def denied(lab: Lab) -> Iterator[Lab]:
     """The lab with web reachable on 80 from team-a/db only: client's probe is default-denied."""
     objects = [o for o in yaml.safe_load_all(POLICY) if o]
     with AgentClient(NodePaths("n1").socket) as client:
-        client.apply(ApplyRequest(objects=objects))
+        client.apply(ApplyRequest(objects=objects), wait=30)  # regeneration runs in the background
     try:
         assert lab.probe("client", "web", 80, timeout=1.0)["verdict"] != "connected"
         assert lab.probe("db", "web", 80)["verdict"] == "connected"

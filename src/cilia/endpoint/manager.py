@@ -125,11 +125,6 @@ class EndpointManager:
         self.restored = 0
         self._listeners: list[Callable[[], None]] = []
 
-    @property
-    def lock(self) -> threading.RLock:
-        """Serialises endpoint lifecycle steps. (The service manager still shares it until it has its own.)"""
-        return self._lock
-
     # ----- queries -------------------------------------------------------------------------------
     def list_endpoints(self) -> list[Endpoint]:
         return [Endpoint.of(record, state, reason) for record, state, reason in self._registry.snapshot()]

@@ -20,7 +20,7 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path as Path_
 from typing import Any
 
-from hypothesis import HealthCheck, settings
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 EXAMPLES = int(os.environ.get("CILIA_FUZZ_EXAMPLES", "200"))
@@ -209,3 +209,26 @@ def check_error(message: str, obj: Any) -> None:
     for part in identity(obj):
         assert part in message, f"the error does not name {part!r}: {message}"
     assert _FIELD.search(message), f"the error names no field: {message}"
+
+
+def only_raises(parse: Callable[[Any], object], error: type[Exception]) -> Callable[[Any], None]:
+    """A check for the fuzzers: `parse` may succeed, or raise `error` naming the object and field."""
+
+    def check(obj: Any) -> None:
+        try:
+            parse(obj)
+        except error as exc:
+            check_error(str(exc), obj)
+
+    return check
+
+
+def fuzz_parser(seeds: Sequence[Any], check: Callable[[Any], None]) -> None:
+    """Random mutations of `seeds` (their root kept a mapping) through `check`, FUZZ settings."""
+
+    @FUZZ
+    @given(mutated(seeds, keep_root=True))
+    def run(obj: Any) -> None:
+        check(obj)
+
+    run()

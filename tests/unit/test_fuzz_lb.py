@@ -3,13 +3,13 @@ naming the object and the field."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
-from hypothesis import given
-from mutation import FUZZ, check_error, crashes_of_single_edits, mutated
+from mutation import crashes_of_single_edits, fuzz_parser, only_raises
 
 from cilia.lb.k8s import parse_endpoint_slice, parse_service
 from cilia.resources.parse import ResourceError
@@ -20,26 +20,19 @@ SEEDS = [d for path in (ROOT / "tests/unit/fuzz_seeds/resources.yaml", ROOT / "e
 PARSERS = {"Service": parse_service, "EndpointSlice": parse_endpoint_slice}
 
 
-def checker(kind: str) -> Any:
-    def check(obj: Any) -> None:
-        try:
-            PARSERS[kind](obj)
-        except ResourceError as exc:
-            check_error(str(exc), obj)
+def checker(kind: str) -> Callable[[Any], None]:
+    return only_raises(PARSERS[kind], ResourceError)
 
-    return check
+
+def seeds_of(kind: str) -> list[Any]:
+    return [s for s in SEEDS if s["kind"] == kind]
 
 
 @pytest.mark.parametrize("kind", sorted(PARSERS))
 def test_lb_parser_fails_only_with_resource_error(kind: str) -> None:
-    @FUZZ
-    @given(mutated([s for s in SEEDS if s["kind"] == kind], keep_root=True))
-    def run(obj: Any) -> None:
-        checker(kind)(obj)
-
-    run()
+    fuzz_parser(seeds_of(kind), checker(kind))
 
 
 @pytest.mark.parametrize("kind", sorted(PARSERS))
 def test_lb_parser_every_single_edit(kind: str) -> None:
-    assert crashes_of_single_edits([s for s in SEEDS if s["kind"] == kind], checker(kind)) == []
+    assert crashes_of_single_edits(seeds_of(kind), checker(kind)) == []

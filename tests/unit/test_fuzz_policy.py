@@ -3,6 +3,7 @@ policy/common.py, policy/selector.py), called directly: only PolicyError, naming
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -10,7 +11,7 @@ import pytest
 import yaml
 from hypothesis import given
 from hypothesis import strategies as st
-from mutation import FUZZ, check_error, crashes_of_single_edits, mutated, values
+from mutation import FUZZ, crashes_of_single_edits, fuzz_parser, mutated, only_raises, values
 
 from cilia.policy import cilium, k8s
 from cilia.policy.common import failer, parse_cidr_with_excepts, parse_network, parse_port, parse_protocol
@@ -26,29 +27,22 @@ OBJ = {"kind": "NetworkPolicy", "metadata": {"name": "p", "namespace": "x"}}
 FIELD = "spec.ingress[0].ports[0]"
 
 
-def checker(kind: str) -> Any:
-    def check(obj: Any) -> None:
-        try:
-            PARSERS[kind](obj)
-        except PolicyError as exc:
-            check_error(str(exc), obj)
+def checker(kind: str) -> Callable[[Any], None]:
+    return only_raises(PARSERS[kind], PolicyError)
 
-    return check
+
+def seeds_of(kind: str) -> list[Any]:
+    return [s for s in SEEDS if s["kind"] == kind]
 
 
 @pytest.mark.parametrize("kind", sorted(PARSERS))
 def test_policy_parser_fails_only_with_policy_error(kind: str) -> None:
-    @FUZZ
-    @given(mutated([s for s in SEEDS if s["kind"] == kind], keep_root=True))
-    def run(obj: Any) -> None:
-        checker(kind)(obj)
-
-    run()
+    fuzz_parser(seeds_of(kind), checker(kind))
 
 
 @pytest.mark.parametrize("kind", sorted(PARSERS))
 def test_policy_parser_every_single_edit(kind: str) -> None:
-    assert crashes_of_single_edits([s for s in SEEDS if s["kind"] == kind], checker(kind)) == []
+    assert crashes_of_single_edits(seeds_of(kind), checker(kind)) == []
 
 
 def _expect_policy_error(call: Any) -> None:

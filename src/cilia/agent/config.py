@@ -10,6 +10,7 @@ from pathlib import Path
 
 from cilia.lb.maglev import DEFAULT_SIZE as MAGLEV_DEFAULT_SIZE
 from cilia.lb.maglev import MAGLEV_SIZES
+from cilia.metrics.server import parse_address
 from cilia.paths import NodePaths
 
 
@@ -51,6 +52,7 @@ class AgentConfig:
     hubble_tls_cert_file: Path | None = None
     hubble_tls_key_file: Path | None = None
     hubble_tls_client_ca_files: tuple[Path, ...] = ()
+    prometheus_serve_addr: str | None = None  # host:port of /metrics; None = not served
 
     @property
     def paths(self) -> NodePaths:
@@ -129,7 +131,20 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--hubble-tls-key-file", type=Path, default=None)
     parser.add_argument("--hubble-tls-client-ca-files", type=Path, action="append", default=None,
                         help="CA certificates client certificates must be signed by (mutual TLS; repeatable)")
+    parser.add_argument("--prometheus-serve-addr", type=_serve_addr, default=None,
+                        help="serve Prometheus metrics on this address, e.g. :9962 or 127.0.0.1:9962 "
+                             "(default: not served)")
     return parser
+
+
+def _serve_addr(text: str) -> str | None:
+    if not text:
+        return None  # Cilium's default: empty means off
+    try:
+        parse_address(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"--prometheus-serve-addr {exc}") from exc
+    return text
 
 
 def _positive(text: str) -> int:
@@ -189,4 +204,5 @@ def parse_config(argv: list[str] | None = None) -> AgentConfig:
         hubble_tls_cert_file=args.hubble_tls_cert_file,
         hubble_tls_key_file=args.hubble_tls_key_file,
         hubble_tls_client_ca_files=tuple(args.hubble_tls_client_ca_files or ()),
+        prometheus_serve_addr=args.prometheus_serve_addr,
     )

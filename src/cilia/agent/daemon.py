@@ -44,6 +44,8 @@ from cilia.identity.allocator import LocalIdentityAllocator
 from cilia.ipam import Ipam
 from cilia.lb import kinds as lb_kinds
 from cilia.lb.manager import ServiceManager
+from cilia.metrics.collector import AgentMetrics, Sources
+from cilia.metrics.server import MetricsServer
 from cilia.netlink import NodeNetConfig, setup_node_networking
 from cilia.policy import kinds as policy_kinds
 from cilia.policy.engine import PolicyEngine, Settings
@@ -117,6 +119,15 @@ class Agent:
         )
         self.events = EventPump(config, self.datapath, self.endpoints, self.identities, self.policy.describe_rule,
                                 self.services.describe_rev_nat)
+        self.metrics = AgentMetrics(Sources(
+            endpoint_states=lambda: [state for _record, state, _reason in self.registry.snapshot()],
+            identities=lambda: [identity.reserved for identity in self.identities.all()],
+            policy_revision=lambda: self.policy.revision,
+            services=lambda: len(self.services.services()),
+            metric_totals=self.datapath.metric_totals,
+            events_lost=self.events.events_lost,
+        ))
+        self.policy.queue.add_observer(self.metrics.observe_regeneration)
 
     # ----- lifecycle -----------------------------------------------------------------------------
     def start(self) -> None:
@@ -182,6 +193,13 @@ class Agent:
                     await asyncio.to_thread(hubble.start)
                 except (RuntimeError, TimeoutError):
                     log.exception("Hubble server not started; the agent runs without it")
+            if self.config.prometheus_serve_addr:
+                metrics = MetricsServer(self.config.prometheus_serve_addr, self.metrics.registry)
+                stack.callback(metrics.stop)
+                try:
+                    metrics.start()
+                except OSError:
+                    log.exception("Prometheus metrics not served; the agent runs without them")
             tasks.create_task(self.events.run(), name="events")
             tasks.create_task(self._ct_gc_loop(), name="ct-gc")
             tasks.create_task(_chmod_when_bound(socket_path), name="socket-mode")

@@ -68,6 +68,8 @@ class RegenerationQueue(Generic[Snapshot]):
         self._threads: list[threading.Thread] = []
         self._stopping = False
         self.worked = 0  # regenerations done (for tests and the benchmark)
+        # (endpoint id, seconds, error) after every regeneration: the agent's metrics count them
+        self._observers: list[Callable[[int, float, str], None]] = []
 
     @property
     def synchronous(self) -> bool:
@@ -182,12 +184,23 @@ class RegenerationQueue(Generic[Snapshot]):
                 return
             self._do(*taken)
 
+    def add_observer(self, observer: Callable[[int, float, str], None]) -> None:
+        """`observer(endpoint_id, seconds, error)` after every regeneration, in the worker's thread."""
+        self._observers.append(observer)
+
     def _do(self, endpoint_id: int, snapshot: Snapshot, revision: int) -> str:
+        started = time.monotonic()
         try:
             error = self._work(endpoint_id, snapshot)
         except Exception as exc:  # a bug must not kill the worker; the endpoint is reported not-ready
             log.exception("endpoint %d: regeneration failed", endpoint_id)
             error = f"regeneration failed: {type(exc).__name__}: {exc}"
+        elapsed = time.monotonic() - started
+        for observer in self._observers:
+            try:
+                observer(endpoint_id, elapsed, error)
+            except Exception:  # an observer (metrics) must not break regeneration
+                log.exception("a regeneration observer failed")
         with self._cond:
             self._in_flight.discard(endpoint_id)
             self.worked += 1

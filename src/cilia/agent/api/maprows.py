@@ -61,7 +61,8 @@ def endpoint_rows(entries: Mapping[IPAddress, EndpointInfo]) -> list[Row]:
     ]
 
 
-def _reason(reason: int) -> str:
+def reason_name(reason: int) -> str:
+    """`FORWARDED` for 0, else the drop reason's name in the drop-reason table (`POLICY_DENIED`)."""
     return "FORWARDED" if reason == 0 else DROP_REASONS.get(reason, (str(reason),))[0]
 
 
@@ -69,7 +70,7 @@ def metric_rows(totals: Mapping[MetricsKey, tuple[int, int]]) -> list[Row]:
     rows = [
         {"endpoint_id": key.endpoint_id,
          "direction": TrafficDirection.name_of(key.direction, str(key.direction)).lower(),
-         "reason": _reason(key.reason), "packets": packets, "bytes": nbytes}
+         "reason": reason_name(key.reason), "packets": packets, "bytes": nbytes}
         for key, (packets, nbytes) in totals.items()
     ]
     # by the direction's name, so the order does not follow the datapath's numeric encoding

@@ -13,43 +13,23 @@ from typing import Any
 
 import grpc
 import pytest
-import yaml
 from google.protobuf.timestamp_pb2 import Timestamp
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from cilia.api.client import AgentClient
-from cilia.api.models import ApplyRequest
 from cilia.hubble.pb import flow_pb2, observer_pb2, observer_pb2_grpc, relay_pb2
 from cilia.lab.lab import Lab
 from cilia.paths import NodePaths
 from cilia.testing import wait_for
+from cilia.testing.labs import client_denied_to_web
 
 FF = flow_pb2.FlowFilter
-POLICY = """
-apiVersion: cilium.io/v2
-kind: CiliumNetworkPolicy
-metadata: {name: web-from-db, namespace: default}
-spec:
-  endpointSelector: {matchLabels: {app: web}}
-  ingress:
-  - fromEndpoints: [{matchLabels: {k8s:io.kubernetes.pod.namespace: team-a, app: db}}]
-    toPorts: [{ports: [{port: "80", protocol: TCP}]}]
-"""
 
 
 @pytest.fixture(scope="module")
 def denied(lab: Lab) -> Iterator[Lab]:
     """The lab with web reachable on 80 from team-a/db only: client's probe is default-denied."""
-    objects = [o for o in yaml.safe_load_all(POLICY) if o]
-    with AgentClient(NodePaths("n1").socket) as client:
-        client.apply(ApplyRequest(objects=objects), wait=30)  # regeneration runs in the background
-    try:
-        assert lab.probe("client", "web", 80, timeout=1.0)["verdict"] != "connected"
-        assert lab.probe("db", "web", 80)["verdict"] == "connected"
-        yield lab
-    finally:
-        with AgentClient(NodePaths("n1").socket) as client:
-            client.delete(ApplyRequest(objects=[{"kind": o["kind"], "metadata": o["metadata"]} for o in objects]))
+    with client_denied_to_web(lab) as running:
+        yield running
 
 
 @pytest.fixture(scope="module")

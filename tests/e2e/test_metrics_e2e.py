@@ -7,27 +7,13 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import pytest
-import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
-from cilia.api.client import AgentClient
-from cilia.api.models import ApplyRequest
 from cilia.lab.lab import PYTHON, Lab
-from cilia.paths import NodePaths
 from cilia.testing import wait_for
-from cilia.testing.labs import BASIC, running_lab
+from cilia.testing.labs import BASIC, client_denied_to_web, running_lab
 
 ADDRESS = "127.0.0.1:9962"
-POLICY = """
-apiVersion: cilium.io/v2
-kind: CiliumNetworkPolicy
-metadata: {name: web-from-db, namespace: default}
-spec:
-  endpointSelector: {matchLabels: {app: web}}
-  ingress:
-  - fromEndpoints: [{matchLabels: {k8s:io.kubernetes.pod.namespace: team-a, app: db}}]
-    toPorts: [{ports: [{port: "80", protocol: TCP}]}]
-"""
 FETCH = ("import sys, urllib.request; "
          f"sys.stdout.write(urllib.request.urlopen('http://{ADDRESS}/metrics', timeout=5).read().decode())")
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
@@ -36,13 +22,9 @@ Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
 @pytest.fixture(scope="module")
 def denied() -> Iterator[Lab]:
     """A lab of its own whose agents serve metrics, with client -> web:80 default-denied."""
-    with running_lab(BASIC, agent_args=["--prometheus-serve-addr", ADDRESS]) as lab:
-        objects = [o for o in yaml.safe_load_all(POLICY) if o]
-        with AgentClient(NodePaths("n1").socket) as client:
-            client.apply(ApplyRequest(objects=objects), wait=30)
-        assert lab.probe("client", "web", 80, timeout=1.0)["verdict"] != "connected"
-        assert lab.probe("db", "web", 80)["verdict"] == "connected"
-        yield lab
+    with running_lab(BASIC, agent_args=["--prometheus-serve-addr", ADDRESS]) as lab, \
+            client_denied_to_web(lab) as running:
+        yield running
 
 
 def scrape(lab: Lab, node: str = "n1") -> Samples:

@@ -34,3 +34,33 @@ def running_lab(source: Topology | Mapping[str, Any] | Path,
         yield lab
     finally:
         lab.down()
+
+
+# On lab-basic: web takes port 80 from team-a/db only, so client's probe to web:80 is default-denied.
+WEB_FROM_DB = {
+    "apiVersion": "cilium.io/v2", "kind": "CiliumNetworkPolicy",
+    "metadata": {"name": "web-from-db", "namespace": "default"},
+    "spec": {"endpointSelector": {"matchLabels": {"app": "web"}},
+             "ingress": [{"fromEndpoints": [{"matchLabels": {"k8s:io.kubernetes.pod.namespace": "team-a",
+                                                             "app": "db"}}],
+                          "toPorts": [{"ports": [{"port": "80", "protocol": "TCP"}]}]}]},
+}
+
+
+@contextmanager
+def client_denied_to_web(lab: Lab, node: str = "n1") -> Iterator[Lab]:
+    """lab-basic with WEB_FROM_DB enforced (waited for), checked by a denied and an allowed probe;
+    the policy is deleted again on exit."""
+    from cilia.api.client import AgentClient
+    from cilia.api.models import ApplyRequest
+    from cilia.paths import NodePaths
+
+    with AgentClient(NodePaths(node).socket) as client:
+        client.apply(ApplyRequest(objects=[WEB_FROM_DB]), wait=30)  # regeneration runs in the background
+    try:
+        assert lab.probe("client", "web", 80, timeout=1.0)["verdict"] != "connected"
+        assert lab.probe("db", "web", 80)["verdict"] == "connected"
+        yield lab
+    finally:
+        with AgentClient(NodePaths(node).socket) as client:
+            client.delete(ApplyRequest(objects=[{"kind": WEB_FROM_DB["kind"], "metadata": WEB_FROM_DB["metadata"]}]))

@@ -33,13 +33,12 @@ from bench.tools import write_results
 from cilia.bpf import ensure_bpffs, remove_pins
 from cilia.maps import lb as lbm
 from cilia.testing.lbnode import VIP, Node
-from cilia.testing.packets import PEER, POD, tcp_packet
+from cilia.testing.packets import PEER, POD, TC_ACT_REDIRECT, tcp_packet
 
 SIZES = (10, 1000, 10000)
 BACKENDS = 10
 RUNS = 5_000  # single runs per batch
 BATCHES = 7
-TC_ACT_REDIRECT = 7
 
 
 def fill(node: Node, services: int) -> None:

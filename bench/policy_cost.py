@@ -57,9 +57,8 @@ from cilia.policy.mapstate import PeerIndex, compute_map_state
 from cilia.policy.repository import PolicyRepository
 from cilia.policy.resolve import resolve_endpoint
 from cilia.policy.rules import CidrPeer, Direction, IdentityView
-from cilia.testing.packets import csum, tcp_packet
+from cilia.testing.packets import TC_ACT_OK, TC_ACT_REDIRECT, TC_ACT_SHOT, csum, tcp_packet
 
-TC_ACT_OK, TC_ACT_SHOT, TC_ACT_REDIRECT = 0, 2, 7
 NAMESPACE = "default"
 CLIENT_IP = "10.200.1.2"
 ROUTER_IP = "10.200.1.1"

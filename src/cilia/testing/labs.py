@@ -8,8 +8,11 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from cilia.api.client import AgentClient
+from cilia.api.models import ApplyRequest
 from cilia.lab.lab import Lab, cleanup_leftovers
 from cilia.lab.topology import Topology, load_topology, parse_topology
+from cilia.paths import NodePaths
 
 EXAMPLES = Path(__file__).resolve().parents[3] / "examples"
 BASIC = EXAMPLES / "lab-basic.yaml"  # one node, client/web in default, db in team-a, world1
@@ -51,10 +54,6 @@ WEB_FROM_DB = {
 def client_denied_to_web(lab: Lab, node: str = "n1") -> Iterator[Lab]:
     """lab-basic with WEB_FROM_DB enforced (waited for), checked by a denied and an allowed probe;
     the policy is deleted again on exit."""
-    from cilia.api.client import AgentClient
-    from cilia.api.models import ApplyRequest
-    from cilia.paths import NodePaths
-
     with AgentClient(NodePaths(node).socket) as client:
         client.apply(ApplyRequest(objects=[WEB_FROM_DB]), wait=30)  # regeneration runs in the background
     try:

@@ -12,6 +12,8 @@ apt_packages=(
   iperf3 sockperf
   # real CNI clients the e2e tests drive
   podman runc containernetworking-plugins busybox-static containerd
+  # the cluster's kvstore (lab, tests)
+  etcd-server etcd-client
 )
 missing=()
 for p in "${apt_packages[@]}"; do

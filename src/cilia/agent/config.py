@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
 
+from cilia.cluster.model import RoutingMode
 from cilia.lb.maglev import DEFAULT_SIZE as MAGLEV_DEFAULT_SIZE
 from cilia.lb.maglev import MAGLEV_SIZES
 from cilia.metrics.server import parse_address
@@ -53,6 +54,17 @@ class AgentConfig:
     hubble_tls_key_file: Path | None = None
     hubble_tls_client_ca_files: tuple[Path, ...] = ()
     prometheus_serve_addr: str | None = None  # host:port of /metrics; None = not served
+    # ----- the cluster (docs/cluster.md) -----
+    kvstore: str = "local"  # local: the embedded SQLite store, one node; etcd: the cluster's etcd
+    kvstore_endpoints: tuple[str, ...] = ()  # etcd client URLs, e.g. http://192.0.2.201:2379
+    kvstore_lease_ttl: int = 15  # seconds: a node that stops refreshing disappears after this
+    routing_mode: RoutingMode = RoutingMode.NATIVE
+    tunnel_port: int = 8472  # VXLAN UDP port (Cilium's default)
+    native_routing_cidrs: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()  # not masqueraded
+    cluster_pool_ipv4_cidr: ipaddress.IPv4Network | None = None
+    cluster_pool_ipv4_mask_size: int = 24
+    cluster_pool_ipv6_cidr: ipaddress.IPv6Network | None = None
+    cluster_pool_ipv6_mask_size: int = 64
 
     @property
     def paths(self) -> NodePaths:
@@ -134,7 +146,34 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--prometheus-serve-addr", type=_serve_addr, default=None,
                         help="serve Prometheus metrics on this address, e.g. :9962 or 127.0.0.1:9962 "
                              "(default: not served)")
+    cluster = parser.add_argument_group("cluster", "several nodes sharing state in etcd (docs/cluster.md)")
+    cluster.add_argument("--kvstore", default="local", choices=["local", "etcd"],
+                         help="local: embedded store, one node (default); etcd: the cluster's etcd")
+    cluster.add_argument("--kvstore-endpoints", type=_endpoints, default=(),
+                         help="comma-separated etcd client URLs (with --kvstore etcd)")
+    cluster.add_argument("--kvstore-lease-ttl", type=_positive, default=15,
+                         help="seconds before a node that stopped refreshing its lease disappears")
+    cluster.add_argument("--routing-mode", type=RoutingMode, choices=list(RoutingMode), default=RoutingMode.NATIVE,
+                         help="native: pod CIDRs routed over the underlay; tunnel: VXLAN with the identity in the VNI")
+    cluster.add_argument("--tunnel-port", type=int, default=8472, help="VXLAN UDP port")
+    cluster.add_argument("--ipv4-native-routing-cidr", "--ipv6-native-routing-cidr", action="append",
+                         type=_service_cidr, default=None, dest="native_routing_cidrs",
+                         help="destinations reached without masquerading (the cluster's pod CIDRs; repeatable)")
+    cluster.add_argument("--cluster-pool-ipv4-cidr", type=_ipv4_network, default=None,
+                         help="claim this node's IPv4 pod CIDR from this cluster pool (instead of --ipv4-pod-cidr)")
+    cluster.add_argument("--cluster-pool-ipv4-mask-size", "--cluster-pool-mask-size", type=int, default=24,
+                         dest="cluster_pool_ipv4_mask_size")
+    cluster.add_argument("--cluster-pool-ipv6-cidr", type=_ipv6_network, default=None)
+    cluster.add_argument("--cluster-pool-ipv6-mask-size", type=int, default=64)
     return parser
+
+
+def _endpoints(text: str) -> tuple[str, ...]:
+    urls = tuple(u.strip() for u in text.split(",") if u.strip())
+    for url in urls:
+        if not url.startswith(("http://", "https://")) or url.count(":") < 2:
+            raise argparse.ArgumentTypeError(f"--kvstore-endpoints {url!r}: must be a URL like http://HOST:2379")
+    return urls
 
 
 def _serve_addr(text: str) -> str | None:
@@ -170,8 +209,14 @@ def _service_cidr(text: str) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
 
 def parse_config(argv: list[str] | None = None) -> AgentConfig:
     args = build_parser().parse_args(argv)
-    if args.ipv4_pod_cidr is None and args.ipv6_pod_cidr is None:
-        build_parser().error("at least one of --ipv4-pod-cidr and --ipv6-pod-cidr is required")
+    pooled = args.cluster_pool_ipv4_cidr is not None or args.cluster_pool_ipv6_cidr is not None
+    if args.ipv4_pod_cidr is None and args.ipv6_pod_cidr is None and not pooled:
+        build_parser().error("at least one of --ipv4-pod-cidr and --ipv6-pod-cidr is required "
+                             "(or --cluster-pool-ipv4-cidr / --cluster-pool-ipv6-cidr with --kvstore etcd)")
+    if pooled and args.kvstore != "etcd":
+        build_parser().error("--cluster-pool-* needs --kvstore etcd (the pool is claimed in etcd)")
+    if args.kvstore == "etcd" and not args.kvstore_endpoints:
+        build_parser().error("--kvstore etcd needs --kvstore-endpoints")
     if (args.hubble_tls_cert_file is None) != (args.hubble_tls_key_file is None):
         build_parser().error("--hubble-tls-cert-file and --hubble-tls-key-file go together")
     return AgentConfig(
@@ -205,4 +250,14 @@ def parse_config(argv: list[str] | None = None) -> AgentConfig:
         hubble_tls_key_file=args.hubble_tls_key_file,
         hubble_tls_client_ca_files=tuple(args.hubble_tls_client_ca_files or ()),
         prometheus_serve_addr=args.prometheus_serve_addr,
+        kvstore=args.kvstore,
+        kvstore_endpoints=args.kvstore_endpoints,
+        kvstore_lease_ttl=args.kvstore_lease_ttl,
+        routing_mode=args.routing_mode,
+        tunnel_port=args.tunnel_port,
+        native_routing_cidrs=tuple(args.native_routing_cidrs or ()),
+        cluster_pool_ipv4_cidr=args.cluster_pool_ipv4_cidr,
+        cluster_pool_ipv4_mask_size=args.cluster_pool_ipv4_mask_size,
+        cluster_pool_ipv6_cidr=args.cluster_pool_ipv6_cidr,
+        cluster_pool_ipv6_mask_size=args.cluster_pool_ipv6_mask_size,
     )

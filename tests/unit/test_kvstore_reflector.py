@@ -1,0 +1,176 @@
+"""PrefixReflector: list + watch, resume from the last revision after a broken watch (no list),
+full resync with synthesized puts and deletes after a compaction, garbage passed through, a
+handler's failure logged and survived, a seeded copy diffed on the first list."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+
+import pytest
+
+from cilia.kvstore.api import Cancel, ErrorCallback, KvError, WatchCallback, WatchEvent
+from cilia.kvstore.memory import MemoryKv
+from cilia.kvstore.reflector import PrefixReflector
+from cilia.testing.wait import wait_for
+
+
+class Recorder:
+    def __init__(self) -> None:
+        self.events: list[tuple[str, str, bytes]] = []
+        self.lock = threading.Lock()
+
+    def __call__(self, event: WatchEvent) -> None:
+        with self.lock:
+            self.events.append((event.kind, event.key, event.value))
+
+    def take(self) -> list[tuple[str, str, bytes]]:
+        with self.lock:
+            events, self.events = self.events, []
+            return events
+
+
+class CountingKv(MemoryKv):
+    def __init__(self) -> None:
+        super().__init__()
+        self.lists = 0
+        self.block_watches = False  # new watches fail (the reflector is cut off but writes go on)
+
+    def watch_prefix(self, prefix: str, start_revision: int, on_events: WatchCallback,
+                     on_error: ErrorCallback) -> Cancel:
+        if self.block_watches:
+            raise KvError("watches blocked")
+        return super().watch_prefix(prefix, start_revision, on_events, on_error)
+
+    def list_prefix(self, prefix: str) -> tuple[list, int]:  # type: ignore[type-arg]
+        self.lists += 1
+        return super().list_prefix(prefix)
+
+
+@pytest.fixture
+def kv() -> Iterator[CountingKv]:
+    store = CountingKv()
+    yield store
+    store.close()
+
+
+def _reflector(kv: MemoryKv, recorder: Recorder, **kwargs: object) -> PrefixReflector:
+    reflector = PrefixReflector(kv, "cilia/x/", recorder, min_backoff=0.01, max_backoff=0.05,
+                                **kwargs)  # type: ignore[arg-type]
+    reflector.start()
+    assert reflector.wait_synced(5)
+    return reflector
+
+
+def test_lists_then_watches(kv: CountingKv) -> None:
+    kv.put("cilia/x/a", b"1")
+    kv.put("cilia/y/a", b"ignored")
+    recorder = Recorder()
+    reflector = _reflector(kv, recorder)
+    try:
+        kv.put("cilia/x/b", b"2")
+        kv.put("cilia/x/a", b"1")  # same value: no event
+        kv.delete("cilia/x/a")
+        wait_for(lambda: len(recorder.events) >= 3, 5)
+        kv.settle()
+        assert recorder.take() == [("put", "cilia/x/a", b"1"), ("put", "cilia/x/b", b"2"),
+                                   ("delete", "cilia/x/a", b"1")]
+        assert reflector.items() == {"cilia/x/b": b"2"}
+        assert reflector.revision == kv.revision
+    finally:
+        reflector.stop()
+
+
+def test_resumes_from_the_last_revision_without_listing_again(kv: CountingKv) -> None:
+    recorder = Recorder()
+    reflector = _reflector(kv, recorder)
+    try:
+        kv.put("cilia/x/a", b"1")
+        wait_for(lambda: reflector.get("cilia/x/a") == b"1", 5)
+        kv.set_down(True)  # the member under the watch dies
+        kv.set_down(False)
+        kv.put("cilia/x/b", b"2")  # written while the reflector was away
+        kv.delete("cilia/x/a")
+        wait_for(lambda: reflector.items() == {"cilia/x/b": b"2"}, 5)
+        assert kv.lists == 1 and reflector.resumes >= 1 and reflector.resyncs == 0
+        assert recorder.take() == [("put", "cilia/x/a", b"1"), ("put", "cilia/x/b", b"2"),
+                                   ("delete", "cilia/x/a", b"1")]
+    finally:
+        reflector.stop()
+
+
+def test_compaction_while_away_means_a_full_resync_with_synthesized_events(kv: CountingKv) -> None:
+    kv.put("cilia/x/keep", b"k")
+    kv.put("cilia/x/change", b"old")
+    kv.put("cilia/x/gone", b"g")
+    recorder = Recorder()
+    reflector = _reflector(kv, recorder)
+    try:
+        recorder.take()
+        kv.block_watches = True
+        kv.break_watches()
+        kv.put("cilia/x/change", b"new")
+        kv.delete("cilia/x/gone")
+        kv.put("cilia/x/new", b"n")
+        kv.compact()
+        wait_for(lambda: reflector.resumes >= 1, 5)
+        kv.block_watches = False
+        wait_for(lambda: reflector.resyncs == 1, 5)
+        assert reflector.items() == {"cilia/x/keep": b"k", "cilia/x/change": b"new", "cilia/x/new": b"n"}
+        assert sorted(recorder.take()) == [("delete", "cilia/x/gone", b"g"), ("put", "cilia/x/change", b"new"),
+                                           ("put", "cilia/x/new", b"n")]
+        assert kv.lists == 2 and reflector.revision == kv.revision
+        kv.put("cilia/x/after", b"a")  # and it watches again
+        wait_for(lambda: reflector.get("cilia/x/after") == b"a", 5)
+    finally:
+        reflector.stop()
+
+
+def test_garbage_passes_through_and_a_failing_handler_is_survived(kv: CountingKv,
+                                                                   caplog: pytest.LogCaptureFixture) -> None:
+    seen: list[str] = []
+
+    def handler(event: WatchEvent) -> None:
+        if event.value == b"\xff boom":
+            raise ValueError("cannot decode")
+        seen.append(event.key)
+    reflector = PrefixReflector(kv, "cilia/x/", handler, min_backoff=0.01)
+    reflector.start()
+    try:
+        assert reflector.wait_synced(5)
+        kv.put("cilia/x/bad", b"\xff boom")
+        kv.put("cilia/x/good", b"{}")
+        wait_for(lambda: seen == ["cilia/x/good"], 5)
+        assert reflector.get("cilia/x/bad") == b"\xff boom"
+        assert "cilia/x/bad" in caplog.text
+    finally:
+        reflector.stop()
+
+
+def test_seeded_copy_yields_only_what_changed_while_away(kv: CountingKv) -> None:
+    kv.put("cilia/x/same", b"s")
+    kv.put("cilia/x/changed", b"new")
+    recorder = Recorder()
+    reflector = _reflector(kv, recorder, initial={"cilia/x/same": b"s", "cilia/x/changed": b"old",
+                                                  "cilia/x/deleted": b"d"})
+    try:
+        assert sorted(recorder.take()) == [("delete", "cilia/x/deleted", b"d"),
+                                           ("put", "cilia/x/changed", b"new")]
+    finally:
+        reflector.stop()
+
+
+def test_store_down_at_start_keeps_the_seed_and_syncs_later(kv: CountingKv) -> None:
+    kv.set_down(True)
+    recorder = Recorder()
+    reflector = PrefixReflector(kv, "cilia/x/", recorder, initial={"cilia/x/a": b"1"},
+                                min_backoff=0.01, max_backoff=0.05)
+    reflector.start()
+    try:
+        assert not reflector.wait_synced(0.2)
+        assert reflector.items() == {"cilia/x/a": b"1"} and "unavailable" in reflector.last_error
+        kv.set_down(False)
+        assert reflector.wait_synced(5)
+        assert recorder.take() == [("delete", "cilia/x/a", b"1")]
+    finally:
+        reflector.stop()

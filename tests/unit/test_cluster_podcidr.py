@@ -11,13 +11,13 @@ from pathlib import Path
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+from tests.unit.mutation import FUZZ
 
 from cilia.cluster import codec
 from cilia.cluster.model import NodeRecord, RoutingMode
 from cilia.cluster.podcidr import PodCidrClaimer, PoolExhausted, first_free
 from cilia.kvstore.api import KvError
 from cilia.kvstore.memory import MemoryKv
-from tests.unit.mutation import FUZZ
 
 net = ipaddress.ip_network
 POOL = net("10.200.0.0/16")
@@ -101,7 +101,7 @@ def test_pool_exhausted_is_a_clear_error(tmp_path: Path) -> None:
     pool = net("10.0.0.0/23")
     _claimer(kv, "a", tmp_path).claim(pool, 24)
     _claimer(kv, "b", tmp_path).claim(pool, 24)
-    with pytest.raises(PoolExhausted, match="no free /24 left in the cluster pool 10.0.0.0/23"):
+    with pytest.raises(PoolExhausted, match=r"no free /24 left in the cluster pool 10\.0\.0\.0/23"):
         _claimer(kv, "c", tmp_path).claim(pool, 24)
 
 

@@ -11,12 +11,12 @@ from typing import Any
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+from tests.unit.mutation import FUZZ, mutated
 
 from cilia.cluster import codec
 from cilia.cluster.codec import RecordError
 from cilia.cluster.model import IpcacheRecord, NodeRecord, RoutingMode
 from cilia.cluster.table import RecordTable
-from tests.unit.mutation import FUZZ, mutated
 
 NODE = NodeRecord("node-a", ipaddress.IPv4Address("192.0.2.1"), ipaddress.IPv6Address("2001:db8::1"),
                   (ipaddress.ip_network("10.200.1.0/24"), ipaddress.ip_network("fd00:200:0:1::/64")),

@@ -155,7 +155,7 @@ class PodCidrClaimer:
         return cidrs
 
     def _overlaps_nodes(self, cidr: Network) -> bool:
-        return any(c.version == cidr.version and c.overlaps(cidr) for c in self._node_cidrs())  # type: ignore[arg-type]
+        return any(c.version == cidr.version and c.overlaps(cidr) for c in self._node_cidrs())
 
     def _cached(self, pool: Network, mask: int) -> Network | None:
         text = read_json(self._cache_file, {}).get(f"v{pool.version}")

@@ -1,5 +1,6 @@
 """A decoded mirror of one kvstore prefix: key -> record, fed with the puts and deletes of a
-cilia.kvstore.reflector.PrefixReflector (list, then watch; resumes and resyncs are its business). Values that do not decode are logged with their key and skipped
+cilia.kvstore.reflector.PrefixReflector (list, then watch; resumes and resyncs are its
+business). Values that do not decode are logged with their key and skipped
 (a good record that garbage overwrote is dropped: the store no longer holds it), so one bad key
 never stops the others. Thread-safe; `on_change` is called after each batch that changed
 something, outside the lock."""

@@ -13,6 +13,7 @@ import httpx
 from cilia.api.models import (
     ApplyRequest,
     ApplyResult,
+    ClusterNode,
     Endpoint,
     EndpointCreateRequest,
     ErrorBody,
@@ -148,6 +149,9 @@ class AgentClient:
 
     def gc(self, request: GcRequest) -> GcResult:
         return GcResult.model_validate(self._request("POST", "/v1/gc", json=request.model_dump()).json())
+
+    def list_nodes(self) -> list[ClusterNode]:
+        return [ClusterNode.model_validate(n) for n in self.get("/v1/nodes")]
 
     def list_identities(self) -> list[Identity]:
         return [Identity.model_validate(i) for i in self.get("/v1/identities")]

@@ -173,6 +173,35 @@ class ApplyResult(Strict):
     revision: int | None = None
 
 
+class KvstoreStatus(Strict):
+    """The kvstore as this agent sees it (`cilia status`): `local` is the embedded store."""
+
+    backend: Literal["local", "etcd"]
+    reachable: bool
+    endpoint: str = ""  # the member this agent talks to now
+    member_id: str = ""
+    leader_id: str = ""
+    revision: int = 0
+    lag: int = 0  # raft entries the member has committed but not yet applied
+    lease: bool = False  # the node's lease is held (its records are live)
+    pending: bool = False  # local changes (node record, ipcache entries) not yet written
+    error: str = ""
+
+
+class ClusterNode(Strict):
+    """One node of the cluster (`GET /v1/nodes`, `cilia node list`)."""
+
+    name: str
+    local: bool
+    ipv4: str | None
+    ipv6: str | None
+    pod_cidrs: list[str]
+    routing_mode: str
+    health: str
+    health_reason: str = ""
+    age_seconds: float  # since the node registered (its record's `updated`)
+
+
 class NodeStatus(Strict):
     node: str
     version: str
@@ -188,6 +217,9 @@ class NodeStatus(Strict):
     services: int = 0
     # LB map writes of the start-up sync: 0 when a restarted agent found the maps as it wanted them
     service_sync_operations: int = 0
+    kvstore: KvstoreStatus | None = None
+    cluster_nodes: list[ClusterNode] = Field(default_factory=list)
+    remote_endpoints: int = 0  # endpoint IPs of other nodes in this node's ipcache
 
 
 class BackendStateRequest(Strict):

@@ -63,8 +63,21 @@ def status(node: str | None = NodeOption, socket: Path | None = SocketOption, ou
     if output is Output.JSON:
         print_json(info)
         return
-    rows = [(key, value) for key, value in info.items() if key != "datapath"]
+    nested = ("datapath", "kvstore", "cluster_nodes")
+    rows = [(key, value) for key, value in info.items() if key not in nested]
     rows += [(f"datapath.{key}", value) for key, value in info["datapath"].items()]
+    kvstore = info.get("kvstore")
+    if kvstore:
+        state = "reachable" if kvstore["reachable"] else f"UNREACHABLE ({kvstore['error']})"
+        rows.append(("kvstore", f"{kvstore['backend']}: {state}"))
+        if kvstore["backend"] == "etcd":
+            rows += [(f"kvstore.{key}", kvstore[key])
+                     for key in ("endpoint", "member_id", "leader_id", "revision", "lag", "lease", "pending")]
+    nodes = info.get("cluster_nodes") or []
+    if nodes:
+        healthy = sum(1 for n in nodes if n["health"] == "ok")
+        rows.append(("cluster.nodes", f"{len(nodes)} ({healthy} ok): "
+                     + ", ".join(n["name"] + ("" if n["health"] == "ok" else f" [{n['health']}]") for n in nodes)))
     print_table(None, ["field", "value"], rows)
 
 

@@ -60,10 +60,12 @@ class PodCidrClaimer:
         self._kv = kv
         self._node = node
         self._cache_file = cache_file
+        self.from_cache = False  # the last claim() answered from the cache (the kvstore was down)
 
     def claim(self, pool: Network, mask: int) -> Network:
         """This node's CIDR of `pool`: its existing claim, else a new one. With the kvstore
         unreachable, the claim cached by the last successful start (if it belongs to this pool)."""
+        self.from_cache = False
         try:
             cidr = self._claim(pool, mask)
         except KvError as exc:
@@ -73,6 +75,7 @@ class PodCidrClaimer:
                               f"({exc}) and no claim cached in {self._cache_file}") from exc
             log.warning("kvstore unreachable (%s): using the cached pod CIDR %s; the claim is checked "
                         "when the kvstore is back", exc, cached)
+            self.from_cache = True
             return cached
         self._save(cidr)
         return cidr

@@ -1,0 +1,153 @@
+"""The cluster part of the composition root (`--kvstore etcd`): the etcd client and the node's
+session, the pod CIDRs claimed from the cluster pool (before IPAM is built), and once the node's
+datapath is up, the cluster runtime (node registry, ipcache, controller) wired to the endpoint
+manager, the identity allocator and the policy engine. Also the views `cilia status` and
+`GET /v1/nodes` read, for both kvstores (with `local` the cluster is this node).
+
+Nothing here waits for etcd: the agent starts with it unreachable (from its caches) and
+converges when it is back."""
+
+from __future__ import annotations
+
+import dataclasses
+import ipaddress
+import logging
+import time
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from cilia.agent.config import AgentConfig
+from cilia.api.models import ClusterNode, KvstoreStatus
+from cilia.cluster.controller import ClusterDatapath
+from cilia.cluster.model import IPAddress, Network, NodeRecord
+from cilia.cluster.podcidr import PodCidrClaimer
+from cilia.cluster.runtime import ClusterRuntime
+from cilia.endpoint.record import EndpointRecord
+from cilia.kvstore.api import KvError
+from cilia.kvstore.etcd import EtcdClient
+from cilia.kvstore.session import NodeSession
+
+log = logging.getLogger(__name__)
+
+
+def pod_cidrs(config: AgentConfig) -> tuple[Network, ...]:
+    return tuple(c for c in (config.ipv4_pod_cidr, config.ipv6_pod_cidr) if c is not None)
+
+
+def local_record(config: AgentConfig, addresses: Iterable[IPAddress], registered: float) -> NodeRecord:
+    """This node as the cluster sees it: its first global underlay address of each family."""
+    usable = [a for a in addresses if not (a.is_link_local or a.is_loopback)]
+    ipv4 = next((a for a in usable if isinstance(a, ipaddress.IPv4Address)), None)
+    ipv6 = next((a for a in usable if isinstance(a, ipaddress.IPv6Address)), None)
+    return NodeRecord(name=config.node, ipv4=ipv4, ipv6=ipv6, pod_cidrs=pod_cidrs(config),
+                      routing_mode=config.routing_mode, updated=registered)
+
+
+def node_view(record: NodeRecord, local: bool, now: float) -> ClusterNode:
+    return ClusterNode(name=record.name, local=local, ipv4=str(record.ipv4) if record.ipv4 else None,
+                       ipv6=str(record.ipv6) if record.ipv6 else None,
+                       pod_cidrs=[str(c) for c in record.pod_cidrs], routing_mode=record.routing_mode.value,
+                       health=record.health, health_reason=record.health_reason,
+                       age_seconds=round(max(0.0, now - record.updated), 1) if record.updated else 0.0)
+
+
+class LocalCluster:
+    """`--kvstore local`: one node, the embedded store."""
+
+    def __init__(self, config: AgentConfig, addresses: Callable[[], Iterable[IPAddress]]) -> None:
+        self._config = config
+        self._addresses = addresses
+        self._registered = time.time()
+
+    def kvstore_status(self) -> KvstoreStatus:
+        return KvstoreStatus(backend="local", reachable=True)
+
+    def cluster_nodes(self) -> list[ClusterNode]:
+        return [node_view(local_record(self._config, self._addresses(), self._registered), True, time.time())]
+
+    def remote_endpoints(self) -> int:
+        return 0
+
+    def stop(self) -> None:
+        pass
+
+
+class EtcdCluster:
+    """`--kvstore etcd`: built in the agent's constructor (client, session, pod CIDRs), started
+    in its start-up once endpoints are restored (`start`)."""
+
+    def __init__(self, config: AgentConfig) -> None:
+        self.config = config
+        self.kv = EtcdClient(list(config.kvstore_endpoints))
+        self.session = NodeSession(self.kv, config.node, config.kvstore_lease_ttl)
+        self.session.start()  # a thread: grants the lease whenever etcd answers
+        self._claimer = PodCidrClaimer(self.kv, config.node, config.paths.state_dir / "podcidrs.json")
+        self._unconfirmed: list[Network] = []
+        self._registered = time.time()
+        self.runtime: ClusterRuntime | None = None
+
+    # ----- before IPAM -----------------------------------------------------------------------------
+    def claim_pod_cidrs(self, config: AgentConfig) -> AgentConfig:
+        """The config with the pod CIDRs the cluster pool gave this node (a static CIDR of a family
+        wins over the pool's). Raises KvError when etcd is unreachable and nothing is cached."""
+        changes: dict[str, Any] = {}
+        for family, static, pool, mask in (
+            ("ipv4_pod_cidr", config.ipv4_pod_cidr, config.cluster_pool_ipv4_cidr, config.cluster_pool_ipv4_mask_size),
+            ("ipv6_pod_cidr", config.ipv6_pod_cidr, config.cluster_pool_ipv6_cidr, config.cluster_pool_ipv6_mask_size),
+        ):
+            if pool is None:
+                continue
+            if static is not None:
+                log.warning("%s %s given: the cluster pool %s is not used for it", family, static, pool)
+                continue
+            cidr = self._claimer.claim(pool, mask)
+            if self._claimer.from_cache:
+                self._unconfirmed.append(cidr)  # confirmed in etcd once it answers
+            changes[family] = cidr
+            log.info("node %s: pod CIDR %s from the cluster pool %s", config.node, cidr, pool)
+        self.config = dataclasses.replace(config, **changes) if changes else config
+        return self.config
+
+    def _confirm_claims(self) -> bool:
+        try:
+            return all(self._claimer.confirm(cidr) for cidr in self._unconfirmed)
+        except KvError:
+            return False
+
+    # ----- after the datapath and the endpoints ----------------------------------------------------
+    def start(self, *, addresses: Iterable[IPAddress], datapath: ClusterDatapath,
+              local_endpoints: Callable[[], Iterable[EndpointRecord]],
+              identities_changed: Callable[[], object]) -> ClusterRuntime:
+        self.runtime = ClusterRuntime(
+            kv=self.kv, session=self.session, local=local_record(self.config, addresses, self._registered),
+            datapath=datapath, local_endpoints=local_endpoints, identities_changed=identities_changed,
+            extra_publish=self._confirm_claims if self._unconfirmed else None)
+        self.runtime.start()
+        return self.runtime
+
+    def stop(self) -> None:
+        if self.runtime is not None:
+            self.runtime.stop()
+        else:
+            self.session.close()
+        self.kv.close()
+
+    # ----- views -----------------------------------------------------------------------------------
+    def kvstore_status(self) -> KvstoreStatus:
+        status = self.kv.status()
+        lag = status.raft_index - status.raft_applied_index if status.raft_applied_index else 0
+        pending = self.runtime.controller.pending() if self.runtime is not None else True
+        return KvstoreStatus(backend="etcd", reachable=status.reachable, endpoint=status.endpoint,
+                             member_id=status.member_id, leader_id=status.leader_id, revision=status.revision,
+                             lag=max(0, lag), lease=self.session.has_lease, pending=pending, error=status.error)
+
+    def cluster_nodes(self) -> list[ClusterNode]:
+        now = time.time()
+        if self.runtime is None:
+            return [node_view(local_record(self.config, (), self._registered), True, now)]
+        return [node_view(r, r.name == self.config.node, now) for r in self.runtime.nodes()]
+
+    def remote_endpoints(self) -> int:
+        view = self.runtime.controller.view if self.runtime is not None else None
+        return len(view.remote_endpoints) if view is not None else 0
+

@@ -33,7 +33,7 @@ struct ep_config {
 	__u8 router_ipv6[16];
 	__u32 aggregation; /* enum aggregation */
 	__u32 aggregation_interval;
-	__u32 pad;
+	__u32 tunnel_ifindex; /* cilia_vxlan (tunnel mode): a destination with a tunnel endpoint is encapsulated there; 0 = native routing */
 };
 
 const volatile struct ep_config CONFIG = {};

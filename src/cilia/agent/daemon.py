@@ -78,6 +78,7 @@ class Agent:
             ipv6_pod_cidr=config.ipv6_pod_cidr,
             underlay_device=config.underlay_device,
             masquerade=config.masquerade,
+            native_routing_cidrs=config.native_routing_cidrs,
         )
         self.datapath = DatapathAdapter(config, self.ipam)
         # Dependency direction: the registry holds the endpoints and their states; the policy
@@ -102,7 +103,7 @@ class Agent:
             ipam=self.ipam,
             identities=self.identities,
             resources=self.resources,
-            links=NetlinkLinks(),
+            links=NetlinkLinks(self.datapath.encap_overhead),
             datapath=self.datapath,
             policy=self.policy,
         )

@@ -1,18 +1,26 @@
-"""Adapter: endpoint records and node addresses into the datapath's maps and programs, and the maps'
-decoded entries out (typed; `cilia.agent.api.maprows` renders them for the API).
+"""Adapter: endpoint records, node addresses and the cluster view into the datapath's maps, programs,
+routes and devices, and the maps' decoded entries out (typed; `cilia.agent.api.maprows` renders them
+for the API).
+
+Cluster (`sync_cluster`): native routes to the other nodes' pod CIDRs, the VXLAN device in tunnel
+mode, and the ipcache entries of remote endpoints and nodes; the plan is computed by
+`cilia.datapath.cluster` and only what differs is written.
 
 Netlink is reached through `cilia.netlink` only."""
 
 from __future__ import annotations
 
 import ipaddress
+import logging
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from cilia.agent.config import AgentConfig, MonitorAggregation
+from cilia.cluster.model import ClusterView, RoutingMode
 from cilia.datapath import Datapath, DatapathOptions, EndpointConfig
+from cilia.datapath.cluster import desired_ipcache, desired_routes, ipcache_diff
 from cilia.endpoint.record import EndpointRecord
 from cilia.identity.cidr import CIDR_IDENTITY_BASE, Network
 from cilia.identity.reserved import ReservedIdentity
@@ -25,9 +33,12 @@ from cilia.maps.lb import LbMaps
 from cilia.maps.metrics import MetricsKey
 from cilia.maps.policy import InstalledEntries
 from cilia.netlink import NodeNetConfig, addresses, link_index
+from cilia.netlink.routes import sync_pod_cidr_routes
+from cilia.netlink.vxlan import VXLAN_DEVICE, VXLAN_OVERHEAD, ensure_vxlan_device
 from cilia.policy.mapstate import MapState
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+log = logging.getLogger(__name__)
 
 
 def _addresses(record: EndpointRecord) -> list[IPAddress]:
@@ -59,9 +70,22 @@ class DatapathAdapter:
                 maglev_seed=config.maglev_hash_seed,
             ),
         )
+        self._tunnel_ifindex = 0
+
+    @property
+    def tunnel(self) -> bool:
+        return self._config.routing_mode is RoutingMode.TUNNEL
+
+    @property
+    def encap_overhead(self) -> int:
+        """Bytes the routing mode adds to a pod's packet: the pod MTU is lowered by this much."""
+        return VXLAN_OVERHEAD if self.tunnel else 0
 
     def open(self) -> None:
         self.datapath.open()
+        if self.tunnel:
+            # before any endpoint is attached: each one's program carries the device's ifindex
+            self._tunnel_ifindex = ensure_vxlan_device(self._config.tunnel_port)
 
     def close(self) -> None:
         self.datapath.close()
@@ -94,11 +118,45 @@ class DatapathAdapter:
                 router_ipv6=self._ipam.router_ipv6 if record.ipv6 else None,
                 aggregation=options.aggregation,
                 aggregation_interval=options.aggregation_interval,
+                tunnel_ifindex=self._tunnel_ifindex,
             )
         )
 
     def detach(self, record: EndpointRecord) -> None:
         self.datapath.detach_endpoint(record.host_ifindex or None, _addresses(record))
+
+    # ----- cluster (cilia.cluster.controller) ------------------------------------------------------
+    def sync_cluster(self, view: ClusterView) -> int:
+        """Make the node's datapath match the cluster: native routes to the other nodes' pod CIDRs
+        (added, replaced, removed), the VXLAN device in tunnel mode, and the ipcache entries of
+        remote endpoints (identity, tunnel endpoint) and other nodes (`remote-node`). Removes only
+        ipcache entries an earlier sync wrote (flagged in the map, so this holds across restarts);
+        a local pod's, the host's and CIDR identities' entries are never touched. Idempotent:
+        returns the number of changes, 0 (nothing written) when nothing differed."""
+        if view.routing_mode is not self._config.routing_mode:
+            log.warning("cluster view in %s routing, this agent runs %s: following the agent's flag",
+                        view.routing_mode, self._config.routing_mode)
+            view = ClusterView(self._config.routing_mode, view.local_node, view.nodes, view.remote_endpoints)
+        changes = 0
+        if self.tunnel:
+            index = ensure_vxlan_device(self._config.tunnel_port)
+            if index != self._tunnel_ifindex:
+                log.warning("%s was recreated (ifindex %d -> %d): endpoints attached before keep the old one "
+                            "until they are re-attached", VXLAN_DEVICE, self._tunnel_ifindex, index)
+                self._tunnel_ifindex = index
+                self.datapath.attach_overlay(index)
+                changes += 1
+        changes += sync_pod_cidr_routes(desired_routes(view))
+        ipcache = self.datapath.ipcache
+        diff = ipcache_diff(ipcache.entries(), desired_ipcache(view))
+        for prefix, value in diff.put.items():
+            ipcache.put(prefix, value)
+        for prefix in diff.delete:
+            ipcache.delete(prefix)
+        if diff.kept_foreign:
+            log.debug("cluster sync left %d ipcache entries it did not write: %s", len(diff.kept_foreign),
+                      ", ".join(map(str, diff.kept_foreign[:5])))
+        return changes + len(diff.put) + len(diff.delete)
 
     # ----- services --------------------------------------------------------------------------------
     @property
@@ -111,6 +169,8 @@ class DatapathAdapter:
         if ifindex is None:
             raise RuntimeError(f"underlay device {underlay_device!r} does not exist in this network namespace")
         self.datapath.attach_host(ifindex)
+        if self.tunnel:
+            self.datapath.attach_overlay(self._tunnel_ifindex)
         if cgroup_root is not None:
             self.datapath.attach_sock(cgroup_root)
 

@@ -17,7 +17,12 @@ def _ip6(text: str | None) -> ipaddress.IPv6Address | None:
 
 
 class NetlinkLinks:
+    def __init__(self, encap_overhead: int = 0) -> None:
+        # tunnel mode: the pod's MTU leaves room for the encapsulation (DatapathAdapter.encap_overhead)
+        self._encap_overhead = encap_overhead
+
     def create(self, record: EndpointRecord, mtu: int) -> EndpointRecord:
+        mtu -= self._encap_overhead
         link = create_endpoint_link(
             EndpointLinkSpec(
                 host_ifname=record.host_ifname,

@@ -14,7 +14,7 @@ from cilia.maps.layout import CStruct
 EP_CONFIG = CStruct("ep_config", ("endpoint_id", "I"), ("identity", "I"), ("lxc_ifindex", "I"), ("flags", "I"),
                     ("lxc_mac", "6s"), ("pod_mac", "6s"), ("pod_ipv4", "4s"), ("pod_ipv6", "16s"),
                     ("router_ipv4", "4s"), ("router_ipv6", "16s"), ("aggregation", "I"),
-                    ("aggregation_interval", "I"), ("pad", "I"))
+                    ("aggregation_interval", "I"), ("tunnel_ifindex", "I"))
 HOST_CONFIG = CStruct("host_config", ("maglev_size", "I"), ("maglev_seed", "I"), ("pad", "8x"))
 RODATA = {"CONFIG": EP_CONFIG, "HOST": HOST_CONFIG}  # .rodata variable -> the struct it holds
 _LAYOUT = EP_CONFIG.codec
@@ -36,6 +36,7 @@ class EndpointConfig:
     router_ipv6: ipaddress.IPv6Address | None
     aggregation: int = 1
     aggregation_interval: int = 5
+    tunnel_ifindex: int = 0  # cilia_vxlan in tunnel mode: where traffic for a tunnel endpoint goes; 0 = native
 
     @classmethod
     def node(cls, aggregation: int, aggregation_interval: int) -> EndpointConfig:
@@ -59,7 +60,7 @@ class EndpointConfig:
             self.router_ipv6.packed if self.router_ipv6 else zero16,
             self.aggregation,
             self.aggregation_interval,
-            0,
+            self.tunnel_ifindex,
         )
 
 

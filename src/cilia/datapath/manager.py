@@ -1,5 +1,6 @@
 """Datapath: owns the node's shared pinned maps, loads/attaches bpf_lxc.o per endpoint, bpf_host.o
-on the node's underlay device and bpf_sock.o on the node's cgroup.
+on the node's underlay device, bpf_overlay.o on the node's VXLAN device (tunnel mode) and bpf_sock.o
+on the node's cgroup.
 
 Runs inside the node's network namespace (tc attach uses the caller's netns). Nothing here
 detaches or unpins on close: the datapath must outlive the agent process.
@@ -26,6 +27,8 @@ log = logging.getLogger(__name__)
 LXC_OBJECT = "bpf_lxc.o"
 HOST_OBJECT = "bpf_host.o"
 SOCK_OBJECT = "bpf_sock.o"
+OVERLAY_OBJECT = "bpf_overlay.o"
+FROM_OVERLAY = "cil_from_overlay"
 FROM_CONTAINER = "cil_from_container"
 TO_CONTAINER = "cil_to_container"
 FROM_NETDEV = "cil_from_netdev"
@@ -212,6 +215,11 @@ class Datapath:
         """Service traffic from outside: bpf_host.o on the underlay device's tc ingress (atomic replace)."""
         with self._open_object(HOST_OBJECT, self._host_rodata()) as obj:
             tc_attach(ifindex, INGRESS, obj.program(FROM_NETDEV))
+
+    def attach_overlay(self, ifindex: int) -> None:
+        """Tunnel mode: bpf_overlay.o on the VXLAN device's tc ingress (atomic replace)."""
+        with self._open_object(OVERLAY_OBJECT, self._host_rodata()) as obj:
+            tc_attach(ifindex, INGRESS, obj.program(FROM_OVERLAY))
 
     def attach_sock(self, cgroup: Path) -> None:
         """Socket-level load balancing for every process in the node's cgroup subtree."""

@@ -1,4 +1,9 @@
-"""cilia_ipcache_v1: LPM trie from an IP prefix to its security identity (C: struct ipcache_key/value)."""
+"""cilia_ipcache_v1: LPM trie from an IP prefix to its security identity and, for a prefix on another
+node in tunnel mode, that node's underlay IPv4 (C: struct ipcache_key/value, enum ipcache_flags).
+
+`FLAG_CLUSTER` marks the entries the cluster sync wrote (remote endpoints, other nodes), so a
+restarted agent knows which entries are its own to remove and never touches a local pod's, the
+host's or a CIDR identity's entry."""
 
 from __future__ import annotations
 
@@ -17,6 +22,7 @@ MAX_ENTRIES = 512000
 KEY = CStruct("ipcache_key", ("prefixlen", "I"), ("family", "B"), ("pad", "3x"), ("addr", "16s"))
 VALUE = CStruct("ipcache_value", ("identity", "I"), ("tunnel_endpoint", "I"), ("flags", "I"))
 LAYOUTS = (MapLayout(NAME, KEY, VALUE),)
+FLAG_CLUSTER = 1 << 0  # C: IPCACHE_F_CLUSTER, written by the cluster sync
 _KEY = KEY.codec
 _VALUE = VALUE.codec
 Prefix = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -25,8 +31,20 @@ Prefix = ipaddress.IPv4Network | ipaddress.IPv6Network
 @dataclass(frozen=True)
 class IpcacheValue:
     identity: int
-    tunnel_endpoint: int = 0
+    tunnel_endpoint: int = 0  # the owning node's underlay IPv4 in network order, as an int read little-endian
     flags: int = 0
+
+    @classmethod
+    def remote(cls, identity: int, tunnel_endpoint: ipaddress.IPv4Address | None) -> IpcacheValue:
+        """An entry the cluster sync writes: a remote endpoint or prefix, or another node."""
+        endpoint = int.from_bytes(tunnel_endpoint.packed, "little") if tunnel_endpoint is not None else 0
+        return cls(identity, endpoint, FLAG_CLUSTER)
+
+    @property
+    def tunnel_address(self) -> ipaddress.IPv4Address | None:
+        if not self.tunnel_endpoint:
+            return None
+        return ipaddress.IPv4Address(self.tunnel_endpoint.to_bytes(4, "little"))
 
     def pack(self) -> bytes:
         return _VALUE.pack(self.identity, self.tunnel_endpoint, self.flags)
@@ -56,6 +74,9 @@ class IpcacheMap:
 
     def upsert(self, prefix: Prefix, identity: int) -> None:
         self.map.update(pack_key(prefix), IpcacheValue(identity).pack())
+
+    def put(self, prefix: Prefix, value: IpcacheValue) -> None:
+        self.map.update(pack_key(prefix), value.pack())
 
     def delete(self, prefix: Prefix) -> bool:
         return self.map.delete(pack_key(prefix))

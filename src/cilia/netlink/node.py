@@ -1,4 +1,5 @@
-"""Node-level networking in the agent's netns: the router device, forwarding, masquerade."""
+"""Node-level networking in the agent's netns: the router device, forwarding, masquerade (except
+towards the native-routing CIDRs, so pod-to-pod traffic across nodes keeps the pod's address)."""
 
 from __future__ import annotations
 
@@ -26,6 +27,8 @@ class NodeNetConfig:
     ipv6_pod_cidr: ipaddress.IPv6Network | None
     underlay_device: str
     masquerade: bool = True
+    # destinations reached without masquerade (--ipv4/ipv6-native-routing-cidr): the other nodes' pods
+    native_routing_cidrs: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
 
 
 def _sysctl(path: str, value: str) -> None:
@@ -54,7 +57,13 @@ def setup_node_networking(cfg: NodeNetConfig) -> None:
     if cfg.masquerade:
         for tool, cidr in (("iptables", cfg.ipv4_pod_cidr), ("ip6tables", cfg.ipv6_pod_cidr)):
             if cidr is not None:
-                _ensure_masquerade(tool, str(cidr), cfg.underlay_device)
+                for native in _native(cfg, cidr.version):
+                    _ensure_rule(tool, _exclude_rule(str(cidr), native, cfg.underlay_device), insert=True)
+                _ensure_rule(tool, _masq_rule(str(cidr), cfg.underlay_device))
+
+
+def _native(cfg: NodeNetConfig, version: int) -> list[str]:
+    return [str(c) for c in cfg.native_routing_cidrs if c.version == version]
 
 
 def _masq_rule(cidr: str, device: str) -> list[str]:
@@ -64,14 +73,22 @@ def _masq_rule(cidr: str, device: str) -> list[str]:
     ]
 
 
-def _ensure_masquerade(tool: str, cidr: str, device: str) -> None:
-    rule = _masq_rule(cidr, device)
+def _exclude_rule(cidr: str, native: str, device: str) -> list[str]:
+    """Pod traffic to a native-routing CIDR leaves unmasqueraded: it comes before the MASQUERADE rule."""
+    return [
+        "POSTROUTING", "-s", cidr, "-d", native, "-o", device,
+        "-m", "comment", "--comment", MASQ_COMMENT, "-j", "RETURN",
+    ]
+
+
+def _ensure_rule(tool: str, rule: list[str], insert: bool = False) -> None:
     check = subprocess.run([tool, "-w", "5", "-t", "nat", "-C", *rule], capture_output=True, check=False)
     if check.returncode == 0:
         return
-    added = subprocess.run([tool, "-w", "5", "-t", "nat", "-A", *rule], capture_output=True, text=True, check=False)
+    command = ["-I", rule[0], "1", *rule[1:]] if insert else ["-A", *rule]
+    added = subprocess.run([tool, "-w", "5", "-t", "nat", *command], capture_output=True, text=True, check=False)
     if added.returncode != 0:
-        raise NetlinkError(f"adding the masquerade rule for {cidr} with {tool}: {added.stderr.strip()}")
+        raise NetlinkError(f"adding the masquerade rule {' '.join(rule)} with {tool}: {added.stderr.strip()}")
 
 
 def teardown_node_networking(cfg: NodeNetConfig) -> None:
@@ -83,7 +100,7 @@ def teardown_node_networking(cfg: NodeNetConfig) -> None:
                     ipr.addr("del", index=index, address=str(router), prefixlen=prefix)
     for tool, cidr in (("iptables", cfg.ipv4_pod_cidr), ("ip6tables", cfg.ipv6_pod_cidr)):
         if cidr is not None:
-            subprocess.run(
-                [tool, "-w", "5", "-t", "nat", "-D", *_masq_rule(str(cidr), cfg.underlay_device)],
-                capture_output=True, check=False,
-            )
+            rules = [_masq_rule(str(cidr), cfg.underlay_device),
+                     *(_exclude_rule(str(cidr), native, cfg.underlay_device) for native in _native(cfg, cidr.version))]
+            for rule in rules:
+                subprocess.run([tool, "-w", "5", "-t", "nat", "-D", *rule], capture_output=True, check=False)

@@ -14,20 +14,35 @@ import ipaddress
 import logging
 import time
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import Any, Protocol
 
 from cilia.agent.config import AgentConfig
+from cilia.api.errors import CNI_TRY_AGAIN_LATER, ApiError
 from cilia.api.models import ClusterNode, KvstoreStatus
 from cilia.cluster.controller import ClusterDatapath
 from cilia.cluster.model import IPAddress, Network, NodeRecord
 from cilia.cluster.podcidr import PodCidrClaimer
 from cilia.cluster.runtime import ClusterRuntime
 from cilia.endpoint.record import EndpointRecord
+from cilia.identity.allocator import Identity, IdentityAllocator
+from cilia.identity.labels import LabelSet
 from cilia.kvstore.api import KvError
 from cilia.kvstore.etcd import EtcdClient
+from cilia.kvstore.identities import EtcdIdentityAllocator
+from cilia.kvstore.resources import EtcdStore
 from cilia.kvstore.session import NodeSession
+from cilia.resources.kinds import KindRegistry
+from cilia.resources.store import ResourceStore
 
 log = logging.getLogger(__name__)
+
+
+class AgentIdentities(IdentityAllocator, Protocol):
+    """What the agent needs of either allocator (LocalIdentityAllocator, EtcdIdentityAllocator)."""
+
+    def subscribe(self, listener: Callable[[Identity, bool], None]) -> None: ...
+
+    def forget_unreferenced(self) -> int: ...
 
 
 def pod_cidrs(config: AgentConfig) -> tuple[Network, ...]:
@@ -49,6 +64,40 @@ def node_view(record: NodeRecord, local: bool, now: float) -> ClusterNode:
                        pod_cidrs=[str(c) for c in record.pod_cidrs], routing_mode=record.routing_mode.value,
                        health=record.health, health_reason=record.health_reason,
                        age_seconds=round(max(0.0, now - record.updated), 1) if record.updated else 0.0)
+
+
+class KvGuardedIdentities:
+    """The etcd allocator as the endpoint manager sees it: an allocation that needs the kvstore
+    while it is unreachable (a label set this node has no cached number for) is a 503 with CNI's
+    "try again later" code and a message saying so, not an internal error. The endpoint manager
+    rolls the ADD back (nothing is left behind); everything else is passed through."""
+
+    def __init__(self, inner: AgentIdentities) -> None:
+        self._inner = inner
+
+    def allocate(self, labels: LabelSet) -> Identity:
+        try:
+            return self._inner.allocate(labels)
+        except KvError as exc:
+            raise ApiError(503, CNI_TRY_AGAIN_LATER,
+                           f"kvstore unreachable: no cluster identity for {labels.key()} can be allocated now",
+                           f"{exc}. Pods whose labels already have an identity on this node are still "
+                           "added; try again when etcd is back") from exc
+
+    def release(self, labels: LabelSet) -> bool:
+        return self._inner.release(labels)
+
+    def lookup_by_id(self, identity_id: int) -> Identity | None:
+        return self._inner.lookup_by_id(identity_id)
+
+    def all(self) -> list[Identity]:
+        return self._inner.all()
+
+    def subscribe(self, listener: Callable[[Identity, bool], None]) -> None:
+        self._inner.subscribe(listener)
+
+    def forget_unreferenced(self) -> int:
+        return self._inner.forget_unreferenced()
 
 
 class LocalCluster:
@@ -85,6 +134,7 @@ class EtcdCluster:
         self._unconfirmed: list[Network] = []
         self._registered = time.time()
         self.runtime: ClusterRuntime | None = None
+        self.allocator: EtcdIdentityAllocator | None = None
 
     # ----- before IPAM -----------------------------------------------------------------------------
     def claim_pod_cidrs(self, config: AgentConfig) -> AgentConfig:
@@ -114,6 +164,16 @@ class EtcdCluster:
         except KvError:
             return False
 
+    def stores(self, kinds: KindRegistry) -> tuple[ResourceStore, AgentIdentities]:
+        """The resource store and identity allocator in etcd, each with its local cache."""
+        state_dir = self.config.paths.state_dir
+        resources = EtcdStore(self.kv, kinds, state_dir / "resources-cache.json")
+        self.allocator = EtcdIdentityAllocator(self.kv, self.config.node, self.session,
+                                               state_dir / "identities-cache.json")
+        # watching the cluster's identities from now on: restored endpoints' peers resolve
+        self.allocator.start()
+        return resources, KvGuardedIdentities(self.allocator)
+
     # ----- after the datapath and the endpoints ----------------------------------------------------
     def start(self, *, addresses: Iterable[IPAddress], datapath: ClusterDatapath,
               local_endpoints: Callable[[], Iterable[EndpointRecord]],
@@ -128,8 +188,9 @@ class EtcdCluster:
     def stop(self) -> None:
         if self.runtime is not None:
             self.runtime.stop()
-        else:
-            self.session.close()
+        if self.allocator is not None:
+            self.allocator.stop()
+        self.session.close()
         self.kv.close()
 
     # ----- views -----------------------------------------------------------------------------------

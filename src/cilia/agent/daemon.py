@@ -1,9 +1,12 @@
 """The agent's composition root: builds every component explicitly (the object kinds it accepts,
 the engines, the API with its routers) and runs the background loops.
 
-Start-up order: state dirs -> resource store -> identities -> IPAM -> node networking ->
-datapath (reusing pinned maps) -> endpoints restored from disk -> API socket. The datapath keeps
-forwarding while the agent is down, so nothing here may tear down what a previous agent built.
+Start-up order: state dirs -> (with `--kvstore etcd`: the etcd client, the node's session and
+the pod CIDRs claimed from the cluster pool) -> resource store -> identities -> IPAM -> node
+networking -> datapath (reusing pinned maps) -> endpoints restored from disk -> the cluster
+runtime (node registry, ipcache, controller; agent/cluster.py) -> API socket. The datapath keeps
+forwarding while the agent is down, so nothing here may tear down what a previous agent built;
+nothing waits for etcd either (caches first, convergence when it answers).
 """
 
 from __future__ import annotations
@@ -25,12 +28,14 @@ from cilia.agent.api import config as config_api
 from cilia.agent.api import endpoints as endpoints_api
 from cilia.agent.api import flows as flows_api
 from cilia.agent.api import identities as identities_api
+from cilia.agent.api import nodes as nodes_api
 from cilia.agent.api import policy as policy_api
 from cilia.agent.api import resources as resources_api
 from cilia.agent.api import services as services_api
 from cilia.agent.api import status as status_api
 from cilia.agent.api.app import create_app
 from cilia.agent.api.policy_view import PolicyApi
+from cilia.agent.cluster import AgentIdentities, EtcdCluster, LocalCluster
 from cilia.agent.config import AgentConfig
 from cilia.agent.datapath_adapter import DatapathAdapter
 from cilia.agent.events import EventPump
@@ -52,7 +57,7 @@ from cilia.policy.engine import PolicyEngine, Settings
 from cilia.policy.kinds import is_policy
 from cilia.policy.resolve import Enforcement
 from cilia.resources.kinds import CORE_KINDS, KindRegistry
-from cilia.resources.store import LocalStore
+from cilia.resources.store import LocalStore, ResourceStore
 
 log = logging.getLogger(__name__)
 
@@ -68,8 +73,18 @@ class Agent:
             directory.mkdir(parents=True, exist_ok=True, mode=0o700)
         # The kinds the object store accepts; each package that owns kinds lists them.
         self.kinds = KindRegistry([*CORE_KINDS, *lb_kinds.KINDS, *policy_kinds.KINDS])
-        self.resources = LocalStore(paths.state_dir / "resources.db", self.kinds)
-        self.identities = LocalIdentityAllocator(paths.state_dir / "identities.json")
+        self.etcd: EtcdCluster | None = None
+        self.resources: ResourceStore
+        self.identities: AgentIdentities
+        if config.kvstore == "etcd":
+            # Cluster state in etcd; each piece keeps a local cache so the agent starts (and keeps
+            # enforcing) with etcd unreachable. The pooled pod CIDR comes before IPAM.
+            self.etcd = EtcdCluster(config)
+            config = self.config = self.etcd.claim_pod_cidrs(config)
+            self.resources, self.identities = self.etcd.stores(self.kinds)
+        else:
+            self.resources = LocalStore(paths.state_dir / "resources.db", self.kinds)
+            self.identities = LocalIdentityAllocator(paths.state_dir / "identities.json")
         self.ipam = Ipam(config.ipv4_pod_cidr, config.ipv6_pod_cidr, paths.state_dir / "ipam.json")
         self.node_net = NodeNetConfig(
             router_ipv4=self.ipam.router_ipv4,
@@ -129,6 +144,7 @@ class Agent:
             events_lost=self.events.events_lost,
         ))
         self.policy.queue.add_observer(self.metrics.observe_regeneration)
+        self.cluster: EtcdCluster | LocalCluster = self.etcd or LocalCluster(config, self.datapath.node_addresses)
 
     # ----- lifecycle -----------------------------------------------------------------------------
     def start(self) -> None:
@@ -149,12 +165,26 @@ class Agent:
         self.datapath.attach_service_programs(self.config.underlay_device, self.config.cgroup_root)
         self.endpoints.subscribe(self.services.on_endpoints_changed)
         self.resources.watch(self._on_resource_event)
+        if self.etcd is not None:
+            self._start_cluster(self.etcd)
         log.info("agent %s started: %d endpoints restored", self.config.node, self.endpoints.restored)
+
+    def _start_cluster(self, etcd: EtcdCluster) -> None:
+        """Other nodes' endpoints into our ipcache, ours out to them; identities allocated on
+        other nodes reach policy (the allocator's subscribe sees every node's)."""
+        runtime = etcd.start(addresses=self.datapath.node_addresses(), datapath=self.datapath,
+                             local_endpoints=self.endpoints.records,
+                             identities_changed=self.policy.identities_changed)
+        self.endpoints.subscribe(runtime.endpoints_changed)
+        self.identities.subscribe(runtime.controller.identity_event)
+        runtime.controller.identity_event()  # what the allocator learned before this subscription
+        runtime.endpoints_changed()  # the restored ones
 
     def stop(self) -> None:
         """Close our handles. Programs, maps and links stay: the datapath outlives the agent."""
         self.events.close()
         self.policy.stop()
+        self.cluster.stop()
         self.datapath.close()
 
     def build_app(self) -> FastAPI:
@@ -166,6 +196,7 @@ class Agent:
             config_api.make_router(policy),
             policy_api.make_router(policy, policy, policy),
             identities_api.make_router(self.identities),
+            nodes_api.make_router(self.cluster),
             resources_api.make_router(self.resources, lambda: self.policy.revision),
             services_api.make_router(self.services),
             bpf_api.make_router(self.datapath, self.endpoints, self.policy.describe_rule),
@@ -249,6 +280,9 @@ class Agent:
             events_lost=self.events.events_lost(),
             services=len(self.services.services()),
             service_sync_operations=self.services.last_sync_operations,
+            kvstore=self.cluster.kvstore_status(),
+            cluster_nodes=self.cluster.cluster_nodes(),
+            remote_endpoints=self.cluster.remote_endpoints(),
         )
 
 

@@ -18,7 +18,7 @@ from cilia.bpf import RingBufferReader
 from cilia.endpoint.manager import EndpointManager
 from cilia.flows.build import EndpointView, Flow, FlowBuilder, RuleLookup, ServiceLookup
 from cilia.flows.ring import FlowRing
-from cilia.identity.allocator import LocalIdentityAllocator
+from cilia.identity.allocator import IdentityAllocator
 from cilia.monitor.events import EVENT_SOCK, DecodeError, decode, decode_sock, event_type
 from cilia.netlink.netns import netns_cookie
 
@@ -32,7 +32,7 @@ class EventPump:
         config: AgentConfig,
         datapath: DatapathAdapter,
         endpoints: EndpointManager,
-        identities: LocalIdentityAllocator,
+        identities: IdentityAllocator,
         rules: RuleLookup | None = None,
         services: ServiceLookup | None = None,
     ) -> None:

@@ -32,7 +32,7 @@ log = logging.getLogger(__name__)
 class ClusterDatapath(Protocol):
     """cilia.agent.datapath_adapter.DatapathAdapter implements it."""
 
-    def sync_cluster(self, view: ClusterView) -> None: ...
+    def sync_cluster(self, view: ClusterView) -> object: ...
 
 
 def build_view(local_node: str, routing_mode: RoutingMode, nodes: Iterable[NodeRecord],

@@ -8,7 +8,7 @@ Keys are text under one prefix per concern (docs/cluster.md lists them); values 
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Literal, Protocol
 
@@ -54,6 +54,28 @@ class KvStatus:
     error: str = ""
 
 
+@dataclass(frozen=True)
+class Cmp:
+    """One condition of a transaction: the key's mod_revision equals `mod_revision` (0: the key
+    does not exist). With `prefix`, every key under `key` must satisfy it (0: none exists)."""
+
+    key: str
+    mod_revision: int
+    prefix: bool = False
+
+
+@dataclass(frozen=True)
+class Put:
+    key: str
+    value: bytes
+    lease: int = 0
+
+
+@dataclass(frozen=True)
+class Delete:
+    key: str
+
+
 WatchCallback = Callable[[list[WatchEvent], int], None]  # events of one response, its header revision
 ErrorCallback = Callable[[Exception], None]  # the watch ended (KvError, Compacted): resume or resync
 Cancel = Callable[[], None]
@@ -76,6 +98,10 @@ class KvClient(Protocol):
 
     def update_if(self, key: str, value: bytes, mod_revision: int, lease: int = 0) -> bool:
         """Write only if the key's mod_revision is still `mod_revision` (compare-and-swap)."""
+        ...
+
+    def txn(self, compares: Sequence[Cmp], ops: Sequence[Put | Delete]) -> bool:
+        """All `ops` at one revision if every compare holds, else nothing (False)."""
         ...
 
     def delete(self, key: str) -> bool: ...

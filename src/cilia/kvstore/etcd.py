@@ -26,7 +26,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
@@ -38,11 +38,14 @@ from etcd3.etcdrpc import kv_pb2
 
 from cilia.kvstore.api import (
     Cancel,
+    Cmp,
     Compacted,
+    Delete,
     ErrorCallback,
     KeyValue,
     KvError,
     KvStatus,
+    Put,
     WatchCallback,
     WatchEvent,
 )
@@ -198,6 +201,26 @@ class EtcdClient:
 
     def _txn(self, what: str, compare: Any, success: Any) -> bool:
         request = etcdrpc.TxnRequest(compare=[compare], success=[success], failure=[])
+        response = self._call(what, lambda m, t: m.kv.Txn(request, timeout=t))
+        return bool(response.succeeded)
+
+    def txn(self, compares: Sequence[Cmp], ops: Sequence[Put | Delete]) -> bool:
+        conditions = []
+        for cmp in compares:
+            raw = _key(cmp.key)
+            condition = etcdrpc.Compare(key=raw, result=etcdrpc.Compare.EQUAL, target=etcdrpc.Compare.MOD,
+                                        mod_revision=cmp.mod_revision)
+            if cmp.prefix:
+                condition.range_end = _range_end(raw)
+            conditions.append(condition)
+        requests = [
+            etcdrpc.RequestOp(request_put=etcdrpc.PutRequest(key=_key(op.key), value=op.value, lease=op.lease))
+            if isinstance(op, Put) else
+            etcdrpc.RequestOp(request_delete_range=etcdrpc.DeleteRangeRequest(key=_key(op.key)))
+            for op in ops
+        ]
+        request = etcdrpc.TxnRequest(compare=conditions, success=requests, failure=[])
+        what = f"txn on {', '.join(sorted({op.key for op in ops})) or 'nothing'}"
         response = self._call(what, lambda m, t: m.kv.Txn(request, timeout=t))
         return bool(response.succeeded)
 

@@ -17,17 +17,20 @@ import logging
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from functools import partial
 
 from cilia.kvstore.api import (
     Cancel,
+    Cmp,
     Compacted,
+    Delete,
     ErrorCallback,
     KeyValue,
     KvError,
     KvStatus,
+    Put,
     WatchCallback,
     WatchEvent,
 )
@@ -173,6 +176,29 @@ class MemoryKv:
             self._write(key, value, lease)
             return True
 
+    def txn(self, compares: Sequence[Cmp], ops: Sequence[Put | Delete]) -> bool:
+        with self._lock:
+            self._check()
+            for cmp in compares:
+                if cmp.prefix:
+                    held = [kv.mod_revision for key, kv in self._data.items() if key.startswith(cmp.key)] or [0]
+                else:
+                    held = [self._data[cmp.key].mod_revision if cmp.key in self._data else 0]
+                if any(revision != cmp.mod_revision for revision in held):
+                    return False
+            for op in ops:
+                if isinstance(op, Put):
+                    self._check_lease(op.lease)
+            if not ops:
+                return True
+            self._revision += 1  # one revision for the whole transaction, as etcd
+            for op in ops:
+                if isinstance(op, Put):
+                    self._write(op.key, op.value, op.lease, bump=False)
+                elif op.key in self._data:
+                    self._remove(op.key)
+            return True
+
     def delete(self, key: str) -> bool:
         with self._lock:
             self._check()
@@ -280,8 +306,9 @@ class MemoryKv:
         if lease and lease not in self._leases:
             raise KvError(f"{self.ENDPOINT}: requested lease {lease:x} not found")
 
-    def _write(self, key: str, value: bytes, lease: int) -> int:
-        self._revision += 1
+    def _write(self, key: str, value: bytes, lease: int, bump: bool = True) -> int:
+        if bump:
+            self._revision += 1
         old = self._data.get(key)
         if old is not None and old.lease and old.lease in self._leases:
             self._leases[old.lease].keys.discard(key)

@@ -135,6 +135,7 @@ class EtcdCluster:
         self._registered = time.time()
         self.runtime: ClusterRuntime | None = None
         self.allocator: EtcdIdentityAllocator | None = None
+        self.store: EtcdStore | None = None
 
     # ----- before IPAM -----------------------------------------------------------------------------
     def claim_pod_cidrs(self, config: AgentConfig) -> AgentConfig:
@@ -167,12 +168,12 @@ class EtcdCluster:
     def stores(self, kinds: KindRegistry) -> tuple[ResourceStore, AgentIdentities]:
         """The resource store and identity allocator in etcd, each with its local cache."""
         state_dir = self.config.paths.state_dir
-        resources = EtcdStore(self.kv, kinds, state_dir / "resources-cache.json")
+        self.store = EtcdStore(self.kv, self.config.node, state_dir / "resources-cache.db", kinds)
         self.allocator = EtcdIdentityAllocator(self.kv, self.config.node, self.session,
                                                state_dir / "identities-cache.json")
         # watching the cluster's identities from now on: restored endpoints' peers resolve
         self.allocator.start()
-        return resources, KvGuardedIdentities(self.allocator)
+        return self.store, KvGuardedIdentities(self.allocator)
 
     # ----- after the datapath and the endpoints ----------------------------------------------------
     def start(self, *, addresses: Iterable[IPAddress], datapath: ClusterDatapath,
@@ -190,6 +191,8 @@ class EtcdCluster:
             self.runtime.stop()
         if self.allocator is not None:
             self.allocator.stop()
+        if self.store is not None:
+            self.store.close()
         self.session.close()
         self.kv.close()
 

@@ -207,7 +207,7 @@ class EtcdClient:
         response = self._call(what, lambda m, t: m.kv.Txn(request, timeout=t))
         return bool(response.succeeded)
 
-    def txn(self, compares: Sequence[Cmp], ops: Sequence[Put | Delete]) -> bool:
+    def txn(self, compares: Sequence[Cmp], ops: Sequence[Put | Delete]) -> int:
         conditions = []
         for cmp in compares:
             raw = _key(cmp.key)
@@ -225,7 +225,7 @@ class EtcdClient:
         request = etcdrpc.TxnRequest(compare=conditions, success=requests, failure=[])
         what = f"txn on {', '.join(sorted({op.key for op in ops})) or 'nothing'}"
         response = self._call(what, lambda m, t: m.kv.Txn(request, timeout=t))
-        return bool(response.succeeded)
+        return int(response.header.revision) if response.succeeded else 0
 
     def create(self, key: str, value: bytes, lease: int = 0) -> bool:
         compare = etcdrpc.Compare(key=_key(key), result=etcdrpc.Compare.EQUAL, target=etcdrpc.Compare.CREATE,

@@ -1,4 +1,4 @@
-"""Property fuzz of every decoder of values read from etcd: whatever bytes a key holds (written by
+"""Property fuzz of every decoder of values read from etcd (identities, objects): whatever bytes a key holds (written by
 hand, by another version, truncated), decoding either returns a record or raises the module's
 BadRecord naming the key. Anything else would escape the reflector's handler as a crash."""
 
@@ -21,6 +21,11 @@ from cilia.kvstore.identities import (
     decode_ref_key,
     encode_identity,
 )
+from cilia.kvstore.resources import PREFIX as RESOURCE_PREFIX
+from cilia.kvstore.resources import BadObject, decode_object, object_key
+from cilia.lb import kinds as lb_kinds
+from cilia.policy import kinds as policy_kinds
+from cilia.resources.kinds import CORE_KINDS, KindRegistry
 
 json_values: st.SearchStrategy[Any] = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(),
@@ -82,3 +87,27 @@ def test_reference_keys(suffix: str) -> None:
 def test_round_trip_of_a_real_label_set() -> None:
     labels = LabelSet.from_k8s({"app": "web", "app.kubernetes.io/name": "x"}, "prod")
     assert decode_identity(f"{ID_PREFIX}300", encode_identity(labels)) == (300, labels)
+
+
+RESOURCE_KINDS = KindRegistry(CORE_KINDS + lb_kinds.KINDS + policy_kinds.KINDS)
+pod_like = st.fixed_dictionaries({
+    "apiVersion": st.sampled_from(["v1", "cilium.io/v2", "x"]),
+    "kind": st.sampled_from(["Pod", "Namespace", "Service", "CiliumNetworkPolicy", "Secret"]),
+    "metadata": st.one_of(json_values, st.fixed_dictionaries({"name": st.text(max_size=8),
+                                                              "namespace": st.text(max_size=8)})),
+}, optional={"spec": json_values})
+
+
+@given(st.text(max_size=40), st.one_of(documents, pod_like.map(lambda v: json.dumps(v).encode())))
+@example("Pod/default/web", b'{"apiVersion":"v1","kind":"Pod","metadata":{"name":"web","namespace":"default"}}')
+@example("Pod/default/web", b'{"apiVersion":"v1","kind":"Pod","metadata":{"name":"web"}}')
+@example("Namespace/_/a", b'{"apiVersion":"v1","kind":"Namespace","metadata":null}')
+def test_resource_values(suffix: str, value: bytes) -> None:
+    key = RESOURCE_PREFIX + suffix
+    try:
+        obj = decode_object(key, value, RESOURCE_KINDS, 7)
+    except BadObject as exc:
+        assert key in str(exc)
+        return
+    assert object_key(obj["kind"], obj["metadata"].get("namespace"), obj["metadata"]["name"]) == key
+    assert obj["metadata"]["resourceVersion"] == "7"

@@ -100,8 +100,9 @@ class KvClient(Protocol):
         """Write only if the key's mod_revision is still `mod_revision` (compare-and-swap)."""
         ...
 
-    def txn(self, compares: Sequence[Cmp], ops: Sequence[Put | Delete]) -> bool:
-        """All `ops` at one revision if every compare holds, else nothing (False)."""
+    def txn(self, compares: Sequence[Cmp], ops: Sequence[Put | Delete]) -> int:
+        """All `ops` at one revision if every compare holds: that revision (the store's for no
+        ops); else nothing happens and 0 (so it reads as a bool: did it commit?)."""
         ...
 
     def delete(self, key: str) -> bool: ...

@@ -152,6 +152,12 @@ class EtcdClient:
             current = self._current
         return sorted(self._members, key=lambda m: (now - m.failed_at < self.retry_after, m is not current))
 
+    def _use(self, member: _Member) -> None:
+        with self._lock:
+            if self._current is not member:
+                log.info("etcd: now using member %s", member.label)
+            self._current = member
+
     def _fail(self, member: _Member) -> None:
         member.failed_at = time.monotonic()
 
@@ -175,10 +181,7 @@ class EtcdClient:
                     errors.append(f"{member.label}: {code.name.lower()} ({details})")
                     continue
                 raise KvError(f"etcd {member.label}: {what}: {details or code.name}") from exc
-            with self._lock:
-                if self._current is not member:
-                    log.info("etcd: now using member %s", member.label)
-                self._current = member
+            self._use(member)
             return result
         raise KvError(f"etcd: {what} failed on every member within {self.timeout:g} s: {'; '.join(errors)}")
 
@@ -204,7 +207,7 @@ class EtcdClient:
         response = self._call(what, lambda m, t: m.kv.Txn(request, timeout=t))
         return bool(response.succeeded)
 
-    def txn(self, compares: Sequence[Cmp], ops: Sequence[Put | Delete]) -> bool:
+    def txn(self, compares: Sequence[Cmp], ops: Sequence[Put | Delete]) -> int:
         conditions = []
         for cmp in compares:
             raw = _key(cmp.key)
@@ -222,7 +225,7 @@ class EtcdClient:
         request = etcdrpc.TxnRequest(compare=conditions, success=requests, failure=[])
         what = f"txn on {', '.join(sorted({op.key for op in ops})) or 'nothing'}"
         response = self._call(what, lambda m, t: m.kv.Txn(request, timeout=t))
-        return bool(response.succeeded)
+        return int(response.header.revision) if response.succeeded else 0
 
     def create(self, key: str, value: bytes, lease: int = 0) -> bool:
         compare = etcdrpc.Compare(key=_key(key), result=etcdrpc.Compare.EQUAL, target=etcdrpc.Compare.CREATE,
@@ -382,6 +385,7 @@ class _WatchStream:
                     break
                 if response.created:
                     self._created.set()
+                    self._client._use(self._member)
                 events = [_event(ev, int(response.header.revision)) for ev in response.events]
                 if events or not response.created:
                     try:

@@ -17,7 +17,8 @@ import logging
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import partial
 
@@ -79,6 +80,7 @@ class MemoryKv:
         self._revision = 1  # etcd starts at 1 too: a fresh store has revision 1 and no keys
         self._compacted = 0
         self._history: list[tuple[int, WatchEvent]] = []
+        self._pending: list[WatchEvent] = []  # emitted under the lock, queued when it is left
         self._leases: dict[int, _Lease] = {}
         self._lease_ids = itertools.count(0x1000)
         self._watches: list[_Watch] = []
@@ -93,13 +95,13 @@ class MemoryKv:
 
     # ----- faults and test hooks -----------------------------------------------------------------
     def set_down(self, down: bool) -> None:
-        with self._lock:
+        with self._locked():
             self._down = down
         if down:
             self.break_watches()
 
     def break_watches(self) -> None:
-        with self._lock:
+        with self._locked():
             watches, self._watches = self._watches, []
             for watch in watches:
                 watch.active = False
@@ -107,7 +109,7 @@ class MemoryKv:
 
     def compact(self, revision: int | None = None) -> int:
         """Forget the history up to `revision` (default: the current one), as `etcdctl compact`."""
-        with self._lock:
+        with self._locked():
             self._check()
             revision = self._revision if revision is None else min(revision, self._revision)
             self._compacted = max(self._compacted, revision)
@@ -117,7 +119,7 @@ class MemoryKv:
     def expire_leases(self) -> int:
         """Delete the keys of every lease whose time has passed (every call does this first);
         how many leases expired."""
-        with self._lock:
+        with self._locked():
             return self._expire_leases_locked()
 
     def settle(self, timeout: float = 5.0) -> None:
@@ -132,33 +134,33 @@ class MemoryKv:
 
     @property
     def revision(self) -> int:
-        with self._lock:
+        with self._locked():
             return self._revision
 
     @property
     def lease_count(self) -> int:
-        with self._lock:
+        with self._locked():
             return len(self._leases)
 
     # ----- KvClient ------------------------------------------------------------------------------
     def get(self, key: str) -> KeyValue | None:
-        with self._lock:
+        with self._locked():
             self._check()
             return self._data.get(key)
 
     def list_prefix(self, prefix: str) -> tuple[list[KeyValue], int]:
-        with self._lock:
+        with self._locked():
             self._check()
             return [kv for key, kv in sorted(self._data.items()) if key.startswith(prefix)], self._revision
 
     def put(self, key: str, value: bytes, lease: int = 0) -> int:
-        with self._lock:
+        with self._locked():
             self._check()
             self._check_lease(lease)
             return self._write(key, value, lease)
 
     def create(self, key: str, value: bytes, lease: int = 0) -> bool:
-        with self._lock:
+        with self._locked():
             self._check()
             if key in self._data:
                 return False
@@ -167,7 +169,7 @@ class MemoryKv:
             return True
 
     def update_if(self, key: str, value: bytes, mod_revision: int, lease: int = 0) -> bool:
-        with self._lock:
+        with self._locked():
             self._check()
             current = self._data.get(key)
             if (current.mod_revision if current else 0) != mod_revision:
@@ -176,8 +178,8 @@ class MemoryKv:
             self._write(key, value, lease)
             return True
 
-    def txn(self, compares: Sequence[Cmp], ops: Sequence[Put | Delete]) -> bool:
-        with self._lock:
+    def txn(self, compares: Sequence[Cmp], ops: Sequence[Put | Delete]) -> int:
+        with self._locked():
             self._check()
             for cmp in compares:
                 if cmp.prefix:
@@ -185,22 +187,22 @@ class MemoryKv:
                 else:
                     held = [self._data[cmp.key].mod_revision if cmp.key in self._data else 0]
                 if any(revision != cmp.mod_revision for revision in held):
-                    return False
+                    return 0
             for op in ops:
                 if isinstance(op, Put):
                     self._check_lease(op.lease)
             if not ops:
-                return True
+                return self._revision
             self._revision += 1  # one revision for the whole transaction, as etcd
             for op in ops:
                 if isinstance(op, Put):
                     self._write(op.key, op.value, op.lease, bump=False)
                 elif op.key in self._data:
                     self._remove(op.key)
-            return True
+            return self._revision
 
     def delete(self, key: str) -> bool:
-        with self._lock:
+        with self._locked():
             self._check()
             if key not in self._data:
                 return False
@@ -209,7 +211,7 @@ class MemoryKv:
             return True
 
     def delete_if(self, key: str, mod_revision: int) -> bool:
-        with self._lock:
+        with self._locked():
             self._check()
             current = self._data.get(key)
             if current is None or current.mod_revision != mod_revision:
@@ -219,7 +221,7 @@ class MemoryKv:
             return True
 
     def delete_prefix(self, prefix: str) -> int:
-        with self._lock:
+        with self._locked():
             self._check()
             keys = [key for key in self._data if key.startswith(prefix)]
             if keys:
@@ -229,14 +231,14 @@ class MemoryKv:
             return len(keys)
 
     def grant_lease(self, ttl_seconds: int) -> int:
-        with self._lock:
+        with self._locked():
             self._check()
             lease_id = next(self._lease_ids)
             self._leases[lease_id] = _Lease(ttl_seconds, self._clock() + ttl_seconds)
             return lease_id
 
     def keepalive(self, lease: int) -> bool:
-        with self._lock:
+        with self._locked():
             self._check()
             entry = self._leases.get(lease)
             if entry is None:
@@ -245,14 +247,14 @@ class MemoryKv:
             return True
 
     def revoke(self, lease: int) -> None:
-        with self._lock:
+        with self._locked():
             self._check()
             if lease in self._leases:
                 self._drop_lease(lease)
 
     def watch_prefix(self, prefix: str, start_revision: int, on_events: WatchCallback,
                      on_error: ErrorCallback) -> Cancel:
-        with self._lock:
+        with self._locked():
             self._check()
             start_revision = max(start_revision, 1)
             watch = _Watch(prefix, on_events, on_error)
@@ -268,20 +270,20 @@ class MemoryKv:
             self._watches.append(watch)
 
         def cancel() -> None:
-            with self._lock:
+            with self._locked():
                 watch.active = False
                 if watch in self._watches:
                     self._watches.remove(watch)
         return cancel
 
     def status(self) -> KvStatus:
-        with self._lock:
+        with self._locked():
             if self._down:
                 return KvStatus(False, self.ENDPOINT, error=f"{self.ENDPOINT}: unavailable")
             return KvStatus(True, self.ENDPOINT, "1", "1", self._revision, self._revision, self._revision)
 
     def close(self) -> None:
-        with self._lock:
+        with self._locked():
             self._closed = True
             for watch in self._watches:
                 watch.active = False
@@ -333,11 +335,27 @@ class MemoryKv:
             for key in keys:
                 self._remove(key)
 
+    @contextmanager
+    def _locked(self) -> Iterator[None]:
+        """The store's lock; on the way out, the events of what happened under it are queued for
+        the watches, one callback per watch and revision (etcd sends a transaction's events, a
+        prefix delete's, a lease expiry's, in one response)."""
+        with self._lock:
+            try:
+                yield
+            finally:
+                pending, self._pending = self._pending, []
+                for watch in self._watches:
+                    by_revision: dict[int, list[WatchEvent]] = {}
+                    for event in pending:
+                        if event.key.startswith(watch.prefix):
+                            by_revision.setdefault(event.mod_revision, []).append(event)
+                    for revision, events in sorted(by_revision.items()):
+                        self._enqueue(partial(self._deliver, watch, events, revision))
+
     def _emit(self, event: WatchEvent) -> None:
         self._history.append((event.mod_revision, event))
-        for watch in self._watches:
-            if event.key.startswith(watch.prefix):
-                self._enqueue(partial(self._deliver, watch, [event], event.mod_revision))
+        self._pending.append(event)
 
     def _deliver(self, watch: _Watch, events: list[WatchEvent], revision: int) -> None:
         if watch.active:

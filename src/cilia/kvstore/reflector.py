@@ -36,6 +36,7 @@ class PrefixReflector:
         self.name = name or prefix
         self._handler = handler
         self._lock = threading.RLock()
+        self._moved = threading.Condition(self._lock)  # the revision moved on
         self._cache: dict[str, bytes] = dict(initial or {})
         self._revision = 0  # the last store revision this copy reflects (0: never listed)
         self._min_backoff = min_backoff
@@ -63,6 +64,12 @@ class PrefixReflector:
     def revision(self) -> int:
         with self._lock:
             return self._revision
+
+    def wait_revision(self, revision: int, timeout: float) -> bool:
+        """Wait until the copy reflects store revision `revision` (its handler has run for every
+        change up to it); False after `timeout`."""
+        with self._moved:
+            return self._moved.wait_for(lambda: self._revision >= revision, timeout)
 
     def items(self) -> dict[str, bytes]:
         with self._lock:
@@ -136,9 +143,11 @@ class PrefixReflector:
                     events.append(WatchEvent("put", key, value, revisions[key]))
             if self._synced.is_set():
                 self.resyncs += 1
-            self._revision = revision
         for event in events:
             self._call(event)
+        with self._moved:
+            self._revision = revision
+            self._moved.notify_all()
         self.last_error = ""
         self._synced.set()
 
@@ -155,8 +164,9 @@ class PrefixReflector:
                 return  # a late callback of a watch already replaced
             for event in events:
                 self._apply(event)
-            with self._lock:
+            with self._moved:
                 self._revision = max(self._revision, revision)
+                self._moved.notify_all()
 
         def on_error(exc: Exception) -> None:
             if generation != self._generation:

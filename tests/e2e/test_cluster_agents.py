@@ -122,8 +122,13 @@ def test_remote_pods_are_in_the_ipcache_with_their_identity(cluster: tuple[Any, 
 
 def test_policy_on_n2_sees_the_identity_of_a_pod_on_n1(cluster: tuple[Any, Lab, list[str]]) -> None:
     _etcd, lab, _args = cluster
+    with api("n1") as n1:  # applied once, on n1; web's policy is on n2
+        n1.apply(ApplyRequest(objects=[WEB_FROM_CLIENT]))
     with api("n2") as n2:
-        n2.apply(ApplyRequest(objects=[WEB_FROM_CLIENT]), wait=30)
+        wait_for(lambda: any(o["metadata"]["name"] == "web-from-client"
+                             for o in n2.get("/v1/resources", {"kind": "CiliumNetworkPolicy"})), 20,
+                 message="the policy reached n2's store")
+        n2.wait_policy(None, 30)
     wait_for(lambda: verdict(lab, "client", "web") == "connected", 20, message="client (n1) -> web (n2) allowed")
     assert verdict(lab, "other", "web") != "connected"
 

@@ -1,8 +1,14 @@
-/* bpf_host: the node's underlay device (tc ingress of eth0): service traffic from outside.
+/* bpf_host: the node's underlay device (tc ingress of eth0): service traffic from outside, and
+ * packets for local pods from other nodes (native routing) or from outside.
  *
  *   cil_from_netdev  a packet for a NodePort, LoadBalancer or externalIP frontend gets a backend,
  *                    chosen by Maglev so any node would choose the same, kept for the connection
- *                    in cilia_lb_conn_v1, and is DNATed to it; everything else passes untouched.
+ *                    in cilia_lb_conn_v1, and is DNATed to it. A packet for a local endpoint is
+ *                    routed to it here (TTL, MACs) and redirected to the egress of its host-side
+ *                    veth: no detour through the node's stack and iptables, and the endpoint's
+ *                    to-container program still runs, so its ingress policy sees the source's
+ *                    identity from the ipcache (a pod on another node: its real identity) and
+ *                    conntrack records the connection. Everything else passes untouched.
  *
  * The packet then goes up the node's stack to the backend's veth. The skb mark tells the
  * backend's to-container program which frontend it came through, so conntrack can record it and
@@ -13,11 +19,14 @@
 #include "lib/common.h"
 #include "lib/direction.h"
 #include "lib/drop.h"
+#include "lib/endpoints.h"
+#include "lib/forward.h"
 #include "lib/host_config.h"
 #include "lib/ipcache.h"
 #include "lib/lb.h"
 #include "lib/lb_xlate.h"
 #include "lib/parse.h"
+#include "lib/trace.h"
 
 char LICENSE[] SEC("license") = "GPL";
 
@@ -49,7 +58,18 @@ int cil_from_netdev(struct __sk_buff *ctx)
 			return bpf_redirect(ctx->ifindex, 0);
 		return TC_ACT_SHOT;
 	}
-	if (x.rev_nat_id)
+	if (x.rev_nat_id) {
 		ctx->mark = LB_MARK_MAGIC | x.rev_nat_id;
-	return TC_ACT_OK;
+		return TC_ACT_OK;
+	}
+	struct endpoint_info *ep = endpoint_lookup(&p.t.daddr, p.t.family);
+	if (!ep)
+		return TC_ACT_OK;
+	__u32 src_identity = ipcache_identity(&p.t.saddr, p.t.family);
+	reason = forward_to_endpoint(ctx, &p, ep);
+	if (reason)
+		return send_drop(ctx, reason, src_identity, ep->identity, DIR_INGRESS);
+	/* counted here; the event comes from the endpoint's to-container program */
+	send_trace(ctx, OBS_FROM_NETWORK, 0, src_identity, ep->identity, DIR_INGRESS, false, 0);
+	return bpf_redirect(ep->ifindex, 0);
 }

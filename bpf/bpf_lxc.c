@@ -7,8 +7,12 @@
  * Pipeline: parse -> source check -> service translation (lib/lb_xlate.h: per-packet path for
  * processes the socket hooks do not see) -> identities -> conntrack (replies of service
  * connections get reverse NAT) -> policy (lib/policy.h, on the backend) -> deliver
- * (redirect_peer to a local pod, or up the node's stack) -> trace. Every drop leaves through
- * send_drop(), which names the reason and the line. */
+ * (redirect_peer to a local pod; in tunnel mode a destination whose ipcache entry names a tunnel
+ * endpoint is encapsulated to that node through cilia_vxlan, lib/overlay.h; anything else up the
+ * node's stack, which routes other nodes' pod CIDRs over the underlay in native mode) -> trace.
+ * To-container takes the source identity from the overlay's mark, else the ipcache, and reverse-
+ * NATs the replies of a service connection whose backend was on another node. Every drop leaves
+ * through send_drop(), which names the reason and the line. */
 #define SOURCE_FILE_ID SOURCE_FILE_LXC
 
 #include "lib/common.h"
@@ -17,11 +21,13 @@
 #include "lib/direction.h"
 #include "lib/drop.h"
 #include "lib/endpoints.h"
+#include "lib/forward.h"
 #include "lib/identity.h"
 #include "lib/ipcache.h"
 #include "lib/lb.h"
 #include "lib/lb_xlate.h"
 #include "lib/neigh.h"
+#include "lib/overlay.h"
 #include "lib/parse.h"
 #include "lib/policy.h"
 #include "lib/policy_verdict.h"
@@ -88,30 +94,9 @@ __always_inline_fn bool source_is_pod(const struct pkt *p)
 __always_inline_fn int deliver_local(struct __sk_buff *ctx, struct pkt *p, struct endpoint_info *ep,
 				     struct ct_result *ct, __u32 dst_identity, __u32 rev_nat_id)
 {
-	if (p->ttl <= 1)
-		return send_drop(ctx, DROP_TTL_EXCEEDED, CONFIG.identity, dst_identity, DIR_EGRESS);
-	if (p->t.family == AF_INET_) {
-		/* ttl shares a 16-bit word with protocol: fix the checksum for that word */
-		__u32 off = ETH_HLEN_ + offsetof(struct iphdr, ttl);
-		__u16 old_word, new_word;
-		if (bpf_skb_load_bytes(ctx, off, &old_word, 2) < 0)
-			return send_drop(ctx, DROP_INVALID_PACKET, CONFIG.identity, dst_identity, DIR_EGRESS);
-		__u8 ttl = p->ttl - 1;
-		new_word = old_word;
-		((__u8 *)&new_word)[0] = ttl;
-		if (bpf_l3_csum_replace(ctx, ETH_HLEN_ + offsetof(struct iphdr, check), old_word, new_word, 2) < 0 ||
-		    bpf_skb_store_bytes(ctx, off, &ttl, 1, 0) < 0)
-			return send_drop(ctx, DROP_INVALID_PACKET, CONFIG.identity, dst_identity, DIR_EGRESS);
-	} else {
-		__u8 hop = p->ttl - 1;
-		if (bpf_skb_store_bytes(ctx, ETH_HLEN_ + offsetof(struct ipv6hdr, hop_limit), &hop, 1, 0) < 0)
-			return send_drop(ctx, DROP_INVALID_PACKET, CONFIG.identity, dst_identity, DIR_EGRESS);
-	}
-	__u8 macs[12];
-	__builtin_memcpy(macs, ep->mac, 6);
-	__builtin_memcpy(macs + 6, ep->lxc_mac, 6);
-	if (bpf_skb_store_bytes(ctx, 0, macs, sizeof(macs), 0) < 0)
-		return send_drop(ctx, DROP_INVALID_PACKET, CONFIG.identity, dst_identity, DIR_EGRESS);
+	int reason = forward_to_endpoint(ctx, p, ep);
+	if (reason)
+		return send_drop(ctx, reason, CONFIG.identity, dst_identity, DIR_EGRESS);
 	send_trace(ctx, OBS_TO_ENDPOINT, ct->status, CONFIG.identity, dst_identity, DIR_EGRESS, ct->report,
 		   rev_nat_id);
 	return bpf_redirect_peer(ep->ifindex, 0);
@@ -168,7 +153,17 @@ __always_inline_fn int from_container_ip(struct __sk_buff *ctx, struct pkt *p)
 	/* a pod reaching itself through a service (hairpin) is delivered back to itself */
 	bool hairpin = ((x.flags | ct.lb_flags) & LB_CONN_F_HAIRPIN) != 0;
 	bool local = ep && (ep->endpoint_id != CONFIG.endpoint_id || hairpin);
-	__u32 dst_identity = local ? ep->identity : ipcache_identity(&p->t.daddr, p->t.family);
+	__u32 dst_identity = IDENTITY_WORLD;
+	__be32 tunnel_endpoint = 0; /* the destination's node, when it is reached through the tunnel */
+	if (local) {
+		dst_identity = ep->identity;
+	} else {
+		struct ipcache_value *remote = ipcache_lookup(&p->t.daddr, p->t.family);
+		if (remote) {
+			dst_identity = remote->identity;
+			tunnel_endpoint = remote->tunnel_endpoint;
+		}
+	}
 	/* Replies and related ICMP errors of an allowed connection pass; everything the initiator
 	 * sends is checked, so a policy change cuts an established connection at its next packet. */
 	if (ct.status == CT_NEW || ct.status == CT_ESTABLISHED) {
@@ -190,6 +185,14 @@ __always_inline_fn int from_container_ip(struct __sk_buff *ctx, struct pkt *p)
 	}
 	if (local)
 		return deliver_local(ctx, p, ep, &ct, dst_identity, rev_nat_id);
+	if (tunnel_endpoint && CONFIG.tunnel_ifindex) {
+		/* another node's pod: VXLAN to that node, our identity in the VNI */
+		if (overlay_set_key(ctx, tunnel_endpoint, CONFIG.identity) < 0)
+			return send_drop(ctx, DROP_INVALID_PACKET, CONFIG.identity, dst_identity, DIR_EGRESS);
+		send_trace(ctx, OBS_TO_OVERLAY, ct.status, CONFIG.identity, dst_identity, DIR_EGRESS, ct.report,
+			   rev_nat_id);
+		return bpf_redirect(CONFIG.tunnel_ifindex, 0);
+	}
 	send_trace(ctx, OBS_TO_STACK, ct.status, CONFIG.identity, dst_identity, DIR_EGRESS, ct.report, rev_nat_id);
 	return TC_ACT_OK;
 }
@@ -253,9 +256,23 @@ int cil_to_container(struct __sk_buff *ctx)
 		lb_rev_nat_id = ctx->mark & 0xffff;
 		ctx->mark = 0;
 	}
-	__u32 src_identity = ipcache_identity(&p.t.saddr, p.t.family);
+	/* delivered from another node's tunnel (bpf_overlay.c): the identity its VNI carried */
+	__u32 src_identity;
+	if ((ctx->mark & IDENTITY_MARK_MASK) == IDENTITY_MARK_MAGIC) {
+		src_identity = ctx->mark & IDENTITY_MAX;
+		ctx->mark = 0;
+	} else {
+		src_identity = ipcache_identity(&p.t.saddr, p.t.family);
+	}
 	struct ct_result ct = {};
 	lxc_ct_lookup(&p, ctx->len, &ct);
+	if (ct.status == CT_REPLY && ct.rev_nat_id && !lb_rev_nat_id) {
+		/* a backend on another node answering this pod's service connection (translated by our
+		 * from-container): the pod sees the frontend answer. A local backend's replies were
+		 * translated by its own from-container already, and no longer match the entry. */
+		if (lb_rev_nat(ctx, &p, ct.rev_nat_id, ct.lb_flags) < 0)
+			return send_drop(ctx, DROP_INVALID_PACKET, src_identity, CONFIG.identity, DIR_INGRESS);
+	}
 	if (ct.status == CT_NEW || ct.status == CT_ESTABLISHED) {
 		bool fresh = ct.status == CT_NEW;
 		struct policy_call ingress = {CONFIG.endpoint_id, DIR_INGRESS, src_identity, src_identity,

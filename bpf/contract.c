@@ -41,6 +41,7 @@ struct datapath_contract {
 	enum drop_reason drop_reason;
 	enum ep_flags ep_flags;
 	enum event_type event_type;
+	enum ipcache_flags ipcache_flags;
 	enum lb_backend_state lb_backend_state;
 	enum lb_conn_flags lb_conn_flags;
 	enum lb_sizes lb_sizes;

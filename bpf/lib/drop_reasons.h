@@ -15,8 +15,11 @@ enum drop_reason {
 	DROP_CT_MAP_INSERT_FAILED = 143,
 	DROP_UNSUPPORTED_L2 = 154,
 	DROP_NO_SERVICE = 158, /* a service frontend without a backend to take the connection */
+	DROP_NO_TUNNEL_KEY = 147, /* an overlay packet without tunnel metadata */
 	DROP_TTL_EXCEEDED = 164,
 	DROP_NO_ENDPOINT = 165,
+	DROP_INVALID_IDENTITY = 171, /* a VNI that is no security identity */
+	DROP_UNKNOWN_SENDER = 172,   /* an overlay packet whose outer source is no known node (remote-node) */
 	DROP_POLICY_DENY = 181,
 	DROP_POLICY_NOT_INSTALLED = 220, /* cilia: no policy state for the endpoint (fail closed) */
 };

@@ -24,6 +24,7 @@ enum source_file {
 	SOURCE_FILE_LXC = 1,  /* bpf_lxc.c */
 	SOURCE_FILE_HOST = 2, /* bpf_host.c */
 	SOURCE_FILE_SOCK = 3, /* bpf_sock.c */
+	SOURCE_FILE_OVERLAY = 4, /* bpf_overlay.c */
 };
 
 #define EVENT_CAPTURE 128

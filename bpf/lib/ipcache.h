@@ -1,4 +1,5 @@
-/* ipcache: longest-prefix match from an address to its security identity, and its lookup.
+/* ipcache: longest-prefix match from an address to its security identity (and, for a prefix on another
+ * node in tunnel mode, that node's underlay IPv4), and its lookup.
  * The LPM key's prefixlen counts the 32 bits of family+pad too, so v4 and v6 never collide.
  * Pinned by name like every shared map: the `_v1` suffix is the layout version, and a layout or
  * meaning change means a new name. */
@@ -14,10 +15,15 @@ struct ipcache_key {
 	union addr16 addr;
 };
 
+/* ipcache_value.flags */
+enum ipcache_flags {
+	IPCACHE_F_CLUSTER = 1 << 0, /* written by the agent's cluster sync (remote endpoint or node) */
+};
+
 struct ipcache_value {
 	__u32 identity;
-	__u32 tunnel_endpoint; /* multi-node: the node that owns the prefix (0 = local/none) */
-	__u32 flags;
+	__be32 tunnel_endpoint; /* tunnel mode: the underlay IPv4 of the node that owns the prefix (0 = none) */
+	__u32 flags;            /* enum ipcache_flags */
 };
 
 struct {
@@ -29,7 +35,7 @@ struct {
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } cilia_ipcache_v1 SEC(".maps");
 
-__always_inline_fn __u32 ipcache_identity(const union addr16 *addr, __u8 family)
+__always_inline_fn struct ipcache_value *ipcache_lookup(const union addr16 *addr, __u8 family)
 {
 	struct ipcache_key key = {};
 	key.family = family;
@@ -44,6 +50,11 @@ __always_inline_fn __u32 ipcache_identity(const union addr16 *addr, __u8 family)
 	} else {
 		key.prefixlen = 32 + 128;
 	}
-	struct ipcache_value *v = bpf_map_lookup_elem(&cilia_ipcache_v1, &key);
+	return bpf_map_lookup_elem(&cilia_ipcache_v1, &key);
+}
+
+__always_inline_fn __u32 ipcache_identity(const union addr16 *addr, __u8 family)
+{
+	struct ipcache_value *v = ipcache_lookup(addr, family);
 	return v ? v->identity : IDENTITY_WORLD;
 }

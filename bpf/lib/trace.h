@@ -14,6 +14,9 @@ enum obs_point {
 	OBS_TO_STACK = 2,
 	OBS_FROM_ENDPOINT = 3,
 	OBS_TO_HOST = 4,
+	OBS_TO_OVERLAY = 5,   /* encapsulated towards another node (bpf_lxc.c) */
+	OBS_FROM_OVERLAY = 6, /* from another node's tunnel to a local endpoint (bpf_overlay.c) */
+	OBS_FROM_NETWORK = 7, /* from the underlay to a local endpoint (bpf_host.c, native routing) */
 };
 
 /* `report`: aggregation says this packet deserves an event. `rev_nat_id`: the service frontend the

@@ -8,7 +8,7 @@ records and enums no program's BTF reaches) and checks, field by field:
   struct sock_event);
 - every C enum against the Python table mirroring it (directions, drop reasons, verdicts,
   policy state flags, reserved identities, observation points, CT states, source files, event
-  types, LB flags and states, endpoint flags, aggregation levels);
+  types, LB flags and states, endpoint flags, aggregation levels, ipcache flags);
 - that a struct has one layout in every object that carries it.
 Reading an object file's BTF needs no privileges; the objects must exist (CI builds them first).
 """
@@ -29,7 +29,7 @@ from cilia.datapath import config as dpconfig
 from cilia.datapath.manager import default_bpf_dir
 from cilia.identity.reserved import MIN_CLUSTER_IDENTITY, UNKNOWN_IDENTITY, ReservedIdentity
 from cilia.lb import maglev
-from cilia.maps import ct
+from cilia.maps import ct, ipcache
 from cilia.maps import lb as lbm
 from cilia.maps.direction import TrafficDirection
 from cilia.maps.layout import CStruct, MapLayout, enum_mismatches, map_side_mismatches, mismatches
@@ -39,7 +39,7 @@ from cilia.policy import mapstate
 
 pytestmark = pytest.mark.kernel
 
-PROGRAMS = ("bpf_lxc.o", "bpf_host.o", "bpf_sock.o")
+PROGRAMS = ("bpf_lxc.o", "bpf_host.o", "bpf_overlay.o", "bpf_sock.o")
 CONTRACT = "contract.o"
 RECORDS = (ev.EVENT, ev.SOCK_EVENT, dpconfig.EP_CONFIG, dpconfig.HOST_CONFIG)
 
@@ -95,6 +95,7 @@ ENUM_MIRRORS: dict[str, dict[str, int]] = {
     "lb_sizes": {"LB_MAP_MAX": lbm.MAP_MAX, "LB_MAGLEV_DEFAULT_SIZE": lbm.DEFAULT_MAGLEV_SIZE},
     "ep_flags": {"EP_FLAG_HAS_IPV4": dpconfig.FLAG_HAS_IPV4, "EP_FLAG_HAS_IPV6": dpconfig.FLAG_HAS_IPV6},
     "aggregation": {f"AGGREGATION_{name.upper()}": value for name, value in dpconfig.AGGREGATION_LEVELS.items()},
+    "ipcache_flags": {"IPCACHE_F_CLUSTER": ipcache.FLAG_CLUSTER},
 }
 # Enumerators Python has no use for, each with its reason.
 C_ONLY: dict[str, set[str]] = {

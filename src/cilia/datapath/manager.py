@@ -196,6 +196,10 @@ class Datapath:
                 except Exception:  # the link may be gone already, which detaches everything
                     log.debug("detach from ifindex %d failed", lxc_ifindex, exc_info=True)
 
+    def _node_rodata(self) -> dict[str, bytes]:
+        """The node's programs are endpoint 0 (CONFIG), for their events and metrics."""
+        return {"CONFIG": EndpointConfig.node(self.options.aggregation, self.options.aggregation_interval).pack()}
+
     def _host_rodata(self) -> dict[str, bytes]:
         host = HostConfig(self.options.maglev_size, self.options.maglev_seed)
         return {"CONFIG": EndpointConfig.node(self.options.aggregation, self.options.aggregation_interval).pack(),
@@ -206,7 +210,7 @@ class Datapath:
         keep an eye on its 1M limit and on load time, which grows with it. Loads, attaches nothing."""
         cost: dict[str, int] = {}
         for name, rodata in ((LXC_OBJECT, {"CONFIG": config.pack()}), (HOST_OBJECT, self._host_rodata()),
-                             (SOCK_OBJECT, None)):
+                             (OVERLAY_OBJECT, self._node_rodata()), (SOCK_OBJECT, None)):
             with self._open_object(name, rodata, stats=True) as obj:
                 cost.update({program: obj.processed_instructions(program) for program in obj.verifier_stats})
         return cost
@@ -218,7 +222,7 @@ class Datapath:
 
     def attach_overlay(self, ifindex: int) -> None:
         """Tunnel mode: bpf_overlay.o on the VXLAN device's tc ingress (atomic replace)."""
-        with self._open_object(OVERLAY_OBJECT, self._host_rodata()) as obj:
+        with self._open_object(OVERLAY_OBJECT, self._node_rodata()) as obj:
             tc_attach(ifindex, INGRESS, obj.program(FROM_OVERLAY))
 
     def attach_sock(self, cgroup: Path) -> None:

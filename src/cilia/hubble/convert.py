@@ -34,10 +34,13 @@ DROP_REASONS: dict[int, flow_pb2.DropReason] = {
     137: flow_pb2.UNKNOWN_L4_PROTOCOL,
     139: flow_pb2.UNSUPPORTED_L3_PROTOCOL,
     143: flow_pb2.CT_MAP_INSERTION_FAILED,
+    147: flow_pb2.ERROR_RETRIEVING_TUNNEL_KEY,
     154: flow_pb2.UNSUPPORTED_L2_PROTOCOL,
     158: flow_pb2.SERVICE_BACKEND_NOT_FOUND,
     164: flow_pb2.TTL_EXCEEDED,
     165: flow_pb2.NO_MATCHING_LOCAL_CONTAINER_FOUND,
+    171: flow_pb2.INVALID_IDENTITY,
+    172: flow_pb2.UNKNOWN_SENDER,
     181: flow_pb2.POLICY_DENY,
     # cilia: the endpoint has no policy state and fails closed
     220: flow_pb2.NO_CONFIGURATION_AVAILABLE_TO_PERFORM_POLICY_DECISION,

@@ -48,6 +48,9 @@ class ObsPoint(IntEnum):
     TO_STACK = 2
     FROM_ENDPOINT = 3
     TO_HOST = 4
+    TO_OVERLAY = 5
+    FROM_OVERLAY = 6
+    FROM_NETWORK = 7
 
 
 class CtStatus(IntEnum):
@@ -65,6 +68,7 @@ class SourceFile(IntEnum):
     LXC = 1
     HOST = 2
     SOCK = 3
+    OVERLAY = 4
 
 
 OBSERVATION_POINTS = {int(p): p.name for p in ObsPoint}
@@ -85,9 +89,12 @@ class DropReason(IntEnum):
     UNSUPPORTED_L3 = 139
     CT_MAP_INSERT_FAILED = 143
     UNSUPPORTED_L2 = 154
+    NO_TUNNEL_KEY = 147
     NO_SERVICE = 158
     TTL_EXCEEDED = 164
     NO_ENDPOINT = 165
+    INVALID_IDENTITY = 171
+    UNKNOWN_SENDER = 172
     POLICY_DENY = 181
     POLICY_NOT_INSTALLED = 220
 
@@ -104,9 +111,12 @@ _DROP_DESCRIPTIONS = {
     DropReason.UNSUPPORTED_L3: "Unsupported L3 protocol",
     DropReason.CT_MAP_INSERT_FAILED: "CT: Map insertion failed",
     DropReason.UNSUPPORTED_L2: "Unsupported L2 protocol",
+    DropReason.NO_TUNNEL_KEY: "Error retrieving tunnel key",
     DropReason.NO_SERVICE: "Service backend not found",
     DropReason.TTL_EXCEEDED: "TTL exceeded",
     DropReason.NO_ENDPOINT: "No local endpoint",
+    DropReason.INVALID_IDENTITY: "Invalid identity",
+    DropReason.UNKNOWN_SENDER: "Unknown sender",
     DropReason.POLICY_DENY: "Policy denied by denylist",
     DropReason.POLICY_NOT_INSTALLED: "Policy not installed (fail closed)",
 }

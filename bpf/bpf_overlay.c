@@ -1,0 +1,65 @@
+/* bpf_overlay: the node's VXLAN device (tc ingress of cilia_vxlan, tunnel routing): packets other
+ * nodes' pods sent through the tunnel (bpf_lxc.c encapsulates, lib/overlay.h).
+ *
+ *   cil_from_overlay  the tunnel key says who sent it: the outer source must be a known node (its
+ *                     ipcache entry is remote-node), else the packet is dropped (UNKNOWN_SENDER),
+ *                     so nobody off the cluster can claim an identity; the VNI is then the source
+ *                     pod's security identity. A packet for a local endpoint is routed to it (TTL,
+ *                     MACs) and redirected to the egress of its host-side veth with the identity in
+ *                     the mark: the endpoint's to-container program enforces its ingress policy on
+ *                     that identity and tracks the connection. Anything else (the node itself)
+ *                     goes up the node's stack. */
+#define SOURCE_FILE_ID SOURCE_FILE_OVERLAY
+
+#include "lib/common.h"
+#include "lib/direction.h"
+#include "lib/drop.h"
+#include "lib/endpoints.h"
+#include "lib/forward.h"
+#include "lib/identity.h"
+#include "lib/ipcache.h"
+#include "lib/overlay.h"
+#include "lib/parse.h"
+#include "lib/trace.h"
+
+char LICENSE[] SEC("license") = "GPL";
+
+SEC("tc")
+int cil_from_overlay(struct __sk_buff *ctx)
+{
+	struct bpf_tunnel_key key = {};
+	if (bpf_skb_get_tunnel_key(ctx, &key, sizeof(key), 0) < 0)
+		return send_drop(ctx, DROP_NO_TUNNEL_KEY, 0, 0, DIR_INGRESS);
+	union addr16 outer;
+	addr_from_v4(&outer, bpf_htonl(key.remote_ipv4));
+	if (ipcache_identity(&outer, AF_INET_) != IDENTITY_REMOTE_NODE)
+		return send_drop(ctx, DROP_UNKNOWN_SENDER, 0, 0, DIR_INGRESS);
+	__u32 src_identity = key.tunnel_id;
+	if (src_identity == IDENTITY_UNKNOWN || src_identity > IDENTITY_MAX)
+		return send_drop(ctx, DROP_INVALID_IDENTITY, 0, 0, DIR_INGRESS);
+
+	struct ethhdr eth;
+	struct pkt p = {};
+	if (bpf_skb_load_bytes(ctx, 0, &eth, sizeof(eth)) < 0)
+		return send_drop(ctx, DROP_INVALID_PACKET, src_identity, 0, DIR_INGRESS);
+	__u16 proto = bpf_ntohs(eth.h_proto);
+	if (proto == ETH_P_IP) {
+		if (parse_ipv4(ctx, &p) < 0)
+			return send_drop(ctx, DROP_INVALID_PACKET, src_identity, 0, DIR_INGRESS);
+	} else if (proto == ETH_P_IPV6) {
+		if (parse_ipv6(ctx, &p) < 0)
+			return send_drop(ctx, DROP_INVALID_PACKET, src_identity, 0, DIR_INGRESS);
+	} else {
+		return send_drop(ctx, DROP_UNSUPPORTED_L2, src_identity, 0, DIR_INGRESS);
+	}
+	struct endpoint_info *ep = endpoint_lookup(&p.t.daddr, p.t.family);
+	if (!ep)
+		return TC_ACT_OK;
+	int reason = forward_to_endpoint(ctx, &p, ep);
+	if (reason)
+		return send_drop(ctx, reason, src_identity, ep->identity, DIR_INGRESS);
+	ctx->mark = IDENTITY_MARK_MAGIC | src_identity;
+	/* counted here; the event comes from the endpoint's to-container program */
+	send_trace(ctx, OBS_FROM_OVERLAY, 0, src_identity, ep->identity, DIR_INGRESS, false, 0);
+	return bpf_redirect(ep->ifindex, 0);
+}

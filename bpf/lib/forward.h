@@ -1,0 +1,40 @@
+/* Handing a routed packet to a local endpoint: the hop a router makes (TTL/hop limit lowered, the
+ * IPv4 checksum kept right) and the Ethernet header rewritten to the pod's MAC from its gateway's
+ * (the host-side veth). Shared by the pod programs (redirect_peer to a pod on the same node) and
+ * the node's programs that deliver what arrives from other nodes (bpf_host.c, bpf_overlay.c). */
+#pragma once
+
+#include "common.h"
+#include "drop_reasons.h"
+#include "endpoints.h"
+#include "parse.h"
+
+/* Returns 0, or the DROP_* reason the caller reports. */
+__always_inline_fn int forward_to_endpoint(struct __sk_buff *ctx, const struct pkt *p, const struct endpoint_info *ep)
+{
+	if (p->ttl <= 1)
+		return DROP_TTL_EXCEEDED;
+	if (p->t.family == AF_INET_) {
+		/* ttl shares a 16-bit word with protocol: fix the checksum for that word */
+		__u32 off = ETH_HLEN_ + offsetof(struct iphdr, ttl);
+		__u16 old_word, new_word;
+		if (bpf_skb_load_bytes(ctx, off, &old_word, 2) < 0)
+			return DROP_INVALID_PACKET;
+		__u8 ttl = p->ttl - 1;
+		new_word = old_word;
+		((__u8 *)&new_word)[0] = ttl;
+		if (bpf_l3_csum_replace(ctx, ETH_HLEN_ + offsetof(struct iphdr, check), old_word, new_word, 2) < 0 ||
+		    bpf_skb_store_bytes(ctx, off, &ttl, 1, 0) < 0)
+			return DROP_INVALID_PACKET;
+	} else {
+		__u8 hop = p->ttl - 1;
+		if (bpf_skb_store_bytes(ctx, ETH_HLEN_ + offsetof(struct ipv6hdr, hop_limit), &hop, 1, 0) < 0)
+			return DROP_INVALID_PACKET;
+	}
+	__u8 macs[12];
+	__builtin_memcpy(macs, ep->mac, 6);
+	__builtin_memcpy(macs + 6, ep->lxc_mac, 6);
+	if (bpf_skb_store_bytes(ctx, 0, macs, sizeof(macs), 0) < 0)
+		return DROP_INVALID_PACKET;
+	return 0;
+}

@@ -129,3 +129,19 @@ def test_cluster_fields_fail_only_with_topology_error(data: dict[str, Any]) -> N
         assert all(n.ipv4_pod_cidr.subnet_of(ipaddress.IPv4Network("10.200.0.0/16")) for n in topology.nodes)
     else:
         assert data.get("routing") is None and topology.routing == "native"
+
+
+def test_cluster_test_topologies() -> None:
+    from cilia.testing.cluster import SPREAD, cluster_topology, spread_policy_topology
+
+    for routing in ("native", "tunnel"):
+        spread = parse_topology(spread_policy_topology(routing), SOURCE)
+        assert spread.cluster and spread.routing == routing and [n.name for n in spread.nodes] == ["n1", "n2", "n3"]
+        assert {(p.name, p.node) for p in spread.pods} == set(SPREAD.items())
+        assert len(spread.pods) == 9
+        example = parse_topology(cluster_topology(routing), SOURCE)
+        assert example.routing == routing and len(example.members) == 3
+    # the one-node policy topology is untouched by the spread one
+    from cilia.testing.reach import policy_topology
+
+    assert parse_topology(policy_topology(), SOURCE).cluster is False

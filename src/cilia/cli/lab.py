@@ -24,8 +24,10 @@ def up(file: Path = typer.Option(..., "--filename", "-f", help="topology YAML (s
         lab = Lab.up(load_topology(file))
     except (LabError, TopologyError) as exc:
         raise fail(str(exc)) from exc
-    pods = lab.status()["pods"]
-    typer.echo(f"lab up: {len(lab.state['nodes'])} node(s), {len(pods)} pod(s)")
+    pods = lab.state["pods"]
+    cluster = (f", {len(lab.etcd_members)} etcd member(s), routing {lab.state['routing']}"
+               if lab.cluster else "")
+    typer.echo(f"lab up: {len(lab.state['nodes'])} node(s), {len(pods)} pod(s){cluster}")
 
 
 @app.command("down")
@@ -42,7 +44,7 @@ def down() -> None:
 
 @app.command("status")
 def status(output: Output = OutputOption) -> None:
-    """Pods (namespace, node, netns, addresses), nodes and external hosts."""
+    """Pods (namespace, node, netns, addresses), nodes, external hosts and a cluster lab's etcd members."""
     from cilia.lab.lab import Lab, LabError
 
     try:
@@ -55,11 +57,22 @@ def status(output: Output = OutputOption) -> None:
     print_table("pods", ["NAMESPACE", "POD", "NODE", "NETNS", "IPv4", "IPv6"],
                 [(p["namespace"], p["name"], p["node"], p["netns"], p.get("ipv4"), p.get("ipv6"))
                  for p in info["pods"]])
-    print_table("nodes", ["NODE", "NETNS", "IPv4", "IPv6", "AGENT PID"],
-                [(n, v["netns"], v["ipv4"], v["ipv6"], v.get("agent_pid")) for n, v in info["nodes"].items()])
+    if "etcd" in info:
+        print_table("nodes", ["NODE", "NETNS", "IPv4", "IPv6", "AGENT PID", "ETCD"],
+                    [(n, v["netns"], v["ipv4"], v["ipv6"], v.get("agent_pid"),
+                      "cut off" if v.get("etcd_cut_off") else "reachable") for n, v in info["nodes"].items()])
+    else:
+        print_table("nodes", ["NODE", "NETNS", "IPv4", "IPv6", "AGENT PID"],
+                    [(n, v["netns"], v["ipv4"], v["ipv6"], v.get("agent_pid")) for n, v in info["nodes"].items()])
     if info["externals"]:
         print_table("external hosts", ["NAME", "NETNS", "IPv4", "IPv6"],
                     [(n, v["netns"], v["ipv4"], v["ipv6"]) for n, v in info["externals"].items()])
+    if "etcd" in info:
+        print_table(f"etcd members (kvstore etcd, routing {info['routing']})",
+                    ["MEMBER", "NETNS", "CLIENT URL", "PID", "STATE", "LEADER"],
+                    [(m["name"], m["netns"], m["client_url"], m["pid"] or "-",
+                      "healthy" if m["answers"] else "running, not answering" if m["pid"] else "stopped",
+                      "yes" if m["leader"] else "") for m in info["etcd"]])
 
 
 @app.command("exec", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})

@@ -161,6 +161,15 @@ class EtcdCluster:
                 pid = int(self.member(name).pid_file.read_text().strip())
         return pid if pid is not None and not exited(pid) else None
 
+    def _status_fields(self, member: EtcdMemberSpec) -> dict[str, str]:
+        """`etcdctl endpoint status` of one member, as its fields ({} when it does not answer)."""
+        result = subprocess.run(
+            ["etcdctl", f"--endpoints=unix://{member.socket_file}", "--command-timeout=2s",
+             "endpoint", "status", "-w", "fields"],
+            capture_output=True, text=True, timeout=5, check=False,
+            env={"ETCDCTL_API": "3", "PATH": "/usr/bin:/bin"})
+        return dict(line.split(" : ", 1) for line in result.stdout.splitlines() if " : " in line)
+
     def leader(self, timeout: float = 10.0) -> str:
         """The name of the current leader (a member that answers and says it leads)."""
         deadline = time.monotonic() + timeout
@@ -168,15 +177,25 @@ class EtcdCluster:
             for member in self.members:
                 if self.pid(member.name) is None:
                     continue
-                result = subprocess.run(
-                    ["etcdctl", f"--endpoints=unix://{member.socket_file}", "endpoint", "status", "-w", "fields"],
-                    capture_output=True, text=True, timeout=5, check=False,
-                    env={"ETCDCTL_API": "3", "PATH": "/usr/bin:/bin"})
-                fields = dict(line.split(" : ", 1) for line in result.stdout.splitlines() if " : " in line)
+                fields = self._status_fields(member)
                 if fields.get('"Leader"') and fields.get('"Leader"') == fields.get('"MemberID"'):
                     return member.name
             time.sleep(0.1)
         raise LabError(f"no etcd leader within {timeout} s")
+
+    def member_states(self) -> list[dict[str, object]]:
+        """Per member: name, netns, client URL, pid (None when not running), and whether it answers
+        and leads (`cilia lab status`). One status call per running member, bounded."""
+        states: list[dict[str, object]] = []
+        for member in self.members:
+            pid = self.pid(member.name)
+            fields = self._status_fields(member) if pid is not None else {}
+            states.append({
+                "name": member.name, "netns": member.netns, "client_url": member.client_url, "pid": pid,
+                "answers": bool(fields), "leader": bool(fields.get('"Leader"'))
+                and fields.get('"Leader"') == fields.get('"MemberID"'),
+            })
+        return states
 
     def kill(self, name: str) -> None:
         """kill -9 one member (a crash, for fault tests)."""
@@ -187,13 +206,20 @@ class EtcdCluster:
 
     def restart(self, name: str, timeout: float = 30.0) -> None:
         """Start a killed member again on its existing data (it rejoins the cluster)."""
-        if self.pid(name) is not None:
-            raise LabError(f"etcd member {name} is still running")
-        member = self.member(name)
-        with contextlib.suppress(FileNotFoundError):
-            member.socket_file.unlink()
-        self._spawn(member, initial=False)
-        self.wait_healthy(timeout, [name])
+        self.restart_many([name], timeout)
+
+    def restart_many(self, names: list[str], timeout: float = 30.0) -> None:
+        """Start several killed members again, then wait for each: after all of them went down, one
+        member alone has no quorum and would not report healthy until the others are back."""
+        for name in names:
+            if self.pid(name) is not None:
+                raise LabError(f"etcd member {name} is still running")
+        for name in names:
+            member = self.member(name)
+            with contextlib.suppress(FileNotFoundError):
+                member.socket_file.unlink()
+            self._spawn(member, initial=False)
+        self.wait_healthy(timeout, list(names))
 
     def stop(self) -> None:
         for member in self.members:

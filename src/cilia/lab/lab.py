@@ -1,5 +1,7 @@
 """The cluster in a box: nodes with their agents, pods attached by the real CNI plugin, the servers
-they run, external hosts; its state file; and the teardown that also sweeps a crashed lab's leftovers.
+they run, external hosts; for a cluster lab (`kvstore: etcd`) the etcd members the agents share and
+the faults tests inject into them; its state file; and the teardown that also sweeps a crashed lab's
+leftovers.
 
 Everything lives in network namespaces named cilia-*; the root namespace is never touched. The
 wiring is cilia.lab.fabric's, the processes cilia.lab.process's: started detached, stopped by the
@@ -19,6 +21,7 @@ from typing import Any
 
 from cilia.lab import fabric
 from cilia.lab.errors import LabError
+from cilia.lab.etcd import ETCD_RUN_ROOT, EtcdCluster, EtcdMemberSpec, stop_leftover_members
 from cilia.lab.process import (
     PYTHON,
     cgroup_root,
@@ -33,7 +36,7 @@ from cilia.lab.process import (
     stop_pid_files,
     wait_listening,
 )
-from cilia.lab.topology import ExternalSpec, NodeSpec, PodSpec, PortSpec, Topology
+from cilia.lab.topology import CLUSTER_POD_RANGES, ExternalSpec, NodeSpec, PodSpec, PortSpec, Topology
 from cilia.paths import BPFFS_ROOT, RUN_ROOT, STATE_ROOT, NodePaths
 from cilia.testing.wait import WaitTimeout, wait_for
 
@@ -43,6 +46,7 @@ __all__ = ["LAB_DIR", "PYTHON", "STATE_FILE", "Lab", "LabError", "cleanup_leftov
 
 LAB_DIR = RUN_ROOT / "lab"
 STATE_FILE = LAB_DIR / "state.json"
+ETCD_TOKEN = "cilia-lab"
 
 
 def pod_object(pod: PodSpec) -> dict[str, Any]:
@@ -66,6 +70,7 @@ class Lab:
 
     def __init__(self, state: dict[str, Any] | None = None) -> None:
         self.state: dict[str, Any] = state or {"nodes": {}, "pods": {}, "externals": {}, "pids": []}
+        self._etcd: EtcdCluster | None = None
 
     @classmethod
     def load(cls) -> Lab:
@@ -85,6 +90,8 @@ class Lab:
         lab = cls()
         try:
             lab._fabric()
+            if topology.cluster:
+                lab._etcd_members(topology)
             for node in topology.nodes:
                 lab._node(node, agent_args or [])
             for external in topology.externals:
@@ -103,6 +110,29 @@ class Lab:
         self.state["fabric"] = fabric.FABRIC
         self.save()
         fabric.create_fabric()
+
+    def _etcd_members(self, topology: Topology) -> None:
+        """Each member in its own namespace on the underlay, started and answering before any agent;
+        the flags every agent then gets (kvstore, routing mode, the cluster's native-routed ranges)."""
+        specs = [EtcdMemberSpec(m.name, m.netns, str(m.ipv4)) for m in topology.members]
+        self.state["kvstore"] = topology.kvstore
+        self.state["routing"] = topology.routing
+        self.state["etcd"] = {"token": ETCD_TOKEN, "members": [
+            {"name": s.name, "netns": s.netns, "address": s.address, "client_port": s.client_port,
+             "peer_port": s.peer_port} for s in specs]}
+        cluster = EtcdCluster(specs, token=ETCD_TOKEN)
+        self.state["cluster_args"] = [
+            "--kvstore", "etcd", "--kvstore-endpoints", ",".join(cluster.client_urls),
+            "--routing-mode", topology.routing,
+            "--ipv4-native-routing-cidr", str(CLUSTER_POD_RANGES[0]),
+            "--ipv6-native-routing-cidr", str(CLUSTER_POD_RANGES[1]),
+        ]
+        self.save()
+        for member in topology.members:
+            fabric.attach_host(member.netns, member.name, (str(member.ipv4), str(member.ipv6)),
+                               fabric.NODE_GATEWAYS)
+        self._etcd = cluster
+        cluster.start()
 
     def _node(self, node: NodeSpec, agent_args: list[str]) -> None:
         self.state["nodes"][node.name] = {
@@ -145,7 +175,8 @@ class Lab:
         pid = spawn(node["netns"], [
             str(Path(PYTHON).with_name("cilia-agent")), "--node", node_name,
             "--ipv4-pod-cidr", node["ipv4_pod_cidr"], "--ipv6-pod-cidr", node["ipv6_pod_cidr"],
-            "--underlay-device", "eth0", "--cgroup-root", node["cgroup"], *agent_args,
+            "--underlay-device", "eth0", "--cgroup-root", node["cgroup"],
+            *self.state.get("cluster_args", []), *agent_args,
         ], NodePaths(node_name).run_dir / "agent.log")
         node["agent_pid"] = pid
         self.save()
@@ -194,21 +225,51 @@ class Lab:
         wait_listening(netns, {p.port for p in ports})
 
     def _apply_namespaces(self, topology: Topology) -> None:
+        """Each node's own store gets the Namespaces; in a cluster lab they go to etcd once, through
+        the first node, and every node's agent is waited for until its watch has them (a pod's
+        identity takes its namespace's labels, so a CNI ADD must not come first)."""
         from cilia.api.client import AgentClient
         from cilia.api.models import ApplyRequest
 
         objects = [namespace_object(name, labels) for name, labels in topology.namespaces.items()]
-        for node in topology.nodes:
+        for node in topology.nodes[:1] if self.cluster else topology.nodes:
             with AgentClient(NodePaths(node.name).socket) as client:
                 client.apply(ApplyRequest(objects=objects))
+        if self.cluster:
+            for node in topology.nodes:
+                for name in topology.namespaces:
+                    self.wait_object(node.name, "Namespace", None, name)
+
+    def wait_object(self, node_name: str, kind: str, namespace: str | None, name: str,
+                    timeout: float = 30.0) -> None:
+        """Bounded: until the node's agent lists the object (in a cluster lab, once its watch of etcd
+        delivered it)."""
+        from cilia.api.client import AgentClient, AgentError, AgentUnavailable
+
+        def listed() -> bool:
+            params = {"kind": kind, **({"namespace": namespace} if namespace else {})}
+            try:
+                with AgentClient(NodePaths(node_name).socket, timeout=5) as client:
+                    found = client.get("/v1/resources", params)
+            except (AgentUnavailable, AgentError):
+                return False
+            return any(o.get("metadata", {}).get("name") == name for o in found)
+
+        where = f"{namespace}/{name}" if namespace else name
+        try:
+            wait_for(listed, timeout, 0.05, f"node {node_name} does not list {kind} {where}")
+        except WaitTimeout as exc:
+            raise LabError(str(exc)) from exc
 
     def add_pod(self, pod: PodSpec) -> dict[str, Any]:
         from cilia.api.client import AgentClient
         from cilia.api.models import ApplyRequest
 
         socket = NodePaths(pod.node).socket
-        with AgentClient(socket) as client:
+        with AgentClient(socket) as client:  # in a cluster lab: once, into etcd, through its own node
             client.apply(ApplyRequest(objects=[pod_object(pod)]))
+        if self.cluster:
+            self.wait_object(pod.node, "Pod", pod.namespace, pod.name)
         sh("ip", "netns", "add", pod.netns)
         entry: dict[str, Any] = {"name": pod.name, "namespace": pod.namespace, "node": pod.node,
                                  "netns": pod.netns, "container_id": pod.container_id, "cgroup": None}
@@ -309,8 +370,78 @@ class Lab:
                                  timeout)
 
     def status(self) -> dict[str, Any]:
-        return {"nodes": self.state["nodes"], "pods": list(self.state["pods"].values()),
-                "externals": self.state["externals"]}
+        info: dict[str, Any] = {"nodes": self.state["nodes"], "pods": list(self.state["pods"].values()),
+                                "externals": self.state["externals"]}
+        if self.cluster:
+            info["kvstore"] = self.state["kvstore"]
+            info["routing"] = self.state["routing"]
+            info["etcd"] = self.etcd.member_states()
+        return info
+
+    # ----- the cluster: etcd and its faults --------------------------------------------------------
+    @property
+    def cluster(self) -> bool:
+        """Whether this lab's nodes share one etcd (`kvstore: etcd`)."""
+        return "etcd" in self.state
+
+    @property
+    def etcd(self) -> EtcdCluster:
+        """The lab's etcd members (from the state file when another process started them)."""
+        if self._etcd is None:
+            if not self.cluster:
+                raise LabError("this lab has no etcd (its topology has no `kvstore: etcd`)")
+            self._etcd = EtcdCluster([EtcdMemberSpec(**m) for m in self.state["etcd"]["members"]],
+                                     token=self.state["etcd"]["token"])
+        return self._etcd
+
+    @property
+    def etcd_members(self) -> list[str]:
+        return [m.name for m in self.etcd.members]
+
+    def etcd_leader(self, timeout: float = 10.0) -> str:
+        return self.etcd.leader(timeout)
+
+    def kill_etcd_member(self, name: str) -> None:
+        """kill -9 one member."""
+        self.etcd.kill(name)
+
+    def kill_etcd_leader(self, timeout: float = 10.0) -> str:
+        """kill -9 the current leader; returns its name."""
+        leader = self.etcd.leader(timeout)
+        self.etcd.kill(leader)
+        return leader
+
+    def kill_etcd(self) -> list[str]:
+        """kill -9 every member (all of etcd down); returns their names for restart_etcd."""
+        for name in self.etcd_members:
+            self.etcd.kill(name)
+        return self.etcd_members
+
+    def restart_etcd(self, names: list[str] | None = None, timeout: float = 30.0) -> None:
+        """Start killed members again on their data (default: every member not running) and wait until
+        each answers."""
+        down = names if names is not None else [n for n in self.etcd_members if self.etcd.pid(n) is None]
+        self.etcd.restart_many(down, timeout)
+
+    def _etcd_addresses(self) -> list[str]:
+        return [str(m["address"]) for m in self.state["etcd"]["members"]]
+
+    def cut_off_etcd(self, node_name: str) -> None:
+        """The node loses its way to every etcd member: blackhole routes to them in the node's
+        namespace (its agent's etcd connections fail; everything else on the node is untouched)."""
+        netns = self.state["nodes"][node_name]["netns"]
+        for address in self._etcd_addresses():
+            sh("ip", "-n", netns, "route", "replace", "blackhole", f"{address}/32")
+        self.state["nodes"][node_name]["etcd_cut_off"] = True
+        self.save()
+
+    def restore_etcd(self, node_name: str) -> None:
+        """Undo cut_off_etcd."""
+        netns = self.state["nodes"][node_name]["netns"]
+        for address in self._etcd_addresses():
+            sh("ip", "-n", netns, "route", "del", "blackhole", f"{address}/32", check=False)
+        self.state["nodes"][node_name].pop("etcd_cut_off", None)
+        self.save()
 
     # ----- down ------------------------------------------------------------------------------------
     def down(self) -> None:
@@ -326,13 +457,18 @@ class Lab:
         for node in self.state.get("nodes", {}).values():
             if node.get("agent_pid"):
                 stop_pid(int(node["agent_pid"]))
+        if self.cluster:  # after the agents: they would spend their shutdown retrying a gone etcd
+            try:
+                self.etcd.stop()
+            except Exception as exc:  # swept below by the members' pid files
+                print(f"lab down: stopping etcd failed: {exc}", file=sys.stderr)
         cleanup_leftovers()
 
 
 def cleanup_leftovers() -> None:
     """Remove everything a lab (also a crashed one) may have left: agents by their pid files and the
-    pids in the state file, cilia-* namespaces (never a benchmark's cilia-bench-*), node state and
-    run dirs, bpffs pins, the lab's cgroups."""
+    pids in the state file, etcd members by theirs (with their data and sockets), cilia-* namespaces
+    (never a benchmark's cilia-bench-*), node state and run dirs, bpffs pins, the lab's cgroups."""
     stop_pid_files(RUN_ROOT.glob("*/agent.pid") if RUN_ROOT.exists() else [])
     if STATE_FILE.exists():
         with contextlib.suppress(ValueError, OSError):
@@ -340,10 +476,12 @@ def cleanup_leftovers() -> None:
             for pid in state.get("pids", []) + [n.get("agent_pid") for n in state.get("nodes", {}).values()]:
                 if pid:
                     stop_pid(int(pid))
+    stop_leftover_members()
     fabric.remove_namespaces()
     from cilia.bpf import remove_pins
 
-    nodes = [p.name for p in RUN_ROOT.iterdir() if p.is_dir() and p.name != "lab"] if RUN_ROOT.exists() else []
+    not_nodes = {LAB_DIR.name, ETCD_RUN_ROOT.name}
+    nodes = [p.name for p in RUN_ROOT.iterdir() if p.is_dir() and p.name not in not_nodes] if RUN_ROOT.exists() else []
     for node in nodes:
         remove_pins(BPFFS_ROOT / node)
         shutil.rmtree(STATE_ROOT / node, ignore_errors=True)

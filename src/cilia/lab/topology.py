@@ -1,4 +1,5 @@
-"""The lab's topology file: nodes, namespaces, pods and external hosts (see docs/lab.md)."""
+"""The lab's topology file: nodes, namespaces, pods and external hosts, and for a cluster lab the
+kvstore (etcd and its members) and the routing mode (see docs/lab.md)."""
 
 from __future__ import annotations
 
@@ -12,6 +13,15 @@ import yaml
 
 class TopologyError(Exception):
     pass
+
+
+KVSTORES = ("local", "etcd")  # local: each node's own embedded store; etcd: one cluster's etcd
+ROUTING_MODES = ("native", "tunnel")
+MAX_ETCD_MEMBERS = 7  # etcd's own advice: clusters of 3, 5 or 7 members
+DEFAULT_ETCD_MEMBERS = 3
+# A cluster lab's pod CIDRs: the agents get these as --ipv4/6-native-routing-cidr (not masqueraded),
+# so every node's pod CIDR must lie inside them.
+CLUSTER_POD_RANGES = (ipaddress.IPv4Network("10.200.0.0/16"), ipaddress.IPv6Network("fd00:200::/48"))
 
 
 @dataclass(frozen=True)
@@ -80,11 +90,46 @@ class ExternalSpec:
 
 
 @dataclass(frozen=True)
+class EtcdMember:
+    """One etcd member of a cluster lab: its own namespace on the fabric's underlay network."""
+
+    index: int  # 1-based
+
+    @property
+    def name(self) -> str:
+        return f"cilia-etcd-{self.index}"
+
+    @property
+    def netns(self) -> str:
+        return self.name
+
+    @property
+    def ipv4(self) -> ipaddress.IPv4Address:
+        return ipaddress.IPv4Address(f"192.0.2.{200 + self.index}")
+
+    @property
+    def ipv6(self) -> ipaddress.IPv6Address:
+        return ipaddress.IPv6Address(f"fd00:c1a::{200 + self.index:x}")
+
+
+@dataclass(frozen=True)
 class Topology:
     nodes: tuple[NodeSpec, ...]
     namespaces: dict[str, dict[str, str]]
     pods: tuple[PodSpec, ...]
     externals: tuple[ExternalSpec, ...]
+    kvstore: str = "local"  # KVSTORES
+    etcd_members: int = 0  # with kvstore etcd: how many members (default 3)
+    routing: str = "native"  # ROUTING_MODES; only with kvstore etcd
+
+    @property
+    def cluster(self) -> bool:
+        """Whether the nodes share one etcd (a cluster lab) rather than each its own store."""
+        return self.kvstore == "etcd"
+
+    @property
+    def members(self) -> tuple[EtcdMember, ...]:
+        return tuple(EtcdMember(i + 1) for i in range(self.etcd_members))
 
     def node(self, name: str) -> NodeSpec:
         for node in self.nodes:
@@ -137,20 +182,62 @@ def _network(raw: Any, default: str, where: str, version: int) -> Any:
         raise TopologyError(f"{where}: {exc}") from exc
 
 
+FIELDS = ("nodes", "namespaces", "pods", "externals", "kvstore", "etcd", "routing")
+
+
+def _cluster(data: dict[Any, Any], source: str) -> tuple[str, int, str]:
+    """kvstore, the number of etcd members (0 without etcd), routing: checked against each other."""
+    kvstore = data.get("kvstore", "local")
+    if not isinstance(kvstore, str) or kvstore not in KVSTORES:
+        raise TopologyError(f"{source}: kvstore: {kvstore!r} is not local or etcd")
+    etcd = data.get("etcd")
+    if etcd is not None and kvstore != "etcd":
+        raise TopologyError(f"{source}: etcd: only with kvstore: etcd")
+    if etcd is None:
+        etcd = {}
+    if not isinstance(etcd, dict):
+        raise TopologyError(f"{source}: etcd: must be a mapping like {{members: 3}}")
+    unknown = set(map(str, etcd)) - {"members"}
+    if unknown:
+        raise TopologyError(f"{source}: etcd: unknown field {sorted(unknown)[0]!r}")
+    members = etcd.get("members", DEFAULT_ETCD_MEMBERS)
+    if isinstance(members, bool) or not isinstance(members, int) or not 1 <= members <= MAX_ETCD_MEMBERS:
+        raise TopologyError(f"{source}: etcd.members: must be an integer 1-{MAX_ETCD_MEMBERS}")
+    routing = data.get("routing")
+    if routing is not None and kvstore != "etcd":
+        raise TopologyError(f"{source}: routing: only with kvstore: etcd (the nodes learn each other's "
+                            "pod CIDRs from etcd)")
+    routing = "native" if routing is None else routing
+    if not isinstance(routing, str) or routing not in ROUTING_MODES:
+        raise TopologyError(f"{source}: routing: {routing!r} is not native or tunnel")
+    return kvstore, members if kvstore == "etcd" else 0, routing
+
+
 def parse_topology(data: Any, source: str = "topology") -> Topology:
     """Every error names the source and the field (`lab.yaml: pods[1].namespace: ...`)."""
     if not isinstance(data, dict):
         raise TopologyError(f"{source}: must be a mapping with nodes, namespaces, pods, externals")
-    unknown = set(map(str, data)) - {"nodes", "namespaces", "pods", "externals"}
+    unknown = set(map(str, data)) - set(FIELDS)
     if unknown:
         raise TopologyError(f"{source}: unknown field {sorted(unknown)[0]!r}")
-    nodes = []
+    kvstore, members, routing = _cluster(data, source)
+    nodes: list[NodeSpec] = []
     for i, raw in enumerate(_list(data.get("nodes"), f"{source}: nodes") or [{"name": "n1"}]):
         name = raw.get("name") if isinstance(raw, dict) else None
         if not isinstance(name, str) or not name.isascii() or not name.isalnum() or len(name) > 8:
             raise TopologyError(f"{source}: nodes[{i}].name must be alphanumeric, at most 8 characters")
         v4 = _network(raw.get("podCIDRv4"), f"10.200.{i + 1}.0/24", f"{source}: nodes[{i}].podCIDRv4", 4)
-        v6 = _network(raw.get("podCIDRv6"), f"fd00:200:{i + 1}::/64", f"{source}: nodes[{i}].podCIDRv6", 6)
+        # A cluster lab's default IPv6 pod CIDRs lie inside its native-routing range fd00:200::/48
+        # (fd00:200:N::/64, a one-node lab's default, does not).
+        v6_default = f"fd00:200:0:{i + 1:x}::/64" if kvstore == "etcd" else f"fd00:200:{i + 1}::/64"
+        v6 = _network(raw.get("podCIDRv6"), v6_default, f"{source}: nodes[{i}].podCIDRv6", 6)
+        if kvstore == "etcd":
+            for cidr, pool, key in ((v4, CLUSTER_POD_RANGES[0], "podCIDRv4"), (v6, CLUSTER_POD_RANGES[1], "podCIDRv6")):
+                if not cidr.subnet_of(pool):
+                    raise TopologyError(f"{source}: nodes[{i}].{key}: {cidr} is not inside the cluster's pod "
+                                        f"range {pool} (routed natively, not masqueraded)")
+        if name in (n.name for n in nodes):
+            raise TopologyError(f"{source}: nodes[{i}].name: {name!r} is listed twice")
         nodes.append(NodeSpec(name, i + 1, v4, v6))
     node_names = {n.name for n in nodes}
     namespaces: dict[str, dict[str, str]] = {"default": {}}
@@ -185,7 +272,7 @@ def parse_topology(data: Any, source: str = "topology") -> Topology:
         if not isinstance(raw, dict) or not isinstance(raw.get("name"), str):
             raise TopologyError(f"{source}: externals[{i}].name is required")
         externals.append(ExternalSpec(raw["name"], i, _ports(raw.get("ports"), f"{source}: externals[{i}]")))
-    return Topology(tuple(nodes), namespaces, tuple(pods), tuple(externals))
+    return Topology(tuple(nodes), namespaces, tuple(pods), tuple(externals), kvstore, members, routing)
 
 
 def load_topology(path: Path) -> Topology:

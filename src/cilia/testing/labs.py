@@ -16,6 +16,7 @@ from cilia.paths import NodePaths
 
 EXAMPLES = Path(__file__).resolve().parents[3] / "examples"
 BASIC = EXAMPLES / "lab-basic.yaml"  # one node, client/web in default, db in team-a, world1
+CLUSTER = EXAMPLES / "lab-cluster.yaml"  # three nodes on a 3-member etcd, clients n1/n3, web on n2 and n3
 
 
 def topology_of(source: Topology | Mapping[str, Any] | Path) -> Topology:

@@ -1,0 +1,164 @@
+"""Pods on different nodes of a 3-node lab on a real 3-member etcd, both routing modes: TCP and UDP,
+IPv4 and IPv6, pod -> pod, node -> remote pod, world -> pod; every node's ipcache holds the other
+nodes' pods with the identities their nodes gave them (and, tunnelling, the node to tunnel to); the
+same labels have the same number everywhere; every node lists every node; the pods' MTU leaves room
+for VXLAN; a Service with a backend on n2 and one on n3, reached from n1 through the socket LB, the
+per-packet path, and NodePort from an external host."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+
+from cilia.lab.lab import Lab
+from cilia.lab.process import in_netns, sh
+from cilia.testing.cluster import (
+    NODES,
+    ROUTING_MODES,
+    apply,
+    cluster_topology,
+    echo_connection,
+    endpoint_identities,
+    identities,
+    ipcache,
+    ipcache_gaps,
+    node_names,
+    peers,
+    probes,
+    running_cluster_lab,
+)
+from cilia.testing.reach import Target, expect_all, format_mismatches, probe_rows
+
+VXLAN_OVERHEAD = 50  # outer IPv4 20 + UDP 8 + VXLAN 8 + inner Ethernet 14
+
+CROSS = {  # each source reaches pods on other nodes (web2, db on n2; web3 on n3)
+    "client1": [Target("web2", 80), Target("web2", 53, "udp"), Target("web3", 80), Target("web3", 53, "udp"),
+                Target("db", 5432)],
+    "client3": [Target("web2", 80), Target("web2", 53, "udp"), Target("db", 5432)],
+    "db": [Target("web3", 80), Target("web3", 53, "udp")],
+    "web2": [Target("web3", 80)],
+}
+
+SERVICE = {
+    "apiVersion": "v1", "kind": "Service", "metadata": {"name": "web", "namespace": "default"},
+    "spec": {"type": "NodePort", "clusterIP": "10.96.0.80", "selector": {"app": "web"},
+             "ports": [{"name": "echo", "port": 80, "targetPort": "echo", "protocol": "TCP", "nodePort": 30080},
+                       {"name": "dns", "port": 53, "targetPort": "dns", "protocol": "UDP"}]},
+}
+BACKENDS = {"web2", "web3"}
+
+
+@pytest.fixture(scope="module", params=ROUTING_MODES)
+def clab(request: pytest.FixtureRequest) -> Iterator[Lab]:
+    topology = cluster_topology(request.param)
+    # a client outside n1's cgroup: its service traffic takes the per-packet path
+    topology["pods"].append({"name": "rawclient", "node": "n1", "labels": {"app": "client"}, "socketLB": False})
+    with running_cluster_lab(topology) as lab:
+        apply(lab, [SERVICE])
+        yield lab
+
+
+def routing(lab: Lab) -> str:
+    return str(lab.state["routing"])
+
+
+@pytest.mark.parametrize("ipv6", [False, True], ids=["v4", "v6"])
+def test_pods_on_different_nodes_talk(clab: Lab, ipv6: bool) -> None:
+    got = probe_rows(clab, CROSS, timeout=2.0, ipv6=ipv6)
+    expected = expect_all(got)
+    assert len(got) == sum(len(t) for t in CROSS.values())
+    assert not format_mismatches(expected, got), f"{routing(clab)}:\n" + format_mismatches(expected, got)
+
+
+@pytest.mark.parametrize("ipv6", [False, True], ids=["v4", "v6"])
+def test_the_answer_comes_from_the_remote_pod(clab: Lab, ipv6: bool) -> None:
+    for source, target, port, protocol in (("client1", "web2", 80, "tcp"), ("client3", "web2", 53, "udp"),
+                                           ("client1", "web3", 80, "tcp")):
+        verdict = clab.probe(source, target, port, protocol, ipv6=ipv6)
+        assert verdict["verdict"] == "connected" and verdict.get("peer") == target, verdict
+
+
+@pytest.mark.parametrize("ipv6", [False, True], ids=["v4", "v6"])
+def test_nodes_and_the_world_reach_remote_pods(clab: Lab, ipv6: bool) -> None:
+    rows = {"n1": [Target("web2", 80), Target("web3", 53, "udp")], "n3": [Target("web2", 80)],
+            "world1": [Target("web2", 80), Target("web3", 80)],
+            "client1": [Target("world1", 80)]}  # and a pod reaches the world, from any node
+    got = probe_rows(clab, rows, timeout=2.0, ipv6=ipv6)
+    assert not format_mismatches(expect_all(got), got), format_mismatches(expect_all(got), got)
+
+
+def test_a_bulk_transfer_across_nodes_is_not_hurt_by_the_mtu(clab: Lab) -> None:
+    with echo_connection(clab, "client1", "web2") as connection:
+        assert connection.peer == "web2"
+        for size in (1000, 1500, 9000, 200_000):
+            assert connection.echo("x" * size), f"{size} bytes did not come back ({routing(clab)})"
+
+
+def test_ipcache_holds_remote_pods_with_their_identity_and_tunnel_endpoint(clab: Lab) -> None:
+    assert ipcache_gaps(clab) == []
+    underlay = {name: node["ipv4"] for name, node in clab.state["nodes"].items()}
+    for node in NODES:
+        cache = ipcache(node)
+        for owner in NODES:
+            if owner == node:
+                continue
+            for ip in endpoint_identities(owner):
+                row = cache[f"{ip}/{128 if ':' in ip else 32}"]
+                tunnel = str(row.get("tunnel_endpoint") or "")
+                if routing(clab) == "tunnel":
+                    assert tunnel == underlay[owner], (node, ip, row)
+                else:
+                    assert tunnel in ("", "0", "0.0.0.0", "None"), (node, ip, row)
+
+
+def test_same_labels_same_identity_on_every_node(clab: Lab) -> None:
+    pods = {ident for node in NODES for ident in endpoint_identities(node).values()}
+    seen = [{labels: number for labels, number in identities(node).items() if number in pods} for node in NODES]
+    assert seen[0] == seen[1] == seen[2], seen
+    # client1 (n1) and client3 (n3) carry the same labels: one identity
+    ids = {endpoint_identities(node).get(clab.address_of(pod)) for node, pod in (("n1", "client1"), ("n3", "client3"))}
+    assert len(ids) == 1 and None not in ids, ids
+
+
+def test_every_node_lists_every_node(clab: Lab) -> None:
+    for node in NODES:
+        assert node_names(node) == list(NODES), node
+
+
+def test_pod_mtu_leaves_room_for_the_tunnel(clab: Lab) -> None:
+    def mtu(netns: str) -> int:
+        out = sh(*in_netns(netns, "cat", "/sys/class/net/eth0/mtu")).stdout
+        return int(out.strip())
+
+    node_mtu = mtu(clab.state["nodes"]["n1"]["netns"])
+    pod_mtu = mtu(clab.netns_of("client1"))
+    assert pod_mtu == (node_mtu - VXLAN_OVERHEAD if routing(clab) == "tunnel" else node_mtu)
+
+
+def _reaches_both(clab: Lab, source: str, address: str, port: int, protocol: str = "tcp") -> set[str]:
+    seen: set[str] = set()
+    for _ in range(5):  # bounded: 5 rounds of 12 new connections each
+        seen |= peers(probes(clab, source, address, port, protocol, count=12))
+        if seen >= BACKENDS:
+            break
+    return seen
+
+
+@pytest.mark.parametrize("source", ["client1", "rawclient"], ids=["socket-lb", "per-packet"])
+def test_service_with_backends_on_two_other_nodes(clab: Lab, source: str) -> None:
+    assert _reaches_both(clab, source, "10.96.0.80", 80) == BACKENDS
+    assert _reaches_both(clab, source, "10.96.0.80", 53, "udp") == BACKENDS
+
+
+@pytest.mark.parametrize("node", ["n1", "n2"], ids=["no-local-backend", "local-backend"])
+def test_nodeport_from_an_external_host_reaches_backends_on_other_nodes(clab: Lab, node: str) -> None:
+    address = clab.state["nodes"][node]["ipv4"]
+    assert _reaches_both(clab, "world1", address, 30080) == BACKENDS
+
+
+def test_a_service_connection_to_a_remote_backend_stays_up(clab: Lab) -> None:
+    with echo_connection(clab, "client1", "10.96.0.80") as connection:
+        assert connection.peer in BACKENDS
+        assert all(connection.echo(f"line {i}") for i in range(20))
+

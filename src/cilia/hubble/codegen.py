@@ -20,9 +20,9 @@ HERE = Path(__file__).resolve().parent
 PROTO_DIR = HERE / "proto"
 OUT_DIR = HERE / "_generated"
 PACKAGE = "cilia.hubble._generated"
-PROTOS = ("flow/flow.proto", "relay/relay.proto", "observer/observer.proto")
+PROTOS = ("flow/flow.proto", "relay/relay.proto", "observer/observer.proto", "peer/peer.proto")
 STAMP = "SOURCE_SHA256"
-_IMPORT = re.compile(r"^(from|import) (flow|relay|observer)(\.| )", re.MULTILINE)
+_IMPORT = re.compile(r"^(from|import) (flow|relay|observer|peer)(\.| )", re.MULTILINE)
 
 
 def source_hash() -> str:

@@ -19,7 +19,7 @@ import os
 import threading
 import time
 from collections import OrderedDict, deque
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
@@ -36,7 +36,8 @@ from cilia.flows.filter import FlowFilter
 from cilia.flows.ring import FlowRing, Subscriber
 from cilia.hubble.convert import convert
 from cilia.hubble.filters import DEFAULT_CLUSTER, FilterError, FlowFilters
-from cilia.hubble.pb import flow_pb2, observer_pb2, observer_pb2_grpc, relay_pb2
+from cilia.hubble.pb import flow_pb2, observer_pb2, observer_pb2_grpc, peer_pb2_grpc, relay_pb2
+from cilia.hubble.peer import PeerInfo, PeerService, tls_server_name
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +70,19 @@ class HubbleConfig:
         if config.hubble_tls_cert_file is not None and config.hubble_tls_key_file is not None:
             tls = TlsFiles(config.hubble_tls_cert_file, config.hubble_tls_key_file, config.hubble_tls_client_ca_files)
         return cls(config.node, config.paths.hubble_socket, config.flow_buffer, config.hubble_listen_address, tls)
+
+    @property
+    def address(self) -> str:
+        """Where another process reaches this Observer: the TCP address when it names a host, else the
+        unix socket (an address like `:4244` names no host to dial)."""
+        host = self.listen_address.rsplit(":", 1)[0].strip("[]") if self.listen_address else ""
+        if self.listen_address and host not in ("", "0.0.0.0", "::"):
+            return self.listen_address
+        return f"unix://{self.socket}"
+
+    def self_peer(self) -> PeerInfo:
+        """This node as a Hubble peer (the peer service's answer when no cluster lists more)."""
+        return PeerInfo(self.node, self.address, tls_server_name(self.node) if self.tls is not None else None)
 
 
 class RateMeter:
@@ -301,8 +315,11 @@ def _lost(source: int, count: int, node: str) -> observer_pb2.GetFlowsResponse:
 class HubbleServer:
     """Runs the Observer and health services until stopped; start() returns once they listen."""
 
-    def __init__(self, config: HubbleConfig, ring: FlowRing) -> None:
+    def __init__(self, config: HubbleConfig, ring: FlowRing,
+                 peers: Callable[[], Iterable[PeerInfo]] | None = None) -> None:
         self.config = config
+        # Hubble's peer service: the cluster's nodes when the agent knows them, else this node alone.
+        self.peers = peers or (lambda: [config.self_peer()])
         self.source = FlowSource(ring, config.capacity)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
@@ -343,6 +360,7 @@ class HubbleServer:
         server = grpc.aio.server()
         observer_pb2_grpc.add_ObserverServicer_to_server(  # type: ignore[no-untyped-call]
             ObserverService(self.source, config), server)
+        peer_pb2_grpc.add_PeerServicer_to_server(PeerService(self.peers), server)  # type: ignore[no-untyped-call]
         health = health_aio.HealthServicer()
         for service in ("", HEALTH_SERVICE):
             await health.set(service, health_pb2.HealthCheckResponse.SERVING)

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from cilia.lab import fabric
+from cilia.lab import relay as lab_relay
 from cilia.lab.errors import LabError
 from cilia.lab.etcd import ETCD_RUN_ROOT, EtcdCluster, EtcdMemberSpec, stop_leftover_members
 from cilia.lab.process import (
@@ -29,6 +30,7 @@ from cilia.lab.process import (
     in_netns,
     join_cgroup,
     kill_pid,
+    listening_ports,
     remove_cgroups,
     sh,
     spawn,
@@ -101,6 +103,8 @@ class Lab:
             lab._apply_namespaces(topology)
             for pod in topology.pods:
                 lab.add_pod(pod)
+            if topology.relay:
+                lab._relay([n.name for n in topology.nodes])
         except BaseException:
             lab.down()
             raise
@@ -156,6 +160,58 @@ class Lab:
         self.state["nodes"][node.name]["cgroup"] = str(cgroup)
         self.save()
         self._start_agent(node.name, agent_args)
+
+    # ----- the relay ------------------------------------------------------------------------------
+    def _relay(self, nodes: list[str]) -> None:
+        """cilia-relay in its own namespace (cilia.lab.relay), answering before `up` returns."""
+        self.state["relay"] = {"netns": lab_relay.NETNS, "socket": str(lab_relay.SOCKET),
+                               "ui": lab_relay.UI_ADDRESS, "metrics": lab_relay.METRICS_ADDRESS, "nodes": nodes}
+        self.save()
+        lab_relay.create_netns()
+        self.start_relay()
+
+    @property
+    def relay(self) -> dict[str, Any]:
+        """Where the lab's relay serves (socket, ui, metrics, netns); LabError without one."""
+        if "relay" not in self.state:
+            raise LabError("this lab runs no relay (its topology has no `relay: true`)")
+        return dict(self.state["relay"])
+
+    def start_relay(self, timeout: float = 20.0) -> int:
+        relay = self.state["relay"]
+        endpoints = self.etcd.unix_endpoints if self.cluster else None
+        pid = spawn(relay["netns"], lab_relay.relay_args(relay["nodes"], endpoints), LAB_DIR / "relay.log")
+        relay["pid"] = pid
+        self.save()
+
+        def serving() -> bool:
+            if exited(pid):
+                log = (LAB_DIR / "relay.log").read_text()[-3000:]
+                raise LabError(f"cilia-relay exited during start-up:\n{log}")
+            ui_port = int(relay["ui"].rsplit(":", 1)[1])
+            return Path(relay["socket"]).exists() and ui_port in listening_ports(relay["netns"])
+
+        try:
+            wait_for(serving, timeout, 0.1, "cilia-relay did not start serving")
+        except WaitTimeout as exc:
+            raise LabError(str(exc)) from exc
+        return pid
+
+    def stop_relay(self) -> None:
+        relay = self.state.get("relay", {})
+        if relay.get("pid"):
+            stop_pid(int(relay.pop("pid")))
+            self.save()
+
+    def stop_agent(self, node_name: str) -> None:
+        """SIGTERM the node's agent (its node goes away for the relay); start_agent brings it back."""
+        node = self.state["nodes"][node_name]
+        stop_pid(int(node["agent_pid"]))
+
+    def start_agent(self, node_name: str, agent_args: list[str] | None = None) -> int:
+        pid = self._start_agent(node_name, agent_args or [])
+        self._wait_agent(node_name)
+        return pid
 
     def restart_agent(self, node_name: str, *, kill: bool = True, agent_args: list[str] | None = None) -> int:
         """kill -9 (or SIGTERM) the node's agent and start a new one; returns the new pid."""
@@ -372,6 +428,8 @@ class Lab:
     def status(self) -> dict[str, Any]:
         info: dict[str, Any] = {"nodes": self.state["nodes"], "pods": list(self.state["pods"].values()),
                                 "externals": self.state["externals"]}
+        if "relay" in self.state:
+            info["relay"] = self.state["relay"]
         if self.cluster:
             info["kvstore"] = self.state["kvstore"]
             info["routing"] = self.state["routing"]
@@ -452,6 +510,7 @@ class Lab:
                     self.cni("DEL", pod)
                 except Exception as exc:  # teardown goes on: leftovers are swept below
                     print(f"lab down: CNI DEL of {pod['namespace']}/{pod['name']} failed: {exc}", file=sys.stderr)
+        self.stop_relay()
         for pid in self.state.get("pids", []):
             stop_pid(int(pid))
         for node in self.state.get("nodes", {}).values():
@@ -473,14 +532,16 @@ def cleanup_leftovers() -> None:
     if STATE_FILE.exists():
         with contextlib.suppress(ValueError, OSError):
             state = json.loads(STATE_FILE.read_text())
-            for pid in state.get("pids", []) + [n.get("agent_pid") for n in state.get("nodes", {}).values()]:
+            pids = state.get("pids", []) + [n.get("agent_pid") for n in state.get("nodes", {}).values()]
+            for pid in [state.get("relay", {}).get("pid"), *pids]:
                 if pid:
                     stop_pid(int(pid))
     stop_leftover_members()
     fabric.remove_namespaces()
     from cilia.bpf import remove_pins
 
-    not_nodes = {LAB_DIR.name, ETCD_RUN_ROOT.name}
+    shutil.rmtree(lab_relay.RUN_DIR, ignore_errors=True)
+    not_nodes = {LAB_DIR.name, ETCD_RUN_ROOT.name, lab_relay.RUN_DIR.name}
     nodes = [p.name for p in RUN_ROOT.iterdir() if p.is_dir() and p.name not in not_nodes] if RUN_ROOT.exists() else []
     for node in nodes:
         remove_pins(BPFFS_ROOT / node)

@@ -121,6 +121,7 @@ class Topology:
     kvstore: str = "local"  # KVSTORES
     etcd_members: int = 0  # with kvstore etcd: how many members (default 3)
     routing: str = "native"  # ROUTING_MODES; only with kvstore etcd
+    relay: bool = False  # run cilia-relay (every node's flows, the service map) in netns cilia-relay
 
     @property
     def cluster(self) -> bool:
@@ -182,7 +183,7 @@ def _network(raw: Any, default: str, where: str, version: int) -> Any:
         raise TopologyError(f"{where}: {exc}") from exc
 
 
-FIELDS = ("nodes", "namespaces", "pods", "externals", "kvstore", "etcd", "routing")
+FIELDS = ("nodes", "namespaces", "pods", "externals", "kvstore", "etcd", "routing", "relay")
 
 
 def _cluster(data: dict[Any, Any], source: str) -> tuple[str, int, str]:
@@ -272,7 +273,10 @@ def parse_topology(data: Any, source: str = "topology") -> Topology:
         if not isinstance(raw, dict) or not isinstance(raw.get("name"), str):
             raise TopologyError(f"{source}: externals[{i}].name is required")
         externals.append(ExternalSpec(raw["name"], i, _ports(raw.get("ports"), f"{source}: externals[{i}]")))
-    return Topology(tuple(nodes), namespaces, tuple(pods), tuple(externals), kvstore, members, routing)
+    relay = data.get("relay", False)
+    if not isinstance(relay, bool):
+        raise TopologyError(f"{source}: relay: must be true or false")
+    return Topology(tuple(nodes), namespaces, tuple(pods), tuple(externals), kvstore, members, routing, relay)
 
 
 def load_topology(path: Path) -> Topology:

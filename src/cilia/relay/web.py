@@ -60,6 +60,9 @@ def flow_json(flow: flow_pb2.Flow) -> dict[str, Any]:
     if protocol in ("TCP", "UDP", "SCTP"):
         layer = getattr(l4, protocol)
         ports = (layer.source_port, layer.destination_port)
+    tcp = l4.TCP.flags
+    flags = [f.name for f in tcp.DESCRIPTOR.fields if getattr(tcp, f.name)] if protocol == "TCP" else []
+    icmp_type = getattr(l4, protocol).type if protocol in ("ICMPv4", "ICMPv6") else None
     out = {
         "time": flow.time.ToJsonString() if flow.HasField("time") else "",
         "uuid": flow.uuid, "node": flow.node_name,
@@ -68,7 +71,8 @@ def flow_json(flow: flow_pb2.Flow) -> dict[str, Any]:
         "type": {1: "drop", 4: "trace", 5: "policy-verdict", 7: "trace-sock"}.get(flow.event_type.type, "other"),
         "is_reply": flow.is_reply.value if flow.HasField("is_reply") else None,
         "direction": flow_pb2.TrafficDirection.Name(flow.traffic_direction),
-        "protocol": protocol, "source_port": ports[0], "destination_port": ports[1],
+        "protocol": protocol, "source_port": ports[0], "destination_port": ports[1], "tcp_flags": flags,
+        "icmp_type": icmp_type,
         "source": endpoint_json(flow.source, flow.IP.source),
         "destination": endpoint_json(flow.destination, flow.IP.destination),
         "service": (f"{flow.destination_service.namespace}/{flow.destination_service.name}"

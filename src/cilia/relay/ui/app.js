@@ -29,12 +29,32 @@ function addEdge(src, dst, verdict) {
   map.edges.set(key, edge);
 }
 
+// Server ends (ip:port) seen as the destination of a connection's first packet: a flow from one
+// of them is a reply, also when the datapath did not mark it (is_reply unset).
+const servers = new Set();
+
+function isReply(flow) {
+  if (flow.is_reply !== null) return flow.is_reply;
+  const from = flow.source.ip + ":" + flow.source_port, to = flow.destination.ip + ":" + flow.destination_port;
+  const flags = flow.tcp_flags || [];
+  if (flags.includes("SYN") && !flags.includes("ACK")) { servers.add(to); return false; }
+  if (flags.includes("SYN") && flags.includes("ACK")) { servers.add(from); return true; }
+  return servers.has(from) && !servers.has(to);
+}
+
+// Neighbour discovery and router solicitations (ICMPv6 133-137), and packets without ports or
+// ICMP, are link chatter, not service traffic: in the table, not on the map.
+function onMap(flow) {
+  if (flow.protocol === "ICMPv6" && flow.icmp_type >= 133 && flow.icmp_type <= 137) return false;
+  return flow.protocol !== "";
+}
+
 function onFlow(flow) {
   map.flows.push(flow);
   if (map.flows.length > 5000) map.flows.splice(0, map.flows.length - 5000);
   // A connection is drawn once, in its direction: replies and the other node's copy of the same
   // packet count again, but never draw a reverse edge.
-  if (flow.is_reply === true) { dirty = true; return; }
+  if (isReply(flow) || !onMap(flow)) { dirty = true; return; }
   addNode(flow.source);
   addNode(flow.destination);
   if (flow.service) {
@@ -181,7 +201,14 @@ function setStatus(text) { document.getElementById("status").textContent = text;
 
 function connect() {
   const source = new EventSource("api/flows?number=500");
-  source.addEventListener("open", () => setStatus("live"));
+  let opened = false;
+  source.addEventListener("open", () => {
+    if (opened) {  // reconnected: the stream starts over with the history, so the map does too
+      map.nodes.clear(); map.edges.clear(); map.flows.length = 0; servers.clear(); dirty = true;
+    }
+    opened = true;
+    setStatus("live");
+  });
   source.addEventListener("flow", ev => onFlow(JSON.parse(ev.data)));
   source.addEventListener("status", ev => {
     const s = JSON.parse(ev.data);

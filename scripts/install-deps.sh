@@ -14,6 +14,8 @@ apt_packages=(
   podman runc containernetworking-plugins busybox-static containerd
   # the cluster's kvstore (lab, tests)
   etcd-server etcd-client
+  # a real browser for the service map's e2e test (headless, driven over the DevTools protocol)
+  chromium
 )
 missing=()
 for p in "${apt_packages[@]}"; do
@@ -39,8 +41,8 @@ make -C "$here" bpf
 make -C "$here" proto VENV="$venv"
 
 mkdir -p /usr/local/bin /opt/cni/bin
-for cmd in cilia cilia-agent cilia-cni; do
+for cmd in cilia cilia-agent cilia-cni cilia-relay; do
   ln -sf "$venv/bin/$cmd" "/usr/local/bin/$cmd"
 done
 ln -sf "$venv/bin/cilia-cni" /opt/cni/bin/cilia-cni
-echo "install-deps: done (venv $venv; cilia, cilia-agent, cilia-cni on PATH; /opt/cni/bin/cilia-cni)"
+echo "install-deps: done (venv $venv; cilia, cilia-agent, cilia-cni, cilia-relay on PATH; /opt/cni/bin/cilia-cni)"

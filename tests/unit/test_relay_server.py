@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import http.client
+import ipaddress
 import json
 import socket
 import threading
@@ -22,11 +23,13 @@ import pytest
 from google.protobuf.timestamp_pb2 import Timestamp
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from cilia.cluster import codec
+from cilia.cluster.model import NodeRecord, RoutingMode
 from cilia.flows.ring import FlowRing
 from cilia.hubble.pb import flow_pb2, observer_pb2, observer_pb2_grpc, peer_pb2, peer_pb2_grpc, relay_pb2
 from cilia.hubble.peer import PeerInfo, changes
 from cilia.hubble.server import HubbleConfig, HubbleServer
-from cilia.relay.discovery import StaticSource, apply_notification, parse_peer, registry_peer
+from cilia.relay.discovery import DiscoveryError, StaticSource, apply_notification, parse_peer, registry_peer
 from cilia.relay.server import Relay, RelayConfig
 from cilia.testing import wait_for
 
@@ -306,15 +309,90 @@ def test_peer_changes_and_their_application() -> None:
 def test_peer_flags_and_registry_records() -> None:
     assert parse_peer("n1=unix:///run/cilia/n1/hubble.sock") == PeerInfo("n1", "unix:///run/cilia/n1/hubble.sock")
     assert parse_peer("10.0.0.1:4244") == PeerInfo("10.0.0.1:4244", "10.0.0.1:4244")
-    record = json.dumps({"name": "n2", "ipv4": "192.0.2.12", "ipv6": "fd00:c1a::c", "pod_cidrs": []}).encode()
+    v4, v6 = ipaddress.IPv4Address("192.0.2.12"), ipaddress.IPv6Address("fd00:c1a::c")
+    record = codec.encode_node(NodeRecord("n2", v4, v6, (), RoutingMode.NATIVE))
     assert registry_peer("cilia/nodes/n2", record, "{ipv4}:4244") == PeerInfo("n2", "192.0.2.12:4244")
     assert registry_peer("cilia/nodes/n2", record, "unix:///run/cilia/{name}/hubble.sock").address \
         == "unix:///run/cilia/n2/hubble.sock"
     assert registry_peer("cilia/nodes/n2", record, "[{ipv6}]:4244").address == "[fd00:c1a::c]:4244"
-    from cilia.relay.discovery import DiscoveryError
     for key, value in (("cilia/nodes/n3", record), ("cilia/nodes/n2", b"{not json"),
                        ("cilia/nodes/n2", json.dumps({"name": "n2", "ipv4": "x"}).encode())):
         with pytest.raises(DiscoveryError):
             registry_peer(key, value, "{ipv4}:4244")
+    v6_only = codec.encode_node(NodeRecord("n2", None, v6, (), RoutingMode.NATIVE))
     with pytest.raises(DiscoveryError):
-        registry_peer("cilia/nodes/n2", json.dumps({"name": "n2"}).encode(), "{ipv4}:4244")
+        registry_peer("cilia/nodes/n2", v6_only, "{ipv4}:4244")
+
+
+def test_registry_source_follows_nodes_joining_and_leaving() -> None:
+    from cilia.kvstore.memory import MemoryKv
+    from cilia.relay.discovery import RegistrySource
+    from cilia.relay.pool import NodePool
+
+    kv = MemoryKv()
+    lease = kv.grant_lease(10)
+
+    def register(name: str, ip: str, on: int = lease) -> None:
+        kv.put(codec.node_key(name), codec.encode_node(NodeRecord(name, ipaddress.IPv4Address(ip), None, (),
+                                                                  RoutingMode.NATIVE)), lease=on)
+
+    register("n1", "192.0.2.11")
+    kv.put("cilia/nodes/garbage", b"{]")  # logged once and skipped, never fatal
+    source = RegistrySource(kv, "unix:///run/cilia/{name}/hubble.sock", interval=0.05)
+    assert source.list_peers() == [PeerInfo("n1", "unix:///run/cilia/n1/hubble.sock")]
+
+    async def main() -> list[list[str]]:
+        pool = NodePool()
+        task = asyncio.create_task(source.run(pool))
+        seen = []
+        try:
+            for step in ("start", "join", "leave"):
+                if step == "join":
+                    register("n2", "192.0.2.12")
+                elif step == "leave":
+                    kv.revoke(lease)  # both records go with their lease
+                    register("n3", "192.0.2.13", kv.grant_lease(10))
+                for _ in range(100):
+                    await asyncio.sleep(0.02)
+                    names = [n.name for n in pool.nodes()]
+                    if names == {"start": ["n1"], "join": ["n1", "n2"], "leave": ["n3"]}[step]:
+                        break
+                seen.append([n.name for n in pool.nodes()])
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+            await pool.close()
+        return seen
+
+    assert asyncio.run(main()) == [["n1"], ["n1", "n2"], ["n3"]]
+
+
+def test_cluster_peers_of_an_agent() -> None:
+    from cilia.hubble.peer import cluster_peers
+
+    nodes = [("n2", "192.0.2.12"), ("n1", "192.0.2.11")]
+    assert cluster_peers(nodes, None, False, lambda n: f"/run/cilia/{n}/hubble.sock") == [
+        PeerInfo("n1", "unix:///run/cilia/n1/hubble.sock"), PeerInfo("n2", "unix:///run/cilia/n2/hubble.sock")]
+    tcp = cluster_peers(nodes, ":4244", True, lambda n: "")
+    assert tcp == [PeerInfo("n1", "192.0.2.11:4244", "n1.default.hubble-grpc.cilium.io"),
+                   PeerInfo("n2", "192.0.2.12:4244", "n2.default.hubble-grpc.cilium.io")]
+
+
+def test_relay_finds_nodes_through_an_agents_peer_service(agents: dict[str, Agent], tmp_path: Path) -> None:
+    from cilia.relay.discovery import PeerServiceSource
+
+    async def main() -> list[tuple[str, bool]]:
+        relay = Relay(RelayConfig(f"unix://{tmp_path / 'r.sock'}"), [PeerServiceSource(f"unix://{agents['n1'].socket}")])
+        task = asyncio.create_task(relay.run())
+        try:
+            for _ in range(200):
+                await asyncio.sleep(0.05)
+                if [n.available for n in relay.pool.nodes()] == [True]:
+                    break
+            return [(n.name, n.available) for n in relay.pool.nodes()]
+        finally:
+            relay.stop()
+            await task
+
+    assert asyncio.run(main()) == [("n1", True)]  # a lone agent names itself

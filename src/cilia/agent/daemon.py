@@ -44,6 +44,7 @@ from cilia.api.models import NodeStatus
 from cilia.endpoint.manager import EndpointManager
 from cilia.endpoint.registry import EndpointRegistry
 from cilia.endpoint.store import EndpointStore
+from cilia.hubble.peer import cluster_peers
 from cilia.hubble.server import HubbleConfig, HubbleServer
 from cilia.identity.allocator import LocalIdentityAllocator
 from cilia.ipam import Ipam
@@ -52,6 +53,7 @@ from cilia.lb.manager import ServiceManager
 from cilia.metrics.collector import AgentMetrics, Sources
 from cilia.metrics.server import MetricsServer
 from cilia.netlink import NodeNetConfig, setup_node_networking
+from cilia.paths import NodePaths
 from cilia.policy import kinds as policy_kinds
 from cilia.policy.engine import PolicyEngine, Settings
 from cilia.policy.kinds import is_policy
@@ -219,7 +221,10 @@ class Agent:
         async with AsyncExitStack() as stack, asyncio.TaskGroup() as tasks:
             stack.callback(self.stop)
             if self.config.hubble:  # Hubble's Observer API on hubble.sock (and a TCP address if given)
-                hubble = HubbleServer(HubbleConfig.from_agent(self.config), self.events.ring)
+                hubble_config = HubbleConfig.from_agent(self.config)
+                hubble = HubbleServer(hubble_config, self.events.ring, peers=lambda: cluster_peers(
+                    ((n.name, n.ipv4) for n in self.cluster.cluster_nodes()), hubble_config.listen_address,
+                    hubble_config.tls is not None, lambda name: str(NodePaths(name).hubble_socket)))
                 stack.callback(hubble.stop)
                 try:
                     await asyncio.to_thread(hubble.start)

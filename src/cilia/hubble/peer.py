@@ -75,3 +75,16 @@ class PeerService(peer_pb2_grpc.PeerServicer):
             for message in out:
                 yield message
             await asyncio.sleep(self._interval)
+
+
+def cluster_peers(nodes: Iterable[tuple[str, str | None]], listen_address: str | None, tls: bool,
+                  socket_of: Callable[[str], str]) -> list[PeerInfo]:
+    """The cluster's nodes (name, underlay IPv4) as Hubble peers. As upstream, every agent serves on
+    the same port: with a TCP listen address a peer is `<its IPv4>:<port>`; without one (each
+    agent on its unix socket only, as in the lab, all on one machine) it is its socket."""
+    port = listen_address.rsplit(":", 1)[1] if listen_address and ":" in listen_address else None
+    peers = []
+    for name, ipv4 in nodes:
+        address = f"{ipv4}:{port}" if port and ipv4 else f"unix://{socket_of(name)}"
+        peers.append(PeerInfo(peer_name(name), address, tls_server_name(name) if tls and port else None))
+    return sorted(peers)

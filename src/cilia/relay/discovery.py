@@ -11,21 +11,21 @@ A source that fails keeps the pool as it was (its nodes stay, reported unavailab
 from __future__ import annotations
 
 import asyncio
-import ipaddress
-import json
 import logging
 from collections.abc import Callable, Iterable
 from typing import Any, Protocol
 
 import grpc
 
+from cilia.cluster import codec
 from cilia.hubble.pb import peer_pb2, peer_pb2_grpc
-from cilia.hubble.peer import PeerInfo
+from cilia.hubble.peer import PeerInfo, peer_name
+from cilia.kvstore.api import KeyValue
 from cilia.relay.pool import NodePool, channel_options
 
 log = logging.getLogger(__name__)
 
-NODES_PREFIX = "cilia/nodes/"
+NODES_PREFIX = codec.NODES_PREFIX
 DEFAULT_ADDRESS_TEMPLATE = "{ipv4}:4244"  # upstream's Hubble port on every node
 REGISTRY_INTERVAL_S = 2.0
 BACKOFF_INITIAL_S = 0.5
@@ -62,33 +62,24 @@ class StaticSource:
 
 
 def registry_peer(key: str, value: bytes, template: str) -> PeerInfo:
-    """A node registry record (cilia.cluster's NodeRecord JSON) as the relay's peer."""
-    name = key.removeprefix(NODES_PREFIX)
+    """A node registry record (cilia.cluster's NodeRecord, decoded strictly) as the relay's peer."""
     try:
-        doc = json.loads(value)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise DiscoveryError(f"{key}: not JSON: {exc}") from None
-    if not isinstance(doc, dict) or doc.get("name") != name or not name:
-        raise DiscoveryError(f"{key}: not a node record of node {name!r}")
-    fields: dict[str, str] = {"name": name}
-    for family in ("ipv4", "ipv6"):
-        raw = doc.get(family)
-        if raw is not None:
-            try:
-                fields[family] = str(ipaddress.ip_address(raw))
-            except ValueError:
-                raise DiscoveryError(f"{key}: {family} {raw!r} is not an address") from None
+        record = codec.decode_node(key, value)
+    except codec.RecordError as exc:
+        raise DiscoveryError(str(exc)) from None
+    fields = {"name": record.name, **{family: str(address) for family, address in
+                                      (("ipv4", record.ipv4), ("ipv6", record.ipv6)) if address is not None}}
     try:
         address = template.format(**fields)
     except KeyError as exc:
         raise DiscoveryError(f"{key}: the address template needs {exc}, which the record lacks") from None
-    return PeerInfo(name, address)
+    return PeerInfo(peer_name(record.name), address)
 
 
 class KvLister(Protocol):
     """What the registry source needs of cilia.kvstore's KvClient."""
 
-    def list_prefix(self, prefix: str) -> tuple[list[Any], int]: ...
+    def list_prefix(self, prefix: str) -> tuple[list[KeyValue], int]: ...
 
 
 class RegistrySource:

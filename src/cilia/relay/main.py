@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import importlib
 import logging
 import signal
 import sys
 from pathlib import Path
 
+from cilia.kvstore.etcd import EtcdClient
 from cilia.relay.discovery import (
     DEFAULT_ADDRESS_TEMPLATE,
     DiscoveryError,
@@ -65,9 +65,8 @@ def sources_from(args: argparse.Namespace) -> list[Source]:
     if args.peer_service:
         sources.append(PeerServiceSource(args.peer_service))
     if args.kvstore_endpoints:
-        # cilia.kvstore's etcd client (python3-etcd3: failover across members, bounded call deadlines)
-        etcd = importlib.import_module("cilia.kvstore.etcd")
-        kv = etcd.EtcdClient([e for e in args.kvstore_endpoints.split(",") if e])
+        # cilia.kvstore's etcd client (failover across members, bounded call deadlines)
+        kv = EtcdClient([e for e in args.kvstore_endpoints.split(",") if e])
         sources.append(RegistrySource(kv, args.peer_address_template))
     return sources
 

@@ -137,11 +137,13 @@ class Merger(Generic[T]):
                     yield item
                 if not self._active and not self._follow and self._buffered == 0 and self._queue.empty():
                     return
-                timeout = self._wait_time()
-                try:
-                    node, value = await asyncio.wait_for(self._queue.get(), timeout)
-                except TimeoutError:
-                    continue
+                if self._queue.empty():  # only then wait (wait_for costs a task per call)
+                    try:
+                        node, value = await asyncio.wait_for(self._queue.get(), self._wait_time())
+                    except TimeoutError:
+                        continue
+                else:
+                    node, value = self._queue.get_nowait()
                 ended = self._take(node, value)
                 # Everything already queued first: a burst (a node's history) is one merge step.
                 while ended is None and not self._queue.empty():

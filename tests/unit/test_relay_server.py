@@ -396,3 +396,41 @@ def test_relay_finds_nodes_through_an_agents_peer_service(agents: dict[str, Agen
             await task
 
     assert asyncio.run(main()) == [("n1", True)]  # a lone agent names itself
+
+
+def test_relay_reads_a_tls_peer(tmp_path: Path) -> None:
+    """A peer announced with a TLS server name is dialled with the CA and that name checked."""
+    import subprocess
+
+    from cilia.hubble.server import TlsFiles
+    from cilia.relay.pool import TlsClient
+
+    name = "n1.default.hubble-grpc.cilium.io"
+    cert, key = tmp_path / "tls.crt", tmp_path / "tls.key"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=n1",
+                    "-addext", f"subjectAltName=DNS:{name}", "-keyout", str(key), "-out", str(cert)],
+                   check=True, capture_output=True)
+    ring = FlowRing(8)
+    ring.add(flow("n1", 1, T0))
+    agent = HubbleServer(HubbleConfig("n1", tmp_path / "h.sock", 8, "127.0.0.1:0", TlsFiles(cert, key)), ring)
+    agent.start()
+
+    async def main() -> list[str]:
+        relay = Relay(RelayConfig(f"unix://{tmp_path / 'r.sock'}", tls=TlsClient(cert.read_bytes())),
+                      [StaticSource([PeerInfo("n1", f"127.0.0.1:{agent.tcp_port}", name)])])
+        task = asyncio.create_task(relay.run())
+        try:
+            for _ in range(200):
+                await asyncio.sleep(0.05)
+                if all(n.available for n in relay.pool.nodes()):
+                    break
+            request = observer_pb2.GetFlowsRequest(number=5)
+            return [r.flow.uuid async for r in relay.observer.flows(request) if r.HasField("flow")]
+        finally:
+            relay.stop()
+            await task
+
+    try:
+        assert asyncio.run(main()) == ["n1-1"]
+    finally:
+        agent.stop()

@@ -101,7 +101,7 @@ function layout(ns) {
   const boxes = [];
   names.forEach((group, col) => {
     const members = groups.get(group).sort((a, b) => (a.kind === "service") - (b.kind === "service") || a.name.localeCompare(b.name));
-    const x = 30 + col * 230;
+    const x = 30 + col * 300;
     boxes.push({ group, x, h: 50 + members.length * 56 });
     members.forEach((node, row) => pos.set(node.id, { x: x + 20, y: 50 + row * 56 }));
   });
@@ -128,21 +128,21 @@ function draw() {
     g.append(el("text", { x: 10, y: 22 }, (node.kind === "service" ? "svc " : node.kind === "pod" ? "" : node.kind + " ") + node.name));
     nodes.append(g);
   }
-  let i = 0;
   for (const e of map.edges.values()) {
     const a = pos.get(e.src), b = pos.get(e.dst);
     if (!a || !b) continue;
     const offset = e.verdict === "dropped" ? 6 : e.verdict === "audit" ? -6 : 0;
-    const x1 = a.x + 170, y1 = a.y + 18 + offset, x2 = b.x, y2 = b.y + 18 + offset;
-    const sameColumn = Math.abs(a.x - b.x) < 1;
+    // leave and enter on the sides that face each other; within a column, loop out to the right
+    const sameColumn = Math.abs(a.x - b.x) < 1, rightward = b.x > a.x;
+    const y1 = a.y + 18 + offset, y2 = b.y + 18 + offset;
+    const x1 = sameColumn || rightward ? a.x + 170 : a.x, x2 = sameColumn || !rightward ? b.x + 170 : b.x;
     const d = sameColumn
-      ? `M${a.x + 170},${y1} C${a.x + 215},${y1} ${b.x + 215},${y2} ${b.x + 170},${y2}`
+      ? `M${x1},${y1} C${x1 + 45},${y1} ${x2 + 45},${y2} ${x2},${y2}`
       : `M${x1},${y1} C${(x1 + x2) / 2},${y1} ${(x1 + x2) / 2},${y2} ${x2},${y2}`;
     edges.append(el("path", { class: "edge " + e.verdict, d, "marker-end": `url(#arrow-${e.verdict})`,
                               "data-src": e.src, "data-dst": e.dst, "data-verdict": e.verdict, "data-count": e.count }));
-    const lx = sameColumn ? a.x + 200 : (x1 + x2) / 2, ly = (y1 + y2) / 2 - 4;
+    const lx = sameColumn ? x1 + 30 : (x1 + x2) / 2, ly = (y1 + y2) / 2 - 4;
     edges.append(el("text", { class: "edge-label " + e.verdict, x: lx, y: ly }, String(e.count)));
-    i++;
   }
   const height = Math.max(520, 40 + Math.max(0, ...boxes.map(b => b.h)));
   document.getElementById("map").setAttribute("height", height);

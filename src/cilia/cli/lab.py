@@ -44,7 +44,8 @@ def down() -> None:
 
 @app.command("status")
 def status(output: Output = OutputOption) -> None:
-    """Pods (namespace, node, netns, addresses), nodes, external hosts and a cluster lab's etcd members."""
+    """Pods (namespace, node, netns, addresses), nodes, external hosts, a cluster lab's etcd members and
+    the relay (where it serves)."""
     from cilia.lab.lab import Lab, LabError
 
     try:
@@ -73,6 +74,11 @@ def status(output: Output = OutputOption) -> None:
                     [(m["name"], m["netns"], m["client_url"], m["pid"] or "-",
                       "healthy" if m["answers"] else "running, not answering" if m["pid"] else "stopped",
                       "yes" if m["leader"] else "") for m in info["etcd"]])
+    if "relay" in info:
+        relay = info["relay"]
+        print_table("relay (cilia-relay)", ["NETNS", "PID", "OBSERVER", "SERVICE MAP", "METRICS"],
+                    [(relay["netns"], relay.get("pid") or "stopped", f"unix://{relay['socket']}",
+                      f"http://{relay['ui']}/ (in {relay['netns']})", f"http://{relay['metrics']}/metrics")])
 
 
 @app.command("exec", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})

@@ -192,3 +192,29 @@ def test_stopping_the_consumer_stops_the_readers() -> None:
         return cancelled.is_set()
 
     assert run(main()) is True
+
+
+def test_a_consumer_that_stops_reading_holds_the_readers_back() -> None:
+    from cilia.relay import merge
+
+    async def main() -> int:
+        produced = 0
+
+        async def endless() -> AsyncIterator[int]:
+            nonlocal produced
+            for i in range(10**6):
+                produced += 1
+                yield i
+
+        merger: Merger[int] = Merger(lambda v: v, follow=True, window=0.01, max_buffered=100)
+        merger.add("fast", endless())
+        events = merger.__aiter__()
+        await events.__anext__()  # one item read, then the consumer pauses
+        await asyncio.sleep(0.3)
+        held = produced
+        await events.aclose()
+        return held
+
+    held = run(main())
+    # the queue, plus at most one drained batch of it in the buffers: bounded, not a million
+    assert isinstance(held, int) and held <= 2 * merge.QUEUE_SIZE + 100 + 10

@@ -24,6 +24,7 @@ T = TypeVar("T")
 
 DEFAULT_WINDOW_S = 0.5
 DEFAULT_MAX_BUFFERED = 10_000  # past this many buffered items the oldest head goes out regardless
+QUEUE_SIZE = 1000  # items read but not yet merged: a consumer that stops reading stops the readers
 
 
 @dataclass(frozen=True)
@@ -56,7 +57,9 @@ class Merger(Generic[T]):
         self._window = window
         self._max = max_buffered
         self._clock = clock
-        self._queue: asyncio.Queue[tuple[str, object]] = asyncio.Queue()
+        # Bounded, so a client that reads slowly holds the nodes' streams back (gRPC flow control; a
+        # node then reports what its follower queue lost) instead of the relay buffering without end.
+        self._queue: asyncio.Queue[tuple[str, object]] = asyncio.Queue(QUEUE_SIZE)
         self._buffers: dict[str, deque[tuple[int, float, T]]] = {}
         self._active: set[str] = set()
         self._last_seen: dict[str, float] = {}  # when each node last sent something (or was added)

@@ -115,3 +115,21 @@ def test_stopped_agent_unavailable_other_streams(clab: Lab, channel: grpc.Channe
         reader.join(5)
         clab.start_agent("n2")
     wait_for(lambda: node_states(channel) == CONNECTED, 40, 0.3, "n2 is not read again after it came back")
+
+
+def test_agents_peer_service_lists_the_cluster(clab: Lab) -> None:
+    """`hubble watch peers` against an agent: every node of the registry, at its Observer socket."""
+    from cilia.hubble.pb import peer_pb2, peer_pb2_grpc
+    from cilia.paths import NodePaths
+
+    with grpc.insecure_channel(f"unix://{NodePaths('n1').hubble_socket}") as ch:
+        notify = peer_pb2_grpc.PeerStub(ch).Notify(peer_pb2.NotifyRequest(), timeout=20)  # type: ignore[no-untyped-call]
+        got: dict[str, peer_pb2.ChangeNotification] = {}
+        for change in notify:
+            if change.type == peer_pb2.PEER_ADDED:
+                got[change.name] = change
+            if set(got) == {"n1", "n2"}:
+                break
+        notify.cancel()
+    assert {name: c.address for name, c in got.items()} == {
+        "n1": f"unix://{NodePaths('n1').hubble_socket}", "n2": f"unix://{NodePaths('n2').hubble_socket}"}

@@ -399,7 +399,8 @@ def test_relay_finds_nodes_through_an_agents_peer_service(agents: dict[str, Agen
 
 
 def test_relay_reads_a_tls_peer(tmp_path: Path) -> None:
-    """A peer announced with a TLS server name is dialled with the CA and that name checked."""
+    """A peer announced with a TLS server name is dialled with the CA and that name checked; the
+    relay serves its own Observer with TLS."""
     import subprocess
 
     from cilia.hubble.server import TlsFiles
@@ -415,8 +416,9 @@ def test_relay_reads_a_tls_peer(tmp_path: Path) -> None:
     agent = HubbleServer(HubbleConfig("n1", tmp_path / "h.sock", 8, "127.0.0.1:0", TlsFiles(cert, key)), ring)
     agent.start()
 
-    async def main() -> list[str]:
-        relay = Relay(RelayConfig(f"unix://{tmp_path / 'r.sock'}", tls=TlsClient(cert.read_bytes())),
+    async def main() -> tuple[list[str], int]:
+        # the relay serves TLS too (the same certificate here), on loopback
+        relay = Relay(RelayConfig("127.0.0.1:0", tls=TlsClient(cert.read_bytes()), server_tls=TlsFiles(cert, key)),
                       [StaticSource([PeerInfo("n1", f"127.0.0.1:{agent.tcp_port}", name)])])
         task = asyncio.create_task(relay.run())
         try:
@@ -424,13 +426,37 @@ def test_relay_reads_a_tls_peer(tmp_path: Path) -> None:
                 await asyncio.sleep(0.05)
                 if all(n.available for n in relay.pool.nodes()):
                     break
-            request = observer_pb2.GetFlowsRequest(number=5)
-            return [r.flow.uuid async for r in relay.observer.flows(request) if r.HasField("flow")]
+            credentials = grpc.ssl_channel_credentials(cert.read_bytes())
+            options = [("grpc.ssl_target_name_override", name)]
+            async with grpc.aio.secure_channel(f"127.0.0.1:{relay.port}", credentials, options) as ch:
+                client = observer_pb2_grpc.ObserverStub(ch)  # type: ignore[no-untyped-call]
+                uuids = [r.flow.uuid async for r in client.GetFlows(observer_pb2.GetFlowsRequest(number=5), timeout=10)
+                         if r.HasField("flow")]
+                reply = await client.ServerStatus(observer_pb2.ServerStatusRequest(), timeout=10)
+            return uuids, reply.num_connected_nodes.value
         finally:
             relay.stop()
             await task
 
     try:
-        assert asyncio.run(main()) == ["n1-1"]
+        assert asyncio.run(main()) == (["n1-1"], 1)
     finally:
         agent.stop()
+
+
+def test_a_peer_given_by_address_only_is_named_by_the_node(agents: dict[str, Agent], tmp_path: Path) -> None:
+    async def main() -> list[tuple[str, bool]]:
+        address = f"unix://{agents['n2'].socket}"
+        relay = Relay(RelayConfig(f"unix://{tmp_path / 'r.sock'}"), [StaticSource([parse_peer(address)])])
+        task = asyncio.create_task(relay.run())
+        try:
+            for _ in range(200):
+                await asyncio.sleep(0.05)
+                if [n.name for n in relay.pool.nodes()] == ["n2"]:
+                    break
+            return [(n.name, n.available) for n in relay.pool.nodes()]
+        finally:
+            relay.stop()
+            await task
+
+    assert asyncio.run(main()) == [("n2", True)]  # learned from the agent's GetNodes

@@ -370,7 +370,7 @@ class HubbleServer:
         server.add_insecure_port(f"unix://{config.socket}")
         if config.listen_address:
             if config.tls is not None:
-                self.tcp_port = server.add_secure_port(config.listen_address, _credentials(config.tls))
+                self.tcp_port = server.add_secure_port(config.listen_address, server_credentials(config.tls))
             else:
                 self.tcp_port = server.add_insecure_port(config.listen_address)
         await server.start()
@@ -397,7 +397,8 @@ class HubbleServer:
         self.config.socket.unlink(missing_ok=True)
 
 
-def _credentials(tls: TlsFiles) -> grpc.ServerCredentials:
+def server_credentials(tls: TlsFiles) -> grpc.ServerCredentials:
+    """The TLS (with client CAs: mutual TLS) credentials of a Hubble server, the agent's or the relay's."""
     pair = [(tls.key.read_bytes(), tls.cert.read_bytes())]
     if not tls.client_cas:
         return grpc.ssl_server_credentials(pair)

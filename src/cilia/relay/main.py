@@ -14,6 +14,7 @@ import signal
 import sys
 from pathlib import Path
 
+from cilia.hubble.server import TlsFiles
 from cilia.kvstore.etcd import EtcdClient
 from cilia.relay.discovery import (
     DEFAULT_ADDRESS_TEMPLATE,
@@ -48,6 +49,11 @@ def build_parser() -> argparse.ArgumentParser:
                         help="CAs of the nodes' Hubble certificates (for peers that announce TLS)")
     parser.add_argument("--tls-client-cert-file", type=Path, default=None)
     parser.add_argument("--tls-client-key-file", type=Path, default=None)
+    parser.add_argument("--tls-relay-server-cert-file", type=Path, default=None,
+                        help="serve the relay's Observer with TLS (a TCP --listen-address) with this certificate")
+    parser.add_argument("--tls-relay-server-key-file", type=Path, default=None)
+    parser.add_argument("--tls-relay-client-ca-files", type=Path, action="append", default=None,
+                        help="require client certificates signed by these CAs (mutual TLS)")
     parser.add_argument("--metrics-listen-address", default=None, metavar="HOST:PORT",
                         help="serve Prometheus /metrics here")
     parser.add_argument("--ui-listen-address", default=None, metavar="HOST:PORT",
@@ -97,8 +103,14 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(str(exc))
     if not sources:
         parser.error("no nodes to relay: give --peer, --peer-service or --kvstore-endpoints")
+    if (args.tls_relay_server_cert_file is None) != (args.tls_relay_server_key_file is None):
+        parser.error("--tls-relay-server-cert-file and --tls-relay-server-key-file go together")
+    if args.tls_relay_server_cert_file is not None and args.listen_address.startswith("unix://"):
+        parser.error("TLS needs a TCP --listen-address (a unix socket is protected by its file mode)")
+    server_tls = TlsFiles(args.tls_relay_server_cert_file, args.tls_relay_server_key_file,
+                          tuple(args.tls_relay_client_ca_files or ())) if args.tls_relay_server_cert_file else None
     config = RelayConfig(args.listen_address, args.metrics_listen_address, args.ui_listen_address,
-                         args.sort_buffer_drain_timeout, tls_from(args))
+                         args.sort_buffer_drain_timeout, tls_from(args), server_tls)
     try:
         asyncio.run(_serve(Relay(config, sources)))
     except OSError as exc:

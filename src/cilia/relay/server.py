@@ -18,7 +18,7 @@ from grpc_health.v1.health import aio as health_aio
 from prometheus_client import start_http_server
 
 from cilia.hubble.pb import observer_pb2_grpc
-from cilia.hubble.server import HEALTH_SERVICE
+from cilia.hubble.server import HEALTH_SERVICE, TlsFiles, server_credentials
 from cilia.relay import metrics, web
 from cilia.relay.discovery import Source
 from cilia.relay.merge import DEFAULT_WINDOW_S
@@ -36,7 +36,8 @@ class RelayConfig:
     metrics_address: str | None = None  # host:port
     ui_address: str | None = None  # host:port
     window: float = DEFAULT_WINDOW_S
-    tls: TlsClient | None = None
+    tls: TlsClient | None = None  # how the nodes are dialled
+    server_tls: TlsFiles | None = None  # the relay's own listen address with TLS (TCP only)
 
 
 def split_host_port(address: str) -> tuple[str, int]:
@@ -54,6 +55,7 @@ class Relay:
         self.observer = RelayObserver(self.pool, window=config.window)
         self._stopping: asyncio.Event | None = None
         self.ready = asyncio.Event()
+        self.port: int | None = None  # the TCP port bound (":0" picks one)
 
     def stop(self) -> None:
         if self._stopping is not None:
@@ -73,7 +75,10 @@ class Relay:
         if socket is not None:
             socket.parent.mkdir(parents=True, exist_ok=True)
             socket.unlink(missing_ok=True)
-        server.add_insecure_port(config.listen_address)
+        if config.server_tls is not None and socket is None:
+            self.port = server.add_secure_port(config.listen_address, server_credentials(config.server_tls))
+        else:
+            self.port = server.add_insecure_port(config.listen_address)
         tasks = [asyncio.get_running_loop().create_task(source.run(self.pool), name=f"discovery-{i}")
                  for i, source in enumerate(self.sources)]
         ui: uvicorn.Server | None = None

@@ -460,3 +460,28 @@ def test_a_peer_given_by_address_only_is_named_by_the_node(agents: dict[str, Age
             await task
 
     assert asyncio.run(main()) == [("n2", True)]  # learned from the agent's GetNodes
+
+
+def test_follow_with_until_ends_once_every_node_reached_it(channel: grpc.Channel, agents: dict[str, Agent]) -> None:
+    until = Timestamp()
+    until.FromNanoseconds(T0 + 4 * 10**9)
+    got: list[str] = []
+    done = threading.Event()
+
+    def read() -> None:
+        with contextlib.suppress(grpc.RpcError):
+            for r in stub(channel).GetFlows(observer_pb2.GetFlowsRequest(follow=True, number=10, until=until),
+                                            timeout=20):
+                if r.HasField("flow"):
+                    got.append(r.flow.uuid)
+        done.set()
+
+    threading.Thread(target=read, daemon=True).start()
+    wait_for(lambda: len(got) == 5, 5, 0.02, lambda: f"history up to until: {got}")
+    assert got == ["n1-0", "n2-0", "n1-1", "n2-1", "n1-2"]  # n2-2 is at 5 s: past until
+    # as an agent does, each node ends its stream at its first new flow past `until`; then the
+    # relay's ends too (it does not read the nodes again)
+    for name, agent in agents.items():
+        agent.ring.add(flow(name, 99, time.time_ns()))
+    assert done.wait(10), "the follow with until did not end"
+    assert len(got) == 5

@@ -78,14 +78,13 @@ def check_request(request: observer_pb2.GetFlowsRequest) -> str | None:
 
 
 async def node_flows(node: Node, request: observer_pb2.GetFlowsRequest) -> AsyncIterator[observer_pb2.GetFlowsResponse]:
-    """One node's answer to the request; a cancelled call is a clean end."""
+    """One node's answer to the request. Any gRPC error ends it as the node's error, CANCELLED too:
+    the relay's own cancellation (its client went away) arrives as asyncio.CancelledError, so a
+    cancelled status comes from the node (an agent stopping cancels its streams)."""
     call = node.stub.GetFlows(request)
     try:
         async for response in call:
             yield response
-    except grpc.aio.AioRpcError as exc:
-        if exc.code() != grpc.StatusCode.CANCELLED:
-            raise
     finally:
         call.cancel()
 
@@ -101,7 +100,10 @@ class RelayObserver(observer_pb2_grpc.ObserverServicer):
     # ----- flows ---------------------------------------------------------------------------------
     async def flows(self, request: observer_pb2.GetFlowsRequest) -> AsyncIterator[observer_pb2.GetFlowsResponse]:
         """The merged stream (also what the service map page reads): status events, then flows."""
-        merger: Merger[observer_pb2.GetFlowsResponse] = Merger(_time_ns, follow=request.follow, window=self._window)
+        # A follower with `until` ends like a history read, once every node has reached it.
+        open_ended = request.follow and not request.HasField("until")
+        merger: Merger[observer_pb2.GetFlowsResponse] = Merger(_time_ns, follow=open_ended, window=self._window)
+        finished: set[str] = set()  # nodes whose stream ended cleanly: never read again by this request
         connected, unavailable = [], []
         for node in self._pool.nodes():
             if node.available:
@@ -113,7 +115,8 @@ class RelayObserver(observer_pb2_grpc.ObserverServicer):
             yield node_status(relay_pb2.NODE_CONNECTED, connected)
         if unavailable:
             yield node_status(relay_pb2.NODE_UNAVAILABLE, unavailable)
-        refresher = asyncio.get_running_loop().create_task(self._pick_up(merger, request)) if request.follow else None
+        refresher = asyncio.get_running_loop().create_task(self._pick_up(merger, request, finished)) \
+            if request.follow else None
         self.stats.streams_open += 1
         try:
             async for event in merger:
@@ -123,6 +126,8 @@ class RelayObserver(observer_pb2_grpc.ObserverServicer):
                 elif event.error is not None:
                     self.stats.node_errors += 1
                     yield node_status(relay_pb2.NODE_ERROR, [event.node], error_message(event.error))
+                else:
+                    finished.add(event.node)
         finally:
             self.stats.streams_open -= 1
             if refresher is not None:
@@ -131,13 +136,14 @@ class RelayObserver(observer_pb2_grpc.ObserverServicer):
                     await refresher
             await merger.close()
 
-    async def _pick_up(self, merger: Merger[observer_pb2.GetFlowsResponse],
-                       request: observer_pb2.GetFlowsRequest) -> None:
-        """A follower reads nodes that (re)connect after it started, as upstream's relay."""
+    async def _pick_up(self, merger: Merger[observer_pb2.GetFlowsResponse], request: observer_pb2.GetFlowsRequest,
+                       finished: set[str]) -> None:
+        """A follower reads nodes that (re)connect after it started, as upstream's relay (not those
+        that ended their answer, e.g. at `until`)."""
         while True:
             await asyncio.sleep(self._peer_update)
             for node in self._pool.nodes():
-                if node.available and node.name not in merger.active:
+                if node.available and node.name not in merger.active and node.name not in finished:
                     merger.add(node.name, node_flows(node, request))
 
     async def GetFlows(self, request: observer_pb2.GetFlowsRequest,

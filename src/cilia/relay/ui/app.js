@@ -138,13 +138,16 @@ function draw() {
     const x1 = sameColumn || rightward ? a.x + 170 : a.x, x2 = sameColumn || !rightward ? b.x + 170 : b.x;
     const d = sameColumn
       ? `M${x1},${y1} C${x1 + 45},${y1} ${x2 + 45},${y2} ${x2},${y2}`
-      : `M${x1},${y1} C${(x1 + x2) / 2},${y1} ${(x1 + x2) / 2},${y2} ${x2},${y2}`;
+      : Math.abs(b.x - a.x) > 300  // skipping a column: arc over it rather than through its boxes
+        ? `M${x1},${y1} C${(x1 + x2) / 2},-30 ${(x1 + x2) / 2},-30 ${x2},${y2}`  // over the boxes' tops
+        : `M${x1},${y1} C${(x1 + x2) / 2},${y1} ${(x1 + x2) / 2},${y2} ${x2},${y2}`;
     edges.append(el("path", { class: "edge " + e.verdict, d, "marker-end": `url(#arrow-${e.verdict})`,
                               "data-src": e.src, "data-dst": e.dst, "data-verdict": e.verdict, "data-count": e.count }));
-    const lx = sameColumn ? x1 + 30 : (x1 + x2) / 2, ly = (y1 + y2) / 2 - 4;
+    const arc = !sameColumn && Math.abs(b.x - a.x) > 300;
+    const lx = sameColumn ? x1 + 30 : (x1 + x2) / 2, ly = arc ? -10 : (y1 + y2) / 2 - 4;
     edges.append(el("text", { class: "edge-label " + e.verdict, x: lx, y: ly }, String(e.count)));
   }
-  const height = Math.max(520, 40 + Math.max(0, ...boxes.map(b => b.h)));
+  const height = Math.max(520, 80 + Math.max(0, ...boxes.map(b => b.h)));
   document.getElementById("map").setAttribute("height", height);
   drawNamespaces();
   drawTable(ns);

@@ -18,13 +18,16 @@ from pathlib import Path
 
 import pytest
 
+from cilia.api.errors import ApiError
 from cilia.identity.labels import LabelSet
 from cilia.kvstore.api import Cancel, Cmp, ErrorCallback, KvError, Put, WatchCallback, WatchEvent
 from cilia.kvstore.etcd import EtcdClient
 from cilia.kvstore.identities import ID_PREFIX, LABELS_PREFIX, REFS_PREFIX, EtcdIdentityAllocator
 from cilia.kvstore.reflector import PrefixReflector
+from cilia.kvstore.resources import EtcdStore
 from cilia.kvstore.session import NodeSession
 from cilia.lab.etcd import EtcdCluster
+from cilia.resources.kinds import CORE_KINDS, KindRegistry
 from cilia.testing.etcd import running_etcd
 from cilia.testing.wait import wait_for
 
@@ -46,9 +49,21 @@ def healthy(cluster: EtcdCluster) -> Iterator[EtcdCluster]:
 
 
 def _restart_dead(cluster: EtcdCluster) -> None:
-    for member in cluster.members:
-        if cluster.pid(member.name) is None:
-            cluster.restart(member.name)
+    """Restart every killed member at once: one alone cannot answer without a quorum."""
+    dead = [m.name for m in cluster.members if cluster.pid(m.name) is None]
+    errors: list[Exception] = []
+
+    def restart(name: str) -> None:
+        try:
+            cluster.restart(name)
+        except Exception as exc:
+            errors.append(exc)
+    threads = [threading.Thread(target=restart, args=(name,)) for name in dead]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    assert not errors, errors
     cluster.wait_healthy()
 
 
@@ -407,3 +422,47 @@ def test_garbage_written_by_hand_is_logged_and_skipped(healthy: EtcdCluster, tmp
         assert [i.id for i in allocator.all() if not i.reserved] == [identity.id]
     finally:
         _close(nodes)
+
+
+def _pod(name: str, namespace: str = "default", **labels: str) -> dict[str, object]:
+    return {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name, "namespace": namespace, "labels": labels}}
+
+
+def test_objects_applied_on_one_node_reach_the_other_and_survive_etcd_down(healthy: EtcdCluster,
+                                                                         tmp_path: Path) -> None:
+    _wipe(healthy)
+    kinds = KindRegistry(CORE_KINDS)
+    client_a = EtcdClient(_ordered(healthy, healthy.members[0].name), timeout=2)
+    client_b = EtcdClient(_ordered(healthy, healthy.members[1].name), timeout=2)
+    a = EtcdStore(client_a, "a", tmp_path / "a.db", kinds)
+    b = EtcdStore(client_b, "b", tmp_path / "b.db", kinds)
+    seen_b: list[tuple[str, str]] = []
+    b.watch(lambda kind, obj, old: seen_b.append((kind, obj["metadata"]["name"])))
+    again: EtcdStore | None = None
+    try:
+        assert a.wait_synced(10) and b.wait_synced(10)
+        a.apply([{"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "prod"}},
+                 _pod("web", "prod", app="web"), _pod("db", "prod", app="db")])
+        wait_for(lambda: len(seen_b) == 3, 10)
+        assert b.get("Pod", "prod", "web") is not None
+        b.close()
+        for member in healthy.members:  # all of etcd down
+            healthy.kill(member.name)
+        again = EtcdStore(EtcdClient(healthy.unix_endpoints, timeout=2), "b", tmp_path / "b.db", kinds)
+        assert {p["metadata"]["name"] for p in again.list("Pod", "prod")} == {"web", "db"}
+        start = time.monotonic()
+        with pytest.raises(ApiError) as caught:
+            a.apply([_pod("new", "prod")])
+        assert caught.value.status == 503 and time.monotonic() - start < 10
+        assert "cilia-etcd-t0" in caught.value.message  # names the endpoints it tried
+        _restart_dead(healthy)
+        assert again.wait_synced(20)
+        a.apply([_pod("after", "prod")])
+        wait_for(lambda: again is not None and again.get("Pod", "prod", "after") is not None, 20)
+    finally:
+        a.close()
+        if again is not None:
+            again.close()
+            again.kv.close()
+        client_a.close()
+        client_b.close()

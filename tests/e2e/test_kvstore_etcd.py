@@ -127,6 +127,7 @@ def test_client_calls_transactions_and_errors(healthy: EtcdCluster) -> None:
         assert [kv.key for kv in kvs] == ["cilia/test/a", "cilia/test/b", "cilia/test/c"] and listed >= revision
         status = client.status()
         assert status.reachable and status.leader_id and status.member_id and status.raft_index > 0
+        assert 0 < status.raft_applied_index <= status.raft_index
     finally:
         client.close()
     nowhere = EtcdClient(["unix:/run/cilia/etcd/cilia-none/etcd.sock:1", "http://127.0.0.1:1"], timeout=2)
@@ -390,6 +391,7 @@ def test_a_dead_nodes_references_expire_and_its_identities_are_collected(healthy
         client = nodes[0][0]
         wait_for(lambda: not client.list_prefix(f"{REFS_PREFIX}{only_dead}/")[0], 10)
         expired_after = time.monotonic() - start
+        print(f"dead node's references gone {expired_after:.1f} s after it stopped (TTL 3 s)")
         assert expired_after < 3 + 2  # within the lease time (+ etcd's expiry tick)
         assert client.get(f"{REFS_PREFIX}{shared}/node-1") is None
         assert a.collect_garbage() == 1

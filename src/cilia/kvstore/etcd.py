@@ -35,6 +35,7 @@ import etcd3
 import grpc
 from etcd3 import etcdrpc
 from etcd3.etcdrpc import kv_pb2
+from google.protobuf import unknown_fields
 
 from cilia.kvstore.api import (
     Cancel,
@@ -65,6 +66,9 @@ _CHANNEL_OPTIONS = [
     ("grpc.max_reconnect_backoff_ms", 2_000),
 ]
 _REQUIRE_LEADER = (("hasleader", "true"),)
+# StatusResponse.raftAppliedIndex (etcd 3.4): newer than python3-etcd3's rpc.proto, read as an
+# unknown field, so `cilia status` can show the member's lag (raftIndex - raftAppliedIndex)
+_RAFT_APPLIED_INDEX = 7
 
 
 def _key(text: str) -> bytes:
@@ -305,7 +309,8 @@ class EtcdClient:
             return KvStatus(False, self.endpoint, error=str(exc))
         return KvStatus(True, member.label, member_id=f"{response.header.member_id:x}",
                         leader_id=f"{response.leader:x}", revision=int(response.header.revision),
-                        raft_index=int(response.raftIndex))
+                        raft_index=int(response.raftIndex),
+                        raft_applied_index=_unknown_varint(response, _RAFT_APPLIED_INDEX))
 
     def close(self) -> None:
         self._closed = True
@@ -319,6 +324,19 @@ class EtcdClient:
     def _forget(self, stream: _WatchStream) -> None:
         with self._lock:
             self._watches.discard(stream)
+
+
+def _unknown_varint(message: Any, number: int) -> int:
+    """A varint field the bindings' (older) .proto does not name, 0 if absent."""
+    try:
+        fields = unknown_fields.UnknownFieldSet(message)
+        for index in range(len(fields)):
+            entry = fields[index]
+            if entry.field_number == number and entry.wire_type == 0:
+                return int(entry.data)
+    except (TypeError, ValueError, AttributeError):
+        pass
+    return 0
 
 
 def _keyvalue(kv: Any) -> KeyValue:

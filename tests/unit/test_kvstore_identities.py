@@ -207,3 +207,17 @@ def test_identity_records_are_identity_objects(kv: MemoryKv, tmp_path: Path) -> 
         assert a.allocator.forget_unreferenced() == 0
     finally:
         a.stop()
+
+
+def test_a_release_while_the_store_is_down_is_completed_later(kv: MemoryKv, tmp_path: Path) -> None:
+    a = Node(kv, "a", tmp_path)
+    try:
+        web = a.allocator.allocate(labels("web")).id
+        kv.set_down(True)
+        assert a.allocator.release(labels("web"))
+        kv.set_down(False)
+        assert kv.get(f"{REFS_PREFIX}{web}/a") is not None  # still there: etcd was away
+        wait_for(lambda: kv.get(f"{ID_PREFIX}{web}") is None, 5)  # the background round finished it
+        assert kv.get(f"{REFS_PREFIX}{web}/a") is None
+    finally:
+        a.stop()

@@ -143,6 +143,7 @@ class EtcdIdentityAllocator:
                                        if isinstance(v, int)}
         self._refs: dict[int, int] = {}  # local reference counts
         self._published: set[int] = set()  # refs/N/<node> written under the current lease
+        self._unreleased: set[int] = set()  # released while etcd was away: reference still to delete
         self._announced: set[int] = set(self._view)
         self._listeners: list[Listener] = []
         self._reflector = PrefixReflector(kv, ID_PREFIX, self._on_event, initial=seed, name="identities")
@@ -224,16 +225,25 @@ class EtcdIdentityAllocator:
             self._published.discard(number)
         self._save()
         try:
-            with self._remote:
-                with self._lock:
-                    if self._refs.get(number, 0) > 0:
-                        return True  # taken again meanwhile (its reference is written)
-                self.kv.delete(self._ref_key(number))
-                self._collect(number)
+            self._drop_reference(number)
         except KvError as exc:
             log.warning("identity %d: releasing while the kvstore is away (%s); retried later", number, exc)
-            self._wake.set()
+            with self._lock:
+                self._unreleased.add(number)
         return True
+
+    def _drop_reference(self, number: int) -> None:
+        """Delete this node's reference to `number` (unless it is taken again meanwhile) and
+        collect the identity if that was the last one."""
+        with self._remote:
+            with self._lock:
+                if self._refs.get(number, 0) > 0:
+                    self._unreleased.discard(number)
+                    return  # taken again meanwhile (its reference is written)
+            self.kv.delete(self._ref_key(number))
+            with self._lock:
+                self._unreleased.discard(number)
+            self._collect(number)
 
     def lookup_by_id(self, identity_id: int) -> Identity | None:
         if identity_id in self._reserved:
@@ -412,6 +422,10 @@ class EtcdIdentityAllocator:
         waited = 0.0
         while not self._stop.is_set():
             try:
+                with self._lock:
+                    unreleased = sorted(self._unreleased)
+                for number in unreleased:
+                    self._drop_reference(number)
                 if self.session.has_lease:
                     self.publish()
                     if waited >= next_gc:

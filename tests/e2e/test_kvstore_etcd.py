@@ -125,6 +125,13 @@ def test_client_calls_transactions_and_errors(healthy: EtcdCluster) -> None:
             client.put("cilia/test/e", b"e", lease)
         kvs, listed = client.list_prefix("cilia/test/")
         assert [kv.key for kv in kvs] == ["cilia/test/a", "cilia/test/b", "cilia/test/c"] and listed >= revision
+        for i in range(23):
+            client.put(f"cilia/test/page/{i:02d}", b"p")
+        paged = EtcdClient(healthy.unix_endpoints, page_size=5)
+        keys, paged_revision = paged.list_prefix("cilia/test/page/")
+        paged.close()
+        assert [kv.key for kv in keys] == [f"cilia/test/page/{i:02d}" for i in range(23)]
+        assert paged_revision == client.list_prefix("cilia/test/")[1]
         status = client.status()
         assert status.reachable and status.leader_id and status.member_id and status.raft_index > 0
         assert 0 < status.raft_applied_index <= status.raft_index

@@ -2,7 +2,7 @@
 client's calls and failover, a watch surviving kill -9 of the member under it (resume from the
 revision, no relist), a full resync after `etcdctl compact`, three allocators on three connections
 racing over 300 label sets (also with the leader killed mid-run), a dead node's references
-expiring with its lease, garbage written with etcdctl logged and skipped.
+expiring with its lease, garbage written with etcdctl logged and skipped (identities, objects).
 
 Run under the lab lock: flock /tmp/cilia-lab.lock pytest tests/e2e/test_kvstore_etcd.py"""
 
@@ -417,8 +417,14 @@ def test_garbage_written_by_hand_is_logged_and_skipped(healthy: EtcdCluster, tmp
     _etcdctl(healthy, "put", f"{ID_PREFIX}256", '{"labels": "k8s:app=web"}')
     _etcdctl(healthy, "put", f"{LABELS_PREFIX}{web.key()}", '{"id": 99999999}')
     _etcdctl(healthy, "put", f"{REFS_PREFIX}x/node-9", "{}")
+    _etcdctl(healthy, "put", "cilia/resources/Pod/default/junk", "{not json")
+    _etcdctl(healthy, "put", "cilia/resources/Pod", "{}")
     nodes = _allocators(healthy, tmp_path)
+    store = EtcdStore(nodes[0][0], "node-0", tmp_path / "objects.db", KindRegistry(CORE_KINDS))
     try:
+        assert store.wait_synced(10) and store.list("Pod") == []
+        store.apply([_pod("web")])
+        assert [p["metadata"]["name"] for p in store.list("Pod")] == ["web"]
         allocator = nodes[0][2]
         identity = allocator.allocate(web)
         assert identity.id != 256
@@ -426,10 +432,12 @@ def test_garbage_written_by_hand_is_logged_and_skipped(healthy: EtcdCluster, tmp
         _etcdctl(healthy, "put", f"{ID_PREFIX}257x", "\x01\x02")
         wait_for(lambda: f"{ID_PREFIX}257x" in caplog.text, 10)
         allocator.collect_garbage()
-        for key in (f"{ID_PREFIX}garbage", f"{ID_PREFIX}256", f"{LABELS_PREFIX}", f"{REFS_PREFIX}x/node-9"):
+        for key in (f"{ID_PREFIX}garbage", f"{ID_PREFIX}256", f"{LABELS_PREFIX}", f"{REFS_PREFIX}x/node-9",
+                    "cilia/resources/Pod/default/junk", "cilia/resources/Pod:"):
             assert key in caplog.text, key
         assert [i.id for i in allocator.all() if not i.reserved] == [identity.id]
     finally:
+        store.close()
         _close(nodes)
 
 
@@ -437,28 +445,45 @@ def _pod(name: str, namespace: str = "default", **labels: str) -> dict[str, obje
     return {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name, "namespace": namespace, "labels": labels}}
 
 
-def test_objects_applied_on_one_node_reach_the_other_and_survive_etcd_down(healthy: EtcdCluster,
-                                                                         tmp_path: Path) -> None:
+def test_objects_and_identities_across_nodes_and_from_the_cache_with_etcd_down(healthy: EtcdCluster,
+                                                                              tmp_path: Path) -> None:
     _wipe(healthy)
     kinds = KindRegistry(CORE_KINDS)
     client_a = EtcdClient(_ordered(healthy, healthy.members[0].name), timeout=2)
     client_b = EtcdClient(_ordered(healthy, healthy.members[1].name), timeout=2)
     a = EtcdStore(client_a, "a", tmp_path / "a.db", kinds)
     b = EtcdStore(client_b, "b", tmp_path / "b.db", kinds)
+    session_b = NodeSession(client_b, "b", ttl_seconds=10)
+    session_b.start()
+    identities_b = EtcdIdentityAllocator(client_b, "b", session_b, tmp_path / "b-identities.json")
+    identities_b.start()
     seen_b: list[tuple[str, str]] = []
     b.watch(lambda kind, obj, old: seen_b.append((kind, obj["metadata"]["name"])))
     again: EtcdStore | None = None
+    identities_again: EtcdIdentityAllocator | None = None
+    web_labels = LabelSet.from_k8s({"app": "web"}, "prod")
     try:
         assert a.wait_synced(10) and b.wait_synced(10)
+        session_b.wait_lease(10)
         a.apply([{"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "prod"}},
                  _pod("web", "prod", app="web"), _pod("db", "prod", app="db")])
         wait_for(lambda: len(seen_b) == 3, 10)
         assert b.get("Pod", "prod", "web") is not None
+        web = identities_b.allocate(web_labels).id
         b.close()
-        for member in healthy.members:  # all of etcd down
+        identities_b.stop()  # node b's agent stops; then all of etcd goes down; then b restarts
+        for member in healthy.members:
             healthy.kill(member.name)
-        again = EtcdStore(EtcdClient(healthy.unix_endpoints, timeout=2), "b", tmp_path / "b.db", kinds)
+        client_again = EtcdClient(healthy.unix_endpoints, timeout=2)
+        again = EtcdStore(client_again, "b", tmp_path / "b.db", kinds)
         assert {p["metadata"]["name"] for p in again.list("Pod", "prod")} == {"web", "db"}
+        identities_again = EtcdIdentityAllocator(client_again, "b", session_b, tmp_path / "b-identities.json")
+        identities_again.start()
+        assert identities_again.allocate(web_labels).id == web  # the same number, from the cache
+        start = time.monotonic()
+        with pytest.raises(KvError):
+            identities_again.allocate(LabelSet.from_k8s({"app": "never-seen"}, "prod"))
+        assert time.monotonic() - start < 10
         start = time.monotonic()
         with pytest.raises(ApiError) as caught:
             a.apply([_pod("new", "prod")])
@@ -468,8 +493,14 @@ def test_objects_applied_on_one_node_reach_the_other_and_survive_etcd_down(healt
         assert again.wait_synced(20)
         a.apply([_pod("after", "prod")])
         wait_for(lambda: again is not None and again.get("Pod", "prod", "after") is not None, 20)
+        # the reference taken while etcd was down is written once it answers
+        wait_for(lambda: client_a.get(f"{REFS_PREFIX}{web}/b") is not None, 20)
     finally:
         a.close()
+        if identities_again is not None:
+            identities_again.stop()
+        identities_b.stop()
+        session_b.close(revoke=True)
         if again is not None:
             again.close()
             again.kv.close()

@@ -445,9 +445,12 @@ class EtcdIdentityAllocator:
             except BadRecord:
                 return  # the garbage that went was logged when it came
             with self._lock:
-                self._view.pop(number, None)
-                gone = number in self._announced and self._refs.get(number, 0) == 0
+                # still used here (collected while this node's lease was lost): keep resolving it
+                # until publish() has written it again
+                gone = self._refs.get(number, 0) == 0
                 if gone:
+                    self._view.pop(number, None)
+                    gone = number in self._announced
                     self._announced.discard(number)
             if gone:
                 self._save()

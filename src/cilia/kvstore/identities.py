@@ -147,6 +147,7 @@ class EtcdIdentityAllocator:
         self._announced: set[int] = set(self._view)
         self._listeners: list[Listener] = []
         self._reflector = PrefixReflector(kv, ID_PREFIX, self._on_event, initial=seed, name="identities")
+        self._dirty = threading.Event()  # the view changed since the cache file was written
         self._stop = threading.Event()
         self._wake = threading.Event()
         self._thread: threading.Thread | None = None
@@ -168,6 +169,9 @@ class EtcdIdentityAllocator:
         if self._thread is not None:
             self._thread.join(5)
             self._thread = None
+        if self._dirty.is_set():
+            self._dirty.clear()
+            self._save()
 
     def wait_synced(self, timeout: float) -> bool:
         return self._reflector.wait_synced(timeout)
@@ -200,13 +204,15 @@ class EtcdIdentityAllocator:
                     raise
                 log.warning("identity for %s: kvstore unreachable, using cached %d", key, number)
         with self._lock:
+            changed = self._local.get(key) != number
             self._local[key] = number
             self._refs[number] = self._refs.get(number, 0) + 1
             identity = Identity(number, labels, False, self._refs[number])
             new = number not in self._announced
             self._announced.add(number)
             self._view.setdefault(number, labels)
-        self._save()
+        if changed:
+            self._save()  # this node's numbers: at once (a restart while etcd is down needs them)
         if new:
             self._notify(Identity(number, labels), True)
         return identity
@@ -421,6 +427,9 @@ class EtcdIdentityAllocator:
         next_gc = 0.0
         waited = 0.0
         while not self._stop.is_set():
+            if self._dirty.is_set():
+                self._dirty.clear()
+                self._save()
             try:
                 with self._lock:
                     unreleased = sorted(self._unreleased)
@@ -453,7 +462,7 @@ class EtcdIdentityAllocator:
                     gone = number in self._announced
                     self._announced.discard(number)
             if gone:
-                self._save()
+                self._dirty.set()
                 self._notify(Identity(number, labels), False)
             return
         try:
@@ -467,7 +476,7 @@ class EtcdIdentityAllocator:
             new = number not in self._announced
             self._announced.add(number)
         if old != labels:
-            self._save()
+            self._dirty.set()  # the cluster's identities: saved by the background round
         if new:
             self._notify(Identity(number, labels), True)
         elif old is not None and old != labels:

@@ -2,7 +2,7 @@
 client's calls and failover, a watch surviving kill -9 of the member under it (resume from the
 revision, no relist), a full resync after `etcdctl compact`, three allocators on three connections
 racing over 300 label sets (also with the leader killed mid-run), a dead node's references
-expiring with its lease, garbage written with etcdctl logged and skipped.
+expiring with its lease, garbage written with etcdctl logged and skipped (identities, objects).
 
 Run under the lab lock: flock /tmp/cilia-lab.lock pytest tests/e2e/test_kvstore_etcd.py"""
 
@@ -18,13 +18,16 @@ from pathlib import Path
 
 import pytest
 
+from cilia.api.errors import ApiError
 from cilia.identity.labels import LabelSet
 from cilia.kvstore.api import Cancel, Cmp, ErrorCallback, KvError, Put, WatchCallback, WatchEvent
 from cilia.kvstore.etcd import EtcdClient
 from cilia.kvstore.identities import ID_PREFIX, LABELS_PREFIX, REFS_PREFIX, EtcdIdentityAllocator
 from cilia.kvstore.reflector import PrefixReflector
+from cilia.kvstore.resources import EtcdStore
 from cilia.kvstore.session import NodeSession
 from cilia.lab.etcd import EtcdCluster
+from cilia.resources.kinds import CORE_KINDS, KindRegistry
 from cilia.testing.etcd import running_etcd
 from cilia.testing.wait import wait_for
 
@@ -46,9 +49,21 @@ def healthy(cluster: EtcdCluster) -> Iterator[EtcdCluster]:
 
 
 def _restart_dead(cluster: EtcdCluster) -> None:
-    for member in cluster.members:
-        if cluster.pid(member.name) is None:
-            cluster.restart(member.name)
+    """Restart every killed member at once: one alone cannot answer without a quorum."""
+    dead = [m.name for m in cluster.members if cluster.pid(m.name) is None]
+    errors: list[Exception] = []
+
+    def restart(name: str) -> None:
+        try:
+            cluster.restart(name)
+        except Exception as exc:
+            errors.append(exc)
+    threads = [threading.Thread(target=restart, args=(name,)) for name in dead]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    assert not errors, errors
     cluster.wait_healthy()
 
 
@@ -110,8 +125,16 @@ def test_client_calls_transactions_and_errors(healthy: EtcdCluster) -> None:
             client.put("cilia/test/e", b"e", lease)
         kvs, listed = client.list_prefix("cilia/test/")
         assert [kv.key for kv in kvs] == ["cilia/test/a", "cilia/test/b", "cilia/test/c"] and listed >= revision
+        for i in range(23):
+            client.put(f"cilia/test/page/{i:02d}", b"p")
+        paged = EtcdClient(healthy.unix_endpoints, page_size=5)
+        keys, paged_revision = paged.list_prefix("cilia/test/page/")
+        paged.close()
+        assert [kv.key for kv in keys] == [f"cilia/test/page/{i:02d}" for i in range(23)]
+        assert paged_revision == client.list_prefix("cilia/test/")[1]
         status = client.status()
         assert status.reachable and status.leader_id and status.member_id and status.raft_index > 0
+        assert 0 < status.raft_applied_index <= status.raft_index
     finally:
         client.close()
     nowhere = EtcdClient(["unix:/run/cilia/etcd/cilia-none/etcd.sock:1", "http://127.0.0.1:1"], timeout=2)
@@ -375,6 +398,7 @@ def test_a_dead_nodes_references_expire_and_its_identities_are_collected(healthy
         client = nodes[0][0]
         wait_for(lambda: not client.list_prefix(f"{REFS_PREFIX}{only_dead}/")[0], 10)
         expired_after = time.monotonic() - start
+        print(f"dead node's references gone {expired_after:.1f} s after it stopped (TTL 3 s)")
         assert expired_after < 3 + 2  # within the lease time (+ etcd's expiry tick)
         assert client.get(f"{REFS_PREFIX}{shared}/node-1") is None
         assert a.collect_garbage() == 1
@@ -393,8 +417,14 @@ def test_garbage_written_by_hand_is_logged_and_skipped(healthy: EtcdCluster, tmp
     _etcdctl(healthy, "put", f"{ID_PREFIX}256", '{"labels": "k8s:app=web"}')
     _etcdctl(healthy, "put", f"{LABELS_PREFIX}{web.key()}", '{"id": 99999999}')
     _etcdctl(healthy, "put", f"{REFS_PREFIX}x/node-9", "{}")
+    _etcdctl(healthy, "put", "cilia/resources/Pod/default/junk", "{not json")
+    _etcdctl(healthy, "put", "cilia/resources/Pod", "{}")
     nodes = _allocators(healthy, tmp_path)
+    store = EtcdStore(nodes[0][0], "node-0", tmp_path / "objects.db", KindRegistry(CORE_KINDS))
     try:
+        assert store.wait_synced(10) and store.list("Pod") == []
+        store.apply([_pod("web")])
+        assert [p["metadata"]["name"] for p in store.list("Pod")] == ["web"]
         allocator = nodes[0][2]
         identity = allocator.allocate(web)
         assert identity.id != 256
@@ -402,8 +432,77 @@ def test_garbage_written_by_hand_is_logged_and_skipped(healthy: EtcdCluster, tmp
         _etcdctl(healthy, "put", f"{ID_PREFIX}257x", "\x01\x02")
         wait_for(lambda: f"{ID_PREFIX}257x" in caplog.text, 10)
         allocator.collect_garbage()
-        for key in (f"{ID_PREFIX}garbage", f"{ID_PREFIX}256", f"{LABELS_PREFIX}", f"{REFS_PREFIX}x/node-9"):
+        for key in (f"{ID_PREFIX}garbage", f"{ID_PREFIX}256", f"{LABELS_PREFIX}", f"{REFS_PREFIX}x/node-9",
+                    "cilia/resources/Pod/default/junk", "cilia/resources/Pod:"):
             assert key in caplog.text, key
         assert [i.id for i in allocator.all() if not i.reserved] == [identity.id]
     finally:
+        store.close()
         _close(nodes)
+
+
+def _pod(name: str, namespace: str = "default", **labels: str) -> dict[str, object]:
+    return {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name, "namespace": namespace, "labels": labels}}
+
+
+def test_objects_and_identities_across_nodes_and_from_the_cache_with_etcd_down(healthy: EtcdCluster,
+                                                                              tmp_path: Path) -> None:
+    _wipe(healthy)
+    kinds = KindRegistry(CORE_KINDS)
+    client_a = EtcdClient(_ordered(healthy, healthy.members[0].name), timeout=2)
+    client_b = EtcdClient(_ordered(healthy, healthy.members[1].name), timeout=2)
+    a = EtcdStore(client_a, "a", tmp_path / "a.db", kinds)
+    b = EtcdStore(client_b, "b", tmp_path / "b.db", kinds)
+    session_b = NodeSession(client_b, "b", ttl_seconds=10)
+    session_b.start()
+    identities_b = EtcdIdentityAllocator(client_b, "b", session_b, tmp_path / "b-identities.json")
+    identities_b.start()
+    seen_b: list[tuple[str, str]] = []
+    b.watch(lambda kind, obj, old: seen_b.append((kind, obj["metadata"]["name"])))
+    again: EtcdStore | None = None
+    identities_again: EtcdIdentityAllocator | None = None
+    web_labels = LabelSet.from_k8s({"app": "web"}, "prod")
+    try:
+        assert a.wait_synced(10) and b.wait_synced(10)
+        session_b.wait_lease(10)
+        a.apply([{"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "prod"}},
+                 _pod("web", "prod", app="web"), _pod("db", "prod", app="db")])
+        wait_for(lambda: len(seen_b) == 3, 10)
+        assert b.get("Pod", "prod", "web") is not None
+        web = identities_b.allocate(web_labels).id
+        b.close()
+        identities_b.stop()  # node b's agent stops; then all of etcd goes down; then b restarts
+        for member in healthy.members:
+            healthy.kill(member.name)
+        client_again = EtcdClient(healthy.unix_endpoints, timeout=2)
+        again = EtcdStore(client_again, "b", tmp_path / "b.db", kinds)
+        assert {p["metadata"]["name"] for p in again.list("Pod", "prod")} == {"web", "db"}
+        identities_again = EtcdIdentityAllocator(client_again, "b", session_b, tmp_path / "b-identities.json")
+        identities_again.start()
+        assert identities_again.allocate(web_labels).id == web  # the same number, from the cache
+        start = time.monotonic()
+        with pytest.raises(KvError):
+            identities_again.allocate(LabelSet.from_k8s({"app": "never-seen"}, "prod"))
+        assert time.monotonic() - start < 10
+        start = time.monotonic()
+        with pytest.raises(ApiError) as caught:
+            a.apply([_pod("new", "prod")])
+        assert caught.value.status == 503 and time.monotonic() - start < 10
+        assert "cilia-etcd-t0" in caught.value.message  # names the endpoints it tried
+        _restart_dead(healthy)
+        assert again.wait_synced(20)
+        a.apply([_pod("after", "prod")])
+        wait_for(lambda: again is not None and again.get("Pod", "prod", "after") is not None, 20)
+        # the reference taken while etcd was down is written once it answers
+        wait_for(lambda: client_a.get(f"{REFS_PREFIX}{web}/b") is not None, 20)
+    finally:
+        a.close()
+        if identities_again is not None:
+            identities_again.stop()
+        identities_b.stop()
+        session_b.close(revoke=True)
+        if again is not None:
+            again.close()
+            again.kv.close()
+        client_a.close()
+        client_b.close()

@@ -207,3 +207,36 @@ def test_identity_records_are_identity_objects(kv: MemoryKv, tmp_path: Path) -> 
         assert a.allocator.forget_unreferenced() == 0
     finally:
         a.stop()
+
+
+def test_a_release_while_the_store_is_down_is_completed_later(kv: MemoryKv, tmp_path: Path) -> None:
+    a = Node(kv, "a", tmp_path)
+    try:
+        web = a.allocator.allocate(labels("web")).id
+        kv.set_down(True)
+        assert a.allocator.release(labels("web"))
+        kv.set_down(False)
+        assert kv.get(f"{REFS_PREFIX}{web}/a") is not None  # still there: etcd was away
+        wait_for(lambda: kv.get(f"{ID_PREFIX}{web}") is None, 5)  # the background round finished it
+        assert kv.get(f"{REFS_PREFIX}{web}/a") is None
+    finally:
+        a.stop()
+
+
+def test_an_identity_collected_while_the_lease_was_lost_comes_back_with_its_number(
+        kv: MemoryKv, clock: ManualClock, tmp_path: Path) -> None:
+    a, b = Node(kv, "a", tmp_path), Node(kv, "b", tmp_path)
+    try:
+        web = a.allocator.allocate(labels("web")).id
+        clock.advance(30)  # a stalled past its TTL: its references are gone...
+        b.session.step()
+        assert b.allocator.collect_garbage() == 1  # ...and b collected the identity
+        wait_for(lambda: b.allocator.lookup_by_id(web) is None, 5)
+        assert a.allocator.lookup_by_id(web) is not None  # a's endpoints still resolve it
+        a.session.step()  # a's new lease: its references are written again, the number kept
+        wait_for(lambda: kv.get(f"{REFS_PREFIX}{web}/a") is not None, 5)
+        assert _numbers(kv)[web] == labels("web").key()
+        assert b.allocator.allocate(labels("web")).id == web
+    finally:
+        a.stop()
+        b.stop()

@@ -1,6 +1,7 @@
 """PrefixReflector: list + watch, resume from the last revision after a broken watch (no list),
 full resync with synthesized puts and deletes after a compaction, garbage passed through, a
-handler's failure logged and survived, a seeded copy diffed on the first list."""
+handler's failure logged and survived, a seeded copy diffed on the first list; a property test
+over random mixes of writes and faults."""
 
 from __future__ import annotations
 
@@ -8,6 +9,8 @@ import threading
 from collections.abc import Iterator
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from cilia.kvstore.api import Cancel, ErrorCallback, KvError, WatchCallback, WatchEvent
 from cilia.kvstore.memory import MemoryKv
@@ -174,3 +177,50 @@ def test_store_down_at_start_keeps_the_seed_and_syncs_later(kv: CountingKv) -> N
         assert recorder.take() == [("delete", "cilia/x/a", b"1")]
     finally:
         reflector.stop()
+
+
+ops = st.lists(st.one_of(
+    st.tuples(st.just("put"), st.integers(0, 5), st.binary(min_size=1, max_size=3)),
+    st.tuples(st.just("delete"), st.integers(0, 5), st.just(b"")),
+    st.tuples(st.sampled_from(["break", "compact", "block", "unblock"]), st.just(0), st.just(b"")),
+), max_size=25)
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(ops)
+def test_property_the_copy_and_the_handler_end_equal_to_the_store(script: list[tuple[str, int, bytes]]) -> None:
+    """Whatever mix of writes, broken watches, compactions and cut-offs happens, once the store is
+    reachable the reflector's copy, and the state its handler built from the events alone, equal
+    the store's contents."""
+    kv = CountingKv()
+    built: dict[str, bytes] = {}
+
+    def handler(event: WatchEvent) -> None:
+        if event.kind == "put":
+            built[event.key] = event.value
+        else:
+            assert built.pop(event.key, None) is not None, f"delete of {event.key} never put"
+    reflector = PrefixReflector(kv, "cilia/x/", handler, min_backoff=0.001, max_backoff=0.01)
+    reflector.start()
+    try:
+        assert reflector.wait_synced(5)
+        for op, n, value in script:
+            if op == "put":
+                kv.put(f"cilia/x/{n}", value)
+            elif op == "delete":
+                kv.delete(f"cilia/x/{n}")
+            elif op == "break":
+                kv.break_watches()
+            elif op == "compact":
+                kv.compact()
+            else:
+                kv.block_watches = op == "block"
+        kv.block_watches = False
+        expected = {entry.key: entry.value for entry in kv.list_prefix("cilia/x/")[0]}
+        wait_for(lambda: reflector.items() == expected and reflector.revision >= kv.revision, 5,
+                 message=lambda: f"copy {reflector.items()} != store {expected}")
+        kv.settle()
+        assert built == expected
+    finally:
+        reflector.stop()
+        kv.close()

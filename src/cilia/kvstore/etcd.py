@@ -28,6 +28,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
@@ -35,6 +36,7 @@ import etcd3
 import grpc
 from etcd3 import etcdrpc
 from etcd3.etcdrpc import kv_pb2
+from google.protobuf import unknown_fields
 
 from cilia.kvstore.api import (
     Cancel,
@@ -65,6 +67,9 @@ _CHANNEL_OPTIONS = [
     ("grpc.max_reconnect_backoff_ms", 2_000),
 ]
 _REQUIRE_LEADER = (("hasleader", "true"),)
+# StatusResponse.raftAppliedIndex (etcd 3.4): newer than python3-etcd3's rpc.proto, read as an
+# unknown field, so `cilia status` can show the member's lag (raftIndex - raftAppliedIndex)
+_RAFT_APPLIED_INDEX = 7
 
 
 def _key(text: str) -> bytes:
@@ -122,10 +127,12 @@ class _Member:
 
 
 class EtcdClient:
-    def __init__(self, endpoints: list[str], timeout: float = 5.0, retry_after: float = 2.0) -> None:
+    def __init__(self, endpoints: list[str], timeout: float = 5.0, retry_after: float = 2.0,
+                 page_size: int = 1000) -> None:
         if not endpoints:
             raise ValueError("etcd: no endpoints")
         self.timeout = timeout
+        self.page_size = page_size
         self.retry_after = retry_after
         self._members: list[_Member] = []
         for text in endpoints:
@@ -192,10 +199,21 @@ class EtcdClient:
         return _keyvalue(response.kvs[0]) if response.kvs else None
 
     def list_prefix(self, prefix: str) -> tuple[list[KeyValue], int]:
+        """In pages of `page_size` keys, every page read at the first page's revision (one
+        consistent snapshot; gRPC refuses answers over 4 MiB, 10,000 objects can be more)."""
         raw = _key(prefix)
-        request = etcdrpc.RangeRequest(key=raw, range_end=_range_end(raw))
-        response = self._call(f"list {prefix}", lambda m, t: m.kv.Range(request, timeout=t))
-        return [_keyvalue(kv) for kv in response.kvs], int(response.header.revision)
+        end = _range_end(raw)
+        start, revision = raw, 0
+        out: list[KeyValue] = []
+        for _ in range(1_000_000):  # bounded: each page moves past its last key
+            request = etcdrpc.RangeRequest(key=start, range_end=end, limit=self.page_size, revision=revision)
+            response = self._call(f"list {prefix}", partial(_range, request))
+            revision = revision or int(response.header.revision)
+            out.extend(_keyvalue(kv) for kv in response.kvs)
+            if not response.more or not response.kvs:
+                break
+            start = bytes(response.kvs[-1].key) + b"\x00"
+        return out, revision
 
     def put(self, key: str, value: bytes, lease: int = 0) -> int:
         request = etcdrpc.PutRequest(key=_key(key), value=value, lease=lease)
@@ -305,7 +323,8 @@ class EtcdClient:
             return KvStatus(False, self.endpoint, error=str(exc))
         return KvStatus(True, member.label, member_id=f"{response.header.member_id:x}",
                         leader_id=f"{response.leader:x}", revision=int(response.header.revision),
-                        raft_index=int(response.raftIndex))
+                        raft_index=int(response.raftIndex),
+                        raft_applied_index=_unknown_varint(response, _RAFT_APPLIED_INDEX))
 
     def close(self) -> None:
         self._closed = True
@@ -319,6 +338,23 @@ class EtcdClient:
     def _forget(self, stream: _WatchStream) -> None:
         with self._lock:
             self._watches.discard(stream)
+
+
+def _range(request: Any, member: _Member, timeout: float) -> Any:
+    return member.kv.Range(request, timeout=timeout)
+
+
+def _unknown_varint(message: Any, number: int) -> int:
+    """A varint field the bindings' (older) .proto does not name, 0 if absent."""
+    try:
+        fields = unknown_fields.UnknownFieldSet(message)
+        for index in range(len(fields)):
+            entry = fields[index]
+            if entry.field_number == number and entry.wire_type == 0:
+                return int(entry.data)
+    except (TypeError, ValueError, AttributeError):
+        pass
+    return 0
 
 
 def _keyvalue(kv: Any) -> KeyValue:

@@ -143,9 +143,11 @@ class EtcdIdentityAllocator:
                                        if isinstance(v, int)}
         self._refs: dict[int, int] = {}  # local reference counts
         self._published: set[int] = set()  # refs/N/<node> written under the current lease
+        self._unreleased: set[int] = set()  # released while etcd was away: reference still to delete
         self._announced: set[int] = set(self._view)
         self._listeners: list[Listener] = []
         self._reflector = PrefixReflector(kv, ID_PREFIX, self._on_event, initial=seed, name="identities")
+        self._dirty = threading.Event()  # the view changed since the cache file was written
         self._stop = threading.Event()
         self._wake = threading.Event()
         self._thread: threading.Thread | None = None
@@ -167,6 +169,9 @@ class EtcdIdentityAllocator:
         if self._thread is not None:
             self._thread.join(5)
             self._thread = None
+        if self._dirty.is_set():
+            self._dirty.clear()
+            self._save()
 
     def wait_synced(self, timeout: float) -> bool:
         return self._reflector.wait_synced(timeout)
@@ -199,13 +204,15 @@ class EtcdIdentityAllocator:
                     raise
                 log.warning("identity for %s: kvstore unreachable, using cached %d", key, number)
         with self._lock:
+            changed = self._local.get(key) != number
             self._local[key] = number
             self._refs[number] = self._refs.get(number, 0) + 1
             identity = Identity(number, labels, False, self._refs[number])
             new = number not in self._announced
             self._announced.add(number)
             self._view.setdefault(number, labels)
-        self._save()
+        if changed:
+            self._save()  # this node's numbers: at once (a restart while etcd is down needs them)
         if new:
             self._notify(Identity(number, labels), True)
         return identity
@@ -224,16 +231,25 @@ class EtcdIdentityAllocator:
             self._published.discard(number)
         self._save()
         try:
-            with self._remote:
-                with self._lock:
-                    if self._refs.get(number, 0) > 0:
-                        return True  # taken again meanwhile (its reference is written)
-                self.kv.delete(self._ref_key(number))
-                self._collect(number)
+            self._drop_reference(number)
         except KvError as exc:
             log.warning("identity %d: releasing while the kvstore is away (%s); retried later", number, exc)
-            self._wake.set()
+            with self._lock:
+                self._unreleased.add(number)
         return True
+
+    def _drop_reference(self, number: int) -> None:
+        """Delete this node's reference to `number` (unless it is taken again meanwhile) and
+        collect the identity if that was the last one."""
+        with self._remote:
+            with self._lock:
+                if self._refs.get(number, 0) > 0:
+                    self._unreleased.discard(number)
+                    return  # taken again meanwhile (its reference is written)
+            self.kv.delete(self._ref_key(number))
+            with self._lock:
+                self._unreleased.discard(number)
+            self._collect(number)
 
     def lookup_by_id(self, identity_id: int) -> Identity | None:
         if identity_id in self._reserved:
@@ -411,7 +427,14 @@ class EtcdIdentityAllocator:
         next_gc = 0.0
         waited = 0.0
         while not self._stop.is_set():
+            if self._dirty.is_set():
+                self._dirty.clear()
+                self._save()
             try:
+                with self._lock:
+                    unreleased = sorted(self._unreleased)
+                for number in unreleased:
+                    self._drop_reference(number)
                 if self.session.has_lease:
                     self.publish()
                     if waited >= next_gc:
@@ -431,12 +454,15 @@ class EtcdIdentityAllocator:
             except BadRecord:
                 return  # the garbage that went was logged when it came
             with self._lock:
-                self._view.pop(number, None)
-                gone = number in self._announced and self._refs.get(number, 0) == 0
+                # still used here (collected while this node's lease was lost): keep resolving it
+                # until publish() has written it again
+                gone = self._refs.get(number, 0) == 0
                 if gone:
+                    self._view.pop(number, None)
+                    gone = number in self._announced
                     self._announced.discard(number)
             if gone:
-                self._save()
+                self._dirty.set()
                 self._notify(Identity(number, labels), False)
             return
         try:
@@ -450,7 +476,7 @@ class EtcdIdentityAllocator:
             new = number not in self._announced
             self._announced.add(number)
         if old != labels:
-            self._save()
+            self._dirty.set()  # the cluster's identities: saved by the background round
         if new:
             self._notify(Identity(number, labels), True)
         elif old is not None and old != labels:

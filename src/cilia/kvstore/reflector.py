@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable, Mapping
 
 from cilia.kvstore.api import Cancel, Compacted, KvClient, KvError, WatchEvent
@@ -25,6 +26,7 @@ from cilia.kvstore.api import Cancel, Compacted, KvClient, KvError, WatchEvent
 log = logging.getLogger(__name__)
 
 EventHandler = Callable[[WatchEvent], None]
+_HEALTHY_WATCH = 30.0  # a watch that lived this long without an event worked too
 
 
 class PrefixReflector:
@@ -46,6 +48,7 @@ class PrefixReflector:
         self._wake = threading.Event()  # the current watch ended
         self._generation = 0
         self._watch_error: Exception | None = None
+        self._delivered = False  # the current watch has delivered something (it works)
         self._thread: threading.Thread | None = None
         self.last_error = ""
         self.resyncs = 0  # full lists after the first (compactions), for tests and status
@@ -97,13 +100,14 @@ class PrefixReflector:
         need_list = True
         while not self._stop.is_set():
             cancel: Cancel | None = None
+            started = time.monotonic()
+            self._delivered = False
             try:
                 if need_list:
                     self._list()
                     need_list = False
+                    backoff = self._min_backoff  # the store answered
                 cancel = self._watch()
-                # a watch that lives is a success: the next failure starts over at the short delay
-                backoff = self._min_backoff
                 self._wake.wait()
                 error = self._watch_error
             except KvError as exc:
@@ -113,15 +117,20 @@ class PrefixReflector:
                     cancel()
             if self._stop.is_set():
                 break
+            if self._delivered or time.monotonic() - started > _HEALTHY_WATCH:
+                backoff = self._min_backoff  # the watch worked: the next failure starts over short
             if isinstance(error, Compacted):
                 log.warning("reflector %s: revision %d compacted (store at %d): full resync",
                             self.name, self._revision, error.compact_revision)
                 need_list = True
                 continue  # at once: the store answers, it only forgot history
             if error is not None:
-                self.last_error = str(error)
-                log.warning("reflector %s: %s; retrying in %.1f s from revision %d",
-                            self.name, error, backoff, self._revision)
+                text = str(error)
+                # the same failure again (etcd still down) is not news: once at warning level
+                level = logging.DEBUG if text == self.last_error else logging.WARNING
+                self.last_error = text
+                log.log(level, "reflector %s: %s; retrying in %.1f s from revision %d",
+                        self.name, text, backoff, self._revision)
             self._stop.wait(backoff)
             backoff = min(backoff * 2, self._max_backoff)
             if not need_list:
@@ -148,6 +157,8 @@ class PrefixReflector:
         with self._moved:
             self._revision = revision
             self._moved.notify_all()
+        if self.last_error:
+            log.info("reflector %s: listed again at revision %d", self.name, revision)
         self.last_error = ""
         self._synced.set()
 
@@ -162,6 +173,10 @@ class PrefixReflector:
         def on_events(events: list[WatchEvent], revision: int) -> None:
             if generation != self._generation:
                 return  # a late callback of a watch already replaced
+            self._delivered = True
+            if self.last_error:
+                log.info("reflector %s: watching again from revision %d", self.name, start)
+                self.last_error = ""
             for event in events:
                 self._apply(event)
             with self._moved:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -16,10 +17,16 @@ from typing import Any
 # netns -> cgroup directory: commands run "in" that netns join the cgroup first (a lab pod whose
 # processes get socket-level service load balancing). Others stay outside every node's cgroup.
 CGROUPS: dict[str, str] = {}
+# netns -> CPU: commands run "in" that netns are pinned to it (taskset), so that on a 2-core machine
+# the client and the server of a measurement do not share a core (and the same core placement holds
+# for every side measured). Namespaces not listed run unpinned.
+PIN: dict[str, int] = {}
 
 
 def ns(netns: str, *args: str) -> list[str]:
     command = ["nsenter", f"--net=/run/netns/{netns}", *args]
+    if netns in PIN:
+        command = ["taskset", "-c", str(PIN[netns]), *command]
     cgroup = CGROUPS.get(netns)
     if cgroup is None:
         return command
@@ -92,13 +99,49 @@ def sockperf(client_ns: str, server_ns: str | None, server_ip: str, seconds: int
     finally:
         if server is not None:
             server.stop()
-    avg = p99 = 0.0
-    for line in out.splitlines():
+    stats = parse_sockperf(out)
+    return stats.avg_us, stats.p99_us
+
+
+@dataclass(frozen=True)
+class Latency:
+    """One sockperf ping-pong run: one-way latency (RTT/2) in microseconds."""
+
+    avg_us: float
+    p50_us: float
+    p99_us: float
+    observations: int
+
+
+def parse_sockperf(out: str) -> Latency:
+    """The summary of `sockperf pp` (its avg-latency line may carry ANSI colour codes); 0 for a
+    figure the output does not hold."""
+    avg = p50 = p99 = 0.0
+    observations = 0
+    for raw in out.splitlines():
+        line = re.sub(r"\x1b\[[0-9;]*m", "", raw)
         if "avg-latency=" in line:
             avg = float(line.split("avg-latency=")[1].split()[0])
-        if "percentile 99.000" in line:
+        elif "percentile 99.000" in line:
             p99 = float(line.split("=")[-1].strip())
-    return avg, p99
+        elif "percentile 50.000" in line:
+            p50 = float(line.split("=")[-1].strip())
+        elif match := re.search(r"Total (\d+) observations", line):
+            observations = int(match.group(1))
+    return Latency(avg, p50, p99, observations)
+
+
+def sockperf_latency(client_ns: str, server_ns: str | None, server_ip: str, seconds: int) -> Latency:
+    """sockperf TCP ping-pong, 64 B messages: avg, p50 and p99 of the one-way latency."""
+    server = _server(server_ns, "sockperf", server_ip)
+    try:
+        out = subprocess.run(ns(client_ns, "sockperf", "pp", "--tcp", "-i", server_ip, "-p", "11111", "-m", "64",
+                                "-t", str(seconds)), capture_output=True, text=True, timeout=seconds + 30,
+                             check=True).stdout
+    finally:
+        if server is not None:
+            server.stop()
+    return parse_sockperf(out)
 
 
 _CPS_SERVER = """

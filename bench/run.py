@@ -92,7 +92,9 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--quick", action="store_true", help="2 s runs, one repeat, 20 pods for memory")
     parser.add_argument("--only", default="veth,iptables1k,iptables10k,cilia,memory",
-                        help="comma-separated; also `policy` (bench.policy: 0/1k/10k rules, cilia and iptables)")
+                        help="comma-separated; also `policy` (bench.policy: 0/1k/10k rules, cilia and iptables), "
+                             "`crossnode` (bench.crossnode: two nodes, native and tunnel, against plain Linux), "
+                             "`convergence` (bench.convergence, 3 nodes), `scale` (bench.scale, 100 x 100 in etcd)")
     args = parser.parse_args()
     seconds, repeats, pods = (2, 1, 20) if args.quick else (args.seconds, args.repeats, 100)
     only = set(args.only.split(","))
@@ -139,6 +141,23 @@ def main() -> None:
         from bench.policy import run as policy_run  # imported here: only this option needs it
 
         results["policy"] = policy_run(seconds, repeats, {"cilia", "iptables", "bpf"})
+    if "crossnode" in only:
+        from bench.crossnode import run as crossnode_run
+
+        results["crossnode"] = crossnode_run(["native", "tunnel"], min(seconds, 3), repeats, with_cilia=True)
+        results.setdefault("errors", []).extend(results["crossnode"].get("errors", []))
+    if "convergence" in only:
+        from bench.convergence import run as convergence_run
+
+        results["convergence"] = convergence_run(5 if args.quick else 20)
+        results.setdefault("errors", []).extend(results["convergence"].get("errors", []))
+    if "scale" in only:
+        from bench.scale import run as scale_run
+
+        results["scale"] = scale_run(10 if args.quick else 100, 100)
+        results.setdefault("errors", []).extend(results["scale"].get("errors", []))
+    if not results.get("errors"):
+        results.pop("errors", None)
     write_results("results", results)
 
 

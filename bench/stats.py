@@ -25,8 +25,9 @@ def summary(values: Sequence[float], digits: int = 4) -> dict[str, float]:
     """n, p50, p99, max and min of a sample (empty: only n = 0)."""
     if not values:
         return {"n": 0}
-    return {"n": len(values), "p50": round(percentile(values, 50), digits), "p99": round(percentile(values, 99), digits),
-            "min": round(min(values), digits), "max": round(max(values), digits)}
+    return {"n": len(values), "p50": round(percentile(values, 50), digits),
+            "p99": round(percentile(values, 99), digits), "min": round(min(values), digits),
+            "max": round(max(values), digits)}
 
 
 def ratio(value: float, baseline: float) -> float | None:

@@ -152,15 +152,16 @@ def lab_topology(mode: str) -> dict[str, Any]:
 
 
 @contextmanager
-def cilia_lab(mode: str) -> Iterator[Endpoints]:
-    """A running two-node cilia lab (torn down on exit); its pods' tools run in their cgroups."""
+def cilia_lab(mode: str, in_cgroups: bool = True) -> Iterator[Endpoints]:
+    """A running two-node cilia lab (torn down on exit); its pods' tools run in their cgroups
+    (in_cgroups False: outside every node's cgroup, without the socket hooks)."""
     from cilia.testing.labs import running_lab  # only this side needs the lab
 
     with running_lab(lab_topology(mode)) as lab:
         client, server = lab.netns_of("bench-client"), lab.netns_of("bench-server")
         for pod, netns in (("bench-client", client), ("bench-server", server)):
             cgroup = lab.cgroup_of(pod)
-            if cgroup is not None:
+            if cgroup is not None and in_cgroups:
                 CGROUPS[netns] = str(cgroup)
         try:
             yield Endpoints(client, server, lab.address_of("bench-server"))
@@ -223,14 +224,15 @@ def verdicts(ratio: dict[str, float | None]) -> dict[str, str]:
             "latency avg (<= 1.05x)": "-" if latency is None else ("met" if latency <= LATENCY_TARGET else "missed")}
 
 
-def run_mode(mode: str, seconds: int, rounds: int, with_cilia: bool, pin: bool = True) -> dict[str, Any]:
+def run_mode(mode: str, seconds: int, rounds: int, with_cilia: bool, pin: bool = True,
+             in_cgroups: bool = True) -> dict[str, Any]:
     """Baseline (and cilia) of one mode, up together, `rounds` alternating rounds."""
     base = BASELINE_NAMES[mode]
     out: dict[str, Any] = {"baseline": base}
     started = time.monotonic()
     with baseline(mode) as linux:
         sides = {base: linux}
-        lab: AbstractContextManager[Endpoints] | None = cilia_lab(mode) if with_cilia else None
+        lab: AbstractContextManager[Endpoints] | None = cilia_lab(mode, in_cgroups) if with_cilia else None
         try:
             if lab is not None:
                 try:
@@ -271,16 +273,16 @@ def run_mode(mode: str, seconds: int, rounds: int, with_cilia: bool, pin: bool =
     return out
 
 
-def run(modes: list[str], seconds: int, rounds: int, with_cilia: bool, pin: bool = True,
+def run(modes: list[str], seconds: int, rounds: int, with_cilia: bool, pin: bool = True, in_cgroups: bool = True,
         progress: Callable[[str], None] = print) -> dict[str, Any]:
     results: dict[str, Any] = {"date": time.strftime("%Y-%m-%d %H:%M"), "seconds": seconds, "rounds": rounds,
                                "pinning": {"client": CLIENT_CPU, "server": SERVER_CPU} if pin else None,
-                               "modes": {}}
+                               "cilia_tools_in_pod_cgroups": in_cgroups, "modes": {}}
     errors = []
     for mode in modes:
         progress(f"== {mode}")
         try:
-            results["modes"][mode] = run_mode(mode, seconds, rounds, with_cilia, pin)
+            results["modes"][mode] = run_mode(mode, seconds, rounds, with_cilia, pin, in_cgroups)
         except Exception as exc:  # one mode failing still reports the others
             errors.append(f"{mode}: {type(exc).__name__}: {exc}")
     if errors:
@@ -295,12 +297,15 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--baseline-only", action="store_true", help="no cilia lab")
     parser.add_argument("--no-pin", action="store_true", help="leave the tools unpinned")
+    parser.add_argument("--outside-cgroups", action="store_true",
+                        help="cilia's tools outside the pods' cgroups (no socket hooks on their connects)")
     args = parser.parse_args()
     modes = [m for m in args.modes.split(",") if m]
     unknown = set(modes) - set(MODES)
     if unknown:
         parser.error(f"unknown mode(s) {', '.join(sorted(unknown))}")
-    write_results("crossnode", run(modes, args.seconds, args.rounds, not args.baseline_only, not args.no_pin))
+    write_results("crossnode", run(modes, args.seconds, args.rounds, not args.baseline_only, not args.no_pin,
+                                     not args.outside_cgroups))
 
 
 if __name__ == "__main__":

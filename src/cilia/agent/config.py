@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import argparse
 import ipaddress
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
 
+from cilia.agent import observability
 from cilia.cluster.model import RoutingMode
 from cilia.lb.maglev import DEFAULT_SIZE as MAGLEV_DEFAULT_SIZE
 from cilia.lb.maglev import MAGLEV_SIZES
@@ -65,6 +66,8 @@ class AgentConfig:
     cluster_pool_ipv4_mask_size: int = 24
     cluster_pool_ipv6_cidr: ipaddress.IPv6Network | None = None
     cluster_pool_ipv6_mask_size: int = 64
+    # Hubble flow metrics, flow export (cilia.agent.observability)
+    observability: observability.ObservabilityConfig = field(default_factory=observability.ObservabilityConfig)
 
     @property
     def paths(self) -> NodePaths:
@@ -146,6 +149,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--prometheus-serve-addr", type=_serve_addr, default=None,
                         help="serve Prometheus metrics on this address, e.g. :9962 or 127.0.0.1:9962 "
                              "(default: not served)")
+    observability.add_arguments(parser)
     cluster = parser.add_argument_group("cluster", "several nodes sharing state in etcd (docs/cluster.md)")
     cluster.add_argument("--kvstore", default="local", choices=["local", "etcd"],
                          help="local: embedded store, one node (default); etcd: the cluster's etcd")
@@ -264,4 +268,5 @@ def parse_config(argv: list[str] | None = None) -> AgentConfig:
         cluster_pool_ipv4_mask_size=args.cluster_pool_ipv4_mask_size,
         cluster_pool_ipv6_cidr=args.cluster_pool_ipv6_cidr,
         cluster_pool_ipv6_mask_size=args.cluster_pool_ipv6_mask_size,
+        observability=observability.from_args(args, build_parser()),
     )

@@ -40,6 +40,7 @@ from cilia.agent.config import AgentConfig
 from cilia.agent.datapath_adapter import DatapathAdapter
 from cilia.agent.events import EventPump
 from cilia.agent.links import NetlinkLinks
+from cilia.agent.observability import Observability
 from cilia.api.models import NodeStatus
 from cilia.endpoint.manager import EndpointManager
 from cilia.endpoint.registry import EndpointRegistry
@@ -147,6 +148,9 @@ class Agent:
         ))
         self.policy.queue.add_observer(self.metrics.observe_regeneration)
         self.cluster: EtcdCluster | LocalCluster = self.etcd or LocalCluster(config, self.datapath.node_addresses)
+        self.observability = Observability(config.observability, self.events.ring, self.metrics.registry,
+                                           self.datapath, self.endpoints, self.events.events_lost,
+                                           config.policy_map_max_entries)
 
     # ----- lifecycle -----------------------------------------------------------------------------
     def start(self) -> None:
@@ -211,7 +215,7 @@ class Agent:
             socket_path.unlink()
         server = uvicorn.Server(
             uvicorn.Config(
-                self.build_app(),
+                self.observability.wrap_api(self.build_app()),
                 uds=str(socket_path),
                 log_level="warning",
                 lifespan="off",
@@ -237,6 +241,8 @@ class Agent:
                     metrics.start()
                 except OSError:
                     log.exception("Prometheus metrics not served; the agent runs without them")
+            stack.callback(self.observability.stop)
+            self.observability.start()
             tasks.create_task(self.events.run(), name="events")
             tasks.create_task(self._ct_gc_loop(), name="ct-gc")
             tasks.create_task(_chmod_when_bound(socket_path), name="socket-mode")

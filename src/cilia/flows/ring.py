@@ -6,6 +6,7 @@ someone follows; its result is kept. A maker returning None (an undecodable reco
 from __future__ import annotations
 
 import asyncio
+import itertools
 import threading
 from collections import deque
 from collections.abc import Callable
@@ -40,9 +41,17 @@ class _Entry:
     def get(self) -> Flow | None:
         make = self._make
         if make is not None:
-            self._value = make()
-            self._make = None
+            value = make()
+            # Two readers (the API, the Hubble server, the metrics step) may build the same entry
+            # at once; the first to publish wins, so every reader sees one flow (one uuid).
+            with _PUBLISH:
+                if self._make is not None:
+                    self._value = value
+                    self._make = None
         return self._value
+
+
+_PUBLISH = threading.Lock()
 
 
 class FlowRing:
@@ -83,6 +92,22 @@ class FlowRing:
         flows = (entry.get() for entry in entries)
         matched = [flow for flow in flows if flow is not None and flow_filter.matches(flow)]
         return matched[-count:] if count > 0 else []
+
+    def since(self, cursor: int) -> tuple[int, list[_Entry], int]:
+        """Entries added after sequence number `cursor`: (the new cursor, the entries oldest
+        first, how many were overwritten before this call could read them)."""
+        with self._lock:
+            newest = self._seq
+            wanted = newest - cursor
+            held = min(wanted, len(self._flows))
+            entries = [entry for _, entry in itertools.islice(reversed(self._flows), held)]
+        entries.reverse()
+        return newest, entries, wanted - held
+
+    @property
+    def sequence(self) -> int:
+        """The sequence number of the newest entry (0: none yet)."""
+        return self._seq
 
     def __len__(self) -> int:
         return len(self._flows)

@@ -87,10 +87,12 @@ class RotatingFile:
         return candidate
 
     def backups(self) -> list[Path]:
-        """Rotated files, oldest first (the timestamp in the name sorts them)."""
+        """Rotated files, oldest first (by last write: two rotated within a millisecond share the
+        name's timestamp)."""
         prefix, suffix = f"{self.path.stem}-", self.path.suffix
-        return sorted(p for p in self.path.parent.iterdir()
-                      if p.name.startswith(prefix) and p.name.endswith(suffix) and p != self.path)
+        found = [p for p in self.path.parent.iterdir()
+                 if p.name.startswith(prefix) and p.name.endswith(suffix) and p != self.path]
+        return sorted(found, key=lambda p: (p.stat().st_mtime_ns, p.name))
 
     def _rotate(self) -> None:
         self._file.close()

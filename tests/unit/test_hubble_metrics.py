@@ -13,6 +13,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
+from tests.unit.mutation import FUZZ
+from tests.unit.test_hubble_convert import EGRESS, INGRESS, builder, icmp6_echo, record, tcp_v4, udp_v4
 
 from cilia.flows.ring import FlowRing
 from cilia.flows.tap import FlowTap
@@ -31,8 +33,6 @@ from cilia.hubble.metrics.options import (
 from cilia.hubble.metrics.processor import FlowMetrics
 from cilia.hubble.pb import flow_pb2
 from cilia.monitor.events import EVENT_DROP, EVENT_POLICY_VERDICT, EVENT_TRACE, decode
-from tests.unit.mutation import FUZZ
-from tests.unit.test_hubble_convert import EGRESS, INGRESS, builder, icmp6_echo, record, tcp_v4, udp_v4
 
 
 # ----- option syntax ---------------------------------------------------------------------------
@@ -58,7 +58,8 @@ def test_labels_context_commas_stay_in_the_list() -> None:
     assert policy.context.labels == ("source_namespace", "destination_namespace", "traffic_direction")
     assert flow.name == "flow"
     [drop] = parse_metrics("drop:sourceEgressContext=pod-name;destinationIngressContext=reserved-identity|ip")
-    assert drop.context.source_egress == ("pod-name",) and drop.context.destination_ingress == ("reserved-identity", "ip")
+    assert drop.context.source_egress == ("pod-name",)
+    assert drop.context.destination_ingress == ("reserved-identity", "ip")
     assert drop.context.label_names() == ["source", "destination"]
 
 

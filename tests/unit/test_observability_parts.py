@@ -12,13 +12,13 @@ from fastapi import APIRouter, FastAPI
 from fastapi.testclient import TestClient
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
+from tests.unit.test_hubble_convert import INGRESS, builder, record, tcp_v4
 
 from cilia.agent.config import parse_config
 from cilia.hubble.exporter import ExportFilterError, FlowExporter, RotatingFile, parse_filters
 from cilia.metrics.api_timing import ApiTimer, api_histogram
 from cilia.metrics.maps import MapCounter, MapFill, MapPressureCollector
 from cilia.monitor.events import EVENT_DROP, EVENT_TRACE, decode
-from tests.unit.test_hubble_convert import INGRESS, builder, record, tcp_v4
 
 BASE = ["--node", "n1", "--ipv4-pod-cidr", "10.200.1.0/24"]
 

@@ -1,10 +1,16 @@
-"""`cilia observe` (flows, filtered like hubble observe) and `cilia monitor` (flows as they happen)."""
+"""`cilia observe` (flows, filtered like hubble observe) and `cilia monitor` (raw events).
+
+`observe` is a Hubble client: it reads the node's Observer API on its hubble.sock
+(`/run/cilia/<node>/hubble.sock`, or `--server unix://PATH` / `HOST:PORT`) with GetFlows, the
+flags turned into Hubble filters by `cilia.cli.observe_request`. Output: `compact` (one line a
+flow, like hubble's), `json` (`{"flow": ..., "node_name": ..., "time": ...}` per line, Hubble's
+JSON with the .proto field names, as `hubble observe -o json`), `table`."""
 
 from __future__ import annotations
 
 import json
 import sys
-from datetime import datetime
+from collections import deque
 from enum import StrEnum
 from pathlib import Path
 from typing import Any
@@ -12,6 +18,8 @@ from typing import Any
 import typer
 
 from cilia.cli.common import NodeOption, SocketOption, agent_socket, fail, print_table
+from cilia.cli.observe_request import ObserveArgs, ObserveArgumentError, build_request, client_side_match
+from cilia.paths import NodePaths, default_node_name
 
 
 class FlowOutput(StrEnum):
@@ -20,31 +28,49 @@ class FlowOutput(StrEnum):
     TABLE = "table"
 
 
-def _side(endpoint: dict[str, Any], ip: str, port: int | None) -> str:
-    name = f"{endpoint['namespace']}/{endpoint['pod_name']}" if endpoint.get("pod_name") else ip
-    if endpoint.get("pod_name") is None and endpoint.get("labels"):
-        name = f"{ip}"
-    port_part = f":{port}" if port else ""
-    return f"{name}{port_part} (ID:{endpoint.get('identity', 0)})"
+def _side(endpoint: Any, ip: str, port: int) -> str:
+    name = f"{endpoint.namespace}/{endpoint.pod_name}" if endpoint.pod_name else ip or "?"
+    return f"{name}{f':{port}' if port else ''} (ID:{endpoint.identity})"
 
 
-def compact_line(record: dict[str, Any]) -> str:
-    flow = record["flow"]
-    ip = flow.get("IP", {})
-    l4: dict[str, Any] = next(iter(flow.get("l4", {}).values()), {})
-    when = datetime.fromisoformat(flow["time"].replace("Z", "+00:00")).strftime("%b %d %H:%M:%S.%f")[:-3]
-    src = _side(flow.get("source", {}), ip.get("source", "?"), l4.get("source_port"))
-    dst = _side(flow.get("destination", {}), ip.get("destination", "?"), l4.get("destination_port"))
-    point = flow.get("trace_observation_point", "").lower().replace("_", "-")
-    verdict = flow["verdict"]
-    summary = flow.get("Summary", "")
-    if flow.get("event_type", {}).get("type") == 5:
-        direction = flow.get("traffic_direction", "").lower()
-        return f"{when}: {src} -> {dst} policy-verdict:{direction} {verdict} ({summary})"
-    if verdict == "DROPPED":
-        where = flow.get("file", {})
-        return f"{when}: {src} <> {dst} {verdict} ({summary}, {where.get('name')}:{where.get('line')})"
-    return f"{when}: {src} -> {dst} {point} {verdict} ({summary})"
+def _ports(flow: Any) -> tuple[int, int]:
+    which = flow.l4.WhichOneof("protocol")
+    if which in ("TCP", "UDP", "SCTP"):
+        l4 = getattr(flow.l4, which)
+        return l4.source_port, l4.destination_port
+    return 0, 0
+
+
+def compact_line(flow: Any) -> str:
+    """One flow.Flow as observe's compact line."""
+    from cilia.hubble.pb import flow_pb2
+
+    when = flow.time.ToDatetime().strftime("%b %d %H:%M:%S.%f")[:-3]
+    sport, dport = _ports(flow)
+    src = _side(flow.source, flow.IP.source, sport)
+    dst = _side(flow.destination, flow.IP.destination, dport)
+    verdict = flow_pb2.Verdict.Name(flow.verdict)
+    if flow.event_type.type == 5:
+        direction = flow_pb2.TrafficDirection.Name(flow.traffic_direction).lower()
+        return f"{when}: {src} -> {dst} policy-verdict:{direction} {verdict} ({flow.Summary})"
+    if flow.verdict == flow_pb2.DROPPED:
+        return f"{when}: {src} <> {dst} {verdict} ({flow.Summary}, {flow.file.name}:{flow.file.line})"
+    point = flow_pb2.TraceObservationPoint.Name(flow.trace_observation_point).lower().replace("_", "-")
+    return f"{when}: {src} -> {dst} {point} {verdict} ({flow.Summary})"
+
+
+def _json_line(response: Any) -> str:
+    from google.protobuf import json_format
+
+    return json.dumps(json_format.MessageToDict(response, preserving_proto_field_name=True))
+
+
+def hubble_target(node: str | None, server: str | None, socket: Path | None) -> str:
+    if server:
+        return server
+    if socket is not None:
+        return f"unix://{socket}"
+    return f"unix://{NodePaths(node or default_node_name()).hubble_socket}"
 
 
 def observe(
@@ -62,42 +88,69 @@ def observe(
     port: list[str] = typer.Option([], "--port"),
     protocol: list[str] = typer.Option([], "--protocol"),
     verdict: list[str] = typer.Option([], "--verdict", help="FORWARDED, DROPPED, ..."),
-    drop_reason: list[str] = typer.Option([], "--drop-reason"),
+    drop_reason: list[str] = typer.Option([], "--drop-reason", help="Hubble's name (POLICY_DENIED, ...) or "
+                                          "cilia's (`cilia bpf metrics list`)"),
     traffic_direction: list[str] = typer.Option([], "--traffic-direction"),
     policy: list[str] = typer.Option([], "--policy", help="deciding policy: name, ns/name, Kind/ns/name or "
                                      "default-deny"),
     service: list[str] = typer.Option([], "--service", help="service traffic: [namespace/]name"),
+    server: str | None = typer.Option(None, "--server", envvar="HUBBLE_SERVER",
+                                      help="Hubble server: unix:///path/hubble.sock or host:port "
+                                           "(default: the node's hubble.sock)"),
     node: str | None = NodeOption,
-    socket: Path | None = SocketOption,
+    socket: Path | None = typer.Option(None, "--socket", help="the node's hubble.sock (overrides --node)"),
 ) -> None:
     """Show flows: every forward and drop the datapath saw, with pods, identities and reasons."""
-    from cilia.api.client import AgentClient, AgentError, AgentUnavailable
+    import grpc
 
-    params: dict[str, Any] = {"last": last, "follow": follow}
-    for name, values in (("pod", pod), ("from_pod", from_pod), ("to_pod", to_pod), ("namespace", namespace),
-                         ("label", label), ("ip", ip), ("from_ip", from_ip), ("to_ip", to_ip), ("port", port),
-                         ("protocol", protocol), ("verdict", verdict), ("drop_reason", drop_reason),
-                         ("traffic_direction", traffic_direction), ("policy", policy), ("service", service)):
-        if values:
-            params[name] = values
-    rows: list[list[str]] = []
+    from cilia.hubble.pb import observer_pb2_grpc
+
+    args = ObserveArgs(last, follow, pod, from_pod, to_pod, namespace, label, ip, from_ip, to_ip, port, protocol,
+                       verdict, drop_reason, traffic_direction, policy, service)
     try:
-        with AgentClient(agent_socket(node, socket)) as client:
-            for record in client.stream_lines("/v1/flows", params):
-                if output is FlowOutput.JSON:
-                    sys.stdout.write(json.dumps(record) + "\n")
-                elif output is FlowOutput.COMPACT:
-                    sys.stdout.write(compact_line(record) + "\n")
+        request = build_request(args)
+    except ObserveArgumentError as exc:
+        raise fail(str(exc)) from exc
+    target = hubble_target(node, server, socket)
+    kept: deque[Any] = deque(maxlen=last if not follow and last > 0 else None)
+    rows: list[list[str]] = []
+
+    def emit(response: Any) -> None:
+        flow = response.flow
+        if output is FlowOutput.JSON:
+            sys.stdout.write(_json_line(response) + "\n")
+        elif output is FlowOutput.COMPACT:
+            sys.stdout.write(compact_line(flow) + "\n")
+        else:
+            from cilia.hubble.pb import flow_pb2
+
+            rows.append([flow.time.ToJsonString(), flow.IP.source, flow.IP.destination,
+                         flow_pb2.TraceObservationPoint.Name(flow.trace_observation_point),
+                         flow_pb2.Verdict.Name(flow.verdict), flow.Summary])
+        sys.stdout.flush()
+
+    try:
+        with grpc.insecure_channel(target) as channel:
+            stub = observer_pb2_grpc.ObserverStub(channel)  # type: ignore[no-untyped-call]
+            for response in stub.GetFlows(request):
+                if response.HasField("lost_events"):
+                    lost = response.lost_events
+                    sys.stderr.write(f"EVENTS LOST: {lost.source} {lost.num_events_lost}\n")
+                    continue
+                if not response.HasField("flow") or not client_side_match(args, response.flow):
+                    continue
+                if follow:
+                    emit(response)
                 else:
-                    flow = record["flow"]
-                    rows.append([flow["time"], flow.get("IP", {}).get("source", ""),
-                                 flow.get("IP", {}).get("destination", ""),
-                                 flow.get("trace_observation_point", ""), flow["verdict"], flow.get("Summary", "")])
-                sys.stdout.flush()
+                    kept.append(response)  # the request may have asked for more: keep the last N
     except KeyboardInterrupt:
         return
-    except (AgentUnavailable, AgentError) as exc:
-        raise fail(str(exc)) from exc
+    except grpc.RpcError as exc:
+        code = exc.code() if hasattr(exc, "code") else None
+        details = exc.details() if hasattr(exc, "details") else str(exc)
+        raise fail(f"hubble server {target}: {code.name if code else 'error'}: {details}") from exc
+    for response in kept:
+        emit(response)
     if output is FlowOutput.TABLE:
         print_table(None, ["TIMESTAMP", "SOURCE", "DESTINATION", "TYPE", "VERDICT", "SUMMARY"], rows)
 

@@ -16,6 +16,8 @@ apt_packages=(
   etcd-server etcd-client
   # a real browser for the service map's e2e test (headless, driven over the DevTools protocol)
   chromium
+  # a real Prometheus scraping a lab's agents (e2e, docs/observability.md); run in lab namespaces only
+  prometheus
 )
 missing=()
 for p in "${apt_packages[@]}"; do
@@ -26,6 +28,12 @@ if [ ${#missing[@]} -gt 0 ]; then
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq
   apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+# Debian's prometheus package enables a system service listening on :9090 in the root network
+# namespace; cilia runs Prometheus only inside lab namespaces (cilia.testing.prometheus).
+if command -v systemctl >/dev/null 2>&1 && [ -d /run/systemd/system ]; then
+  systemctl disable --now prometheus.service >/dev/null 2>&1 || true
 fi
 
 # The venv uses Debian's python3 so the install does not depend on a pyenv shim on PATH.

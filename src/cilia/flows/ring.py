@@ -31,6 +31,46 @@ class Subscriber:
             self.lost += 1
 
 
+class EntrySubscriber:
+    """A follower that takes entries unbuilt and builds them on its own thread (the Hubble
+    server's): the event pump only appends to a bounded list, and wakes the follower's loop
+    once per batch, not per flow. When the list is full, entries are counted lost, unbuilt, so
+    a slow client costs the pump nothing."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, size: int = 4096) -> None:
+        self.loop = loop
+        self.size = size
+        self.lost = 0
+        self._pending: deque[FlowEntry] = deque()
+        self._scheduled = False
+        self._lock = threading.Lock()
+        self._wake = asyncio.Event()
+
+    def push(self, entry: FlowEntry) -> None:
+        """Called from the event reader thread."""
+        with self._lock:
+            if len(self._pending) >= self.size:
+                self.lost += 1
+                return
+            self._pending.append(entry)
+            if self._scheduled:
+                return
+            self._scheduled = True
+        self.loop.call_soon_threadsafe(self._wake.set)
+
+    async def batch(self) -> list[FlowEntry]:
+        """The entries pushed since the last call (waits for at least one)."""
+        while True:
+            with self._lock:
+                self._scheduled = False
+                if self._pending:
+                    entries = list(self._pending)
+                    self._pending.clear()
+                    return entries
+            self._wake.clear()
+            await self._wake.wait()
+
+
 class _Entry:
     __slots__ = ("_make", "_value")
 
@@ -52,6 +92,7 @@ class _Entry:
 
 
 _PUBLISH = threading.Lock()
+FlowEntry = _Entry  # what EntrySubscriber hands out: call .get() for the flow (None: undecodable)
 
 
 class FlowRing:
@@ -60,6 +101,7 @@ class FlowRing:
         self._lock = threading.Lock()
         self._seq = 0
         self._subscribers: set[Subscriber] = set()
+        self._entry_subscribers: set[EntrySubscriber] = set()
         self.seen = 0
         self.events_lost = 0
 
@@ -77,6 +119,9 @@ class FlowRing:
             self.seen += 1
             self._flows.append((self._seq, entry))
             subscribers = list(self._subscribers)
+            entry_subscribers = list(self._entry_subscribers)
+        for follower in entry_subscribers:
+            follower.push(entry)
         if not subscribers:
             return
         flow = entry.get()
@@ -119,3 +164,11 @@ class FlowRing:
     def unsubscribe(self, subscriber: Subscriber) -> None:
         with self._lock:
             self._subscribers.discard(subscriber)
+
+    def subscribe_entries(self, subscriber: EntrySubscriber) -> None:
+        with self._lock:
+            self._entry_subscribers.add(subscriber)
+
+    def unsubscribe_entries(self, subscriber: EntrySubscriber) -> None:
+        with self._lock:
+            self._entry_subscribers.discard(subscriber)

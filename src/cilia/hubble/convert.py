@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import ipaddress
 from collections.abc import Mapping
+from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
 
 from google.protobuf.timestamp_pb2 import Timestamp
@@ -130,9 +131,24 @@ def _enum(enum: _Enum, name: str | None) -> Any:
         return 0
 
 
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_MICROSECOND = timedelta(microseconds=1)
+
+
 def _timestamp(text: str) -> Timestamp:
+    """RFC 3339 as cilia writes it. datetime.fromisoformat (C) first: protobuf's FromJsonString
+    goes through strptime and was a third of the cost of converting a flow."""
     stamp = Timestamp()
-    stamp.FromJsonString(text)
+    try:
+        when = datetime.fromisoformat(text)
+    except ValueError:
+        stamp.FromJsonString(text)
+        return stamp
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    micros = (when - _EPOCH) // _MICROSECOND
+    stamp.seconds, stamp.nanos = divmod(micros, 1_000_000)
+    stamp.nanos *= 1000
     return stamp
 
 

@@ -33,7 +33,7 @@ from grpc_health.v1.health import aio as health_aio
 from cilia import __version__
 from cilia.agent.config import AgentConfig
 from cilia.flows.filter import FlowFilter
-from cilia.flows.ring import FlowRing, Subscriber
+from cilia.flows.ring import EntrySubscriber, FlowRing
 from cilia.hubble.convert import convert
 from cilia.hubble.filters import DEFAULT_CLUSTER, FilterError, FlowFilters
 from cilia.hubble.pb import flow_pb2, observer_pb2, observer_pb2_grpc, peer_pb2_grpc, relay_pb2
@@ -183,12 +183,12 @@ class ObserverService(observer_pb2_grpc.ObserverServicer):
             return
         until = request.until.ToNanoseconds() if request.follow and request.HasField("until") else None
         ring = self._source.ring
-        subscriber: Subscriber | None = None
+        subscriber: EntrySubscriber | None = None
         if request.follow:
             # Subscribed before the history is read, so nothing falls between the two; what is
-            # in both is skipped by uuid below.
-            subscriber = Subscriber(asyncio.get_running_loop(), FlowFilter(), size=FOLLOW_QUEUE)
-            ring.subscribe(subscriber)
+            # in both is skipped by uuid below. Entries come unbuilt: this thread builds them.
+            subscriber = EntrySubscriber(asyncio.get_running_loop(), size=FOLLOW_QUEUE)
+            ring.subscribe_entries(subscriber)
         try:
             flows = await asyncio.to_thread(self._source.snapshot)
             for message in select_history(flows, request, filters):
@@ -198,27 +198,31 @@ class ObserverService(observer_pb2_grpc.ObserverServicer):
             seen = {f.uuid for f in flows[-FOLLOW_QUEUE:]}
             lost, datapath_lost = 0, ring.events_lost
             while True:
-                flow = await subscriber.queue.get()
-                if seen:
-                    if flow.get("uuid") in seen:
+                for entry in await subscriber.batch():
+                    flow = entry.get()
+                    if flow is None:
                         continue
-                    seen = set()  # queue order is ring order: past the overlap for good
-                if subscriber.lost > lost:
-                    yield _lost(flow_pb2.HUBBLE_RING_BUFFER, subscriber.lost - lost, self._config.node)
-                    lost = subscriber.lost
-                if ring.events_lost > datapath_lost:
-                    yield _lost(flow_pb2.PERF_EVENT_RING_BUFFER, ring.events_lost - datapath_lost, self._config.node)
-                    datapath_lost = ring.events_lost
-                new = self._source.proto(flow)
-                if new is None:
-                    continue
-                if until is not None and new.time.ToNanoseconds() > until:
-                    return
-                if filters.matches(new):
-                    yield _response(new, mask)
+                    if seen:
+                        if flow.get("uuid") in seen:
+                            continue
+                        seen = set()  # queue order is ring order: past the overlap for good
+                    if subscriber.lost > lost:
+                        yield _lost(flow_pb2.HUBBLE_RING_BUFFER, subscriber.lost - lost, self._config.node)
+                        lost = subscriber.lost
+                    if ring.events_lost > datapath_lost:
+                        yield _lost(flow_pb2.PERF_EVENT_RING_BUFFER, ring.events_lost - datapath_lost,
+                                    self._config.node)
+                        datapath_lost = ring.events_lost
+                    new = self._source.proto(flow)
+                    if new is None:
+                        continue
+                    if until is not None and new.time.ToNanoseconds() > until:
+                        return
+                    if filters.matches(new):
+                        yield _response(new, mask)
         finally:
             if subscriber is not None:
-                ring.unsubscribe(subscriber)
+                ring.unsubscribe_entries(subscriber)
 
     # ----- status --------------------------------------------------------------------------------
     def _uptime_ns(self) -> int:

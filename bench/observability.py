@@ -1,0 +1,295 @@
+"""Observability benchmarks (`python -m bench.observability`, or `bench.run --only flows,obs`).
+
+1. Flow pipeline, in process (`pipeline_stages`): the cost per flow of each stage a followed
+   flow goes through (decode + build, flow.Flow conversion, GetFlowsResponse serialization) and
+   of the whole gRPC stream from a HubbleServer to a client over its unix socket, one core.
+2. Flow pipeline, on a lab (`pipeline_lab`): real traffic at a paced rate (UDP between two pods,
+   `--monitor-aggregation none` so every packet is an event) -> ring buffer -> event pump ->
+   flow ring -> Hubble server -> a `hubble observe -f`-like gRPC follower in this process. Per
+   rate: events the datapath emitted, flows the follower got, events lost (datapath ring buffer,
+   and HUBBLE_RING_BUFFER lost events the server reported), and the agent's CPU per flow.
+3. Observability overhead (`overhead`): pod-to-pod throughput (iperf3), latency (sockperf) and
+   connections/s with observability off (`--disable-hubble`, no metrics) against on (Hubble
+   server with a follower attached, `--prometheus-serve-addr`, `--hubble-metrics` flow, drop,
+   tcp, policy with pod contexts, scraped), in alternating rounds on the same lab (the agent is
+   restarted with the other flags between rounds)."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import struct
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from statistics import median
+from typing import Any
+
+from bench.tools import cps, iperf3, sockperf, write_results
+from cilia.flows.build import EndpointView, Flow, FlowBuilder
+from cilia.flows.ring import FlowRing
+from cilia.hubble.convert import convert
+from cilia.hubble.pb import flow_pb2, observer_pb2
+from cilia.lab.lab import PYTHON, Lab, cleanup_leftovers
+from cilia.lab.topology import parse_topology
+from cilia.monitor.events import EVENT_TRACE, decode
+from cilia.paths import NodePaths
+
+OBS_ON = ["--prometheus-serve-addr", "127.0.0.1:9962", "--hubble-metrics",
+          "flow drop tcp policy:sourceContext=pod;destinationContext=pod"]
+OBS_OFF = ["--disable-hubble"]
+CLK = os.sysconf("SC_CLK_TCK")
+
+
+# ----- in process --------------------------------------------------------------------------------
+def _record(n: int) -> bytes:
+    src, dst = bytes([10, 200, 1, 2]), bytes([10, 200, 1, 3])
+    ip = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 40, 1, 0, 64, 6, 0, src, dst)
+    packet = bytes.fromhex("020000000002020000000001") + b"\x08\x00" + ip + struct.pack(
+        "!HHIIBBHHH", 40000 + n % 20000, 80, 1, 0, 0x50, 0x10, 65535, 0, 0)
+    header = struct.pack("<QBBBBHHIIIIHHI", 5_000_000 + n, EVENT_TRACE, 0, 1, 2, 0, 7, 4, 256, 257,
+                         len(packet), len(packet), 2, 0)
+    return header + packet.ljust(128, b"\0")
+
+
+def _builder() -> FlowBuilder:
+    views = {"10.200.1.2": EndpointView(7, 256, "default", "client", ["k8s:app=client"]),
+             "10.200.1.3": EndpointView(9, 257, "default", "web", ["k8s:app=web"])}
+    return FlowBuilder("n1", views.get, lambda _i: [], time.time_ns() - time.monotonic_ns())
+
+
+def _maker(builder: FlowBuilder, record: bytes) -> Callable[[], Flow]:
+    return lambda: builder.build(decode(record))
+
+
+def pipeline_stages(count: int = 20_000) -> dict[str, Any]:
+    """µs per flow of each stage, and flows/s of a whole GetFlows stream (one process, one core)."""
+    import grpc
+
+    from cilia.hubble.pb import observer_pb2_grpc
+    from cilia.hubble.server import HubbleConfig, HubbleServer
+
+    records = [_record(n) for n in range(count)]
+    builder = _builder()
+    started = time.perf_counter()
+    flows = [builder.build(decode(r)) for r in records]
+    build_us = (time.perf_counter() - started) / count * 1e6
+    started = time.perf_counter()
+    messages = [convert(f) for f in flows]
+    convert_us = (time.perf_counter() - started) / count * 1e6
+    started = time.perf_counter()
+    for m in messages:
+        response = observer_pb2.GetFlowsResponse(flow=m, node_name="n1")
+        response.time.CopyFrom(m.time)
+        response.SerializeToString()
+    serialize_us = (time.perf_counter() - started) / count * 1e6
+    ring = FlowRing(count)
+    for r in records:  # lazy, as the event pump adds them: the stream pays decode and build too
+        ring.add_lazy(_maker(builder, r))
+    with tempfile.TemporaryDirectory(prefix="cilia-bench-") as tmp:
+        server = HubbleServer(HubbleConfig("n1", Path(tmp) / "hubble.sock", count), ring)
+        server.start()
+        try:
+            cpu = time.process_time()
+            started = time.perf_counter()
+            with grpc.insecure_channel(f"unix://{server.config.socket}") as channel:
+                stub = observer_pb2_grpc.ObserverStub(channel)  # type: ignore[no-untyped-call]
+                got = sum(1 for r in stub.GetFlows(observer_pb2.GetFlowsRequest(number=count), timeout=600)
+                          if r.HasField("flow"))
+            wall = time.perf_counter() - started
+            cpu = time.process_time() - cpu
+        finally:
+            server.stop(0)
+    return {"flows": count, "decode_build_us": round(build_us, 1), "convert_us": round(convert_us, 1),
+            "serialize_us": round(serialize_us, 1), "stream_flows": got, "stream_seconds": round(wall, 2),
+            "stream_flows_per_s": round(got / wall), "stream_flows_per_cpu_s": round(got / cpu),
+            "note": "server and client share this process: per cpu-second counts both sides"}
+
+
+# ----- on a lab ----------------------------------------------------------------------------------
+_SENDER = """
+import socket, sys, time
+dst, port, rate, secs = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), float(sys.argv[4])
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.connect((dst, port))
+sent, start = 0, time.monotonic()
+end = start + secs
+while True:
+    now = time.monotonic()
+    if now >= end:
+        break
+    due = int((now - start) * rate)
+    while sent < due:
+        try:
+            s.send(b"x" * 32)
+        except OSError:
+            pass
+        sent += 1
+    time.sleep(0.0005)
+print(sent, round(time.monotonic() - start, 3))
+"""
+_SINK = "import socket\ns = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\ns.bind(('0.0.0.0', 9999))\n" \
+        "while True:\n    s.recv(2048)\n"
+
+
+def _cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / CLK
+
+
+class Follower:
+    """`hubble observe -f`: GetFlows(follow) on the node's hubble.sock, counting flows and lost events."""
+
+    def __init__(self, node: str = "n1") -> None:
+        import grpc
+
+        from cilia.hubble.pb import observer_pb2_grpc
+
+        self.flows = 0
+        self.lost = 0  # HUBBLE_RING_BUFFER: flows the server dropped because this client fell behind
+        self.lost_datapath = 0  # PERF_EVENT_RING_BUFFER: events the datapath lost, as the server reported
+        self._channel = grpc.insecure_channel(f"unix://{NodePaths(node).hubble_socket}")
+        stub = observer_pb2_grpc.ObserverStub(self._channel)  # type: ignore[no-untyped-call]
+        self._stream = stub.GetFlows(observer_pb2.GetFlowsRequest(follow=True))
+        self._thread = threading.Thread(target=self._read, daemon=True)
+        self._thread.start()
+
+    def _read(self) -> None:
+        import grpc
+
+        try:
+            for response in self._stream:
+                if response.HasField("flow"):
+                    self.flows += 1
+                elif response.HasField("lost_events"):
+                    if response.lost_events.source == flow_pb2.HUBBLE_RING_BUFFER:
+                        self.lost += response.lost_events.num_events_lost
+                    else:
+                        self.lost_datapath += response.lost_events.num_events_lost
+        except grpc.RpcError:
+            pass
+
+    def close(self) -> None:
+        self._stream.cancel()
+        self._thread.join(5)
+        self._channel.close()
+
+
+def _status(node: str = "n1") -> tuple[int, int]:
+    """(flows seen, datapath events lost) from the agent's API."""
+    from cilia.api.client import AgentClient
+
+    with AgentClient(NodePaths(node).socket) as client:
+        flows = client.get("/v1/flows/status")
+    return int(flows["seen"]), int(flows["events_lost"])
+
+
+def _lab(agent_args: list[str]) -> Lab:
+    cleanup_leftovers()
+    return Lab.up(parse_topology({"pods": [{"name": "bench-client", "labels": {"app": "bench-client"}},
+                                           {"name": "bench-server", "labels": {"app": "bench-server"}}]}),
+                  agent_args=agent_args)
+
+
+def pipeline_lab(rates: list[int], seconds: float) -> list[dict[str, Any]]:
+    lab = _lab(["--monitor-aggregation", "none"])
+    out = []
+    sink = lab.popen("bench-server", [PYTHON, "-c", _SINK])
+    try:
+        server_ip = lab.address_of("bench-server")
+        pid = int(lab.state["nodes"]["n1"]["agent_pid"])
+        for rate in rates:
+            follower = Follower()
+            time.sleep(0.5)
+            seen0, lost0 = _status()
+            cpu0 = _cpu_seconds(pid)
+            result = lab.exec("bench-client", [PYTHON, "-c", _SENDER, server_ip, "9999", str(rate), str(seconds)],
+                              timeout=seconds + 60)
+            sent, took = (float(x) for x in result.stdout.split())
+            time.sleep(1.0)  # let the pump and the follower drain
+            deadline = time.monotonic() + 10  # the follower drains what the ring still holds
+            while time.monotonic() < deadline and follower.flows + follower.lost < _status()[0] - seen0:
+                time.sleep(0.2)
+            seen1, lost1 = _status()
+            cpu = _cpu_seconds(pid) - cpu0
+            follower.close()
+            events = seen1 - seen0
+            out.append({"rate_pps": rate, "packets_sent": int(sent), "send_seconds": took,
+                        "events": events, "events_per_s": round(events / took),
+                        "followed_flows": follower.flows, "lost_datapath": lost1 - lost0,
+                        "lost_hubble_ring": follower.lost, "agent_cpu_s": round(cpu, 2),
+                        "flows_per_agent_cpu_s": round(follower.flows / cpu) if cpu else None})
+            print(f"pipeline at {rate} pkt/s: {out[-1]}", flush=True)
+    finally:
+        sink.terminate()
+        sink.wait(5)
+        lab.down()
+    return out
+
+
+def _scrape(lab: Lab) -> int:
+    fetch = ("import urllib.request, sys; "
+             "sys.stdout.write(urllib.request.urlopen('http://127.0.0.1:9962/metrics').read().decode())")
+    result = lab.exec("n1", [PYTHON, "-c", fetch], timeout=30)
+    return sum(1 for line in result.stdout.splitlines() if line.startswith("hubble_"))
+
+
+def overhead(seconds: int, rounds: int) -> dict[str, Any]:
+    lab = _lab(OBS_OFF)
+    client, server = lab.netns_of("bench-client"), lab.netns_of("bench-server")
+    ip = lab.address_of("bench-server")
+    per: dict[str, list[dict[str, float]]] = {"off": [], "on": []}
+    hubble_series = 0
+    try:
+        for index in range(rounds):
+            for mode in (("off", "on") if index % 2 == 0 else ("on", "off")):
+                lab.restart_agent("n1", kill=False, agent_args=OBS_ON if mode == "on" else OBS_OFF)
+                follower = Follower() if mode == "on" else None
+                try:
+                    figures = {"throughput_gbps": iperf3(client, server, ip, seconds),
+                               "latency_avg_us": sockperf(client, server, ip, seconds)[0],
+                               "connections_per_s": cps(client, server, ip, seconds)}
+                    if follower is not None:
+                        figures["followed_flows"] = follower.flows
+                        hubble_series = max(hubble_series, _scrape(lab))
+                finally:
+                    if follower is not None:
+                        follower.close()
+                per[mode].append(figures)
+                print(f"round {index + 1}/{rounds} observability {mode}: {figures}", flush=True)
+    finally:
+        lab.down()
+    medians = {mode: {k: round(median(r[k] for r in rows), 2) for k in rows[0]} for mode, rows in per.items()}
+    ratios = {k: round(medians["on"][k] / medians["off"][k], 3)
+              for k in ("throughput_gbps", "latency_avg_us", "connections_per_s")}
+    return {"rounds": per, "medians": medians, "on/off": ratios, "hubble_series_scraped": hubble_series}
+
+
+def run(seconds: int, rounds: int, rates: list[int], parts: set[str]) -> dict[str, Any]:
+    results: dict[str, Any] = {}
+    if "stages" in parts:
+        results["pipeline_stages"] = pipeline_stages()
+        print(f"stages: {results['pipeline_stages']}", flush=True)
+    if "lab" in parts:
+        results["pipeline_lab"] = pipeline_lab(rates, seconds)
+    if "overhead" in parts:
+        results["overhead"] = overhead(seconds, rounds)
+    return results
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description="cilia observability benchmarks")
+    parser.add_argument("--seconds", type=int, default=5)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--rates", default="5000,20000,50000", help="packets/s for the lab pipeline run")
+    parser.add_argument("--only", default="stages,lab,overhead")
+    args = parser.parse_args()
+    results = run(args.seconds, args.rounds, [int(r) for r in args.rates.split(",")], set(args.only.split(",")))
+    results["date"] = time.strftime("%Y-%m-%d %H:%M")
+    write_results("observability", results)
+
+
+if __name__ == "__main__":
+    main()

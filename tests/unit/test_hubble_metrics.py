@@ -333,3 +333,15 @@ def test_tap_feeds_every_flow_once_and_counts_overwritten_ones() -> None:
     assert tap.step() == 8 and tap.missed == 12 and metrics.ring_lost == 12
     total = sum(v for (name, _), v in scrape(metrics).items() if name == "hubble_flows_processed_total")
     assert total == 13
+
+
+def test_tap_over_its_cpu_budget_counts_the_rest_missed() -> None:
+    ring = FlowRing(256)
+    metrics = FlowMetrics(parse_metrics("flow"))
+    tap = FlowTap(ring, [metrics], budget=0.0)
+    for raw in RECORDS * 10:
+        ring.add_lazy(lambda raw=raw: builder().build(decode(raw)))
+    assert tap.step() == 0 and tap.missed == len(RECORDS) * 10 and metrics.ring_lost == tap.missed
+    unlimited = FlowTap(ring, [metrics], budget=None)
+    ring.add_lazy(lambda: builder().build(decode(RECORDS[0])))
+    assert unlimited.step() == 1

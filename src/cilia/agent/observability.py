@@ -1,8 +1,8 @@
 """The agent's observability beyond the Hubble server and the base metrics: its flags
 (`add_arguments` / `from_args`, one `ObservabilityConfig` in AgentConfig) and the parts it runs
 (`Observability`): Hubble flow metrics (`--hubble-metrics`), BPF map pressure and policy map
-fill, API request durations, and the flow exporter (`--hubble-export-file-path`), the flow
-consumers fed by one background `FlowTap` over the flow ring."""
+fill, API request durations, and the flow exporter (`--hubble-export-file-path`); the flow
+consumers are fed by background `FlowTap`s over the flow ring, never on the event pump."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 from prometheus_client import CollectorRegistry
 
 from cilia.flows.ring import FlowRing
-from cilia.flows.tap import FlowConsumer, FlowTap
+from cilia.flows.tap import FlowTap
 from cilia.hubble.exporter import ExportFilterError, FlowExporter, parse_filters
 from cilia.hubble.metrics.options import MetricsOptionError, MetricSpec, parse_metrics
 from cilia.hubble.metrics.processor import FlowMetrics
@@ -115,7 +115,7 @@ class Observability:
             self.flow_metrics.datapath_lost = events_lost
             registry.register(self.flow_metrics)
         self.exporter: FlowExporter | None = None
-        self.tap: FlowTap | None = None
+        self.taps: list[FlowTap] = []
 
     def _map_fills(self) -> list[MapFill]:
         try:
@@ -132,25 +132,26 @@ class Observability:
                                        if r.pod_name)
 
     def start(self) -> None:
-        consumers: list[FlowConsumer] = []
         if self.flow_metrics is not None:
             self._pods_changed()
             self._endpoints.subscribe(self._pods_changed)
-            consumers.append(self.flow_metrics)
+            # counted within a CPU budget: under a flood the metrics sample (the rest is
+            # hubble_lost_events_total{source="hubble_ring_buffer"})
+            self.taps.append(FlowTap(self._ring, [self.flow_metrics], name="hubble-metrics"))
         config = self.config
         if config.export_file is not None:
             self.exporter = FlowExporter(config.export_file, config.export_max_size_mb, config.export_max_backups,
                                          parse_filters(config.export_allow, "--hubble-export-allowlist"),
                                          parse_filters(config.export_deny, "--hubble-export-denylist"))
-            consumers.append(self.exporter)
+            # every flow the ring still holds when a pass comes (no CPU budget: an export is a record)
+            self.taps.append(FlowTap(self._ring, [self.exporter], name="hubble-export", budget=None))
             log.info("exporting flows to %s", config.export_file)
-        if consumers:
-            self.tap = FlowTap(self._ring, consumers, name="hubble-tap")
-            self.tap.start()
+        for tap in self.taps:
+            tap.start()
 
     def stop(self) -> None:
-        if self.tap is not None:
-            self.tap.stop()
+        for tap in self.taps:
+            tap.stop()
         if self.exporter is not None:
             self.exporter.close()
 

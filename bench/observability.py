@@ -9,10 +9,10 @@
    rate: events the datapath emitted, flows the follower got, events lost (datapath ring buffer,
    and HUBBLE_RING_BUFFER lost events the server reported), and the agent's CPU per flow.
 3. Observability overhead (`overhead`): pod-to-pod throughput (iperf3), latency (sockperf) and
-   connections/s with observability off (`--disable-hubble`, no metrics) against on (Hubble
-   server with a follower attached, `--prometheus-serve-addr`, `--hubble-metrics` flow, drop,
-   tcp, policy with pod contexts, scraped), in alternating rounds on the same lab (the agent is
-   restarted with the other flags between rounds)."""
+   connections/s with observability off (`--disable-hubble`, no metrics), with metrics
+   (`--prometheus-serve-addr`, `--hubble-metrics` flow, drop, tcp, policy with pod contexts,
+   scraped) and on (the same plus a `hubble observe -f`-like follower), in rounds whose order
+   alternates, on the same lab (the agent is restarted with the other flags between runs)."""
 
 from __future__ import annotations
 
@@ -240,12 +240,13 @@ def overhead(seconds: int, rounds: int) -> dict[str, Any]:
     lab = _lab(OBS_OFF)
     client, server = lab.netns_of("bench-client"), lab.netns_of("bench-server")
     ip = lab.address_of("bench-server")
-    per: dict[str, list[dict[str, float]]] = {"off": [], "on": []}
+    modes = ("off", "metrics", "on")  # metrics: the flags, no follower; on: the flags and a follower
+    per: dict[str, list[dict[str, float]]] = {mode: [] for mode in modes}
     hubble_series = 0
     try:
         for index in range(rounds):
-            for mode in (("off", "on") if index % 2 == 0 else ("on", "off")):
-                lab.restart_agent("n1", kill=False, agent_args=OBS_ON if mode == "on" else OBS_OFF)
+            for mode in (modes if index % 2 == 0 else modes[::-1]):
+                lab.restart_agent("n1", kill=False, agent_args=OBS_OFF if mode == "off" else OBS_ON)
                 follower = Follower() if mode == "on" else None
                 try:
                     figures = {"throughput_gbps": iperf3(client, server, ip, seconds),
@@ -253,6 +254,7 @@ def overhead(seconds: int, rounds: int) -> dict[str, Any]:
                                "connections_per_s": cps(client, server, ip, seconds)}
                     if follower is not None:
                         figures["followed_flows"] = follower.flows
+                    if mode != "off":
                         hubble_series = max(hubble_series, _scrape(lab))
                 finally:
                     if follower is not None:
@@ -262,9 +264,10 @@ def overhead(seconds: int, rounds: int) -> dict[str, Any]:
     finally:
         lab.down()
     medians = {mode: {k: round(median(r[k] for r in rows), 2) for k in rows[0]} for mode, rows in per.items()}
-    ratios = {k: round(medians["on"][k] / medians["off"][k], 3)
-              for k in ("throughput_gbps", "latency_avg_us", "connections_per_s")}
-    return {"rounds": per, "medians": medians, "on/off": ratios, "hubble_series_scraped": hubble_series}
+    keys = ("throughput_gbps", "latency_avg_us", "connections_per_s")
+    ratios = {f"{mode}/off": {k: round(medians[mode][k] / medians["off"][k], 3) for k in keys}
+              for mode in ("metrics", "on")}
+    return {"rounds": per, "medians": medians, "ratios": ratios, "hubble_series_scraped": hubble_series}
 
 
 def run(seconds: int, rounds: int, rates: list[int], parts: set[str]) -> dict[str, Any]:

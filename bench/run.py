@@ -94,7 +94,8 @@ def main() -> None:
     parser.add_argument("--only", default="veth,iptables1k,iptables10k,cilia,memory",
                         help="comma-separated; also `policy` (bench.policy: 0/1k/10k rules, cilia and iptables), "
                              "`crossnode` (bench.crossnode: two nodes, native and tunnel, against plain Linux), "
-                             "`convergence` (bench.convergence, 3 nodes), `scale` (bench.scale, 100 x 100 in etcd)")
+                             "`convergence` (bench.convergence, 3 nodes), `scale` (bench.scale, 100 x 100 in etcd), "
+                             "`flows` (bench.observability: the flow pipeline) and `obs` (observability overhead)")
     args = parser.parse_args()
     seconds, repeats, pods = (2, 1, 20) if args.quick else (args.seconds, args.repeats, 100)
     only = set(args.only.split(","))
@@ -156,6 +157,11 @@ def main() -> None:
 
         results["scale"] = scale_run(10 if args.quick else 100, 100)
         results.setdefault("errors", []).extend(results["scale"].get("errors", []))
+    if "flows" in only or "obs" in only:
+        from bench.observability import run as observability_run
+
+        parts = ({"stages", "lab"} if "flows" in only else set()) | ({"overhead"} if "obs" in only else set())
+        results["observability"] = observability_run(seconds, repeats, [2000, 5000, 20000, 50000], parts)
     if not results.get("errors"):
         results.pop("errors", None)
     write_results("results", results)

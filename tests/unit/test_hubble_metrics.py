@@ -345,3 +345,26 @@ def test_tap_over_its_cpu_budget_counts_the_rest_missed() -> None:
     unlimited = FlowTap(ring, [metrics], budget=None)
     ring.add_lazy(lambda: builder().build(decode(RECORDS[0])))
     assert unlimited.step() == 1
+
+
+def test_entry_followers_get_batches_unbuilt_and_lose_unbuilt_when_full() -> None:
+    import asyncio
+
+    from cilia.flows.ring import EntrySubscriber
+
+    built: list[int] = []
+
+    async def scenario() -> tuple[int, int, int]:
+        ring = FlowRing(64)
+        follower = EntrySubscriber(asyncio.get_running_loop(), size=4)
+        ring.subscribe_entries(follower)
+        for n in range(10):
+            ring.add_lazy(lambda n=n: built.append(n) or {"uuid": str(n)})
+        assert built == []  # the pump built nothing
+        batch = await asyncio.wait_for(follower.batch(), 5)
+        flows = [entry.get() for entry in batch]
+        ring.unsubscribe_entries(follower)
+        ring.add_lazy(lambda: {"uuid": "late"})
+        return len(flows), follower.lost, len(built)
+
+    assert asyncio.run(scenario()) == (4, 6, 4)

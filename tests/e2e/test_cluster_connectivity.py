@@ -106,7 +106,7 @@ def test_the_answer_comes_from_the_remote_pod(clab: Lab, ipv6: bool) -> None:
 @pytest.mark.parametrize("ipv6", [False, True], ids=["v4", "v6"])
 def test_nodes_and_the_world_reach_remote_pods(clab: Lab, ipv6: bool) -> None:
     rows = {"n1": [Target("web2", 80), Target("web3", 53, "udp")], "n3": [Target("web2", 80)],
-            "world1": [Target("web2", 80), Target("web3", 80)],
+            "world1": [Target("web2", 80), Target("web3", 80), Target("web2", 53, "udp")],
             "client1": [Target("world1", 80)]}  # and a pod reaches the world, from any node
     got = probe_rows(clab, rows, timeout=2.0, ipv6=ipv6)
     assert not format_mismatches(expect_all(got), got), format_mismatches(expect_all(got), got)

@@ -135,6 +135,9 @@ def test_cut_off_and_restore(clab: Lab) -> None:
     clab.cut_off_etcd("n2")
     try:
         assert etcdctl_from(n2, url, "endpoint", "health").returncode != 0
+        # both ways: the member cannot send to n2 either (etcd's watch events would still arrive)
+        member = clab.etcd.members[0].netns
+        assert clab.probe(member, clab.state["nodes"]["n2"]["ipv4"], 9)["verdict"] != "refused"
         assert etcdctl_from(clab.state["nodes"]["n1"]["netns"], url, "endpoint", "health").returncode == 0
         # only etcd is cut: the node still reaches the other nodes (a closed port answers with a reset)
         assert clab.probe("n2", clab.state["nodes"]["n1"]["ipv4"], 9)["verdict"] == "refused"
@@ -144,6 +147,7 @@ def test_cut_off_and_restore(clab: Lab) -> None:
     finally:
         clab.restore_etcd("n2")
     assert etcdctl_from(n2, url, "endpoint", "health").returncode == 0
+    assert clab.probe(clab.etcd.members[0].netns, clab.state["nodes"]["n2"]["ipv4"], 9)["verdict"] == "refused"
 
 
 def test_status_json_lists_members(clab: Lab) -> None:

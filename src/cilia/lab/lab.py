@@ -373,7 +373,10 @@ class Lab:
         for table in ("nodes", "externals"):
             if name in self.state[table]:
                 return str(self.state[table][name]["netns"])
-        raise LabError(f"no pod, node or external host named {name!r} in the lab")
+        for member in self.state.get("etcd", {}).get("members", []):
+            if name == member["name"]:
+                return str(member["netns"])
+        raise LabError(f"no pod, node, external host or etcd member named {name!r} in the lab")
 
     def address_of(self, name: str, ipv6: bool = False) -> str:
         for key, pod in self.state["pods"].items():
@@ -382,6 +385,9 @@ class Lab:
         for table in ("nodes", "externals"):
             if name in self.state[table]:
                 return str(self.state[table][name]["ipv6" if ipv6 else "ipv4"])
+        for member in self.state.get("etcd", {}).get("members", []):
+            if name == member["name"] and not ipv6:  # members serve on IPv4 only
+                return str(member["address"])
         return name  # already an address
 
     def cgroup_of(self, name: str) -> Path | None:
@@ -481,23 +487,29 @@ class Lab:
         down = names if names is not None else [n for n in self.etcd_members if self.etcd.pid(n) is None]
         self.etcd.restart_many(down, timeout)
 
-    def _etcd_addresses(self) -> list[str]:
-        return [str(m["address"]) for m in self.state["etcd"]["members"]]
+    def _etcd_cut_routes(self, node_name: str) -> list[tuple[str, str]]:
+        """(namespace, destination) of every blackhole route that cuts a node off from etcd: in the
+        node's namespace to each member, in each member's namespace to the node. Both ways: with
+        only the node's routes, etcd's pushes (watch events) would still arrive."""
+        node = self.state["nodes"][node_name]
+        members = self.state["etcd"]["members"]
+        routes = [(str(node["netns"]), f"{m['address']}/32") for m in members]
+        routes += [(str(m["netns"]), f"{node['ipv4']}/32") for m in members]
+        routes += [(str(m["netns"]), f"{node['ipv6']}/128") for m in members]
+        return routes
 
     def cut_off_etcd(self, node_name: str) -> None:
-        """The node loses its way to every etcd member: blackhole routes to them in the node's
-        namespace (its agent's etcd connections fail; everything else on the node is untouched)."""
-        netns = self.state["nodes"][node_name]["netns"]
-        for address in self._etcd_addresses():
-            sh("ip", "-n", netns, "route", "replace", "blackhole", f"{address}/32")
+        """The node loses its way to every etcd member and theirs to it: blackhole routes both ways
+        (its agent's etcd connections fail; the node's traffic to other nodes is untouched)."""
+        for netns, destination in self._etcd_cut_routes(node_name):
+            sh("ip", "-n", netns, "route", "replace", "blackhole", destination)
         self.state["nodes"][node_name]["etcd_cut_off"] = True
         self.save()
 
     def restore_etcd(self, node_name: str) -> None:
         """Undo cut_off_etcd."""
-        netns = self.state["nodes"][node_name]["netns"]
-        for address in self._etcd_addresses():
-            sh("ip", "-n", netns, "route", "del", "blackhole", f"{address}/32", check=False)
+        for netns, destination in self._etcd_cut_routes(node_name):
+            sh("ip", "-n", netns, "route", "del", "blackhole", destination, check=False)
         self.state["nodes"][node_name].pop("etcd_cut_off", None)
         self.save()
 

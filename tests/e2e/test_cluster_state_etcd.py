@@ -8,6 +8,7 @@ ridden out, converging without a restart."""
 from __future__ import annotations
 
 import ipaddress
+import shutil
 import subprocess
 import threading
 import time
@@ -17,6 +18,8 @@ from pathlib import Path
 
 import pytest
 
+from cilia.agent.cluster import EtcdCluster as AgentEtcd
+from cilia.agent.config import parse_config
 from cilia.cluster import codec
 from cilia.cluster.model import ClusterView, NodeRecord, RemoteEndpoint, RoutingMode
 from cilia.cluster.podcidr import PodCidrClaimer
@@ -178,3 +181,36 @@ def test_all_of_etcd_down_converges_without_restart() -> None:
         etcd.restart(member)
         wait_for(lambda: net("10.200.1.11/32") in b.remote(), 30, message="converged after etcd returned")
         wait_for(lambda: not a.runtime.controller.pending(), 10, message="nothing pending")
+
+
+def test_agents_take_their_pod_cidrs_from_the_pool_before_ipam(tmp_path: Path) -> None:
+    """The agent's start-up step (agent/cluster.py): claimed from the pool, kept across a restart,
+    from the cache with etcd down."""
+    with running_etcd(1) as etcd:
+        endpoints = ",".join(etcd.unix_endpoints)
+        flags = ["--kvstore", "etcd", "--kvstore-endpoints", endpoints, "--cluster-pool-ipv4-cidr", "10.210.0.0/16",
+                 "--cluster-pool-mask-size", "24", "--cluster-pool-ipv6-cidr", "fd00:210::/48"]
+        claimed = {}
+        for name in ("cilia-clu-p1", "cilia-clu-p2"):
+            config = parse_config(["--node", name, *flags])
+            shutil.rmtree(config.paths.state_dir, ignore_errors=True)
+            side = AgentEtcd(config)
+            try:
+                claimed[name] = side.claim_pod_cidrs(config)
+            finally:
+                side.stop()
+        try:
+            one, two = claimed["cilia-clu-p1"], claimed["cilia-clu-p2"]
+            assert one.ipv4_pod_cidr != two.ipv4_pod_cidr and one.ipv6_pod_cidr != two.ipv6_pod_cidr
+            assert one.ipv6_pod_cidr is not None and one.ipv6_pod_cidr.prefixlen == 64
+            etcd.kill(etcd.members[0].name)
+            config = parse_config(["--node", "cilia-clu-p1", *flags])
+            side = AgentEtcd(config)
+            try:
+                again = side.claim_pod_cidrs(config)  # etcd down: the cached claim
+            finally:
+                side.stop()
+            assert (again.ipv4_pod_cidr, again.ipv6_pod_cidr) == (one.ipv4_pod_cidr, one.ipv6_pod_cidr)
+        finally:
+            for name in claimed:
+                shutil.rmtree(parse_config(["--node", name, *flags]).paths.state_dir, ignore_errors=True)

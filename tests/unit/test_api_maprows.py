@@ -9,6 +9,7 @@ from cilia.maps import lb as lbm
 from cilia.maps.ct import CtEntry, CtTuple
 from cilia.maps.direction import TrafficDirection
 from cilia.maps.endpoints import EndpointInfo
+from cilia.maps.ipcache import IpcacheValue
 from cilia.maps.metrics import MetricsKey
 from cilia.maps.policy import ClassEntry, InstalledEntries, PortEntry
 from cilia.policy.mapstate import ALLOW, DENY, PortKey, PortValue
@@ -60,6 +61,14 @@ def test_endpoint_and_ipcache_rows() -> None:
     assert maprows.endpoint_rows({ip("fd00::3"): info}) == [
         {"ip": "fd00::3", "endpoint_id": 3, "ifindex": 12, "mac": "02:00:00:00:00:01", "lxc_mac": "02:00:00:00:00:02",
          "identity": 1001}]
+
+
+def test_ipcache_rows_show_the_tunnel_endpoint_as_an_address() -> None:
+    rows = maprows.ipcache_rows({
+        ipaddress.ip_network("10.200.2.7/32"): IpcacheValue.remote(1001, ipaddress.IPv4Address("192.0.2.12")),
+        ipaddress.ip_network("10.200.1.0/24"): IpcacheValue(identity=2)})
+    assert rows == [{"prefix": "10.200.1.0/24", "identity": 2, "tunnel_endpoint": None},
+                    {"prefix": "10.200.2.7/32", "identity": 1001, "tunnel_endpoint": "192.0.2.12"}]
 
 
 def test_port_text() -> None:

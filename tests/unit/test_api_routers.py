@@ -444,7 +444,8 @@ def test_bpf_maps_are_rendered_rows() -> None:
         [row] = api.get("/v1/bpf/ct").json()
         assert (row["proto"], row["source"], row["destination"], row["expires_in"]) == (
             "TCP", "[fd00::1]:40000", "[fd00::2]:80", 50)
-        assert api.get("/v1/bpf/ipcache").json() == [{"prefix": "10.0.0.1/32", "identity": 1001, "tunnel_endpoint": 0}]
+        assert api.get("/v1/bpf/ipcache").json() == [
+            {"prefix": "10.0.0.1/32", "identity": 1001, "tunnel_endpoint": None}]
         assert api.get("/v1/bpf/metrics").json() == [
             {"endpoint_id": 1, "direction": "egress", "reason": "FORWARDED", "packets": 3, "bytes": 180}]
         assert api.get("/v1/bpf/endpoints").json() == [] and api.get("/v1/bpf/lb").json() == []

@@ -134,3 +134,14 @@ def test_kvstore_down_at_start_uses_the_cached_claim_and_confirms_later(tmp_path
     assert kv.get(codec.podcidr_key(first)) is not None
     kv.put(codec.podcidr_key(first), codec.encode_claim("intruder"))
     assert not claimer.confirm(first)
+
+
+def test_a_damaged_cache_is_ignored(tmp_path: Path) -> None:
+    kv = MemoryKv()
+    first = _claimer(kv, "a", tmp_path).claim(POOL, 24)
+    (tmp_path / "a" / "podcidr.json").write_text("{not json")
+    assert _claimer(kv, "a", tmp_path).claim(POOL, 24) == first  # etcd still has the claim
+    (tmp_path / "a" / "podcidr.json").write_text("[1, 2]")
+    kv.set_down(True)
+    with pytest.raises(KvError, match="no claim cached"):
+        _claimer(kv, "a", tmp_path).claim(POOL, 24)

@@ -161,7 +161,7 @@ class PodCidrClaimer:
         return any(c.version == cidr.version and c.overlaps(cidr) for c in self._node_cidrs())
 
     def _cached(self, pool: Network, mask: int) -> Network | None:
-        text = read_json(self._cache_file, {}).get(f"v{pool.version}")
+        text = self._read_cache().get(f"v{pool.version}")
         if not isinstance(text, str):
             return None
         try:
@@ -172,8 +172,16 @@ class PodCidrClaimer:
             return None  # the pool or mask changed: the old claim does not apply
         return cidr
 
+    def _read_cache(self) -> dict[str, object]:
+        try:
+            state = read_json(self._cache_file, {})
+        except (OSError, ValueError) as exc:  # a damaged cache is no claim: etcd has the truth
+            log.warning("pod CIDR cache %s unreadable (%s); ignored", self._cache_file, exc)
+            return {}
+        return state if isinstance(state, dict) else {}
+
     def _save(self, cidr: Network) -> None:
-        state = read_json(self._cache_file, {})
+        state = self._read_cache()
         if state.get(f"v{cidr.version}") != str(cidr):
             state[f"v{cidr.version}"] = str(cidr)
             write_json(self._cache_file, state)

@@ -48,7 +48,9 @@ def ct_rows(entries: Iterable[tuple[CtTuple, CtEntry]], now: float) -> list[Row]
 
 def ipcache_rows(entries: Mapping[Prefix, IpcacheValue]) -> list[Row]:
     return [
-        {"prefix": str(prefix), "identity": value.identity, "tunnel_endpoint": value.tunnel_endpoint}
+        # the tunnel endpoint as the address it is (None: not tunnelled), not the map's raw word
+        {"prefix": str(prefix), "identity": value.identity,
+         "tunnel_endpoint": str(tunnel) if (tunnel := value.tunnel_address) is not None else None}
         for prefix, value in sorted(entries.items(), key=lambda kv: str(kv[0]))
     ]
 

@@ -77,6 +77,11 @@ class DatapathAdapter:
         return self._config.routing_mode is RoutingMode.TUNNEL
 
     @property
+    def tunnel_ifindex(self) -> int:
+        """cilia_vxlan's ifindex in tunnel mode (each endpoint's program redirects there), else 0."""
+        return self._tunnel_ifindex
+
+    @property
     def encap_overhead(self) -> int:
         """Bytes the routing mode adds to a pod's packet: the pod MTU is lowered by this much."""
         return VXLAN_OVERHEAD if self.tunnel else 0

@@ -15,10 +15,12 @@ from collections.abc import Iterator
 import pytest
 
 from cilia.cluster.model import RoutingMode
+from cilia.maps import lb as lbm
 from cilia.monitor.events import MonitorEvent, decode
 from cilia.testing.bpf import RingEvents
+from cilia.testing.lbnode import write_service
 from cilia.testing.packets import csum
-from cilia.testing.twonode import Node, TwoNodes, allow_all, allow_ingress_from
+from cilia.testing.twonode import CLIENT, CLIENT6, NetnsWorker, Node, TwoNodes, allow_all, allow_ingress_from
 from cilia.testing.wait import wait_for
 
 PORT, UDP_PORT, VXLAN_PORT = 8080, 9000, 8472
@@ -63,14 +65,17 @@ def _connect(family: int, address: str, port: int, timeout: float) -> bytes:
         return client.recv(100)
 
 
-def tcp_exchange(cluster: TwoNodes, version: int, timeout: float = 10.0) -> tuple[bytes, str]:
-    """pod A connects to pod B's server; (what came back, the client address the server saw)."""
+def tcp_exchange(cluster: TwoNodes, version: int, timeout: float = 10.0, client: NetnsWorker | None = None,
+                 to: tuple[str, int] | None = None) -> tuple[bytes, str]:
+    """`client` (pod A's netns by default) connects to `to` (pod B's server by default), which pod B's
+    server answers; (what came back, the client address the server saw)."""
     family = socket.AF_INET if version == 4 else socket.AF_INET6
     target = str(cluster.b.pod_ipv4 if version == 4 else cluster.b.pod_ipv6)
     server = cluster.b.pod_worker.run(_listen, family, target, PORT)
+    address, port = to or (target, PORT)
     try:
         accepted = cluster.b.pod_worker.submit(_accept_echo, server)
-        reply = cluster.a.pod_worker.run(_connect, family, target, PORT, timeout, timeout=timeout + 5)
+        reply = (client or cluster.a.pod_worker).run(_connect, family, address, port, timeout, timeout=timeout + 5)
         return reply, accepted.result(timeout=10)
     finally:
         server.close()
@@ -93,6 +98,33 @@ def test_sync_cluster_is_idempotent_and_keeps_local_entries(cluster: TwoNodes) -
     assert remote.identity == cluster.a.identity
     assert remote.tunnel_address == (cluster.a.ipv4 if cluster.mode is RoutingMode.TUNNEL else None)
     assert entries[ipaddress.ip_network(cluster.a.ipv4)].identity == 6  # remote-node
+
+
+@pytest.mark.parametrize("version", [4, 6])
+def test_a_pods_service_connection_to_a_backend_on_the_other_node(cluster: TwoNodes, version: int) -> None:
+    """The per-packet path (the pod's process is outside the socket hooks' cgroup): from-container
+    DNATs to the backend on node b, node a's to-container reverse-NATs its replies."""
+    vip = "10.96.0.10" if version == 4 else "fd00:96::10"
+    backend = str(cluster.b.pod_ipv4 if version == 4 else cluster.b.pod_ipv6)
+    write_service(cluster.a.adapter.lb, vip, 80, 10 + version, [(10 + version, backend, PORT)])
+    reply, peer = tcp_exchange(cluster, version, to=(vip, 80))
+    assert reply == b"HELLO ACROSS NODES"
+    assert ipaddress.ip_address(peer) == (cluster.a.pod_ipv4 if version == 4 else cluster.a.pod_ipv6)
+
+
+@pytest.mark.parametrize("version", [4, 6])
+def test_nodeport_from_outside_to_a_backend_on_the_other_node(cluster: TwoNodes, version: int) -> None:
+    """A client outside the cluster reaches node a's NodePort; the backend is on node b: node a DNATs
+    (bpf_host), SNATs to its own address (netfilter) and reverse-translates the replies (bpf_host's
+    egress program), so the client talks to the frontend throughout."""
+    node_address = str(cluster.a.ipv4 if version == 4 else cluster.a.ipv6)
+    backend = str(cluster.b.pod_ipv4 if version == 4 else cluster.b.pod_ipv6)
+    write_service(cluster.a.adapter.lb, node_address, 30080, 20 + version, [(20 + version, backend, PORT)],
+                  flags=lbm.SVC_F_EXTERNAL)
+    reply, peer = tcp_exchange(cluster, version, client=cluster.client, to=(node_address, 30080))
+    assert reply == b"HELLO ACROSS NODES"
+    assert ipaddress.ip_address(peer) == ipaddress.ip_address(node_address)  # SNAT to node a
+    assert (CLIENT if version == 4 else CLIENT6) != peer
 
 
 def _policy_drops(events: RingEvents, node_identity: int, port: int) -> list[MonitorEvent]:

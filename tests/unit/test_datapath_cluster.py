@@ -9,6 +9,7 @@ from cilia.cluster.model import ClusterView, NodeRecord, RemoteEndpoint, Routing
 from cilia.datapath.cluster import desired_ipcache, desired_routes, ipcache_diff
 from cilia.identity.reserved import ReservedIdentity
 from cilia.maps.ipcache import FLAG_CLUSTER, IpcacheValue
+from cilia.netlink.routes import PodCidrRoute
 
 net = ipaddress.ip_network
 ip = ipaddress.ip_address
@@ -28,8 +29,13 @@ def view(mode: RoutingMode) -> ClusterView:
 
 def test_native_routes_go_to_each_other_node_by_family() -> None:
     assert desired_routes(view(RoutingMode.NATIVE)) == {
-        net("10.200.2.0/24"): ip("192.0.2.12"), net("fd00:200:2::/64"): ip("fd00:c1a::12")}
-    assert desired_routes(view(RoutingMode.TUNNEL)) == {}
+        net("10.200.2.0/24"): PodCidrRoute(via=ip("192.0.2.12")),
+        net("fd00:200:2::/64"): PodCidrRoute(via=ip("fd00:c1a::12"))}
+
+
+def test_tunnel_routes_go_into_the_tunnel_to_the_nodes_ipv4_as_remote_node() -> None:
+    node_b = PodCidrRoute(tunnel_endpoint=ipaddress.IPv4Address("192.0.2.12"), vni=6)
+    assert desired_routes(view(RoutingMode.TUNNEL)) == {net("10.200.2.0/24"): node_b, net("fd00:200:2::/64"): node_b}
 
 
 def test_native_ipcache_has_identities_and_remote_nodes_but_no_tunnel() -> None:

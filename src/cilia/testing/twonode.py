@@ -1,8 +1,9 @@
 """Two nodes in namespaces for the cross-node datapath's kernel tests: node netns `cilia-xn-a` and
-`cilia-xn-b` joined by a veth (each side `eth0`, 192.0.2.11/.12 and fd00:c1a::11/::12), each with one
-pod netns behind a real endpoint veth. Each node's datapath is the agent's own: `DatapathAdapter`
-(opened, service and overlay programs attached, `sync_cluster` called with a hand-made ClusterView)
-and `Datapath.attach_endpoint` for its pod. Work for a namespace runs on a thread that entered it
+`cilia-xn-b` on one underlay (a bridge in `cilia-xn-fabric`; each node's `eth0` is 192.0.2.11/.12 and
+fd00:c1a::11/::12, a client outside the cluster in `cilia-xn-client` is 192.0.2.100 and
+fd00:c1a::100), each node with one pod netns behind a real endpoint veth. Each node's datapath is
+the agent's own: `DatapathAdapter` (opened, service and overlay programs attached, `sync_cluster`
+called with a hand-made ClusterView) and `Datapath.attach_endpoint` for its pod. Work for a namespace runs on a thread that entered it
 (`NetnsWorker`), so the test process itself never leaves the root namespace and changes nothing
 there. Everything is named cilia-xn-* and removed on exit, also when the body fails."""
 
@@ -33,6 +34,8 @@ T = TypeVar("T")
 CLONE_NEWNET = 0x40000000
 _libc = ctypes.CDLL(None, use_errno=True)
 PREFIX = "cilia-xn"
+CLIENT_NETNS = f"{PREFIX}-client"
+CLIENT, CLIENT6 = "192.0.2.100", "fd00:c1a::100"  # outside the cluster, on the underlay
 POD_IDENTITY = {"a": 300, "b": 301}
 ENDPOINT_ID = 1
 
@@ -145,6 +148,8 @@ class TwoNodes:
         self.nodes = (self.a, self.b)
         self._netns: list[str] = []
         self._workers: list[NetnsWorker] = []
+        self.fabric: NetnsWorker
+        self.client: NetnsWorker  # in CLIENT_NETNS, outside the cluster
 
     # ----- build -----------------------------------------------------------------------------------
     def __enter__(self) -> TwoNodes:
@@ -167,11 +172,23 @@ class TwoNodes:
         return worker
 
     def _build(self) -> None:
+        fabric = f"{PREFIX}-fabric"
+        self.fabric = self._add_netns(fabric)
+        self.client = self._add_netns(CLIENT_NETNS)
         for node in self.nodes:
             node.worker = self._add_netns(node.netns)
             node.pod_worker = self._add_netns(node.pod_netns)
-        # the underlay: one veth, created straight into the two node namespaces
-        _ip("link", "add", "eth0", "netns", self.a.netns, "type", "veth", "peer", "name", "eth0", "netns", self.b.netns)
+        # the underlay: a bridge in the fabric netns, one veth port per node and one for the client,
+        # each created straight into its two namespaces
+        _ip("-n", fabric, "link", "add", "br0", "type", "bridge")
+        _ip("-n", fabric, "link", "set", "br0", "up")
+        for port, netns in (("port-a", self.a.netns), ("port-b", self.b.netns), ("port-client", CLIENT_NETNS)):
+            _ip("link", "add", port, "netns", fabric, "type", "veth", "peer", "name", "eth0", "netns", netns)
+            _ip("-n", fabric, "link", "set", port, "master", "br0", "up")
+        _ip("-n", CLIENT_NETNS, "link", "set", "lo", "up")
+        _ip("-n", CLIENT_NETNS, "addr", "add", f"{CLIENT}/24", "dev", "eth0")
+        _ip("-n", CLIENT_NETNS, "addr", "add", f"{CLIENT6}/64", "dev", "eth0", "nodad")
+        _ip("-n", CLIENT_NETNS, "link", "set", "eth0", "up")
         for node in self.nodes:
             node.worker.run(self._setup_node, node)
         self.sync()

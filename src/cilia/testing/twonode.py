@@ -5,7 +5,8 @@ fd00:c1a::100), each node with one pod netns behind a real endpoint veth. Each n
 the agent's own: `DatapathAdapter` (opened, service and overlay programs attached, `sync_cluster`
 called with a hand-made ClusterView) and `Datapath.attach_endpoint` for its pod. Work for a
 namespace runs on a thread that entered it (`NetnsWorker`), so the test process itself never leaves
-the root namespace and changes nothing there. Everything is named cilia-xn-* and removed on exit, also when the body fails."""
+the root namespace and changes nothing there. Everything is named cilia-xn-* and removed on exit,
+also when the body fails."""
 
 from __future__ import annotations
 

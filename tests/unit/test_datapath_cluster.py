@@ -85,3 +85,13 @@ def test_diff_updates_a_changed_identity_or_tunnel_endpoint() -> None:
     diff = ipcache_diff(before, after)
     assert diff.put[net("10.200.2.5/32")].tunnel_address == ip("192.0.2.12")
     assert net("192.0.2.12/32") not in diff.put  # unchanged
+
+
+def test_an_encap_route_read_back_from_netlink_names_its_node_and_vni() -> None:
+    from cilia.netlink.routes import _encap_dst, _encap_vni
+
+    # RTA_ENCAP of `encap ip id 6 dst 192.0.2.12 ttl 64`, as pyroute2 hands it over
+    raw = ("0c:00:01:00:00:00:00:00:00:00:00:06:08:00:02:00:c0:00:02:0c:08:00:03:00:00:00:00:00:05:00:05:00:"
+           "00:00:00:00:05:00:04:00:40:00:00:00:06:00:06:00:00:00:00:00")
+    assert _encap_dst(raw) == ip("192.0.2.12") and _encap_vni(raw) == 6
+    assert _encap_dst(None) is None and _encap_vni(None) == 0

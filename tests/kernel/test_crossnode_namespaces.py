@@ -100,6 +100,46 @@ def test_sync_cluster_is_idempotent_and_keeps_local_entries(cluster: TwoNodes) -
     assert entries[ipaddress.ip_network(cluster.a.ipv4)].identity == 6  # remote-node
 
 
+def _udp_echo_once(sock: socket.socket) -> None:
+    sock.settimeout(10)
+    data, peer = sock.recvfrom(2048)
+    sock.sendto(data.upper(), peer)
+
+
+def _udp_ask(family: int, address: str, port: int) -> tuple[bytes, str]:
+    with socket.socket(family, socket.SOCK_DGRAM) as sock:
+        sock.settimeout(5)
+        sock.connect((address, port))  # a connected socket takes answers from that address only
+        sock.send(b"who answers")
+        data = sock.recv(2048)
+        return data, str(sock.getpeername()[0])
+
+
+@pytest.mark.parametrize("version", [4, 6])
+@pytest.mark.parametrize("source", ["node-a", "client"])
+def test_the_other_node_and_the_world_get_udp_answers_from_the_pod(cluster: TwoNodes, version: int,
+                                                                   source: str) -> None:
+    """A request delivered by bpf_host/bpf_overlay bypasses netfilter; the pod's answer must still
+    leave unmasqueraded (from-container marks replies), or a connected UDP client never sees it."""
+    family = socket.AF_INET if version == 4 else socket.AF_INET6
+    target = str(cluster.b.pod_ipv4 if version == 4 else cluster.b.pod_ipv6)
+
+    def bind() -> socket.socket:
+        sock = socket.socket(family, socket.SOCK_DGRAM)
+        sock.bind((target, UDP_PORT))
+        return sock
+
+    server = cluster.b.pod_worker.run(bind)
+    try:
+        answered = cluster.b.pod_worker.submit(_udp_echo_once, server)
+        asker = cluster.a.worker if source == "node-a" else cluster.client
+        data, peer = asker.run(_udp_ask, family, target, UDP_PORT, timeout=15)
+        answered.result(timeout=10)
+    finally:
+        server.close()
+    assert data == b"WHO ANSWERS" and peer == target
+
+
 @pytest.mark.parametrize("version", [4, 6])
 def test_a_pods_service_connection_to_a_backend_on_the_other_node(cluster: TwoNodes, version: int) -> None:
     """The per-packet path (the pod's process is outside the socket hooks' cgroup): from-container

@@ -34,8 +34,10 @@ def test_native_routes_go_to_each_other_node_by_family() -> None:
 
 
 def test_tunnel_routes_go_into_the_tunnel_to_the_nodes_ipv4_as_remote_node() -> None:
-    node_b = PodCidrRoute(tunnel_endpoint=ipaddress.IPv4Address("192.0.2.12"), vni=6)
-    assert desired_routes(view(RoutingMode.TUNNEL)) == {net("10.200.2.0/24"): node_b, net("fd00:200:2::/64"): node_b}
+    b = ipaddress.IPv4Address("192.0.2.12")
+    assert desired_routes(view(RoutingMode.TUNNEL)) == {  # sourced from this node's underlay address
+        net("10.200.2.0/24"): PodCidrRoute(tunnel_endpoint=b, vni=6, source=ip("192.0.2.11")),
+        net("fd00:200:2::/64"): PodCidrRoute(tunnel_endpoint=b, vni=6, source=ip("fd00:c1a::11"))}
 
 
 def test_native_ipcache_has_identities_and_remote_nodes_but_no_tunnel() -> None:

@@ -48,13 +48,16 @@ def desired_routes(view: ClusterView) -> dict[Network, PodCidrRoute]:
     ipcache's tunnel endpoints)."""
     tunnel = view.routing_mode is RoutingMode.TUNNEL
     routes: dict[Network, PodCidrRoute] = {}
+    local = next((node for node in view.nodes if node.name == view.local_node), None)
     for node in view.nodes:
         if node.name == view.local_node:
             continue
         for cidr in node.pod_cidrs:
             if tunnel:
                 if node.ipv4 is not None:
-                    routes[cidr] = PodCidrRoute(tunnel_endpoint=node.ipv4, vni=int(ReservedIdentity.REMOTE_NODE))
+                    source = None if local is None else (local.ipv4 if cidr.version == 4 else local.ipv6)
+                    routes[cidr] = PodCidrRoute(tunnel_endpoint=node.ipv4, vni=int(ReservedIdentity.REMOTE_NODE),
+                                                source=source)
                 continue
             via = node.ipv4 if cidr.version == 4 else node.ipv6
             if via is not None:

@@ -66,9 +66,14 @@ def _native(cfg: NodeNetConfig, version: int) -> list[str]:
     return [str(c) for c in cfg.native_routing_cidrs if c.version == version]
 
 
+# A pod's replies handed to the stack (bpf/lib/forward.h REPLY_MARK): the request reached the pod
+# without netfilter (bpf_host, bpf_overlay), so netfilter would take the reply for a new connection.
+REPLY_MARK = "0x0c1b0000/0xffff0000"
+
+
 def _masq_rule(cidr: str, device: str) -> list[str]:
     return [
-        "POSTROUTING", "-s", cidr, "!", "-d", cidr, "-o", device,
+        "POSTROUTING", "-s", cidr, "!", "-d", cidr, "-o", device, "-m", "mark", "!", "--mark", REPLY_MARK,
         "-m", "comment", "--comment", MASQ_COMMENT, "-j", "MASQUERADE",
     ]
 

@@ -41,6 +41,7 @@ class PodCidrRoute:
     via: IPAddress | None = None
     tunnel_endpoint: ipaddress.IPv4Address | None = None
     vni: int = 0  # tunnel: the identity the receiving node gives what the stack sends (remote-node)
+    source: IPAddress | None = None  # tunnel: this node's underlay address, so answers come back to it
 
 
 def _encap_dst(encap: object) -> ipaddress.IPv4Address | None:
@@ -80,7 +81,9 @@ def pod_cidr_routes() -> dict[Network, PodCidrRoute]:
                 cidr = ipaddress.ip_network(f"{dst}/{route['dst_len']}")
                 if route.get("RTA_ENCAP_TYPE") == LWTUNNEL_ENCAP_IP:
                     encap = route.get("RTA_ENCAP")
-                    found[cidr] = PodCidrRoute(tunnel_endpoint=_encap_dst(encap), vni=_encap_vni(encap))
+                    source = route.get("RTA_PREFSRC")
+                    found[cidr] = PodCidrRoute(tunnel_endpoint=_encap_dst(encap), vni=_encap_vni(encap),
+                                               source=ipaddress.ip_address(str(source)) if source else None)
                 elif (gateway := route.get("RTA_GATEWAY")) is not None:
                     found[cidr] = PodCidrRoute(via=ipaddress.ip_address(str(gateway)))
     return found
@@ -93,7 +96,8 @@ def _install(ipr: IPRoute, cidr: Network, route: PodCidrRoute) -> None:
         return
     command = ["ip", "-4" if cidr.version == 4 else "-6", "route", "replace", str(cidr),
                "encap", "ip", "id", str(route.vni), "dst", str(route.tunnel_endpoint), "ttl", "64",
-               "dev", VXLAN_DEVICE, "proto", str(ROUTE_PROTOCOL), "mtu", str(1500 - VXLAN_OVERHEAD)]
+               "dev", VXLAN_DEVICE, "proto", str(ROUTE_PROTOCOL), "mtu", str(1500 - VXLAN_OVERHEAD),
+               *(["src", str(route.source)] if route.source is not None else [])]
     done = subprocess.run(command, capture_output=True, text=True, check=False, timeout=10)
     if done.returncode != 0:
         raise NetlinkError(f"{' '.join(command)}: {done.stderr.strip()}")

@@ -190,6 +190,9 @@ class TwoNodes:
         _ip("-n", CLIENT_NETNS, "addr", "add", f"{CLIENT}/24", "dev", "eth0")
         _ip("-n", CLIENT_NETNS, "addr", "add", f"{CLIENT6}/64", "dev", "eth0", "nodad")
         _ip("-n", CLIENT_NETNS, "link", "set", "eth0", "up")
+        for node in self.nodes:  # the world reaches each node's pods through that node
+            _ip("-n", CLIENT_NETNS, "route", "add", str(node.pod_cidr4), "via", str(node.ipv4))
+            _ip("-n", CLIENT_NETNS, "-6", "route", "add", str(node.pod_cidr6), "via", str(node.ipv6))
         for node in self.nodes:
             node.worker.run(self._setup_node, node)
         self.sync()
@@ -203,12 +206,12 @@ class TwoNodes:
         config = parse_config([
             "--node", node.agent_name, "--ipv4-pod-cidr", str(node.pod_cidr4), "--ipv6-pod-cidr", str(node.pod_cidr6),
             "--underlay-device", "eth0", "--routing-mode", self.mode.value, "--monitor-aggregation", "none",
-            "--ipv4-native-routing-cidr", "10.200.0.0/16", "--ipv4-native-routing-cidr", "fd00:200::/48",
+            "--ipv4-native-routing-cidr", "10.200.0.0/16", "--ipv4-native-routing-cidr", "fd00:200::/32",
         ])
         remove_pins(config.paths.bpffs_dir)  # a previous run's, if it crashed
         router4, router6 = node.pod_cidr4[1], node.pod_cidr6[1]
         setup_node_networking(NodeNetConfig(router4, router6, node.pod_cidr4, node.pod_cidr6, "eth0",
-                                            masquerade=False))
+                                            masquerade=True, native_routing_cidrs=config.native_routing_cidrs))
         state = Path(f"/run/{PREFIX}-{node.name}-ipam.json")
         state.unlink(missing_ok=True)
         node.adapter = DatapathAdapter(config, Ipam(node.pod_cidr4, node.pod_cidr6, state))

@@ -9,6 +9,13 @@
  *                    to-container program still runs, so its ingress policy sees the source's
  *                    identity from the ipcache (a pod on another node: its real identity) and
  *                    conntrack records the connection. Everything else passes untouched.
+ *                    A service connection whose backend is on another node is recorded in
+ *                    conntrack (with its rev-NAT id) and goes up the stack with the service mark,
+ *                    routed (native) or tunnelled (a tunnel route) to that node; the node's
+ *                    netfilter SNATs marked packets to the node's address (cilia.netlink.node), so
+ *                    the backend answers through this node.
+ *   cil_to_netdev    tc egress of eth0: such a reply, its SNAT undone by netfilter, gets its
+ *                    source rewritten back to the frontend (reverse NAT through that entry).
  *
  * The packet then goes up the node's stack to the backend's veth. The skb mark tells the
  * backend's to-container program which frontend it came through, so conntrack can record it and
@@ -17,6 +24,8 @@
 #define SOURCE_FILE_ID SOURCE_FILE_HOST
 
 #include "lib/common.h"
+#include "lib/config.h"
+#include "lib/conntrack.h"
 #include "lib/direction.h"
 #include "lib/drop.h"
 #include "lib/endpoints.h"
@@ -60,6 +69,15 @@ int cil_from_netdev(struct __sk_buff *ctx)
 	}
 	if (x.rev_nat_id) {
 		ctx->mark = LB_MARK_MAGIC | x.rev_nat_id;
+		if (!endpoint_lookup(&p.t.daddr, p.t.family)) {
+			/* the backend is on another node: remember the connection for the replies, which
+			 * come back through this node (SNAT) and leave by cil_to_netdev */
+			struct ct_result ct = {};
+			ct_lookup(&p, ctx->len, CONFIG.aggregation, CONFIG.aggregation_interval, &ct);
+			if (ct.status == CT_NEW &&
+			    ct_create(&p, ctx->len, ipcache_identity(&p.t.saddr, p.t.family), x.rev_nat_id, x.flags) < 0)
+				return send_drop(ctx, DROP_CT_MAP_INSERT_FAILED, 0, 0, DIR_INGRESS);
+		}
 		return TC_ACT_OK;
 	}
 	struct endpoint_info *ep = endpoint_lookup(&p.t.daddr, p.t.family);
@@ -72,4 +90,54 @@ int cil_from_netdev(struct __sk_buff *ctx)
 	/* counted here; the event comes from the endpoint's to-container program */
 	send_trace(ctx, OBS_FROM_NETWORK, 0, src_identity, ep->identity, DIR_INGRESS, false, 0);
 	return bpf_redirect(ep->ifindex, 0);
+}
+
+/* The reply of a service connection this node forwarded to another node's backend: its entry
+ * (created by cil_from_netdev) holds the frontend. Updated as a reply (flags, expiry) so the
+ * connection lives as long as it is used in either direction. */
+__always_inline_fn struct ct_entry *service_reply_entry(const struct pkt *p)
+{
+	struct tuple rev = {};
+	tuple_reverse(&p->t, &rev);
+	struct ct_entry *e = bpf_map_lookup_elem(ct_map(p->t.proto), &rev);
+	if (!e || !e->rev_nat_id)
+		return NULL;
+	__u8 flags = p->tcp_flags;
+	if (flags & ~e->rx_flags_seen)
+		e->rx_flags_seen |= flags;
+	if ((flags & (TCPF_FIN | TCPF_RST)) && !e->closing)
+		e->closing = 1;
+	__u64 expires = now_seconds() + ct_lifetime(e, p->t.proto);
+	if (e->expires != expires)
+		e->expires = expires;
+	return e;
+}
+
+SEC("tc")
+int cil_to_netdev(struct __sk_buff *ctx)
+{
+	struct ethhdr eth;
+	struct pkt p = {};
+
+	if (bpf_skb_load_bytes(ctx, 0, &eth, sizeof(eth)) < 0)
+		return TC_ACT_OK;
+	__u16 proto = bpf_ntohs(eth.h_proto);
+	if (proto == ETH_P_IP) {
+		if (parse_ipv4(ctx, &p) < 0)
+			return TC_ACT_OK;
+	} else if (proto == ETH_P_IPV6) {
+		if (parse_ipv6(ctx, &p) < 0)
+			return TC_ACT_OK;
+	} else {
+		return TC_ACT_OK;
+	}
+	if ((p.t.proto != IPPROTO_TCP && p.t.proto != IPPROTO_UDP) || p.is_icmp_error)
+		return TC_ACT_OK;
+	struct ct_entry *e = service_reply_entry(&p);
+	if (!e)
+		return TC_ACT_OK;
+	__u32 rev_nat_id = e->rev_nat_id;
+	if (lb_rev_nat(ctx, &p, rev_nat_id, e->lb_flags) < 0)
+		return send_drop(ctx, DROP_INVALID_PACKET, 0, 0, DIR_EGRESS);
+	return TC_ACT_OK;
 }

@@ -193,6 +193,8 @@ __always_inline_fn int from_container_ip(struct __sk_buff *ctx, struct pkt *p)
 			   rev_nat_id);
 		return bpf_redirect(CONFIG.tunnel_ifindex, 0);
 	}
+	if (ct.status == CT_REPLY || ct.status == CT_RELATED)
+		ctx->mark = REPLY_MARK; /* the answer keeps the pod's address (no masquerade) */
 	send_trace(ctx, OBS_TO_STACK, ct.status, CONFIG.identity, dst_identity, DIR_EGRESS, ct.report, rev_nat_id);
 	return TC_ACT_OK;
 }

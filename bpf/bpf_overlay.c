@@ -53,8 +53,12 @@ int cil_from_overlay(struct __sk_buff *ctx)
 		return send_drop(ctx, DROP_UNSUPPORTED_L2, src_identity, 0, DIR_INGRESS);
 	}
 	struct endpoint_info *ep = endpoint_lookup(&p.t.daddr, p.t.family);
-	if (!ep)
+	if (!ep) {
+		/* for the node itself (e.g. its router address): the inner frame is addressed to the
+		 * sender's gateway MAC, not this device's, so tell the stack it is ours */
+		bpf_skb_change_type(ctx, 0 /* PACKET_HOST */);
 		return TC_ACT_OK;
+	}
 	int reason = forward_to_endpoint(ctx, &p, ep);
 	if (reason)
 		return send_drop(ctx, reason, src_identity, ep->identity, DIR_INGRESS);

@@ -9,6 +9,13 @@
 #include "endpoints.h"
 #include "parse.h"
 
+/* A pod's reply (or related ICMP error) handed to the node's stack carries this mark, and the
+ * node's masquerade rule skips marked packets (cilia.netlink.node): the node's programs deliver
+ * to pods without netfilter (bpf_host.c, bpf_overlay.c), so netfilter never saw the request and
+ * would take the reply for a new connection to masquerade. A pod's own connections stay
+ * masqueraded. Distinct from the service mark (0x0c1a high half, lib/lb.h). */
+#define REPLY_MARK 0x0c1b0000
+
 /* Returns 0, or the DROP_* reason the caller reports. */
 __always_inline_fn int forward_to_endpoint(struct __sk_buff *ctx, const struct pkt *p, const struct endpoint_info *ep)
 {

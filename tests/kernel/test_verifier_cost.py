@@ -24,16 +24,19 @@ def datapath(pin_dir: Path) -> Datapath:
     return Datapath(pin_dir)  # the objects' maps are pinned below pin_dir, removed after the test
 
 
-def dual_stack_endpoint() -> EndpointConfig:
-    """A real endpoint's configuration: both families on, so no path is pruned at load time."""
+def dual_stack_endpoint(tunnel_ifindex: int = 0) -> EndpointConfig:
+    """A real endpoint's configuration: both families on, so no path is pruned at load time (and,
+    with a tunnel device, the encapsulation path too)."""
     return EndpointConfig(
         endpoint_id=7, identity=300, lxc_ifindex=12, lxc_mac="02:00:00:00:00:01", pod_mac="02:00:00:00:00:02",
         pod_ipv4=ipaddress.IPv4Address("10.200.1.9"), pod_ipv6=ipaddress.IPv6Address("fd00:200:1::9"),
-        router_ipv4=ipaddress.IPv4Address("10.200.1.1"), router_ipv6=ipaddress.IPv6Address("fd00:200:1::1"))
+        router_ipv4=ipaddress.IPv4Address("10.200.1.1"), router_ipv6=ipaddress.IPv6Address("fd00:200:1::1"),
+        tunnel_ifindex=tunnel_ifindex)
 
 
-def test_every_program_verifies_within_budget(datapath: Datapath) -> None:
-    cost = datapath.verifier_cost(dual_stack_endpoint())
+@pytest.mark.parametrize("tunnel_ifindex", [0, 9], ids=["native", "tunnel"])
+def test_every_program_verifies_within_budget(datapath: Datapath, tunnel_ifindex: int) -> None:
+    cost = datapath.verifier_cost(dual_stack_endpoint(tunnel_ifindex))
     assert {"cil_from_container", "cil_to_container", "cil_from_netdev", "cil_from_overlay",
             "cil_sock4_connect"} <= cost.keys()
     over = {program: n for program, n in cost.items() if n > BUDGET}

@@ -9,6 +9,7 @@ from cilia.cluster.model import ClusterView, NodeRecord, RemoteEndpoint, Routing
 from cilia.datapath.cluster import desired_ipcache, desired_routes, ipcache_diff
 from cilia.identity.reserved import ReservedIdentity
 from cilia.maps.ipcache import FLAG_CLUSTER, IpcacheValue
+from cilia.netlink.routes import PodCidrRoute
 
 net = ipaddress.ip_network
 ip = ipaddress.ip_address
@@ -28,8 +29,15 @@ def view(mode: RoutingMode) -> ClusterView:
 
 def test_native_routes_go_to_each_other_node_by_family() -> None:
     assert desired_routes(view(RoutingMode.NATIVE)) == {
-        net("10.200.2.0/24"): ip("192.0.2.12"), net("fd00:200:2::/64"): ip("fd00:c1a::12")}
-    assert desired_routes(view(RoutingMode.TUNNEL)) == {}
+        net("10.200.2.0/24"): PodCidrRoute(via=ip("192.0.2.12")),
+        net("fd00:200:2::/64"): PodCidrRoute(via=ip("fd00:c1a::12"))}
+
+
+def test_tunnel_routes_go_into_the_tunnel_to_the_nodes_ipv4_as_remote_node() -> None:
+    b = ipaddress.IPv4Address("192.0.2.12")
+    assert desired_routes(view(RoutingMode.TUNNEL)) == {  # sourced from this node's underlay address
+        net("10.200.2.0/24"): PodCidrRoute(tunnel_endpoint=b, vni=6, source=ip("192.0.2.11")),
+        net("fd00:200:2::/64"): PodCidrRoute(tunnel_endpoint=b, vni=6, source=ip("fd00:c1a::11"))}
 
 
 def test_native_ipcache_has_identities_and_remote_nodes_but_no_tunnel() -> None:
@@ -79,3 +87,13 @@ def test_diff_updates_a_changed_identity_or_tunnel_endpoint() -> None:
     diff = ipcache_diff(before, after)
     assert diff.put[net("10.200.2.5/32")].tunnel_address == ip("192.0.2.12")
     assert net("192.0.2.12/32") not in diff.put  # unchanged
+
+
+def test_an_encap_route_read_back_from_netlink_names_its_node_and_vni() -> None:
+    from cilia.netlink.routes import _encap_dst, _encap_vni
+
+    # RTA_ENCAP of `encap ip id 6 dst 192.0.2.12 ttl 64`, as pyroute2 hands it over
+    raw = ("0c:00:01:00:00:00:00:00:00:00:00:06:08:00:02:00:c0:00:02:0c:08:00:03:00:00:00:00:00:05:00:05:00:"
+           "00:00:00:00:05:00:04:00:40:00:00:00:06:00:06:00:00:00:00:00")
+    assert _encap_dst(raw) == ip("192.0.2.12") and _encap_vni(raw) == 6
+    assert _encap_dst(None) is None and _encap_vni(None) == 0

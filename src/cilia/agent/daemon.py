@@ -121,7 +121,7 @@ class Agent:
             ipam=self.ipam,
             identities=self.identities,
             resources=self.resources,
-            links=NetlinkLinks(self.datapath.encap_overhead),
+            links=NetlinkLinks(self.datapath.encap_overhead, config.underlay_device),
             datapath=self.datapath,
             policy=self.policy,
         )

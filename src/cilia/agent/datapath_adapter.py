@@ -33,6 +33,7 @@ from cilia.maps.lb import LbMaps
 from cilia.maps.metrics import MetricsKey
 from cilia.maps.policy import InstalledEntries
 from cilia.netlink import NodeNetConfig, addresses, link_index
+from cilia.netlink.node import ensure_service_snat
 from cilia.netlink.routes import sync_pod_cidr_routes
 from cilia.netlink.vxlan import VXLAN_DEVICE, VXLAN_OVERHEAD, ensure_vxlan_device
 from cilia.policy.mapstate import MapState
@@ -75,6 +76,11 @@ class DatapathAdapter:
     @property
     def tunnel(self) -> bool:
         return self._config.routing_mode is RoutingMode.TUNNEL
+
+    @property
+    def tunnel_ifindex(self) -> int:
+        """cilia_vxlan's ifindex in tunnel mode (each endpoint's program redirects there), else 0."""
+        return self._tunnel_ifindex
 
     @property
     def encap_overhead(self) -> int:
@@ -171,6 +177,10 @@ class DatapathAdapter:
         self.datapath.attach_host(ifindex)
         if self.tunnel:
             self.datapath.attach_overlay(self._tunnel_ifindex)
+        # NodePort/LoadBalancer/externalIP connections forwarded to a backend on another node
+        # leave with the node's address, so the replies come back through this node
+        devices = [underlay_device, *([VXLAN_DEVICE] if self.tunnel else [])]
+        ensure_service_snat(devices, self.node_addresses())
         if cgroup_root is not None:
             self.datapath.attach_sock(cgroup_root)
 

@@ -6,6 +6,7 @@ import ipaddress
 
 from cilia.endpoint.record import EndpointRecord
 from cilia.netlink import EndpointLinkSpec, create_endpoint_link, delete_endpoint_link, link_index
+from cilia.netlink.links import link_mtu
 
 
 def _ip4(text: str | None) -> ipaddress.IPv4Address | None:
@@ -17,12 +18,16 @@ def _ip6(text: str | None) -> ipaddress.IPv6Address | None:
 
 
 class NetlinkLinks:
-    def __init__(self, encap_overhead: int = 0) -> None:
+    def __init__(self, encap_overhead: int = 0, underlay_device: str | None = None) -> None:
         # tunnel mode: the pod's MTU leaves room for the encapsulation (DatapathAdapter.encap_overhead)
+        # on the underlay, whose MTU bounds what the pod may send once encapsulated
         self._encap_overhead = encap_overhead
+        self._underlay_device = underlay_device
 
     def create(self, record: EndpointRecord, mtu: int) -> EndpointRecord:
-        mtu -= self._encap_overhead
+        if self._encap_overhead:
+            underlay = link_mtu(self._underlay_device) if self._underlay_device else None
+            mtu = min(mtu, underlay or mtu) - self._encap_overhead
         link = create_endpoint_link(
             EndpointLinkSpec(
                 host_ifname=record.host_ifname,

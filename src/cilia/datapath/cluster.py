@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from cilia.cluster.model import ClusterView, RoutingMode
 from cilia.identity.reserved import ReservedIdentity
 from cilia.maps.ipcache import FLAG_CLUSTER, IpcacheValue
+from cilia.netlink.routes import PodCidrRoute
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
@@ -40,19 +41,27 @@ def desired_ipcache(view: ClusterView) -> dict[Network, IpcacheValue]:
     return desired
 
 
-def desired_routes(view: ClusterView) -> dict[Network, IPAddress]:
+def desired_routes(view: ClusterView) -> dict[Network, PodCidrRoute]:
     """Native routing: each other node's pod CIDRs via its underlay address of the same family.
-    None in tunnel mode (the ipcache's tunnel endpoints steer pod traffic there)."""
-    if view.routing_mode is not RoutingMode.NATIVE:
-        return {}
-    routes: dict[Network, IPAddress] = {}
+    Tunnel routing: each into the tunnel to the node's underlay IPv4 with VNI remote-node, for what
+    the node's own stack sends there (pods' traffic is encapsulated by their program, with the
+    ipcache's tunnel endpoints)."""
+    tunnel = view.routing_mode is RoutingMode.TUNNEL
+    routes: dict[Network, PodCidrRoute] = {}
+    local = next((node for node in view.nodes if node.name == view.local_node), None)
     for node in view.nodes:
         if node.name == view.local_node:
             continue
         for cidr in node.pod_cidrs:
+            if tunnel:
+                if node.ipv4 is not None:
+                    source = None if local is None else (local.ipv4 if cidr.version == 4 else local.ipv6)
+                    routes[cidr] = PodCidrRoute(tunnel_endpoint=node.ipv4, vni=int(ReservedIdentity.REMOTE_NODE),
+                                                source=source)
+                continue
             via = node.ipv4 if cidr.version == 4 else node.ipv6
             if via is not None:
-                routes[cidr] = via
+                routes[cidr] = PodCidrRoute(via=via)
     return routes
 
 

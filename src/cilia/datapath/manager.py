@@ -32,6 +32,7 @@ FROM_OVERLAY = "cil_from_overlay"
 FROM_CONTAINER = "cil_from_container"
 TO_CONTAINER = "cil_to_container"
 FROM_NETDEV = "cil_from_netdev"
+TO_NETDEV = "cil_to_netdev"
 SOCK_PROGRAMS = {
     "cil_sock4_connect": CgroupHook.INET4_CONNECT,
     "cil_sock6_connect": CgroupHook.INET6_CONNECT,
@@ -216,9 +217,11 @@ class Datapath:
         return cost
 
     def attach_host(self, ifindex: int) -> None:
-        """Service traffic from outside: bpf_host.o on the underlay device's tc ingress (atomic replace)."""
+        """bpf_host.o on the underlay device (atomic replace): ingress (service traffic from outside,
+        delivery to local endpoints) and egress (replies of services forwarded to another node)."""
         with self._open_object(HOST_OBJECT, self._host_rodata()) as obj:
             tc_attach(ifindex, INGRESS, obj.program(FROM_NETDEV))
+            tc_attach(ifindex, EGRESS, obj.program(TO_NETDEV))
 
     def attach_overlay(self, ifindex: int) -> None:
         """Tunnel mode: bpf_overlay.o on the VXLAN device's tc ingress (atomic replace)."""

@@ -57,6 +57,12 @@ def link_index(name: str) -> int | None:
         return int(found[0]) if found else None
 
 
+def link_mtu(name: str) -> int | None:
+    with IPRoute() as ipr:
+        found = ipr.link_lookup(ifname=name)
+        return int(ipr.get_links(found[0])[0].get("IFLA_MTU")) if found else None
+
+
 def _link_attr(ipr: IPRoute, index: int, attr: str) -> str:
     return str(ipr.get_links(index)[0].get(attr))
 

@@ -66,9 +66,14 @@ def _native(cfg: NodeNetConfig, version: int) -> list[str]:
     return [str(c) for c in cfg.native_routing_cidrs if c.version == version]
 
 
+# A pod's replies handed to the stack (bpf/lib/forward.h REPLY_MARK): the request reached the pod
+# without netfilter (bpf_host, bpf_overlay), so netfilter would take the reply for a new connection.
+REPLY_MARK = "0x0c1b0000/0xffff0000"
+
+
 def _masq_rule(cidr: str, device: str) -> list[str]:
     return [
-        "POSTROUTING", "-s", cidr, "!", "-d", cidr, "-o", device,
+        "POSTROUTING", "-s", cidr, "!", "-d", cidr, "-o", device, "-m", "mark", "!", "--mark", REPLY_MARK,
         "-m", "comment", "--comment", MASQ_COMMENT, "-j", "MASQUERADE",
     ]
 
@@ -89,6 +94,30 @@ def _ensure_rule(tool: str, rule: list[str], insert: bool = False) -> None:
     added = subprocess.run([tool, "-w", "5", "-t", "nat", *command], capture_output=True, text=True, check=False)
     if added.returncode != 0:
         raise NetlinkError(f"adding the masquerade rule {' '.join(rule)} with {tool}: {added.stderr.strip()}")
+
+
+# A NodePort/LoadBalancer/externalIP connection that bpf_host forwards to a backend on another node
+# carries the service mark (bpf/lib/lb.h LB_MARK_MAGIC) and leaves by the underlay or the tunnel;
+# its source becomes this node's address, so the backend answers through this node, where
+# netfilter undoes the SNAT and bpf_host's egress program the DNAT.
+SERVICE_MARK = "0x0c1a0000/0xffff0000"
+SNAT_COMMENT = "cilia-svc-snat"
+
+
+def _service_snat_rule(device: str, address: str) -> list[str]:
+    return ["POSTROUTING", "-m", "mark", "--mark", SERVICE_MARK, "-o", device,
+            "-m", "comment", "--comment", SNAT_COMMENT, "-j", "SNAT", "--to-source", address]
+
+
+def ensure_service_snat(devices: list[str], addresses: list[ipaddress.IPv4Address | ipaddress.IPv6Address]) -> None:
+    """SNAT service connections forwarded to another node's backend (idempotent): to the node's
+    first IPv4 and IPv6 address on the underlay, when leaving by any of `devices`."""
+    for tool, version in (("iptables", 4), ("ip6tables", 6)):
+        address = next((a for a in addresses if a.version == version), None)
+        if address is None:
+            continue
+        for device in devices:
+            _ensure_rule(tool, _service_snat_rule(device, str(address)))
 
 
 def teardown_node_networking(cfg: NodeNetConfig) -> None:

@@ -14,6 +14,7 @@ from cilia.netlink.links import NetlinkError
 VXLAN_DEVICE = "cilia_vxlan"
 # What VXLAN over IPv4 adds to a pod's packet: outer IPv4 (20) + UDP (8) + VXLAN (8) + inner Ethernet (14).
 VXLAN_OVERHEAD = 50
+IFF_UP, IFF_NOARP = 0x1, 0x80
 
 
 def _vxlan_settings(ipr: IPRoute, index: int) -> tuple[int, int] | None:
@@ -41,7 +42,9 @@ def ensure_vxlan_device(port: int, name: str = VXLAN_DEVICE) -> int:
                 raise NetlinkError(f"creating {name} (vxlan external, port {port}): {exc}") from exc
             found = ipr.link_lookup(ifname=name)
         index = int(found[0])
-        ipr.link("set", index=index, state="up")
+        # NOARP: the node's stack sends into the tunnel by route (cilia.netlink.routes) and a
+        # collect-metadata device cannot carry the neighbour discovery a resolution would need
+        ipr.link("set", index=index, flags=IFF_NOARP | IFF_UP, change=IFF_NOARP | IFF_UP)
         return index
 
 

@@ -1,0 +1,126 @@
+"""The cross-node paths through BPF_PROG_RUN: bpf_host delivering a packet from another node's pod
+to a local endpoint (native routing) with the ipcache's identity, bpf_lxc encapsulating for a
+destination with a tunnel endpoint, and bpf_overlay refusing a packet without tunnel metadata.
+(What the tunnel key holds on the wire, and the overlay's sender check, need a real VXLAN device:
+tests/kernel/test_crossnode_namespaces.py.)"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from cilia.bpf import BpfObject
+from cilia.datapath import default_bpf_dir
+from cilia.datapath.config import EndpointConfig
+from cilia.maps.ipcache import IpcacheMap, IpcacheValue
+from cilia.monitor.events import decode
+from cilia.testing.bpf import RingEvents
+from cilia.testing.lbnode import Node, endpoint_config
+from cilia.testing.packets import (
+    LXC_MAC,
+    PEER,
+    PEER6,
+    PEER_LXC_MAC,
+    PEER_MAC,
+    POD,
+    POD6,
+    POD_MAC,
+    TC_ACT_REDIRECT,
+    TC_ACT_SHOT,
+    mac,
+    parse,
+    tcp_packet,
+)
+
+REMOTE_POD, REMOTE_POD6 = "10.200.2.5", "fd00:200:2::5"
+REMOTE_IDENTITY = 300
+REMOTE_NODE = ipaddress.IPv4Address("192.0.2.12")
+NODE_MACS = ("02:00:00:00:0a:01", "02:00:00:00:0a:02")  # the node's eth0, the other node's
+TUNNEL_IFINDEX = 99
+
+
+@pytest.fixture
+def node(pin_dir: Path) -> Iterator[Node]:
+    running = Node(pin_dir)
+    try:
+        ipcache = IpcacheMap(running.client.map("cilia_ipcache_v1"))
+        for address in (REMOTE_POD, REMOTE_POD6):
+            ipcache.put(ipaddress.ip_network(address), IpcacheValue.remote(REMOTE_IDENTITY, REMOTE_NODE))
+        yield running
+    finally:
+        running.close()
+
+
+@pytest.mark.parametrize(("source", "local"), [(REMOTE_POD, PEER), (REMOTE_POD6, PEER6)])
+def test_bpf_host_delivers_to_a_local_endpoint_with_the_ipcache_identity(node: Node, source: str,
+                                                                         local: str) -> None:
+    packet = tcp_packet(source, local, 40000, 8080, eth=NODE_MACS)
+    result = node.host.program("cil_from_netdev").test_run(packet)
+    assert result.retval == TC_ACT_REDIRECT  # to the endpoint's host-side veth, not the stack
+    out = result.data_out
+    assert out[0:6] == mac(PEER_MAC) and out[6:12] == mac(PEER_LXC_MAC)
+    hop = out[14 + 8] if "." in local else out[14 + 7]
+    assert hop == 63
+    parsed = parse(out)
+    assert parsed.ip_ok and parsed.tcp_ok and str(parsed.src) == source
+    # the endpoint's to-container program (which the redirect reaches) sees the remote identity
+    with RingEvents(node.backend.map("cilia_events_v1")) as events:
+        assert node.backend.program("cil_to_container").test_run(out).retval == 0
+        trace = decode(events.poll()[-1])
+    assert trace.observation_point == "TO_ENDPOINT" and trace.src_identity == REMOTE_IDENTITY
+
+
+def test_bpf_host_leaves_other_traffic_to_the_stack(node: Node) -> None:
+    packet = tcp_packet(REMOTE_POD, "192.0.2.11", 40000, 22, eth=NODE_MACS)  # for the node itself
+    result = node.host.program("cil_from_netdev").test_run(packet)
+    assert result.retval == 0 and result.data_out == packet
+
+
+@pytest.fixture
+def tunnelled(node: Node, pin_dir: Path) -> Iterator[BpfObject]:
+    """The client endpoint's program as in tunnel mode: it knows cilia_vxlan's ifindex."""
+    base = endpoint_config(1, POD, POD6, POD_MAC, LXC_MAC)
+    config = EndpointConfig(**{**base.__dict__, "tunnel_ifindex": TUNNEL_IFINDEX})
+    obj = BpfObject.open(default_bpf_dir() / "bpf_lxc.o", pin_root=pin_dir, rodata={"CONFIG": config.pack()},
+                         max_entries={"cilia_ct_tcp_v1": 4096, "cilia_ct_any_v1": 4096},
+                         value_sizes={"cilia_lb_maglev_v1": 4 * 251})
+    try:
+        yield obj
+    finally:
+        obj.close()
+
+
+@pytest.mark.parametrize(("client", "remote"), [(POD, REMOTE_POD), (POD6, REMOTE_POD6)])
+def test_from_container_encapsulates_for_a_tunnel_endpoint(node: Node, tunnelled: BpfObject, client: str,
+                                                           remote: str) -> None:
+    with RingEvents(tunnelled.map("cilia_events_v1")) as events:
+        result = tunnelled.program("cil_from_container").test_run(tcp_packet(client, remote, 40000, 8080))
+        trace = decode(events.poll()[-1])
+    assert result.retval == TC_ACT_REDIRECT  # to cilia_vxlan, with the tunnel key set
+    assert trace.observation_point == "TO_OVERLAY"
+    assert (trace.src_identity, trace.dst_identity) == (256, REMOTE_IDENTITY)
+
+
+def test_native_mode_sends_a_remote_pods_packet_up_the_stack(node: Node) -> None:
+    """The same destination, from a program without a tunnel device: the node's routes take it."""
+    with RingEvents(node.client.map("cilia_events_v1")) as events:
+        result = node.client.program("cil_from_container").test_run(tcp_packet(POD, REMOTE_POD, 40000, 8080))
+        trace = decode(events.poll()[-1])
+    assert result.retval == 0 and trace.observation_point == "TO_STACK" and trace.dst_identity == REMOTE_IDENTITY
+
+
+def test_overlay_drops_a_packet_without_tunnel_metadata(pin_dir: Path) -> None:
+    obj = BpfObject.open(default_bpf_dir() / "bpf_overlay.o", pin_root=pin_dir,
+                         rodata={"CONFIG": EndpointConfig.node(0, 5).pack()},
+                         max_entries={"cilia_ct_tcp_v1": 4096, "cilia_ct_any_v1": 4096})
+    try:
+        with RingEvents(obj.map("cilia_events_v1")) as events:
+            result = obj.program("cil_from_overlay").test_run(tcp_packet(REMOTE_POD, PEER, 40000, 8080))
+            drop = decode(events.poll()[-1])
+    finally:
+        obj.close()
+    assert result.retval == TC_ACT_SHOT
+    assert drop.drop_reason_name == "NO_TUNNEL_KEY" and drop.source_file == "bpf_overlay.c"

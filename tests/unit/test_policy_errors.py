@@ -61,7 +61,50 @@ kind: CiliumNetworkPolicy
 metadata: {name: p, namespace: x}
 spec:
   endpointSelector: {}
-  egress: [{toServices: [{k8sService: {serviceName: s}}]}]""", "field 'spec.egress[0].toServices': not supported yet"),
+  egress: [{toServices: [{k8sService: {namespace: x}}]}]""",
+     "CiliumNetworkPolicy x/p: field 'spec.egress[0].toServices[0].k8sService.serviceName': is required"),
+    ("""apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: p, namespace: x}
+spec:
+  endpointSelector: {}
+  egress: [{toServices: [{k8sServiceSelector: {selector: {matchLabels: {a: 1}}}}]}]""",
+     "field 'spec.egress[0].toServices[0].k8sServiceSelector.selector.matchLabels.a': keys and values must be strings"),
+    ("""apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: p, namespace: x}
+spec:
+  endpointSelector: {}
+  egress: [{toServices: [{k8sService: {serviceName: s, port: 80}}]}]""",
+     "field 'spec.egress[0].toServices[0].k8sService.port': unknown field"),
+    ("""apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: p, namespace: x}
+spec:
+  endpointSelector: {}
+  egress: [{toServices: [{k8sService: {serviceName: s}, k8sServiceSelector: {selector: {}}}]}]""",
+     "field 'spec.egress[0].toServices[0]': needs exactly one of k8sService or k8sServiceSelector"),
+    ("""apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: p, namespace: x}
+spec:
+  endpointSelector: {}
+  ingress: [{toServices: [{k8sService: {serviceName: s}}]}]""",
+     "field 'spec.ingress[0].toServices': toServices is an egress peer"),
+    ("""apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: p, namespace: x}
+spec:
+  endpointSelector: {}
+  egress: [{toServices: [{k8sServiceSelector: {selector: {matchExpressions: [{key: a, operator: Bogus}]}}}]}]""",
+     "toServices[0].k8sServiceSelector.selector.matchExpressions[0].operator': 'Bogus' is not one of"),
+    ("""apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: p, namespace: x}
+spec:
+  endpointSelector: {}
+  egress: [{toServices: [{k8sService: {serviceName: Web_1}}]}]""",
+     "toServices[0].k8sService.serviceName': 'Web_1' is not a valid Service name"),
     ("""apiVersion: cilium.io/v2
 kind: CiliumNetworkPolicy
 metadata: {name: p, namespace: x}

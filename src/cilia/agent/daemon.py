@@ -36,6 +36,7 @@ from cilia.agent.api import status as status_api
 from cilia.agent.api.app import create_app
 from cilia.agent.api.policy_view import PolicyApi
 from cilia.agent.cluster import AgentIdentities, EtcdCluster, LocalCluster
+from cilia.agent.cluster_policy import PolicyAwareClusterSync
 from cilia.agent.config import AgentConfig
 from cilia.agent.datapath_adapter import DatapathAdapter
 from cilia.agent.events import EventPump
@@ -178,7 +179,9 @@ class Agent:
     def _start_cluster(self, etcd: EtcdCluster) -> None:
         """Other nodes' endpoints into our ipcache, ours out to them; identities allocated on
         other nodes reach policy (the allocator's subscribe sees every node's)."""
-        runtime = etcd.start(addresses=self.datapath.node_addresses(), datapath=self.datapath,
+        # the policy engine sees the remote endpoints first (ipBlock / toServices select by address)
+        runtime = etcd.start(addresses=self.datapath.node_addresses(),
+                             datapath=PolicyAwareClusterSync(self.datapath, self.policy),
                              local_endpoints=self.endpoints.records,
                              identities_changed=self.policy.identities_changed)
         self.endpoints.subscribe(runtime.endpoints_changed)
@@ -270,6 +273,8 @@ class Agent:
             self.policy.on_resource_event(event, obj, old)
         if kind in ("Service", "EndpointSlice", "Pod"):
             self.services.on_resource_event(event, obj, old)
+        if kind in ("Service", "EndpointSlice"):  # toServices follows the backends
+            self.policy.on_resource_event(event, obj, old)
         if kind == "Pod":
             self.endpoints.reevaluate_identities(metadata.get("namespace", "default"), metadata.get("name"))
         elif kind == "Namespace":

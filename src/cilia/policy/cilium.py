@@ -6,11 +6,16 @@
 - A direction with rules (allow or deny) turns default deny on for it, unless
   `enableDefaultDeny` says false. `ingress: [{}]` therefore allows nothing and isolates the pod.
 - A rule with only toPorts / icmps applies to every peer; deny beats allow everywhere.
-- toServices, toFQDNs, L7 rules and the other features not built yet are rejected by name.
+- toServices (egress and egressDeny): `k8sService` (serviceName, namespace) or
+  `k8sServiceSelector` (selector on the Service's labels, namespace); the namespace defaults to
+  the policy's in a CNP and to every namespace in a CCNP. Resolved to the services' backends
+  (cilia.policy.addresses).
+- toFQDNs, L7 rules and the other features not built yet are rejected by name.
 """
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from cilia.identity.labels import NAMESPACE_LABEL
@@ -36,16 +41,17 @@ from cilia.policy.rules import (
     PortRange,
     Rule,
     SelectorPeer,
+    ServicePeer,
 )
 from cilia.policy.selector import Selector, equals, parse_selector
 from cilia.resources.fields import as_list, check_fields, is_number, object_name
+from cilia.resources.validate import DNS1123_LABEL
 
 CNP = "CiliumNetworkPolicy"
 CCNP = "CiliumClusterwideNetworkPolicy"
 API_VERSION = "cilium.io/v2"
 
 _LATER = {
-    "toServices": "toServices (service-based egress) comes with service load balancing",
     "toFQDNs": "toFQDNs (DNS-based policy) needs the DNS proxy",
     "fromRequires": "fromRequires is deprecated in Cilium and not implemented",
     "toRequires": "toRequires is deprecated in Cilium and not implemented",
@@ -62,6 +68,7 @@ _LATER = {
     "listener": "Envoy listeners need the L7 proxy",
     "cidrGroupRef": "CiliumCIDRGroup references are not implemented",
 }
+_DNS1035_LABEL = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?\Z")
 _RULE_FIELDS = {"endpointSelector", "ingress", "ingressDeny", "egress", "egressDeny", "labels", "description",
                 "enableDefaultDeny"}
 _PEER_FIELDS = {
@@ -118,8 +125,12 @@ def _rule(raw: Any, where: str, ref: PolicyRef, namespace: str, index: int, fail
 
 def _entry(raw: Any, where: str, direction: str, deny: bool, namespace: str, index: int, fail: Fail) -> Entry:
     endpoints_f, cidr_f, cidrset_f, entities_f = _PEER_FIELDS[direction]
-    check_fields(raw, {endpoints_f, cidr_f, cidrset_f, entities_f, "toPorts", "icmps"}, where, fail,
-                 unsupported=_LATER)
+    allowed = {endpoints_f, cidr_f, cidrset_f, entities_f, "toPorts", "icmps"}
+    if direction == "egress":
+        allowed.add("toServices")
+    elif isinstance(raw, dict) and "toServices" in raw:
+        raise fail(f"{where}.toServices", "toServices is an egress peer (egress or egressDeny only)")
+    check_fields(raw, allowed, where, fail, unsupported=_LATER)
     peers: list[Peer] = []
     for i, selector_raw in enumerate(as_list(raw.get(endpoints_f), f"{where}.{endpoints_f}", fail)):
         selector = parse_selector(selector_raw, f"{where}.{endpoints_f}[{i}]", fail)
@@ -134,12 +145,45 @@ def _entry(raw: Any, where: str, direction: str, deny: bool, namespace: str, ind
         if not isinstance(entity, str) or entity not in ENTITIES:
             raise fail(f"{where}.{entities_f}[{i}]", f"unknown entity {entity!r} (known: {', '.join(ENTITIES)})")
         peers.append(EntityPeer(entity))
+    for i, item in enumerate(as_list(raw.get("toServices"), f"{where}.toServices", fail)):
+        peers.append(_service_peer(item, f"{where}.toServices[{i}]", namespace, fail))
     ports, named = _to_ports(raw.get("toPorts"), f"{where}.toPorts", deny, fail)
     ports += _icmps(raw.get("icmps"), f"{where}.icmps", fail)
     has_l4 = "toPorts" in raw or "icmps" in raw
     if not peers and has_l4:
         peers = [ALL]  # an L4-only rule applies to every peer
     return Entry(tuple(peers), tuple(ports) if has_l4 else (PortRange(0),), tuple(named), deny=deny, index=index)
+
+
+def _service_peer(raw: Any, where: str, namespace: str, fail: Fail) -> ServicePeer:
+    check_fields(raw, {"k8sService", "k8sServiceSelector"}, where, fail)
+    if len(raw) != 1:
+        raise fail(where, "needs exactly one of k8sService or k8sServiceSelector")
+    if "k8sService" in raw:
+        at = f"{where}.k8sService"
+        item = check_fields(raw["k8sService"], {"serviceName", "namespace"}, at, fail)
+        name = item.get("serviceName")
+        if name is None or name == "":
+            raise fail(f"{at}.serviceName", "is required")
+        if not isinstance(name, str) or len(name) > 63 or not _DNS1035_LABEL.match(name):
+            raise fail(f"{at}.serviceName", f"{name!r} is not a valid Service name (a DNS-1035 label)")
+        return ServicePeer(_service_namespace(item.get("namespace"), f"{at}.namespace", namespace, fail), name)
+    at = f"{where}.k8sServiceSelector"
+    item = check_fields(raw["k8sServiceSelector"], {"selector", "namespace"}, at, fail)
+    if "selector" not in item:
+        raise fail(f"{at}.selector", "is required (a label selector on the Service's labels)")
+    selector = parse_selector(item["selector"], f"{at}.selector", fail)
+    return ServicePeer(_service_namespace(item.get("namespace"), f"{at}.namespace", namespace, fail),
+                       selector=selector)
+
+
+def _service_namespace(raw: Any, where: str, policy_namespace: str, fail: Fail) -> str:
+    """Absent: the policy's namespace in a CNP, every namespace ("") in a CCNP."""
+    if raw is None or raw == "":
+        return policy_namespace
+    if not isinstance(raw, str) or len(raw) > 63 or not DNS1123_LABEL.match(raw):
+        raise fail(where, f"{raw!r} is not a valid namespace name (a DNS-1123 label)")
+    return raw
 
 
 def _scoped(selector: Selector, namespace: str) -> Selector:

@@ -2,8 +2,10 @@
 
 Inputs: policy objects from the resource store, pods (named ports), identities (pods, reserved,
 and CIDR identities made here for the prefixes rules name), the endpoints (read through
-`EndpointSource`) and the agent's settings. Output: per endpoint, a MapState installed through
-`PolicyDatapath`; CIDR prefixes in the ipcache. No kernel import here: the agent's adapter
+`EndpointSource`), the agent's settings and, for the address-based peers (NetworkPolicy ipBlock
+selecting pods, toServices; cilia.policy.addresses), the pod IPs of this node and of the cluster
+(`cluster_endpoints_changed`) and the Service / EndpointSlice objects. Output: per endpoint, a
+MapState installed through `PolicyDatapath`; CIDR prefixes in the ipcache. No kernel import here: the agent's adapter
 implements the Protocols.
 
 A change (a policy applied or deleted, settings, a pod's named ports, identities coming or going)
@@ -41,14 +43,16 @@ from cilia.identity.cidr import CidrIdentities, Network, cidr_labels
 from cilia.identity.labels import LabelSet
 from cilia.identity.reserved import MAX_CLUSTER_IDENTITY, ReservedIdentity
 from cilia.jsonfile import read_json, write_json
+from cilia.policy.addresses import IPAddress, address_peers, select
 from cilia.policy.errors import PolicyMapOverflow
 from cilia.policy.kinds import POLICY_KINDS, is_policy, parse_policy, policy_ref
 from cilia.policy.mapstate import MapState, PeerIndex, compute_map_state
 from cilia.policy.regeneration import RegenerationQueue, WaitResult
 from cilia.policy.repository import PolicyRepository
 from cilia.policy.resolve import EndpointPolicy, Enforcement, resolve_endpoint
-from cilia.policy.rules import CidrPeer, Direction, IdentityView, PolicyRef, Rule
+from cilia.policy.rules import CidrPeer, Direction, IdentityView, PolicyRef, Rule, ServicePeer
 from cilia.policy.selector import labels_of
+from cilia.policy.services import service_facts
 from cilia.policy.trace import TraceResult, trace
 from cilia.resources.pods import read_pod
 from cilia.resources.store import ResourceStore
@@ -193,6 +197,10 @@ class PolicyEngine:
         self._lock = threading.RLock()  # one change at a time; never held while waiting on the queue
         self._results: dict[int, EndpointResult] = {}
         self._pod_ports: dict[PodKey, NamedPorts] = {}
+        # other nodes' pod IPs (the cluster ipcache) and pod CIDRs, for the address-based peers
+        self._remote_addresses: dict[IPAddress, int] = {}
+        self._remote_pod_cidrs: tuple[Network, ...] = ()
+        self._gone: set[int] = set()  # endpoints being removed: their IPs no longer count
         self._inputs = PolicyInputs()
         self.queue: RegenerationQueue[PolicyInputs] = RegenerationQueue(
             self._regenerate, self._inputs, workers=0 if mode == "sync" else max(1, workers),
@@ -253,6 +261,8 @@ class PolicyEngine:
                     self.repository.replace(ref, parse_policy(obj))
                 after = self.repository.rules_of(ref)
                 return self._change(lambda _old, _new: self._selected_by([*before, *after]))
+        if obj.get("kind") in ("Service", "EndpointSlice"):
+            return self._refresh(services=True)
         if obj.get("kind") == "Pod":
             metadata = obj.get("metadata", {})
             key = (metadata.get("namespace", "default"), metadata.get("name", ""))
@@ -269,13 +279,37 @@ class PolicyEngine:
                                     | {r.id for r in self._endpoints.records() if (r.pod_namespace, r.pod_name) == key})
         return None
 
+    def cluster_endpoints_changed(self, endpoints: Mapping[IPAddress, int], pod_cidrs: Iterable[Network] = (),
+                                  ) -> int | None:
+        """The cluster's remote endpoint IPs (IP -> identity) and the other nodes' pod CIDRs, as the
+        cluster controller pushes them into the datapath. Matters only to address-based peers:
+        returns the revision when the selection changed (the caller waits for it before the new
+        ipcache entries go live), else None."""
+        with self._lock:
+            self._remote_addresses = dict(endpoints)
+            self._remote_pod_cidrs = tuple(pod_cidrs)
+            return self._refresh()
+
+    def _refresh(self, services: bool = False) -> int | None:
+        """Publish a revision if the address-based peers now select other identities (or need other
+        CIDR identities); the identity diff queues exactly the endpoints whose rules that changes."""
+        with self._lock:
+            peers = address_peers(self._inputs.rules)
+            if not peers or (services and not any(isinstance(p, ServicePeer) for p in peers)):
+                return None
+            inputs = self._build_inputs()
+            if inputs.views == self._inputs.views and inputs.cidrs == self._inputs.cidrs:
+                return None
+            return self._publish(lambda _old, _new: (), inputs)[0]
+
     def _change(self, affected: Callable[[PolicyInputs, PolicyInputs], Iterable[int]]) -> int:
         """New inputs, the endpoints to regenerate, the next revision. Called under the lock."""
         return self._publish(affected)[0]
 
-    def _publish(self, affected: Callable[[PolicyInputs, PolicyInputs], Iterable[int]]) -> tuple[int, set[int]]:
+    def _publish(self, affected: Callable[[PolicyInputs, PolicyInputs], Iterable[int]],
+                 built: PolicyInputs | None = None) -> tuple[int, set[int]]:
         previous = self._inputs
-        inputs = self._build_inputs()
+        inputs = built if built is not None else self._build_inputs()
         if self.mode == "sync":
             targets = {r.id for r in self._endpoints.records()}
         else:
@@ -291,17 +325,49 @@ class PolicyEngine:
         rules = tuple(self.repository.rules())
         prefixes = {p for r in rules for d in Direction for e in r.entries(d) for peer in e.peers
                     if isinstance(peer, CidrPeer) for p in (peer.network, *peer.excepts)}
+        views: dict[int, IdentityView] = {i.id: IdentityView(i.id, i.labels) for i in self._identities.all()}
+        peers = address_peers(rules)
+        service_prefixes: dict[Network, frozenset[object]] = {}
+        if peers:
+            selection = select(peers, views.values(), self._pod_addresses(), self._service_facts(peers),
+                               self._remote_pod_cidrs)
+            for number, chosen in selection.pods.items():
+                view = views.get(number)
+                if view is not None and view.is_pod:
+                    views[number] = replace(view, address_peers=frozenset(chosen))
+            service_prefixes = dict(selection.service_prefixes)
+            prefixes |= service_prefixes.keys()
         current, released = self.cidrs.sync(prefixes)
         if released:
             self._datapath.remove_cidr_prefixes(released)
-        views: dict[int, IdentityView] = {i.id: IdentityView(i.id, i.labels) for i in self._identities.all()}
-        views.update({n: IdentityView(n, cidr_labels(p), p) for p, n in current.items()})
+        views.update({n: IdentityView(n, cidr_labels(p), p, service_prefixes.get(p, frozenset()))
+                      for p, n in current.items()})
         cluster: NamedPorts = {}
         for ports in self._pod_ports.values():
             for name, values in ports.items():
                 cluster.setdefault(name, set()).update(values)
         return PolicyInputs(rules, views, PeerIndex(list(views.values())), dict(current), dict(self._pod_ports),
                             cluster, self.settings.copy())
+
+    def _pod_addresses(self) -> dict[int, set[IPAddress]]:
+        """Every pod identity's IPs this node knows: its endpoints' and the cluster's."""
+        found: dict[int, set[IPAddress]] = {}
+        records = self._endpoints.records()
+        self._gone &= {r.id for r in records}  # removed from the registry: forgotten
+        for record in records:
+            if record.id in self._gone:
+                continue
+            for text in (record.ipv4, record.ipv6):
+                if text:
+                    found.setdefault(record.identity, set()).add(ipaddress.ip_address(text))
+        for address, number in self._remote_addresses.items():
+            found.setdefault(number, set()).add(address)
+        return found
+
+    def _service_facts(self, peers: Iterable[object]) -> list[Any]:
+        if not any(isinstance(p, ServicePeer) for p in peers):
+            return []
+        return service_facts(self._resources.list("Service"), self._resources.list("EndpointSlice"))
 
     def _add_cidrs(self, cidrs: Mapping[Network, int]) -> None:
         with self._lock:  # only what is still wanted: a later change may have released some
@@ -332,6 +398,7 @@ class PolicyEngine:
         and the endpoints that must learn its identity are regenerated (waited for, bounded).
         Returns "" or why its policy is not installed (its traffic is then dropped)."""
         with self._lock:
+            self._gone.discard(record.id)
             revision, peers = self._publish(lambda _old, _new: ())
         if self.queue.synchronous:
             return self.queue.error(record.id)  # a sync change regenerated every endpoint, this one too
@@ -352,6 +419,7 @@ class PolicyEngine:
     def endpoint_removed(self, record: EndpointRecord) -> None:
         self.queue.forget(record.id)  # not under the lock: it may wait for a worker
         with self._lock:
+            self._gone.add(record.id)  # the identities_changed() that follows no longer counts its IPs
             self._datapath.remove_policy(record.id)
             self._results.pop(record.id, None)
             if self.settings.endpoint_audit.pop(record.id, None) is not None:
@@ -489,7 +557,8 @@ class PolicyEngine:
                 if record.pod_namespace == namespace and record.pod_name == name:
                     label_set = labels_of_record(record)
                     pod_obj = self._resources.get("Pod", namespace, name)
-                    return IdentityView(record.identity, label_set), self.resolve(label_set, record.id, pod_obj)
+                    view = self._inputs.views.get(record.identity) or IdentityView(record.identity, label_set)
+                    return view, self.resolve(label_set, record.id, pod_obj)
             raise LookupError(f"{what}: no local endpoint for pod {namespace}/{name}")
         if labels:
             label_set = labels_of(labels)
@@ -500,6 +569,9 @@ class PolicyEngine:
             for record in self._endpoints.records():
                 if ip in (record.ipv4, record.ipv6):
                     return self._trace_side(f"{record.pod_namespace}/{record.pod_name}", [], None, what)
+            remote = self._remote_addresses.get(address)
+            if remote is not None and remote in self._inputs.views:
+                return self._inputs.views[remote], None
             matches = [(p, n) for p, n in self.cidrs.current().items() if address in p]
             if matches:
                 prefix, number = max(matches, key=lambda pn: pn[0].prefixlen)

@@ -6,7 +6,8 @@
 - A rule with no `from`/`to` allows every source/destination (including outside the cluster);
   no `ports` allows every port. Peers are ORed; a peer with podSelector and namespaceSelector
   ANDs them; a namespaceSelector alone selects pods of the matching namespaces.
-- ipBlock matches addresses outside the cluster's pod identities, with except.
+- ipBlock (with except) matches the addresses it covers, outside the cluster and, as Kubernetes
+  says, the pods whose IPs fall inside it (cilia.policy.addresses; Cilium's CIDR rules do not).
 """
 
 from __future__ import annotations
@@ -99,7 +100,7 @@ def _peer(raw: Any, where: str, namespace: str, fail: Fail) -> Peer:
         block = check_fields(raw["ipBlock"], {"cidr", "except"}, f"{where}.ipBlock", fail)
         network, excepts = parse_cidr_with_excepts(block.get("cidr"), block.get("except"), f"{where}.ipBlock",
                                                    "except", fail)
-        return CidrPeer(network, excepts)
+        return CidrPeer(network, excepts, selects_pods=True)
     pods = parse_selector(raw.get("podSelector"), f"{where}.podSelector", fail, key_map=_pod_key)
     if "namespaceSelector" in raw:
         namespaces = parse_selector(raw["namespaceSelector"], f"{where}.namespaceSelector", fail,

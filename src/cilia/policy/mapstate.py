@@ -22,7 +22,17 @@ from dataclasses import dataclass, field
 from cilia.identity.reserved import ReservedIdentity
 from cilia.policy.errors import PolicyMapOverflow
 from cilia.policy.resolve import Decision, DirectionPolicy, EndpointPolicy, Verdict
-from cilia.policy.rules import CidrPeer, Direction, EntityPeer, Entry, IdentityView, PortRange, SelectorPeer
+from cilia.policy.rules import (
+    CidrPeer,
+    Direction,
+    EntityPeer,
+    Entry,
+    IdentityView,
+    Peer,
+    PortRange,
+    SelectorPeer,
+    ServicePeer,
+)
 
 ALLOW, DENY = 1, 2  # policy_entry.verdict (C: VERDICT_ALLOW, VERDICT_DENY; the contract test checks)
 
@@ -114,11 +124,12 @@ class PeerIndex:
         self._reserved = [i for i in universe if i.is_reserved]
         self._cidr_by_key: dict[tuple[int, int, int], list[IdentityView]] = {}
         self._cidrs = [i for i in universe if i.is_cidr]
+        self._addressed = [i for i in universe if i.address_peers]  # selected by an address peer
         self._cache: dict[object, frozenset[int]] = {}
         self._cidr_peers_done: set[CidrPeer] = set()
         self._cidr_lock = threading.Lock()
 
-    def matches(self, peer: SelectorPeer | EntityPeer | CidrPeer) -> frozenset[int]:
+    def matches(self, peer: Peer) -> frozenset[int]:
         cached = self._cache.get(peer)
         if cached is not None:
             return cached
@@ -127,8 +138,12 @@ class PeerIndex:
             candidates = self._pods + (self._reserved if peer.selector.selects_reserved else [])
         elif isinstance(peer, EntityPeer):
             candidates = self.universe
+        elif isinstance(peer, ServicePeer):
+            candidates = self._addressed
         else:
             candidates = self._cidr_candidates(peer) + [i for i in self._reserved if i.id == ReservedIdentity.WORLD]
+            if peer.selects_pods:
+                candidates += [i for i in self._addressed if i.is_pod]
         result = frozenset(i.id for i in candidates if peer.matches(i))
         self._cache[peer] = result
         return result

@@ -4,6 +4,12 @@ A Rule is one policy (or one `specs` entry of a CNP): a subject selector and, pe
 entries that allow or deny traffic from peers on ports. Peers say which identities they match;
 ports say which (protocol, port range) they match. Rule ids are assigned by the repository and
 travel through the datapath so a drop can name its policy.
+
+Two kinds of peers select by address rather than by labels: a NetworkPolicy ipBlock (which,
+as Kubernetes says, also selects the pods whose IPs it covers) and a Cilium toServices entry
+(the service's backends and frontends). Which identities they match is computed from the
+addresses the engine knows (cilia.policy.addresses) and carried in each IdentityView's
+`address_peers`, so matching stays a pure function of the view.
 """
 
 from __future__ import annotations
@@ -47,6 +53,8 @@ class IdentityView:
     id: int
     labels: LabelSet
     prefix: Network | None = None
+    # the address-based peers (pod-selecting CidrPeer, ServicePeer) that select this identity
+    address_peers: frozenset[object] = frozenset()
 
     @property
     def is_reserved(self) -> bool:
@@ -121,14 +129,24 @@ class EntityPeer:
 
 @dataclass(frozen=True, order=True)
 class CidrPeer:
-    """Matches the CIDR identities inside `network` and outside every except, and world for /0."""
+    """Matches the CIDR identities inside `network` and outside every except, and world for /0.
+    `selects_pods` (NetworkPolicy ipBlock): also the pod identities whose known IPs all fall inside
+    the block and outside its excepts (as computed into the views' `address_peers`). Cilium's
+    CIDR rules leave it off: they never select cluster endpoints (cilium/cilium#9209)."""
 
     network: Network
     excepts: tuple[Network, ...] = ()
+    selects_pods: bool = False
 
     matches_unknown = False
 
+    def contains(self, address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
+        return (address.version == self.network.version and address in self.network
+                and not any(address in e for e in self.excepts if e.version == address.version))
+
     def matches(self, identity: IdentityView) -> bool:
+        if identity.is_pod:
+            return self.selects_pods and self in identity.address_peers
         prefix = identity.prefix
         if identity.id == ReservedIdentity.WORLD:
             return self.network.prefixlen == 0  # addresses no CIDR identity covers (excepts have their own)
@@ -138,10 +156,40 @@ class CidrPeer:
 
     def __str__(self) -> str:
         excepts = f" except {', '.join(map(str, self.excepts))}" if self.excepts else ""
-        return f"cidr {self.network}{excepts}"
+        return f"{'ipBlock' if self.selects_pods else 'cidr'} {self.network}{excepts}"
 
 
-Peer = SelectorPeer | EntityPeer | CidrPeer
+@dataclass(frozen=True, order=True)
+class ServicePeer:
+    """Cilium toServices: the current backends (and frontend addresses) of the services named
+    (`name`) or selected by their labels (`selector`) in `namespace` ("" = every namespace, a
+    CCNP's default). A backend that is a known pod matches through its pod identity, any other
+    address through a /32 (/128) CIDR identity; which ones is computed per revision into the
+    views' `address_peers`."""
+
+    namespace: str
+    name: str = ""
+    selector: Selector | None = None
+
+    matches_unknown = False
+
+    def selects_service(self, namespace: str, name: str, labels: LabelSet) -> bool:
+        if self.namespace and namespace != self.namespace:
+            return False
+        if self.selector is None:
+            return name == self.name
+        return self.selector.matches(labels)
+
+    def matches(self, identity: IdentityView) -> bool:
+        return (identity.is_pod or identity.is_cidr) and self in identity.address_peers
+
+    def __str__(self) -> str:
+        where = self.namespace or "*"
+        return f"service {where}/{self.name}" if self.selector is None else f"services {where} {self.selector}"
+
+
+Peer = SelectorPeer | EntityPeer | CidrPeer | ServicePeer
+AddressPeer = CidrPeer | ServicePeer
 ALL = EntityPeer("all")
 
 

@@ -17,6 +17,7 @@ from cilia.policy import cilium, k8s
 from cilia.policy.common import failer, parse_cidr_with_excepts, parse_network, parse_port, parse_protocol
 from cilia.policy.errors import PolicyError
 from cilia.policy.selector import parse_selector
+from cilia.policy.services import service_facts
 
 ROOT = Path(__file__).resolve().parents[2]
 SEEDS = [d for path in (ROOT / "tests/unit/fuzz_seeds/resources.yaml", ROOT / "examples/policy-web.yaml")
@@ -91,3 +92,48 @@ def test_found_crashes_are_policy_errors(call: Any, message: str) -> None:
     with pytest.raises(PolicyError) as info:
         call()
     assert message in str(info.value)
+
+
+SERVICE_PEERS = [{"k8sService": {"serviceName": "web", "namespace": "team-a"}},
+                 {"k8sServiceSelector": {"selector": {"matchLabels": {"tier": "front"},
+                                                      "matchExpressions": [{"key": "env", "operator": "NotIn",
+                                                                            "values": ["dev"]}]},
+                                         "namespace": "default"}}]
+
+
+@FUZZ
+@given(mutated(SERVICE_PEERS), st.sampled_from(["CiliumNetworkPolicy", "CiliumClusterwideNetworkPolicy"]),
+       st.sampled_from(["egress", "egressDeny", "ingress"]))
+def test_to_services_fails_only_with_policy_error(peer: Any, kind: str, section: str) -> None:
+    """toServices entries (and the list itself) mutated: parsed into a ServicePeer or rejected with
+    a PolicyError naming the object and a field under the entry."""
+    metadata: dict[str, Any] = {"name": "p", **({"namespace": "x"} if kind == "CiliumNetworkPolicy" else {})}
+    obj = {"apiVersion": "cilium.io/v2", "kind": kind, "metadata": metadata,
+           "spec": {"endpointSelector": {}, section: [{"toServices": peer if not isinstance(peer, dict) else [peer]}]}}
+    try:
+        cilium.parse_cilium_policy(obj)
+    except PolicyError as exc:
+        assert f"field 'spec.{section}[0].toServices" in str(exc), str(exc)
+        return
+    assert section != "ingress"
+
+
+def test_to_services_every_single_edit() -> None:
+    objects = [{"apiVersion": "cilium.io/v2", "kind": "CiliumNetworkPolicy",
+                "metadata": {"name": "p", "namespace": "x"},
+                "spec": {"endpointSelector": {}, "egress": [{"toServices": SERVICE_PEERS}]}}]
+    assert crashes_of_single_edits(objects, checker("CiliumNetworkPolicy")) == []
+
+
+@FUZZ
+@given(mutated([{"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+                 "metadata": {"name": "s-1", "namespace": "x", "labels": {"kubernetes.io/service-name": "s"}},
+                 "addressType": "IPv4", "ports": [{"port": 80}],
+                 "endpoints": [{"addresses": ["192.0.2.7"], "conditions": {"ready": True},
+                                "targetRef": {"kind": "Pod", "name": "p"}}]}]))
+def test_service_facts_never_crash_on_stored_objects(endpoint_slice: Any) -> None:
+    """The engine reads whatever the store holds: a slice or service that does not parse is skipped."""
+    service = {"apiVersion": "v1", "kind": "Service", "metadata": {"name": "s", "namespace": "x"},
+               "spec": {"ports": [{"port": 80}]}}
+    if isinstance(endpoint_slice, dict):
+        service_facts([service], [endpoint_slice])

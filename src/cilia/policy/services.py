@@ -22,8 +22,8 @@ log = logging.getLogger(__name__)
 def service_facts(services: Iterable[dict[str, Any]], slices: Iterable[dict[str, Any]]) -> list[ServiceFacts]:
     by_service: dict[tuple[str, str], list[tuple[IPAddress, bool]]] = {}
     for obj in slices:
-        metadata = obj.get("metadata") or {}
-        if not (metadata.get("labels") or {}).get(SERVICE_NAME_LABEL):
+        metadata = _mapping(obj.get("metadata"))
+        if not _mapping(metadata.get("labels")).get(SERVICE_NAME_LABEL):
             continue
         try:
             slice_ = parse_endpoint_slice(obj)
@@ -39,11 +39,17 @@ def service_facts(services: Iterable[dict[str, Any]], slices: Iterable[dict[str,
         try:
             spec = parse_service(obj)
         except ResourceError:
-            log.warning("Service %s does not parse; not used for toServices", (obj.get("metadata") or {}).get("name"))
+            log.warning("Service %s does not parse; not used for toServices", _mapping(obj.get("metadata")).get("name"))
             continue
-        labels = (obj.get("metadata") or {}).get("labels") or {}
+        labels = _mapping(_mapping(obj.get("metadata")).get("labels"))
         key = (spec.name.namespace, spec.name.name)
         facts.append(ServiceFacts(spec.name.namespace, spec.name.name,
                                   labels_of(f"{k}={v}" for k, v in sorted(labels.items())),
                                   spec.selector, tuple(sorted(set(by_service.get(key, ())), key=str))))
     return facts
+
+
+def _mapping(value: Any) -> dict[str, Any]:
+    """A stored object's map field, or {} when it is anything else (objects were validated on apply;
+    this reader must not crash on one that somehow is not)."""
+    return value if isinstance(value, dict) else {}

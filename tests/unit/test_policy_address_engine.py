@@ -212,3 +212,32 @@ def test_bad_to_services_is_rejected_and_the_previous_version_stays(node: Node) 
     with pytest.raises(ResourceError, match=r"toServices\[0\]\.k8sService\.serviceName': is required"):
         node.resources.apply([to_services("to-web", "client", {"k8sService": {"namespace": "default"}})])
     assert node.verdict("client", node.identity("web1")) is A
+
+
+def test_the_cluster_view_reaches_policy_before_the_datapath(node: Node) -> None:
+    """PolicyAwareClusterSync: the engine learns the remote endpoints (and waits for the endpoints
+    to learn the new selection) before the view's ipcache entries are written."""
+    from cilia.agent.cluster_policy import PolicyAwareClusterSync
+    from cilia.cluster.model import ClusterView, NodeRecord, RemoteEndpoint, RoutingMode
+
+    node.add("client")
+    node.add("db", app="db")
+    node.apply(egress_np("to-net", "client", {"cidr": "10.1.0.0/24"}))
+    db = node.identity("db")
+    order: list[str] = []
+
+    class Datapath:
+        def sync_cluster(self, view: ClusterView) -> object:
+            order.append("datapath")
+            order.append("db-selected" if node.verdict("client", db) is A else "db-not-selected")
+            return 0
+
+    sync = PolicyAwareClusterSync(Datapath(), node.policy)
+    other = NodeRecord("n2", ipaddress.IPv4Address("192.168.0.2"), None, (ipaddress.ip_network("10.2.0.0/24"),),
+                       RoutingMode.NATIVE)
+    view = ClusterView(RoutingMode.NATIVE, "n1", (other,),
+                       {ipaddress.ip_network("10.2.0.9/32"): RemoteEndpoint(db, None)})
+    sync.sync_cluster(view)
+    assert order == ["datapath", "db-not-selected"]  # withdrawn before the remote entry went live
+    sync.sync_cluster(ClusterView(RoutingMode.NATIVE, "n1", (other,), {}))
+    assert order[-1] == "db-selected"

@@ -1,7 +1,8 @@
 """The cluster part of the composition root (`--kvstore etcd`): the etcd client and the node's
 session, the pod CIDRs claimed from the cluster pool (before IPAM is built), and once the node's
 datapath is up, the cluster runtime (node registry, ipcache, controller) wired to the endpoint
-manager, the identity allocator and the policy engine. Also the views `cilia status` and
+manager, the identity allocator and the policy engine; the pods of other nodes for the service
+engine (`remote_pods`, cilia.lb.pods.RemotePodSource). Also the views `cilia status` and
 `GET /v1/nodes` read, for both kvstores (with `local` the cluster is this node).
 
 Nothing here waits for etcd: the agent starts with it unreachable (from its caches) and
@@ -13,14 +14,14 @@ import dataclasses
 import ipaddress
 import logging
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any, Protocol
 
 from cilia.agent.config import AgentConfig
 from cilia.api.errors import CNI_TRY_AGAIN_LATER, ApiError
 from cilia.api.models import ClusterNode, KvstoreStatus
 from cilia.cluster.controller import ClusterDatapath
-from cilia.cluster.model import IPAddress, Network, NodeRecord
+from cilia.cluster.model import IPAddress, IpcacheRecord, Network, NodeRecord
 from cilia.cluster.podcidr import PodCidrClaimer
 from cilia.cluster.runtime import ClusterRuntime
 from cilia.endpoint.record import EndpointRecord
@@ -31,6 +32,7 @@ from cilia.kvstore.etcd import EtcdClient
 from cilia.kvstore.identities import EtcdIdentityAllocator
 from cilia.kvstore.resources import EtcdStore
 from cilia.kvstore.session import NodeSession
+from cilia.lb.pods import RemotePod
 from cilia.resources.kinds import KindRegistry
 from cilia.resources.store import ResourceStore
 
@@ -64,6 +66,27 @@ def node_view(record: NodeRecord, local: bool, now: float) -> ClusterNode:
                        pod_cidrs=[str(c) for c in record.pod_cidrs], routing_mode=record.routing_mode.value,
                        health=record.health, health_reason=record.health_reason,
                        age_seconds=round(max(0.0, now - record.updated), 1) if record.updated else 0.0)
+
+
+def remote_pods(local_node: str, nodes: Iterable[NodeRecord], records: Iterable[IpcacheRecord],
+                local_ips: Iterable[IPAddress] = ()) -> dict[str, RemotePod]:
+    """The pods of other nodes as service backends: their ipcache records grouped by pod.
+
+    The same rules as the datapath's view (cilia.cluster.controller.build_view): a record counts
+    only while its node is registered and never for an IP this node hosts; records without a pod
+    name (written by hand) are no pod. A pod's addresses are sorted (v4 first)."""
+    registered = {n.name for n in nodes if n.name != local_node}
+    mine = set(local_ips)
+    found: dict[str, tuple[str, str, str, list[IPAddress]]] = {}
+    for record in sorted(records, key=lambda r: (r.ip.version, int(r.ip))):
+        if record.node not in registered or record.ip in mine or not record.pod:
+            continue
+        namespace = record.namespace or "default"
+        key = f"{namespace}/{record.pod}"
+        entry = found.setdefault(key, (namespace, record.pod, record.node, []))
+        if entry[2] == record.node:  # one pod on two nodes (a stale record): the first node's IPs
+            entry[3].append(record.ip)
+    return {key: RemotePod(namespace, name, node, tuple(ips)) for key, (namespace, name, node, ips) in found.items()}
 
 
 class KvGuardedIdentities:
@@ -116,6 +139,9 @@ class LocalCluster:
 
     def remote_endpoints(self) -> int:
         return 0
+
+    def remote_pods(self) -> Mapping[str, RemotePod]:
+        return {}
 
     def stop(self) -> None:
         pass
@@ -178,11 +204,12 @@ class EtcdCluster:
     # ----- after the datapath and the endpoints ----------------------------------------------------
     def start(self, *, addresses: Iterable[IPAddress], datapath: ClusterDatapath,
               local_endpoints: Callable[[], Iterable[EndpointRecord]],
-              identities_changed: Callable[[], object]) -> ClusterRuntime:
+              identities_changed: Callable[[], object],
+              remote_pods_changed: Callable[[], object] | None = None) -> ClusterRuntime:
         self.runtime = ClusterRuntime(
             kv=self.kv, session=self.session, local=local_record(self.config, addresses, self._registered),
             datapath=datapath, local_endpoints=local_endpoints, identities_changed=identities_changed,
-            extra_publish=self._confirm_claims if self._unconfirmed else None)
+            extra_publish=self._confirm_claims if self._unconfirmed else None, tables_changed=remote_pods_changed)
         self.runtime.start()
         return self.runtime
 
@@ -214,4 +241,11 @@ class EtcdCluster:
     def remote_endpoints(self) -> int:
         view = self.runtime.controller.view if self.runtime is not None else None
         return len(view.remote_endpoints) if view is not None else 0
+
+    def remote_pods(self) -> Mapping[str, RemotePod]:
+        """The service engine's remote pod source: empty until the runtime runs."""
+        runtime = self.runtime
+        if runtime is None:
+            return {}
+        return remote_pods(runtime.node, runtime.nodes(), runtime.ipcache_records(), runtime.local_ips())
 

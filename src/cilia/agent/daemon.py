@@ -136,6 +136,7 @@ class Agent:
             maglev_size=config.maglev_table_size,
             maglev_seed=config.maglev_hash_seed,
             service_cidrs=config.service_cidrs,
+            remote_pods=self.etcd,  # pods on other nodes as backends (none with one node)
         )
         self.events = EventPump(config, self.datapath, self.endpoints, self.identities, self.policy.describe_rule,
                                 self.services.describe_rev_nat)
@@ -183,7 +184,8 @@ class Agent:
         runtime = etcd.start(addresses=self.datapath.node_addresses(),
                              datapath=PolicyAwareClusterSync(self.datapath, self.policy),
                              local_endpoints=self.endpoints.records,
-                             identities_changed=self.policy.identities_changed)
+                             identities_changed=self.policy.identities_changed,
+                             remote_pods_changed=self.services.on_remote_pods_changed)
         self.endpoints.subscribe(runtime.endpoints_changed)
         self.identities.subscribe(runtime.controller.identity_event)
         runtime.controller.identity_event()  # what the allocator learned before this subscription

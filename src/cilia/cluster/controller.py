@@ -5,6 +5,9 @@ are written, and written again after a kvstore outage or a new lease, until noth
 Inwards: the mirrored node and ipcache tables become a `ClusterView` (`build_view`, pure) handed
 to `ClusterDatapath.sync_cluster` whenever it changed; identities allocated on other nodes
 (the allocator's subscribe) reach the policy engine as one `identities_changed()` per batch.
+After each round in which the mirrored tables changed and the datapath holds the view (its routes
+and ipcache entries for the remote endpoints), `tables_changed()` tells the service engine, so a
+remote pod becomes a backend only once it is reachable.
 
 Every trigger only sets a flag and wakes the thread, which waits `debounce` seconds so a burst
 (a full resync, 100 pods created at once) becomes one sync. The view is not pushed before both
@@ -79,6 +82,7 @@ class ClusterController:
         debounce: float = 0.05,
         retry_interval: float = 1.0,
         extra_publish: Callable[[], bool] | None = None,
+        tables_changed: Callable[[], object] | None = None,
     ) -> None:
         self._registry = registry
         self._ipcache = ipcache
@@ -90,6 +94,7 @@ class ClusterController:
         self._retry_interval = retry_interval
         self._extra_publish = extra_publish  # e.g. confirming a pod CIDR claimed while offline
         self._extra_done = extra_publish is None
+        self._tables_changed = tables_changed
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._lock = threading.Lock()
@@ -180,6 +185,7 @@ class ClusterController:
         view = build_view(self._registry.name, self._routing_mode, self._registry.nodes(),
                           self._ipcache.table.snapshot().values(), self._local_ips())
         if view == self._last_view:
+            self._notify_tables()  # e.g. an IP now named for another pod: the view is the same
             return True
         started = time.monotonic()
         try:
@@ -199,9 +205,20 @@ class ClusterController:
         self.stats.syncs += 1
         self.stats.last_sync_seconds = time.monotonic() - started
         self.stats.last_sync_at = time.time()
+        self._notify_tables()
         log.debug("cluster view: %d remote nodes, %d remote endpoints", len(view.nodes),
                   len(view.remote_endpoints))
         return True
+
+    def _notify_tables(self) -> None:
+        if self._tables_changed is None:
+            return
+        try:
+            self._tables_changed()
+        except Exception as exc:  # the listener's failure is its own; the view stays pushed
+            log.exception("cluster controller: the tables-changed listener failed")
+            self.stats.errors += 1
+            self.stats.last_error = f"tables_changed: {exc}"
 
     @property
     def view(self) -> ClusterView | None:

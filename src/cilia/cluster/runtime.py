@@ -11,7 +11,7 @@ from collections.abc import Callable, Iterable
 from cilia.cluster import codec
 from cilia.cluster.controller import ClusterController, ClusterDatapath
 from cilia.cluster.ipcache import IpcachePublisher, endpoint_entries
-from cilia.cluster.model import IPAddress, NodeRecord, RoutingMode
+from cilia.cluster.model import IPAddress, IpcacheRecord, NodeRecord, RoutingMode
 from cilia.cluster.nodes import NodeRegistry
 from cilia.endpoint.record import EndpointRecord
 from cilia.kvstore.api import KvClient
@@ -32,6 +32,7 @@ class ClusterRuntime:
         local_endpoints: Callable[[], Iterable[EndpointRecord]],
         identities_changed: Callable[[], object] | None = None,
         extra_publish: Callable[[], bool] | None = None,
+        tables_changed: Callable[[], object] | None = None,
         debounce: float = 0.05,
         retry_interval: float = 1.0,
     ) -> None:
@@ -49,7 +50,7 @@ class ClusterRuntime:
         self.controller = ClusterController(
             registry=self.registry, ipcache=self.ipcache, datapath=datapath, routing_mode=local.routing_mode,
             local_ips=self.local_ips, identities_changed=identities_changed, debounce=debounce,
-            retry_interval=retry_interval, extra_publish=extra_publish)
+            retry_interval=retry_interval, extra_publish=extra_publish, tables_changed=tables_changed)
         session.on_new_lease(self._new_lease)
         self.endpoints_changed()
 
@@ -74,6 +75,10 @@ class ClusterRuntime:
 
     def nodes(self) -> list[NodeRecord]:
         return self.registry.nodes()
+
+    def ipcache_records(self) -> list[IpcacheRecord]:
+        """Every node's ipcache records as mirrored (this node's included)."""
+        return list(self.ipcache.table.snapshot().values())
 
     def start(self) -> None:
         self.session.start()

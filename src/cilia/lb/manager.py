@@ -1,4 +1,5 @@
-"""The service engine: Service / EndpointSlice / Pod objects and local endpoints -> the LB maps, incrementally.
+"""The service engine: Service / EndpointSlice / Pod objects, local endpoints and the pods of other
+nodes -> the LB maps, incrementally.
 
 On any change only the services it touches are recomputed (cilia.lb.state, cilia.lb.desired) and
 only the entries that differ are written (cilia.lb.reconcile, in an order that never exposes a
@@ -7,9 +8,14 @@ the maps themselves at start (cilia.lb.recovery), so a restarted agent that comp
 writes nothing. The maps are reached only through `LbMapsPort`, in typed entries: packing them is
 cilia.maps.lb's job.
 
-Locking: the engine has its own lock and never calls the endpoint source while holding it (the
-endpoint manager calls `on_endpoints_changed` under its own lock); local endpoints' addresses are
-kept from the last notification or full sync instead.
+Backends of a selector come from every node: a pod with a local endpoint has that endpoint's
+addresses (this node), any other pod the addresses the cluster view gives it (`RemotePodSource`,
+with its node; provided by the composition root, none with one node). `on_remote_pods_changed`
+recomputes only the services selecting a pod whose remote addresses or node changed.
+
+Locking: the engine has its own lock and never calls the endpoint source or the remote pod source
+while holding it (the endpoint manager calls `on_endpoints_changed` under its own lock); their
+addresses are kept from the last notification or full sync instead.
 """
 
 from __future__ import annotations
@@ -38,7 +44,7 @@ from cilia.lb.model import (
     LbFrontend,
     ServiceName,
 )
-from cilia.lb.pods import pod_info
+from cilia.lb.pods import RemotePod, RemotePodSource, pod_info
 from cilia.lb.reconcile import LbChanges, LbMapError, Operation, diff, plan
 from cilia.lb.state import PodInfo, frontends_for
 from cilia.lb.views import frontend_text, maglev_rows, rev_nat_row, service_rows
@@ -103,9 +109,11 @@ class ServiceManager:
     def __init__(self, *, resources: ResourceReader, endpoints: EndpointSource, datapath: LbDatapath, node: str,
                  node_addresses: Callable[[], list[IPAddress]], state_dir: Path,
                  maglev_size: int, maglev_seed: int = 0,
-                 service_cidrs: Sequence[ipaddress.IPv4Network | ipaddress.IPv6Network] = ()) -> None:
+                 service_cidrs: Sequence[ipaddress.IPv4Network | ipaddress.IPv6Network] = (),
+                 remote_pods: RemotePodSource | None = None) -> None:
         self._resources = resources
         self._endpoints = endpoints
+        self._remote_source = remote_pods
         self._datapath = datapath
         self._node = node
         self._node_addresses = node_addresses
@@ -122,6 +130,7 @@ class ServiceManager:
         self._backend_written: dict[int, BackendEntry] = {}  # what the backends map holds
         self._overrides: dict[tuple[ServiceName, IPAddress, int], BackendState] = {}
         self._pod_addresses: dict[str, PodAddresses] = {}  # "namespace/name" -> its local endpoint's
+        self._remote_pods: dict[str, RemotePod] = {}  # "namespace/name" -> a pod on another node
         self._addresses: list[IPAddress] = []
         self._live: LbEntries | None = None  # what the maps held at load(), until the first sync
         # EndpointSlices by the service they belong to, parsed once when they change (the store
@@ -145,6 +154,7 @@ class ServiceManager:
     def sync_all(self) -> None:
         """Compute every service and make the maps hold exactly that (start-up, and after a failed write)."""
         records = self._endpoints.records()  # before our lock: see the module's docstring
+        remote = self._read_remote()
         with self._lock:
             started = time.monotonic()
             self.needs_resync = False
@@ -153,6 +163,7 @@ class ServiceManager:
             self._backend_users.clear()
             self._addresses = self._node_addresses()
             self._pod_addresses = _addresses_of(records)
+            self._remote_pods = remote
             self._slices.clear()
             for obj in self._resources.list("EndpointSlice"):
                 self._index_slice(obj)
@@ -228,6 +239,27 @@ class ServiceManager:
                     names |= self._selecting(namespace, [pod.get("metadata", {}).get("labels") or {}])
             if names:
                 self.update(names)
+
+    def on_remote_pods_changed(self) -> None:
+        """The cluster view changed: services selecting a pod whose remote addresses (or node) came,
+        went or changed follow; nothing else is recomputed."""
+        now = self._read_remote()  # before our lock: see the module's docstring
+        with self._lock:
+            changed = {k for k in now.keys() | self._remote_pods.keys() if now.get(k) != self._remote_pods.get(k)}
+            self._remote_pods = now
+            names: set[ServiceName] = set()
+            for key in changed:
+                if key in self._pod_addresses:
+                    continue  # a local endpoint's addresses win: the remote record is stale or conflicting
+                namespace, _, pod_name = key.partition("/")
+                pod = self._resources.get("Pod", namespace, pod_name)
+                if pod is not None:
+                    names |= self._selecting(namespace, [pod.get("metadata", {}).get("labels") or {}])
+            if names:
+                self.update(names)
+
+    def _read_remote(self) -> dict[str, RemotePod]:
+        return dict(self._remote_source.remote_pods()) if self._remote_source is not None else {}
 
     def set_backend_state(self, service: ServiceName, address: IPAddress, port: int, state: BackendState) -> None:
         """Operator override (quarantine a backend, or make it active again)."""
@@ -400,10 +432,19 @@ class ServiceManager:
         return list(self._slices.get(name, {}).values())
 
     def _pods_in(self, namespace: str) -> list[PodInfo]:
+        """The namespace's pods with their addresses and node: this node's endpoint if it has one,
+        else what the cluster view says; a pod neither knows has no address (no backend)."""
         pods = []
         for pod in self._resources.list("Pod", namespace):
-            local = self._pod_addresses.get(f"{namespace}/{pod['metadata']['name']}", (None, None))
-            pods.append(pod_info(pod, tuple(ipaddress.ip_address(a) for a in local if a), self._node))
+            key = f"{namespace}/{pod['metadata']['name']}"
+            local = self._pod_addresses.get(key)
+            remote = self._remote_pods.get(key)
+            if local is not None:
+                pods.append(pod_info(pod, tuple(ipaddress.ip_address(a) for a in local if a), self._node))
+            elif remote is not None:
+                pods.append(pod_info(pod, remote.addresses, remote.node))
+            else:
+                pods.append(pod_info(pod, (), None))
         return pods
 
     def _selecting(self, namespace: str, label_sets: list[dict[str, str]]) -> set[ServiceName]:

@@ -1,12 +1,16 @@
-"""A stored Pod object -> the PodInfo the selector path of cilia.lb.state needs.
+"""A stored Pod object -> the PodInfo the selector path of cilia.lb.state needs, and where the
+addresses of pods on other nodes come from (`RemotePodSource`).
 
 The object was validated when applied (cilia.resources.validate); its addresses are not in it
-(this node's endpoint records have them), so the caller passes them in.
+(this node's endpoint records have them for local pods, the cluster view for remote ones), so the
+caller passes them in with the pod's node.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Protocol
 
 from cilia import ipproto
 from cilia.lb.model import IPAddress, L4Protocol
@@ -24,3 +28,25 @@ def pod_info(pod: dict[str, Any], addresses: tuple[IPAddress, ...], node: str | 
     facts = read_pod(pod)
     return PodInfo(namespace=facts.namespace, name=facts.name, labels=dict(facts.labels), addresses=addresses,
                    node=node, ready=facts.ready, terminating=facts.terminating, named_ports=named_ports(facts))
+
+
+@dataclass(frozen=True)
+class RemotePod:
+    """A pod hosted by another node, as the cluster view knows it: the node and the pod's IPs."""
+
+    namespace: str
+    name: str
+    node: str
+    addresses: tuple[IPAddress, ...]
+
+    @property
+    def key(self) -> str:
+        return f"{self.namespace}/{self.name}"
+
+
+class RemotePodSource(Protocol):
+    """Pods on other nodes ("namespace/name" -> RemotePod), provided by the composition root from
+    the cluster view (cilia.agent.cluster); the engine reads it outside its own lock and is told
+    of changes through `ServiceManager.on_remote_pods_changed`."""
+
+    def remote_pods(self) -> Mapping[str, RemotePod]: ...

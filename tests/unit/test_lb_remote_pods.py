@@ -24,23 +24,23 @@ class Cluster:
 
     def __init__(self) -> None:
         self.engine: ServiceManager | None = None
-        self.pods: dict[str, RemotePod] = {}
-        self.reads = 0
+        self.pods: dict[str, RemotePod] | None = {}  # None: the cluster not listed yet
 
-    def remote_pods(self) -> dict[str, RemotePod]:
+    def remote_pods(self) -> dict[str, RemotePod] | None:
         assert self.engine is not None and not self.engine._lock._is_owned(), "called under the engine's lock"
-        self.reads += 1
-        return dict(self.pods)
+        return None if self.pods is None else dict(self.pods)
 
 
 def remote(name: str, node: str, *ips: str) -> RemotePod:
     return RemotePod("default", name, node, tuple(ipaddress.ip_address(ip) for ip in ips))
 
 
-def engine(tmp_path: Path) -> tuple[LocalStore, LocalPods, Cluster, ServiceManager]:
+def engine(tmp_path: Path, datapath: FakeDatapath | None = None, pods: dict[str, RemotePod] | None = None,
+           ) -> tuple[LocalStore, LocalPods, Cluster, ServiceManager]:
     store = LocalStore(tmp_path / "resources.db", KINDS)
     local, cluster = LocalPods(), Cluster()
-    services = ServiceManager(resources=store, endpoints=local, datapath=FakeDatapath(), node="n1",
+    cluster.pods = pods
+    services = ServiceManager(resources=store, endpoints=local, datapath=datapath or FakeDatapath(), node="n1",
                               node_addresses=lambda: [ipaddress.ip_address("192.0.2.11")], state_dir=tmp_path,
                               maglev_size=251, remote_pods=cluster)
     local.engine = cluster.engine = services
@@ -61,7 +61,7 @@ def web_pods() -> list[dict[str, Any]]:
 
 
 def test_selected_pods_on_other_nodes_are_backends_with_their_node(tmp_path: Path) -> None:
-    store, local, cluster, services = engine(tmp_path)
+    store, local, cluster, services = engine(tmp_path, pods={})
     local.list = [LocalPod("default", "web1", "10.1.1.5")]
     cluster.pods = {"default/web2": remote("web2", "n2", "10.1.2.5", "fd00::2:5"),
                     "default/web3": remote("web3", "n3", "10.1.3.5")}
@@ -74,7 +74,7 @@ def test_selected_pods_on_other_nodes_are_backends_with_their_node(tmp_path: Pat
 
 def test_only_remote_backends_serve_a_cluster_ip(tmp_path: Path) -> None:
     """The bug: a ClusterIP whose pods are all on other nodes had no backend at all."""
-    store, _local, cluster, services = engine(tmp_path)
+    store, _local, cluster, services = engine(tmp_path, pods={})
     store.apply([service("web", "10.96.5.1", selector={"app": "web"}), *web_pods()])
     assert backends(services, "web") == {"10.96.5.1:80": []}
     cluster.pods = {"default/web2": remote("web2", "n2", "10.1.2.5")}
@@ -83,7 +83,7 @@ def test_only_remote_backends_serve_a_cluster_ip(tmp_path: Path) -> None:
 
 
 def test_remote_pods_coming_and_going_recompute_only_the_services_selecting_them(tmp_path: Path) -> None:
-    store, _local, cluster, services = engine(tmp_path)
+    store, _local, cluster, services = engine(tmp_path, pods={})
     store.apply([service("web", "10.96.5.1", selector={"app": "web"}),
                  service("db", "10.96.5.2", selector={"app": "db"}),
                  *web_pods(), pod("db1", {"app": "db"})])
@@ -116,7 +116,7 @@ def test_remote_pods_coming_and_going_recompute_only_the_services_selecting_them
 
 
 def test_a_remote_pod_without_a_pod_object_or_not_selected_is_no_backend(tmp_path: Path) -> None:
-    store, _local, cluster, services = engine(tmp_path)
+    store, _local, cluster, services = engine(tmp_path, pods={})
     store.apply([service("web", "10.96.5.1", selector={"app": "web"}), pod("other", {"app": "other"})])
     cluster.pods = {"default/ghost": remote("ghost", "n2", "10.1.2.7"),
                     "default/other": remote("other", "n2", "10.1.2.8")}
@@ -125,7 +125,7 @@ def test_a_remote_pod_without_a_pod_object_or_not_selected_is_no_backend(tmp_pat
 
 
 def test_a_local_endpoint_wins_over_a_remote_record_of_the_same_pod(tmp_path: Path) -> None:
-    store, local, cluster, services = engine(tmp_path)
+    store, local, cluster, services = engine(tmp_path, pods={})
     local.list = [LocalPod("default", "web1", "10.1.1.5")]
     services.on_endpoints_changed()
     store.apply([service("web", "10.96.5.1", selector={"app": "web"}), *web_pods()])
@@ -135,7 +135,7 @@ def test_a_local_endpoint_wins_over_a_remote_record_of_the_same_pod(tmp_path: Pa
 
 
 def test_internal_traffic_policy_local_leaves_a_cluster_ip_only_this_nodes_pods(tmp_path: Path) -> None:
-    store, local, cluster, services = engine(tmp_path)
+    store, local, cluster, services = engine(tmp_path, pods={})
     store.apply([service("web", "10.96.5.1", selector={"app": "web"}, internalTrafficPolicy="Local",
                          type="NodePort", ports=[{"port": 80, "targetPort": 8080, "nodePort": 30080}]), *web_pods()])
     cluster.pods = {"default/web2": remote("web2", "n2", "10.1.2.5")}
@@ -149,7 +149,7 @@ def test_internal_traffic_policy_local_leaves_a_cluster_ip_only_this_nodes_pods(
 
 
 def test_external_traffic_policy_local_leaves_node_ports_only_this_nodes_pods(tmp_path: Path) -> None:
-    store, local, cluster, services = engine(tmp_path)
+    store, local, cluster, services = engine(tmp_path, pods={})
     store.apply([service("web", "10.96.5.1", selector={"app": "web"}, externalTrafficPolicy="Local",
                          type="NodePort", externalIPs=["203.0.113.7"],
                          ports=[{"port": 80, "targetPort": 8080, "nodePort": 30080}]), *web_pods()])
@@ -163,6 +163,26 @@ def test_external_traffic_policy_local_leaves_node_ports_only_this_nodes_pods(tm
     assert backends(services, "web") == {"10.96.5.1:80": [("10.1.1.5:8080", "n1"), ("10.1.2.5:8080", "n2")],
                                          "192.0.2.11:30080": [("10.1.1.5:8080", "n1")],
                                          "203.0.113.7:80": [("10.1.1.5:8080", "n1")]}
+
+
+def test_a_restart_before_the_cluster_is_listed_keeps_the_remote_backends(tmp_path: Path) -> None:
+    """The remote backends' pods are cached: a restarted agent (etcd maybe down) writes nothing."""
+    datapath = FakeDatapath()
+    store, _local, cluster, services = engine(tmp_path, datapath, pods={})
+    store.apply([service("web", "10.96.5.1", selector={"app": "web"}), *web_pods()])
+    assert cluster.pods is not None
+    cluster.pods.update({"default/web2": remote("web2", "n2", "10.1.2.5"),
+                         "default/db": remote("db", "n2", "10.1.2.9")})  # no Pod object: not cached
+    services.on_remote_pods_changed()
+    # the restarted agent: the same maps and state dir, the cluster not listed yet
+    _store, _local, cluster, restarted = engine(tmp_path, datapath, pods=None)
+    assert restarted.last_sync_operations == 0
+    assert backends(restarted, "web") == {"10.96.5.1:80": [("10.1.2.5:8080", "n2")]}
+    restarted.on_remote_pods_changed()  # still not listed: nothing changes
+    assert backends(restarted, "web") == {"10.96.5.1:80": [("10.1.2.5:8080", "n2")]}
+    cluster.pods = {"default/web3": remote("web3", "n3", "10.1.3.5")}  # listed: web2 went meanwhile
+    restarted.on_remote_pods_changed()
+    assert backends(restarted, "web") == {"10.96.5.1:80": [("10.1.3.5:8080", "n3")]}
 
 
 # ----- the composition root's grouping ------------------------------------------------------------
@@ -235,3 +255,13 @@ def test_the_controller_tells_of_remote_pods_once_the_datapath_holds_their_view(
             runtime.node_reflector.stop()
             runtime.ipcache_reflector.stop()
         kv.close()
+
+
+def test_the_remote_backend_cache_round_trips_and_skips_garbage() -> None:
+    from cilia.lb.pods import decode_remote, encode_remote
+
+    pods = {"default/web2": remote("web2", "n2", "10.1.2.5", "fd00::2:5")}
+    assert decode_remote(encode_remote(pods)) == pods
+    assert decode_remote({"default/x": {"node": "n2", "addresses": ["no ip"]}, "default/y": {"node": "n2"},
+                          "default/z": 5, **encode_remote(pods)}) == pods
+    assert decode_remote(["not", "a", "dict"]) == {}

@@ -242,10 +242,11 @@ class EtcdCluster:
         view = self.runtime.controller.view if self.runtime is not None else None
         return len(view.remote_endpoints) if view is not None else 0
 
-    def remote_pods(self) -> Mapping[str, RemotePod]:
-        """The service engine's remote pod source: empty until the runtime runs."""
+    def remote_pods(self) -> Mapping[str, RemotePod] | None:
+        """The service engine's remote pod source: None until both cluster tables were listed
+        (the engine keeps its cached remote backends meanwhile)."""
         runtime = self.runtime
-        if runtime is None:
-            return {}
+        if runtime is None or not (runtime.registry.table.synced and runtime.ipcache.table.synced):
+            return None
         return remote_pods(runtime.node, runtime.nodes(), runtime.ipcache_records(), runtime.local_ips())
 

@@ -11,7 +11,10 @@ cilia.maps.lb's job.
 Backends of a selector come from every node: a pod with a local endpoint has that endpoint's
 addresses (this node), any other pod the addresses the cluster view gives it (`RemotePodSource`,
 with its node; provided by the composition root, none with one node). `on_remote_pods_changed`
-recomputes only the services selecting a pod whose remote addresses or node changed.
+recomputes only the services selecting a pod whose remote addresses or node changed. The remote
+pods that are backends are cached in `remote-backends.json`: until the source knows the cluster
+(a restart, maybe with etcd down), a sync uses them, so a restarted agent keeps its remote
+backends in the maps instead of dropping and re-adding them.
 
 Locking: the engine has its own lock and never calls the endpoint source or the remote pod source
 while holding it (the endpoint manager calls `on_endpoints_changed` under its own lock); their
@@ -28,6 +31,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
+from cilia.jsonfile import read_json, write_json
 from cilia.lb import recovery
 from cilia.lb.affinity import AffinityEntry, AffinityKey, expired
 from cilia.lb.clusterip import ClusterIpAllocator
@@ -44,7 +48,7 @@ from cilia.lb.model import (
     LbFrontend,
     ServiceName,
 )
-from cilia.lb.pods import RemotePod, RemotePodSource, pod_info
+from cilia.lb.pods import RemotePod, RemotePodSource, decode_remote, encode_remote, pod_info
 from cilia.lb.reconcile import LbChanges, LbMapError, Operation, diff, plan
 from cilia.lb.state import PodInfo, frontends_for
 from cilia.lb.views import frontend_text, maglev_rows, rev_nat_row, service_rows
@@ -130,7 +134,11 @@ class ServiceManager:
         self._backend_written: dict[int, BackendEntry] = {}  # what the backends map holds
         self._overrides: dict[tuple[ServiceName, IPAddress, int], BackendState] = {}
         self._pod_addresses: dict[str, PodAddresses] = {}  # "namespace/name" -> its local endpoint's
-        self._remote_pods: dict[str, RemotePod] = {}  # "namespace/name" -> a pod on another node
+        # "namespace/name" -> a pod on another node; from the cache until the source knows the cluster
+        self._remote_cache = state_dir / "remote-backends.json"
+        self._remote_pods: dict[str, RemotePod] = decode_remote(read_json(self._remote_cache, {}))
+        self._remote_saved = dict(self._remote_pods)
+        self._remote_used: dict[ServiceName, set[str]] = {}  # each service's backends on other nodes
         self._addresses: list[IPAddress] = []
         self._live: LbEntries | None = None  # what the maps held at load(), until the first sync
         # EndpointSlices by the service they belong to, parsed once when they change (the store
@@ -163,7 +171,9 @@ class ServiceManager:
             self._backend_users.clear()
             self._addresses = self._node_addresses()
             self._pod_addresses = _addresses_of(records)
-            self._remote_pods = remote
+            if remote is not None:
+                self._remote_pods = remote
+            self._remote_used.clear()
             self._slices.clear()
             for obj in self._resources.list("EndpointSlice"):
                 self._index_slice(obj)
@@ -175,6 +185,7 @@ class ServiceManager:
                 desired.update(state.entries)
                 for backend_id in state.backend_ids:
                     self._backend_users.setdefault(backend_id, set()).add(name)
+                self._note_remote_used(name, state)
             for backend_id in self._backend_users:
                 desired.backends[backend_id] = self._backend_values[backend_id]
             live = self._live if self._live is not None else self._datapath.lb.entries()
@@ -189,6 +200,7 @@ class ServiceManager:
             self._forget_unused_ids()
             self._backend_written = {i: self._backend_values[i] for i in self._backend_users}
             self._live = None
+            self._save_remote()
             self.last_sync_seconds = time.monotonic() - started
             self.last_sync_operations = operations
             log.info("services synced: %d services, %d map operations in %.3f s", len(names), operations,
@@ -244,6 +256,8 @@ class ServiceManager:
         """The cluster view changed: services selecting a pod whose remote addresses (or node) came,
         went or changed follow; nothing else is recomputed."""
         now = self._read_remote()  # before our lock: see the module's docstring
+        if now is None:
+            return
         with self._lock:
             changed = {k for k in now.keys() | self._remote_pods.keys() if now.get(k) != self._remote_pods.get(k)}
             self._remote_pods = now
@@ -258,8 +272,31 @@ class ServiceManager:
             if names:
                 self.update(names)
 
-    def _read_remote(self) -> dict[str, RemotePod]:
-        return dict(self._remote_source.remote_pods()) if self._remote_source is not None else {}
+    def _read_remote(self) -> dict[str, RemotePod] | None:
+        if self._remote_source is None:
+            return {}
+        pods = self._remote_source.remote_pods()
+        return None if pods is None else dict(pods)
+
+    def _note_remote_used(self, name: ServiceName, state: ServiceState) -> None:
+        used = {b.pod for f in state.frontends for b in f.backends
+                if b.pod is not None and b.node != self._node and b.pod in self._remote_pods}
+        if used:
+            self._remote_used[name] = used
+        else:
+            self._remote_used.pop(name, None)
+
+    def _save_remote(self) -> None:
+        """Write the cache of remote backends' pods when it changed."""
+        used = set().union(*self._remote_used.values()) if self._remote_used else set()
+        wanted = {key: self._remote_pods[key] for key in sorted(used) if key in self._remote_pods}
+        if wanted == self._remote_saved:
+            return
+        try:
+            write_json(self._remote_cache, encode_remote(wanted))
+            self._remote_saved = wanted
+        except OSError as exc:  # only a restart's first sync would miss it
+            log.warning("services: cannot write %s: %s", self._remote_cache, exc)
 
     def set_backend_state(self, service: ServiceName, address: IPAddress, port: int, state: BackendState) -> None:
         """Operator override (quarantine a backend, or make it active again)."""
@@ -293,6 +330,7 @@ class ServiceManager:
                 if released:
                     pending += sorted(n for n, state in self._services.items()
                                       if n != name and n not in pending and state.conflicted & released)
+            self._save_remote()
         return operations
 
     def _update_one(self, name: ServiceName) -> tuple[int, set[FrontendKey]]:
@@ -341,6 +379,7 @@ class ServiceManager:
             self._cluster_ips.release(name)
         else:
             self._services[name] = new
+        self._note_remote_used(name, new)
         return operations, released
 
     # ----- computing one service -------------------------------------------------------------------

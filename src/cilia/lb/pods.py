@@ -8,6 +8,7 @@ caller passes them in with the pod's node.
 
 from __future__ import annotations
 
+import ipaddress
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -49,4 +50,26 @@ class RemotePodSource(Protocol):
     the cluster view (cilia.agent.cluster); the engine reads it outside its own lock and is told
     of changes through `ServiceManager.on_remote_pods_changed`."""
 
-    def remote_pods(self) -> Mapping[str, RemotePod]: ...
+    def remote_pods(self) -> Mapping[str, RemotePod] | None:
+        """None: not known yet (the cluster tables were never listed, e.g. etcd down at start)."""
+        ...
+
+
+def encode_remote(pods: Mapping[str, RemotePod]) -> dict[str, dict[str, Any]]:
+    """The remote backends' pods as the engine's cache file holds them."""
+    return {key: {"node": pod.node, "addresses": [str(a) for a in pod.addresses]} for key, pod in sorted(pods.items())}
+
+
+def decode_remote(raw: object) -> dict[str, RemotePod]:
+    """The cache file's pods; anything malformed is left out (the cluster view replaces it soon)."""
+    found: dict[str, RemotePod] = {}
+    if not isinstance(raw, dict):
+        return found
+    for key, value in raw.items():
+        namespace, _, name = str(key).partition("/")
+        try:
+            addresses = tuple(ipaddress.ip_address(a) for a in value["addresses"])
+            found[key] = RemotePod(namespace, name, str(value["node"]), addresses)
+        except (TypeError, KeyError, ValueError):
+            continue
+    return found

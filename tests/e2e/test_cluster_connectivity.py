@@ -3,7 +3,8 @@ IPv4 and IPv6, pod -> pod, node -> remote pod, world -> pod; every node's ipcach
 nodes' pods with the identities their nodes gave them (and, tunnelling, the node to tunnel to); the
 same labels have the same number everywhere; every node lists every node; the pods' MTU leaves room
 for VXLAN; a Service with a backend on n2 and one on n3, reached from n1 through the socket LB, the
-per-packet path, and NodePort from an external host."""
+per-packet path, and NodePort from an external host; the traffic policies Local across nodes
+(a ClusterIP from a pod only to its own node's backends, a NodePort only to the node's own)."""
 
 from __future__ import annotations
 
@@ -60,6 +61,17 @@ SLICED = {
 }
 
 
+# Both traffic policies Local: from a pod only its own node's backends, on a node's NodePort only
+# that node's (n1 has none: refused from n1's pods, dropped or refused on n1's NodePort).
+LOCAL = {
+    "apiVersion": "v1", "kind": "Service", "metadata": {"name": "web-local", "namespace": "default"},
+    "spec": {"type": "NodePort", "clusterIP": "10.96.0.82", "selector": {"app": "web"},
+             "internalTrafficPolicy": "Local", "externalTrafficPolicy": "Local",
+             "ports": [{"name": "echo", "port": 80, "targetPort": "echo", "protocol": "TCP", "nodePort": 30082}]},
+}
+NO_BACKEND = {"refused", "timed-out"}
+
+
 def web_slice(lab: Lab) -> dict[str, Any]:
     return {
         "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
@@ -79,7 +91,7 @@ def clab(request: pytest.FixtureRequest) -> Iterator[Lab]:
     # a client outside n1's cgroup: its service traffic takes the per-packet path
     topology["pods"].append({"name": "rawclient", "node": "n1", "labels": {"app": "client"}, "socketLB": False})
     with running_cluster_lab(topology) as lab:
-        apply(lab, [SERVICE, SLICED, web_slice(lab)])
+        apply(lab, [SERVICE, SLICED, LOCAL, web_slice(lab)])
         yield lab
 
 
@@ -204,3 +216,19 @@ def test_a_service_connection_to_a_remote_backend_stays_up(clab: Lab, address: s
         assert connection.peer in BACKENDS
         assert all(connection.echo(f"line {i}") for i in range(20))
 
+
+
+@pytest.mark.parametrize("source", ["client1", "rawclient"], ids=["socket-lb", "per-packet"])
+def test_internal_traffic_policy_local_keeps_a_pod_on_its_own_nodes_backends(clab: Lab, source: str) -> None:
+    assert peers(probes(clab, "client3", "10.96.0.82", 80, count=12)) == {"web3"}  # n3's own only
+    got = peers(probes(clab, source, "10.96.0.82", 80, count=4))  # n1 has no web pod: no backend
+    assert got <= NO_BACKEND, got
+    assert _reaches_both(clab, source, "10.96.0.80", 80) == BACKENDS  # policy Cluster: every node's
+
+
+def test_external_traffic_policy_local_keeps_a_node_port_on_its_nodes_backends(clab: Lab) -> None:
+    nodes = clab.state["nodes"]
+    assert peers(probes(clab, "world1", nodes["n2"]["ipv4"], 30082, count=12)) == {"web2"}
+    assert peers(probes(clab, "world1", nodes["n3"]["ipv4"], 30082, count=12)) == {"web3"}
+    got = peers(probes(clab, "world1", nodes["n1"]["ipv4"], 30082, count=4))  # no backend on n1
+    assert got <= NO_BACKEND, got

@@ -34,6 +34,7 @@ def desired_ipcache(view: ClusterView) -> dict[Network, IpcacheValue]:
                 desired[cidr] = IpcacheValue.remote(int(ReservedIdentity.WORLD), node.ipv4)
     for prefix, endpoint in view.remote_endpoints.items():
         desired[prefix] = IpcacheValue.remote(endpoint.identity, endpoint.tunnel_endpoint if tunnel else None)
+    # (RemoteEndpoints builds each network as it is iterated: only this dict holds them, for the sync)
     for node in remote_nodes:
         for address in (node.ipv4, node.ipv6):
             if address is not None:

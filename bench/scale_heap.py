@@ -1,7 +1,7 @@
 """Heap per remote endpoint (`python -m bench.scale_heap`): the scale benchmark's synthetic cluster
 (bench.scale.synthetic_cluster) written into a MemoryKv, one ClusterRuntime mirroring it and
-pushing views into a stand-in datapath that diffs like the agent's adapter (entries() of a map
-held as packed key/value bytes, as the kernel holds it). tracemalloc's current and peak heap,
+pushing views into a stand-in datapath that diffs like the agent's adapter (against a map held
+as packed key/value bytes, as the kernel holds it). tracemalloc's current and peak heap,
 after the sync, over N x M, with the stand-in map's own bytes taken out: what the cluster mirrors
 cost without an agent, a lab or root."""
 
@@ -25,20 +25,13 @@ class MapDatapath:
         self.map: dict[bytes, bytes] = {}
         self.syncs = 0
 
-    def entries(self) -> dict[Any, Any]:
-        from cilia.maps.ipcache import IpcacheValue, unpack_key
-
-        return {unpack_key(k): IpcacheValue.unpack(v) for k, v in self.map.items()}
-
     def sync_cluster(self, view: Any) -> int:
-        from cilia.datapath.cluster import desired_ipcache, ipcache_diff
-        from cilia.maps.ipcache import pack_key
-
-        diff = ipcache_diff(self.entries(), desired_ipcache(view))
-        for prefix, value in diff.put.items():
-            self.map[pack_key(prefix)] = value.pack()
-        for prefix in diff.delete:
-            self.map.pop(pack_key(prefix), None)
+        from cilia.datapath.cluster import desired_ipcache_packed, packed_ipcache_diff
+        diff = packed_ipcache_diff(self.map.items(), desired_ipcache_packed(view))
+        for key, value in diff.put.items():
+            self.map[key] = value
+        for key in diff.delete:
+            self.map.pop(key, None)
         self.syncs += 1
         return len(diff.put) + len(diff.delete)
 
@@ -79,9 +72,10 @@ def run(nodes: int = 100, pods_per_node: int = 100, identities: int = 1000, time
             break
         time.sleep(0.05)
     synced = time.monotonic() - started
-    # a second round over the same data (a resync's worth of work): the steady state's high-water
-    runtime.controller.view_changed()
-    time.sleep(0.5)
+    # a second sync against the now full map (what every later change costs): its high-water too
+    view = runtime.controller.view
+    if view is not None:
+        datapath.sync_cluster(view)
     gc.collect()
     current, peak = tracemalloc.get_traced_memory()
     tracemalloc.stop()

@@ -40,6 +40,8 @@ class MapDatapath:
 
 
 def run(nodes: int = 100, pods_per_node: int = 100, identities: int = 1000, timeout: float = 60.0) -> dict[str, Any]:
+    import cilia.datapath.cluster  # imported before tracing: modules are not the mirrors
+    import cilia.maps.ipcache  # noqa: F401
     from cilia.cluster.model import NodeRecord, RoutingMode
     from cilia.cluster.runtime import ClusterRuntime
     from cilia.kvstore.memory import MemoryKv

@@ -14,7 +14,7 @@ import pytest
 
 from cilia.cluster import codec
 from cilia.cluster.controller import build_view
-from cilia.cluster.model import ClusterView, IpcacheRecord, NodeRecord, RemoteEndpoint, RoutingMode
+from cilia.cluster.model import ClusterView, IpcacheRecord, NodeRecord, RemoteEndpoint, RemoteEndpoints, RoutingMode
 from cilia.cluster.runtime import ClusterRuntime
 from cilia.endpoint.record import EndpointRecord
 from cilia.kvstore.memory import ManualClock, MemoryKv
@@ -49,6 +49,25 @@ def test_build_view_keeps_remote_endpoints_of_registered_nodes() -> None:
     assert tunnel.remote_endpoints[net("fd00:200:0:2::5/128")] == RemoteEndpoint(1000, b_underlay)
     assert build_view("a", RoutingMode.NATIVE, nodes, entries) == build_view("a", RoutingMode.NATIVE,
                                                                                nodes[::-1], entries[::-1])
+
+
+def test_remote_endpoints_read_as_a_mapping_of_host_networks() -> None:
+    a, b = RemoteEndpoint(1000, None), RemoteEndpoint(1001, ipaddress.IPv4Address("192.0.2.2"))
+    v4, v6 = ip("10.200.2.5"), ip("fd00:200:0:2::5")
+    # an IPv6 address whose int equals an IPv4 one's must not collide with it
+    low6 = ipaddress.IPv6Address(int(v4))
+    endpoints = RemoteEndpoints([(v4, a), (v6, b), (low6, b)])
+    assert len(endpoints) == 3
+    assert endpoints[net("10.200.2.5/32")] == a and endpoints[net("fd00:200:0:2::5/128")] == b
+    assert endpoints[ipaddress.IPv6Network((int(v4), 128))] == b
+    assert list(endpoints) == [net("10.200.2.5/32"), net("fd00:200:0:2::5/128"), ipaddress.IPv6Network((int(v4), 128))]
+    assert net("10.200.2.0/24") not in endpoints and net("10.200.2.6/32") not in endpoints
+    assert "10.200.2.5/32" not in endpoints
+    assert dict(endpoints) == {net("10.200.2.5/32"): a, net("fd00:200:0:2::5/128"): b,
+                               ipaddress.IPv6Network((int(v4), 128)): b}
+    assert endpoints == dict(endpoints) and endpoints == RemoteEndpoints([(low6, b), (v6, b), (v4, a)])
+    assert endpoints != RemoteEndpoints([(v4, a)]) and endpoints != RemoteEndpoints([(v4, b), (v6, b), (low6, b)])
+    assert list(endpoints.host_items()) == [(v4, a), (v6, b), (low6, b)]
 
 
 class FakeDatapath:

@@ -5,10 +5,16 @@ from __future__ import annotations
 
 import ipaddress
 
-from cilia.cluster.model import ClusterView, NodeRecord, RemoteEndpoint, RoutingMode
-from cilia.datapath.cluster import desired_ipcache, desired_routes, ipcache_diff
+from cilia.cluster.model import ClusterView, NodeRecord, RemoteEndpoint, RemoteEndpoints, RoutingMode
+from cilia.datapath.cluster import (
+    desired_ipcache,
+    desired_ipcache_packed,
+    desired_routes,
+    ipcache_diff,
+    packed_ipcache_diff,
+)
 from cilia.identity.reserved import ReservedIdentity
-from cilia.maps.ipcache import FLAG_CLUSTER, IpcacheValue
+from cilia.maps.ipcache import FLAG_CLUSTER, IpcacheValue, pack_key
 from cilia.netlink.routes import PodCidrRoute
 
 net = ipaddress.ip_network
@@ -97,3 +103,17 @@ def test_an_encap_route_read_back_from_netlink_names_its_node_and_vni() -> None:
            "00:00:00:00:05:00:04:00:40:00:00:00:06:00:06:00:00:00:00:00")
     assert _encap_dst(raw) == ip("192.0.2.12") and _encap_vni(raw) == 6
     assert _encap_dst(None) is None and _encap_vni(None) == 0
+
+
+def test_packed_plan_is_the_same_for_a_compact_view_and_its_diff_streams_the_map() -> None:
+    plain = view(RoutingMode.TUNNEL)
+    compact = ClusterView(plain.routing_mode, plain.local_node, plain.nodes,
+                          RemoteEndpoints((p.network_address, e) for p, e in plain.remote_endpoints.items()))
+    desired = desired_ipcache_packed(plain)
+    assert desired_ipcache_packed(compact) == desired
+    assert {pack_key(p): v.pack() for p, v in desired_ipcache(compact).items()} == desired
+    held = dict(desired)
+    held[pack_key(net("10.200.1.7/32"))] = IpcacheValue(256).pack()  # a local pod's: not ours
+    held[pack_key(net("10.200.2.9/32"))] = IpcacheValue(300, 0, FLAG_CLUSTER).pack()  # ours, gone
+    diff = packed_ipcache_diff(iter(held.items()), desired_ipcache_packed(compact))
+    assert diff.put == {} and diff.delete == (pack_key(net("10.200.2.9/32")),) and diff.kept_foreign == ()

@@ -224,3 +224,31 @@ def test_property_the_copy_and_the_handler_end_equal_to_the_store(script: list[t
     finally:
         reflector.stop()
         kv.close()
+
+
+def test_without_values_it_keeps_fingerprints_and_still_skips_unchanged_puts(kv: CountingKv) -> None:
+    kv.put("cilia/x/keep", b"k" * 200)
+    kv.put("cilia/x/change", b"old")
+    recorder = Recorder()
+    reflector = _reflector(kv, recorder, keep_values=False)
+    try:
+        assert sorted(recorder.take()) == [("put", "cilia/x/change", b"old"), ("put", "cilia/x/keep", b"k" * 200)]
+        held = reflector.items()
+        assert set(held) == {"cilia/x/keep", "cilia/x/change"} and all(len(v) == 16 for v in held.values())
+        kv.put("cilia/x/keep", b"k" * 200)  # same value: no event
+        kv.put("cilia/x/change", b"new")
+        wait_for(lambda: reflector.revision >= kv.revision, 5)
+        assert recorder.take() == [("put", "cilia/x/change", b"new")]
+        kv.block_watches = True  # a compaction while away: the resync diffs by fingerprint
+        kv.break_watches()
+        kv.delete("cilia/x/change")
+        kv.put("cilia/x/keep", b"k" * 200)  # rewritten, unchanged (and the revision moves past the resume point)
+        kv.compact()
+        wait_for(lambda: reflector.resumes >= 1, 5)
+        kv.block_watches = False
+        wait_for(lambda: reflector.resyncs == 1, 5)
+        events = recorder.take()
+        assert [(kind, key) for kind, key, _ in events] == [("delete", "cilia/x/change")]
+        assert set(reflector.items()) == {"cilia/x/keep"}
+    finally:
+        reflector.stop()

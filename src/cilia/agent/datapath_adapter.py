@@ -20,7 +20,7 @@ from typing import Any
 from cilia.agent.config import AgentConfig, MonitorAggregation
 from cilia.cluster.model import ClusterView, RoutingMode
 from cilia.datapath import Datapath, DatapathOptions, EndpointConfig
-from cilia.datapath.cluster import desired_ipcache, desired_routes, ipcache_diff
+from cilia.datapath.cluster import desired_ipcache_packed, desired_routes, packed_ipcache_diff
 from cilia.endpoint.record import EndpointRecord
 from cilia.identity.cidr import CIDR_IDENTITY_BASE, Network
 from cilia.identity.reserved import ReservedIdentity
@@ -28,7 +28,7 @@ from cilia.ipam import Ipam
 from cilia.maps import lb as lbm
 from cilia.maps.ct import CtEntry, CtTuple
 from cilia.maps.endpoints import EndpointInfo
-from cilia.maps.ipcache import IpcacheValue, Prefix
+from cilia.maps.ipcache import IpcacheValue, Prefix, unpack_key
 from cilia.maps.lb import LbMaps
 from cilia.maps.metrics import MetricsKey
 from cilia.maps.policy import InstalledEntries
@@ -154,14 +154,16 @@ class DatapathAdapter:
                 changes += 1
         changes += sync_pod_cidr_routes(desired_routes(view))
         ipcache = self.datapath.ipcache
-        diff = ipcache_diff(ipcache.entries(), desired_ipcache(view))
-        for prefix, value in diff.put.items():
-            ipcache.put(prefix, value)
-        for prefix in diff.delete:
-            ipcache.delete(prefix)
+        # packed keys and values throughout, the map walked not copied: at 10,000 remote endpoints
+        # dicts of network objects cost the agent ~1 KiB per endpoint of heap high-water per sync
+        diff = packed_ipcache_diff(ipcache.raw_items(), desired_ipcache_packed(view))
+        for key, value in diff.put.items():
+            ipcache.put_raw(key, value)
+        for key in diff.delete:
+            ipcache.delete_raw(key)
         if diff.kept_foreign:
             log.debug("cluster sync left %d ipcache entries it did not write: %s", len(diff.kept_foreign),
-                      ", ".join(map(str, diff.kept_foreign[:5])))
+                      ", ".join(str(unpack_key(key)) for key in diff.kept_foreign[:5]))
         return changes + len(diff.put) + len(diff.delete)
 
     # ----- services --------------------------------------------------------------------------------

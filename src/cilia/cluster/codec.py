@@ -12,7 +12,8 @@ from __future__ import annotations
 import ipaddress
 import json
 import math
-from typing import Any
+import sys
+from typing import Any, TypeVar
 
 from cilia.cluster.model import IpcacheRecord, Network, NodeRecord, RoutingMode
 
@@ -114,13 +115,15 @@ def decode_ipcache(key: str, value: bytes) -> IpcacheRecord:
         raise RecordError(f"{key}: identity {identity!r} is not a number in 1..2^32-1")
     node = _str(key, doc, "node")
     _check_name(key, node)
+    # a cluster holds one record per endpoint IP, a hundred or more per node: the node's name,
+    # addresses and the namespace are shared objects, not one copy each
     return IpcacheRecord(
         ip=ip,
         identity=identity,
-        node=node,
-        node_ipv4=_ipv4(key, doc, "node_ipv4"),
-        node_ipv6=_ipv6(key, doc, "node_ipv6"),
-        namespace=_str(key, doc, "namespace", ""),
+        node=sys.intern(node),
+        node_ipv4=_shared(_ipv4(key, doc, "node_ipv4")),
+        node_ipv6=_shared(_ipv6(key, doc, "node_ipv6")),
+        namespace=sys.intern(_str(key, doc, "namespace", "")),
         pod=_str(key, doc, "pod", ""),
     )
 
@@ -154,6 +157,24 @@ def decode_claim_key(key: str) -> Network:
 
 
 # ----- helpers ----------------------------------------------------------------------------------
+_SHARED_MAX = 4096  # node underlay addresses: one per node; bounded against garbage values
+_shared_addresses: dict[object, object] = {}
+A = TypeVar("A", ipaddress.IPv4Address, ipaddress.IPv6Address)
+
+
+def _shared(address: A | None) -> A | None:
+    """One object per distinct address (equal addresses are interchangeable: immutable)."""
+    if address is None:
+        return None
+    held = _shared_addresses.get(address)
+    if held is not None and type(held) is type(address):
+        return held  # the same type (narrowed by the check)
+    if len(_shared_addresses) >= _SHARED_MAX:
+        _shared_addresses.clear()
+    _shared_addresses[address] = address
+    return address
+
+
 def _dumps(doc: dict[str, Any]) -> bytes:
     return json.dumps(doc, sort_keys=True, separators=(",", ":")).encode()
 

@@ -17,19 +17,27 @@ predecessor left in the pinned maps instead of wiping them with an empty view.
 
 from __future__ import annotations
 
-import ipaddress
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Protocol
 
 from cilia.cluster.ipcache import IpcachePublisher
-from cilia.cluster.model import ClusterView, IPAddress, IpcacheRecord, Network, NodeRecord, RemoteEndpoint, RoutingMode
+from cilia.cluster.model import (
+    ClusterView,
+    IPAddress,
+    IpcacheRecord,
+    NodeRecord,
+    RemoteEndpoint,
+    RemoteEndpoints,
+    RoutingMode,
+)
 from cilia.cluster.nodes import NodeRegistry
 
 log = logging.getLogger(__name__)
+_V6 = 1 << 128  # sorts IPv6 after IPv4
 
 
 class ClusterDatapath(Protocol):
@@ -48,13 +56,18 @@ def build_view(local_node: str, routing_mode: RoutingMode, nodes: Iterable[NodeR
     the node record says (tunnel mode only)."""
     remote = {n.name: n for n in nodes if n.name != local_node}
     mine = set(local_ips)
-    endpoints: dict[Network, RemoteEndpoint] = {}
-    for record in sorted(ipcache, key=lambda r: (r.ip.version, int(r.ip))):
-        node = remote.get(record.node)
-        if node is None or record.ip in mine:
-            continue
-        tunnel = (node.ipv4 or record.node_ipv4) if routing_mode is RoutingMode.TUNNEL else None
-        endpoints[ipaddress.ip_network(record.ip)] = RemoteEndpoint(record.identity, tunnel)
+    tunnel_mode = routing_mode is RoutingMode.TUNNEL
+
+    def entries() -> Iterator[tuple[IPAddress, RemoteEndpoint]]:
+        # in address order (IPv4 first), as a generator: no list of 10,000 pairs next to the mapping
+        for record in sorted(ipcache, key=lambda r: int(r.ip) | (_V6 if r.ip.version == 6 else 0)):
+            node = remote.get(record.node)
+            if node is None or record.ip in mine:
+                continue
+            tunnel = (node.ipv4 or record.node_ipv4) if tunnel_mode else None
+            yield record.ip, RemoteEndpoint(record.identity, tunnel)
+
+    endpoints = RemoteEndpoints(entries())
     return ClusterView(routing_mode=routing_mode, local_node=local_node,
                        nodes=tuple(remote[name] for name in sorted(remote)), remote_endpoints=endpoints)
 
@@ -183,7 +196,7 @@ class ClusterController:
                 self._view_dirty = True
             return False
         view = build_view(self._registry.name, self._routing_mode, self._registry.nodes(),
-                          self._ipcache.table.snapshot().values(), self._local_ips())
+                          self._ipcache.table.values(), self._local_ips())
         if view == self._last_view:
             self._notify_tables()  # e.g. an IP now named for another pod: the view is the same
             return True

@@ -42,9 +42,11 @@ class ClusterRuntime:
         self._local_endpoints = local_endpoints
         self.registry = NodeRegistry(kv, session, local)
         self.ipcache = IpcachePublisher(kv, session, local.name)
-        self.node_reflector = PrefixReflector(kv, codec.NODES_PREFIX, self.registry.table.handle, name="nodes")
+        # the tables hold the decoded records: the reflectors keep only fingerprints of the values
+        self.node_reflector = PrefixReflector(kv, codec.NODES_PREFIX, self.registry.table.handle, name="nodes",
+                                              keep_values=False)
         self.ipcache_reflector = PrefixReflector(kv, codec.IPCACHE_PREFIX, self.ipcache.table.handle,
-                                                 name="ipcache")
+                                                 name="ipcache", keep_values=False)
         self.registry.table.bind(lambda: self.node_reflector.synced, lambda: self.node_reflector.revision)
         self.ipcache.table.bind(lambda: self.ipcache_reflector.synced, lambda: self.ipcache_reflector.revision)
         self.controller = ClusterController(

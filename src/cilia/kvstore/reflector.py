@@ -12,10 +12,16 @@ Values are passed through as bytes: the owner decodes them and logs and skips wh
 key; the reflector carries on.
 
 `initial` seeds the copy (from an owner's local cache file), so the first list after a restart
-yields only what changed while the agent was away, deletes included."""
+yields only what changed while the agent was away, deletes included.
+
+`keep_values=False` keeps a 16-byte fingerprint (BLAKE2b) of each value instead of the value, for
+owners that hold the decoded records themselves (the cluster's node and ipcache tables: 10,000
+remote endpoints' JSON would otherwise be held twice). Changes are detected the same way; `items()`
+and `get()` then return the fingerprints, and a delete event's value is the fingerprint too."""
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import threading
 import time
@@ -32,14 +38,15 @@ _HEALTHY_WATCH = 30.0  # a watch that lived this long without an event worked to
 class PrefixReflector:
     def __init__(self, kv: KvClient, prefix: str, handler: EventHandler,
                  initial: Mapping[str, bytes] | None = None, name: str = "",
-                 min_backoff: float = 0.1, max_backoff: float = 5.0) -> None:
+                 min_backoff: float = 0.1, max_backoff: float = 5.0, keep_values: bool = True) -> None:
         self.kv = kv
         self.prefix = prefix
         self.name = name or prefix
         self._handler = handler
         self._lock = threading.RLock()
         self._moved = threading.Condition(self._lock)  # the revision moved on
-        self._cache: dict[str, bytes] = dict(initial or {})
+        self._held: Callable[[bytes], bytes] = _same if keep_values else _fingerprint
+        self._cache: dict[str, bytes] = {key: self._held(value) for key, value in (initial or {}).items()}
         self._revision = 0  # the last store revision this copy reflects (0: never listed)
         self._min_backoff = min_backoff
         self._max_backoff = max_backoff
@@ -147,8 +154,9 @@ class PrefixReflector:
                     del self._cache[key]
                     events.append(WatchEvent("delete", key, old, revision))
             for key, value in listed.items():
-                if self._cache.get(key) != value:
-                    self._cache[key] = value
+                held = self._held(value)
+                if self._cache.get(key) != held:
+                    self._cache[key] = held
                     events.append(WatchEvent("put", key, value, revisions[key]))
             if self._synced.is_set():
                 self.resyncs += 1
@@ -201,9 +209,10 @@ class PrefixReflector:
                     return
                 event = WatchEvent("delete", event.key, old, event.mod_revision)
             else:
-                if self._cache.get(event.key) == event.value:
+                held = self._held(event.value)
+                if self._cache.get(event.key) == held:
                     return
-                self._cache[event.key] = event.value
+                self._cache[event.key] = held
         self._call(event)
 
     def _call(self, event: WatchEvent) -> None:
@@ -211,3 +220,11 @@ class PrefixReflector:
             self._handler(event)
         except Exception:
             log.exception("reflector %s: handler failed on %s of %s", self.name, event.kind, event.key)
+
+
+def _same(value: bytes) -> bytes:
+    return value
+
+
+def _fingerprint(value: bytes) -> bytes:
+    return hashlib.blake2b(value, digest_size=16).digest()

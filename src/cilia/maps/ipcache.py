@@ -8,6 +8,7 @@ host's or a CIDR identity's entry."""
 from __future__ import annotations
 
 import ipaddress
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -61,6 +62,20 @@ def pack_key(prefix: Prefix) -> bytes:
     return _KEY.pack(32 + prefix.prefixlen, family, address)
 
 
+def pack_host_key(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bytes:
+    """pack_key of the address's host prefix (/32, /128), without building the network."""
+    family = AF_INET if address.version == 4 else AF_INET6
+    return _KEY.pack(32 + address.max_prefixlen, family, address.packed.ljust(16, b"\0"))
+
+
+def value_flags(raw: bytes) -> int:
+    """The flags of a packed value (what IpcacheValue.unpack(raw).flags says), without the object."""
+    return int(_VALUE.unpack_from(raw)[2])
+
+
+VALUE_SIZE = _VALUE.size
+
+
 def unpack_key(raw: bytes) -> Prefix:
     prefixlen, family, address = _KEY.unpack(raw)
     if family == AF_INET:
@@ -80,6 +95,16 @@ class IpcacheMap:
 
     def delete(self, prefix: Prefix) -> bool:
         return self.map.delete(pack_key(prefix))
+
+    def raw_items(self) -> Iterator[tuple[bytes, bytes]]:
+        """The packed keys and values, walked (no dict of the whole map)."""
+        return self.map.items()
+
+    def put_raw(self, key: bytes, value: bytes) -> None:
+        self.map.update(key, value)
+
+    def delete_raw(self, key: bytes) -> bool:
+        return self.map.delete(key)
 
     def entries(self) -> dict[Prefix, IpcacheValue]:
         return {unpack_key(k): IpcacheValue.unpack(v) for k, v in self.map.items()}

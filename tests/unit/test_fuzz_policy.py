@@ -113,7 +113,8 @@ def test_to_services_fails_only_with_policy_error(peer: Any, kind: str, section:
     try:
         cilium.parse_cilium_policy(obj)
     except PolicyError as exc:
-        assert f"field 'spec.{section}[0].toServices" in str(exc), str(exc)
+        # the path is quoted like repr: double quotes when a mutated key holds a single quote
+        assert f"spec.{section}[0].toServices" in str(exc) and "field " in str(exc), str(exc)
         return
     assert section != "ingress"
 

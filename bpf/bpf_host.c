@@ -42,21 +42,10 @@ char LICENSE[] SEC("license") = "GPL";
 SEC("tc")
 int cil_from_netdev(struct __sk_buff *ctx)
 {
-	struct ethhdr eth;
 	struct pkt p = {};
 
-	if (bpf_skb_load_bytes(ctx, 0, &eth, sizeof(eth)) < 0)
-		return TC_ACT_OK;
-	__u16 proto = bpf_ntohs(eth.h_proto);
-	if (proto == ETH_P_IP) {
-		if (parse_ipv4(ctx, &p) < 0)
-			return TC_ACT_OK;
-	} else if (proto == ETH_P_IPV6) {
-		if (parse_ipv6(ctx, &p) < 0)
-			return TC_ACT_OK;
-	} else {
-		return TC_ACT_OK;
-	}
+	if (parse_frame(ctx, &p) != 0)
+		return TC_ACT_OK; /* not IP, or not parseable: the node's stack decides */
 	struct lb_select_opts o = {.external_only = true, .maglev = true};
 	struct lb_xlate x = {};
 	int reason = lb_xlate_packet(ctx, &p, &o, &x);
@@ -116,21 +105,10 @@ __always_inline_fn struct ct_entry *service_reply_entry(const struct pkt *p)
 SEC("tc")
 int cil_to_netdev(struct __sk_buff *ctx)
 {
-	struct ethhdr eth;
 	struct pkt p = {};
 
-	if (bpf_skb_load_bytes(ctx, 0, &eth, sizeof(eth)) < 0)
-		return TC_ACT_OK;
-	__u16 proto = bpf_ntohs(eth.h_proto);
-	if (proto == ETH_P_IP) {
-		if (parse_ipv4(ctx, &p) < 0)
-			return TC_ACT_OK;
-	} else if (proto == ETH_P_IPV6) {
-		if (parse_ipv6(ctx, &p) < 0)
-			return TC_ACT_OK;
-	} else {
-		return TC_ACT_OK;
-	}
+	if (parse_frame(ctx, &p) != 0)
+		return TC_ACT_OK; /* not IP, or not parseable: the node's stack decides */
 	if ((p.t.proto != IPPROTO_TCP && p.t.proto != IPPROTO_UDP) || p.is_icmp_error)
 		return TC_ACT_OK;
 	struct ct_entry *e = service_reply_entry(&p);

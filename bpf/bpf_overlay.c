@@ -38,20 +38,11 @@ int cil_from_overlay(struct __sk_buff *ctx)
 	if (src_identity == IDENTITY_UNKNOWN || src_identity > IDENTITY_MAX)
 		return send_drop(ctx, DROP_INVALID_IDENTITY, 0, 0, DIR_INGRESS);
 
-	struct ethhdr eth;
 	struct pkt p = {};
-	if (bpf_skb_load_bytes(ctx, 0, &eth, sizeof(eth)) < 0)
-		return send_drop(ctx, DROP_INVALID_PACKET, src_identity, 0, DIR_INGRESS);
-	__u16 proto = bpf_ntohs(eth.h_proto);
-	if (proto == ETH_P_IP) {
-		if (parse_ipv4(ctx, &p) < 0)
-			return send_drop(ctx, DROP_INVALID_PACKET, src_identity, 0, DIR_INGRESS);
-	} else if (proto == ETH_P_IPV6) {
-		if (parse_ipv6(ctx, &p) < 0)
-			return send_drop(ctx, DROP_INVALID_PACKET, src_identity, 0, DIR_INGRESS);
-	} else {
-		return send_drop(ctx, DROP_UNSUPPORTED_L2, src_identity, 0, DIR_INGRESS);
-	}
+	int parsed = parse_frame(ctx, &p);
+	if (parsed != 0)
+		return send_drop(ctx, parsed < 0 ? DROP_INVALID_PACKET : DROP_UNSUPPORTED_L2, src_identity, 0,
+				 DIR_INGRESS);
 	struct endpoint_info *ep = endpoint_lookup(&p.t.daddr, p.t.family);
 	if (!ep) {
 		/* for the node itself (e.g. its router address): the inner frame is addressed to the

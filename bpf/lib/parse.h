@@ -193,3 +193,19 @@ __always_inline_fn int parse_ipv6(struct __sk_buff *ctx, struct pkt *p)
 	}
 	return 0;
 }
+
+/* An Ethernet frame's L3/L4 headers into *p: 0 when parsed, -1 when the frame is too short or
+ * its IP header is bad, 1 when it carries neither IPv4 nor IPv6 (callers pass or drop those). */
+__always_inline_fn int parse_frame(struct __sk_buff *ctx, struct pkt *p)
+{
+	struct ethhdr eth;
+
+	if (bpf_skb_load_bytes(ctx, 0, &eth, sizeof(eth)) < 0)
+		return -1;
+	__u16 proto = bpf_ntohs(eth.h_proto);
+	if (proto == ETH_P_IP)
+		return parse_ipv4(ctx, p) < 0 ? -1 : 0;
+	if (proto == ETH_P_IPV6)
+		return parse_ipv6(ctx, p) < 0 ? -1 : 0;
+	return 1;
+}

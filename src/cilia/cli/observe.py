@@ -105,8 +105,10 @@ def observe(
 
     from cilia.hubble.pb import observer_pb2_grpc
 
-    args = ObserveArgs(last, follow, pod, from_pod, to_pod, namespace, label, ip, from_ip, to_ip, port, protocol,
-                       verdict, drop_reason, traffic_direction, policy, service)
+    args = ObserveArgs(last=last, follow=follow, pod=pod, from_pod=from_pod, to_pod=to_pod, namespace=namespace,
+                       label=label, ip=ip, from_ip=from_ip, to_ip=to_ip, port=port, protocol=protocol,
+                       verdict=verdict, drop_reason=drop_reason, traffic_direction=traffic_direction,
+                       policy=policy, service=service)
     try:
         request = build_request(args)
     except ObserveArgumentError as exc:

@@ -12,8 +12,9 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
+from cilia.flows.filter import FlowFilter
 from cilia.hubble.convert import DROP_REASONS
 from cilia.hubble.pb import flow_pb2, observer_pb2
 from cilia.monitor.events import DROP_REASONS as CILIA_DROP_REASONS
@@ -29,24 +30,11 @@ class ObserveArgumentError(ValueError):
 
 
 @dataclass
-class ObserveArgs:
+class ObserveArgs(FlowFilter):
+    """observe's flags: the flow filter's (the same names as `GET /v1/flows`), how many, follow."""
+
     last: int = 20
     follow: bool = False
-    pod: list[str] = field(default_factory=list)
-    from_pod: list[str] = field(default_factory=list)
-    to_pod: list[str] = field(default_factory=list)
-    namespace: list[str] = field(default_factory=list)
-    label: list[str] = field(default_factory=list)
-    ip: list[str] = field(default_factory=list)
-    from_ip: list[str] = field(default_factory=list)
-    to_ip: list[str] = field(default_factory=list)
-    port: list[str] = field(default_factory=list)
-    protocol: list[str] = field(default_factory=list)
-    verdict: list[str] = field(default_factory=list)
-    drop_reason: list[str] = field(default_factory=list)
-    traffic_direction: list[str] = field(default_factory=list)
-    policy: list[str] = field(default_factory=list)
-    service: list[str] = field(default_factory=list)
 
 
 def _pod(value: str) -> str:

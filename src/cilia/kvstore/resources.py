@@ -32,7 +32,7 @@ from cilia.kvstore.api import Cmp, Delete, KvClient, KvError, Put, WatchEvent
 from cilia.kvstore.reflector import PrefixReflector
 from cilia.resources.kinds import KindRegistry
 from cilia.resources.parse import ResourceError
-from cilia.resources.store import ApplyOutcome, Object, Watcher, _comparable, _ref
+from cilia.resources.store import ApplyOutcome, Object, Watcher, _comparable, _ref, delete_target
 from cilia.resources.validate import describe
 
 log = logging.getLogger(__name__)
@@ -158,14 +158,7 @@ class EtcdStore:
         return [outcomes[i] for i in range(len(batch))]
 
     def delete(self, objects: list[Object]) -> list[ApplyOutcome]:
-        targets: list[tuple[str, str | None, str]] = []
-        for obj in objects:
-            metadata = obj.get("metadata") or {}
-            kind, name = obj.get("kind"), metadata.get("name")
-            if not isinstance(kind, str) or not isinstance(name, str):
-                raise ResourceError(f"{describe(obj)}: 'kind' and 'metadata.name' are required to delete")
-            namespace = metadata.get("namespace") or (None if self._kinds.is_cluster_scoped(obj) else "default")
-            targets.append((kind, namespace, name))
+        targets = [delete_target(obj, self._kinds) for obj in objects]
         outcomes: list[ApplyOutcome] = []
         last_revision = 0
         for kind, namespace, name in targets:

@@ -41,6 +41,16 @@ def _comparable(obj: Object) -> Object:
     return body
 
 
+def delete_target(obj: Object, kinds: KindRegistry) -> tuple[str, str | None, str]:
+    """(kind, namespace, name) a delete names; a namespaced kind without a namespace is in `default`."""
+    metadata = obj.get("metadata") or {}
+    kind, name = obj.get("kind"), metadata.get("name")
+    if not isinstance(kind, str) or not isinstance(name, str):
+        raise ResourceError(f"{describe(obj)}: 'kind' and 'metadata.name' are required to delete")
+    namespace = metadata.get("namespace") or (None if kinds.is_cluster_scoped(obj) else "default")
+    return kind, namespace, name
+
+
 def _key(kind: str, namespace: str | None, name: str) -> str:
     return f"{kind}/{namespace or ''}/{name}"
 
@@ -137,11 +147,7 @@ class LocalStore:
         changed: set[str] = set()
         with self._lock:
             for obj in objects:
-                metadata = obj.get("metadata") or {}
-                kind, name = obj.get("kind"), metadata.get("name")
-                if not isinstance(kind, str) or not isinstance(name, str):
-                    raise ResourceError(f"{describe(obj)}: 'kind' and 'metadata.name' are required to delete")
-                namespace = metadata.get("namespace") or (None if self._kinds.is_cluster_scoped(obj) else "default")
+                kind, namespace, name = delete_target(obj, self._kinds)
                 key = _key(kind, namespace, name)
                 old = self._objects.pop(key, None)
                 outcomes.append(ApplyOutcome(kind, namespace, name, "deleted" if old else "not-found"))

@@ -78,14 +78,15 @@ def _ipv4_network(text: str) -> ipaddress.IPv4Network:
     try:
         return ipaddress.IPv4Network(text, strict=True)
     except ValueError as exc:
-        raise argparse.ArgumentTypeError(f"--ipv4-pod-cidr {text!r}: {exc}") from exc
+        # argparse prefixes the flag's own name (the pod CIDR or the cluster pool)
+        raise argparse.ArgumentTypeError(f"{text!r}: {exc}") from exc
 
 
 def _ipv6_network(text: str) -> ipaddress.IPv6Network:
     try:
         return ipaddress.IPv6Network(text, strict=True)
     except ValueError as exc:
-        raise argparse.ArgumentTypeError(f"--ipv6-pod-cidr {text!r}: {exc}") from exc
+        raise argparse.ArgumentTypeError(f"{text!r}: {exc}") from exc
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -212,7 +213,7 @@ def _service_cidr(text: str) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
     try:
         return ipaddress.ip_network(text, strict=True)
     except ValueError as exc:
-        raise argparse.ArgumentTypeError(f"--service-cidr {text!r}: {exc}") from exc
+        raise argparse.ArgumentTypeError(f"{text!r}: {exc}") from exc
 
 
 def parse_config(argv: list[str] | None = None) -> AgentConfig:

@@ -46,6 +46,11 @@ class NodePaths:
         return self.run_dir / "agent.pid"
 
     @property
+    def accesslog_socket(self) -> Path:
+        """The agent's end of the proxies' access log (unix datagrams, cilia.proxy.accesslog)."""
+        return self.run_dir / "accesslog.sock"
+
+    @property
     def state_dir(self) -> Path:
         return STATE_ROOT / self.node
 

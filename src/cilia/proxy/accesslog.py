@@ -1,0 +1,182 @@
+"""The proxies' access log: one record per proxied HTTP request/response or DNS query/answer.
+
+The node's proxies (cilia-proxy: HTTP, DNS) run apart from the agent, so that an agent restart
+cuts nothing. They hand what they judged to the agent as JSON datagrams on a unix socket the
+agent binds (`NodePaths.accesslog_socket`); the agent turns each record into an L7 flow (Hubble's
+`flow.Layer7`). Sending never blocks and never fails the proxied traffic: with the agent down or
+its socket full a record is counted as lost and dropped, exactly as the datapath's ring buffer
+loses events when nobody reads.
+
+The field names follow Hubble's flow.proto (`Layer7`, `HTTP`, `DNS`), so the agent's side is a
+copy, not a translation.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import socket
+from dataclasses import asdict, dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any, Literal, TypeVar, get_args
+
+L7Type = Literal["REQUEST", "RESPONSE", "SAMPLE"]
+Verdict = Literal["FORWARDED", "DROPPED", "AUDIT", "ERROR"]
+_T = TypeVar("_T")
+MAX_DATAGRAM = 60 * 1024  # well under the unix datagram default limit; longer records are cut
+
+
+@dataclass(frozen=True)
+class PolicyRef:
+    """The policy whose rule decided (Hubble's `flow.Policy`: kind, namespace, name)."""
+
+    kind: str
+    namespace: str
+    name: str
+
+
+@dataclass(frozen=True)
+class HttpRecord:
+    """Hubble's `flow.HTTP`. `code` is 0 on a request; headers as (name, value) pairs, in order."""
+
+    method: str
+    url: str
+    protocol: str  # "HTTP/1.1", "HTTP/2"
+    code: int = 0
+    headers: list[tuple[str, str]] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class DnsRecord:
+    """Hubble's `flow.DNS`: the question, and on an answer its rcode, addresses, TTL and CNAMEs."""
+
+    query: str  # fully qualified, with the trailing dot, as Hubble shows it
+    qtypes: list[str] = field(default_factory=list)  # "A", "AAAA"
+    rcode: int = 0
+    ips: list[str] = field(default_factory=list)
+    ttl: int = 0
+    cnames: list[str] = field(default_factory=list)
+    rrtypes: list[str] = field(default_factory=list)
+    observation_source: str = "proxy"
+
+
+@dataclass(frozen=True)
+class AccessRecord:
+    """One proxied request or response, judged. Addresses are the client's and the real server's."""
+
+    time_ns: int  # wall clock (time.time_ns()) when the proxy saw it
+    type: L7Type
+    verdict: Verdict
+    source_ip: str
+    source_port: int
+    destination_ip: str
+    destination_port: int
+    protocol: Literal["TCP", "UDP"]
+    source_identity: int
+    destination_identity: int
+    endpoint_id: int  # the local endpoint whose policy judged (the client on egress, the server on ingress)
+    ingress: bool  # True: the destination's ingress rule judged; False: the source's egress rule
+    policies: list[PolicyRef] = field(default_factory=list)
+    latency_ns: int = 0  # on a response: since its request
+    http: HttpRecord | None = None
+    dns: DnsRecord | None = None
+    summary: str = ""
+
+    def encode(self) -> bytes:
+        data = json.dumps(asdict(self), separators=(",", ":")).encode()
+        return data[:MAX_DATAGRAM]
+
+
+def decode(data: bytes) -> AccessRecord:
+    """A record from its datagram. Raises ValueError naming the field that is wrong."""
+    try:
+        raw = json.loads(data)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ValueError(f"access log record: not JSON: {exc}") from None
+    obj = _obj(raw, "record")
+    http, dns = obj.pop("http", None), obj.pop("dns", None)
+    policies = _list(obj.pop("policies", []), "policies")
+    record = _build(AccessRecord, obj, "record")
+    http_obj = None
+    if http is not None:
+        h = _obj(http, "http")
+        headers = [_pair(x, "http.headers") for x in _list(h.pop("headers", []), "http.headers")]
+        http_obj = _build(HttpRecord, {**h, "headers": headers}, "http")
+    dns_obj = None if dns is None else _build(DnsRecord, _obj(dns, "dns"), "dns")
+    refs = [_build(PolicyRef, _obj(p, "policies[]"), "policies[]") for p in policies]
+    return replace(record, http=http_obj, dns=dns_obj, policies=refs)
+
+
+_SCALARS: dict[str, tuple[type, ...]] = {"int": (int,), "str": (str,), "bool": (bool,)}
+_LITERALS = {"L7Type": set(get_args(L7Type)), "Verdict": set(get_args(Verdict)),
+             'Literal["TCP", "UDP"]': {"TCP", "UDP"}}
+_STR_LISTS = {"list[str]"}
+
+
+def _obj(value: object, where: str) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise ValueError(f"access log record: {where}: not a JSON object")
+    return dict(value)
+
+
+def _list(value: object, where: str) -> list[Any]:
+    if not isinstance(value, list):
+        raise ValueError(f"access log record: {where}: not a list")
+    return value
+
+
+def _pair(value: object, where: str) -> tuple[str, str]:
+    if not (isinstance(value, list) and len(value) == 2 and all(isinstance(v, str) for v in value)):
+        raise ValueError(f"access log record: {where}: not a [name, value] pair of strings")
+    return (value[0], value[1])
+
+
+def _build(cls: type[_T], values: dict[str, Any], where: str) -> _T:
+    known = {f.name: f for f in fields(cls)}  # type: ignore[arg-type]
+    for name, value in values.items():
+        f = known.get(name)
+        if f is None:
+            raise ValueError(f"access log record: {where}.{name}: unknown field")
+        kind = str(f.type)
+        ok = True
+        if kind in _SCALARS:
+            ok = isinstance(value, _SCALARS[kind]) and (kind == "bool" or not isinstance(value, bool))
+        elif kind in _LITERALS:
+            ok = isinstance(value, str) and value in _LITERALS[kind]
+        elif kind in _STR_LISTS:
+            ok = isinstance(value, list) and all(isinstance(v, str) for v in value)
+        if not ok:
+            raise ValueError(f"access log record: {where}.{name}: {value!r} is not a valid {kind}")
+    try:
+        return cls(**values)
+    except TypeError as exc:  # a required field is missing
+        raise ValueError(f"access log record: {where}: {exc}") from None
+
+
+class AccessLogSender:
+    """The proxies' end: fire-and-forget datagrams to the agent's socket; `lost` counts the dropped ones."""
+
+    def __init__(self, path: Path) -> None:
+        self._path = str(path)
+        self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self._sock.setblocking(False)
+        self.sent = 0
+        self.lost = 0
+
+    def send(self, record: AccessRecord) -> None:
+        try:
+            self._sock.sendto(record.encode(), self._path)
+            self.sent += 1
+        except OSError as exc:
+            # no agent (ENOENT, ECONNREFUSED) or its queue full (EAGAIN): the traffic goes on regardless
+            if exc.errno not in (errno.ENOENT, errno.ECONNREFUSED, errno.EAGAIN, errno.ENOBUFS,
+                                 errno.EWOULDBLOCK):
+                raise
+            self.lost += 1
+
+    def close(self) -> None:
+        self._sock.close()
+
+
+def to_json(record: AccessRecord) -> dict[str, Any]:
+    return asdict(record)

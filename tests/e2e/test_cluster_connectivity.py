@@ -8,6 +8,7 @@ per-packet path, and NodePort from an external host; the traffic policies Local 
 
 from __future__ import annotations
 
+import ipaddress
 import socket
 import struct
 from collections.abc import Iterator
@@ -20,10 +21,12 @@ from cilia.lab.process import in_netns, sh
 from cilia.testing.cluster import (
     NODES,
     ROUTING_MODES,
+    api,
     apply,
     cluster_topology,
     echo_connection,
     endpoint_identities,
+    etcd_keys,
     identities,
     ipcache,
     ipcache_gaps,
@@ -70,6 +73,12 @@ LOCAL = {
              "ports": [{"name": "echo", "port": 80, "targetPort": "echo", "protocol": "TCP", "nodePort": 30082}]},
 }
 NO_BACKEND = {"refused", "timed-out"}
+# No clusterIP: allocated once, in etcd, by the node it is applied through (n1)
+AUTO = {
+    "apiVersion": "v1", "kind": "Service", "metadata": {"name": "web-auto", "namespace": "default"},
+    "spec": {"selector": {"app": "web"}, "ports": [{"name": "echo", "port": 80, "targetPort": "echo",
+                                                    "protocol": "TCP"}]},
+}
 
 
 def web_slice(lab: Lab) -> dict[str, Any]:
@@ -92,6 +101,7 @@ def clab(request: pytest.FixtureRequest) -> Iterator[Lab]:
     topology["pods"].append({"name": "rawclient", "node": "n1", "labels": {"app": "client"}, "socketLB": False})
     with running_cluster_lab(topology) as lab:
         apply(lab, [SERVICE, SLICED, LOCAL, web_slice(lab)])
+        apply(lab, [AUTO], via="n1")
         yield lab
 
 
@@ -232,3 +242,24 @@ def test_external_traffic_policy_local_keeps_a_node_port_on_its_nodes_backends(c
     assert peers(probes(clab, "world1", nodes["n3"]["ipv4"], 30082, count=12)) == {"web3"}
     got = peers(probes(clab, "world1", nodes["n1"]["ipv4"], 30082, count=4))  # no backend on n1
     assert got <= NO_BACKEND, got
+
+
+def test_a_service_without_cluster_ip_has_one_address_on_every_node(clab: Lab) -> None:
+    """Allocated on n1 (where it was applied), stored in the object, reserved in etcd; every node's
+    agent serves it at that address, and pods on n2 and n3 reach both backends there."""
+    stored = {}
+    served = {}
+    for node in NODES:
+        with api(node) as client:
+            (obj,) = [o for o in client.get("/v1/resources", {"kind": "Service"})
+                      if o["metadata"]["name"] == "web-auto"]
+            stored[node] = obj["spec"].get("clusterIP")
+            (row,) = [r for r in client.get("/v1/services") if r["name"] == "web-auto"]
+            served[node] = row["cluster_ips"]
+    address = stored["n1"]
+    assert address and ipaddress.ip_address(address) in ipaddress.ip_network("10.96.0.0/12"), stored
+    assert set(stored.values()) == {address}, stored
+    assert all(ips == [address] for ips in served.values()), served
+    assert f"cilia/clusterips/{address}" in etcd_keys(clab, "cilia/clusterips/")
+    for source in ("db", "client3", "client1"):  # n2, n3, and n1 where it was applied
+        assert _reaches_both(clab, source, address, 80) == BACKENDS, source

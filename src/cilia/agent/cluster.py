@@ -194,7 +194,8 @@ class EtcdCluster:
     def stores(self, kinds: KindRegistry) -> tuple[ResourceStore, AgentIdentities]:
         """The resource store and identity allocator in etcd, each with its local cache."""
         state_dir = self.config.paths.state_dir
-        self.store = EtcdStore(self.kv, self.config.node, state_dir / "resources-cache.db", kinds)
+        self.store = EtcdStore(self.kv, self.config.node, state_dir / "resources-cache.db", kinds,
+                               service_cidrs=self.config.service_cidrs)  # ClusterIPs cluster-wide
         self.allocator = EtcdIdentityAllocator(self.kv, self.config.node, self.session,
                                                state_dir / "identities-cache.json")
         # watching the cluster's identities from now on: restored endpoints' peers resolve

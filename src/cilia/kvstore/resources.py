@@ -22,13 +22,18 @@ from __future__ import annotations
 import copy
 import json
 import logging
+import random
 import sqlite3
 import threading
+import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from cilia.api.errors import CNI_TRY_AGAIN_LATER, ApiError
+from cilia.kvstore import clusterips
 from cilia.kvstore.api import Cmp, Delete, KvClient, KvError, Put, WatchEvent
+from cilia.kvstore.clusterips import ClusterIpRound, ServiceCidr
 from cilia.kvstore.reflector import PrefixReflector
 from cilia.resources.kinds import KindRegistry
 from cilia.resources.parse import ResourceError
@@ -40,7 +45,8 @@ log = logging.getLogger(__name__)
 PREFIX = "cilia/resources/"
 CLUSTER_SCOPE = "_"  # the namespace segment of a cluster-scoped object's key
 _TXN_OBJECTS = 100  # etcd refuses transactions of more than 128 operations (--max-txn-ops)
-_ATTEMPTS = 5
+_TXN_SERVICES = 25  # a Service adds up to four compares (its ClusterIPs kept, taken, released)
+_ATTEMPTS = 10  # each lost race means another apply committed: enough for several nodes at once
 
 
 class BadObject(ValueError):
@@ -80,6 +86,11 @@ def decode_object(key: str, value: bytes, kinds: KindRegistry, revision: int = 0
     return obj
 
 
+def _back_off(attempt: int) -> None:
+    """A short random pause after a lost race, so appliers on several nodes spread out."""
+    time.sleep(random.uniform(0, 0.01 * (attempt + 1)))
+
+
 def unavailable(exc: KvError) -> ApiError:
     return ApiError(503, CNI_TRY_AGAIN_LATER, f"the kvstore is unreachable: {exc}",
                     "objects are kept in etcd; nothing was changed, try again when it answers")
@@ -87,9 +98,11 @@ def unavailable(exc: KvError) -> ApiError:
 
 class EtcdStore:
     def __init__(self, kv: KvClient, node: str, cache_file: Path, kinds: KindRegistry,
-                 start: bool = True, wait_timeout: float = 5.0) -> None:
+                 start: bool = True, wait_timeout: float = 5.0, service_cidrs: Sequence[ServiceCidr] = ()) -> None:
         self.kv = kv
         self.node = node
+        # with ranges, Services get their ClusterIPs here, cluster-wide (cilia.kvstore.clusterips)
+        self._service_cidrs = tuple(service_cidrs)
         self._kinds = kinds
         self._wait_timeout = wait_timeout
         self._lock = threading.RLock()
@@ -149,8 +162,9 @@ class EtcdStore:
                         f"{describe(obj)}: field 'metadata.namespace': namespace {namespace!r} does not exist")
         outcomes: dict[int, ApplyOutcome] = {}
         last_revision = 0
-        for start in range(0, len(batch), _TXN_OBJECTS):
-            chunk = list(enumerate(batch))[start:start + _TXN_OBJECTS]
+        size = _TXN_SERVICES if self._service_cidrs and any(o["kind"] == "Service" for o in batch) else _TXN_OBJECTS
+        for start in range(0, len(batch), size):
+            chunk = list(enumerate(batch))[start:start + size]
             revision, chunk_outcomes = self._write_chunk(chunk)
             outcomes.update(chunk_outcomes)
             last_revision = max(last_revision, revision)
@@ -169,17 +183,27 @@ class EtcdStore:
         return outcomes
 
     def _delete_one(self, key: str) -> int:
-        """The revision of the delete, 0 if there was nothing to delete."""
-        for _ in range(_ATTEMPTS):
+        """The revision of the delete, 0 if there was nothing to delete. A Service's ClusterIPs
+        are released in the same transaction."""
+        for attempt in range(_ATTEMPTS):
             current = self._read(key)
             if current is None:
                 return 0
+            compares: list[Cmp] = [Cmp(key, current.mod_revision)]
+            ops: list[Put | Delete] = [Delete(key)]
+            old = self._decoded(key, current.value) if self._manages_ips(key) else None
+            if old is not None:
+                ip_round = self._ip_round()
+                ip_round.release_all(old)
+                compares += ip_round.compares
+                ops += ip_round.ops
             try:
-                revision = self.kv.txn([Cmp(key, current.mod_revision)], [Delete(key)])
+                revision = self.kv.txn(compares, ops)
             except KvError as exc:
                 raise unavailable(exc) from exc
             if revision:
                 return revision
+            _back_off(attempt)
         raise ApiError(409, CNI_TRY_AGAIN_LATER, f"{key} changed concurrently {_ATTEMPTS} times while deleting")
 
     # ----- writing -------------------------------------------------------------------------------
@@ -189,28 +213,62 @@ class EtcdStore:
         except KvError as exc:
             raise unavailable(exc) from exc
 
+    def _manages_ips(self, key: str) -> bool:
+        return bool(self._service_cidrs) and key.startswith(f"{PREFIX}Service/")
+
+    def _decoded(self, key: str, value: bytes) -> Object | None:
+        try:
+            return decode_object(key, value, self._kinds)
+        except BadObject as exc:
+            log.warning("resources: %s; overwritten", exc)
+            return None
+
+    def _ip_round(self) -> ClusterIpRound:
+        """The ClusterIP reservations as etcd holds them now, for one transaction."""
+        try:
+            reservations = clusterips.read_reservations(self.kv)
+        except KvError as exc:
+            raise unavailable(exc) from exc
+        with self._lock:  # addresses of Services stored without a reservation (older agents)
+            unreserved = {ip for key, obj in self._objects.items() if key.startswith(f"{PREFIX}Service/")
+                          for ip in clusterips.requested_ips(obj) or []}
+        return ClusterIpRound(self._service_cidrs, reservations, unreserved - reservations.keys(), self._holds)
+
+    def _holds(self, service: str, ip: clusterips.IPAddress) -> bool:
+        """Whether that Service, as etcd holds it now, names that address."""
+        namespace, _, name = service.partition("/")
+        key = object_key("Service", namespace, name)
+        current = self._read(key)
+        obj = self._decoded(key, current.value) if current is not None else None
+        return obj is not None and ip in (clusterips.requested_ips(obj) or [])
+
     def _write_chunk(self, chunk: list[tuple[int, Object]]) -> tuple[int, dict[int, ApplyOutcome]]:
-        """Write the changed objects of `chunk` in one transaction conditioned on what was read."""
-        for _ in range(_ATTEMPTS):
+        """Write the changed objects of `chunk` in one transaction conditioned on what was read
+        (with their ClusterIPs' reservations: cilia.kvstore.clusterips)."""
+        for attempt in range(_ATTEMPTS):
             outcomes: dict[int, ApplyOutcome] = {}
             compares: list[Cmp] = []
             ops: list[Put | Delete] = []
-            for index, obj in chunk:
-                kind, namespace, name = _ref(obj)
+            ip_round: ClusterIpRound | None = None
+            for index, given in chunk:
+                kind, namespace, name = _ref(given)
                 key = object_key(kind, namespace, name)
                 current = self._read(key)
-                old = None
-                if current is not None:
-                    try:
-                        old = decode_object(key, current.value, self._kinds)
-                    except BadObject as exc:
-                        log.warning("resources: %s; overwritten by an apply", exc)
+                old = self._decoded(key, current.value) if current is not None else None
+                obj = given
+                if self._manages_ips(key):
+                    obj = copy.deepcopy(given)  # filled for this attempt only
+                    ip_round = ip_round or self._ip_round()
+                    ip_round.admit(obj, old)
                 if old is not None and _comparable(old) == _comparable(obj):
                     outcomes[index] = ApplyOutcome(kind, namespace, name, "unchanged")
                     continue
                 compares.append(Cmp(key, current.mod_revision if current is not None else 0))
                 ops.append(Put(key, encode_object(obj)))
                 outcomes[index] = ApplyOutcome(kind, namespace, name, "configured" if old else "created")
+            if ip_round is not None and ops:
+                compares += ip_round.compares
+                ops += ip_round.ops
             if not ops:
                 return 0, outcomes
             try:
@@ -219,7 +277,9 @@ class EtcdStore:
                 raise unavailable(exc) from exc
             if revision:
                 return revision, outcomes
-            # another apply changed one of these objects between the read and the write: again
+            # another apply changed one of these objects (or took an address) between the read
+            # and the write: again
+            _back_off(attempt)
         raise ApiError(409, CNI_TRY_AGAIN_LATER, f"objects changed concurrently {_ATTEMPTS} times while applying",
                        ", ".join(describe(obj) for _, obj in chunk[:5]))
 

@@ -77,6 +77,20 @@ def test_cluster_defaults() -> None:
          "lab.yaml: nodes[1].podCIDRv6: fd00:200:2::/64 is not inside the cluster's pod range fd00:200::/48"),
         ({"nodes": [{"name": "n1"}, {"name": "n1"}]}, "lab.yaml: nodes[1].name: 'n1' is listed twice"),
         ({"kvstore": "etcd", "clusters": 2}, "lab.yaml: unknown field 'clusters'"),
+        ({"clusterPool": True}, "lab.yaml: clusterPool: only with kvstore: etcd"),
+        ({"kvstore": "etcd", "clusterPool": 5}, "lab.yaml: clusterPool: must be true or a mapping"),
+        ({"kvstore": "etcd", "clusterPool": {"v4": "10.200.0.0/16"}}, "lab.yaml: clusterPool: unknown field 'v4'"),
+        ({"kvstore": "etcd", "clusterPool": {"ipv4": "10.0.0.0/16"}},
+         "lab.yaml: clusterPool.ipv4: 10.0.0.0/16 is not inside the cluster's pod range 10.200.0.0/16"),
+        ({"kvstore": "etcd", "clusterPool": {"ipv6": "fd00:300::/48"}}, "lab.yaml: clusterPool.ipv6: fd00:300::/48"),
+        ({"kvstore": "etcd", "clusterPool": {"ipv4MaskSize": 8}},
+         "lab.yaml: clusterPool.ipv4MaskSize: must be an integer 16-32"),
+        ({"kvstore": "etcd", "clusterPool": {"ipv6MaskSize": "64"}}, "lab.yaml: clusterPool.ipv6MaskSize"),
+        ({"kvstore": "etcd", "clusterPool": {"ipv4": "10.200.0.0/24", "ipv4MaskSize": 25},
+          "nodes": [{"name": "a"}, {"name": "b"}, {"name": "c"}]},
+         "lab.yaml: clusterPool.ipv4: 10.200.0.0/24 has fewer than 3 /25 CIDRs"),
+        ({"kvstore": "etcd", "clusterPool": True, "nodes": [{"name": "a", "podCIDRv4": "10.200.1.0/24"}]},
+         "lab.yaml: nodes[0].podCIDRv4: not with clusterPool"),
     ],
 )
 def test_cluster_field_errors_name_file_and_field(data: dict[str, Any], message: str) -> None:
@@ -129,6 +143,21 @@ def test_cluster_fields_fail_only_with_topology_error(data: dict[str, Any]) -> N
         assert all(n.ipv4_pod_cidr.subnet_of(ipaddress.IPv4Network("10.200.0.0/16")) for n in topology.nodes)
     else:
         assert data.get("routing") is None and topology.routing == "native"
+
+
+def test_cluster_pool() -> None:
+    topology = parse_topology({"kvstore": "etcd", "clusterPool": True, "nodes": [{"name": "a"}, {"name": "b"}]},
+                              SOURCE)
+    assert topology.cluster_pool is not None and all(n.ipv4_pod_cidr is None for n in topology.nodes)
+    assert topology.cluster_pool.agent_args() == [
+        "--cluster-pool-ipv4-cidr", "10.200.0.0/16", "--cluster-pool-ipv4-mask-size", "24",
+        "--cluster-pool-ipv6-cidr", "fd00:200::/48", "--cluster-pool-ipv6-mask-size", "64"]
+    given = parse_topology({"kvstore": "etcd", "clusterPool": {"ipv4": "10.200.128.0/17", "ipv4MaskSize": 26,
+                                                               "ipv6": "fd00:200:0:100::/56", "ipv6MaskSize": 64}},
+                           SOURCE).cluster_pool
+    assert given is not None and (str(given.ipv4), given.ipv4_mask_size, str(given.ipv6)) == (
+        "10.200.128.0/17", 26, "fd00:200:0:100::/56")
+    assert parse_topology(CLUSTER, SOURCE).cluster_pool is None
 
 
 def test_cluster_test_topologies() -> None:

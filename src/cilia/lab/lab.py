@@ -100,6 +100,7 @@ class Lab:
                 lab._external(external)
             for node in topology.nodes:
                 lab._wait_agent(node.name)
+                lab._learn_pod_cidrs(node.name)
             lab._apply_namespaces(topology)
             for pod in topology.pods:
                 lab.add_pod(pod)
@@ -130,6 +131,7 @@ class Lab:
             "--routing-mode", topology.routing,
             "--ipv4-native-routing-cidr", str(CLUSTER_POD_RANGES[0]),
             "--ipv6-native-routing-cidr", str(CLUSTER_POD_RANGES[1]),
+            *(topology.cluster_pool.agent_args() if topology.cluster_pool is not None else []),
         ]
         self.save()
         for member in topology.members:
@@ -139,17 +141,16 @@ class Lab:
         cluster.start()
 
     def _node(self, node: NodeSpec, agent_args: list[str]) -> None:
+        pooled = node.ipv4_pod_cidr is None  # its agent claims the CIDRs from the cluster pool
         self.state["nodes"][node.name] = {
             "name": node.name, "netns": node.netns, "ipv4": str(node.underlay_ipv4), "ipv6": str(node.underlay_ipv6),
-            "ipv4_pod_cidr": str(node.ipv4_pod_cidr), "ipv6_pod_cidr": str(node.ipv6_pod_cidr),
+            "ipv4_pod_cidr": None if pooled else str(node.ipv4_pod_cidr),
+            "ipv6_pod_cidr": None if pooled else str(node.ipv6_pod_cidr), "pooled": pooled,
         }
         self.save()
         fabric.attach_host(node.netns, f"cilia-{node.name}", (str(node.underlay_ipv4), str(node.underlay_ipv6)),
                            fabric.NODE_GATEWAYS)
-        # Native routing on the fabric: external hosts reach pods directly (ipBlock / fromCIDR ingress).
-        for cidr, via in ((node.ipv4_pod_cidr, node.underlay_ipv4), (node.ipv6_pod_cidr, node.underlay_ipv6)):
-            if cidr is not None:
-                fabric.route(str(cidr), str(via))
+        self._route_pod_cidrs(node.name)
         if node.index == 1:  # LoadBalancer / externalIP addresses reach the first node
             for prefix, gateway in zip(fabric.SERVICE_ROUTES, (node.underlay_ipv4, node.underlay_ipv6), strict=True):
                 fabric.route(prefix, str(gateway))
@@ -160,6 +161,27 @@ class Lab:
         self.state["nodes"][node.name]["cgroup"] = str(cgroup)
         self.save()
         self._start_agent(node.name, agent_args)
+
+    def _route_pod_cidrs(self, node_name: str) -> None:
+        """Native routing on the fabric: external hosts reach pods directly (ipBlock / fromCIDR ingress)."""
+        node = self.state["nodes"][node_name]
+        for cidr, via in ((node["ipv4_pod_cidr"], node["ipv4"]), (node["ipv6_pod_cidr"], node["ipv6"])):
+            if cidr is not None:
+                fabric.route(str(cidr), str(via))
+
+    def _learn_pod_cidrs(self, node_name: str) -> None:
+        """A pooled node's pod CIDRs, as its agent claimed them (its status), into the lab state and
+        the fabric's routes (again after a restart: the claim is kept, so they stay the same)."""
+        from cilia.api.client import AgentClient
+
+        node = self.state["nodes"][node_name]
+        if not node.get("pooled"):
+            return
+        with AgentClient(NodePaths(node_name).socket, timeout=10) as client:
+            status = client.status()
+        node["ipv4_pod_cidr"], node["ipv6_pod_cidr"] = status.ipv4_pod_cidr, status.ipv6_pod_cidr
+        self.save()
+        self._route_pod_cidrs(node_name)
 
     # ----- the relay ------------------------------------------------------------------------------
     def _relay(self, nodes: list[str]) -> None:
@@ -211,6 +233,7 @@ class Lab:
     def start_agent(self, node_name: str, agent_args: list[str] | None = None) -> int:
         pid = self._start_agent(node_name, agent_args or [])
         self._wait_agent(node_name)
+        self._learn_pod_cidrs(node_name)
         return pid
 
     def restart_agent(self, node_name: str, *, kill: bool = True, agent_args: list[str] | None = None) -> int:
@@ -223,14 +246,16 @@ class Lab:
             stop_pid(old)
         pid = self._start_agent(node_name, agent_args or [])
         self._wait_agent(node_name)
+        self._learn_pod_cidrs(node_name)
         return pid
 
     def _start_agent(self, node_name: str, agent_args: list[str]) -> int:
         """The node's agent inside the node's netns, detached, its pid recorded in the lab state."""
         node = self.state["nodes"][node_name]
+        static = [] if node.get("pooled") else [
+            "--ipv4-pod-cidr", node["ipv4_pod_cidr"], "--ipv6-pod-cidr", node["ipv6_pod_cidr"]]
         pid = spawn(node["netns"], [
-            str(Path(PYTHON).with_name("cilia-agent")), "--node", node_name,
-            "--ipv4-pod-cidr", node["ipv4_pod_cidr"], "--ipv6-pod-cidr", node["ipv6_pod_cidr"],
+            str(Path(PYTHON).with_name("cilia-agent")), "--node", node_name, *static,
             "--underlay-device", "eth0", "--cgroup-root", node["cgroup"],
             *self.state.get("cluster_args", []), *agent_args,
         ], NodePaths(node_name).run_dir / "agent.log")

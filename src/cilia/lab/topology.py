@@ -1,5 +1,6 @@
 """The lab's topology file: nodes, namespaces, pods and external hosts, and for a cluster lab the
-kvstore (etcd and its members) and the routing mode (see docs/lab.md)."""
+kvstore (etcd and its members), the routing mode and optionally a cluster pool the nodes claim
+their pod CIDRs from (see docs/lab.md)."""
 
 from __future__ import annotations
 
@@ -35,8 +36,8 @@ class PortSpec:
 class NodeSpec:
     name: str
     index: int
-    ipv4_pod_cidr: ipaddress.IPv4Network
-    ipv6_pod_cidr: ipaddress.IPv6Network
+    ipv4_pod_cidr: ipaddress.IPv4Network | None  # None: claimed from the cluster pool by its agent
+    ipv6_pod_cidr: ipaddress.IPv6Network | None
 
     @property
     def underlay_ipv4(self) -> ipaddress.IPv4Address:
@@ -113,6 +114,20 @@ class EtcdMember:
 
 
 @dataclass(frozen=True)
+class ClusterPool:
+    """`clusterPool:` the nodes' pod CIDRs claimed from these pools in etcd by their agents."""
+
+    ipv4: ipaddress.IPv4Network = CLUSTER_POD_RANGES[0]
+    ipv4_mask_size: int = 24
+    ipv6: ipaddress.IPv6Network = CLUSTER_POD_RANGES[1]
+    ipv6_mask_size: int = 64
+
+    def agent_args(self) -> list[str]:
+        return ["--cluster-pool-ipv4-cidr", str(self.ipv4), "--cluster-pool-ipv4-mask-size", str(self.ipv4_mask_size),
+                "--cluster-pool-ipv6-cidr", str(self.ipv6), "--cluster-pool-ipv6-mask-size", str(self.ipv6_mask_size)]
+
+
+@dataclass(frozen=True)
 class Topology:
     nodes: tuple[NodeSpec, ...]
     namespaces: dict[str, dict[str, str]]
@@ -122,6 +137,7 @@ class Topology:
     etcd_members: int = 0  # with kvstore etcd: how many members (default 3)
     routing: str = "native"  # ROUTING_MODES; only with kvstore etcd
     relay: bool = False  # run cilia-relay (every node's flows, the service map) in netns cilia-relay
+    cluster_pool: ClusterPool | None = None  # only with kvstore etcd: pod CIDRs from the pool
 
     @property
     def cluster(self) -> bool:
@@ -183,7 +199,47 @@ def _network(raw: Any, default: str, where: str, version: int) -> Any:
         raise TopologyError(f"{where}: {exc}") from exc
 
 
-FIELDS = ("nodes", "namespaces", "pods", "externals", "kvstore", "etcd", "routing", "relay")
+FIELDS = ("nodes", "namespaces", "pods", "externals", "kvstore", "etcd", "routing", "relay", "clusterPool")
+POOL_FIELDS = ("ipv4", "ipv4MaskSize", "ipv6", "ipv6MaskSize")
+
+
+def _mask(raw: Any, default: int, network: ipaddress.IPv4Network | ipaddress.IPv6Network, where: str) -> int:
+    mask = default if raw is None else raw
+    if isinstance(mask, bool) or not isinstance(mask, int) or not network.prefixlen <= mask <= network.max_prefixlen:
+        raise TopologyError(f"{where}: must be an integer {network.prefixlen}-{network.max_prefixlen} "
+                            f"(a prefix length inside {network})")
+    return mask
+
+
+def _cluster_pool(raw: Any, kvstore: str, nodes: int, source: str) -> ClusterPool | None:
+    """`clusterPool: true` (the defaults) or a mapping of POOL_FIELDS; only with kvstore etcd."""
+    if raw is None or raw is False:
+        return None
+    if kvstore != "etcd":
+        raise TopologyError(f"{source}: clusterPool: only with kvstore: etcd (the nodes claim their CIDRs in etcd)")
+    if raw is True:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise TopologyError(f"{source}: clusterPool: must be true or a mapping like {{ipv4: 10.200.0.0/16, "
+                            "ipv4MaskSize: 24}")
+    unknown = set(map(str, raw)) - set(POOL_FIELDS)
+    if unknown:
+        raise TopologyError(f"{source}: clusterPool: unknown field {sorted(unknown)[0]!r}")
+    defaults = ClusterPool()
+    v4 = _network(raw.get("ipv4"), str(defaults.ipv4), f"{source}: clusterPool.ipv4", 4)
+    v6 = _network(raw.get("ipv6"), str(defaults.ipv6), f"{source}: clusterPool.ipv6", 6)
+    where = f"{source}: clusterPool"
+    pool = ClusterPool(v4, _mask(raw.get("ipv4MaskSize"), defaults.ipv4_mask_size, v4, f"{where}.ipv4MaskSize"),
+                       v6, _mask(raw.get("ipv6MaskSize"), defaults.ipv6_mask_size, v6, f"{where}.ipv6MaskSize"))
+    for network, mask, key, allowed in ((pool.ipv4, pool.ipv4_mask_size, "ipv4", CLUSTER_POD_RANGES[0]),
+                                        (pool.ipv6, pool.ipv6_mask_size, "ipv6", CLUSTER_POD_RANGES[1])):
+        if not network.subnet_of(allowed):  # type: ignore[arg-type]
+            raise TopologyError(f"{source}: clusterPool.{key}: {network} is not inside the cluster's pod range "
+                                f"{allowed} (routed natively, not masqueraded)")
+        if 1 << min(mask - network.prefixlen, 16) < nodes:
+            raise TopologyError(f"{source}: clusterPool.{key}: {network} has fewer than {nodes} /{mask} CIDRs, "
+                                "one per node")
+    return pool
 
 
 def _cluster(data: dict[Any, Any], source: str) -> tuple[str, int, str]:
@@ -222,23 +278,33 @@ def parse_topology(data: Any, source: str = "topology") -> Topology:
     if unknown:
         raise TopologyError(f"{source}: unknown field {sorted(unknown)[0]!r}")
     kvstore, members, routing = _cluster(data, source)
+    raw_nodes = _list(data.get("nodes"), f"{source}: nodes") or [{"name": "n1"}]
+    pool = _cluster_pool(data.get("clusterPool"), kvstore, len(raw_nodes), source)
     nodes: list[NodeSpec] = []
-    for i, raw in enumerate(_list(data.get("nodes"), f"{source}: nodes") or [{"name": "n1"}]):
+    for i, raw in enumerate(raw_nodes):
         name = raw.get("name") if isinstance(raw, dict) else None
         if not isinstance(name, str) or not name.isascii() or not name.isalnum() or len(name) > 8:
             raise TopologyError(f"{source}: nodes[{i}].name must be alphanumeric, at most 8 characters")
+        if name in (n.name for n in nodes):
+            raise TopologyError(f"{source}: nodes[{i}].name: {name!r} is listed twice")
+        if pool is not None:
+            for key in ("podCIDRv4", "podCIDRv6"):
+                if raw.get(key) is not None:
+                    raise TopologyError(f"{source}: nodes[{i}].{key}: not with clusterPool (the node's agent "
+                                        "claims its pod CIDR from the pool)")
+            nodes.append(NodeSpec(name, i + 1, None, None))
+            continue
         v4 = _network(raw.get("podCIDRv4"), f"10.200.{i + 1}.0/24", f"{source}: nodes[{i}].podCIDRv4", 4)
         # A cluster lab's default IPv6 pod CIDRs lie inside its native-routing range fd00:200::/48
         # (fd00:200:N::/64, a one-node lab's default, does not).
         v6_default = f"fd00:200:0:{i + 1:x}::/64" if kvstore == "etcd" else f"fd00:200:{i + 1}::/64"
         v6 = _network(raw.get("podCIDRv6"), v6_default, f"{source}: nodes[{i}].podCIDRv6", 6)
         if kvstore == "etcd":
-            for cidr, pool, key in ((v4, CLUSTER_POD_RANGES[0], "podCIDRv4"), (v6, CLUSTER_POD_RANGES[1], "podCIDRv6")):
-                if not cidr.subnet_of(pool):
+            for cidr, allowed, key in ((v4, CLUSTER_POD_RANGES[0], "podCIDRv4"),
+                                       (v6, CLUSTER_POD_RANGES[1], "podCIDRv6")):
+                if not cidr.subnet_of(allowed):
                     raise TopologyError(f"{source}: nodes[{i}].{key}: {cidr} is not inside the cluster's pod "
-                                        f"range {pool} (routed natively, not masqueraded)")
-        if name in (n.name for n in nodes):
-            raise TopologyError(f"{source}: nodes[{i}].name: {name!r} is listed twice")
+                                        f"range {allowed} (routed natively, not masqueraded)")
         nodes.append(NodeSpec(name, i + 1, v4, v6))
     node_names = {n.name for n in nodes}
     namespaces: dict[str, dict[str, str]] = {"default": {}}
@@ -276,7 +342,8 @@ def parse_topology(data: Any, source: str = "topology") -> Topology:
     relay = data.get("relay", False)
     if not isinstance(relay, bool):
         raise TopologyError(f"{source}: relay: must be true or false")
-    return Topology(tuple(nodes), namespaces, tuple(pods), tuple(externals), kvstore, members, routing, relay)
+    return Topology(tuple(nodes), namespaces, tuple(pods), tuple(externals), kvstore, members, routing, relay,
+                    pool)
 
 
 def load_topology(path: Path) -> Topology:

@@ -8,6 +8,7 @@ venv=${CILIA_VENV:-/opt/cilia/venv}
 apt_packages=(
   clang llvm libbpf-dev bpftool linux-libc-dev libc6-dev make
   iproute2 iptables ethtool procps util-linux
+  openssl  # the lab's etcd TLS certificates (cilia.lab.certs)
   python3 python3-venv python3-dev
   iperf3 sockperf
   # real CNI clients the e2e tests drive

@@ -68,6 +68,7 @@ class AgentConfig:
     cluster_pool_ipv6_mask_size: int = 64
     # Hubble flow metrics, flow export (cilia.agent.observability)
     observability: observability.ObservabilityConfig = field(default_factory=observability.ObservabilityConfig)
+    cleanup: bool = False  # --cleanup: remove the node networking's rules and router addresses, and exit
 
     @property
     def paths(self) -> NodePaths:
@@ -98,6 +99,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--ipv4-pod-cidr", type=_ipv4_network, default=None)
     parser.add_argument("--ipv6-pod-cidr", type=_ipv6_network, default=None)
     parser.add_argument("--underlay-device", default="eth0", help="device pod traffic leaves the node by")
+    parser.add_argument("--cleanup", action="store_true",
+                        help="remove what the agent set up in this network namespace outside the BPF pins (its "
+                             "nat rules: masquerade, native-routing exclusions, service SNAT; the router "
+                             "addresses of the pod CIDRs given) and exit; a stopping agent leaves them, since "
+                             "the datapath keeps forwarding while it is away")
     parser.add_argument("--bpf-dir", type=Path, default=None, help="directory with the compiled BPF objects")
     parser.add_argument(
         "--monitor-aggregation",
@@ -219,7 +225,7 @@ def _service_cidr(text: str) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
 def parse_config(argv: list[str] | None = None) -> AgentConfig:
     args = build_parser().parse_args(argv)
     pooled = args.cluster_pool_ipv4_cidr is not None or args.cluster_pool_ipv6_cidr is not None
-    if args.ipv4_pod_cidr is None and args.ipv6_pod_cidr is None and not pooled:
+    if args.ipv4_pod_cidr is None and args.ipv6_pod_cidr is None and not pooled and not args.cleanup:
         build_parser().error("at least one of --ipv4-pod-cidr and --ipv6-pod-cidr is required "
                              "(or --cluster-pool-ipv4-cidr / --cluster-pool-ipv6-cidr with --kvstore etcd)")
     if pooled and args.kvstore != "etcd":
@@ -270,4 +276,5 @@ def parse_config(argv: list[str] | None = None) -> AgentConfig:
         cluster_pool_ipv6_cidr=args.cluster_pool_ipv6_cidr,
         cluster_pool_ipv6_mask_size=args.cluster_pool_ipv6_mask_size,
         observability=observability.from_args(args, build_parser()),
+        cleanup=args.cleanup,
     )

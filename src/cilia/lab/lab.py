@@ -225,10 +225,22 @@ class Lab:
             stop_pid(int(relay.pop("pid")))
             self.save()
 
-    def stop_agent(self, node_name: str) -> None:
-        """SIGTERM the node's agent (its node goes away for the relay); start_agent brings it back."""
+    def stop_agent(self, node_name: str, *, cleanup: bool = False) -> None:
+        """SIGTERM the node's agent (its node goes away for the relay); start_agent brings it back.
+        The node's datapath stays (it forwards while the agent is away); with `cleanup`, its nat
+        rules and router addresses go too (`cilia-agent --cleanup` in the node's namespace)."""
         node = self.state["nodes"][node_name]
         stop_pid(int(node["agent_pid"]))
+        if cleanup:
+            self.cleanup_node(node_name)
+
+    def cleanup_node(self, node_name: str) -> None:
+        """`cilia-agent --cleanup` in the node's namespace (run it with the agent stopped)."""
+        node = self.state["nodes"][node_name]
+        cidrs = [arg for flag, key in (("--ipv4-pod-cidr", "ipv4_pod_cidr"), ("--ipv6-pod-cidr", "ipv6_pod_cidr"))
+                 if node.get(key) for arg in (flag, str(node[key]))]
+        sh(*in_netns(node["netns"], str(Path(PYTHON).with_name("cilia-agent")), "--cleanup", "--node", node_name,
+                     *cidrs, "--underlay-device", "eth0"))
 
     def start_agent(self, node_name: str, agent_args: list[str] | None = None) -> int:
         pid = self._start_agent(node_name, agent_args or [])

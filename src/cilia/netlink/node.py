@@ -1,22 +1,26 @@
 """Node-level networking in the agent's netns: the router device, forwarding, masquerade (except
-towards the native-routing CIDRs, so pod-to-pod traffic across nodes keeps the pod's address)."""
+towards the native-routing CIDRs, so pod-to-pod traffic across nodes keeps the pod's address) and
+the SNAT of service connections forwarded to another node; the nat rules live in chains of
+cilia's own, re-created exactly on every start (cilia.netlink.natrules)."""
 
 from __future__ import annotations
 
 import contextlib
 import ipaddress
-import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
 from pyroute2 import IPRoute
 
-from cilia.netlink.links import IFA_F_NODAD, NetlinkError
+from cilia.netlink import natrules
+from cilia.netlink.links import IFA_F_NODAD
+from cilia.netlink.natrules import MASQ_COMMENT, SNAT_COMMENT
 
 # The router IPs live on the node's loopback: this kernel has no dummy devices, and any
 # local address answers the pods' gateway traffic the same way.
 HOST_DEVICE = "lo"
-MASQ_COMMENT = "cilia-masq"
+__all__ = ["MASQ_COMMENT", "SNAT_COMMENT", "NodeNetConfig", "ensure_service_snat", "masquerade_rules",
+           "setup_node_networking", "teardown_node_networking"]
 
 
 @dataclass(frozen=True)
@@ -54,12 +58,19 @@ def setup_node_networking(cfg: NodeNetConfig) -> None:
     _sysctl("net/ipv4/conf/all/accept_local", "1")
     if cfg.ipv6_pod_cidr is not None:
         _sysctl("net/ipv6/conf/all/forwarding", "1")
-    if cfg.masquerade:
-        for tool, cidr in (("iptables", cfg.ipv4_pod_cidr), ("ip6tables", cfg.ipv6_pod_cidr)):
-            if cidr is not None:
-                for native in _native(cfg, cidr.version):
-                    _ensure_rule(tool, _exclude_rule(str(cidr), native, cfg.underlay_device), insert=True)
-                _ensure_rule(tool, _masq_rule(str(cidr), cfg.underlay_device))
+    for version in (4, 6):
+        # exactly this configuration's rules (an earlier pod CIDR's are gone); first in POSTROUTING,
+        # so an excluded packet is accepted before any other nat rule, as a RETURN there was
+        natrules.sync_chain(version, natrules.MASQ_CHAIN, MASQ_COMMENT, masquerade_rules(cfg, version), first=True)
+
+
+def masquerade_rules(cfg: NodeNetConfig, version: int) -> list[list[str]]:
+    """CILIA_MASQ's rules for one family: the native-routing exclusions, then the masquerade."""
+    cidr = cfg.ipv4_pod_cidr if version == 4 else cfg.ipv6_pod_cidr
+    if not cfg.masquerade or cidr is None:
+        return []
+    return [*(_exclude_rule(str(cidr), native, cfg.underlay_device) for native in _native(cfg, version)),
+            _masq_rule(str(cidr), cfg.underlay_device)]
 
 
 def _native(cfg: NodeNetConfig, version: int) -> list[str]:
@@ -73,27 +84,18 @@ REPLY_MARK = "0x0c1b0000/0xffff0000"
 
 def _masq_rule(cidr: str, device: str) -> list[str]:
     return [
-        "POSTROUTING", "-s", cidr, "!", "-d", cidr, "-o", device, "-m", "mark", "!", "--mark", REPLY_MARK,
+        "-s", cidr, "!", "-d", cidr, "-o", device, "-m", "mark", "!", "--mark", REPLY_MARK,
         "-m", "comment", "--comment", MASQ_COMMENT, "-j", "MASQUERADE",
     ]
 
 
 def _exclude_rule(cidr: str, native: str, device: str) -> list[str]:
-    """Pod traffic to a native-routing CIDR leaves unmasqueraded: it comes before the MASQUERADE rule."""
+    """Pod traffic to a native-routing CIDR leaves unmasqueraded: it comes before the MASQUERADE
+    rule, and ACCEPT ends the nat table's POSTROUTING for it (no other nat rule applies)."""
     return [
-        "POSTROUTING", "-s", cidr, "-d", native, "-o", device,
-        "-m", "comment", "--comment", MASQ_COMMENT, "-j", "RETURN",
+        "-s", cidr, "-d", native, "-o", device,
+        "-m", "comment", "--comment", MASQ_COMMENT, "-j", "ACCEPT",
     ]
-
-
-def _ensure_rule(tool: str, rule: list[str], insert: bool = False) -> None:
-    check = subprocess.run([tool, "-w", "5", "-t", "nat", "-C", *rule], capture_output=True, check=False)
-    if check.returncode == 0:
-        return
-    command = ["-I", rule[0], "1", *rule[1:]] if insert else ["-A", *rule]
-    added = subprocess.run([tool, "-w", "5", "-t", "nat", *command], capture_output=True, text=True, check=False)
-    if added.returncode != 0:
-        raise NetlinkError(f"adding the masquerade rule {' '.join(rule)} with {tool}: {added.stderr.strip()}")
 
 
 # A NodePort/LoadBalancer/externalIP connection that bpf_host forwards to a backend on another node
@@ -101,35 +103,32 @@ def _ensure_rule(tool: str, rule: list[str], insert: bool = False) -> None:
 # its source becomes this node's address, so the backend answers through this node, where
 # netfilter undoes the SNAT and bpf_host's egress program the DNAT.
 SERVICE_MARK = "0x0c1a0000/0xffff0000"
-SNAT_COMMENT = "cilia-svc-snat"
 
 
 def _service_snat_rule(device: str, address: str) -> list[str]:
-    return ["POSTROUTING", "-m", "mark", "--mark", SERVICE_MARK, "-o", device,
+    return ["-m", "mark", "--mark", SERVICE_MARK, "-o", device,
             "-m", "comment", "--comment", SNAT_COMMENT, "-j", "SNAT", "--to-source", address]
 
 
 def ensure_service_snat(devices: list[str], addresses: list[ipaddress.IPv4Address | ipaddress.IPv6Address]) -> None:
-    """SNAT service connections forwarded to another node's backend (idempotent): to the node's
-    first IPv4 and IPv6 address on the underlay, when leaving by any of `devices`."""
-    for tool, version in (("iptables", 4), ("ip6tables", 6)):
+    """SNAT service connections forwarded to another node's backend: to the node's first IPv4 and
+    IPv6 address on the underlay, when leaving by any of `devices`. Exactly these rules (an
+    earlier address's or device's are gone), after CILIA_MASQ in POSTROUTING."""
+    for version in (4, 6):
         address = next((a for a in addresses if a.version == version), None)
-        if address is None:
-            continue
-        for device in devices:
-            _ensure_rule(tool, _service_snat_rule(device, str(address)))
+        rules = [_service_snat_rule(device, str(address)) for device in devices] if address is not None else []
+        natrules.sync_chain(version, natrules.SNAT_CHAIN, SNAT_COMMENT, rules)
 
 
-def teardown_node_networking(cfg: NodeNetConfig) -> None:
+def teardown_node_networking(cfg: NodeNetConfig | None = None) -> None:
+    """Remove what setup_node_networking and ensure_service_snat added: every nat rule of cilia's
+    (whatever configuration added it) and, given the config, the router addresses."""
+    natrules.remove_all()
+    if cfg is None:
+        return
     with IPRoute() as ipr:
         index = int(ipr.link_lookup(ifname=HOST_DEVICE)[0])
         for router, prefix in ((cfg.router_ipv4, 32), (cfg.router_ipv6, 128)):
             if router is not None:
                 with contextlib.suppress(Exception):
                     ipr.addr("del", index=index, address=str(router), prefixlen=prefix)
-    for tool, cidr in (("iptables", cfg.ipv4_pod_cidr), ("ip6tables", cfg.ipv6_pod_cidr)):
-        if cidr is not None:
-            rules = [_masq_rule(str(cidr), cfg.underlay_device),
-                     *(_exclude_rule(str(cidr), native, cfg.underlay_device) for native in _native(cfg, cidr.version))]
-            for rule in rules:
-                subprocess.run([tool, "-w", "5", "-t", "nat", "-D", *rule], capture_output=True, check=False)

@@ -18,13 +18,14 @@ from cilia.kvstore.etcd import EtcdClient, parse_endpoint
     ("192.0.2.201:23790", ("192.0.2.201", 23790)),
     ("http://etcd-0", ("etcd-0", 2379)),
     ("unix:/run/cilia/etcd/x/etcd.sock:23790", ("unix:/run/cilia/etcd/x/etcd.sock", 23790)),
+    ("https://192.0.2.201:2379", ("192.0.2.201", 2379)),  # TLS (cilia.kvstore.tls)
 ])
 def test_endpoints(text: str, expected: tuple[str, int]) -> None:
     assert parse_endpoint(text) == expected
 
 
 @pytest.mark.parametrize(("text", "message"), [
-    ("https://192.0.2.201:2379", "only http://"),
+    ("ftp://192.0.2.201:2379", "only http:// .* and https://"),
     ("unix:/run/cilia/etcd.sock", "needs a port"),
     ("http://:2379", "no host"),
     ("http://192.0.2.1:99999", "99999"),

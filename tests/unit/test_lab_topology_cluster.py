@@ -77,6 +77,7 @@ def test_cluster_defaults() -> None:
          "lab.yaml: nodes[1].podCIDRv6: fd00:200:2::/64 is not inside the cluster's pod range fd00:200::/48"),
         ({"nodes": [{"name": "n1"}, {"name": "n1"}]}, "lab.yaml: nodes[1].name: 'n1' is listed twice"),
         ({"kvstore": "etcd", "clusters": 2}, "lab.yaml: unknown field 'clusters'"),
+        ({"kvstore": "etcd", "etcd": {"tls": "yes"}}, "lab.yaml: etcd.tls: must be true or false"),
         ({"clusterPool": True}, "lab.yaml: clusterPool: only with kvstore: etcd"),
         ({"kvstore": "etcd", "clusterPool": 5}, "lab.yaml: clusterPool: must be true or a mapping"),
         ({"kvstore": "etcd", "clusterPool": {"v4": "10.200.0.0/16"}}, "lab.yaml: clusterPool: unknown field 'v4'"),
@@ -158,6 +159,11 @@ def test_cluster_pool() -> None:
     assert given is not None and (str(given.ipv4), given.ipv4_mask_size, str(given.ipv6)) == (
         "10.200.128.0/17", 26, "fd00:200:0:100::/56")
     assert parse_topology(CLUSTER, SOURCE).cluster_pool is None
+
+
+def test_etcd_tls() -> None:
+    assert parse_topology({"kvstore": "etcd", "etcd": {"members": 1, "tls": True}}, SOURCE).etcd_tls
+    assert not parse_topology(CLUSTER, SOURCE).etcd_tls
 
 
 def test_cluster_test_topologies() -> None:

@@ -153,7 +153,7 @@ class EtcdCluster:
 
     def __init__(self, config: AgentConfig) -> None:
         self.config = config
-        self.kv = EtcdClient(list(config.kvstore_endpoints))
+        self.kv = EtcdClient(list(config.kvstore_endpoints), tls=config.kvstore_tls)
         self.session = NodeSession(self.kv, config.node, config.kvstore_lease_ttl)
         self.session.start()  # a thread: grants the lease whenever etcd answers
         self._claimer = PodCidrClaimer(self.kv, config.node, config.paths.state_dir / "podcidrs.json")

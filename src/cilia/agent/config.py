@@ -10,6 +10,7 @@ from pathlib import Path
 
 from cilia.agent import observability
 from cilia.cluster.model import RoutingMode
+from cilia.kvstore.tls import KvTls, KvTlsError, load_etcd_config
 from cilia.lb.maglev import DEFAULT_SIZE as MAGLEV_DEFAULT_SIZE
 from cilia.lb.maglev import MAGLEV_SIZES
 from cilia.metrics.server import parse_address
@@ -59,6 +60,7 @@ class AgentConfig:
     kvstore: str = "local"  # local: the embedded SQLite store, one node; etcd: the cluster's etcd
     kvstore_endpoints: tuple[str, ...] = ()  # etcd client URLs, e.g. http://192.0.2.201:2379
     kvstore_lease_ttl: int = 15  # seconds: a node that stops refreshing disappears after this
+    kvstore_tls: KvTls | None = None  # CA and client certificate for https:// members
     routing_mode: RoutingMode = RoutingMode.NATIVE
     tunnel_port: int = 8472  # VXLAN UDP port (Cilium's default)
     native_routing_cidrs: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()  # not masqueraded
@@ -162,6 +164,16 @@ def build_parser() -> argparse.ArgumentParser:
                          help="local: embedded store, one node (default); etcd: the cluster's etcd")
     cluster.add_argument("--kvstore-endpoints", type=_endpoints, default=(),
                          help="comma-separated etcd client URLs (with --kvstore etcd), or unix:/path:PORT targets")
+    cluster.add_argument("--kvstore-tls-ca", type=Path, default=None, metavar="FILE",
+                         help="CA the etcd members' certificates must be signed by (TLS towards https:// "
+                              "endpoints; Cilium's trusted-ca-file)")
+    cluster.add_argument("--kvstore-tls-cert", type=Path, default=None, metavar="FILE",
+                         help="client certificate for etcd's client-cert-auth (Cilium's cert-file)")
+    cluster.add_argument("--kvstore-tls-key", type=Path, default=None, metavar="FILE",
+                         help="the client certificate's key (Cilium's key-file)")
+    cluster.add_argument("--kvstore-opt", action="append", default=None, metavar="KEY=VALUE",
+                         help="etcd.config=FILE: Cilium's etcd config file (YAML: endpoints, trusted-ca-file, "
+                              "cert-file, key-file); the flags above win over it")
     cluster.add_argument("--kvstore-lease-ttl", type=_positive, default=15,
                          help="seconds before a node that stopped refreshing its lease disappears")
     cluster.add_argument("--routing-mode", type=RoutingMode, choices=list(RoutingMode), default=RoutingMode.NATIVE,
@@ -189,6 +201,37 @@ def _endpoints(text: str) -> tuple[str, ...]:
             raise argparse.ArgumentTypeError(f"--kvstore-endpoints {url!r}: must be a URL like http://HOST:2379 "
                                              "(or a unix target unix:/path/etcd.sock:PORT)")
     return urls
+
+
+def _kvstore_connection(args: argparse.Namespace) -> tuple[tuple[str, ...], KvTls | None]:
+    """The endpoints and TLS files from the flags and Cilium's etcd config file (flags win);
+    exits with the parser's error naming the flag, file or key that is wrong."""
+    options: dict[str, str] = {}
+    for raw in args.kvstore_opt or []:
+        key, sep, value = raw.partition("=")
+        if not sep or key != "etcd.config" or not value:
+            build_parser().error(f"--kvstore-opt {raw!r}: the only option is etcd.config=<file>")
+        options[key] = value
+    endpoints: tuple[str, ...] = args.kvstore_endpoints
+    ca, cert, key = args.kvstore_tls_ca, args.kvstore_tls_cert, args.kvstore_tls_key
+    try:
+        if "etcd.config" in options:
+            loaded = load_etcd_config(Path(options["etcd.config"]))
+            if not endpoints and loaded.endpoints:
+                try:
+                    endpoints = _endpoints(",".join(loaded.endpoints))
+                except argparse.ArgumentTypeError as exc:
+                    build_parser().error(f"--kvstore-opt etcd.config={options['etcd.config']}: {exc}")
+            if loaded.tls is not None:
+                ca, cert, key = ca or loaded.tls.ca, cert or loaded.tls.cert, key or loaded.tls.key
+        tls = KvTls(ca, cert, key) if (ca or cert or key) else None
+        if tls is not None:
+            tls.credentials()  # the files are readable PEM: a wrong path fails here, not at the first call
+    except KvTlsError as exc:
+        build_parser().error(str(exc))
+    if tls is not None and args.kvstore != "etcd":
+        build_parser().error("--kvstore-tls-* / --kvstore-opt need --kvstore etcd")
+    return endpoints, tls
 
 
 def _serve_addr(text: str) -> str | None:
@@ -230,8 +273,9 @@ def parse_config(argv: list[str] | None = None) -> AgentConfig:
                              "(or --cluster-pool-ipv4-cidr / --cluster-pool-ipv6-cidr with --kvstore etcd)")
     if pooled and args.kvstore != "etcd":
         build_parser().error("--cluster-pool-* needs --kvstore etcd (the pool is claimed in etcd)")
-    if args.kvstore == "etcd" and not args.kvstore_endpoints:
-        build_parser().error("--kvstore etcd needs --kvstore-endpoints")
+    endpoints, tls = _kvstore_connection(args)
+    if args.kvstore == "etcd" and not endpoints:
+        build_parser().error("--kvstore etcd needs --kvstore-endpoints (or endpoints in --kvstore-opt etcd.config)")
     if (args.hubble_tls_cert_file is None) != (args.hubble_tls_key_file is None):
         build_parser().error("--hubble-tls-cert-file and --hubble-tls-key-file go together")
     return AgentConfig(
@@ -266,7 +310,8 @@ def parse_config(argv: list[str] | None = None) -> AgentConfig:
         hubble_tls_client_ca_files=tuple(args.hubble_tls_client_ca_files or ()),
         prometheus_serve_addr=args.prometheus_serve_addr,
         kvstore=args.kvstore,
-        kvstore_endpoints=args.kvstore_endpoints,
+        kvstore_endpoints=endpoints,
+        kvstore_tls=tls,
         kvstore_lease_ttl=args.kvstore_lease_ttl,
         routing_mode=args.routing_mode,
         tunnel_port=args.tunnel_port,

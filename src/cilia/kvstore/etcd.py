@@ -18,8 +18,11 @@ off from the quorum ends the watch instead of going quiet) and progress notifica
 reflector's revision moves on even when its prefix is idle, which makes a compaction resync
 rarer). gRPC keepalive pings on the stream notice a member that vanished without closing it.
 
-Endpoints: `http://host:port` (IPv6 as `http://[addr]:port`), `host:port`, or a gRPC unix target
-`unix:/path/etcd.sock:port` (the lab's members listen on a socket file named `etcd.sock:port`)."""
+Endpoints: `http://host:port` (IPv6 as `http://[addr]:port`), `https://host:port` (TLS:
+`tls` gives the CA and the client certificate, cilia.kvstore.tls), `host:port` (TLS when `tls` is
+given), or a gRPC unix target `unix:/path/etcd.sock:port` (plain: the lab's members listen on a
+socket file named `etcd.sock:port`). A failed TLS handshake is reported with what it means
+("the member's certificate is not signed by a trusted CA: give the CA ...")."""
 
 from __future__ import annotations
 
@@ -51,6 +54,7 @@ from cilia.kvstore.api import (
     WatchCallback,
     WatchEvent,
 )
+from cilia.kvstore.tls import KvTls, handshake_hint
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -87,17 +91,24 @@ def _range_end(prefix: bytes) -> bytes:
 
 def parse_endpoint(text: str) -> tuple[str, int]:
     """(gRPC host, port) of an endpoint as the agent's flag takes it (ValueError if unusable)."""
+    host, port, _scheme = parse_target(text)
+    return host, port
+
+
+def parse_target(text: str) -> tuple[str, int, str]:
+    """(gRPC host, port, scheme: "http", "https", "unix" or "" for a bare host:port)."""
     text = text.strip()
     if text.startswith("unix:"):
         path, sep, number = text.rpartition(":")
         if not sep or not number.isdigit() or path in ("", "unix"):
             raise ValueError(f"etcd endpoint {text!r}: a unix target needs a port (unix:/path/etcd.sock:2379)")
-        return path, int(number)
-    if "://" not in text:
+        return path, int(number), "unix"
+    bare = "://" not in text
+    if bare:
         text = f"http://{text}"
     parts = urlsplit(text)
-    if parts.scheme != "http":
-        raise ValueError(f"etcd endpoint {text!r}: only http:// (plain gRPC) is supported")
+    if parts.scheme not in ("http", "https"):
+        raise ValueError(f"etcd endpoint {text!r}: only http:// (plain gRPC) and https:// (TLS) are supported")
     try:
         port = parts.port or 2379
     except ValueError as exc:
@@ -105,7 +116,7 @@ def parse_endpoint(text: str) -> tuple[str, int]:
     host = parts.hostname
     if not host:
         raise ValueError(f"etcd endpoint {text!r}: no host")
-    return (f"[{host}]" if ":" in host else host), port
+    return (f"[{host}]" if ":" in host else host), port, "" if bare else parts.scheme
 
 
 @dataclass
@@ -128,16 +139,23 @@ class _Member:
 
 class EtcdClient:
     def __init__(self, endpoints: list[str], timeout: float = 5.0, retry_after: float = 2.0,
-                 page_size: int = 1000) -> None:
+                 page_size: int = 1000, tls: KvTls | None = None) -> None:
         if not endpoints:
             raise ValueError("etcd: no endpoints")
         self.timeout = timeout
         self.page_size = page_size
         self.retry_after = retry_after
         self._members: list[_Member] = []
+        credentials: grpc.ChannelCredentials | None = None
         for text in endpoints:
-            host, port = parse_endpoint(text)
-            self._members.append(_Member(text, etcd3.Endpoint(host, port, secure=False, opts=_CHANNEL_OPTIONS)))
+            host, port, scheme = parse_target(text)
+            if scheme == "https" or (scheme == "" and tls is not None):
+                if credentials is None:  # the files read once (KvTlsError naming one that is unusable)
+                    credentials = (tls or KvTls()).credentials()
+                endpoint = etcd3.Endpoint(host, port, secure=True, creds=credentials, opts=_CHANNEL_OPTIONS)
+            else:
+                endpoint = etcd3.Endpoint(host, port, secure=False, opts=_CHANNEL_OPTIONS)
+            self._members.append(_Member(text, endpoint))
         self._current = self._members[0]
         self._lock = threading.Lock()
         self._watches: set[_WatchStream] = set()
@@ -185,7 +203,8 @@ class EtcdClient:
                 details = exc.details()
                 if code in _MEMBER_FAILURES:
                     self._fail(member)
-                    errors.append(f"{member.label}: {code.name.lower()} ({details})")
+                    hint = handshake_hint(details or "")
+                    errors.append(f"{member.label}: {code.name.lower()} ({details})" + (f" [{hint}]" if hint else ""))
                     continue
                 raise KvError(f"etcd {member.label}: {what}: {details or code.name}") from exc
             self._use(member)
@@ -436,7 +455,9 @@ class _WatchStream:
                 code = exc.code()
                 if code in _MEMBER_FAILURES:
                     self._client._fail(self._member)
-                self._error = KvError(f"etcd {label}: watch {self._prefix}: {code.name.lower()} ({exc.details()})")
+                hint = handshake_hint(exc.details() or "")
+                self._error = KvError(f"etcd {label}: watch {self._prefix}: {code.name.lower()} ({exc.details()})"
+                                      + (f" [{hint}]" if hint else ""))
         finally:
             self._created.set()  # ends the creation timer
             call = self._call

@@ -4,6 +4,11 @@ network namespace the project created, stopped by pid, their data removed on tea
 Each member listens for clients on its namespace's address (agents in node namespaces reach it over
 the fabric) and on a unix socket under /run/cilia/etcd/<member>/ (tests, benchmarks and tools on
 the host reach it without entering a namespace: a unix socket is a file, not a network address).
+
+With `tls_dir` (the lab's `etcd: {tls: true}`, certificates from cilia.lab.certs) a member serves
+its clients over TLS only on its address (`https://`, `--client-cert-auth`: a client needs a
+certificate of the lab's CA); the unix socket stays plain, as a local file only root can open, so
+the host's tools and tests keep reaching it without certificates. Peers talk plain HTTP.
 """
 
 from __future__ import annotations
@@ -37,13 +42,21 @@ class EtcdMemberSpec:
     address: str  # IPv4 or IPv6 literal, reachable from the agents' namespaces
     client_port: int = CLIENT_PORT
     peer_port: int = PEER_PORT
+    tls_dir: str | None = None  # ca.crt and <name>.crt/.key: clients served over TLS on `address`
 
     def _host(self) -> str:
         return f"[{self.address}]" if ":" in self.address else self.address
 
     @property
     def client_url(self) -> str:
-        return f"http://{self._host()}:{self.client_port}"
+        return f"{'https' if self.tls_dir else 'http'}://{self._host()}:{self.client_port}"
+
+    def tls_args(self) -> list[str]:
+        if not self.tls_dir:
+            return []
+        directory = Path(self.tls_dir)
+        return ["--cert-file", str(directory / f"{self.name}.crt"), "--key-file", str(directory / f"{self.name}.key"),
+                "--client-cert-auth", "--trusted-ca-file", str(directory / "ca.crt")]
 
     @property
     def peer_url(self) -> str:
@@ -127,6 +140,7 @@ class EtcdCluster:
             # quick elections: the lab's fault tests kill the leader and expect a new one soon
             "--heartbeat-interval", "100", "--election-timeout", "1000",
             "--logger", "zap", "--log-level", "warn",
+            *member.tls_args(),
         ]
         with open(member.log_file, "ab") as out:
             process = subprocess.Popen(

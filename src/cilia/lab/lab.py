@@ -19,7 +19,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from cilia.lab import fabric
+import yaml
+
+from cilia.lab import certs, fabric
 from cilia.lab import relay as lab_relay
 from cilia.lab.errors import LabError
 from cilia.lab.etcd import ETCD_RUN_ROOT, EtcdCluster, EtcdMemberSpec, stop_leftover_members
@@ -119,15 +121,23 @@ class Lab:
     def _etcd_members(self, topology: Topology) -> None:
         """Each member in its own namespace on the underlay, started and answering before any agent;
         the flags every agent then gets (kvstore, routing mode, the cluster's native-routed ranges)."""
-        specs = [EtcdMemberSpec(m.name, m.netns, str(m.ipv4)) for m in topology.members]
+        tls_dir = self._etcd_certificates(topology) if topology.etcd_tls else None
+        specs = [EtcdMemberSpec(m.name, m.netns, str(m.ipv4), tls_dir=str(tls_dir) if tls_dir else None)
+                 for m in topology.members]
         self.state["kvstore"] = topology.kvstore
         self.state["routing"] = topology.routing
         self.state["etcd"] = {"token": ETCD_TOKEN, "members": [
             {"name": s.name, "netns": s.netns, "address": s.address, "client_port": s.client_port,
-             "peer_port": s.peer_port} for s in specs]}
+             "peer_port": s.peer_port, "tls_dir": s.tls_dir} for s in specs]}
         cluster = EtcdCluster(specs, token=ETCD_TOKEN)
+        if tls_dir is not None:
+            # Cilium's way: an etcd config file naming the endpoints, the CA and the client certificate
+            self.state["etcd"]["tls_dir"] = str(tls_dir)
+            connection = ["--kvstore-opt", f"etcd.config={self._etcd_config(tls_dir, cluster.client_urls)}"]
+        else:
+            connection = ["--kvstore-endpoints", ",".join(cluster.client_urls)]
         self.state["cluster_args"] = [
-            "--kvstore", "etcd", "--kvstore-endpoints", ",".join(cluster.client_urls),
+            "--kvstore", "etcd", *connection,
             "--routing-mode", topology.routing,
             "--ipv4-native-routing-cidr", str(CLUSTER_POD_RANGES[0]),
             "--ipv6-native-routing-cidr", str(CLUSTER_POD_RANGES[1]),
@@ -139,6 +149,24 @@ class Lab:
                                fabric.NODE_GATEWAYS)
         self._etcd = cluster
         cluster.start()
+
+    def _etcd_certificates(self, topology: Topology) -> Path:
+        """The lab's CA, a server certificate per member and a client certificate for the agents."""
+        directory = LAB_DIR / "etcd-tls"
+        ca = certs.make_ca(directory)
+        for member in topology.members:
+            certs.issue(ca, directory, member.name, [str(member.ipv4), str(member.ipv6), "127.0.0.1"],
+                        ["localhost"], server=True)
+        certs.issue(ca, directory, "cilia-agent")
+        return directory
+
+    @staticmethod
+    def _etcd_config(tls_dir: Path, endpoints: list[str]) -> Path:
+        path = tls_dir / "etcd.config"
+        path.write_text(yaml.safe_dump({
+            "endpoints": endpoints, "trusted-ca-file": str(tls_dir / "ca.crt"),
+            "cert-file": str(tls_dir / "cilia-agent.crt"), "key-file": str(tls_dir / "cilia-agent.key")}))
+        return path
 
     def _node(self, node: NodeSpec, agent_args: list[str]) -> None:
         pooled = node.ipv4_pod_cidr is None  # its agent claims the CIDRs from the cluster pool

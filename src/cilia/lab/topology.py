@@ -138,6 +138,7 @@ class Topology:
     routing: str = "native"  # ROUTING_MODES; only with kvstore etcd
     relay: bool = False  # run cilia-relay (every node's flows, the service map) in netns cilia-relay
     cluster_pool: ClusterPool | None = None  # only with kvstore etcd: pod CIDRs from the pool
+    etcd_tls: bool = False  # etcd serves its clients over TLS (client certificates of the lab's CA)
 
     @property
     def cluster(self) -> bool:
@@ -242,8 +243,9 @@ def _cluster_pool(raw: Any, kvstore: str, nodes: int, source: str) -> ClusterPoo
     return pool
 
 
-def _cluster(data: dict[Any, Any], source: str) -> tuple[str, int, str]:
-    """kvstore, the number of etcd members (0 without etcd), routing: checked against each other."""
+def _cluster(data: dict[Any, Any], source: str) -> tuple[str, int, str, bool]:
+    """kvstore, the number of etcd members (0 without etcd), routing, etcd TLS: checked against
+    each other."""
     kvstore = data.get("kvstore", "local")
     if not isinstance(kvstore, str) or kvstore not in KVSTORES:
         raise TopologyError(f"{source}: kvstore: {kvstore!r} is not local or etcd")
@@ -254,12 +256,15 @@ def _cluster(data: dict[Any, Any], source: str) -> tuple[str, int, str]:
         etcd = {}
     if not isinstance(etcd, dict):
         raise TopologyError(f"{source}: etcd: must be a mapping like {{members: 3}}")
-    unknown = set(map(str, etcd)) - {"members"}
+    unknown = set(map(str, etcd)) - {"members", "tls"}
     if unknown:
         raise TopologyError(f"{source}: etcd: unknown field {sorted(unknown)[0]!r}")
     members = etcd.get("members", DEFAULT_ETCD_MEMBERS)
     if isinstance(members, bool) or not isinstance(members, int) or not 1 <= members <= MAX_ETCD_MEMBERS:
         raise TopologyError(f"{source}: etcd.members: must be an integer 1-{MAX_ETCD_MEMBERS}")
+    tls = etcd.get("tls", False)
+    if not isinstance(tls, bool):
+        raise TopologyError(f"{source}: etcd.tls: must be true or false")
     routing = data.get("routing")
     if routing is not None and kvstore != "etcd":
         raise TopologyError(f"{source}: routing: only with kvstore: etcd (the nodes learn each other's "
@@ -267,7 +272,7 @@ def _cluster(data: dict[Any, Any], source: str) -> tuple[str, int, str]:
     routing = "native" if routing is None else routing
     if not isinstance(routing, str) or routing not in ROUTING_MODES:
         raise TopologyError(f"{source}: routing: {routing!r} is not native or tunnel")
-    return kvstore, members if kvstore == "etcd" else 0, routing
+    return kvstore, members if kvstore == "etcd" else 0, routing, tls
 
 
 def parse_topology(data: Any, source: str = "topology") -> Topology:
@@ -277,7 +282,7 @@ def parse_topology(data: Any, source: str = "topology") -> Topology:
     unknown = set(map(str, data)) - set(FIELDS)
     if unknown:
         raise TopologyError(f"{source}: unknown field {sorted(unknown)[0]!r}")
-    kvstore, members, routing = _cluster(data, source)
+    kvstore, members, routing, etcd_tls = _cluster(data, source)
     raw_nodes = _list(data.get("nodes"), f"{source}: nodes") or [{"name": "n1"}]
     pool = _cluster_pool(data.get("clusterPool"), kvstore, len(raw_nodes), source)
     nodes: list[NodeSpec] = []
@@ -343,7 +348,7 @@ def parse_topology(data: Any, source: str = "topology") -> Topology:
     if not isinstance(relay, bool):
         raise TopologyError(f"{source}: relay: must be true or false")
     return Topology(tuple(nodes), namespaces, tuple(pods), tuple(externals), kvstore, members, routing, relay,
-                    pool)
+                    pool, etcd_tls)
 
 
 def load_topology(path: Path) -> Topology:

@@ -8,12 +8,14 @@ from __future__ import annotations
 import ipaddress
 import json
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from cilia.kvstore.api import KeyValue
 from cilia.kvstore.clusterips import PREFIX, decode_key, decode_owner, first_free, requested_ips
 from cilia.kvstore.memory import MemoryKv
 from cilia.kvstore.resources import EtcdStore
@@ -35,9 +37,20 @@ def service(name: str, namespace: str = "default", cluster_ip: str | None = None
             "spec": spec}
 
 
+class SlowReads(MemoryKv):
+    """Reading the reservations takes a while: appliers on several nodes interleave between their
+    read and their transaction, as over a network (without it threads mostly run one by one)."""
+
+    def list_prefix(self, prefix: str) -> tuple[list[KeyValue], int]:
+        listed = super().list_prefix(prefix)
+        if prefix == PREFIX:
+            time.sleep(0.005)
+        return listed
+
+
 @pytest.fixture
 def kv() -> Iterator[MemoryKv]:
-    store = MemoryKv()
+    store = SlowReads()
     yield store
     store.close()
 

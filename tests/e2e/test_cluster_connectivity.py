@@ -11,11 +11,13 @@ from __future__ import annotations
 import ipaddress
 import socket
 import struct
+import threading
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
+from cilia.api.models import ApplyRequest
 from cilia.lab.lab import Lab
 from cilia.lab.process import in_netns, sh
 from cilia.testing.cluster import (
@@ -36,6 +38,7 @@ from cilia.testing.cluster import (
     running_cluster_lab,
 )
 from cilia.testing.reach import Target, expect_all, format_mismatches, probe_rows
+from cilia.testing.wait import wait_for
 
 VXLAN_OVERHEAD = 50  # outer IPv4 20 + UDP 8 + VXLAN 8 + inner Ethernet 14
 
@@ -263,3 +266,45 @@ def test_a_service_without_cluster_ip_has_one_address_on_every_node(clab: Lab) -
     assert f"cilia/clusterips/{address}" in etcd_keys(clab, "cilia/clusterips/")
     for source in ("db", "client3", "client1"):  # n2, n3, and n1 where it was applied
         assert _reaches_both(clab, source, address, 80) == BACKENDS, source
+
+
+def test_concurrent_applies_on_three_nodes_get_distinct_addresses(clab: Lab) -> None:
+    """Each node's API applies 8 Services without clusterIP at once (real etcd, three agents):
+    no address is given twice, and every node stores and serves the same one for each."""
+    names = {node: [f"conc-{node}-{i}" for i in range(8)] for node in NODES}
+    errors: list[BaseException] = []
+
+    def run(node: str) -> None:
+        try:
+            with api(node) as client:
+                for name in names[node]:
+                    client.apply(ApplyRequest(objects=[{
+                        "apiVersion": "v1", "kind": "Service", "metadata": {"name": name, "namespace": "default"},
+                        "spec": {"ports": [{"port": 80, "protocol": "TCP"}]}}]))
+        except BaseException as exc:  # reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=run, args=(node,)) for node in NODES]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(120)
+    assert not errors, errors
+    every = sorted(n for group in names.values() for n in group)
+
+    def stored(node: str) -> dict[str, str]:
+        with api(node) as client:
+            return {o["metadata"]["name"]: o["spec"].get("clusterIP") for o in client.get("/v1/resources",
+                    {"kind": "Service"}) if o["metadata"]["name"].startswith("conc-")}
+
+    assert wait_for(lambda: all(sorted(stored(node)) == every for node in NODES), 10)
+    views = [stored(node) for node in NODES]
+    assert views[0] == views[1] == views[2]
+    assert len(set(views[0].values())) == len(every) and None not in views[0].values()
+    reserved = set(etcd_keys(clab, "cilia/clusterips/"))
+    assert {f"cilia/clusterips/{ip}" for ip in views[0].values()} <= reserved
+    with api("n2") as client:  # released on delete
+        client.delete(ApplyRequest(objects=[{"apiVersion": "v1", "kind": "Service",
+                                             "metadata": {"name": n, "namespace": "default"}} for n in every]))
+    left = set(etcd_keys(clab, "cilia/clusterips/"))
+    assert not {f"cilia/clusterips/{ip}" for ip in views[0].values()} & left

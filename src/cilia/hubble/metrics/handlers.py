@@ -1,8 +1,8 @@
 """One handler per Hubble metric, with upstream's metric names, label names and label values
 (cilium pkg/hubble/metrics/{flow,drop,tcp,policy}; the modules `icmp` and `port_distribution`
 hold those two), computed on cilia's flow dicts (the same translations as `cilia.hubble.convert`:
-Hubble's event types, observation point names, drop reasons). A handler returns the label values of the series a flow increments; the counting and
-the series' lifetime are the processor's."""
+Hubble's event types, observation point names, drop reasons). A handler returns the label values
+of the series a flow increments; the counting and the series' lifetime are the processor's."""
 
 from __future__ import annotations
 

@@ -247,3 +247,77 @@ def test_get_agent_events_over_grpc(served: tuple[HubbleServer, FlowRing, ae.Age
         assert got[0].agent_event.endpoint_regenerate.id == 5
         # debug events: cilia's datapath emits none; the stream ends (or stays open when following)
         assert list(stub(channel).GetDebugEvents(observer_pb2.GetDebugEventsRequest(number=5), timeout=5)) == []
+
+
+# ----- GetFlows history: first vs last, since/until with number --------------------------------
+def upstream_history(times: list[int], matching: list[bool], number: int, first: bool, follow: bool,
+                     since: int | None, until: int | None) -> list[int]:
+    """A model of Hubble's newRingReader (rewind) + eventsReader (forward) over a buffer in time
+    order: the indexes a GetFlows request is sent before it follows."""
+    n = len(times)
+    if first and since is None:
+        start = 0
+    elif follow and number == 0 and since is None:
+        start = n
+    else:
+        start, count = 0, 0
+        for i in range(n - 1, -1, -1):
+            if not matching[i]:
+                continue
+            count += 1
+            if since is not None:
+                if times[i] < since:
+                    start = i + 1
+                    break
+            elif count == number:
+                start = i
+                break
+    out: list[int] = []
+    for i in range(start, n):
+        if not follow and number and len(out) >= number:
+            break
+        if until is not None and times[i] > until:
+            break  # the first flow past until ends the reading, matching or not
+        if since is not None and times[i] < since:
+            continue
+        if matching[i]:
+            out.append(i)
+    return out
+
+
+def test_select_history_is_hubbles_ring_reader() -> None:
+    for seed in range(500):  # random buffers and requests, reproducible
+        check_history(seed)
+
+
+def check_history(seed: int) -> None:
+    import random
+
+    from cilia.hubble.filters import FlowFilters
+    from cilia.hubble.server import select_history
+
+    rng = random.Random(seed)
+    n = rng.randrange(0, 12)
+    times = sorted(rng.randrange(0, 8) for _ in range(n))  # in time order, with ties
+    matching = [rng.random() < 0.6 for _ in range(n)]
+    flows = []
+    for i, (t, match) in enumerate(zip(times, matching, strict=True)):
+        f = flow_pb2.Flow(uuid=str(i), verdict=flow_pb2.FORWARDED if match else flow_pb2.DROPPED)
+        f.time.FromNanoseconds(T0_NS + t * S)
+        flows.append(f)
+    number = rng.choice([0, 0, 1, 2, 3, 5, 20])
+    first = rng.random() < 0.3
+    follow = not first and rng.random() < 0.3
+    since = rng.choice([None, None, rng.randrange(0, 8)])
+    until = None if follow else rng.choice([None, None, rng.randrange(0, 8)])
+    fields: dict[str, Any] = {"number": number, "first": first, "follow": follow}
+    if since is not None:
+        fields["since"] = Timestamp(seconds=T0_NS // S + since)
+    if until is not None:
+        fields["until"] = Timestamp(seconds=T0_NS // S + until)
+    wanted = FlowFilters([flow_pb2.FlowFilter(verdict=[flow_pb2.FORWARDED])], [])
+    got = [int(f.uuid) for f in select_history(flows, observer_pb2.GetFlowsRequest(**fields), wanted)]
+    assert got == upstream_history(times, matching, number, first, follow, since, until), (seed, fields)
+
+
+T0_NS = 1_700_000_000 * S

@@ -8,10 +8,7 @@ on that loop (FlowRing subscribers are thread-safe by call_soon_threadsafe).
 GetFlows follows Hubble's local observer: history first (the last `number` matching flows, the
 first `number` with `first`, or those from `since` to `until`), then, with `follow`, new
 flows as they come; flows a slow follower missed, and events the datapath lost, are reported as
-LostEvent messages. Flows are encoded once (cached by uuid) whichever client reads them.
-
-ServerStatus' flow rate (`cilia.hubble.rate`), GetNamespaces (`cilia.hubble.namespaces`) and
-GetAgentEvents (`cilia.hubble.agent_events`) keep upstream's semantics in modules of their own."""
+LostEvent messages. Flows are encoded once (cached by uuid) whichever client reads them."""
 
 from __future__ import annotations
 

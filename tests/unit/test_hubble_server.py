@@ -188,7 +188,7 @@ def test_nodes_namespaces_agent_and_debug_events(channel: grpc.Channel, ring: Fl
     ring.add(flow(7, namespace="recent", at_ns=now))
     [node] = stub(channel).GetNodes(observer_pb2.GetNodesRequest(), timeout=5).nodes
     assert (node.name, node.state, node.num_flows, node.max_flows) == ("n1", relay_pb2.NODE_CONNECTED, 6, CAPACITY)
-    assert node.address == "127.0.0.1:0" and not node.tls.enabled
+    assert node.address == "127.0.0.1:0" and not node.tls.enabled and not node.tls.server_name
     namespaces = stub(channel).GetNamespaces(observer_pb2.GetNamespacesRequest(), timeout=5).namespaces
     # the last hour's; the cluster is empty in the default cluster, as a Cilium agent answers
     assert [(n.cluster, n.namespace) for n in namespaces] == [("", "recent"), ("", "y")]
@@ -220,7 +220,7 @@ def test_tcp_tls(ring: FlowRing, tmp_path: Path) -> None:
         with grpc.secure_channel(f"127.0.0.1:{s.tcp_port}", credentials) as ch:
             assert stub(ch).ServerStatus(observer_pb2.ServerStatusRequest(), timeout=5).num_flows == 5
             [node] = stub(ch).GetNodes(observer_pb2.GetNodesRequest(), timeout=5).nodes
-            assert node.tls.enabled
+            assert node.tls.enabled and node.tls.server_name == "n1.default.hubble-grpc.cilium.io"  # as peers name it
         with grpc.insecure_channel(f"127.0.0.1:{s.tcp_port}") as plain, pytest.raises(grpc.RpcError):
             stub(plain).ServerStatus(observer_pb2.ServerStatusRequest(), timeout=2)
     finally:

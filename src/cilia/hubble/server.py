@@ -240,6 +240,7 @@ class ObserverService(observer_pb2_grpc.ObserverServicer):
             state=relay_pb2.NODE_CONNECTED, uptime_ns=self._uptime_ns(), num_flows=len(ring),
             max_flows=self._source.capacity, seen_flows=ring.seen)
         node.tls.enabled = config.tls is not None
+        node.tls.server_name = tls_server_name(config.node) if config.tls is not None else ""  # as a relay lists it
         return observer_pb2.GetNodesResponse(nodes=[node])
 
     async def GetNamespaces(self, request: observer_pb2.GetNamespacesRequest,

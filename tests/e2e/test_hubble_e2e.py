@@ -145,6 +145,17 @@ def test_nodes_namespaces_and_events(channel: grpc.Channel) -> None:
     namespaces = {n.namespace for n in observer(channel).GetNamespaces(observer_pb2.GetNamespacesRequest(),
                                                                         timeout=5).namespaces}
     assert {"default", "team-a"} <= namespaces
-    events = list(observer(channel).GetAgentEvents(observer_pb2.GetAgentEventsRequest(number=5), timeout=5))
-    assert [e.agent_event.type for e in events] == [flow_pb2.AGENT_STARTED]
+    # the agent's events since it started: its start, the lab's pods created, the policy the
+    # fixture applied, the regenerations it caused (Hubble's AgentEventType values and messages)
+    events = [e.agent_event for e in observer(channel).GetAgentEvents(observer_pb2.GetAgentEventsRequest(),
+                                                                       timeout=5)]
+    assert events and events[0].type == flow_pb2.AGENT_STARTED and events[0].agent_start.time.seconds > 0
+    created = {e.endpoint_update.pod_name for e in events if e.type == flow_pb2.ENDPOINT_CREATED}
+    assert {"client", "web", "db"} <= created
+    policies = [e.policy_update for e in events if e.type == flow_pb2.POLICY_UPDATED]
+    assert any("k8s:io.cilium.k8s.policy.name=web-from-db" in p.labels and p.revision > 0 and p.rule_count == 1
+               for p in policies), policies
+    assert any(e.type == flow_pb2.ENDPOINT_REGENERATE_SUCCESS and e.endpoint_regenerate.id > 0 for e in events)
+    last = list(observer(channel).GetAgentEvents(observer_pb2.GetAgentEventsRequest(number=2), timeout=5))
+    assert len(last) == 2 and last[-1].agent_event == events[-1]
     assert list(observer(channel).GetDebugEvents(observer_pb2.GetDebugEventsRequest(number=5), timeout=5)) == []

@@ -1,6 +1,8 @@
 """The agent's Prometheus metrics on a running lab: agents started with `--prometheus-serve-addr
 127.0.0.1:9962`, a policy denies client -> web, and /metrics, fetched inside node n1's netns (where
-the agent listens), shows the policy drops, the forwards, the endpoint states and regenerations."""
+the agent listens), shows the policy drops, the forwards, the endpoint states and regenerations, and
+the Hubble metrics `icmp` and `port-distribution`: an ICMP echo between two pods and an allowed TCP
+connection's port."""
 
 from __future__ import annotations
 
@@ -16,13 +18,35 @@ from cilia.testing.labs import BASIC, client_denied_to_web, running_lab
 ADDRESS = "127.0.0.1:9962"
 FETCH = ("import sys, urllib.request; "
          f"sys.stdout.write(urllib.request.urlopen('http://{ADDRESS}/metrics', timeout=5).read().decode())")
+HUBBLE_METRICS = ("icmp:sourceContext=pod;destinationContext=pod "
+                  "port-distribution:sourceContext=pod;destinationContext=pod")
+# one ICMP echo request from the pod it runs in (a raw socket: the lab has no ping), waits for the reply
+ECHO = """
+import socket, struct, sys, time
+def checksum(data):
+    total = sum(struct.unpack("!%dH" % (len(data) // 2), data))
+    total = (total >> 16) + (total & 0xFFFF)
+    return ~(total + (total >> 16)) & 0xFFFF
+target = sys.argv[1]
+s = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP)
+s.settimeout(3)
+body = struct.pack("!BBHHH", 8, 0, 0, 0x4321, 1) + b"cilia-echo"
+s.sendto(struct.pack("!BBHHH", 8, 0, checksum(body), 0x4321, 1) + b"cilia-echo", (target, 0))
+deadline = time.monotonic() + 3
+while time.monotonic() < deadline:
+    data, (peer, _) = s.recvfrom(2048)
+    if peer == target and data[(data[0] & 0x0F) * 4] == 0:
+        print("reply")
+        break
+"""
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
 
 
 @pytest.fixture(scope="module")
 def denied() -> Iterator[Lab]:
     """A lab of its own whose agents serve metrics, with client -> web:80 default-denied."""
-    with running_lab(BASIC, agent_args=["--prometheus-serve-addr", ADDRESS]) as lab, \
+    with running_lab(BASIC, agent_args=["--prometheus-serve-addr", ADDRESS, "--hubble-metrics", HUBBLE_METRICS]) \
+            as lab, \
             client_denied_to_web(lab) as running:
         yield running
 
@@ -62,3 +86,33 @@ def test_endpoint_identity_policy_and_regeneration_families(denied: Lab) -> None
     histogram = "cilia_endpoint_regeneration_time_stats_seconds_count"
     assert samples[(histogram, (("outcome", "success"), ("scope", "total")))] >= len(n1_pods)
     assert ("cilia_events_lost_total", ()) in samples and ("cilia_services", ()) in samples
+
+
+def test_icmp_echo_and_tcp_port_in_hubble_metrics(denied: Lab) -> None:
+    """An ICMP echo client -> db (no policy selects db) shows in hubble_icmp_total with its pods
+    (the reply is not traced: monitor aggregation traces a connection's new packets, as
+    Cilium's `medium`); db -> web:80 (allowed) in hubble_port_distribution_total, the reply's
+    ephemeral port not."""
+    def count(name: str, **labels: str) -> float:
+        wanted = set(labels.items())
+        return sum(v for (n, ls), v in scrape(denied).items() if n == name and wanted <= set(ls))
+
+    requests = {"family": "IPv4", "type": "EchoRequest", "source": "default/client", "destination": "team-a/db"}
+    before = count("hubble_icmp_total", **requests)
+    result = denied.exec("client", [PYTHON, "-c", ECHO, denied.address_of("db")], timeout=30)
+    assert result.stdout.strip() == "reply", f"no echo reply from db: {result.stdout!r} {result.stderr[-2000:]}"
+    wait_for(lambda: count("hubble_icmp_total", **requests) > before, 10, 0.2,
+             lambda: f"the echo request is not in hubble_icmp_total: {count('hubble_icmp_total')} ICMP in all")
+
+    port = {"protocol": "TCP", "port": "80", "source": "team-a/db", "destination": "default/web"}
+    before = count("hubble_port_distribution_total", **port)
+    assert denied.probe("db", "web", 80)["verdict"] == "connected"
+    wait_for(lambda: count("hubble_port_distribution_total", **port) > before, 10, 0.2,
+             lambda: "db -> web:80 is not in hubble_port_distribution_total")
+    samples = scrape(denied)
+    replies = [ls for (n, ls), _v in samples.items() if n == "hubble_port_distribution_total"
+               and dict(ls)["source"] == "default/web" and dict(ls)["protocol"] == "TCP"]
+    assert not replies, f"a reply's port was counted: {replies}"
+    # the echo request is a forwarded non-reply too: ICMP counts as port 0
+    assert count("hubble_port_distribution_total", protocol="ICMPv4", port="0", source="default/client",
+                 destination="team-a/db") > 0

@@ -46,6 +46,7 @@ from cilia.api.models import NodeStatus
 from cilia.endpoint.manager import EndpointManager
 from cilia.endpoint.registry import EndpointRegistry
 from cilia.endpoint.store import EndpointStore
+from cilia.hubble.agent_events import AgentEventLog, AgentEventRecorder, agent_started
 from cilia.hubble.peer import cluster_peers
 from cilia.hubble.server import HubbleConfig, HubbleServer
 from cilia.identity.allocator import LocalIdentityAllocator
@@ -149,6 +150,7 @@ class Agent:
             events_lost=self.events.events_lost,
         ))
         self.policy.queue.add_observer(self.metrics.observe_regeneration)
+        self.agent_events = AgentEventLog()  # Hubble's agent events (GetAgentEvents), hooked up in start()
         self.cluster: EtcdCluster | LocalCluster = self.etcd or LocalCluster(config, self.datapath.node_addresses)
         self.observability = Observability(config.observability, self.events.ring, self.metrics.registry,
                                            self.datapath, self.endpoints, self.events.events_lost,
@@ -173,9 +175,18 @@ class Agent:
         self.datapath.attach_service_programs(self.config.underlay_device, self.config.cgroup_root)
         self.endpoints.subscribe(self.services.on_endpoints_changed)
         self.resources.watch(self._on_resource_event)
+        self._record_agent_events()
         if self.etcd is not None:
             self._start_cluster(self.etcd)
         log.info("agent %s started: %d endpoints restored", self.config.node, self.endpoints.restored)
+
+    def _record_agent_events(self) -> None:
+        """From here on (the restored endpoints are not "created"), as Cilium's monitor agent events."""
+        recorder = AgentEventRecorder(self.agent_events, self.registry.records, lambda: self.policy.revision, is_policy)
+        self.policy.queue.add_observer(recorder.on_regeneration)
+        self.endpoints.subscribe(recorder.on_endpoints_changed)
+        self.resources.watch(recorder.on_resource_event)
+        self.agent_events.record(agent_started(time.time_ns()))
 
     def _start_cluster(self, etcd: EtcdCluster) -> None:
         """Other nodes' endpoints into our ipcache, ours out to them; identities allocated on
@@ -233,7 +244,8 @@ class Agent:
                 hubble_config = HubbleConfig.from_agent(self.config)
                 hubble = HubbleServer(hubble_config, self.events.ring, peers=lambda: cluster_peers(
                     ((n.name, n.ipv4) for n in self.cluster.cluster_nodes()), hubble_config.listen_address,
-                    hubble_config.tls is not None, lambda name: str(NodePaths(name).hubble_socket)))
+                    hubble_config.tls is not None, lambda name: str(NodePaths(name).hubble_socket)),
+                    events=self.agent_events)
                 stack.callback(hubble.stop)
                 try:
                     await asyncio.to_thread(hubble.start)

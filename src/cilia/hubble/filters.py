@@ -191,7 +191,7 @@ def _ips(values: list[str], get: Callable[[flow_pb2.Flow], str]) -> Predicate:
     for value in values:
         try:
             if "/" in value:
-                networks.append(ipaddress.ip_network(value, strict=False))
+                networks.append(_prefix(value))
             else:
                 ipaddress.ip_address(value)
                 addresses.add(value)
@@ -213,6 +213,20 @@ def _ips(values: list[str], get: Callable[[flow_pb2.Flow], str]) -> Predicate:
         return False
 
     return test
+
+
+def _prefix(text: str) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
+    """Go's netip.ParsePrefix: `address/bits`, bits in decimal without a leading zero (no netmask
+    form, no zone); host bits may be set (`10.0.0.1/8` is 10.0.0.0/8)."""
+    address, _, bits = text.partition("/")
+    if not bits or not bits.isascii() or not bits.isdigit() or (len(bits) > 1 and bits[0] == "0"):
+        raise ValueError(f"bad bits after slash: {bits!r}")
+    if "%" in address:
+        raise ValueError("IPv6 zones cannot be present in a prefix")
+    parsed = ipaddress.ip_address(address)
+    if int(bits) > parsed.max_prefixlen:
+        raise ValueError(f"prefix length out of range: {bits}")
+    return ipaddress.ip_network(f"{address}/{bits}", strict=False)
 
 
 def parse_namespaced_name(text: str) -> tuple[str, str]:
@@ -259,7 +273,7 @@ def _fqdn_pattern(pattern: str) -> str:
             out.append(r"\.")
         elif char == "*":
             out.append(r"[-.0-9a-z]*")
-        elif char in "-_" or char.isdigit() or "a" <= char <= "z":
+        elif char in "-_" or "0" <= char <= "9" or "a" <= char <= "z":
             out.append(char)
         else:
             raise FilterError(f"{char!r}: invalid rune in pattern")
@@ -311,7 +325,7 @@ def _destination_port(f: flow_pb2.Flow) -> int | None:
 def _ports(values: list[str], get: Callable[[flow_pb2.Flow], int | None]) -> Predicate:
     ports = set()
     for value in values:
-        if not value.isdigit() or int(value) > 65535:
+        if not value.isascii() or not value.isdigit() or int(value) > 65535:  # Go's ParseUint(p, 10, 16)
             raise FilterError(f"invalid port filter: invalid port {value!r}")
         ports.add(int(value))
 

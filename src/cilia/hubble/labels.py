@@ -1,9 +1,16 @@
 """Label selectors on a flow's endpoint labels, as Hubble's source_label/destination_label filters.
 
-The selector language is Kubernetes' (`app=web`, `app!=web`, `app in (a,b)`, `app notin (a)`,
-`app`, `!app`, `n>3`, comma for AND) with Cilium's label sources: a key may name its source
-(`k8s:app`, `reserved:host`) and a key without one matches a label of any source. Flow labels are
-`source:key=value` strings (`reserved:host` without a value)."""
+The selector language is Kubernetes' (`app=web`, `app==web`, `app!=web`, `app in (a,b)`,
+`app notin (a)`, `app`, `!app`, `n>3`, `n<3`, comma for AND) with Cilium's label sources: a key
+may name its source (`k8s:app`, `reserved:host`) and a key without one matches a label of any
+source. Flow labels are `source:key=value` strings (`reserved:host` without a value).
+
+Parsed as upstream does it: Cilium first rewrites each key's source prefix (`k8s:app` ->
+`k8s.app`, `app` -> `any.app`; pkg/hubble/filters/labelparser.go), then the Kubernetes selector
+parser reads the result (apimachinery labels: its lexer, grammar and validation: keys qualified
+names, values label values, `()` is the empty value, `>`/`<` take an integer), and a key is looked
+up in the flow's labels as Cilium's LabelArray does (the source before the first dot, `any`
+matching every source)."""
 
 from __future__ import annotations
 
@@ -12,8 +19,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 ANY = "any"
-_TOKEN = re.compile(r"\s*(==|!=|=|>|<|\(|\)|,|!|[^\s=!<>(),]+)")
-_KEYWORDS = ("in", "notin")
+_RESERVED_PREFIX = "reserved."  # Cilium's LabelSourceReservedKeyPrefix
 
 
 class SelectorError(ValueError):
@@ -27,16 +33,26 @@ class FlowLabel:
     value: str
 
 
-def parse_label(text: str) -> FlowLabel:
-    """Cilium's label syntax: `source:key=value`, `$key` for reserved, no source = unspec."""
+def _parse(text: str, delim: str) -> FlowLabel:
+    """Cilium's parseLabel: the source up to the first `delim` (`$key`: reserved), then key=value."""
     if text.startswith("$"):
         source, rest = "reserved", text[1:]
+    elif delim in text:
+        source, _, rest = text.partition(delim)
+    elif delim != "." and text.startswith(_RESERVED_PREFIX):
+        source, rest = "reserved", text[len(_RESERVED_PREFIX):]
     else:
-        source, sep, rest = text.partition(":")
-        if not sep:
-            source, rest = "unspec", text
-    key, _, value = rest.partition("=")
+        source, rest = "", text
+    source = source or "unspec"
+    key, eq, value = rest.partition("=")
+    if eq and not key and source == "reserved":
+        key, value = value, ""  # `reserved:=host`
     return FlowLabel(source, key, value)
+
+
+def parse_label(text: str) -> FlowLabel:
+    """Cilium's label syntax: `source:key=value`, `$key` for reserved, no source = unspec."""
+    return _parse(text, ":")
 
 
 class LabelArray:
@@ -46,24 +62,116 @@ class LabelArray:
         self._labels = [parse_label(text) for text in labels]
 
     def lookup(self, source: str, key: str) -> str | None:
+        """The value of the first label with this key (and source, unless `any`); None: none."""
         for label in self._labels:
             if label.key == key and (source == ANY or label.source == source):
                 return label.value
         return None
 
 
+# ----- Cilium's source-prefix translation (labelparser.go) ----------------------------------------
+def translate_selector(selector: str) -> str:
+    """`k8s:foo in (a, b), !bar` -> `k8s.foo in (a, b), !any.bar`."""
+    out: list[str] = []
+    i, n = 0, len(selector)
+    while i < n:
+        while i < n and (selector[i].isspace() or selector[i] == "!"):  # up to the key
+            out.append(selector[i])
+            i += 1
+        start = i
+        while i < n and not (selector[i].isspace() or selector[i] in "=!,"):
+            i += 1
+        key = selector[start:i]
+        if ":" not in key:
+            key = f"{ANY}:{key}"
+        out.append(key.replace(":", ".", 1))
+        nesting = 0
+        while i < n:  # up to and including the comma that ends this requirement
+            char = selector[i]
+            out.append(char)
+            i += 1
+            if char == "(":
+                nesting += 1
+            elif char == ")":
+                nesting -= 1
+            elif char == "," and nesting == 0:
+                break
+    return "".join(out)
+
+
+# ----- the Kubernetes selector parser (apimachinery pkg/labels/selector.go) ------------------------
+_SPECIAL = "=!(),><"
+_SYMBOLS = {"(": "(", ")": ")", ",": ",", "!": "!", "=": "=", "==": "==", "!=": "!=", ">": ">", "<": "<"}
+_IDENT, _END = "identifier", "end of string"
+_NAME = re.compile(r"\A(?:[A-Za-z0-9](?:[-A-Za-z0-9_.]*[A-Za-z0-9])?)\Z")
+_DNS_SUBDOMAIN = re.compile(r"\A[a-z0-9](?:[-a-z0-9]*[a-z0-9])?(?:\.[a-z0-9](?:[-a-z0-9]*[a-z0-9])?)*\Z")
+_INT64 = re.compile(r"\A[+-]?[0-9]+\Z")
+
+
+def _lex(text: str) -> list[tuple[str, str]]:
+    """(kind, literal) tokens; kind is a symbol, `in`/`notin`, identifier or end of string."""
+    tokens: list[tuple[str, str]] = []
+    i, n = 0, len(text)
+    while i < n:
+        char = text[i]
+        if char in " \t\r\n":
+            i += 1
+        elif char in _SPECIAL:
+            # the longest run of special characters that is a symbol (`!=`, `==`)
+            j, best = i, None
+            while j < n and text[j] in _SPECIAL:
+                j += 1
+                if text[i:j] in _SYMBOLS:
+                    best = j
+                elif best is not None:
+                    break
+            if best is None:
+                raise SelectorError(f"error expected: keyword found '{text[i:j]}'")
+            tokens.append((_SYMBOLS[text[i:best]], text[i:best]))
+            i = best
+        else:
+            j = i
+            while j < n and text[j] not in " \t\r\n" and text[j] not in _SPECIAL:
+                j += 1
+            word = text[i:j]
+            tokens.append((word if word in ("in", "notin") else _IDENT, word))
+            i = j
+    tokens.append((_END, ""))
+    return tokens
+
+
+def _check_key(key: str) -> None:
+    """validation.IsQualifiedName: an optional DNS-subdomain prefix and `/`, a name of <= 63."""
+    prefix, slash, name = key.rpartition("/")
+    if key.count("/") > 1 or (slash and not prefix):
+        raise SelectorError(f"invalid label key {key!r}: a qualified name has at most one '/' after a prefix")
+    if slash and (len(prefix) > 253 or not _DNS_SUBDOMAIN.match(prefix)):
+        raise SelectorError(f"invalid label key {key!r}: prefix must be a DNS-1123 subdomain")
+    if not name or len(name) > 63 or not _NAME.match(name):
+        raise SelectorError(f"invalid label key {key!r}: name part must be 63 characters or less, alphanumeric, "
+                            "'-', '_' or '.', starting and ending with an alphanumeric character")
+
+
+def _check_value(value: str) -> None:
+    if value and (len(value) > 63 or not _NAME.match(value)):
+        raise SelectorError(f"invalid label value {value!r}: must be 63 characters or less, empty or alphanumeric, "
+                            "'-', '_' or '.', starting and ending with an alphanumeric character")
+
+
 Requirement = Callable[[LabelArray], bool]
 
 
-def _split_key(key: str) -> tuple[str, str]:
-    source, sep, name = key.partition(":")
-    return (source, name) if sep else (ANY, key)
-
-
-def _requirement(key: str, op: str, values: list[str]) -> Requirement:
-    source, name = _split_key(key)
-    if not name:
-        raise SelectorError(f"label selector key {key!r} is empty")
+def _requirement(key: str, op: str, values: set[str]) -> Requirement:
+    _check_key(key)
+    if op in ("in", "notin") and not values:
+        raise SelectorError("for 'in', 'notin' operators, values set can't be empty")
+    if op in (">", "<"):
+        [bound] = values
+        if not _INT64.match(bound) or not -2**63 <= int(bound) < 2**63:
+            raise SelectorError(f"for 'Gt', 'Lt' operators, the value must be an integer: {bound!r}")
+    for value in values:
+        _check_value(value)
+    source, _, name = key.partition(".")  # Cilium: the source before the first dot (always there)
 
     def test(labels: LabelArray) -> bool:
         value = labels.lookup(source, name)
@@ -75,67 +183,114 @@ def _requirement(key: str, op: str, values: list[str]) -> Requirement:
             return value is not None and value in values
         if op in ("!=", "notin"):
             return value is None or value not in values
-        # > and <: both sides integers (Kubernetes' Gt/Lt)
-        if value is None:
-            return False
-        try:
-            have, want = int(value), int(values[0])
-        except ValueError:
-            return False
-        return have > want if op == ">" else have < want
+        if value is None or not _INT64.match(value) or not -2**63 <= int(value) < 2**63:
+            return False  # > and <: the label's value must parse as an int64
+        return int(value) > int(bound) if op == ">" else int(value) < int(bound)
 
     return test
 
 
-def parse_selector(selector: str) -> Callable[[LabelArray], bool]:
-    """A selector -> a predicate; raises SelectorError on bad syntax."""
-    tokens = [m.group(1) for m in _TOKEN.finditer(selector)]
-    if "".join(tokens) != re.sub(r"\s+", "", selector):
-        raise SelectorError(f"invalid label selector {selector!r}")
-    requirements: list[Requirement] = []
-    i = 0
+class _Parser:
+    def __init__(self, text: str) -> None:
+        self.tokens = _lex(text)
+        self.pos = 0
 
-    def take() -> str:
-        nonlocal i
-        if i >= len(tokens):
-            raise SelectorError(f"label selector {selector!r} ends too early")
-        i += 1
-        return tokens[i - 1]
+    def peek(self) -> tuple[str, str]:
+        kind, literal = self.tokens[self.pos]
+        return (_IDENT, literal) if kind in ("in", "notin") else (kind, literal)  # Values context
 
-    while i < len(tokens):
-        token = take()
-        if token == "!":
-            requirements.append(_requirement(take(), "!", []))
-        else:
-            key = token
-            op = tokens[i] if i < len(tokens) else ","
-            if op == ",":
-                requirements.append(_requirement(key, "exists", []))
-            elif op in ("=", "==", "!=", ">", "<"):
-                i += 1
-                value = tokens[i] if i < len(tokens) and tokens[i] != "," else ""
-                if value:
-                    i += 1
-                if op in (">", "<") and not value.lstrip("-").isdigit():
-                    raise SelectorError(f"label selector {selector!r}: {op} needs an integer")
-                requirements.append(_requirement(key, op, [value]))
-            elif op in _KEYWORDS:
-                i += 1
-                if take() != "(":
-                    raise SelectorError(f"label selector {selector!r}: expected ( after {op}")
-                values: list[str] = []
-                while True:
-                    item = take()
-                    if item == ")":
-                        break
-                    if item == ",":
-                        continue
-                    values.append(item)
-                requirements.append(_requirement(key, op, values))
+    def take(self, values_context: bool = True) -> tuple[str, str]:
+        kind, literal = self.tokens[self.pos] if not values_context else self.peek()
+        if kind != _END:
+            self.pos += 1
+        return kind, literal
+
+    def parse(self) -> list[Requirement]:
+        requirements: list[Requirement] = []
+        while True:
+            kind, literal = self.peek()
+            if kind == _END:
+                return requirements
+            if kind not in (_IDENT, "!"):
+                raise SelectorError(f"found '{literal}', expected: !, identifier, or 'end of string'")
+            requirements.append(self.requirement())
+            kind, literal = self.take()
+            if kind == _END:
+                return requirements
+            if kind != ",":
+                raise SelectorError(f"found '{literal}', expected: ',' or 'end of string'")
+            if self.peek()[0] not in (_IDENT, "!"):
+                raise SelectorError(f"found '{self.peek()[1]}', expected: identifier after ','")
+
+    def requirement(self) -> Requirement:
+        kind, key = self.take()
+        negated = kind == "!"
+        if negated:
+            kind, key = self.take()
+        if kind != _IDENT:
+            raise SelectorError(f"found '{key}', expected: identifier")
+        _check_key(key)
+        if negated or self.peek()[0] in (_END, ","):
+            return _requirement(key, "!" if negated else "exists", set())
+        kind, literal = self.take(values_context=False)
+        if kind in ("in", "notin"):
+            return _requirement(key, kind, self.value_set())
+        if kind in ("=", "==", "!=", ">", "<"):
+            return _requirement(key, kind, self.exact_value())
+        raise SelectorError(f"found '{literal}', expected: in, notin, =, ==, !=, gt, lt")
+
+    def exact_value(self) -> set[str]:
+        if self.peek()[0] in (_END, ","):
+            return {""}
+        kind, literal = self.take()
+        if kind != _IDENT:
+            raise SelectorError(f"found '{literal}', expected: identifier")
+        return {literal}
+
+    def value_set(self) -> set[str]:
+        kind, literal = self.take()
+        if kind != "(":
+            raise SelectorError(f"found '{literal}', expected: '('")
+        kind, literal = self.peek()
+        if kind == ")":
+            self.take()
+            return {""}  # `()`: the empty value
+        if kind not in (_IDENT, ","):
+            raise SelectorError(f"found '{literal}', expected: ',', ')' or identifier")
+        values = self.identifiers()
+        kind, literal = self.take()
+        if kind != ")":
+            raise SelectorError(f"found '{literal}', expected: ')'")
+        return values
+
+    def identifiers(self) -> set[str]:
+        """The list inside `( )`, as apimachinery's parseIdentifiersList: `(,a)`, `(a,)` and
+        `(a,,b)` hold the empty value too; the closing `)` is left for the caller."""
+        values: set[str] = set()
+        while True:
+            kind, literal = self.take()
+            if kind == _IDENT:
+                values.add(literal)
+                after, after_literal = self.peek()
+                if after == ")":
+                    return values
+                if after != ",":
+                    raise SelectorError(f"found '{after_literal}', expected: ',' or ')'")
+            elif kind == ",":
+                if not values:
+                    values.add("")
+                after = self.peek()[0]
+                if after == ")":
+                    values.add("")
+                    return values
+                if after == ",":
+                    self.take()
+                    values.add("")
             else:
-                raise SelectorError(f"label selector {selector!r}: unexpected {op!r}")
-        if i < len(tokens):
-            if tokens[i] != ",":
-                raise SelectorError(f"label selector {selector!r}: unexpected {tokens[i]!r}")
-            i += 1
+                raise SelectorError(f"found '{literal}', expected: ',', or identifier")
+
+
+def parse_selector(selector: str) -> Callable[[LabelArray], bool]:
+    """A selector -> a predicate; raises SelectorError on bad syntax (an empty one selects all)."""
+    requirements = _Parser(translate_selector(selector)).parse()
     return lambda labels: all(req(labels) for req in requirements)

@@ -18,7 +18,7 @@ import logging
 import os
 import threading
 import time
-from collections import OrderedDict, deque
+from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,7 +26,6 @@ from typing import Any, cast
 
 import grpc
 from google.protobuf.descriptor import Descriptor
-from google.protobuf.timestamp_pb2 import Timestamp
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1.health import aio as health_aio
 
@@ -34,18 +33,23 @@ from cilia import __version__
 from cilia.agent.config import AgentConfig
 from cilia.flows.filter import FlowFilter
 from cilia.flows.ring import EntrySubscriber, FlowRing
+from cilia.flows.tap import FlowTap
+from cilia.hubble import agent_events
+from cilia.hubble.agent_events import AgentEventLog
 from cilia.hubble.convert import convert
-from cilia.hubble.filters import DEFAULT_CLUSTER, FilterError, FlowFilters
+from cilia.hubble.filters import FilterError, FlowFilters
+from cilia.hubble.namespaces import NamespaceTracker
 from cilia.hubble.pb import flow_pb2, observer_pb2, observer_pb2_grpc, peer_pb2_grpc, relay_pb2
 from cilia.hubble.peer import PeerInfo, PeerService, tls_server_name
+from cilia.hubble.rate import flows_rate
 
 log = logging.getLogger(__name__)
 
 HEALTH_SERVICE = "hubble.server.Observer"  # what `hubble status` asks the health service about
 VERSION = f"cilia v{__version__}"
-RATE_WINDOW_S = 60.0
 FOLLOW_QUEUE = 4096
-NAMESPACE_WINDOW_NS = 3600 * 10**9  # GetNamespaces: namespaces with flows in the last hour
+NAMESPACE_TAP_BUDGET = 0.02  # the namespace tracker's pass may take 2% of a core (it samples beyond)
+NAMESPACE_TAP_INTERVAL_S = 1.0
 _FLOW_DESCRIPTOR = cast(Descriptor, flow_pb2.Flow.DESCRIPTOR)
 
 
@@ -83,21 +87,6 @@ class HubbleConfig:
     def self_peer(self) -> PeerInfo:
         """This node as a Hubble peer (the peer service's answer when no cluster lists more)."""
         return PeerInfo(self.node, self.address, tls_server_name(self.node) if self.tls is not None else None)
-
-
-class RateMeter:
-    """Flows seen per second over about the last minute, from (time, seen) samples."""
-
-    def __init__(self, seen: int, now: float | None = None) -> None:
-        self._samples: deque[tuple[float, int]] = deque([(time.monotonic() if now is None else now, seen)])
-
-    def rate(self, seen: int, now: float | None = None) -> float:
-        now = time.monotonic() if now is None else now
-        self._samples.append((now, seen))
-        while len(self._samples) > 2 and now - self._samples[1][0] >= RATE_WINDOW_S:
-            self._samples.popleft()
-        then, seen_then = self._samples[0]
-        return (seen - seen_then) / (now - then) if now > then else 0.0
 
 
 class FlowSource:
@@ -159,12 +148,17 @@ def select_history(flows: list[flow_pb2.Flow], request: observer_pb2.GetFlowsReq
 
 
 class ObserverService(observer_pb2_grpc.ObserverServicer):
-    def __init__(self, source: FlowSource, config: HubbleConfig, started_ns: int | None = None) -> None:
+    def __init__(self, source: FlowSource, config: HubbleConfig, started_ns: int | None = None,
+                 events: AgentEventLog | None = None, namespaces: NamespaceTracker | None = None) -> None:
         self._source = source
         self._config = config
         self._started_ns = time.time_ns() if started_ns is None else started_ns
         self._started_mono = time.monotonic_ns()
-        self._rate = RateMeter(source.ring.seen)
+        if events is None:
+            events = AgentEventLog()
+            events.record(agent_events.agent_started(self._started_ns), self._started_ns)
+        self._events = events
+        self._namespaces = namespaces or NamespaceTracker()
 
     # ----- flows ---------------------------------------------------------------------------------
     async def GetFlows(self, request: observer_pb2.GetFlowsRequest,
@@ -232,9 +226,10 @@ class ObserverService(observer_pb2_grpc.ObserverServicer):
                            context: grpc.aio.ServicerContext[Any, Any]) -> observer_pb2.ServerStatusResponse:
         ring = self._source.ring
         # A single agent, like Hubble's: the connected/unavailable node counts are a relay's.
+        rate = await asyncio.to_thread(_buffered_rate, ring)
         return observer_pb2.ServerStatusResponse(
             num_flows=len(ring), max_flows=self._source.capacity, seen_flows=ring.seen, uptime_ns=self._uptime_ns(),
-            version=VERSION, flows_rate=self._rate.rate(ring.seen))
+            version=VERSION, flows_rate=rate)
 
     async def GetNodes(self, request: observer_pb2.GetNodesRequest,
                        context: grpc.aio.ServicerContext[Any, Any]) -> observer_pb2.GetNodesResponse:
@@ -245,39 +240,41 @@ class ObserverService(observer_pb2_grpc.ObserverServicer):
             state=relay_pb2.NODE_CONNECTED, uptime_ns=self._uptime_ns(), num_flows=len(ring),
             max_flows=self._source.capacity, seen_flows=ring.seen)
         node.tls.enabled = config.tls is not None
+        node.tls.server_name = tls_server_name(config.node) if config.tls is not None else ""  # as a relay lists it
         return observer_pb2.GetNodesResponse(nodes=[node])
 
     async def GetNamespaces(self, request: observer_pb2.GetNamespacesRequest,
                             context: grpc.aio.ServicerContext[Any, Any]) -> observer_pb2.GetNamespacesResponse:
-        flows = await asyncio.to_thread(self._source.snapshot)
-        horizon = time.time_ns() - NAMESPACE_WINDOW_NS
-        seen: set[tuple[str, str]] = set()
-        for flow in flows:
-            if flow.time.ToNanoseconds() < horizon:
-                continue
-            for endpoint in (flow.source, flow.destination):
-                if endpoint.namespace:
-                    seen.add((DEFAULT_CLUSTER, endpoint.namespace))  # the agent's cluster, as Hubble
-        return observer_pb2.GetNamespacesResponse(
-            namespaces=[observer_pb2.Namespace(cluster=c, namespace=n) for c, n in sorted(seen)])
+        # the tracker has what flows named in the last hour; the buffer adds what its tap skipped
+        self._namespaces.add_flows(await asyncio.to_thread(self._source.snapshot))
+        return observer_pb2.GetNamespacesResponse(namespaces=self._namespaces.namespaces())
 
     # ----- agent and debug events ------------------------------------------------------------------
     async def GetAgentEvents(self, request: observer_pb2.GetAgentEventsRequest,
                              context: grpc.aio.ServicerContext[Any, Any],
                              ) -> AsyncIterator[observer_pb2.GetAgentEventsResponse]:
-        """The one agent event cilia records: its start. Then nothing (while following)."""
+        """The agent's events (cilia.hubble.agent_events): history as Hubble's ring reader, then
+        new ones while following (a follower too slow for 1,024 queued events loses the rest)."""
         if request.first and request.follow:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "first cannot be specified with follow")
             return
-        started = Timestamp()
-        started.FromNanoseconds(self._started_ns)
-        event = observer_pb2.GetAgentEventsResponse(node_name=self._config.node, time=started)
-        event.agent_event.type = flow_pb2.AGENT_STARTED
-        event.agent_event.agent_start.time.CopyFrom(started)
-        if _in_range(self._started_ns, request):
-            yield event
-        if request.follow:
-            await asyncio.Event().wait()  # until the client goes away
+        node = self._config.node
+        if not request.follow:
+            for item in agent_events.select(self._events.snapshot(), request):
+                yield agent_events.response(item, node)
+            return
+        follower, history = self._events.follow(asyncio.get_running_loop())
+        try:
+            for item in agent_events.select(history, request):
+                yield agent_events.response(item, node)
+            until = request.until.ToNanoseconds() if request.HasField("until") else None
+            while True:
+                item = await follower.queue.get()
+                if until is not None and item.time_ns > until:
+                    return
+                yield agent_events.response(item, node)
+        finally:
+            self._events.unfollow(follower)
 
     async def GetDebugEvents(self, request: observer_pb2.GetDebugEventsRequest,
                              context: grpc.aio.ServicerContext[Any, Any],
@@ -292,10 +289,10 @@ class ObserverService(observer_pb2_grpc.ObserverServicer):
         yield  # an async generator that yields nothing
 
 
-def _in_range(event_ns: int, request: observer_pb2.GetAgentEventsRequest) -> bool:
-    if request.HasField("since") and event_ns < request.since.ToNanoseconds():
-        return False
-    return not (request.HasField("until") and event_ns > request.until.ToNanoseconds())
+def _buffered_rate(ring: FlowRing) -> float:
+    """Hubble's flows_rate over the buffered flows (cilia.hubble.rate)."""
+    _cursor, entries, _missed = ring.since(ring.sequence - len(ring))
+    return flows_rate(entries, time.time_ns())
 
 
 def _response(message: flow_pb2.Flow, mask: Any) -> observer_pb2.GetFlowsResponse:
@@ -320,8 +317,12 @@ class HubbleServer:
     """Runs the Observer and health services until stopped; start() returns once they listen."""
 
     def __init__(self, config: HubbleConfig, ring: FlowRing,
-                 peers: Callable[[], Iterable[PeerInfo]] | None = None) -> None:
+                 peers: Callable[[], Iterable[PeerInfo]] | None = None, events: AgentEventLog | None = None) -> None:
         self.config = config
+        self.events = events  # the agent's events (None: only this server's start is recorded)
+        self.namespaces = NamespaceTracker()
+        self._namespace_tap = FlowTap(ring, [self.namespaces], interval=NAMESPACE_TAP_INTERVAL_S,
+                                      name="hubble-namespaces", budget=NAMESPACE_TAP_BUDGET)
         # Hubble's peer service: the cluster's nodes when the agent knows them, else this node alone.
         self.peers = peers or (lambda: [config.self_peer()])
         self.source = FlowSource(ring, config.capacity)
@@ -340,6 +341,7 @@ class HubbleServer:
             raise TimeoutError(f"hubble server did not start within {timeout} s")
         if self._error is not None:
             raise RuntimeError(f"hubble server failed to start: {self._error}") from self._error
+        self._namespace_tap.start()
 
     def _run(self) -> None:
         loop = asyncio.new_event_loop()
@@ -363,7 +365,7 @@ class HubbleServer:
         config = self.config
         server = grpc.aio.server()
         observer_pb2_grpc.add_ObserverServicer_to_server(  # type: ignore[no-untyped-call]
-            ObserverService(self.source, config), server)
+            ObserverService(self.source, config, events=self.events, namespaces=self.namespaces), server)
         peer_pb2_grpc.add_PeerServicer_to_server(PeerService(self.peers), server)  # type: ignore[no-untyped-call]
         health = health_aio.HealthServicer()
         for service in ("", HEALTH_SERVICE):
@@ -390,6 +392,7 @@ class HubbleServer:
     def stop(self, grace: float = 1.0) -> None:
         """Ends the streams (after `grace` seconds for calls in flight) and the thread."""
         self._grace = grace
+        self._namespace_tap.stop()
         loop, stopping = self._loop, self._stopping
         if loop is not None and stopping is not None:
             with contextlib.suppress(RuntimeError):  # the loop has already ended

@@ -1,8 +1,8 @@
 """One handler per Hubble metric, with upstream's metric names, label names and label values
-(cilium pkg/hubble/metrics/{flow,drop,tcp,policy}), computed on cilia's flow dicts (the same
-translations as `cilia.hubble.convert`: Hubble's event types, observation point names, drop
-reasons). A handler returns the label values of the series a flow increments; the counting and
-the series' lifetime are the processor's."""
+(cilium pkg/hubble/metrics/{flow,drop,tcp,policy}; the modules `icmp` and `port_distribution`
+hold those two), computed on cilia's flow dicts (the same translations as `cilia.hubble.convert`:
+Hubble's event types, observation point names, drop reasons). A handler returns the label values
+of the series a flow increments; the counting and the series' lifetime are the processor's."""
 
 from __future__ import annotations
 
@@ -11,6 +11,8 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from cilia.hubble.convert import DROP_REASONS, POLICY_VERDICT_DROP_REASONS, TRACE_POINTS
+from cilia.hubble.metrics.icmp import IcmpHandler
+from cilia.hubble.metrics.port_distribution import PortDistributionHandler
 from cilia.hubble.pb import flow_pb2
 
 NAMESPACE = "hubble_"
@@ -154,3 +156,5 @@ class PolicyHandler:
 
 HANDLERS: dict[str, Callable[[], Handler]] = {
     "flow": FlowHandler, "drop": DropHandler, "tcp": TcpHandler, "policy": PolicyHandler}
+HANDLERS["icmp"] = IcmpHandler
+HANDLERS["port-distribution"] = PortDistributionHandler

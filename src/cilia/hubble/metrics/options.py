@@ -11,8 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 # Metrics cilia serves; the rest of Hubble's list is recognised and refused with a clear message.
-SUPPORTED = ("flow", "drop", "tcp", "policy")
-UPSTREAM_ONLY = ("dns", "http", "httpV2", "icmp", "port-distribution", "kafka", "flows-to-world")
+SUPPORTED = ("flow", "drop", "tcp", "policy", "icmp", "port-distribution")
+UPSTREAM_ONLY = ("dns", "http", "httpV2", "kafka", "flows-to-world")
 
 # sourceContext / destinationContext values (Hubble's ContextOptions).
 CONTEXTS = ("identity", "namespace", "pod", "pod-name", "dns", "ip", "reserved-identity", "workload",

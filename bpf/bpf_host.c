@@ -29,6 +29,7 @@
 #include "lib/direction.h"
 #include "lib/drop.h"
 #include "lib/endpoints.h"
+#include "lib/fib.h"
 #include "lib/forward.h"
 #include "lib/host_config.h"
 #include "lib/ipcache.h"
@@ -72,12 +73,12 @@ int cil_from_netdev(struct __sk_buff *ctx)
 	struct endpoint_info *ep = endpoint_lookup(&p.t.daddr, p.t.family);
 	if (!ep)
 		return TC_ACT_OK;
-	__u32 src_identity = ipcache_identity(&p.t.saddr, p.t.family);
 	reason = forward_to_endpoint(ctx, &p, ep);
 	if (reason)
-		return send_drop(ctx, reason, src_identity, ep->identity, DIR_INGRESS);
-	/* counted here; the event comes from the endpoint's to-container program */
-	send_trace(ctx, OBS_FROM_NETWORK, 0, src_identity, ep->identity, DIR_INGRESS, false, 0);
+		return send_drop(ctx, reason, ipcache_identity(&p.t.saddr, p.t.family), ep->identity, DIR_INGRESS);
+	/* counted here; the event (with the source identity from the ipcache) comes from the
+	 * endpoint's to-container program, so this one does not look the source up */
+	send_trace(ctx, OBS_FROM_NETWORK, 0, 0, ep->identity, DIR_INGRESS, false, 0);
 	return bpf_redirect(ep->ifindex, 0);
 }
 
@@ -107,6 +108,8 @@ int cil_to_netdev(struct __sk_buff *ctx)
 {
 	struct pkt p = {};
 
+	if (ctx->mark == DIRECT_MARK)
+		return TC_ACT_OK; /* a pod's packet its own program sent here (lib/fib.h): no reply of ours */
 	if (parse_frame(ctx, &p) != 0)
 		return TC_ACT_OK; /* not IP, or not parseable: the node's stack decides */
 	if ((p.t.proto != IPPROTO_TCP && p.t.proto != IPPROTO_UDP) || p.is_icmp_error)

@@ -21,6 +21,7 @@
 #include "lib/direction.h"
 #include "lib/drop.h"
 #include "lib/endpoints.h"
+#include "lib/fib.h"
 #include "lib/forward.h"
 #include "lib/identity.h"
 #include "lib/ipcache.h"
@@ -155,6 +156,7 @@ __always_inline_fn int from_container_ip(struct __sk_buff *ctx, struct pkt *p)
 	bool local = ep && (ep->endpoint_id != CONFIG.endpoint_id || hairpin);
 	__u32 dst_identity = IDENTITY_WORLD;
 	__be32 tunnel_endpoint = 0; /* the destination's node, when it is reached through the tunnel */
+	bool native = false;        /* a remote pod reached over the underlay without masquerade */
 	if (local) {
 		dst_identity = ep->identity;
 	} else {
@@ -162,6 +164,7 @@ __always_inline_fn int from_container_ip(struct __sk_buff *ctx, struct pkt *p)
 		if (remote) {
 			dst_identity = remote->identity;
 			tunnel_endpoint = remote->tunnel_endpoint;
+			native = (remote->flags & IPCACHE_F_NATIVE) != 0;
 		}
 	}
 	/* Replies and related ICMP errors of an allowed connection pass; everything the initiator
@@ -189,9 +192,23 @@ __always_inline_fn int from_container_ip(struct __sk_buff *ctx, struct pkt *p)
 		/* another node's pod: VXLAN to that node, our identity in the VNI */
 		if (overlay_set_key(ctx, tunnel_endpoint, CONFIG.identity) < 0)
 			return send_drop(ctx, DROP_INVALID_PACKET, CONFIG.identity, dst_identity, DIR_EGRESS);
+		ctx->mark = DIRECT_MARK;
 		send_trace(ctx, OBS_TO_OVERLAY, ct.status, CONFIG.identity, dst_identity, DIR_EGRESS, ct.report,
 			   rev_nat_id);
 		return bpf_redirect(CONFIG.tunnel_ifindex, 0);
+	}
+	if (native) {
+		/* another node's pod in native routing: routed here, straight to the underlay device,
+		 * not through the node's stack and netfilter, which would only pass it (lib/fib.h) */
+		__u32 oif = 0;
+		int verdict = fib_forward(ctx, p, &oif);
+		if (verdict < 0)
+			return send_drop(ctx, -verdict, CONFIG.identity, dst_identity, DIR_EGRESS);
+		if (verdict != FIB_FALLBACK) {
+			send_trace(ctx, OBS_TO_NETWORK, ct.status, CONFIG.identity, dst_identity, DIR_EGRESS, ct.report,
+				   rev_nat_id);
+			return verdict;
+		}
 	}
 	if (ct.status == CT_REPLY || ct.status == CT_RELATED)
 		ctx->mark = REPLY_MARK; /* the answer keeps the pod's address (no masquerade) */

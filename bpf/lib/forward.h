@@ -16,8 +16,9 @@
  * masqueraded. Distinct from the service mark (0x0c1a high half, lib/lb.h). */
 #define REPLY_MARK 0x0c1b0000
 
-/* Returns 0, or the DROP_* reason the caller reports. */
-__always_inline_fn int forward_to_endpoint(struct __sk_buff *ctx, const struct pkt *p, const struct endpoint_info *ep)
+/* The router's hop: TTL (IPv4, checksum kept right) or hop limit lowered by one. Returns 0, or the
+ * DROP_* reason the caller reports. */
+__always_inline_fn int ttl_decrement(struct __sk_buff *ctx, const struct pkt *p)
 {
 	if (p->ttl <= 1)
 		return DROP_TTL_EXCEEDED;
@@ -38,6 +39,15 @@ __always_inline_fn int forward_to_endpoint(struct __sk_buff *ctx, const struct p
 		if (bpf_skb_store_bytes(ctx, ETH_HLEN_ + offsetof(struct ipv6hdr, hop_limit), &hop, 1, 0) < 0)
 			return DROP_INVALID_PACKET;
 	}
+	return 0;
+}
+
+/* Returns 0, or the DROP_* reason the caller reports. */
+__always_inline_fn int forward_to_endpoint(struct __sk_buff *ctx, const struct pkt *p, const struct endpoint_info *ep)
+{
+	int reason = ttl_decrement(ctx, p);
+	if (reason)
+		return reason;
 	__u8 macs[12];
 	__builtin_memcpy(macs, ep->mac, 6);
 	__builtin_memcpy(macs + 6, ep->lxc_mac, 6);

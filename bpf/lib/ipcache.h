@@ -18,6 +18,7 @@ struct ipcache_key {
 /* ipcache_value.flags */
 enum ipcache_flags {
 	IPCACHE_F_CLUSTER = 1 << 0, /* written by the agent's cluster sync (remote endpoint or node) */
+	IPCACHE_F_NATIVE = 1 << 1,  /* native routing, never masqueraded: a pod's program forwards it itself (lib/fib.h) */
 };
 
 struct ipcache_value {

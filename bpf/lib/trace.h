@@ -17,6 +17,7 @@ enum obs_point {
 	OBS_TO_OVERLAY = 5,   /* encapsulated towards another node (bpf_lxc.c) */
 	OBS_FROM_OVERLAY = 6, /* from another node's tunnel to a local endpoint (bpf_overlay.c) */
 	OBS_FROM_NETWORK = 7, /* from the underlay to a local endpoint (bpf_host.c, native routing) */
+	OBS_TO_NETWORK = 8,   /* from a pod straight to the underlay (bpf_lxc.c, native routing, lib/fib.h) */
 };
 
 /* `report`: aggregation says this packet deserves an event. `rev_nat_id`: the service frontend the

@@ -11,11 +11,13 @@ import socket
 import struct
 import subprocess
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
 from cilia.cluster.model import RoutingMode
 from cilia.maps import lb as lbm
+from cilia.maps.ipcache import FLAG_CLUSTER, FLAG_NATIVE
 from cilia.monitor.events import MonitorEvent, decode
 from cilia.testing.bpf import RingEvents
 from cilia.testing.lbnode import write_service
@@ -87,6 +89,41 @@ def test_tcp_between_pods_on_two_nodes_keeps_the_pod_address(cluster: TwoNodes, 
     assert reply == b"HELLO ACROSS NODES"
     expected = cluster.a.pod_ipv4 if version == 4 else cluster.a.pod_ipv6
     assert ipaddress.ip_address(peer) == expected  # not masqueraded, not the node's address
+
+
+def _conntrack_lines(port: int) -> list[str]:
+    """The calling thread's netns' netfilter conntrack entries of TCP port `port` (/proc/thread-self:
+    the worker's thread, not the process, is in the node's netns)."""
+    text = Path("/proc/thread-self/net/nf_conntrack").read_text()
+    return [line for line in text.splitlines() if f"dport={port} " in line]
+
+
+def native_only(cluster: TwoNodes) -> None:
+    if cluster.mode is not RoutingMode.NATIVE:
+        pytest.skip("native mode only")
+
+
+@pytest.mark.parametrize("version", [4, 6])
+def test_native_mode_forwards_to_the_other_node_without_the_nodes_stack(cluster: TwoNodes, version: int) -> None:
+    """The remote pod is inside the native-routing CIDR: its ipcache entry is flagged native, the
+    sending pod's program forwards straight to the underlay (a TO_NETWORK trace), and neither node's
+    netfilter tracks the connection (both directions bypass it), while the exchange keeps the pod address."""
+    native_only(cluster)
+    a, b = cluster.a, cluster.b
+    remote = a.adapter.ipcache_entries()[ipaddress.ip_network(b.pod_ipv4 if version == 4 else b.pod_ipv6)]
+    assert remote.flags == FLAG_CLUSTER | FLAG_NATIVE
+    own_node = a.adapter.ipcache_entries()[ipaddress.ip_network(b.ipv4)]
+    assert own_node.flags == FLAG_CLUSTER  # the other node itself: masqueraded as before, via the stack
+    with RingEvents(a.adapter.datapath.events_map) as events:
+        reply, peer = tcp_exchange(cluster, version)
+        decoded = [decode(record) for record in events.poll()]
+    assert reply == b"HELLO ACROSS NODES"
+    assert ipaddress.ip_address(peer) == (a.pod_ipv4 if version == 4 else a.pod_ipv6)
+    to_network = [e for e in decoded if e.observation_point == "TO_NETWORK" and e.dst_identity == b.identity]
+    assert to_network and {e.source_file for e in to_network} == {"bpf_lxc.c"}
+    assert not [e for e in decoded if e.observation_point == "TO_STACK" and e.dst_identity == b.identity]
+    assert a.worker.run(_conntrack_lines, PORT) == []
+    assert b.worker.run(_conntrack_lines, PORT) == []
 
 
 def test_sync_cluster_is_idempotent_and_keeps_local_entries(cluster: TwoNodes) -> None:

@@ -14,7 +14,7 @@ from cilia.datapath.cluster import (
     packed_ipcache_diff,
 )
 from cilia.identity.reserved import ReservedIdentity
-from cilia.maps.ipcache import FLAG_CLUSTER, IpcacheValue, pack_key
+from cilia.maps.ipcache import FLAG_CLUSTER, FLAG_NATIVE, IpcacheValue, pack_key
 from cilia.netlink.routes import PodCidrRoute
 
 net = ipaddress.ip_network
@@ -54,6 +54,27 @@ def test_native_ipcache_has_identities_and_remote_nodes_but_no_tunnel() -> None:
         net("192.0.2.12/32"): IpcacheValue(int(ReservedIdentity.REMOTE_NODE), 0, FLAG_CLUSTER),
         net("fd00:c1a::12/128"): IpcacheValue(int(ReservedIdentity.REMOTE_NODE), 0, FLAG_CLUSTER),
     }  # the local node "a" is not there: it stays `host`
+
+
+def test_native_ipcache_flags_remote_pods_inside_the_direct_cidrs_only() -> None:
+    """Remote pods the node never masquerades (inside a native-routing CIDR) are forwarded by the
+    pods' programs (FLAG_NATIVE); the other nodes' own addresses and pods outside stay on the stack."""
+    direct = (net("10.200.0.0/16"),)
+    desired = desired_ipcache(view(RoutingMode.NATIVE), direct)
+    assert desired[net("10.200.2.5/32")] == IpcacheValue(300, 0, FLAG_CLUSTER | FLAG_NATIVE)
+    assert desired[net("fd00:200:2::5/128")] == IpcacheValue(300, 0, FLAG_CLUSTER)  # no v6 CIDR given
+    assert desired[net("192.0.2.12/32")].flags == FLAG_CLUSTER
+    everything = (net("0.0.0.0/0"), net("::/0"))  # masquerade off
+    assert desired_ipcache(view(RoutingMode.NATIVE), everything)[net("fd00:200:2::5/128")].flags == (
+        FLAG_CLUSTER | FLAG_NATIVE)
+    compact = ClusterView(RoutingMode.NATIVE, "a", view(RoutingMode.NATIVE).nodes,
+                          RemoteEndpoints(((ip("10.200.2.5"), RemoteEndpoint(300, None)),
+                                           (ip("10.201.0.7"), RemoteEndpoint(300, None)))))
+    packed = desired_ipcache_packed(compact, direct)
+    assert IpcacheValue.unpack(packed[pack_key(net("10.200.2.5/32"))]).flags == FLAG_CLUSTER | FLAG_NATIVE
+    assert IpcacheValue.unpack(packed[pack_key(net("10.201.0.7/32"))]).flags == FLAG_CLUSTER
+    # the tunnel encapsulates every remote pod itself: never flagged native
+    assert all(v.flags == FLAG_CLUSTER for v in desired_ipcache(view(RoutingMode.TUNNEL), everything).values())
 
 
 def test_tunnel_ipcache_carries_the_nodes_underlay_ipv4_also_for_its_pod_cidrs() -> None:

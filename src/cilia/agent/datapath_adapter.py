@@ -156,7 +156,7 @@ class DatapathAdapter:
         ipcache = self.datapath.ipcache
         # packed keys and values throughout, the map walked not copied: at 10,000 remote endpoints
         # dicts of network objects cost the agent ~1 KiB per endpoint of heap high-water per sync
-        diff = packed_ipcache_diff(ipcache.raw_items(), desired_ipcache_packed(view))
+        diff = packed_ipcache_diff(ipcache.raw_items(), desired_ipcache_packed(view, self.direct_cidrs()))
         for key, value in diff.put.items():
             ipcache.put_raw(key, value)
         for key in diff.delete:
@@ -165,6 +165,13 @@ class DatapathAdapter:
             log.debug("cluster sync left %d ipcache entries it did not write: %s", len(diff.kept_foreign),
                       ", ".join(str(unpack_key(key)) for key in diff.kept_foreign[:5]))
         return changes + len(diff.put) + len(diff.delete)
+
+    def direct_cidrs(self) -> tuple[Network, ...]:
+        """Where the node never masquerades pod traffic (the native-routing CIDRs, or everything
+        with masquerade off): remote pods there are forwarded by the pods' programs themselves."""
+        if not self._config.masquerade:
+            return (ipaddress.IPv4Network("0.0.0.0/0"), ipaddress.IPv6Network("::/0"))
+        return tuple(self._config.native_routing_cidrs)
 
     # ----- services --------------------------------------------------------------------------------
     @property

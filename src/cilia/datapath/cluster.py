@@ -27,29 +27,36 @@ Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 
-def desired_ipcache(view: ClusterView) -> dict[Network, IpcacheValue]:
+def desired_ipcache(view: ClusterView, direct: tuple[Network, ...] = ()) -> dict[Network, IpcacheValue]:
     """Every other node's underlay addresses are `remote-node`; every remote endpoint IP has its
     identity and, in tunnel mode, its node's underlay IPv4 as tunnel endpoint. In tunnel mode the
     other nodes' pod CIDRs are also entries (world, with the node as tunnel endpoint), so a pod IP
     the cluster has not published yet still goes through the tunnel to the node that owns it.
+    In native mode a remote endpoint inside one of the `direct` networks (the destinations the
+    node never masquerades: the native-routing CIDRs, or everything with masquerade off) is flagged
+    native: the pods' programs forward its packets to the underlay themselves (bpf/lib/fib.h).
     (Decoded from `desired_ipcache_packed`, which the agent uses.)"""
-    return {unpack_key(key): IpcacheValue.unpack(value) for key, value in desired_ipcache_packed(view).items()}
+    return {unpack_key(key): IpcacheValue.unpack(value) for key, value in desired_ipcache_packed(view, direct).items()}
 
 
-def desired_ipcache_packed(view: ClusterView) -> dict[bytes, bytes]:
+def desired_ipcache_packed(view: ClusterView, direct: tuple[Network, ...] = ()) -> dict[bytes, bytes]:
     """`desired_ipcache` as the map holds it: packed keys -> packed values. At 10,000 remote
     endpoints a dict of network objects and IpcacheValues costs ~0.5 KiB per entry for the time of
     a sync; this one ~0.15 KiB, and endpoints sharing an identity and node share one value."""
     tunnel = view.routing_mode is RoutingMode.TUNNEL
     desired: dict[bytes, bytes] = {}
-    values: dict[tuple[int, ipaddress.IPv4Address | None], bytes] = {}
+    values: dict[tuple[int, ipaddress.IPv4Address | None, bool], bytes] = {}
+    direct = () if tunnel else direct
 
-    def value(identity: int, tunnel_endpoint: ipaddress.IPv4Address | None) -> bytes:
-        key = (identity, tunnel_endpoint)
+    def value(identity: int, tunnel_endpoint: ipaddress.IPv4Address | None, native: bool = False) -> bytes:
+        key = (identity, tunnel_endpoint, native)
         packed = values.get(key)
         if packed is None:
-            packed = values[key] = IpcacheValue.remote(identity, tunnel_endpoint).pack()
+            packed = values[key] = IpcacheValue.remote(identity, tunnel_endpoint, native).pack()
         return packed
+
+    def is_direct(address: IPAddress) -> bool:
+        return any(address.version == net.version and address in net for net in direct)
 
     remote_nodes = [node for node in view.nodes if node.name != view.local_node]
     if tunnel:
@@ -61,10 +68,13 @@ def desired_ipcache_packed(view: ClusterView) -> dict[bytes, bytes]:
     endpoints = view.remote_endpoints
     if isinstance(endpoints, RemoteEndpoints):
         for host, endpoint in endpoints.host_items():
-            desired[pack_host_key(host)] = value(endpoint.identity, endpoint.tunnel_endpoint if tunnel else None)
+            desired[pack_host_key(host)] = value(endpoint.identity, endpoint.tunnel_endpoint if tunnel else None,
+                                                 bool(direct) and is_direct(host))
     else:
         for prefix, endpoint in endpoints.items():
-            desired[pack_key(prefix)] = value(endpoint.identity, endpoint.tunnel_endpoint if tunnel else None)
+            native = bool(direct) and any(prefix.version == net.version and prefix.subnet_of(net)  # type: ignore[arg-type]
+                                          for net in direct)
+            desired[pack_key(prefix)] = value(endpoint.identity, endpoint.tunnel_endpoint if tunnel else None, native)
     for node in remote_nodes:
         for address in (node.ipv4, node.ipv6):
             if address is not None:

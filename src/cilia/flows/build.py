@@ -35,7 +35,7 @@ ServiceLookup = Callable[[int], dict[str, Any] | None]
 
 _OBS_TO_HUBBLE = {"TO_ENDPOINT": "TO_ENDPOINT", "TO_STACK": "TO_STACK", "FROM_ENDPOINT": "FROM_ENDPOINT",
                   "TO_HOST": "TO_HOST", "TO_OVERLAY": "TO_OVERLAY", "FROM_OVERLAY": "FROM_OVERLAY",
-                  "FROM_NETWORK": "FROM_NETWORK"}
+                  "FROM_NETWORK": "FROM_NETWORK", "TO_NETWORK": "TO_NETWORK"}
 _ICMP4_NAMES = {0: "EchoReply", 3: "DestinationUnreachable", 8: "EchoRequest", 11: "TimeExceeded"}
 _ICMP6_NAMES = {1: "DestinationUnreachable", 3: "TimeExceeded", 128: "EchoRequest", 129: "EchoReply"}
 

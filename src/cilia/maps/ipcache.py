@@ -24,6 +24,9 @@ KEY = CStruct("ipcache_key", ("prefixlen", "I"), ("family", "B"), ("pad", "3x"),
 VALUE = CStruct("ipcache_value", ("identity", "I"), ("tunnel_endpoint", "I"), ("flags", "I"))
 LAYOUTS = (MapLayout(NAME, KEY, VALUE),)
 FLAG_CLUSTER = 1 << 0  # C: IPCACHE_F_CLUSTER, written by the cluster sync
+# C: IPCACHE_F_NATIVE: a remote pod in native routing that is never masqueraded; its packets are
+# forwarded by the pod's program itself (FIB lookup, redirect to the underlay: bpf/lib/fib.h)
+FLAG_NATIVE = 1 << 1
 _KEY = KEY.codec
 _VALUE = VALUE.codec
 Prefix = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -36,10 +39,12 @@ class IpcacheValue:
     flags: int = 0
 
     @classmethod
-    def remote(cls, identity: int, tunnel_endpoint: ipaddress.IPv4Address | None) -> IpcacheValue:
-        """An entry the cluster sync writes: a remote endpoint or prefix, or another node."""
+    def remote(cls, identity: int, tunnel_endpoint: ipaddress.IPv4Address | None,
+               native: bool = False) -> IpcacheValue:
+        """An entry the cluster sync writes: a remote endpoint or prefix, or another node; `native`:
+        a remote pod the pods' programs forward to the underlay themselves (FLAG_NATIVE)."""
         endpoint = int.from_bytes(tunnel_endpoint.packed, "little") if tunnel_endpoint is not None else 0
-        return cls(identity, endpoint, FLAG_CLUSTER)
+        return cls(identity, endpoint, FLAG_CLUSTER | (FLAG_NATIVE if native else 0))
 
     @property
     def tunnel_address(self) -> ipaddress.IPv4Address | None:

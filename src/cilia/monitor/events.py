@@ -51,6 +51,7 @@ class ObsPoint(IntEnum):
     TO_OVERLAY = 5
     FROM_OVERLAY = 6
     FROM_NETWORK = 7
+    TO_NETWORK = 8
 
 
 class CtStatus(IntEnum):

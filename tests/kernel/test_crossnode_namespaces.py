@@ -275,6 +275,21 @@ def test_encapsulation_carries_the_source_identity_in_the_vni(cluster: TwoNodes,
     assert all(inner[12:14] == ethertype for *_, inner in from_a)
 
 
+def _udp_conntrack_lines(port: int) -> list[str]:
+    text = Path("/proc/thread-self/net/nf_conntrack").read_text()
+    return [line for line in text.splitlines() if " udp " in f" {line} " and f"dport={port} " in line]
+
+
+@pytest.mark.parametrize("version", [4, 6])
+def test_the_tunnels_packets_are_not_tracked_by_the_nodes_netfilter(cluster: TwoNodes, version: int) -> None:
+    """The VXLAN packets between the nodes bypass netfilter conntrack (a NOTRACK rule for the tunnel
+    port on both nodes), where the masquerade rules would otherwise track every one of them."""
+    tunnel_only(cluster)
+    assert tcp_exchange(cluster, version)[0] == b"HELLO ACROSS NODES"
+    assert cluster.a.worker.run(_udp_conntrack_lines, VXLAN_PORT) == []
+    assert cluster.b.worker.run(_udp_conntrack_lines, VXLAN_PORT) == []
+
+
 def vxlan_udp(vni: int, src: str, dst: str, payload: bytes) -> bytes:
     """A VXLAN payload (header + inner Ethernet + IPv4 + UDP) as another node's kernel would send it."""
     udp = struct.pack("!HHHH", 5555, UDP_PORT, 8 + len(payload), 0) + payload

@@ -43,6 +43,7 @@ from cilia.agent.events import EventPump
 from cilia.agent.links import NetlinkLinks
 from cilia.agent.observability import Observability
 from cilia.api.models import NodeStatus
+from cilia.cluster.model import RoutingMode
 from cilia.endpoint.manager import EndpointManager
 from cilia.endpoint.registry import EndpointRegistry
 from cilia.endpoint.store import EndpointStore
@@ -99,6 +100,7 @@ class Agent:
             underlay_device=config.underlay_device,
             masquerade=config.masquerade,
             native_routing_cidrs=config.native_routing_cidrs,
+            tunnel_port=config.tunnel_port if config.routing_mode is RoutingMode.TUNNEL else None,
         )
         self.datapath = DatapathAdapter(config, self.ipam)
         # Dependency direction: the registry holds the endpoints and their states; the policy

@@ -1,26 +1,29 @@
 """Node-level networking in the agent's netns: the router device, forwarding, masquerade (except
 towards the native-routing CIDRs, so pod-to-pod traffic across nodes keeps the pod's address) and
 the SNAT of service connections forwarded to another node; the nat rules live in chains of
-cilia's own, re-created exactly on every start (cilia.netlink.natrules)."""
+cilia's own, re-created exactly on every start (cilia.netlink.natrules). In tunnel mode, no
+netfilter conntrack for the tunnel's own UDP packets (raw-table NOTRACK rules)."""
 
 from __future__ import annotations
 
 import contextlib
 import ipaddress
+import shlex
+import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
 from pyroute2 import IPRoute
 
 from cilia.netlink import natrules
-from cilia.netlink.links import IFA_F_NODAD
+from cilia.netlink.links import IFA_F_NODAD, NetlinkError
 from cilia.netlink.natrules import MASQ_COMMENT, SNAT_COMMENT
 
 # The router IPs live on the node's loopback: this kernel has no dummy devices, and any
 # local address answers the pods' gateway traffic the same way.
 HOST_DEVICE = "lo"
-__all__ = ["MASQ_COMMENT", "SNAT_COMMENT", "NodeNetConfig", "ensure_service_snat", "masquerade_rules",
-           "setup_node_networking", "teardown_node_networking"]
+__all__ = ["MASQ_COMMENT", "NOTRACK_COMMENT", "SNAT_COMMENT", "NodeNetConfig", "ensure_service_snat",
+           "masquerade_rules", "setup_node_networking", "sync_tunnel_notrack", "teardown_node_networking"]
 
 
 @dataclass(frozen=True)
@@ -33,6 +36,8 @@ class NodeNetConfig:
     masquerade: bool = True
     # destinations reached without masquerade (--ipv4/ipv6-native-routing-cidr): the other nodes' pods
     native_routing_cidrs: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
+    # tunnel mode: the VXLAN UDP port, whose packets between nodes netfilter does not track
+    tunnel_port: int | None = None
 
 
 def _sysctl(path: str, value: str) -> None:
@@ -62,6 +67,46 @@ def setup_node_networking(cfg: NodeNetConfig) -> None:
         # exactly this configuration's rules (an earlier pod CIDR's are gone); first in POSTROUTING,
         # so an excluded packet is accepted before any other nat rule, as a RETURN there was
         natrules.sync_chain(version, natrules.MASQ_CHAIN, MASQ_COMMENT, masquerade_rules(cfg, version), first=True)
+    sync_tunnel_notrack(cfg.tunnel_port)
+
+
+# The tunnel's own packets (VXLAN over the IPv4 underlay, node to node) need no connection
+# tracking: nothing NATs them. Without these rules every encapsulated packet is looked up in the
+# node's netfilter conntrack on both nodes (the nat table's rules make netfilter track everything),
+# and every inner connection creates an outer UDP entry (the outer source port is a hash of the
+# inner flow). The inner packets are tracked by cilia's own conntrack.
+NOTRACK_COMMENT = "cilia-tunnel-notrack"
+
+
+def notrack_rules(port: int) -> list[list[str]]:
+    return [[chain, "-p", "udp", "-m", "udp", "--dport", str(port), "-m", "comment", "--comment", NOTRACK_COMMENT,
+             "-j", "CT", "--notrack"] for chain in ("PREROUTING", "OUTPUT")]
+
+
+def _raw(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(["iptables", "-w", "5", "-t", "raw", *args], capture_output=True, text=True, check=False)
+
+
+def _notrack_present() -> list[list[str]]:
+    """The raw-table rules with cilia's comment (arguments for -D), whatever port they name."""
+    listing = _raw("-S")
+    if listing.returncode != 0:
+        return []
+    return [shlex.split(line)[1:] for line in listing.stdout.splitlines()
+            if line.startswith("-A ") and NOTRACK_COMMENT in line]
+
+
+def sync_tunnel_notrack(port: int | None) -> None:
+    """Exactly the NOTRACK rules for `port` (None: none): an earlier port's are removed."""
+    wanted = notrack_rules(port) if port is not None else []
+    for rule in _notrack_present():
+        if rule not in wanted:
+            _raw("-D", *rule)
+    for rule in wanted:
+        if _raw("-C", *rule).returncode != 0:
+            added = _raw("-A", *rule)
+            if added.returncode != 0:
+                raise NetlinkError(f"adding the raw rule {' '.join(rule)}: {added.stderr.strip()}")
 
 
 def masquerade_rules(cfg: NodeNetConfig, version: int) -> list[list[str]]:
@@ -124,6 +169,7 @@ def teardown_node_networking(cfg: NodeNetConfig | None = None) -> None:
     """Remove what setup_node_networking and ensure_service_snat added: every nat rule of cilia's
     (whatever configuration added it) and, given the config, the router addresses."""
     natrules.remove_all()
+    sync_tunnel_notrack(None)
     if cfg is None:
         return
     with IPRoute() as ipr:

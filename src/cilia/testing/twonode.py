@@ -211,7 +211,9 @@ class TwoNodes:
         remove_pins(config.paths.bpffs_dir)  # a previous run's, if it crashed
         router4, router6 = node.pod_cidr4[1], node.pod_cidr6[1]
         setup_node_networking(NodeNetConfig(router4, router6, node.pod_cidr4, node.pod_cidr6, "eth0",
-                                            masquerade=True, native_routing_cidrs=config.native_routing_cidrs))
+                                            masquerade=True, native_routing_cidrs=config.native_routing_cidrs,
+                                            tunnel_port=config.tunnel_port if self.mode is RoutingMode.TUNNEL
+                                            else None))
         state = Path(f"/run/{PREFIX}-{node.name}-ipam.json")
         state.unlink(missing_ok=True)
         node.adapter = DatapathAdapter(config, Ipam(node.pod_cidr4, node.pod_cidr6, state))

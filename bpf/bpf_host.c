@@ -4,11 +4,11 @@
  *   cil_from_netdev  a packet for a NodePort, LoadBalancer or externalIP frontend gets a backend,
  *                    chosen by Maglev so any node would choose the same, kept for the connection
  *                    in cilia_lb_conn_v1, and is DNATed to it. A packet for a local endpoint is
- *                    routed to it here (TTL, MACs) and redirected to the egress of its host-side
- *                    veth: no detour through the node's stack and iptables, and the endpoint's
- *                    to-container program still runs, so its ingress policy sees the source's
- *                    identity from the ipcache (a pod on another node: its real identity) and
- *                    conntrack records the connection. Everything else passes untouched.
+ *                    routed to it here (TTL, MACs) and handed to the endpoint's own ingress
+ *                    program by a tail call (lib/deliver.h), which redirects it into the pod
+ *                    (redirect_peer): no detour through the node's stack and iptables, and the
+ *                    endpoint's ingress policy sees the source's identity from the ipcache (a pod
+ *                    on another node: its real identity) and conntrack records the connection. Everything else passes untouched.
  *                    A service connection whose backend is on another node is recorded in
  *                    conntrack (with its rev-NAT id) and goes up the stack with the service mark,
  *                    routed (native) or tunnelled (a tunnel route) to that node; the node's
@@ -26,6 +26,7 @@
 #include "lib/common.h"
 #include "lib/config.h"
 #include "lib/conntrack.h"
+#include "lib/deliver.h"
 #include "lib/direction.h"
 #include "lib/drop.h"
 #include "lib/endpoints.h"
@@ -79,7 +80,7 @@ int cil_from_netdev(struct __sk_buff *ctx)
 	/* counted here; the event (with the source identity from the ipcache) comes from the
 	 * endpoint's to-container program, so this one does not look the source up */
 	send_trace(ctx, OBS_FROM_NETWORK, 0, 0, ep->identity, DIR_INGRESS, false, 0);
-	return bpf_redirect(ep->ifindex, 0);
+	return deliver_to_endpoint(ctx, ep);
 }
 
 /* The reply of a service connection this node forwarded to another node's backend: its entry

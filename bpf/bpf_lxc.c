@@ -14,10 +14,12 @@
  * NATs the replies of a service connection whose backend was on another node. Every drop leaves
  * through send_drop(), which names the reason and the line. */
 #define SOURCE_FILE_ID SOURCE_FILE_LXC
+#define EVENT_IFINDEX(ctx) (CONFIG.lxc_ifindex ? CONFIG.lxc_ifindex : (ctx)->ifindex)
 
 #include "lib/common.h"
 #include "lib/config.h"
 #include "lib/conntrack.h"
+#include "lib/deliver.h"
 #include "lib/direction.h"
 #include "lib/drop.h"
 #include "lib/endpoints.h"
@@ -249,8 +251,7 @@ int cil_from_container(struct __sk_buff *ctx)
 	}
 }
 
-SEC("tc")
-int cil_to_container(struct __sk_buff *ctx)
+__always_inline_fn int to_container(struct __sk_buff *ctx)
 {
 	struct ethhdr eth;
 	struct pkt p = {};
@@ -304,4 +305,22 @@ int cil_to_container(struct __sk_buff *ctx)
 	send_trace(ctx, OBS_TO_ENDPOINT, ct.status, src_identity, CONFIG.identity, DIR_INGRESS, ct.report,
 		   lb_rev_nat_id ? lb_rev_nat_id : ct.rev_nat_id);
 	return TC_ACT_OK;
+}
+
+/* tc egress of the host-side veth: what the node's stack (or an older bpf_host) sends the pod */
+SEC("tc")
+int cil_to_container(struct __sk_buff *ctx)
+{
+	return to_container(ctx);
+}
+
+/* Tail-called by bpf_host / bpf_overlay at their device's ingress (lib/deliver.h), the packet
+ * already routed to this pod: the same checks, then straight into the pod's eth0. */
+SEC("tc")
+int cil_to_container_peer(struct __sk_buff *ctx)
+{
+	int verdict = to_container(ctx);
+	if (verdict != TC_ACT_OK)
+		return verdict;
+	return (int)bpf_redirect_peer(CONFIG.lxc_ifindex, 0);
 }

@@ -5,13 +5,15 @@
  *                     ipcache entry is remote-node), else the packet is dropped (UNKNOWN_SENDER),
  *                     so nobody off the cluster can claim an identity; the VNI is then the source
  *                     pod's security identity. A packet for a local endpoint is routed to it (TTL,
- *                     MACs) and redirected to the egress of its host-side veth with the identity in
- *                     the mark: the endpoint's to-container program enforces its ingress policy on
- *                     that identity and tracks the connection. Anything else (the node itself)
+ *                     MACs) and handed, with the identity in the mark, to the endpoint's own ingress
+ *                     program (a tail call, lib/deliver.h; without one: the egress of its host-side
+ *                     veth), which enforces its ingress policy on that identity, tracks the
+ *                     connection and redirects it into the pod. Anything else (the node itself)
  *                     goes up the node's stack. */
 #define SOURCE_FILE_ID SOURCE_FILE_OVERLAY
 
 #include "lib/common.h"
+#include "lib/deliver.h"
 #include "lib/direction.h"
 #include "lib/drop.h"
 #include "lib/endpoints.h"
@@ -56,5 +58,5 @@ int cil_from_overlay(struct __sk_buff *ctx)
 	ctx->mark = IDENTITY_MARK_MAGIC | src_identity;
 	/* counted here; the event comes from the endpoint's to-container program */
 	send_trace(ctx, OBS_FROM_OVERLAY, 0, src_identity, ep->identity, DIR_INGRESS, false, 0);
-	return bpf_redirect(ep->ifindex, 0);
+	return deliver_to_endpoint(ctx, ep);
 }

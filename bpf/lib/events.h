@@ -9,6 +9,12 @@
 #include "common.h"
 #include "direction.h"
 
+/* The interface an event names: the device the program runs on, unless the program file says
+ * otherwise (bpf_lxc.c: its pod's veth, also when bpf_host tail-called it at the underlay). */
+#ifndef EVENT_IFINDEX
+#define EVENT_IFINDEX(ctx) ((ctx)->ifindex)
+#endif
+
 #ifndef SOURCE_FILE_ID
 #error "define SOURCE_FILE_ID (enum source_file) before including lib/events.h"
 #endif
@@ -94,7 +100,7 @@ __always_inline_fn struct event *event_open(struct __sk_buff *ctx, __u8 type, __
 	e->ct_status = ct_status;
 	e->line = line;
 	e->endpoint_id = endpoint_id;
-	e->ifindex = ctx->ifindex;
+	e->ifindex = EVENT_IFINDEX(ctx);
 	e->src_identity = src_identity;
 	e->dst_identity = dst_identity;
 	e->orig_len = ctx->len;

@@ -7,11 +7,13 @@ mode, from the VNI in tunnel mode); a VXLAN packet from an address that is no no
 from __future__ import annotations
 
 import ipaddress
+import json
 import socket
 import struct
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -22,7 +24,16 @@ from cilia.monitor.events import MonitorEvent, decode
 from cilia.testing.bpf import RingEvents
 from cilia.testing.lbnode import write_service
 from cilia.testing.packets import csum
-from cilia.testing.twonode import CLIENT, CLIENT6, NetnsWorker, Node, TwoNodes, allow_all, allow_ingress_from
+from cilia.testing.twonode import (
+    CLIENT,
+    CLIENT6,
+    ENDPOINT_ID,
+    NetnsWorker,
+    Node,
+    TwoNodes,
+    allow_all,
+    allow_ingress_from,
+)
 from cilia.testing.wait import wait_for
 
 PORT, UDP_PORT, VXLAN_PORT = 8080, 9000, 8472
@@ -124,6 +135,34 @@ def test_native_mode_forwards_to_the_other_node_without_the_nodes_stack(cluster:
     assert not [e for e in decoded if e.observation_point == "TO_STACK" and e.dst_identity == b.identity]
     assert a.worker.run(_conntrack_lines, PORT) == []
     assert b.worker.run(_conntrack_lines, PORT) == []
+
+
+def _link(netns: str, ifname: str) -> dict[str, Any]:
+    out = subprocess.run(["ip", "-n", netns, "-j", "-s", "link", "show", "dev", ifname], capture_output=True,
+                         text=True, timeout=10, check=True).stdout
+    link: dict[str, Any] = json.loads(out)[0]
+    return link
+
+
+@pytest.mark.parametrize("version", [4, 6])
+def test_the_receiving_node_delivers_into_the_pod_by_the_endpoints_own_program(cluster: TwoNodes,
+                                                                               version: int) -> None:
+    """bpf_host (native) / bpf_overlay (tunnel) tail-call the endpoint's cil_to_container_peer, which
+    redirects into the pod's eth0: the host-side veth transmits nothing, and the endpoint's events
+    name its veth as before."""
+    b = cluster.b
+    assert b.adapter.datapath.ingress_calls.has(ENDPOINT_ID)
+    lxc = f"lxc{b.name}"
+    before = _link(b.netns, lxc)["stats64"]["tx"]["packets"]
+    with RingEvents(b.adapter.datapath.events_map) as events:
+        assert tcp_exchange(cluster, version)[0] == b"HELLO ACROSS NODES"
+        decoded = [decode(record) for record in events.poll()]
+    after = _link(b.netns, lxc)["stats64"]["tx"]["packets"]
+    assert after - before <= 1  # one for the node's own neighbour discovery, at most
+    delivered = [e for e in decoded if e.observation_point == "TO_ENDPOINT" and e.src_identity == cluster.a.identity]
+    assert len(delivered) >= 3  # SYN, data, FIN at least (aggregation is off)
+    assert {e.source_file for e in delivered} == {"bpf_lxc.c"}
+    assert {e.ifindex for e in delivered} == {_link(b.netns, lxc)["ifindex"]}
 
 
 def test_sync_cluster_is_idempotent_and_keeps_local_entries(cluster: TwoNodes) -> None:

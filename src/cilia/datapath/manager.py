@@ -17,7 +17,7 @@ from pathlib import Path
 from cilia.bpf import EGRESS, INGRESS, BpfMap, BpfObject, ensure_bpffs, tc_attach, tc_detach, tc_query
 from cilia.bpf.cgroup import CgroupHook, cgroup_attach
 from cilia.datapath.config import EndpointConfig, HostConfig
-from cilia.maps import ct, endpoints, events, ipcache, metrics
+from cilia.maps import calls, ct, endpoints, events, ipcache, metrics
 from cilia.maps import lb as lb_maps
 from cilia.maps import policy as policy_maps
 from cilia.maps.endpoints import EndpointInfo, EndpointsMap
@@ -31,6 +31,7 @@ OVERLAY_OBJECT = "bpf_overlay.o"
 FROM_OVERLAY = "cil_from_overlay"
 FROM_CONTAINER = "cil_from_container"
 TO_CONTAINER = "cil_to_container"
+TO_CONTAINER_PEER = "cil_to_container_peer"  # tail-called by bpf_host / bpf_overlay (bpf/lib/deliver.h)
 FROM_NETDEV = "cil_from_netdev"
 TO_NETDEV = "cil_to_netdev"
 SOCK_PROGRAMS = {
@@ -101,7 +102,8 @@ class Datapath:
         """Create or reuse the pinned maps. A first load with an empty config makes the pins."""
         ensure_bpffs()
         self.pin_dir.mkdir(parents=True, exist_ok=True)
-        names = [ipcache.NAME, endpoints.NAME, ct.TCP_NAME, ct.ANY_NAME, metrics.NAME, EVENTS_MAP, EVENTS_LOST_MAP,
+        names = [ipcache.NAME, endpoints.NAME, calls.NAME, ct.TCP_NAME, ct.ANY_NAME, metrics.NAME, EVENTS_MAP,
+                 EVENTS_LOST_MAP,
                  *policy_maps.NAMES, *lb_maps.NAMES]
         if not all((self.pin_dir / name).exists() for name in names):
             bootstrap = EndpointConfig(0, 0, 0, "00:00:00:00:00:00", "00:00:00:00:00:00", None, None, None, None)
@@ -129,6 +131,10 @@ class Datapath:
     @property
     def endpoints(self) -> EndpointsMap:
         return EndpointsMap(self.map(endpoints.NAME))
+
+    @property
+    def ingress_calls(self) -> calls.IngressCalls:
+        return calls.IngressCalls(self.map(calls.NAME))
 
     @property
     def ct(self) -> ct.CtMap:
@@ -159,15 +165,18 @@ class Datapath:
     def attach_endpoint(self, config: EndpointConfig) -> None:
         """Load this endpoint's instance and attach it (atomic replace), then publish its addresses.
 
-        The object is closed after attaching: tc holds the programs, the pins hold the maps.
+        The object is closed after attaching: tc holds the programs, the pins hold the maps, and the
+        ingress-calls map the program the node's devices tail-call to deliver into this pod.
         """
         obj = self._load(config)
         try:
             tc_attach(config.lxc_ifindex, INGRESS, obj.program(FROM_CONTAINER))
             try:
                 tc_attach(config.lxc_ifindex, EGRESS, obj.program(TO_CONTAINER))
+                self.ingress_calls.set(config.endpoint_id, obj.program(TO_CONTAINER_PEER).fd)
             except BaseException:
                 tc_detach(config.lxc_ifindex, INGRESS)
+                tc_detach(config.lxc_ifindex, EGRESS)
                 raise
         finally:
             obj.close()
@@ -186,8 +195,11 @@ class Datapath:
     def detach_endpoint(
         self, lxc_ifindex: int | None, addresses: list[ipaddress.IPv4Address | ipaddress.IPv6Address]
     ) -> None:
-        """Idempotent: forget the addresses, detach if the link still exists."""
+        """Idempotent: forget the addresses and the endpoint's ingress call, detach if the link still exists."""
         for address in addresses:
+            info = self.endpoints.lookup(address)
+            if info is not None and (not lxc_ifindex or info.ifindex == lxc_ifindex):
+                self.ingress_calls.clear(info.endpoint_id)
             self.endpoints.delete(address)
             self.ipcache.delete(ipaddress.ip_network(address))
         if lxc_ifindex:

@@ -24,8 +24,9 @@ close in a loop). Client and server are pinned together to CPU 1 (taskset; `--no
 free) on every side: the same placement for all, the other core left to the agents and the rest of
 the machine. (Client on CPU 0 and server on CPU 1 was tried: on this 2-vCPU VM each ping-pong then
 pays a cross-vCPU wake-up, 77-100 us one-way against 15-18 us on one core or unpinned.)
-Reported: the medians over the rounds and the median of the per-round ratios cilia / baseline
-(targets: throughput >= 0.95x, latency <= 1.05x).
+`--repeats N` runs each tool N times per side within a round, the sides interleaved A B B A ...,
+and keeps the median of each side's runs. Reported: the medians over the rounds and the median of
+the per-round ratios cilia / baseline (targets: throughput >= 0.95x, latency <= 1.05x).
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import asdict, dataclass
 from statistics import median
-from typing import Any
+from typing import Any, TypeVar
 
 from bench.stats import median_ratio
 from bench.tools import CGROUPS, PIN, cps, iperf3, ns, sockperf_latency, write_results
@@ -194,13 +195,31 @@ def wait_reachable(side: Endpoints, timeout: float = 20.0) -> None:
     wait_for(answers, timeout, 0.2, f"{side.server_ip} not reachable from {side.client} within {timeout:.0f} s")
 
 
-def measure_round(sides: dict[str, Endpoints], order: list[str], seconds: int) -> dict[str, Side]:
-    """One round: each tool on every side (in `order`) before the next tool."""
-    throughput = {s: iperf3(sides[s].client, sides[s].server, sides[s].server_ip, seconds) for s in order}
-    latency = {s: sockperf_latency(sides[s].client, sides[s].server, sides[s].server_ip, seconds) for s in order}
-    rate = {s: cps(sides[s].client, sides[s].server, sides[s].server_ip, seconds) for s in order}
-    return {s: Side(round(throughput[s], 2), round(latency[s].avg_us, 2), round(latency[s].p50_us, 2),
-                    round(latency[s].p99_us, 2), round(rate[s], 0)) for s in order}
+T = TypeVar("T")
+
+
+def interleaved(order: list[str], repeats: int, run: Callable[[str], T]) -> dict[str, list[T]]:
+    """`run` for every side `repeats` times, the sides alternating A B B A A B ... so that a slow
+    spell of the machine (the other work on it) falls on both sides alike."""
+    out: dict[str, list[T]] = {s: [] for s in order}
+    for k in range(repeats):
+        for s in (order if k % 2 == 0 else list(reversed(order))):
+            out[s].append(run(s))
+    return out
+
+
+def measure_round(sides: dict[str, Endpoints], order: list[str], seconds: int, repeats: int = 1) -> dict[str, Side]:
+    """One round: each tool on every side (in `order`, `repeats` times interleaved, the median
+    kept) before the next tool."""
+    def on(s: str) -> tuple[str, str, str]:
+        return sides[s].client, sides[s].server, sides[s].server_ip
+
+    throughput = interleaved(order, repeats, lambda s: iperf3(*on(s), seconds))
+    latency = interleaved(order, repeats, lambda s: sockperf_latency(*on(s), seconds))
+    rate = interleaved(order, repeats, lambda s: cps(*on(s), seconds))
+    return {s: Side(round(median(throughput[s]), 2), round(median(x.avg_us for x in latency[s]), 2),
+                    round(median(x.p50_us for x in latency[s]), 2), round(median(x.p99_us for x in latency[s]), 2),
+                    round(median(rate[s]), 0)) for s in order}
 
 
 def medians(rounds: list[dict[str, Side]], side: str) -> Side:
@@ -225,7 +244,7 @@ def verdicts(ratio: dict[str, float | None]) -> dict[str, str]:
 
 
 def run_mode(mode: str, seconds: int, rounds: int, with_cilia: bool, pin: bool = True,
-             in_cgroups: bool = True) -> dict[str, Any]:
+             in_cgroups: bool = True, repeats: int = 1) -> dict[str, Any]:
     """Baseline (and cilia) of one mode, up together, `rounds` alternating rounds."""
     base = BASELINE_NAMES[mode]
     out: dict[str, Any] = {"baseline": base}
@@ -255,7 +274,7 @@ def run_mode(mode: str, seconds: int, rounds: int, with_cilia: bool, pin: bool =
             measured: list[dict[str, Side]] = []
             for index in range(rounds):
                 order = list(sides) if index % 2 == 0 else list(reversed(sides))
-                result = measure_round(sides, order, seconds)
+                result = measure_round(sides, order, seconds, repeats)
                 print(f"{mode} round {index + 1}/{rounds}: " + "; ".join(f"{s} {result[s]}" for s in order), flush=True)
                 measured.append(result)
             out["rounds"] = [{s: asdict(r[s]) for s in r} for r in measured]
@@ -274,15 +293,16 @@ def run_mode(mode: str, seconds: int, rounds: int, with_cilia: bool, pin: bool =
 
 
 def run(modes: list[str], seconds: int, rounds: int, with_cilia: bool, pin: bool = True, in_cgroups: bool = True,
-        progress: Callable[[str], None] = print) -> dict[str, Any]:
+        progress: Callable[[str], None] = print, repeats: int = 1) -> dict[str, Any]:
     results: dict[str, Any] = {"date": time.strftime("%Y-%m-%d %H:%M"), "seconds": seconds, "rounds": rounds,
+                               "repeats": repeats,
                                "pinning": {"client": CLIENT_CPU, "server": SERVER_CPU} if pin else None,
                                "cilia_tools_in_pod_cgroups": in_cgroups, "modes": {}}
     errors = []
     for mode in modes:
         progress(f"== {mode}")
         try:
-            results["modes"][mode] = run_mode(mode, seconds, rounds, with_cilia, pin, in_cgroups)
+            results["modes"][mode] = run_mode(mode, seconds, rounds, with_cilia, pin, in_cgroups, repeats)
         except Exception as exc:  # one mode failing still reports the others
             errors.append(f"{mode}: {type(exc).__name__}: {exc}")
     if errors:
@@ -295,6 +315,8 @@ def main() -> None:
     parser.add_argument("--modes", default="native,tunnel", help=f"comma-separated, of {', '.join(MODES)}")
     parser.add_argument("--seconds", type=int, default=3)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=1,
+                        help="runs of each tool per side in a round, interleaved (the round keeps their median)")
     parser.add_argument("--baseline-only", action="store_true", help="no cilia lab")
     parser.add_argument("--no-pin", action="store_true", help="leave the tools unpinned")
     parser.add_argument("--outside-cgroups", action="store_true",
@@ -304,8 +326,10 @@ def main() -> None:
     unknown = set(modes) - set(MODES)
     if unknown:
         parser.error(f"unknown mode(s) {', '.join(sorted(unknown))}")
+    if args.repeats < 1:
+        parser.error("--repeats must be at least 1")
     write_results("crossnode", run(modes, args.seconds, args.rounds, not args.baseline_only, not args.no_pin,
-                                     not args.outside_cgroups))
+                                     not args.outside_cgroups, repeats=args.repeats))
 
 
 if __name__ == "__main__":

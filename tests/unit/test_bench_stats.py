@@ -80,6 +80,13 @@ def test_crossnode_ratios_and_verdicts() -> None:
     assert crossnode.medians(rounds, "linux") == side(8.0, 20.0)
 
 
+def test_crossnode_interleaves_repeated_runs_a_b_b_a() -> None:
+    calls: list[str] = []
+    runs = crossnode.interleaved(["linux", "cilia"], 3, lambda s: calls.append(s) or len(calls))
+    assert calls == ["linux", "cilia", "cilia", "linux", "linux", "cilia"]
+    assert runs == {"linux": [1, 4, 5], "cilia": [2, 3, 6]}
+
+
 def test_crossnode_lab_topologies() -> None:
     native = crossnode.lab_topology("native")
     assert (native["kvstore"], native["routing"]) == ("etcd", "native")

@@ -66,9 +66,13 @@ __always_inline_fn void mac_from_cfg(__u8 *dst, const volatile __u8 *src)
 		dst[i] = src[i];
 }
 
+/* Seconds of CLOCK_MONOTONIC, for expiry and aggregation (the agent compares with time.monotonic()).
+ * The coarse clock (updated every tick) is exact enough for second-granular deadlines and costs a
+ * memory read where the precise one reads the clock source (a pvclock read in a VM), which the
+ * conntrack paths did on every packet. Events keep the precise bpf_ktime_get_ns(). */
 __always_inline_fn __u64 now_seconds(void)
 {
-	return bpf_ktime_get_ns() / 1000000000ULL;
+	return bpf_ktime_get_coarse_ns() / 1000000000ULL;
 }
 
 /* ICMPv4 types, defined here because <linux/icmp.h> includes <linux/if.h>, which pulls glibc's

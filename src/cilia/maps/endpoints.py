@@ -59,5 +59,9 @@ class EndpointsMap:
     def delete(self, address: IPAddress) -> bool:
         return self.map.delete(pack_key(address))
 
+    def lookup(self, address: IPAddress) -> EndpointInfo | None:
+        raw = self.map.lookup(pack_key(address))
+        return None if raw is None else EndpointInfo.unpack(raw)
+
     def entries(self) -> dict[IPAddress, EndpointInfo]:
         return {unpack_key(k): EndpointInfo.unpack(v) for k, v in self.map.items()}

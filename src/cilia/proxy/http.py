@@ -1,0 +1,158 @@
+"""One proxied HTTP/1.1 connection: every request judged on its own (h11 parses, nothing hand-rolled).
+
+Denied: `403` with body `Access denied`, and the request never reaches the server. Allowed: sent
+on to the server unchanged (h11 keeps the header names' case) on one upstream connection per
+client connection, opened at the first allowed request, and the answer streamed back. Keep-alive
+on both sides; pipelined requests are answered in order (h11 reads the next one only after the
+answer). Malformed requests and oversized heads get `400` / `431` and the connection is closed;
+a client that sends nothing for `idle_timeout` is closed (slowloris).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+import h11
+
+from cilia.proxy.policy import EndpointPolicy, Request
+
+log = logging.getLogger(__name__)
+DENIED_BODY = b"Access denied"
+MAX_HEAD = 16 * 1024  # request line and headers
+MAX_BODY = 8 * 1024 * 1024  # a request body is buffered before it is sent on
+READ_SIZE = 65536
+
+Upstream = tuple[asyncio.StreamReader, asyncio.StreamWriter]
+OpenUpstream = Callable[[], Awaitable[Upstream]]
+
+
+@dataclass(frozen=True)
+class ConnInfo:
+    identity: int  # the client's security identity
+    protocol: int
+    port: int  # the original destination port
+    policy: Callable[[], EndpointPolicy]  # the destination endpoint's rules, current
+
+
+class _Closed(Exception):
+    pass
+
+
+async def _next_event(conn: h11.Connection, reader: asyncio.StreamReader, timeout: float) -> object:
+    while True:
+        event = conn.next_event()
+        if event is not h11.NEED_DATA:
+            return event
+        data = await asyncio.wait_for(reader.read(READ_SIZE), timeout)
+        conn.receive_data(data)
+
+
+def _send(conn: h11.Connection, writer: asyncio.StreamWriter, *events: h11.Event) -> None:
+    for event in events:
+        data = conn.send(event)
+        if data:
+            writer.write(data)
+
+
+def _reply(conn: h11.Connection, writer: asyncio.StreamWriter, status: int, body: bytes, close: bool) -> None:
+    headers = [("content-type", "text/plain"), ("content-length", str(len(body)))]
+    if close:
+        headers.append(("connection", "close"))
+    _send(conn, writer, h11.Response(status_code=status, headers=headers), h11.Data(data=body), h11.EndOfMessage())
+
+
+async def serve_connection(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, info: ConnInfo,
+                           open_upstream: OpenUpstream, *, idle_timeout: float = 30.0,
+                           upstream_timeout: float = 60.0) -> None:
+    down = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_HEAD)
+    upstream: Upstream | None = None
+    up: h11.Connection | None = None
+    try:
+        while True:
+            try:
+                event = await _next_event(down, reader, idle_timeout)
+            except h11.RemoteProtocolError as exc:
+                if down.our_state in (h11.IDLE, h11.SEND_RESPONSE):
+                    status = 431 if "too long" in str(exc).lower() else (exc.error_status_hint or 400)
+                    _reply(down, writer, status, b"Bad request", close=True)
+                    await writer.drain()
+                return
+            if isinstance(event, (h11.ConnectionClosed, h11.EndOfMessage)) or event is h11.PAUSED:
+                return
+            if not isinstance(event, h11.Request):
+                return
+            body = bytearray()
+            while True:
+                part = await _next_event(down, reader, idle_timeout)
+                if isinstance(part, h11.Data):
+                    body += part.data
+                    if len(body) > MAX_BODY:
+                        _reply(down, writer, 413, b"Request too large", close=True)
+                        await writer.drain()
+                        return
+                elif isinstance(part, h11.EndOfMessage):
+                    break
+                else:
+                    return
+            request = _request_of(event)
+            verdict = info.policy().judge(info.identity, info.protocol, info.port, request)
+            if not verdict.allowed:
+                log.info("denied %s %s from identity %d", request.method, request.path, info.identity)
+                _reply(down, writer, 403, DENIED_BODY, close=False)
+                await writer.drain()
+            else:
+                if upstream is None or up is None:
+                    upstream = await asyncio.wait_for(open_upstream(), upstream_timeout)
+                    up = h11.Connection(h11.CLIENT)
+                await _forward(event, bytes(body), down, writer, up, upstream, upstream_timeout)
+                if up.their_state is not h11.DONE or up.our_state is not h11.DONE:
+                    upstream[1].close()
+                    upstream, up = None, None
+                else:
+                    up.start_next_cycle()
+            if down.our_state is h11.MUST_CLOSE or down.their_state is h11.MUST_CLOSE:
+                return
+            if down.our_state is not h11.DONE or down.their_state is not h11.DONE:
+                return
+            down.start_next_cycle()
+    except (TimeoutError, ConnectionError, OSError, h11.LocalProtocolError, h11.RemoteProtocolError, _Closed):
+        return
+    finally:
+        if upstream is not None:
+            upstream[1].close()
+        writer.close()
+
+
+def _request_of(event: h11.Request) -> Request:
+    headers: dict[str, list[str]] = {}
+    for name, value in event.headers:
+        headers.setdefault(name.decode("latin-1").lower(), []).append(value.decode("latin-1"))
+    host = headers.get("host", [""])[0]
+    return Request(event.method.decode("latin-1"), event.target.decode("latin-1"), host, headers)
+
+
+async def _forward(request: h11.Request, body: bytes, down: h11.Connection, writer: asyncio.StreamWriter,
+                   up: h11.Connection, upstream: Upstream, timeout: float) -> None:
+    up_reader, up_writer = upstream
+    events: list[h11.Event] = [request]
+    if body:
+        events.append(h11.Data(data=body))
+    events.append(h11.EndOfMessage())
+    _send(up, up_writer, *events)
+    await up_writer.drain()
+    while True:
+        event = await _next_event(up, up_reader, timeout)
+        if isinstance(event, (h11.InformationalResponse, h11.Response)):
+            _send(down, writer, event)
+        elif isinstance(event, h11.Data):
+            _send(down, writer, event)
+            await writer.drain()
+        elif isinstance(event, h11.EndOfMessage):
+            _send(down, writer, event)
+            await writer.drain()
+            return
+        else:
+            raise _Closed()

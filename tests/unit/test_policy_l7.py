@@ -13,7 +13,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from cilia.identity.labels import LabelSet
-from cilia.policy.cilium import parse_cilium_policy
+from cilia.policy.cilium import L7_ENV, parse_cilium_policy
 from cilia.policy.errors import PolicyError
 from cilia.policy.l7 import HttpRule
 from cilia.policy.mapstate import ALLOW, REDIRECT, PeerIndex, compute_map_state, proxy_entries
@@ -32,6 +32,17 @@ STARWARS: dict[str, Any] = {
                                   "rules": {"http": [{"method": "POST", "path": "/v1/request-landing"}]}}]}],
     },
 }
+
+
+@pytest.fixture(autouse=True)
+def _experimental_l7(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(L7_ENV, "1")
+
+
+def test_http_rules_are_rejected_while_the_proxy_path_is_experimental(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(L7_ENV)
+    with pytest.raises(PolicyError, match="not supported yet: L7 HTTP rules"):
+        parse_cilium_policy(STARWARS)
 
 
 def with_http(http: Any, **port: Any) -> dict[str, Any]:

@@ -178,24 +178,29 @@ __always_inline_fn int from_container_ip(struct __sk_buff *ctx, struct pkt *p)
 		bool fresh = ct.status == CT_NEW;
 		struct policy_call egress = {CONFIG.endpoint_id, DIR_EGRESS, dst_identity, CONFIG.identity,
 					     dst_identity, fresh};
-		if (enforce_policy(ctx, p, &egress) < 0)
+		/* >0: an L7 rule of this pod's egress covers the connection (the proxy judges each request) */
+		int egress_redirect = enforce_policy(ctx, p, &egress);
+		if (egress_redirect < 0)
 			return TC_ACT_SHOT;
 		/* A local destination is reached by redirect_peer, which skips its to-container
 		 * program: its ingress policy is decided here, charged to that endpoint. */
-		int redirect = 0;
+		int redirect = egress_redirect;
 		if (local) {
 			struct policy_call ingress = {ep->endpoint_id, DIR_INGRESS, CONFIG.identity,
 						      CONFIG.identity, dst_identity, fresh};
-			redirect = enforce_policy(ctx, p, &ingress);
-			if (redirect < 0)
+			int ingress_redirect = enforce_policy(ctx, p, &ingress);
+			if (ingress_redirect < 0)
 				return TC_ACT_SHOT;
+			redirect |= ingress_redirect;
 		}
 		if (fresh && ct_create(p, ctx->len, CONFIG.identity, x.rev_nat_id, x.flags) < 0)
 			return send_drop(ctx, DROP_CT_MAP_INSERT_FAILED, CONFIG.identity, dst_identity, DIR_EGRESS);
 		if (redirect) {
-			/* an L7 rule covers the destination's port: the node's proxy takes the connection */
+			/* an L7 rule (this pod's egress, the local destination's ingress) covers the
+			 * connection: the node's proxy takes it, or nobody does */
 			if (proxy_redirect(ctx, p) < 0)
-				return send_drop(ctx, DROP_PROXY_UNAVAILABLE, CONFIG.identity, dst_identity, DIR_INGRESS);
+				return send_drop(ctx, DROP_PROXY_UNAVAILABLE, CONFIG.identity, dst_identity,
+						 egress_redirect ? DIR_EGRESS : DIR_INGRESS);
 			send_trace(ctx, OBS_TO_STACK, ct.status, CONFIG.identity, dst_identity, DIR_EGRESS, ct.report,
 				   rev_nat_id);
 			return TC_ACT_OK;

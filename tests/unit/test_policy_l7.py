@@ -13,14 +13,14 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from cilia.identity.labels import LabelSet
-from cilia.policy.cilium import L7_ENV, parse_cilium_policy
+from cilia.policy.cilium import parse_cilium_policy
 from cilia.policy.errors import PolicyError
 from cilia.policy.l7 import HttpRule
 from cilia.policy.mapstate import ALLOW, REDIRECT, PeerIndex, compute_map_state, proxy_entries
 from cilia.policy.resolve import resolve_endpoint
 from cilia.policy.rules import Direction, IdentityView
 from cilia.proxy.http import ConnInfo, serve_connection
-from cilia.proxy.policy import EndpointPolicy, PolicyStore, Request, write_policy
+from cilia.proxy.policy import NO_RULES, EndpointPolicy, Parties, PolicyStore, Request, judge_request, write_policy
 
 STARWARS: dict[str, Any] = {
     "apiVersion": "cilium.io/v2", "kind": "CiliumNetworkPolicy",
@@ -32,17 +32,6 @@ STARWARS: dict[str, Any] = {
                                   "rules": {"http": [{"method": "POST", "path": "/v1/request-landing"}]}}]}],
     },
 }
-
-
-@pytest.fixture(autouse=True)
-def _experimental_l7(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv(L7_ENV, "1")
-
-
-def test_http_rules_are_rejected_while_the_proxy_path_is_experimental(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delenv(L7_ENV)
-    with pytest.raises(PolicyError, match="not supported yet: L7 HTTP rules"):
-        parse_cilium_policy(STARWARS)
 
 
 def with_http(http: Any, **port: Any) -> dict[str, Any]:
@@ -85,14 +74,11 @@ def test_bad_http_rules_are_rejected_with_field_and_reason(http: Any, field: str
 @pytest.mark.parametrize(("change", "reason"), [
     (lambda o: o["spec"]["ingress"][0]["toPorts"][0]["ports"][0].update(protocol="UDP"), "numbered TCP port"),
     (lambda o: o["spec"]["ingress"][0]["toPorts"][0]["ports"][0].update(port="http"), "numbered TCP port"),
-    (lambda o: o["spec"].update(egress=o["spec"].pop("ingress")), "egress L7 rules"),
     (lambda o: o["spec"].update(ingressDeny=o["spec"].pop("ingress")), "deny rules"),
     (lambda o: o["spec"]["ingress"][0]["toPorts"][0]["rules"].update(dns=[{"matchName": "x"}]), "DNS"),
 ])
 def test_l7_rules_where_they_do_not_work_yet_are_rejected(change: Any, reason: str) -> None:
     obj = copy.deepcopy(STARWARS)
-    if reason == "egress L7 rules":
-        obj["spec"]["ingress"][0]["toEndpoints"] = obj["spec"]["ingress"][0].pop("fromEndpoints")
     change(obj)
     with pytest.raises(PolicyError, match=reason):
         parse_cilium_policy(obj)
@@ -144,7 +130,8 @@ def test_l7_port_is_a_redirect_entry_and_others_stay_denied() -> None:
     assert not state.lookup(Direction.INGRESS, 300, 6, 81).passes
     verdicts = {v.verdict for v in state.ingress.ports.values()}
     assert verdicts == {REDIRECT}
-    (entry,) = state.proxy
+    (entry,) = state.proxy.ingress
+    assert state.proxy.egress == ()
     assert entry.identities == (300,) and entry.ports[0].http == (HttpRule("POST", "/v1/request-landing").to_json(),)
 
 
@@ -156,7 +143,7 @@ def test_plain_allow_on_the_same_port_needs_no_redirect_and_proxy_allows_all_for
     assert not state.lookup(Direction.INGRESS, 300, 6, 80).redirect
     entries = proxy_entries(policy.ingress, PeerIndex([IdentityView(300, LabelSet.parse_many(
         ["k8s:org=empire", "k8s:io.kubernetes.pod.namespace=default"]))]))
-    judged = EndpointPolicy.from_json({"version": 1, "entries": [e.to_json() for e in entries]})
+    judged = EndpointPolicy.from_json({"version": 2, "ingress": [e.to_json() for e in entries], "egress": []})
     assert judged.judge(300, 6, 80, req("PUT", "/v1/exhaust-port")).allowed
 
 
@@ -187,8 +174,15 @@ def test_rules_file_round_trip_and_fail_closed(tmp_path: Path) -> None:
 
 
 # ----- the proxy's connection handling, end to end over in-memory streams ----------------------------
-ALLOW_LANDING = EndpointPolicy.from_json({"version": 1, "entries": [{"rule_id": 1, "identities": None, "ports": [
-    {"protocol": 6, "low": 80, "high": 80, "http": [HttpRule("POST", "/v1/request-landing").to_json()]}]}]})
+ALLOW_LANDING = EndpointPolicy.from_json({"version": 2, "egress": [], "ingress": [
+    {"rule_id": 1, "identities": None, "ports": [
+        {"protocol": 6, "low": 80, "high": 80, "http": [HttpRule("POST", "/v1/request-landing").to_json()]}]}]})
+PARTIES = Parties(300, 400, 3, 7, 6, 80)
+
+
+class _Store:
+    def get(self, endpoint_id: int) -> EndpointPolicy:
+        return ALLOW_LANDING if endpoint_id == 7 else NO_RULES
 
 
 class _Writer:
@@ -220,7 +214,7 @@ def _run(raw: bytes, upstream_answer: bytes = b"HTTP/1.1 200 OK\r\ncontent-lengt
             up_reader.feed_data(upstream_answer * 64)
             return up_reader, up_writer
 
-        info = ConnInfo(300, 6, 80, lambda: ALLOW_LANDING)
+        info = ConnInfo(lambda request: judge_request(_Store(), PARTIES, request))  # type: ignore[arg-type]
         await asyncio.wait_for(serve_connection(reader, writer, info, open_upstream, idle_timeout=1,  # type: ignore[arg-type]
                                                 upstream_timeout=1), 5)
         assert writer.closed

@@ -10,14 +10,14 @@
   `k8sServiceSelector` (selector on the Service's labels, namespace); the namespace defaults to
   the policy's in a CNP and to every namespace in a CCNP. Resolved to the services' backends
   (cilia.policy.addresses).
-- `toPorts[].rules.http` (ingress allow rules on TCP ports): the port's connections are redirected
-  to the node's L7 proxy, which lets through only requests some rule matches (cilia.policy.l7).
+- `toPorts[].rules.http` (ingress and egress allow rules on numbered TCP ports): the port's
+  connections are redirected to the node's L7 proxy, which lets through only requests some rule
+  matches (cilia.policy.l7).
 - toFQDNs, other L7 rules and the other features not built yet are rejected by name.
 """
 
 from __future__ import annotations
 
-import os
 import re
 from typing import Any
 
@@ -50,11 +50,6 @@ from cilia.policy.rules import (
 from cilia.policy.selector import Selector, equals, parse_selector
 from cilia.resources.fields import as_list, check_fields, is_number, object_name
 from cilia.resources.validate import DNS1123_LABEL
-
-# L7 HTTP rules are parsed, compiled and redirected, but the proxy's upstream leg does not deliver
-# allowed requests yet (docs/policy.md#l7-http): off unless CILIA_EXPERIMENTAL_L7=1, so no policy
-# half-works. Read per call: the lab's e2e test sets it for the agents it starts.
-L7_ENV = "CILIA_EXPERIMENTAL_L7"
 
 CNP = "CiliumNetworkPolicy"
 CCNP = "CiliumClusterwideNetworkPolicy"
@@ -216,12 +211,7 @@ def _to_ports(raw: Any, where: str, direction: str, deny: bool, fail: Fail,
         if item.get("rules") is not None:
             if deny:
                 raise fail(f"{at}.rules", "L7 rules are not allowed in deny rules (as in Cilium)")
-            if direction != "ingress":
-                raise fail(f"{at}.rules", "not supported yet: egress L7 rules (only ingress HTTP rules are)")
             http = parse_l7_rules(item["rules"], f"{at}.rules", fail)
-            if os.environ.get(L7_ENV) != "1":
-                raise fail(f"{at}.rules.http", "not supported yet: L7 HTTP rules (the L7 proxy does not forward "
-                                               f"allowed requests yet; {L7_ENV}=1 enables the experimental path)")
         port_list = as_list(item.get("ports"), f"{at}.ports", fail)
         if not port_list:
             raise fail(f"{at}.ports", "needs at least one port")

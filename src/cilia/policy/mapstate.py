@@ -15,14 +15,15 @@ is stored as deny, so the datapath's longest match is always the right answer.
 L7: an allow prefix that comes from a port with HTTP rules (`Entry.l7`) is stored as REDIRECT
 (the datapath hands the connection to the node's L7 proxy) unless a plain L3/L4 allow of the same
 class gives the very same prefix (then every request would pass anyway). The proxy judges the
-requests with `MapState.proxy`: the endpoint's ingress allow entries as plain data.
+requests with `MapState.proxy`: the endpoint's allow entries of each direction with L7 rules, as
+plain data.
 """
 
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from cilia.identity.reserved import ReservedIdentity
@@ -96,17 +97,49 @@ class ProxyPort:
 
 @dataclass(frozen=True)
 class ProxyEntry:
-    """One ingress allow entry as the proxy sees it: who (None = every identity) on which ports."""
+    """One allow entry as the proxy sees it: which peers (None = every identity) on which ports.
+
+    `policy` is the (kind, namespace, name) of the policy the entry comes from, for the access log;
+    the engine fills it in (compute_map_state knows rule ids only)."""
 
     rule_id: int
     identities: tuple[int, ...] | None
     ports: tuple[ProxyPort, ...]
+    policy: tuple[str, str, str] | None = None
 
     def to_json(self) -> dict[str, Any]:
-        return {"rule_id": self.rule_id,
-                "identities": None if self.identities is None else list(self.identities),
-                "ports": [{"protocol": p.protocol, "low": p.low, "high": p.high,
-                           "http": None if p.http is None else list(p.http)} for p in self.ports]}
+        out: dict[str, Any] = {
+            "rule_id": self.rule_id,
+            "identities": None if self.identities is None else list(self.identities),
+            "ports": [{"protocol": p.protocol, "low": p.low, "high": p.high,
+                       "http": None if p.http is None else list(p.http)} for p in self.ports]}
+        if self.policy is not None:
+            out["policy"] = {"kind": self.policy[0], "namespace": self.policy[1], "name": self.policy[2]}
+        return out
+
+
+@dataclass(frozen=True)
+class ProxyRules:
+    """What the L7 proxy needs of one endpoint: each direction's allow entries, or () for a direction
+    with no L7 rule (the proxy does not judge it), and whether the endpoint is in audit mode."""
+
+    ingress: tuple[ProxyEntry, ...] = ()
+    egress: tuple[ProxyEntry, ...] = ()
+    audit: bool = False
+
+    def __bool__(self) -> bool:
+        return bool(self.ingress or self.egress)
+
+    def entries(self) -> tuple[ProxyEntry, ...]:
+        return self.ingress + self.egress
+
+    def with_policies(self, policy_of: Callable[[int], tuple[str, str, str] | None]) -> ProxyRules:
+        return ProxyRules(tuple(replace(e, policy=policy_of(e.rule_id)) for e in self.ingress),
+                          tuple(replace(e, policy=policy_of(e.rule_id)) for e in self.egress), self.audit)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"audit": self.audit, "ingress": [e.to_json() for e in self.ingress],
+                "egress": [e.to_json() for e in self.egress]}
 
 
 @dataclass
@@ -115,7 +148,7 @@ class MapState:
     egress: DirectionState
     audit: bool = False
     allow_host_ingress: bool = False
-    proxy: tuple[ProxyEntry, ...] = ()  # what the L7 proxy needs; empty when nothing is redirected
+    proxy: ProxyRules = field(default_factory=ProxyRules)  # what the L7 proxy needs; false when nothing is redirected
 
     def direction(self, direction: Direction) -> DirectionState:
         return self.ingress if direction is Direction.INGRESS else self.egress
@@ -251,7 +284,7 @@ def _class_ports(entries: Sequence[Entry], enforced: bool) -> dict[PortKey, Port
 
 
 def proxy_entries(policy: DirectionPolicy, index: PeerIndex) -> tuple[ProxyEntry, ...]:
-    """The ingress allow entries for the proxy, or () when no entry has L7 rules."""
+    """One direction's allow entries for the proxy, or () when no entry has L7 rules."""
     if not any(e.l7 for e in policy.entries if not e.deny):
         return ()
     out: list[ProxyEntry] = []
@@ -293,7 +326,9 @@ def compute_direction(policy: DirectionPolicy, index: PeerIndex) -> DirectionSta
 
 def compute_map_state(policy: EndpointPolicy, index: PeerIndex, *, max_entries: int = 0) -> MapState:
     state = MapState(compute_direction(policy.ingress, index), compute_direction(policy.egress, index),
-                     policy.audit, policy.allow_host_ingress, proxy_entries(policy.ingress, index))
+                     policy.audit, policy.allow_host_ingress,
+                     ProxyRules(proxy_entries(policy.ingress, index), proxy_entries(policy.egress, index),
+                                policy.audit))
     if max_entries and state.size() > max_entries:
         raise PolicyMapOverflow(
             f"policy needs {state.size()} map entries ({len(state.ingress.classes) + len(state.egress.classes)} "

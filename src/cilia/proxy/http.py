@@ -12,12 +12,15 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
+from http import HTTPStatus
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Protocol
 
 import h11
 
-from cilia.proxy.policy import EndpointPolicy, Request
+from cilia.proxy.policy import Judgement, Request
 
 log = logging.getLogger(__name__)
 DENIED_BODY = b"Access denied"
@@ -29,12 +32,26 @@ Upstream = tuple[asyncio.StreamReader, asyncio.StreamWriter]
 OpenUpstream = Callable[[], Awaitable[Upstream]]
 
 
+class Observer(Protocol):
+    """Told of every judged request and of the answer to each forwarded one (the access log, counters)."""
+
+    def request(self, request: Request, judgement: Judgement) -> None: ...
+
+    def response(self, request: Request, judgement: Judgement, code: int, latency_ns: int) -> None: ...
+
+
+class _NoObserver:
+    def request(self, request: Request, judgement: Judgement) -> None:
+        pass
+
+    def response(self, request: Request, judgement: Judgement, code: int, latency_ns: int) -> None:
+        pass
+
+
 @dataclass(frozen=True)
 class ConnInfo:
-    identity: int  # the client's security identity
-    protocol: int
-    port: int  # the original destination port
-    policy: Callable[[], EndpointPolicy]  # the destination endpoint's rules, current
+    judge: Callable[[Request], Judgement]  # with the current rules of the sides that have L7 rules
+    observer: Observer = field(default_factory=_NoObserver)
 
 
 class _Closed(Exception):
@@ -61,7 +78,9 @@ def _reply(conn: h11.Connection, writer: asyncio.StreamWriter, status: int, body
     headers = [("content-type", "text/plain"), ("content-length", str(len(body)))]
     if close:
         headers.append(("connection", "close"))
-    _send(conn, writer, h11.Response(status_code=status, headers=headers), h11.Data(data=body), h11.EndOfMessage())
+    reason = HTTPStatus(status).phrase.encode() if status in HTTPStatus._value2member_map_ else b""
+    _send(conn, writer, h11.Response(status_code=status, headers=headers, reason=reason), h11.Data(data=body),
+          h11.EndOfMessage())
 
 
 async def serve_connection(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, info: ConnInfo,
@@ -98,16 +117,19 @@ async def serve_connection(reader: asyncio.StreamReader, writer: asyncio.StreamW
                 else:
                     return
             request = _request_of(event)
-            verdict = info.policy().judge(info.identity, info.protocol, info.port, request)
-            if not verdict.allowed:
-                log.info("denied %s %s from identity %d", request.method, request.path, info.identity)
+            judgement = info.judge(request)
+            info.observer.request(request, judgement)
+            if not judgement.forward:
+                log.debug("denied %s %s (endpoint %d)", request.method, request.path, judgement.endpoint_id)
                 _reply(down, writer, 403, DENIED_BODY, close=False)
                 await writer.drain()
             else:
                 if upstream is None or up is None:
                     upstream = await asyncio.wait_for(open_upstream(), upstream_timeout)
                     up = h11.Connection(h11.CLIENT)
-                await _forward(event, bytes(body), down, writer, up, upstream, upstream_timeout)
+                start = time.monotonic_ns()
+                code = await _forward(event, bytes(body), down, writer, up, upstream, upstream_timeout)
+                info.observer.response(request, judgement, code, time.monotonic_ns() - start)
                 if up.their_state is not h11.DONE or up.our_state is not h11.DONE:
                     upstream[1].close()
                     upstream, up = None, None
@@ -118,7 +140,8 @@ async def serve_connection(reader: asyncio.StreamReader, writer: asyncio.StreamW
             if down.our_state is not h11.DONE or down.their_state is not h11.DONE:
                 return
             down.start_next_cycle()
-    except (TimeoutError, ConnectionError, OSError, h11.LocalProtocolError, h11.RemoteProtocolError, _Closed):
+    except (TimeoutError, ConnectionError, OSError, h11.LocalProtocolError, h11.RemoteProtocolError, _Closed) as exc:
+        log.debug("connection closed: %r", exc)
         return
     finally:
         if upstream is not None:
@@ -131,11 +154,14 @@ def _request_of(event: h11.Request) -> Request:
     for name, value in event.headers:
         headers.setdefault(name.decode("latin-1").lower(), []).append(value.decode("latin-1"))
     host = headers.get("host", [""])[0]
-    return Request(event.method.decode("latin-1"), event.target.decode("latin-1"), host, headers)
+    return Request(event.method.decode("latin-1"), event.target.decode("latin-1"), host, headers,
+                   f"HTTP/{event.http_version.decode('latin-1')}",
+                   tuple((n.decode("latin-1"), v.decode("latin-1")) for n, v in event.headers.raw_items()))
 
 
 async def _forward(request: h11.Request, body: bytes, down: h11.Connection, writer: asyncio.StreamWriter,
-                   up: h11.Connection, upstream: Upstream, timeout: float) -> None:
+                   up: h11.Connection, upstream: Upstream, timeout: float) -> int:
+    """Sends the request on and streams the answer back; returns its status code."""
     up_reader, up_writer = upstream
     events: list[h11.Event] = [request]
     if body:
@@ -143,9 +169,11 @@ async def _forward(request: h11.Request, body: bytes, down: h11.Connection, writ
     events.append(h11.EndOfMessage())
     _send(up, up_writer, *events)
     await up_writer.drain()
+    code = 0
     while True:
         event = await _next_event(up, up_reader, timeout)
         if isinstance(event, (h11.InformationalResponse, h11.Response)):
+            code = event.status_code if isinstance(event, h11.Response) else code
             _send(down, writer, event)
         elif isinstance(event, h11.Data):
             _send(down, writer, event)
@@ -153,6 +181,6 @@ async def _forward(request: h11.Request, body: bytes, down: h11.Connection, writ
         elif isinstance(event, h11.EndOfMessage):
             _send(down, writer, event)
             await writer.drain()
-            return
+            return code
         else:
             raise _Closed()

@@ -1,125 +1,180 @@
-"""`cilia-proxy --node N`: the node's transparent L7 proxy, run in the node's network namespace.
+"""`cilia-proxy --node N`: the node's L7 proxy process, run in the node's network namespace.
 
-It sets up its own policy route (packets the datapath marked PROXY_MARK_TO are delivered locally:
-`ip rule fwmark` -> table 2004, `local default dev lo`), listens with IP_TRANSPARENT on
-PROXY_PORT (bpf/lib/proxy.h assigns redirected connections to it), learns who the client is
-(identity) and whose rules apply (the destination endpoint) from the node's pinned endpoints map,
-and reads the rules from the files the agent writes (cilia.proxy.policy). Upstream connections
-leave from the client's own address (IP_TRANSPARENT) with SO_MARK = PROXY_MARK_FROM | identity,
-so the server's ingress policy still judges the client. Independent of the agent: an agent
-restart leaves proxied connections alone.
+Two layers, so that a proxy crash loses only the connections in flight:
+- the supervisor (this command) sets up the policy route, creates every server's listening
+  sockets once, and runs the worker with those sockets inherited; a worker that dies (kill -9,
+  a crash) is started again at once while the listeners stay, so new connections queue in the
+  kernel's backlog instead of being dropped. SIGTERM stops both. The worker dies with the
+  supervisor (PR_SET_PDEATHSIG): the proxy down means no listener, and the datapath then drops
+  the L7-covered traffic with `proxy unavailable`.
+- the worker (`--worker`) serves the listeners with the servers in SERVERS (HTTP now; a DNS
+  server is a second entry), one asyncio loop, and logs its request counts.
+Both are independent of the agent: an agent restart leaves proxied connections alone.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import errno
-import ipaddress
+import contextlib
+import ctypes
 import logging
+import os
 import signal
 import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
 
-from cilia import ipproto
-from cilia.bpf.objects import BpfMap
-from cilia.maps import endpoints as epmap
 from cilia.paths import NodePaths
-from cilia.proxy.http import ConnInfo, serve_connection
+from cilia.proxy.accesslog import AccessLogSender
+from cilia.proxy.httpserver import HttpServer
+from cilia.proxy.observe import RequestCounter
 from cilia.proxy.policy import PolicyStore
+from cilia.proxy.transparent import Peers, setup_routing
 
-PROXY_PORT = 15001  # C: PROXY_PORT (bpf/lib/proxy.h)
-MARK_TO = 0xC3000000  # C: PROXY_MARK_TO
-MARK_FROM = 0xC2000000  # C: PROXY_MARK_FROM
-MARK_MASK = 0xFF000000
-ROUTE_TABLE = 2004
-RULE_PRIORITY = 100
-IP_TRANSPARENT = 19  # linux/in.h
+FDS_ENV = "CILIA_PROXY_FDS"  # supervisor -> worker: "<server>=<fd>,<fd>;<server>=<fd>"
+COUNT_INTERVAL = 60.0
+RESTART_DELAY = 0.05
 log = logging.getLogger("cilia.proxy")
 
 
-def setup_routing() -> None:
-    """Marked packets are for local sockets (the proxy's), whatever their destination address."""
-    from pyroute2 import IPRoute  # imported here: unit tests of this module need no netlink
+@dataclass
+class ProxyContext:
+    """What every server of the worker shares."""
 
-    with IPRoute() as ipr:
-        lo = ipr.link_lookup(ifname="lo")[0]
-        for call in (lambda: ipr.rule("add", table=ROUTE_TABLE, priority=RULE_PRIORITY, fwmark=MARK_TO,
-                                      fwmask=MARK_MASK, family=socket.AF_INET),
-                     lambda: ipr.route("add", dst="0.0.0.0", dst_len=0, type="local", scope=254, oif=lo,
-                                       table=ROUTE_TABLE, family=socket.AF_INET)):
-            try:
-                call()  # type: ignore[no-untyped-call]
-            except Exception as exc:  # pyroute2's NetlinkError: already there from an earlier run
-                if getattr(exc, "code", None) != errno.EEXIST:
-                    raise
+    node: str
+    peers: Peers
+    policies: PolicyStore
+    accesslog: AccessLogSender | None
+    counter: RequestCounter = field(default_factory=RequestCounter)
 
 
-def listener(port: int = PROXY_PORT) -> socket.socket:
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.setsockopt(socket.SOL_IP, IP_TRANSPARENT, 1)
-    sock.bind(("0.0.0.0", port))
-    sock.listen(1024)
-    sock.setblocking(False)
-    return sock
+class Server(Protocol):
+    """One kind of proxied traffic (HTTP, DNS, ...): the sockets it needs, and serving them."""
+
+    name: str
+
+    def sockets(self) -> list[socket.socket]:
+        """Created by the supervisor, once (bound, listening), and handed to every worker."""
+        ...
+
+    async def serve(self, sockets: Sequence[socket.socket], ctx: ProxyContext) -> None:
+        """Serves until cancelled."""
+        ...
 
 
-class Proxy:
-    def __init__(self, node: str) -> None:
-        paths = NodePaths(node)
-        self.endpoints = epmap.EndpointsMap(BpfMap.from_pin(paths.bpffs_dir / epmap.NAME))
-        self.policies = PolicyStore(paths.proxy_policy_dir)
-
-    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        sock = writer.get_extra_info("socket")
-        client_ip, _client_port = writer.get_extra_info("peername")[:2]
-        server_ip, server_port = writer.get_extra_info("sockname")[:2]
-        client = self.endpoints.lookup(ipaddress.ip_address(client_ip))
-        server = self.endpoints.lookup(ipaddress.ip_address(server_ip))
-        if client is None or server is None or sock is None:
-            log.warning("connection %s -> %s:%s: not between local endpoints, closed", client_ip, server_ip,
-                        server_port)
-            writer.close()
-            return
-        identity, endpoint_id = client.identity, server.endpoint_id
-
-        async def open_upstream() -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
-            up = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-            try:
-                up.setsockopt(socket.SOL_IP, IP_TRANSPARENT, 1)
-                up.setsockopt(socket.SOL_SOCKET, socket.SO_MARK, MARK_FROM | (identity & 0xFFFFFF))
-                up.bind((client_ip, 0))
-                up.setblocking(False)
-                await asyncio.get_running_loop().sock_connect(up, (server_ip, server_port))
-            except BaseException:
-                up.close()
-                raise
-            return await asyncio.open_connection(sock=up)
-
-        info = ConnInfo(identity, ipproto.TCP, server_port, lambda: self.policies.get(endpoint_id))
-        await serve_connection(reader, writer, info, open_upstream)
+SERVERS: tuple[Callable[[], Server], ...] = (HttpServer,)
 
 
-async def _run(node: str) -> None:
-    proxy = Proxy(node)
-    server = await asyncio.start_server(proxy.handle, sock=listener())
+# ----- the worker ------------------------------------------------------------------------------------
+def _inherited() -> dict[str, list[socket.socket]]:
+    out: dict[str, list[socket.socket]] = {}
+    for part in filter(None, os.environ.get(FDS_ENV, "").split(";")):
+        name, _, fds = part.partition("=")
+        out[name] = [socket.socket(fileno=int(fd)) for fd in fds.split(",") if fd]
+    return out
+
+
+def _die_with_parent() -> None:
+    with contextlib.suppress(OSError, AttributeError):
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+
+
+async def run_worker(node: str, servers: Sequence[Server], sockets: dict[str, list[socket.socket]]) -> None:
+    paths = NodePaths(node)
+    sender = AccessLogSender(paths.accesslog_socket)
+    ctx = ProxyContext(node, Peers(node), PolicyStore(paths.proxy_policy_dir), sender)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    log.info("cilia-proxy for node %s listening on :%d", node, PROXY_PORT)
-    async with server:
-        await stop.wait()
+    tasks = [asyncio.create_task(s.serve(sockets.get(s.name, []), ctx), name=s.name) for s in servers]
+    ports = ", ".join(f"{s.name} :{sock.getsockname()[1]}" for s in servers for sock in sockets.get(s.name, []))
+    log.info("cilia-proxy worker %d for node %s listening on %s", os.getpid(), node, ports)
+    last = ""
+    try:
+        while not stop.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), COUNT_INTERVAL)
+            summary = ctx.counter.summary()
+            if summary != last:  # a small heartbeat: requests by verdict since the worker started
+                log.info("requests: %s (access log: %d sent, %d lost)", summary, sender.sent, sender.lost)
+                last = summary
+            for task in tasks:
+                if task.done() and not task.cancelled() and task.exception():
+                    raise task.exception()  # type: ignore[misc]
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        log.info("requests: %s", ctx.counter.summary())
+        sender.close()
+
+
+def worker_main(node: str) -> None:
+    _die_with_parent()
+    Path(NodePaths(node).run_dir / "proxy.pid").write_text(f"{os.getpid()}\n")
+    servers = [make() for make in SERVERS]
+    inherited = _inherited()
+    if not inherited:  # run on its own (tests, debugging): its own sockets
+        inherited = {s.name: s.sockets() for s in servers}
+    asyncio.run(run_worker(node, servers, inherited))
+
+
+# ----- the supervisor --------------------------------------------------------------------------------
+def supervise(node: str, log_level: str) -> int:
+    setup_routing()
+    sockets = {make().name: make().sockets() for make in SERVERS}
+    fds = [s.fileno() for socks in sockets.values() for s in socks]
+    env = {**os.environ, FDS_ENV: ";".join(f"{n}=" + ",".join(str(s.fileno()) for s in socks)
+                                             for n, socks in sockets.items())}
+    argv = [sys.executable, "-m", "cilia.proxy.main", "--node", node, "--log-level", log_level, "--worker"]
+    stopping = False
+    child: subprocess.Popen[bytes] | None = None
+
+    def stop(_sig: int, _frame: object) -> None:
+        nonlocal stopping
+        stopping = True
+        if child is not None and child.poll() is None:
+            child.terminate()
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    restarts: list[float] = []
+    log.info("cilia-proxy supervisor %d for node %s", os.getpid(), node)
+    while not stopping:
+        child = subprocess.Popen(argv, pass_fds=fds, env=env)
+        code = child.wait()
+        if stopping:
+            break
+        now = time.monotonic()
+        restarts = [t for t in restarts if now - t < 10] + [now]
+        log.error("cilia-proxy worker %d exited (%d); restarting (%d restarts in 10 s)", child.pid, code,
+                  len(restarts))
+        time.sleep(RESTART_DELAY if len(restarts) < 10 else 1.0)  # a crash loop backs off
+    if child is not None and child.poll() is None:
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            child.wait(5)
+    return 0
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="cilia-proxy", description=__doc__.splitlines()[0])
     parser.add_argument("--node", required=True)
     parser.add_argument("--log-level", default="INFO")
+    parser.add_argument("--worker", action="store_true", help="serve (run by the supervisor)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    setup_routing()  # before the event loop: pyroute2 runs one of its own
-    asyncio.run(_run(args.node))
+    if args.worker:
+        worker_main(args.node)
+    else:
+        sys.exit(supervise(args.node, args.log_level))
 
 
 if __name__ == "__main__":

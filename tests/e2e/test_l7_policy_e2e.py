@@ -283,6 +283,17 @@ def test_ingress_and_egress_l7_rules_on_the_same_pod(lab: Lab) -> None:
     assert statuses(lab, "relay", [("GET", "/")], "xwing") == ["error"]
 
 
+def test_the_proxy_rules_the_agent_writes_name_the_policies(lab: Lab) -> None:
+    with api() as client:
+        ids = {e.pod_name: e.id for e in client.list_endpoints()}
+    rules = json.loads((NodePaths("n1").proxy_policy_dir / f"{ids['deathstar']}.json").read_text())
+    assert [e["policy"] for e in rules["ingress"]] == [
+        {"kind": "CiliumNetworkPolicy", "namespace": "default", "name": "rule1"}]
+    relay = json.loads((NodePaths("n1").proxy_policy_dir / f"{ids['relay']}.json").read_text())
+    assert {e["policy"]["name"] for e in relay["ingress"] + relay["egress"]} == {"relay-rules"}
+    assert not (NodePaths("n1").proxy_policy_dir / f"{ids['xwing']}.json").exists()  # no L7 rules
+
+
 def test_pipelined_requests_are_judged_one_by_one_in_order(lab: Lab) -> None:
     before = len(server_log(lab))
     landing = "POST /v1/request-landing HTTP/1.1|Host: deathstar|Content-Length: 0||"

@@ -2,9 +2,10 @@
 
 Two layers, so that a proxy crash loses only the connections in flight:
 - the supervisor (this command) sets up the policy route, creates every server's listening
-  sockets once, and runs the worker with those sockets inherited; a worker that dies (kill -9,
-  a crash) is started again at once while the listeners stay, so new connections queue in the
-  kernel's backlog instead of being dropped. SIGTERM stops both. The worker dies with the
+  sockets once, and runs the worker with those sockets inherited, plus a standby worker already
+  started and waiting; a worker that dies (kill -9, a crash) is replaced by the standby at once
+  while the listeners stay, so new connections queue in the kernel's backlog instead of being
+  dropped. SIGTERM stops all. The worker dies with the
   supervisor (PR_SET_PDEATHSIG): the proxy down means no listener, and the datapath then drops
   the L7-covered traffic with `proxy unavailable`.
 - the worker (`--worker`) serves the listeners with the servers in SERVERS (HTTP now; a DNS
@@ -39,7 +40,6 @@ from cilia.proxy.transparent import Peers, setup_routing
 
 FDS_ENV = "CILIA_PROXY_FDS"  # supervisor -> worker: "<server>=<fd>,<fd>;<server>=<fd>"
 COUNT_INTERVAL = 60.0
-RESTART_DELAY = 0.05
 log = logging.getLogger("cilia.proxy")
 
 
@@ -117,51 +117,80 @@ async def run_worker(node: str, servers: Sequence[Server], sockets: dict[str, li
         sender.close()
 
 
-def worker_main(node: str) -> None:
+def worker_main(node: str, standby: bool) -> None:
     _die_with_parent()
-    Path(NodePaths(node).run_dir / "proxy.pid").write_text(f"{os.getpid()}\n")
     servers = [make() for make in SERVERS]
     inherited = _inherited()
     if not inherited:  # run on its own (tests, debugging): its own sockets
         inherited = {s.name: s.sockets() for s in servers}
+    # standby: imported and ready, waiting for the supervisor's go (a byte on stdin), or its end
+    if standby and not sys.stdin.buffer.read(1):
+        return
+    Path(NodePaths(node).run_dir / "proxy.pid").write_text(f"{os.getpid()}\n")
     asyncio.run(run_worker(node, servers, inherited))
 
 
 # ----- the supervisor --------------------------------------------------------------------------------
-def supervise(node: str, log_level: str) -> int:
-    setup_routing()
-    sockets = {make().name: make().sockets() for make in SERVERS}
-    fds = [s.fileno() for socks in sockets.values() for s in socks]
-    env = {**os.environ, FDS_ENV: ";".join(f"{n}=" + ",".join(str(s.fileno()) for s in socks)
-                                             for n, socks in sockets.items())}
-    argv = [sys.executable, "-m", "cilia.proxy.main", "--node", node, "--log-level", log_level, "--worker"]
-    stopping = False
-    child: subprocess.Popen[bytes] | None = None
+class Supervisor:
+    """Runs the active worker and keeps a standby one (started, imported, waiting on its stdin), so
+    a worker that dies is replaced in milliseconds rather than a Python start-up."""
 
-    def stop(_sig: int, _frame: object) -> None:
-        nonlocal stopping
-        stopping = True
-        if child is not None and child.poll() is None:
-            child.terminate()
+    def __init__(self, node: str, log_level: str) -> None:
+        setup_routing()
+        self.sockets = {make().name: make().sockets() for make in SERVERS}
+        self.fds = [s.fileno() for socks in self.sockets.values() for s in socks]
+        self.env = {**os.environ, FDS_ENV: ";".join(f"{n}=" + ",".join(str(s.fileno()) for s in socks)
+                                                    for n, socks in self.sockets.items())}
+        self.argv = [sys.executable, "-m", "cilia.proxy.main", "--node", node, "--log-level", log_level,
+                     "--worker", "--standby"]
+        self.node = node
+        self.stopping = False
 
-    signal.signal(signal.SIGTERM, stop)
-    signal.signal(signal.SIGINT, stop)
-    restarts: list[float] = []
-    log.info("cilia-proxy supervisor %d for node %s", os.getpid(), node)
-    while not stopping:
-        child = subprocess.Popen(argv, pass_fds=fds, env=env)
-        code = child.wait()
-        if stopping:
-            break
-        now = time.monotonic()
-        restarts = [t for t in restarts if now - t < 10] + [now]
-        log.error("cilia-proxy worker %d exited (%d); restarting (%d restarts in 10 s)", child.pid, code,
-                  len(restarts))
-        time.sleep(RESTART_DELAY if len(restarts) < 10 else 1.0)  # a crash loop backs off
-    if child is not None and child.poll() is None:
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            child.wait(5)
-    return 0
+    def _spawn(self) -> subprocess.Popen[bytes]:
+        return subprocess.Popen(self.argv, pass_fds=self.fds, env=self.env, stdin=subprocess.PIPE)
+
+    @staticmethod
+    def _activate(worker: subprocess.Popen[bytes]) -> None:
+        assert worker.stdin is not None
+        with contextlib.suppress(OSError):
+            worker.stdin.write(b"g")
+            worker.stdin.flush()
+
+    def run(self) -> int:
+        def stop(_sig: int, _frame: object) -> None:
+            self.stopping = True
+
+        signal.signal(signal.SIGTERM, stop)
+        signal.signal(signal.SIGINT, stop)
+        log.info("cilia-proxy supervisor %d for node %s", os.getpid(), self.node)
+        active, standby = self._spawn(), self._spawn()
+        self._activate(active)
+        restarts: list[float] = []
+        try:
+            while not self.stopping:
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    active.wait(0.2)
+                if standby.poll() is not None and not self.stopping:
+                    standby = self._spawn()
+                code = active.poll()
+                if code is None or self.stopping:
+                    continue
+                now = time.monotonic()
+                restarts = [t for t in restarts if now - t < 10] + [now]
+                if len(restarts) > 10:  # a crash loop backs off
+                    time.sleep(1.0)
+                self._activate(standby)
+                log.error("cilia-proxy worker %d exited (%d); standby %d took over (%d restarts in 10 s)",
+                          active.pid, code, standby.pid, len(restarts))
+                active, standby = standby, self._spawn()
+        finally:
+            for worker in (active, standby):
+                if worker.poll() is None:
+                    worker.terminate()
+            for worker in (active, standby):
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    worker.wait(5)
+        return 0
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -169,12 +198,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--node", required=True)
     parser.add_argument("--log-level", default="INFO")
     parser.add_argument("--worker", action="store_true", help="serve (run by the supervisor)")
+    parser.add_argument("--standby", action="store_true", help="with --worker: wait for a byte on stdin first")
     args = parser.parse_args(argv)
     logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if args.worker:
-        worker_main(args.node)
+        worker_main(args.node, args.standby)
     else:
-        sys.exit(supervise(args.node, args.log_level))
+        sys.exit(Supervisor(args.node, args.log_level).run())
 
 
 if __name__ == "__main__":

@@ -42,6 +42,7 @@ TOPOLOGY = {
         {"name": "xwing", "namespace": "default", "labels": {"org": "alliance", "class": "xwing"}},
         {"name": "api", "namespace": "default", "labels": {"app": "api"}},
         {"name": "relay", "namespace": "default", "labels": {"org": "empire", "class": "relay"}},
+        {"name": "greeter", "namespace": "default", "labels": {"app": "greeter"}},
     ],
     "externals": [],
 }
@@ -89,6 +90,17 @@ spec:
     toPorts:
     - ports: [{port: "80", protocol: TCP}]
       rules: {http: [{method: "POST", path: "/v1/request-landing"}, {method: "GET", path: "/v1/status"}]}
+---
+apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: greeter-rules, namespace: default}
+spec:
+  endpointSelector: {matchLabels: {app: greeter}}
+  ingress:
+  - fromEndpoints: [{matchLabels: {class: tiefighter}}]
+    toPorts:
+    - ports: [{port: "80", protocol: TCP}]
+      rules: {http: [{method: "POST", path: "/demo\\\\.Greeter/Hello"}]}
 """
 DENY_TIEFIGHTER = {
     "apiVersion": "cilium.io/v2", "kind": "CiliumNetworkPolicy",
@@ -128,6 +140,40 @@ CLIENT = textwrap.dedent("""
             out.append([r.status, r.read().decode(), conn.sock.getpeername()[0], conn.sock.getsockname()[1]])
     except OSError as e:
         out.append(["error", str(e)])
+    print(json.dumps(out))
+""")
+# a gRPC server (h2c): every method answers, and logs that it was called
+GRPC_SERVER = textwrap.dedent("""
+    import sys, grpc
+    from concurrent import futures
+    log = open(sys.argv[1], "a", buffering=1)
+    class H(grpc.GenericRpcHandler):
+        def service(self, details):
+            method = details.method
+            def answer(request, ctx):
+                log.write(f"{method}\\n")
+                return b"hello " + request
+            return grpc.unary_unary_rpc_method_handler(answer)
+    s = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
+    s.add_generic_rpc_handlers((H(),))
+    s.add_insecure_port("0.0.0.0:80")
+    s.start()
+    log.write("ready\\n")
+    s.wait_for_termination()
+""")
+GRPC_CLIENT = textwrap.dedent("""
+    import sys, json, grpc, httpx
+    out = []
+    with grpc.insecure_channel(sys.argv[1] + ":80", options=[("grpc.enable_http_proxy", 0)]) as ch:
+        for method in json.loads(sys.argv[2]):
+            try:
+                out.append(["OK", ch.unary_unary(method)(b"x", timeout=5).decode()])
+            except grpc.RpcError as e:
+                out.append([e.code().name, e.details()])
+    # plain HTTP/2 with prior knowledge (httpx + h2): the denied stream's answer as it is
+    with httpx.Client(http1=False, http2=True, trust_env=False, timeout=5) as c:
+        r = c.post(f"http://{sys.argv[1]}/demo.Greeter/Secret", content=b"")
+        out.append([r.http_version, r.status_code, r.text])
     print(json.dumps(out))
 """)
 # raw pipelining: every request in one write, then the answers read in order until the proxy closes
@@ -181,11 +227,12 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
         os.chmod(logs, 0o755)
         servers = []
         try:
-            for name in SERVERS:
+            for name in (*SERVERS, "greeter"):
                 log = logs / f"{name}.log"
                 log.touch()
                 body = "Ship landed" if name == "deathstar" else name
-                servers.append(subprocess.Popen(in_netns(running.netns_of(name), PYTHON, "-c", SERVER, str(log), body),
+                script = GRPC_SERVER if name == "greeter" else SERVER
+                servers.append(subprocess.Popen(in_netns(running.netns_of(name), PYTHON, "-c", script, str(log), body),
                                                 stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                                                 stderr=subprocess.DEVNULL))
                 wait_for(lambda log=log: "ready" in log.read_text(), 10, 0.1, f"the {name} server did not start")
@@ -306,6 +353,18 @@ def test_pipelined_requests_are_judged_one_by_one_in_order(lab: Lab) -> None:
     assert codes == ["200", "403", "200", "403"]
     assert out.count("Ship landed") == 2 and out.count("Access denied") == 2
     assert server_log(lab)[before:] == [f"POST /v1/request-landing {lab.address_of('tiefighter')}"] * 2
+
+
+def test_http2_grpc_methods_judged_per_stream(lab: Lab) -> None:
+    before = len(server_log(lab, "greeter"))
+    calls = ["/demo.Greeter/Hello", "/demo.Greeter/Secret", "/demo.Greeter/Hello", "/demo.Greeter/HelloX"]
+    out = subprocess.run(in_netns(lab.netns_of("tiefighter"), PYTHON, "-c", GRPC_CLIENT, lab.address_of("greeter"),
+                                  json.dumps(calls)), capture_output=True, text=True, timeout=60, check=True).stdout
+    result = json.loads(out)
+    assert result[:4] == [["OK", "hello x"], ["PERMISSION_DENIED", result[1][1]], ["OK", "hello x"],
+                          ["PERMISSION_DENIED", result[3][1]]]
+    assert result[4] == ["HTTP/2", 403, "Access denied"]
+    assert server_log(lab, "greeter")[before:] == ["/demo.Greeter/Hello"] * 2
 
 
 def test_deny_policy_wins_over_the_l7_allow(lab: Lab) -> None:

@@ -85,8 +85,11 @@ def _reply(conn: h11.Connection, writer: asyncio.StreamWriter, status: int, body
 
 async def serve_connection(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, info: ConnInfo,
                            open_upstream: OpenUpstream, *, idle_timeout: float = 30.0,
-                           upstream_timeout: float = 60.0) -> None:
+                           upstream_timeout: float = 60.0, initial: bytes = b"") -> None:
+    """`initial`: what was read of the connection already (to tell HTTP/1.1 from HTTP/2)."""
     down = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_HEAD)
+    if initial:
+        down.receive_data(initial)
     upstream: Upstream | None = None
     up: h11.Connection | None = None
     try:

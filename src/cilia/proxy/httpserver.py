@@ -1,5 +1,6 @@
 """cilia-proxy's HTTP server: the transparent listener on PROXY_PORT, one task per redirected
-connection, judged per request (HTTP/1.1 in cilia.proxy.http)."""
+connection, judged per request: HTTP/1.1 (cilia.proxy.http) or, when the connection starts with
+the HTTP/2 preface, h2c with prior knowledge (cilia.proxy.h2proxy)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import socket
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
+from cilia.proxy.h2proxy import PREFACE, serve_h2
 from cilia.proxy.http import ConnInfo, serve_connection
 from cilia.proxy.observe import AccessLog
 from cilia.proxy.policy import judge_request
@@ -18,6 +20,20 @@ if TYPE_CHECKING:
     from cilia.proxy.main import ProxyContext
 
 log = logging.getLogger(__name__)
+
+
+async def read_preface(reader: asyncio.StreamReader, timeout: float = 30.0) -> bytes:
+    """The connection's first bytes: the whole HTTP/2 preface, or as soon as they cannot be one."""
+    initial = b""
+    while len(initial) < len(PREFACE) and PREFACE.startswith(initial):
+        try:
+            chunk = await asyncio.wait_for(reader.read(len(PREFACE) - len(initial)), timeout)
+        except (TimeoutError, ConnectionError, OSError):
+            break
+        if not chunk:
+            break
+        initial += chunk
+    return initial
 
 
 class HttpServer:
@@ -51,7 +67,11 @@ class HttpServer:
 
             info = ConnInfo(lambda request: judge_request(ctx.policies, conn.parties, request),
                             AccessLog(conn, ctx.accesslog, ctx.counter))
-            await serve_connection(reader, writer, info, lambda: open_upstream(conn))
+            initial = await read_preface(reader)
+            if initial.startswith(PREFACE):
+                await serve_h2(reader, writer, info, lambda: open_upstream(conn), initial)
+            else:
+                await serve_connection(reader, writer, info, lambda: open_upstream(conn), initial=initial)
         except Exception:  # one connection's bug must not end the server
             log.exception("proxied connection failed")
             writer.close()

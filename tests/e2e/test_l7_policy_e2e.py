@@ -24,7 +24,7 @@ from typing import Any
 import pytest
 import yaml
 
-from cilia.api.client import AgentClient
+from cilia.api.client import AgentClient, AgentError
 from cilia.api.models import ApplyRequest
 from cilia.lab.lab import PYTHON, Lab
 from cilia.lab.process import in_netns
@@ -365,6 +365,22 @@ def test_http2_grpc_methods_judged_per_stream(lab: Lab) -> None:
                           ["PERMISSION_DENIED", result[3][1]]]
     assert result[4] == ["HTTP/2", 403, "Access denied"]
     assert server_log(lab, "greeter")[before:] == ["/demo.Greeter/Hello"] * 2
+
+
+@pytest.mark.parametrize(("change", "field", "reason"), [
+    ({"path": "/v1/(unclosed"}, "rules.http[0].path", "invalid regular expression"),
+    ({"verb": "PUT"}, "rules.http[0].verb", "unknown field"),
+    ({"headers": ["bad header: x"]}, "rules.http[0].headers[0]", "header name"),
+])
+def test_bad_l7_rules_are_rejected_and_the_previous_policy_stays(lab: Lab, change: dict[str, Any], field: str,
+                                                                 reason: str) -> None:
+    bad = next(yaml.safe_load_all(POLICIES))
+    bad["spec"]["ingress"][0]["toPorts"][0]["rules"]["http"][0].update(change)
+    with api() as client, pytest.raises(AgentError) as raised:
+        client.apply(ApplyRequest(objects=[bad]), wait=30)
+    text = str(raised.value)
+    assert "CiliumNetworkPolicy default/rule1" in text and field in text and reason in text, text
+    assert statuses(lab, "tiefighter", [("POST", "/v1/request-landing"), ("PUT", "/v1/exhaust-port")]) == [200, 403]
 
 
 def test_deny_policy_wins_over_the_l7_allow(lab: Lab) -> None:

@@ -74,6 +74,12 @@ spec:
         - {method: "GET", path: "/public/.*"}
         - {method: "GET", path: "/private", headers: ["X-Token: abc"]}
         - {host: "api\\\\.example\\\\.test", path: "/h"}
+        - method: GET
+          path: /hm
+          headerMatches:
+          - {name: X-Token, value: abc}
+          - {name: X-Env, value: prod, mismatch: REPLACE}
+          - {name: X-Trace, mismatch: LOG}
 ---
 apiVersion: cilium.io/v2
 kind: CiliumNetworkPolicy
@@ -117,7 +123,8 @@ SERVER = textwrap.dedent("""
         def _any(self):
             n = int(self.headers.get("content-length") or 0)
             self.rfile.read(n)
-            log.write(f"{self.command} {self.path} {self.client_address[0]}\\n")
+            env = f" X-Env={self.headers['X-Env']}" if "X-Env" in self.headers else ""
+            log.write(f"{self.command} {self.path} {self.client_address[0]}{env}\\n")
             self.send_response(200)
             self.send_header("content-length", str(len(body)))
             self.end_headers()
@@ -313,6 +320,18 @@ def test_method_path_header_and_host_rules(lab: Lab) -> None:
     assert server_log(lab, "api")[before:] == allowed
     # the rules are the tiefighter's only: another empire pod cannot connect at all
     assert statuses(lab, "relay", [("GET", "/public/a")], "api") == ["error"]
+
+
+def test_header_matches_deny_replace_and_log(lab: Lab) -> None:
+    before = len(server_log(lab, "api"))
+    calls: list[Call] = [("GET", "/hm", {"X-Token": "abc", "X-Env": "dev"}), ("GET", "/hm", {"X-Env": "prod"}),
+                         ("GET", "/hm", {"X-Token": "abc", "X-Env": "prod", "X-Trace": "1"})]
+    assert statuses(lab, "tiefighter", calls, "api") == [200, 403, 200]
+    client = lab.address_of("tiefighter")
+    # REPLACE set the header on the way; the request without X-Token (no mismatch action) was denied
+    assert server_log(lab, "api")[before:] == [f"GET /hm {client} X-Env=prod"] * 2
+    wait_for(lambda: "headerMatches mismatch X-Env (REPLACE), X-Trace (LOG)" in proxy_log(), 5, 0.1,
+             "the proxy did not log the mismatches")
 
 
 def test_ingress_and_egress_l7_rules_on_the_same_pod(lab: Lab) -> None:

@@ -20,7 +20,16 @@ from cilia.policy.mapstate import ALLOW, REDIRECT, PeerIndex, compute_map_state,
 from cilia.policy.resolve import resolve_endpoint
 from cilia.policy.rules import Direction, IdentityView
 from cilia.proxy.http import ConnInfo, serve_connection
-from cilia.proxy.policy import NO_RULES, EndpointPolicy, Parties, PolicyStore, Request, judge_request, write_policy
+from cilia.proxy.policy import (
+    NO_RULES,
+    EndpointPolicy,
+    Parties,
+    PolicyStore,
+    Request,
+    apply_mismatches,
+    judge_request,
+    write_policy,
+)
 
 STARWARS: dict[str, Any] = {
     "apiVersion": "cilium.io/v2", "kind": "CiliumNetworkPolicy",
@@ -60,7 +69,13 @@ def test_starwars_parses_into_an_l7_port() -> None:
     ([{"verb": "GET"}], "http[0].verb", "unknown field"),
     ([{"headers": ["bad header: x"]}], "http[0].headers[0]", "header name"),
     ([{"headers": [": x"]}], "http[0].headers[0]", "header name"),
-    ([{"headerMatches": [{"name": "x"}]}], "http[0].headerMatches", "not supported yet"),
+    ([{"headerMatches": [{"name": "x", "mismatch": "DROP"}]}], "http[0].headerMatches[0].mismatch",
+     "is not one of LOG, ADD, DELETE, REPLACE"),
+    ([{"headerMatches": [{"name": "x y"}]}], "http[0].headerMatches[0].name", "not a header name"),
+    ([{"headerMatches": [{"name": "x", "secret": {"name": "s"}}]}], "http[0].headerMatches[0].secret",
+     "not supported yet"),
+    ([{"headerMatches": [{"name": "x", "mismatch": "ADD"}]}], "http[0].headerMatches[0].value", "needs a value"),
+    ([{"headerMatches": [{"name": "x", "valu": "1"}]}], "http[0].headerMatches[0].valu", "unknown field"),
     ([], "rules.http", "at least one"),
     ("GET", "rules.http", "must be a list"),
 ])
@@ -102,6 +117,40 @@ def test_matching_is_anchored_and_every_named_field_must_match(rule: HttpRule, r
                                                                matches: bool) -> None:
     assert rule.matches(request_.method, request_.path, request_.host, request_.headers) is matches
     assert HttpRule.from_json(rule.to_json()) == rule
+
+
+def test_header_matches_fail_the_rule_unless_a_mismatch_action_is_given() -> None:
+    (rule,) = parse_cilium_policy(with_http([{"path": "/v1/.*", "headerMatches": [
+        {"name": "X-Token", "value": "abc"}, {"name": "X-Trace", "mismatch": "LOG"},
+        {"name": "X-Env", "value": "prod", "mismatch": "REPLACE"}, {"name": "X-Debug", "value": "1", "mismatch": "DELETE"},
+        {"name": "X-Added", "value": "yes", "mismatch": "ADD"}]}]))
+    (http,) = rule.ingress[0].l7[0][1]
+    assert HttpRule.from_json(http.to_json()) == http
+    assert not http.matches("GET", "/v1/x", "", {"x-env": ["dev"]})  # X-Token missing, no action: no match
+    assert not http.matches("GET", "/v1/x", "", {"x-token": ["abd"]})
+    ok = {"x-token": ["abc"], "x-env": ["dev"], "x-debug": ["0"]}
+    assert http.matches("GET", "/v1/x", "", ok)
+    assert http.mismatches(ok) == [("X-Trace", "", "LOG"), ("X-Env", "prod", "REPLACE"), ("X-Debug", "1", "DELETE"),
+                                   ("X-Added", "yes", "ADD")]
+    assert http.mismatches({**ok, "x-trace": ["1"], "x-env": ["prod"], "x-debug": ["1"], "x-added": ["yes"]}) == []
+
+
+def test_mismatch_actions_change_what_is_forwarded() -> None:
+    headers = [(b"Host", b"d"), (b"X-Env", b"dev"), (b"x-debug", b"0"), (b"X-Debug", b"2")]
+    out = apply_mismatches(headers, [("X-Trace", "", "LOG"), ("X-Env", "prod", "REPLACE"), ("X-Debug", "1", "DELETE"),
+                                     ("X-Added", "yes", "ADD")])
+    assert out == [(b"Host", b"d"), (b"X-Env", b"prod"), (b"X-Added", b"yes")]
+
+
+def test_forwarded_request_carries_the_mismatch_actions() -> None:
+    rule = HttpRule("POST", "/v1/request-landing", header_matches=(("X-Env", "prod", "REPLACE"), ("X-Log", "", "LOG")))
+    policy = EndpointPolicy.from_json({"version": 2, "egress": [], "ingress": [
+        {"rule_id": 1, "identities": None, "ports": [{"protocol": 6, "low": 80, "high": 80, "http": [rule.to_json()]}]}]})
+    verdict = policy.judge(300, 6, 80, req("POST", "/v1/request-landing", X_Env="dev"))
+    assert verdict.allowed and verdict.mismatches == (("X-Env", "prod", "REPLACE"), ("X-Log", "", "LOG"))
+    got, upstream = _run(b"POST /v1/request-landing HTTP/1.1\r\nHost: d\r\nX-Env: dev\r\nContent-Length: 0\r\n\r\n",
+                         policy=policy)
+    assert got.startswith(b"HTTP/1.1 200 ") and b"X-Env: prod\r\n" in upstream and b"dev" not in upstream
 
 
 def test_header_rules_parse_name_value_form() -> None:
@@ -181,8 +230,11 @@ PARTIES = Parties(300, 400, 3, 7, 6, 80)
 
 
 class _Store:
+    def __init__(self, policy: EndpointPolicy = ALLOW_LANDING) -> None:
+        self.policy = policy
+
     def get(self, endpoint_id: int) -> EndpointPolicy:
-        return ALLOW_LANDING if endpoint_id == 7 else NO_RULES
+        return self.policy if endpoint_id == 7 else NO_RULES
 
 
 class _Writer:
@@ -200,7 +252,8 @@ class _Writer:
         self.closed = True
 
 
-def _run(raw: bytes, upstream_answer: bytes = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok") -> tuple[bytes, bytes]:
+def _run(raw: bytes, upstream_answer: bytes = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok",
+         policy: EndpointPolicy | None = None) -> tuple[bytes, bytes]:
     """Feed `raw` as the client; returns (what the client got, what the server got)."""
     async def go() -> tuple[bytes, bytes]:
         reader = asyncio.StreamReader()
@@ -214,7 +267,8 @@ def _run(raw: bytes, upstream_answer: bytes = b"HTTP/1.1 200 OK\r\ncontent-lengt
             up_reader.feed_data(upstream_answer * 64)
             return up_reader, up_writer
 
-        info = ConnInfo(lambda request: judge_request(_Store(), PARTIES, request))  # type: ignore[arg-type]
+        store = _Store() if policy is None else _Store(policy)
+        info = ConnInfo(lambda request: judge_request(store, PARTIES, request))  # type: ignore[arg-type]
         await asyncio.wait_for(serve_connection(reader, writer, info, open_upstream, idle_timeout=1,  # type: ignore[arg-type]
                                                 upstream_timeout=1), 5)
         assert writer.closed

@@ -26,7 +26,7 @@ import h2.events
 import h2.exceptions
 
 from cilia.proxy.http import DENIED_BODY, READ_SIZE, ConnInfo, Upstream
-from cilia.proxy.policy import Judgement, Request
+from cilia.proxy.policy import Judgement, Request, apply_mismatches
 
 log = logging.getLogger(__name__)
 PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
@@ -156,6 +156,8 @@ class H2Proxy:
         stream.up_id = self.up.get_next_available_stream_id()
         self.by_down[stream_id] = stream
         self.by_up[stream.up_id] = stream
+        if judgement.mismatches:  # headerMatches actions; HTTP/2 header names are lower case
+            headers = [(n.lower(), v) for n, v in apply_mismatches(headers, judgement.mismatches)]
         self.up.send_headers(stream.up_id, headers, end_stream=ended)
 
     # ----- upstream (the server) ------------------------------------------------------------------

@@ -20,7 +20,7 @@ from typing import Protocol
 
 import h11
 
-from cilia.proxy.policy import Judgement, Request
+from cilia.proxy.policy import Judgement, Request, apply_mismatches
 
 log = logging.getLogger(__name__)
 DENIED_BODY = b"Access denied"
@@ -131,6 +131,10 @@ async def serve_connection(reader: asyncio.StreamReader, writer: asyncio.StreamW
                     upstream = await asyncio.wait_for(open_upstream(), upstream_timeout)
                     up = h11.Connection(h11.CLIENT)
                 start = time.monotonic_ns()
+                if judgement.mismatches:  # headerMatches actions (ADD / DELETE / REPLACE) on what goes on
+                    event = h11.Request(method=event.method, target=event.target, http_version=event.http_version,
+                                        headers=apply_mismatches(list(event.headers.raw_items()),
+                                                                 judgement.mismatches))
                 code = await _forward(event, bytes(body), down, writer, up, upstream, upstream_timeout)
                 info.observer.response(request, judgement, code, time.monotonic_ns() - start)
                 if up.their_state is not h11.DONE or up.our_state is not h11.DONE:

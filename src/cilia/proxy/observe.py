@@ -40,6 +40,9 @@ class AccessLog:
             log.info("AUDIT %s %s from %s (identity %d): forwarded, would be denied by endpoint %d's %s",
                      request.method, request.url, self.conn.client_ip, self.conn.parties.client_identity,
                      judgement.endpoint_id, "ingress" if judgement.ingress else "egress")
+        if judgement.mismatches:
+            log.info("%s %s from %s: headerMatches mismatch %s", request.method, request.url, self.conn.client_ip,
+                     ", ".join(f"{n} ({a})" for n, _v, a in judgement.mismatches))
         # a denied request's only record carries the 403 it was answered with (as Cilium's access log)
         self._send("REQUEST", request, judgement, 0 if judgement.forward else 403, 0)
 
@@ -58,4 +61,5 @@ class AccessLog:
             destination_port=c.server_port, protocol="TCP", source_identity=p.client_identity,
             destination_identity=p.server_identity, endpoint_id=judgement.endpoint_id, ingress=judgement.ingress,
             policies=list(judgement.policies), latency_ns=latency_ns,
+            summary="; ".join(f"headerMatches mismatch {n}: {a}" for n, _v, a in judgement.mismatches),
             http=HttpRecord(request.method, request.url, request.protocol, code, headers)))

@@ -88,6 +88,7 @@ class Verdict:
     allowed: bool
     rule_id: int  # the entry that allowed it; 0 when denied
     policy: PolicyRef | None = None  # the policy of that entry
+    mismatches: tuple[tuple[str, str, str], ...] = ()  # the matching rule's headerMatches missed, with actions
 
 
 def _entries(raw: Any) -> tuple[_Entry, ...]:
@@ -131,9 +132,11 @@ class EndpointPolicy:
             for p in entry.ports:
                 if p.protocol not in (0, protocol) or not p.low <= port <= p.high:
                     continue
-                if p.http is None or any(r.matches(request.method, request.path, request.host, request.headers)
-                                         for r in p.http):
+                if p.http is None:
                     return Verdict(True, entry.rule_id, entry.policy)
+                for rule in p.http:
+                    if rule.matches(request.method, request.path, request.host, request.headers):
+                        return Verdict(True, entry.rule_id, entry.policy, tuple(rule.mismatches(request.headers)))
         return Verdict(False, 0)
 
     def covering(self, identity: int, protocol: int, port: int, direction: Direction) -> tuple[PolicyRef, ...]:
@@ -202,6 +205,8 @@ class Judgement:
     policies: tuple[PolicyRef, ...]  # allowed: the policies that allowed it; denied: the ones whose rules it missed
     endpoint_id: int  # the endpoint whose policy decided
     ingress: bool  # that endpoint's ingress (True) or egress (False)
+    # headerMatches the request missed whose mismatch action lets it pass: (name, value, LOG|ADD|DELETE|REPLACE)
+    mismatches: tuple[tuple[str, str, str], ...] = ()
 
     @property
     def forward(self) -> bool:
@@ -224,12 +229,14 @@ def judge_request(store: PolicyStore, parties: Parties, request: Request) -> Jud
     if not sides:
         return Judgement("DROPPED", (), parties.server_endpoint or parties.client_endpoint, True)
     allowed_by: list[PolicyRef] = []
+    mismatches: list[tuple[str, str, str]] = []
     audited = False
     for direction, endpoint_id, policy, peer in sides:
         verdict = policy.judge(peer, parties.protocol, parties.port, request, direction)
         if verdict.allowed:
             if verdict.policy is not None and verdict.policy not in allowed_by:
                 allowed_by.append(verdict.policy)
+            mismatches += verdict.mismatches
             continue
         missed = policy.covering(peer, parties.protocol, parties.port, direction)
         if not policy.audit:
@@ -237,4 +244,18 @@ def judge_request(store: PolicyStore, parties: Parties, request: Request) -> Jud
         audited = True
         allowed_by += [p for p in missed if p not in allowed_by]
     direction, endpoint_id = sides[-1][0], sides[-1][1]
-    return Judgement("AUDIT" if audited else "FORWARDED", tuple(allowed_by), endpoint_id, direction == "ingress")
+    return Judgement("AUDIT" if audited else "FORWARDED", tuple(allowed_by), endpoint_id, direction == "ingress",
+                     tuple(mismatches))
+
+
+def apply_mismatches(headers: list[tuple[bytes, bytes]],
+                     mismatches: Sequence[tuple[str, str, str]]) -> list[tuple[bytes, bytes]]:
+    """The request headers to send on after the headerMatches mismatch actions (LOG changes nothing)."""
+    out = list(headers)
+    for name, value, action in mismatches:
+        key = name.lower().encode("latin-1")
+        if action in ("DELETE", "REPLACE"):
+            out = [(n, v) for n, v in out if n.lower() != key]
+        if action in ("ADD", "REPLACE"):
+            out.append((name.encode("latin-1") if not name.startswith(":") else key, value.encode("latin-1")))
+    return out

@@ -12,7 +12,8 @@
  *                   judges the client's identity and records the connection with
  *                   LB_CONN_F_PROXY_UPSTREAM, so the server's replies go up the stack with
  *                   PROXY_MARK_TO (to the proxy's socket), not to the client pod.
- * No listener (the proxy is down): the caller drops with DROP_PROXY_UNAVAILABLE. IPv4 only. */
+ * No listener (the proxy is down): the caller drops with DROP_PROXY_UNAVAILABLE. IPv4 and IPv6
+ * (one listener each, on PROXY_PORT). */
 #pragma once
 
 #include "common.h"
@@ -28,21 +29,34 @@ __always_inline_fn int proxy_redirect(struct __sk_buff *ctx, const struct pkt *p
 {
 	struct bpf_sock_tuple t = {};
 	struct bpf_sock *sk;
+	__u32 size;
 
-	if (p->t.family != AF_INET_ || p->t.proto != IPPROTO_TCP)
+	if (p->t.proto != IPPROTO_TCP)
 		return -1;
-	t.ipv4.saddr = p->t.saddr.w[3];
-	t.ipv4.daddr = p->t.daddr.w[3];
-	t.ipv4.sport = p->t.sport;
-	t.ipv4.dport = p->t.dport;
-	sk = bpf_skc_lookup_tcp(ctx, &t, sizeof(t.ipv4), BPF_F_CURRENT_NETNS, 0);
+	if (p->t.family == AF_INET_) {
+		t.ipv4.saddr = p->t.saddr.w[3];
+		t.ipv4.daddr = p->t.daddr.w[3];
+		t.ipv4.sport = p->t.sport;
+		t.ipv4.dport = p->t.dport;
+		size = sizeof(t.ipv4);
+	} else {
+		__builtin_memcpy(t.ipv6.saddr, p->t.saddr.w, 16);
+		__builtin_memcpy(t.ipv6.daddr, p->t.daddr.w, 16);
+		t.ipv6.sport = p->t.sport;
+		t.ipv6.dport = p->t.dport;
+		size = sizeof(t.ipv6);
+	}
+	sk = bpf_skc_lookup_tcp(ctx, &t, size, BPF_F_CURRENT_NETNS, 0);
 	if (sk && sk->state == BPF_TCP_LISTEN) {
 		bpf_sk_release(sk); /* somebody's listener on the real port: not the proxy */
 		sk = 0;
 	}
 	if (!sk) {
-		t.ipv4.dport = bpf_htons(PROXY_PORT);
-		sk = bpf_skc_lookup_tcp(ctx, &t, sizeof(t.ipv4), BPF_F_CURRENT_NETNS, 0);
+		if (p->t.family == AF_INET_)
+			t.ipv4.dport = bpf_htons(PROXY_PORT);
+		else
+			t.ipv6.dport = bpf_htons(PROXY_PORT);
+		sk = bpf_skc_lookup_tcp(ctx, &t, size, BPF_F_CURRENT_NETNS, 0);
 		if (!sk)
 			return -1;
 		if (sk->state != BPF_TCP_LISTEN) {

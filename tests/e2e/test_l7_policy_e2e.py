@@ -115,7 +115,7 @@ DENY_TIEFIGHTER = {
              "ingressDeny": [{"fromEndpoints": [{"matchLabels": {"class": "tiefighter"}}]}]},
 }
 SERVER = textwrap.dedent("""
-    import sys, http.server
+    import sys, socket, http.server
     log = open(sys.argv[1], "a", buffering=1)
     body = sys.argv[2].encode() + b"\\n"
     class H(http.server.BaseHTTPRequestHandler):
@@ -131,7 +131,13 @@ SERVER = textwrap.dedent("""
             self.wfile.write(body)
         do_GET = do_POST = do_PUT = _any
         def log_message(self, *a): pass
-    s = http.server.ThreadingHTTPServer(("0.0.0.0", 80), H)
+    class Server6(http.server.ThreadingHTTPServer):
+        address_family = socket.AF_INET6
+        def server_bind(self):
+            self.socket.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            super().server_bind()
+    v6 = len(sys.argv) > 3
+    s = (Server6 if v6 else http.server.ThreadingHTTPServer)(("::" if v6 else "0.0.0.0", 80), H)
     s.daemon_threads = True
     log.write("ready\\n")
     s.serve_forever()
@@ -244,6 +250,13 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
                                                 stderr=subprocess.DEVNULL))
                 wait_for(lambda log=log: "ready" in log.read_text(), 10, 0.1, f"the {name} server did not start")
                 running.state[f"{name}_log"] = str(log)
+            # the deathstar answers on IPv6 too (its own server, the same log)
+            log = logs / "deathstar.log"
+            servers.append(subprocess.Popen(in_netns(running.netns_of("deathstar"), PYTHON, "-c", SERVER, str(log),
+                                                     "Ship landed", "6"),
+                                            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                            stderr=subprocess.DEVNULL))
+            wait_for(lambda: log.read_text().count("ready") == 2, 10, 0.1, "the deathstar's IPv6 server did not start")
             with AgentClient(NodePaths("n1").socket) as client:
                 client.apply(ApplyRequest(objects=list(yaml.safe_load_all(POLICIES))), wait=30)
             yield running
@@ -256,9 +269,11 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
 Call = tuple[str, str] | tuple[str, str, dict[str, str]]
 
 
-def requests(lab: Lab, source: str, calls: list[Call], target: str = "deathstar") -> list[list[Any]]:
+def requests(lab: Lab, source: str, calls: list[Call], target: str = "deathstar",
+             ipv6: bool = False) -> list[list[Any]]:
     full = [[c[0], c[1], c[2] if len(c) > 2 else {}] for c in calls]  # type: ignore[misc]
-    out = subprocess.run(in_netns(lab.netns_of(source), PYTHON, "-c", CLIENT, lab.address_of(target),
+    address = lab.address_of(target, ipv6=ipv6)
+    out = subprocess.run(in_netns(lab.netns_of(source), PYTHON, "-c", CLIENT, address,
                                   json.dumps(full)), capture_output=True, text=True, timeout=30, check=True)
     return json.loads(out.stdout)  # type: ignore[no-any-return]
 
@@ -290,6 +305,14 @@ def test_landing_allowed_exhaust_port_denied_on_one_keepalive_connection(lab: La
     seen = server_log(lab)[before:]
     # the denied request never reached the server, which saw the tiefighter's own address
     assert seen == [f"POST /v1/request-landing {lab.address_of('tiefighter')}"] * 2
+
+
+def test_ipv6_the_same_rules_real_addresses_on_both_sides(lab: Lab) -> None:
+    before = len(server_log(lab))
+    result = requests(lab, "tiefighter", [("POST", "/v1/request-landing"), ("PUT", "/v1/exhaust-port")], ipv6=True)
+    assert [r[:2] for r in result] == [[200, "Ship landed\n"], [403, "Access denied"]]
+    assert result[0][2] == lab.address_of("deathstar", ipv6=True)
+    assert server_log(lab)[before:] == [f"POST /v1/request-landing {lab.address_of('tiefighter', ipv6=True)}"]
 
 
 @pytest.mark.parametrize(("method", "path"), [("GET", "/v1/request-landing"), ("POST", "/v1/request-landing/x"),

@@ -43,7 +43,7 @@ class HttpServer:
         self.port = port
 
     def sockets(self) -> list[socket.socket]:
-        return [listener(self.port)]
+        return [listener(self.port, socket.AF_INET), listener(self.port, socket.AF_INET6)]
 
     async def serve(self, sockets: Sequence[socket.socket], ctx: ProxyContext) -> None:
         servers = []

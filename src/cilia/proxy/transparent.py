@@ -37,6 +37,7 @@ IDENTITY_BITS = 0xFFFFFF
 ROUTE_TABLE = 2004
 RULE_PRIORITY = 100
 IP_TRANSPARENT = 19  # linux/in.h
+IPV6_TRANSPARENT = 75  # linux/in6.h
 
 
 def setup_routing() -> None:
@@ -45,24 +46,30 @@ def setup_routing() -> None:
 
     with IPRoute() as ipr:
         lo = ipr.link_lookup(ifname="lo")[0]
-        for call in (lambda: ipr.rule("add", table=ROUTE_TABLE, priority=RULE_PRIORITY, fwmark=MARK_TO,
-                                      fwmask=MARK_MASK, family=socket.AF_INET),
-                     lambda: ipr.route("add", dst="0.0.0.0", dst_len=0, type="local", scope=254, oif=lo,
-                                       table=ROUTE_TABLE, family=socket.AF_INET)):
-            try:
-                call()  # type: ignore[no-untyped-call]
-            except Exception as exc:  # pyroute2's NetlinkError: already there from an earlier run
-                if getattr(exc, "code", None) != errno.EEXIST:
-                    raise
+        for family, anywhere in ((socket.AF_INET, "0.0.0.0"), (socket.AF_INET6, "::")):
+            for call in (lambda f=family: ipr.rule("add", table=ROUTE_TABLE, priority=RULE_PRIORITY, fwmark=MARK_TO,
+                                                   fwmask=MARK_MASK, family=f),
+                         lambda f=family, a=anywhere: ipr.route("add", dst=a, dst_len=0, type="local", scope=254,
+                                                                oif=lo, table=ROUTE_TABLE, family=f)):
+                try:
+                    call()  # type: ignore[no-untyped-call]
+                except Exception as exc:  # pyroute2's NetlinkError: already there from an earlier run
+                    if getattr(exc, "code", None) != errno.EEXIST:
+                        raise
 
 
-def listener(port: int = PROXY_PORT) -> socket.socket:
-    """The IP_TRANSPARENT listener bpf_sk_assign hands connections to (inheritable: the supervisor
-    keeps it across worker restarts, so SYNs queue instead of being dropped)."""
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+def listener(port: int = PROXY_PORT, family: socket.AddressFamily = socket.AF_INET) -> socket.socket:
+    """The transparent listener bpf_sk_assign hands connections to, one per family (inheritable:
+    the supervisor keeps it across worker restarts, so SYNs queue instead of being dropped)."""
+    sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.setsockopt(socket.SOL_IP, IP_TRANSPARENT, 1)
-    sock.bind(("0.0.0.0", port))
+    if family == socket.AF_INET6:
+        sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)  # IPv4 has its own listener
+        sock.setsockopt(socket.IPPROTO_IPV6, IPV6_TRANSPARENT, 1)
+        sock.bind(("::", port))
+    else:
+        sock.setsockopt(socket.SOL_IP, IP_TRANSPARENT, 1)
+        sock.bind(("0.0.0.0", port))
     sock.listen(1024)
     sock.set_inheritable(True)
     return sock
@@ -115,10 +122,14 @@ class Peers:
 async def open_upstream(conn: Connection) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
     """The proxy's connection to the real server: from the client's address with the client's
     identity in the mark to a local pod, from the node's own address to anything else."""
-    up = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    v6 = ipaddress.ip_address(conn.server_ip).version == 6
+    up = socket.socket(socket.AF_INET6 if v6 else socket.AF_INET, socket.SOCK_STREAM)
     try:
         if conn.server_is_local:
-            up.setsockopt(socket.SOL_IP, IP_TRANSPARENT, 1)
+            if v6:
+                up.setsockopt(socket.IPPROTO_IPV6, IPV6_TRANSPARENT, 1)
+            else:
+                up.setsockopt(socket.SOL_IP, IP_TRANSPARENT, 1)
             # packed: the mark does not fit the C int setsockopt(int) takes
             mark = MARK_FROM | (conn.parties.client_identity & IDENTITY_BITS)
             up.setsockopt(socket.SOL_SOCKET, socket.SO_MARK, struct.pack("=I", mark))

@@ -34,13 +34,15 @@
 #include "lib/parse.h"
 #include "lib/policy.h"
 #include "lib/policy_verdict.h"
+#include "lib/proxy.h"
 #include "lib/trace.h"
 
 char LICENSE[] SEC("license") = "GPL";
 
 /* Decide one side's policy for this packet and report it: a policy-verdict event for the first
  * packet of a connection, and a drop naming the deciding rule when it does not pass.
- * Returns <0 when the packet must be dropped (the drop event is already sent).
+ * Returns <0 when the packet must be dropped (the drop event is already sent), 1 when it is
+ * allowed through the L7 proxy (lib/proxy.h), 0 when it is allowed.
  *
  * A global (BTF) function, not inlined: the verifier checks it once, on its own, instead of once
  * per call site and per path into it (four call sites in cil_from_container alone), which keeps
@@ -64,7 +66,7 @@ __attribute__((noinline)) int enforce_policy(struct __sk_buff *ctx, const struct
 		send_policy_verdict(ctx, r.verdict, r.audited, r.rule_id, c->src_identity, c->dst_identity, c->dir,
 				    c->endpoint_id);
 	if (pass)
-		return 0;
+		return r.redirect ? 1 : 0;
 	__u8 reason = r.verdict == VERDICT_DENY		 ? DROP_POLICY_DENY
 		      : r.verdict == VERDICT_NOT_INSTALLED ? DROP_POLICY_NOT_INSTALLED
 							   : DROP_POLICY_DENIED;
@@ -145,6 +147,12 @@ __always_inline_fn int from_container_ip(struct __sk_buff *ctx, struct pkt *p)
 		ct.rev_nat_id = 0;
 		ct.lb_flags = 0;
 	}
+	if (ct.status == CT_REPLY && (ct.lb_flags & LB_CONN_F_PROXY_UPSTREAM)) {
+		/* this pod answering the L7 proxy's upstream connection: to the proxy's socket */
+		ctx->mark = PROXY_MARK_TO;
+		send_trace(ctx, OBS_TO_STACK, ct.status, CONFIG.identity, 0, DIR_EGRESS, ct.report, 0);
+		return TC_ACT_OK;
+	}
 	__u32 rev_nat_id = x.rev_nat_id;
 	if (ct.status == CT_REPLY && ct.rev_nat_id) {
 		/* a backend answering a service connection: the client sees the frontend answer */
@@ -175,18 +183,33 @@ __always_inline_fn int from_container_ip(struct __sk_buff *ctx, struct pkt *p)
 		bool fresh = ct.status == CT_NEW;
 		struct policy_call egress = {CONFIG.endpoint_id, DIR_EGRESS, dst_identity, CONFIG.identity,
 					     dst_identity, fresh};
-		if (enforce_policy(ctx, p, &egress) < 0)
+		/* >0: an L7 rule of this pod's egress covers the connection (the proxy judges each request) */
+		int egress_redirect = enforce_policy(ctx, p, &egress);
+		if (egress_redirect < 0)
 			return TC_ACT_SHOT;
 		/* A local destination is reached by redirect_peer, which skips its to-container
 		 * program: its ingress policy is decided here, charged to that endpoint. */
+		int redirect = egress_redirect;
 		if (local) {
 			struct policy_call ingress = {ep->endpoint_id, DIR_INGRESS, CONFIG.identity,
 						      CONFIG.identity, dst_identity, fresh};
-			if (enforce_policy(ctx, p, &ingress) < 0)
+			int ingress_redirect = enforce_policy(ctx, p, &ingress);
+			if (ingress_redirect < 0)
 				return TC_ACT_SHOT;
+			redirect |= ingress_redirect;
 		}
 		if (fresh && ct_create(p, ctx->len, CONFIG.identity, x.rev_nat_id, x.flags) < 0)
 			return send_drop(ctx, DROP_CT_MAP_INSERT_FAILED, CONFIG.identity, dst_identity, DIR_EGRESS);
+		if (redirect) {
+			/* an L7 rule (this pod's egress, the local destination's ingress) covers the
+			 * connection: the node's proxy takes it, or nobody does */
+			if (proxy_redirect(ctx, p) < 0)
+				return send_drop(ctx, DROP_PROXY_UNAVAILABLE, CONFIG.identity, dst_identity,
+						 egress_redirect ? DIR_EGRESS : DIR_INGRESS);
+			send_trace(ctx, OBS_TO_STACK, ct.status, CONFIG.identity, dst_identity, DIR_EGRESS, ct.report,
+				   rev_nat_id);
+			return TC_ACT_OK;
+		}
 	}
 	if (local)
 		return deliver_local(ctx, p, ep, &ct, dst_identity, rev_nat_id);
@@ -278,8 +301,13 @@ __always_inline_fn int to_container(struct __sk_buff *ctx)
 	}
 	/* delivered from another node's tunnel (bpf_overlay.c): the identity its VNI carried */
 	__u32 src_identity;
+	bool from_proxy = false; /* the node's L7 proxy, connecting on the client's behalf (lib/proxy.h) */
 	if ((ctx->mark & IDENTITY_MARK_MASK) == IDENTITY_MARK_MAGIC) {
 		src_identity = ctx->mark & IDENTITY_MAX;
+		ctx->mark = 0;
+	} else if ((ctx->mark & PROXY_MARK_MASK) == PROXY_MARK_FROM) {
+		src_identity = ctx->mark & IDENTITY_MAX;
+		from_proxy = true;
 		ctx->mark = 0;
 	} else {
 		src_identity = ipcache_identity(&p.t.saddr, p.t.family);
@@ -297,9 +325,15 @@ __always_inline_fn int to_container(struct __sk_buff *ctx)
 		bool fresh = ct.status == CT_NEW;
 		struct policy_call ingress = {CONFIG.endpoint_id, DIR_INGRESS, src_identity, src_identity,
 					      CONFIG.identity, fresh};
-		if (enforce_policy(ctx, &p, &ingress) < 0)
+		int verdict = enforce_policy(ctx, &p, &ingress);
+		if (verdict < 0)
 			return TC_ACT_SHOT;
-		if (fresh && ct_create(&p, ctx->len, src_identity, lb_rev_nat_id, 0) < 0)
+		/* L7-covered traffic that did not come through the proxy (another node's pod, the node):
+		 * only a client's from-container on this node can hand it to the proxy. Never let through. */
+		if (verdict > 0 && !from_proxy)
+			return send_drop(ctx, DROP_PROXY_UNAVAILABLE, src_identity, CONFIG.identity, DIR_INGRESS);
+		if (fresh && ct_create(&p, ctx->len, src_identity, lb_rev_nat_id,
+				       from_proxy ? LB_CONN_F_PROXY_UPSTREAM : 0) < 0)
 			return send_drop(ctx, DROP_CT_MAP_INSERT_FAILED, src_identity, CONFIG.identity, DIR_INGRESS);
 	}
 	send_trace(ctx, OBS_TO_ENDPOINT, ct.status, src_identity, CONFIG.identity, DIR_INGRESS, ct.report,

@@ -22,4 +22,5 @@ enum drop_reason {
 	DROP_UNKNOWN_SENDER = 172,   /* an overlay packet whose outer source is no known node (remote-node) */
 	DROP_POLICY_DENY = 181,
 	DROP_POLICY_NOT_INSTALLED = 220, /* cilia: no policy state for the endpoint (fail closed) */
+	DROP_PROXY_UNAVAILABLE = 221,    /* cilia: an L7 rule covers the connection and no proxy takes it */
 };

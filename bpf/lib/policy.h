@@ -33,6 +33,7 @@ enum policy_verdict {
 	VERDICT_DENY = 2,
 	VERDICT_DEFAULT_DENY = 3,
 	VERDICT_NOT_INSTALLED = 4,
+	VERDICT_REDIRECT = 5, /* policy_entry only: allowed, through the node's L7 proxy (lib/proxy.h) */
 };
 
 struct policy_state {
@@ -60,7 +61,7 @@ struct policy_key {
 
 struct policy_entry {
 	__u32 rule_id;
-	__u8 verdict; /* VERDICT_ALLOW or VERDICT_DENY */
+	__u8 verdict; /* VERDICT_ALLOW, VERDICT_DENY or VERDICT_REDIRECT */
 	__u8 pad[3];
 };
 
@@ -95,7 +96,7 @@ struct policy_result {
 	__u8 verdict;
 	__u8 enforced;
 	__u8 audited; /* denied, but audit mode lets it through */
-	__u8 pad;
+	__u8 redirect; /* allowed, but each request is the L7 proxy's to judge */
 };
 
 /* The port policy sees: L4 destination port, the ICMP type for ICMP, 0 otherwise. */
@@ -114,6 +115,7 @@ __always_inline_fn bool policy_check(__u32 endpoint_id, __u8 dir, __u32 remote, 
 	struct policy_state *st = bpf_map_lookup_elem(&cilia_policy_state_v1, &endpoint_id);
 	r->rule_id = 0;
 	r->audited = 0;
+	r->redirect = 0;
 	r->enforced = 1;
 	if (!st || (st->flags & PSTATE_FAILED)) {
 		r->verdict = VERDICT_NOT_INSTALLED;
@@ -142,9 +144,10 @@ __always_inline_fn bool policy_check(__u32 endpoint_id, __u8 dir, __u32 remote, 
 		.dport = policy_port(p),
 	};
 	struct policy_entry *e = bpf_map_lookup_elem(&cilia_policy_v1, &key);
-	if (e && e->verdict == VERDICT_ALLOW) {
+	if (e && (e->verdict == VERDICT_ALLOW || e->verdict == VERDICT_REDIRECT)) {
 		r->verdict = VERDICT_ALLOW;
 		r->rule_id = e->rule_id;
+		r->redirect = e->verdict == VERDICT_REDIRECT;
 		return true;
 	}
 	r->verdict = e ? VERDICT_DENY : VERDICT_DEFAULT_DENY;

@@ -42,6 +42,11 @@ class NodePaths:
         return self.run_dir / "hubble.sock"
 
     @property
+    def proxy_policy_dir(self) -> Path:
+        """The L7 proxy's rules, one `<endpoint id>.json` per endpoint with L7 rules (cilia.proxy.policy)."""
+        return self.run_dir / "proxy" / "policy"
+
+    @property
     def pid_file(self) -> Path:
         return self.run_dir / "agent.pid"
 

@@ -99,7 +99,8 @@ ENUM_MIRRORS: dict[str, dict[str, int]] = {
 }
 # Enumerators Python has no use for, each with its reason.
 C_ONLY: dict[str, set[str]] = {
-    "lb_conn_flags": {"LB_CONN_F_HAIRPIN"},  # the datapath's own connection table; Python never reads it
+    # the datapath's own connection table; Python never reads it
+    "lb_conn_flags": {"LB_CONN_F_HAIRPIN", "LB_CONN_F_PROXY_UPSTREAM"},
     "lb_sizes": {"LB_CONN_MAX"},  # the LRU connection/socket tables keep their compiled size
 }
 

@@ -122,7 +122,8 @@ def test_every_cilia_drop_code_maps_to_a_hubble_reason_by_meaning() -> None:
     assert set(DROP_REASONS) == set(CILIA_DROP_REASONS)
     expected = {143: flow_pb2.CT_MAP_INSERTION_FAILED, 154: flow_pb2.UNSUPPORTED_L2_PROTOCOL,
                 164: flow_pb2.TTL_EXCEEDED, 181: flow_pb2.POLICY_DENY, 158: flow_pb2.SERVICE_BACKEND_NOT_FOUND,
-                220: flow_pb2.NO_CONFIGURATION_AVAILABLE_TO_PERFORM_POLICY_DECISION}
+                220: flow_pb2.NO_CONFIGURATION_AVAILABLE_TO_PERFORM_POLICY_DECISION,
+                221: flow_pb2.SOCKET_LOOKUP_FAILED}
     for code, reason in expected.items():
         f = flow_of(record(EVENT_DROP, code, tcp_v4()))
         assert (f.drop_reason_desc, f.drop_reason, f.event_type.sub_type) == (reason, reason, reason)

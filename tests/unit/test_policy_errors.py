@@ -54,8 +54,8 @@ kind: CiliumNetworkPolicy
 metadata: {name: p, namespace: x}
 spec:
   endpointSelector: {}
-  ingress: [{toPorts: [{ports: [{port: "80"}], rules: {http: [{method: GET}]}}]}]""",
-     "field 'spec.ingress[0].toPorts[0].rules': not supported yet: L7 rules"),
+  ingress: [{toPorts: [{ports: [{port: "80"}], rules: {dns: [{matchName: x}]}}]}]""",
+     "field 'spec.ingress[0].toPorts[0].rules.dns': not supported yet: DNS rules"),
     ("""apiVersion: cilium.io/v2
 kind: CiliumNetworkPolicy
 metadata: {name: p, namespace: x}

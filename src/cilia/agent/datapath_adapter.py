@@ -37,6 +37,7 @@ from cilia.netlink.node import ensure_service_snat
 from cilia.netlink.routes import sync_pod_cidr_routes
 from cilia.netlink.vxlan import VXLAN_DEVICE, VXLAN_OVERHEAD, ensure_vxlan_device
 from cilia.policy.mapstate import MapState
+from cilia.proxy import policy as proxy_policy
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 log = logging.getLogger(__name__)
@@ -217,13 +218,21 @@ class DatapathAdapter:
 
     # ----- policy (cilia.policy.engine.PolicyDatapath) ------------------------------------------------
     def install_policy(self, endpoint_id: int, state: MapState) -> bool:
-        return self.datapath.policy.install(endpoint_id, state)
+        # the L7 proxy's rules go first: a REDIRECT entry never goes live before its rules exist
+        proxy_dir = self._config.paths.proxy_policy_dir
+        if state.proxy:
+            proxy_policy.write_policy(proxy_dir, endpoint_id, state.proxy)
+        changed = self.datapath.policy.install(endpoint_id, state)
+        if not state.proxy:
+            proxy_policy.remove_policy(proxy_dir, endpoint_id)
+        return changed
 
     def fail_policy(self, endpoint_id: int) -> None:
         self.datapath.policy.fail(endpoint_id)
 
     def remove_policy(self, endpoint_id: int) -> None:
         self.datapath.policy.remove(endpoint_id)
+        proxy_policy.remove_policy(self._config.paths.proxy_policy_dir, endpoint_id)
 
     def policy_endpoints(self) -> set[int]:
         return set(self.datapath.policy.installed)

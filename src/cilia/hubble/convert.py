@@ -45,6 +45,8 @@ DROP_REASONS: dict[int, flow_pb2.DropReason] = {
     181: flow_pb2.POLICY_DENY,
     # cilia: the endpoint has no policy state and fails closed
     220: flow_pb2.NO_CONFIGURATION_AVAILABLE_TO_PERFORM_POLICY_DECISION,
+    # cilia: an L7 rule covers the connection and no proxy socket takes it (Cilium's tproxy lookup)
+    221: flow_pb2.SOCKET_LOOKUP_FAILED,
 }
 # A denied policy verdict names its reason as Hubble's does (the drop it stands for).
 POLICY_VERDICT_DROP_REASONS: dict[str, flow_pb2.DropReason] = {

@@ -103,6 +103,7 @@ class Lab:
             for node in topology.nodes:
                 lab._wait_agent(node.name)
                 lab._learn_pod_cidrs(node.name)
+                lab.start_proxy(node.name)
             lab._apply_namespaces(topology)
             for pod in topology.pods:
                 lab.add_pod(pod)
@@ -288,6 +289,32 @@ class Lab:
         self._wait_agent(node_name)
         self._learn_pod_cidrs(node_name)
         return pid
+
+    def start_proxy(self, node_name: str, timeout: float = 10) -> int:
+        """The node's L7 proxy (cilia-proxy) in the node's netns, after its agent pinned the maps."""
+        node = self.state["nodes"][node_name]
+        log_file = NodePaths(node_name).run_dir / "proxy.log"
+        log_file.unlink(missing_ok=True)
+        pid = spawn(node["netns"], [str(Path(PYTHON).with_name("cilia-proxy")), "--node", node_name], log_file)
+        node["proxy_pid"] = pid
+        self.save()
+
+        def listening() -> bool:
+            if exited(pid):
+                raise LabError(f"cilia-proxy of node {node_name} exited:\n{log_file.read_text()[-3000:]}")
+            return log_file.exists() and "listening on" in log_file.read_text()
+
+        try:
+            wait_for(listening, timeout, 0.1, f"cilia-proxy of node {node_name} did not start listening")
+        except WaitTimeout as exc:
+            raise LabError(str(exc)) from exc
+        return pid
+
+    def stop_proxy(self, node_name: str) -> None:
+        node = self.state["nodes"][node_name]
+        if node.get("proxy_pid"):
+            stop_pid(int(node.pop("proxy_pid")))
+            self.save()
 
     def _start_agent(self, node_name: str, agent_args: list[str]) -> int:
         """The node's agent inside the node's netns, detached, its pid recorded in the lab state."""
@@ -591,6 +618,8 @@ class Lab:
         for pid in self.state.get("pids", []):
             stop_pid(int(pid))
         for node in self.state.get("nodes", {}).values():
+            if node.get("proxy_pid"):
+                stop_pid(int(node["proxy_pid"]))
             if node.get("agent_pid"):
                 stop_pid(int(node["agent_pid"]))
         if self.cluster:  # after the agents: they would spend their shutdown retrying a gone etcd
@@ -609,7 +638,8 @@ def cleanup_leftovers() -> None:
     if STATE_FILE.exists():
         with contextlib.suppress(ValueError, OSError):
             state = json.loads(STATE_FILE.read_text())
-            pids = state.get("pids", []) + [n.get("agent_pid") for n in state.get("nodes", {}).values()]
+            pids = state.get("pids", []) + [n.get(key) for n in state.get("nodes", {}).values()
+                                            for key in ("agent_pid", "proxy_pid")]
             for pid in [state.get("relay", {}).get("pid"), *pids]:
                 if pid:
                     stop_pid(int(pid))

@@ -98,6 +98,7 @@ class DropReason(IntEnum):
     UNKNOWN_SENDER = 172
     POLICY_DENY = 181
     POLICY_NOT_INSTALLED = 220
+    PROXY_UNAVAILABLE = 221
 
 
 REASON_FORWARDED = 0  # the metrics map's reason for forwarded packets
@@ -120,6 +121,7 @@ _DROP_DESCRIPTIONS = {
     DropReason.UNKNOWN_SENDER: "Unknown sender",
     DropReason.POLICY_DENY: "Policy denied by denylist",
     DropReason.POLICY_NOT_INSTALLED: "Policy not installed (fail closed)",
+    DropReason.PROXY_UNAVAILABLE: "proxy unavailable",
 }
 DROP_REASONS: dict[int, tuple[str, str]] = {int(r): (r.name, _DROP_DESCRIPTIONS[r]) for r in DropReason}
 POLICY_DROP_REASONS = (DropReason.POLICY_DENIED, DropReason.POLICY_DENY, DropReason.POLICY_NOT_INSTALLED)
@@ -132,6 +134,7 @@ class PolicyVerdict(IntEnum):
     DENY = 2
     DEFAULT_DENY = 3
     NOT_INSTALLED = 4
+    REDIRECT = 5  # a policy map value only (allowed through the L7 proxy); events say ALLOW
 
 
 VERDICTS: dict[int, str] = {PolicyVerdict.ALLOW: "allowed", PolicyVerdict.DENY: "denied",

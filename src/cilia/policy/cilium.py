@@ -10,7 +10,10 @@
   `k8sServiceSelector` (selector on the Service's labels, namespace); the namespace defaults to
   the policy's in a CNP and to every namespace in a CCNP. Resolved to the services' backends
   (cilia.policy.addresses).
-- toFQDNs, L7 rules and the other features not built yet are rejected by name.
+- `toPorts[].rules.http` (ingress and egress allow rules on numbered TCP ports): the port's
+  connections are redirected to the node's L7 proxy, which lets through only requests some rule
+  matches (cilia.policy.l7).
+- toFQDNs, other L7 rules and the other features not built yet are rejected by name.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ from cilia.policy.common import (
     parse_port,
     parse_protocol,
 )
+from cilia.policy.l7 import HttpRule, parse_l7_rules
 from cilia.policy.rules import (
     ALL,
     ENTITIES,
@@ -61,7 +65,6 @@ _LATER = {
     "toNodes": "toNodes needs node identities (multi-node)",
     "authentication": "mutual authentication is not implemented",
     "nodeSelector": "host policies (nodeSelector) are not implemented",
-    "rules": "L7 rules (HTTP, DNS, Kafka) need the L7 proxy",
     "terminatingTLS": "TLS interception needs the L7 proxy",
     "originatingTLS": "TLS interception needs the L7 proxy",
     "serverNames": "serverNames (TLS SNI) needs the L7 proxy",
@@ -147,12 +150,13 @@ def _entry(raw: Any, where: str, direction: str, deny: bool, namespace: str, ind
         peers.append(EntityPeer(entity))
     for i, item in enumerate(as_list(raw.get("toServices"), f"{where}.toServices", fail)):
         peers.append(_service_peer(item, f"{where}.toServices[{i}]", namespace, fail))
-    ports, named = _to_ports(raw.get("toPorts"), f"{where}.toPorts", deny, fail)
+    ports, named, l7 = _to_ports(raw.get("toPorts"), f"{where}.toPorts", direction, deny, fail)
     ports += _icmps(raw.get("icmps"), f"{where}.icmps", fail)
     has_l4 = "toPorts" in raw or "icmps" in raw
     if not peers and has_l4:
         peers = [ALL]  # an L4-only rule applies to every peer
-    return Entry(tuple(peers), tuple(ports) if has_l4 else (PortRange(0),), tuple(named), deny=deny, index=index)
+    return Entry(tuple(peers), tuple(ports) if has_l4 else (PortRange(0),), tuple(named), deny=deny, index=index,
+                 l7=tuple(l7))
 
 
 def _service_peer(raw: Any, where: str, namespace: str, fail: Fail) -> ServicePeer:
@@ -192,12 +196,22 @@ def _scoped(selector: Selector, namespace: str) -> Selector:
     return selector.with_requirements([equals(NAMESPACE_LABEL, namespace)])
 
 
-def _to_ports(raw: Any, where: str, deny: bool, fail: Fail) -> tuple[list[PortRange], list[NamedPort]]:
+L7Ports = list[tuple[PortRange, tuple[HttpRule, ...]]]
+
+
+def _to_ports(raw: Any, where: str, direction: str, deny: bool, fail: Fail,
+              ) -> tuple[list[PortRange], list[NamedPort], L7Ports]:
     ports: list[PortRange] = []
     named: list[NamedPort] = []
+    l7: L7Ports = []
     for i, item in enumerate(as_list(raw, where, fail)):
         at = f"{where}[{i}]"
-        check_fields(item, {"ports"}, at, fail, unsupported=_LATER)
+        check_fields(item, {"ports", "rules"}, at, fail, unsupported=_LATER)
+        http: tuple[HttpRule, ...] = ()
+        if item.get("rules") is not None:
+            if deny:
+                raise fail(f"{at}.rules", "L7 rules are not allowed in deny rules (as in Cilium)")
+            http = parse_l7_rules(item["rules"], f"{at}.rules", fail)
         port_list = as_list(item.get("ports"), f"{at}.ports", fail)
         if not port_list:
             raise fail(f"{at}.ports", "needs at least one port")
@@ -207,9 +221,12 @@ def _to_ports(raw: Any, where: str, deny: bool, fail: Fail) -> tuple[list[PortRa
             protocol = parse_protocol(port.get("protocol", "ANY"), f"{pat}.protocol", fail,
                                       ("TCP", "UDP", "SCTP", "ANY"))
             numbered, by_name = parse_port(port.get("port"), port.get("endPort"), protocol, pat, fail)
+            if http and (protocol != "TCP" or by_name or not numbered or any(p.all_ports for p in numbered)):
+                raise fail(pat, "not supported yet: L7 rules need a numbered TCP port (protocol: TCP)")
             ports += numbered
             named += by_name
-    return ports, named
+            l7 += [(p, http) for p in numbered if http]
+    return ports, named, l7
 
 
 def _icmps(raw: Any, where: str, fail: Fail) -> list[PortRange]:

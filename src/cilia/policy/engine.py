@@ -434,6 +434,8 @@ class PolicyEngine:
                                inputs.pod_ports.get((record.pod_namespace, record.pod_name), {}))
         try:
             state = compute_map_state(policy, inputs.index, max_entries=self._max_entries)
+            if state.proxy:  # the proxy's access log names the policy that decided each request
+                state.proxy = state.proxy.with_policies(self._policy_of)
             self._datapath.install_policy(endpoint_id, state)
         except PolicyMapOverflow as exc:
             self._datapath.fail_policy(endpoint_id)
@@ -529,6 +531,10 @@ class PolicyEngine:
                       if any(ref in result.policy.direction(d).selected_by for d in Direction)
                       or any(e.rule_id and (info := self.repository.info(e.rule_id)) is not None and info.ref == ref
                              for d in Direction for e in result.policy.direction(d).entries))
+
+    def _policy_of(self, rule_id: int) -> tuple[str, str, str] | None:
+        info = self.repository.info(rule_id)
+        return None if info is None else (info.ref.kind, info.ref.namespace, info.ref.name)
 
     def describe_rule(self, rule_id: int) -> dict[str, Any] | None:
         info = self.repository.info(rule_id)

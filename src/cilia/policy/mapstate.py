@@ -11,13 +11,20 @@ Identities matched only by wildcard peers (entity `all`, L4-only rules) need no 
 they fall into class 0. Port ranges become a handful of LPM prefixes, and an any-protocol rule
 is one prefix. Deny wins over allow by construction: an allow prefix that a deny prefix covers
 is stored as deny, so the datapath's longest match is always the right answer.
+
+L7: an allow prefix that comes from a port with HTTP rules (`Entry.l7`) is stored as REDIRECT
+(the datapath hands the connection to the node's L7 proxy) unless a plain L3/L4 allow of the same
+class gives the very same prefix (then every request would pass anyway). The proxy judges the
+requests with `MapState.proxy`: the endpoint's allow entries of each direction with L7 rules, as
+plain data.
 """
 
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any
 
 from cilia.identity.reserved import ReservedIdentity
 from cilia.policy.errors import PolicyMapOverflow
@@ -35,6 +42,7 @@ from cilia.policy.rules import (
 )
 
 ALLOW, DENY = 1, 2  # policy_entry.verdict (C: VERDICT_ALLOW, VERDICT_DENY; the contract test checks)
+REDIRECT = 5  # allow through the L7 proxy (C: VERDICT_REDIRECT)
 
 
 @dataclass(frozen=True, order=True)
@@ -79,12 +87,68 @@ class DirectionState:
         return len(self.classes) + len(self.ports)
 
 
+@dataclass(frozen=True)
+class ProxyPort:
+    protocol: int
+    low: int
+    high: int
+    http: tuple[dict[str, Any], ...] | None  # HttpRule.to_json() each; None = every request passes
+
+
+@dataclass(frozen=True)
+class ProxyEntry:
+    """One allow entry as the proxy sees it: which peers (None = every identity) on which ports.
+
+    `policy` is the (kind, namespace, name) of the policy the entry comes from, for the access log;
+    the engine fills it in (compute_map_state knows rule ids only)."""
+
+    rule_id: int
+    identities: tuple[int, ...] | None
+    ports: tuple[ProxyPort, ...]
+    policy: tuple[str, str, str] | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "rule_id": self.rule_id,
+            "identities": None if self.identities is None else list(self.identities),
+            "ports": [{"protocol": p.protocol, "low": p.low, "high": p.high,
+                       "http": None if p.http is None else list(p.http)} for p in self.ports]}
+        if self.policy is not None:
+            out["policy"] = {"kind": self.policy[0], "namespace": self.policy[1], "name": self.policy[2]}
+        return out
+
+
+@dataclass(frozen=True)
+class ProxyRules:
+    """What the L7 proxy needs of one endpoint: each direction's allow entries, or () for a direction
+    with no L7 rule (the proxy does not judge it), and whether the endpoint is in audit mode."""
+
+    ingress: tuple[ProxyEntry, ...] = ()
+    egress: tuple[ProxyEntry, ...] = ()
+    audit: bool = False
+
+    def __bool__(self) -> bool:
+        return bool(self.ingress or self.egress)
+
+    def entries(self) -> tuple[ProxyEntry, ...]:
+        return self.ingress + self.egress
+
+    def with_policies(self, policy_of: Callable[[int], tuple[str, str, str] | None]) -> ProxyRules:
+        return ProxyRules(tuple(replace(e, policy=policy_of(e.rule_id)) for e in self.ingress),
+                          tuple(replace(e, policy=policy_of(e.rule_id)) for e in self.egress), self.audit)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"audit": self.audit, "ingress": [e.to_json() for e in self.ingress],
+                "egress": [e.to_json() for e in self.egress]}
+
+
 @dataclass
 class MapState:
     ingress: DirectionState
     egress: DirectionState
     audit: bool = False
     allow_host_ingress: bool = False
+    proxy: ProxyRules = field(default_factory=ProxyRules)  # what the L7 proxy needs; false when nothing is redirected
 
     def direction(self, direction: Direction) -> DirectionState:
         return self.ingress if direction is Direction.INGRESS else self.egress
@@ -108,7 +172,8 @@ class MapState:
             return Decision(Verdict.DEFAULT_DENIED, 0, enforced=state.enforced, audited=self.audit)
         if best[1].verdict == DENY:
             return Decision(Verdict.DENIED, best[1].rule_id, enforced=state.enforced, audited=self.audit)
-        return Decision(Verdict.ALLOWED, best[1].rule_id, enforced=state.enforced)
+        return Decision(Verdict.ALLOWED, best[1].rule_id, enforced=state.enforced,
+                        redirect=best[1].verdict == REDIRECT)
 
 
 # ----- peers -> identities -------------------------------------------------------------------------
@@ -195,10 +260,14 @@ def range_prefixes(low: int, high: int, width: int = 16) -> list[tuple[int, int]
 def _class_ports(entries: Sequence[Entry], enforced: bool) -> dict[PortKey, PortValue]:
     allows: dict[PortKey, int] = {}
     denies: dict[PortKey, int] = {}
+    plain: set[PortKey] = set()  # allowed by an entry without L7 rules on that prefix
     for entry in sorted(entries, key=lambda e: e.rule_id):
         target = denies if entry.deny else allows
         for key in port_keys(entry.ports):
             target.setdefault(key, entry.rule_id)
+        if not entry.deny:
+            l7_ports = {p for p, _ in entry.l7}
+            plain.update(port_keys(p for p in entry.ports if p not in l7_ports))
     if not enforced:
         allows.setdefault(PortKey(0), 0)
     result: dict[PortKey, PortValue] = {}
@@ -207,9 +276,29 @@ def _class_ports(entries: Sequence[Entry], enforced: bool) -> dict[PortKey, Port
         covering = [rule for dkey, rule in deny_keys if dkey.covers(key)]
         if covering:
             result[key] = PortValue(DENY, min(covering))
-        else:
+        elif key in plain or (not enforced and key == PortKey(0)):
             result[key] = PortValue(ALLOW, allows[key])
+        else:
+            result[key] = PortValue(REDIRECT, allows[key])
     return result
+
+
+def proxy_entries(policy: DirectionPolicy, index: PeerIndex) -> tuple[ProxyEntry, ...]:
+    """One direction's allow entries for the proxy, or () when no entry has L7 rules."""
+    if not any(e.l7 for e in policy.entries if not e.deny):
+        return ()
+    out: list[ProxyEntry] = []
+    for entry in policy.entries:
+        if entry.deny:
+            continue  # denied connections never reach the proxy (the datapath drops them)
+        identities: tuple[int, ...] | None = None
+        if not entry.matches_unknown:
+            identities = tuple(sorted(set().union(*(index.matches(p) for p in entry.peers))))
+        l7 = dict(entry.l7)
+        ports = tuple(ProxyPort(p.protocol, p.low, p.high,
+                                tuple(r.to_json() for r in l7[p]) if p in l7 else None) for p in entry.ports)
+        out.append(ProxyEntry(entry.rule_id, identities, ports))
+    return tuple(out)
 
 
 def compute_direction(policy: DirectionPolicy, index: PeerIndex) -> DirectionState:
@@ -237,7 +326,9 @@ def compute_direction(policy: DirectionPolicy, index: PeerIndex) -> DirectionSta
 
 def compute_map_state(policy: EndpointPolicy, index: PeerIndex, *, max_entries: int = 0) -> MapState:
     state = MapState(compute_direction(policy.ingress, index), compute_direction(policy.egress, index),
-                     policy.audit, policy.allow_host_ingress)
+                     policy.audit, policy.allow_host_ingress,
+                     ProxyRules(proxy_entries(policy.ingress, index), proxy_entries(policy.egress, index),
+                                policy.audit))
     if max_entries and state.size() > max_entries:
         raise PolicyMapOverflow(
             f"policy needs {state.size()} map entries ({len(state.ingress.classes) + len(state.egress.classes)} "

@@ -61,6 +61,7 @@ class Decision:
     matched: tuple[int, ...] = field(default=())  # every entry that matched (allow and deny)
     enforced: bool = True
     audited: bool = False  # denied, but audit mode let it through
+    redirect: bool = False  # allowed at L4, each request judged by the L7 proxy
 
     @property
     def passes(self) -> bool:

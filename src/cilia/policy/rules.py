@@ -22,6 +22,7 @@ from cilia import ipproto
 from cilia.identity.cidr import CIDR_IDENTITY_BASE
 from cilia.identity.labels import LabelSet
 from cilia.identity.reserved import ReservedIdentity
+from cilia.policy.l7 import HttpRule
 from cilia.policy.selector import Selector
 
 TCP, UDP, SCTP, ICMP, ICMPV6 = ipproto.TCP, ipproto.UDP, ipproto.SCTP, ipproto.ICMP, ipproto.ICMPV6
@@ -243,6 +244,9 @@ class Entry:
     deny: bool = False
     index: int = 0  # position in its list, for messages
     rule_id: int = 0  # assigned by the repository
+    # ports (also in `ports`) whose connections go through the L7 proxy, with the HTTP rules every
+    # request on them must match one of (cilia.policy.l7); empty: plain L3/L4
+    l7: tuple[tuple[PortRange, tuple[HttpRule, ...]], ...] = ()
 
     def matches_identity(self, identity: IdentityView) -> bool:
         return any(peer.matches(identity) for peer in self.peers)

@@ -1,0 +1,65 @@
+"""What cilia-proxy reports of the requests it judged: an access-log record per request and per
+answer (cilia.proxy.accesslog, to the agent, which makes L7 flows of them), and counts by verdict
+that the proxy logs."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import Counter
+from typing import Literal
+
+from cilia.proxy.accesslog import AccessLogSender, AccessRecord, HttpRecord
+from cilia.proxy.policy import Judgement, Request
+from cilia.proxy.transparent import Connection
+
+log = logging.getLogger(__name__)
+
+
+class RequestCounter:
+    """Requests by verdict (FORWARDED / DROPPED / AUDIT), over the proxy's life."""
+
+    def __init__(self) -> None:
+        self.by_verdict: Counter[str] = Counter()
+
+    def summary(self) -> str:
+        return ", ".join(f"{v} {n}" for v, n in sorted(self.by_verdict.items())) or "none"
+
+
+class AccessLog:
+    """An Observer (cilia.proxy.http) for one connection: records to the agent, counts."""
+
+    def __init__(self, conn: Connection, sender: AccessLogSender | None, counter: RequestCounter) -> None:
+        self.conn = conn
+        self.sender = sender
+        self.counter = counter
+
+    def request(self, request: Request, judgement: Judgement) -> None:
+        self.counter.by_verdict[judgement.verdict] += 1
+        if judgement.verdict == "AUDIT":  # policy-audit-mode: what enforcing would have denied
+            log.info("AUDIT %s %s from %s (identity %d): forwarded, would be denied by endpoint %d's %s",
+                     request.method, request.url, self.conn.client_ip, self.conn.parties.client_identity,
+                     judgement.endpoint_id, "ingress" if judgement.ingress else "egress")
+        if judgement.mismatches:
+            log.info("%s %s from %s: headerMatches mismatch %s", request.method, request.url, self.conn.client_ip,
+                     ", ".join(f"{n} ({a})" for n, _v, a in judgement.mismatches))
+        # a denied request's only record carries the 403 it was answered with (as Cilium's access log)
+        self._send("REQUEST", request, judgement, 0 if judgement.forward else 403, 0)
+
+    def response(self, request: Request, judgement: Judgement, code: int, latency_ns: int) -> None:
+        self._send("RESPONSE", request, judgement, code, latency_ns)
+
+    def _send(self, kind: Literal["REQUEST", "RESPONSE"], request: Request, judgement: Judgement, code: int,
+              latency_ns: int) -> None:
+        if self.sender is None:
+            return
+        c, p = self.conn, self.conn.parties
+        headers = list(request.header_list) if kind == "REQUEST" else []
+        self.sender.send(AccessRecord(
+            time_ns=time.time_ns(), type=kind, verdict=judgement.verdict,
+            source_ip=c.client_ip, source_port=c.client_port, destination_ip=c.server_ip,
+            destination_port=c.server_port, protocol="TCP", source_identity=p.client_identity,
+            destination_identity=p.server_identity, endpoint_id=judgement.endpoint_id, ingress=judgement.ingress,
+            policies=list(judgement.policies), latency_ns=latency_ns,
+            summary="; ".join(f"headerMatches mismatch {n}: {a}" for n, _v, a in judgement.mismatches),
+            http=HttpRecord(request.method, request.url, request.protocol, code, headers)))

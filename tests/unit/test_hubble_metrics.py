@@ -65,7 +65,7 @@ def test_labels_context_commas_stay_in_the_list() -> None:
 
 @pytest.mark.parametrize(("text", "names"), [
     ("flows", "'flows'"),
-    ("dns", "dns: not served"),
+    ("kafka", "kafka: not served"),
     ("flow:sourceContext=podx", "sourceContext=podx: unknown context 'podx'"),
     ("flow:sourceContext=", "sourceContext needs a value"),
     ("flow:sourceContext", "sourceContext needs a value"),

@@ -23,6 +23,7 @@ import uvicorn
 from fastapi import FastAPI
 
 from cilia import __version__
+from cilia.agent.accesslog import AccessLogReader
 from cilia.agent.api import bpf as bpf_api
 from cilia.agent.api import config as config_api
 from cilia.agent.api import endpoints as endpoints_api
@@ -47,6 +48,7 @@ from cilia.cluster.model import RoutingMode
 from cilia.endpoint.manager import EndpointManager
 from cilia.endpoint.registry import EndpointRegistry
 from cilia.endpoint.store import EndpointStore
+from cilia.flows.l7 import L7FlowBuilder
 from cilia.hubble.agent_events import AgentEventLog, AgentEventRecorder, agent_started
 from cilia.hubble.peer import cluster_peers
 from cilia.hubble.server import HubbleConfig, HubbleServer
@@ -143,6 +145,9 @@ class Agent:
         )
         self.events = EventPump(config, self.datapath, self.endpoints, self.identities, self.policy.describe_rule,
                                 self.services.describe_rev_nat)
+        self.accesslog = AccessLogReader(paths.accesslog_socket, L7FlowBuilder(  # the proxies' L7 flows
+            config.node, self.events.endpoint_view, self.events.identity_labels, self.policy.describe_rule),
+            self.events.ring)
         self.metrics = AgentMetrics(Sources(
             endpoint_states=lambda: [state for _record, state, _reason in self.registry.snapshot()],
             identities=lambda: [identity.reserved for identity in self.identities.all()],
@@ -262,6 +267,11 @@ class Agent:
                     log.exception("Prometheus metrics not served; the agent runs without them")
             stack.callback(self.observability.stop)
             self.observability.start()
+            stack.callback(self.accesslog.stop)
+            try:
+                self.accesslog.start()
+            except OSError:
+                log.exception("proxy access log not read; L7 flows are not recorded")
             tasks.create_task(self.events.run(), name="events")
             tasks.create_task(self._ct_gc_loop(), name="ct-gc")
             tasks.create_task(_chmod_when_bound(socket_path), name="socket-mode")

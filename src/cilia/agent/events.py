@@ -127,3 +127,10 @@ class EventPump:
 
     def events_lost(self) -> int:
         return self.ring.events_lost
+
+    def endpoint_view(self, ip: str) -> EndpointView | None:
+        """The local endpoint at this address now (the access log's L7 flows)."""
+        return self._views.get(ip)
+
+    def identity_labels(self, identity_id: int) -> list[str]:
+        return self._identity_labels(identity_id)

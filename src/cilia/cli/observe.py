@@ -50,6 +50,10 @@ def compact_line(flow: Any) -> str:
     src = _side(flow.source, flow.IP.source, sport)
     dst = _side(flow.destination, flow.IP.destination, dport)
     verdict = flow_pb2.Verdict.Name(flow.verdict)
+    if flow.event_type.type == 129:  # L7, as hubble prints it: http-request, dns-response, ...
+        record = flow.l7.WhichOneof("record") or "l7"
+        kind = {flow_pb2.REQUEST: "request", flow_pb2.RESPONSE: "response"}.get(flow.l7.type, "sample")
+        return f"{when}: {src} -> {dst} {record}-{kind} {verdict} ({flow.Summary})"
     if flow.event_type.type == 5:
         direction = flow_pb2.TrafficDirection.Name(flow.traffic_direction).lower()
         return f"{when}: {src} -> {dst} policy-verdict:{direction} {verdict} ({flow.Summary})"
@@ -94,6 +98,14 @@ def observe(
     policy: list[str] = typer.Option([], "--policy", help="deciding policy: name, ns/name, Kind/ns/name or "
                                      "default-deny"),
     service: list[str] = typer.Option([], "--service", help="service traffic: [namespace/]name"),
+    event_type: list[str] = typer.Option([], "--type", "-t", help="drop, trace[:to-endpoint...], policy-verdict, "
+                                         "trace-sock, l7 (hubble's names)"),
+    http_method: list[str] = typer.Option([], "--http-method", help="L7: HTTP method (GET, ...)"),
+    http_status: list[str] = typer.Option([], "--http-status", help="L7: HTTP status code, or a prefix: 4+, 40+"),
+    http_path: list[str] = typer.Option([], "--http-path", help="L7: regex on the request's path"),
+    http_url: list[str] = typer.Option([], "--http-url", help="L7: regex on the request's URL"),
+    fqdn: list[str] = typer.Option([], "--fqdn", help="a side's DNS name or the DNS query (* wildcards)"),
+    dns_query: list[str] = typer.Option([], "--dns-query", help="L7: regex on the DNS query"),
     server: str | None = typer.Option(None, "--server", envvar="HUBBLE_SERVER",
                                       help="Hubble server: unix:///path/hubble.sock or host:port "
                                            "(default: the node's hubble.sock)"),
@@ -108,7 +120,9 @@ def observe(
     args = ObserveArgs(last=last, follow=follow, pod=pod, from_pod=from_pod, to_pod=to_pod, namespace=namespace,
                        label=label, ip=ip, from_ip=from_ip, to_ip=to_ip, port=port, protocol=protocol,
                        verdict=verdict, drop_reason=drop_reason, traffic_direction=traffic_direction,
-                       policy=policy, service=service)
+                       policy=policy, service=service, type=event_type, http_method=http_method,
+                       http_status=http_status, http_path=http_path, http_url=http_url, fqdn=fqdn,
+                       dns_query=dns_query)
     try:
         request = build_request(args)
     except ObserveArgumentError as exc:

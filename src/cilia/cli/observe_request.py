@@ -5,17 +5,18 @@ Semantics stay observe's: the values of one flag OR, different flags AND, and th
 flags (`--pod`, `--namespace`, `--label`, `--ip`, `--port`, `--service`) match the source or the
 destination. Hubble ORs the filters of a whitelist and ANDs the fields of one filter, so each
 either-side flag doubles the whitelist (source variant, destination variant): the whitelist is
-the product, at most 2^6 filters. `--policy` has no Hubble field; it is checked here on the
+the product (`--fqdn` has a third variant: the DNS query). `--policy` has no Hubble field; it is checked here on the
 `*_allowed_by` / `*_denied_by` policies and, for `default-deny`, on the verdict and summary."""
 
 from __future__ import annotations
 
 import itertools
+import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from cilia.flows.filter import FlowFilter
-from cilia.hubble.convert import DROP_REASONS
+from cilia.hubble.convert import DROP_REASONS, TRACE_POINTS
 from cilia.hubble.pb import flow_pb2, observer_pb2
 from cilia.monitor.events import DROP_REASONS as CILIA_DROP_REASONS
 
@@ -35,6 +36,19 @@ class ObserveArgs(FlowFilter):
 
     last: int = 20
     follow: bool = False
+    # Hubble-only fields (the agent's /v1/flows filter has none of these)
+    type: list[str] = field(default_factory=list)  # hubble's --type: drop, trace[:point], policy-verdict, l7, ...
+    http_method: list[str] = field(default_factory=list)
+    http_status: list[str] = field(default_factory=list)  # "403", "4+", "40+"
+    http_path: list[str] = field(default_factory=list)  # regex on the URL's path
+    http_url: list[str] = field(default_factory=list)  # regex on the URL
+    fqdn: list[str] = field(default_factory=list)  # either side's name, or the DNS query ("*" wildcards)
+    dns_query: list[str] = field(default_factory=list)  # regex on the DNS query
+
+
+# hubble's --type names (monitor API message types), as its CLI maps them
+EVENT_TYPES = {"drop": 1, "debug": 2, "capture": 3, "trace": 4, "policy-verdict": 5, "trace-sock": 7,
+               "agent": 9, "l7": 129}
 
 
 def _pod(value: str) -> str:
@@ -72,8 +86,38 @@ def _label(value: str) -> str:
     return f"{key}={wanted}" if sep else key
 
 
+def _event_types(values: Sequence[str]) -> list[flow_pb2.EventTypeFilter]:
+    out = []
+    for value in values:
+        name, _, sub = value.partition(":")
+        if name not in EVENT_TYPES:
+            raise ObserveArgumentError(f"--type {value!r}: not one of {', '.join(EVENT_TYPES)}")
+        f = flow_pb2.EventTypeFilter(type=EVENT_TYPES[name])
+        if sub:
+            point = sub.upper().replace("-", "_")
+            if name != "trace" or point not in TRACE_POINTS:
+                raise ObserveArgumentError(f"--type {value!r}: unknown sub type {sub!r}")
+            f.match_sub_type, f.sub_type = True, TRACE_POINTS[point]
+        out.append(f)
+    return out
+
+
+def _fqdn_query(pattern: str) -> str:
+    """An FQDN pattern (`*` any characters of a name) as a regex on a DNS query (trailing dot)."""
+    text = pattern.strip().lower().removesuffix(".")
+    if not text or any(not (c.isalnum() or c in "-_.*") for c in text):
+        raise ObserveArgumentError(f"--fqdn {pattern!r}: not a name or pattern (letters, digits, -, _, ., *)")
+    return "(?i)^" + re.escape(text).replace(r"\*", "[-.0-9a-z_]*") + r"\.?$"
+
+
 def build_request(args: ObserveArgs) -> observer_pb2.GetFlowsRequest:
     base = flow_pb2.FlowFilter()
+    base.event_type.extend(_event_types(args.type))
+    base.http_method.extend(args.http_method)
+    base.http_status_code.extend(args.http_status)
+    base.http_path.extend(args.http_path)
+    base.http_url.extend(args.http_url)
+    base.dns_query.extend(args.dns_query)
     base.source_pod.extend(_pod(p) for p in args.from_pod)
     base.destination_pod.extend(_pod(p) for p in args.to_pod)
     base.source_ip.extend(args.from_ip)
@@ -84,21 +128,25 @@ def build_request(args: ObserveArgs) -> observer_pb2.GetFlowsRequest:
                                        _CILIA_REASON))
     base.traffic_direction.extend(_enum("--traffic-direction", flow_pb2.TrafficDirection,  # type: ignore[arg-type]
                                         args.traffic_direction))
-    # Either-side flags: (source field, destination field, values)
-    either = [(s, d, v) for s, d, v in (
-        ("source_pod", "destination_pod", [_pod(p) for p in args.pod]),
-        ("source_pod", "destination_pod", [f"{n}/" for n in args.namespace]),
-        ("source_label", "destination_label", [_label(v) for v in args.label]),
-        ("source_ip", "destination_ip", list(args.ip)),
-        ("source_port", "destination_port", _ports("--port", args.port)),
-        ("source_service", "destination_service", [_pod(s) for s in args.service]),
-    ) if v]
+    # Either-side flags: (the fields one of which must match, values for each)
+    either = [(names, v) for names, v in (
+        (("source_pod", "destination_pod"), [[_pod(p) for p in args.pod]] * 2),
+        (("source_pod", "destination_pod"), [[f"{n}/" for n in args.namespace]] * 2),
+        (("source_label", "destination_label"), [[_label(v) for v in args.label]] * 2),
+        (("source_ip", "destination_ip"), [list(args.ip)] * 2),
+        (("source_port", "destination_port"), [_ports("--port", args.port)] * 2),
+        (("source_service", "destination_service"), [[_pod(s) for s in args.service]] * 2),
+        # --fqdn: a side's DNS name (Hubble's --fqdn) or, for DNS flows, the query itself
+        (("source_fqdn", "destination_fqdn", "dns_query"),
+         [list(args.fqdn)] * 2 + [[_fqdn_query(q) for q in args.fqdn]]),
+    ) if v[0]]
     whitelist = []
-    for sides in itertools.product((0, 1), repeat=len(either)):
+    for sides in itertools.product(*(range(len(names)) for names, _ in either)):
         f = flow_pb2.FlowFilter()
         f.CopyFrom(base)
-        for side, (source_field, destination_field, values) in zip(sides, either, strict=True):
-            target = getattr(f, destination_field if side else source_field)
+        for side, (names, per_field) in zip(sides, either, strict=True):
+            values = per_field[side]
+            target = getattr(f, names[side])
             if len(target):  # --from-pod and --pod both on the source: both must hold, AND in one field
                 # cannot be expressed (a field ORs its values): keep the narrower flag, check the other here
                 continue

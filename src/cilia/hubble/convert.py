@@ -21,6 +21,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from google.protobuf.wrappers_pb2 import BoolValue
 
 from cilia import __version__
+from cilia.hubble.convert_l7 import fill_layer7
 from cilia.hubble.pb import flow_pb2
 from cilia.identity.labels import CLUSTER_LABEL
 
@@ -117,6 +118,8 @@ def convert(flow: Mapping[str, Any]) -> flow_pb2.Flow:
         out.sock_xlate_point = _enum(flow_pb2.SocketTranslationPoint, point)
     out.socket_cookie = flow.get("socket_cookie", 0)
     out.cgroup_id = flow.get("cgroup_id", 0)
+    if l7 := flow.get("l7"):
+        fill_layer7(l7, out.l7)
     out.Summary = flow.get("Summary", "")
     return out
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 import ipaddress
 import re
 from collections.abc import Callable, Sequence
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 from cilia.hubble.labels import LabelArray, SelectorError, parse_selector
 from cilia.hubble.pb import flow_pb2
@@ -337,11 +337,14 @@ def _ports(values: list[str], get: Callable[[flow_pb2.Flow], int | None]) -> Pre
 
 
 def _http(ff: flow_pb2.FlowFilter) -> list[Predicate]:
-    if not (ff.http_status_code or ff.http_method or ff.http_path or ff.http_url or ff.http_header):
-        return []
-    if ff.event_type and not any(t.type == MESSAGE_TYPE_ACCESS_LOG for t in ff.event_type):
-        raise FilterError("filtering by http fields requires the event type filter to only match 'l7' events")
+    """Hubble's HTTPFilter: each http field needs the event type filter (when one is set) to
+    include l7 (129); a flow without an HTTP record (or without the field) never matches."""
     checks: list[Predicate] = []
+    l7_compatible = not ff.event_type or any(t.type == MESSAGE_TYPE_ACCESS_LOG for t in ff.event_type)
+    for present, what in ((ff.http_status_code, "http status code"), (ff.http_method, "http method"),
+                          (ff.http_path, "http path"), (ff.http_url, "http url"), (ff.http_header, "http headers")):
+        if present and not l7_compatible:
+            raise FilterError(f"filtering by {what} requires the event type filter to only match 'l7' events")
 
     def http(f: flow_pb2.Flow) -> flow_pb2.HTTP | None:
         return f.l7.http if f.l7.WhichOneof("record") == "http" else None
@@ -358,29 +361,59 @@ def _http(ff: flow_pb2.FlowFilter) -> list[Predicate]:
 
         def by_code(f: flow_pb2.Flow) -> bool:
             h = http(f)
-            if h is None or h.code == 0:
+            if h is None or h.code == 0:  # not a response
                 return False
             text = f"{h.code:03d}"
             return text in full or any(text.startswith(p) for p in prefixes)
 
         checks.append(by_code)
     if ff.http_method:
-        methods = [m.lower() for m in ff.http_method]
+        methods = [m.lower() for m in ff.http_method]  # strings.EqualFold
         checks.append(lambda f: (h := http(f)) is not None and bool(h.method) and h.method.lower() in methods)
-    try:
-        urls = [re.compile(u) for u in ff.http_url]
-        paths = [re.compile(p) for p in ff.http_path]
-    except re.error as exc:
-        raise FilterError(f"invalid http filter: {exc}") from exc
+    paths = _regexps("http path", list(ff.http_path))
+    if paths:
+        def by_path(f: flow_pb2.Flow) -> bool:
+            h = http(f)
+            if h is None or not h.url:
+                return False
+            path = _request_uri_path(h.url)
+            return path is not None and any(p.search(path) for p in paths)
+
+        checks.append(by_path)
+    urls = _regexps("http url", list(ff.http_url))
     if urls:
         checks.append(lambda f: (h := http(f)) is not None and bool(h.url) and any(u.search(h.url) for u in urls))
-    if paths:
-        checks.append(lambda f: (h := http(f)) is not None and bool(h.url)
-                      and any(p.search(urlsplit(h.url).path) for p in paths))
     if ff.http_header:
-        headers = {(h.key, h.value) for h in ff.http_header}
+        headers = {(h.key, h.value) for h in ff.http_header}  # name and value exactly, as upstream
         checks.append(lambda f: (h := http(f)) is not None and any((x.key, x.value) in headers for x in h.headers))
     return checks
+
+
+def _regexps(what: str, patterns: list[str]) -> list[re.Pattern[str]]:
+    out = []
+    for pattern in patterns:
+        try:
+            out.append(re.compile(pattern))
+        except re.error as exc:
+            raise FilterError(f"invalid {what} filter: {pattern}: {exc}") from exc
+    return out
+
+
+_PERCENT = re.compile(r"%(?![0-9A-Fa-f]{2})")
+
+
+def _request_uri_path(url: str) -> str | None:
+    """The decoded path of Go's url.ParseRequestURI (an absolute URL or an absolute path; None
+    when it does not parse, which Hubble's path filter takes as no match)."""
+    if not url.startswith("/"):
+        scheme, sep, _rest = url.partition(":")
+        if not sep or not scheme or not re.fullmatch(r"[A-Za-z][A-Za-z0-9+.-]*", scheme):
+            return None
+    # a request path is taken as it is ("//a" is a path there, not an authority)
+    path = url.partition("?")[0] if url.startswith("/") else urlsplit(url).path
+    if _PERCENT.search(path):
+        return None  # a bad %-escape: Go's parser fails
+    return unquote(path)
 
 
 def _tcp_flags(wanted: list[flow_pb2.TCPFlags]) -> Predicate:

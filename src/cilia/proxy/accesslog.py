@@ -77,6 +77,7 @@ class AccessRecord:
     endpoint_id: int  # the local endpoint whose policy judged (the client on egress, the server on ingress)
     ingress: bool  # True: the destination's ingress rule judged; False: the source's egress rule
     policies: list[PolicyRef] = field(default_factory=list)
+    rule_id: int = 0  # the agent's rule entry that decided, when the proxy knows no PolicyRef (0: none)
     latency_ns: int = 0  # on a response: since its request
     http: HttpRecord | None = None
     dns: DnsRecord | None = None

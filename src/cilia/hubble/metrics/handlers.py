@@ -11,6 +11,9 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from cilia.hubble.convert import DROP_REASONS, POLICY_VERDICT_DROP_REASONS, TRACE_POINTS
+from cilia.hubble.metrics.dns import DnsHandler
+from cilia.hubble.metrics.families import MultiHandler
+from cilia.hubble.metrics.http import HttpHandler, HttpV2Handler
 from cilia.hubble.metrics.icmp import IcmpHandler
 from cilia.hubble.metrics.port_distribution import PortDistributionHandler
 from cilia.hubble.pb import flow_pb2
@@ -154,7 +157,10 @@ class PolicyHandler:
         return [(direction, match, str(flow.get("verdict") or "VERDICT_UNKNOWN").lower())]
 
 
-HANDLERS: dict[str, Callable[[], Handler]] = {
+HANDLERS: dict[str, Callable[[], Handler | MultiHandler]] = {
     "flow": FlowHandler, "drop": DropHandler, "tcp": TcpHandler, "policy": PolicyHandler}
 HANDLERS["icmp"] = IcmpHandler
 HANDLERS["port-distribution"] = PortDistributionHandler
+HANDLERS["dns"] = DnsHandler
+HANDLERS["http"] = HttpHandler
+HANDLERS["httpV2"] = HttpV2Handler

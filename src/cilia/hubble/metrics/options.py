@@ -11,8 +11,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 # Metrics cilia serves; the rest of Hubble's list is recognised and refused with a clear message.
-SUPPORTED = ("flow", "drop", "tcp", "policy", "icmp", "port-distribution")
-UPSTREAM_ONLY = ("dns", "http", "httpV2", "kafka", "flows-to-world")
+SUPPORTED = ("flow", "drop", "tcp", "policy", "icmp", "port-distribution", "dns", "http", "httpV2")
+UPSTREAM_ONLY = ("kafka", "flows-to-world")
+# Options without a value some metrics take (upstream compares them lower-cased), by metric.
+FLAG_OPTIONS: dict[str, dict[str, str]] = {"dns": {"query": "query", "ignoreaaaa": "ignoreAAAA"}}
 
 # sourceContext / destinationContext values (Hubble's ContextOptions).
 CONTEXTS = ("identity", "namespace", "pod", "pod-name", "dns", "ip", "reserved-identity", "workload",
@@ -64,6 +66,7 @@ class MetricSpec:
     name: str
     context: ContextOptions = field(default_factory=ContextOptions)
     text: str = ""  # as given, for messages
+    flags: frozenset[str] = frozenset()  # FLAG_OPTIONS given (dns: query, ignoreAAAA)
 
 
 _FIELD_OF = {"sourceContext": "source", "sourceEgressContext": "source_egress",
@@ -131,6 +134,7 @@ def parse_metric(text: str) -> MetricSpec:
     values: dict[str, tuple[str, ...]] = {}
     labels: tuple[str, ...] = ()
     seen: set[str] = set()
+    flags: set[str] = set()
     if sep:
         if not rest:
             raise MetricsOptionError(f"--hubble-metrics {name}: nothing after ':'")
@@ -145,10 +149,16 @@ def parse_metric(text: str) -> MetricSpec:
                 values[_FIELD_OF[key]] = _contexts(name, key, value if has_value else "")
             elif key == "labelsContext":
                 labels = _labels(name, value if has_value else "")
+            elif key.lower() in FLAG_OPTIONS.get(name, {}):
+                flags.add(FLAG_OPTIONS[name][key.lower()])
+            elif key == "exemplars" and name in ("http", "httpV2"):
+                raise MetricsOptionError(f"--hubble-metrics {name}: option exemplars: OpenMetrics exemplars are "
+                                         "not served by cilia")
             else:
+                known = (*CONTEXT_OPTIONS, "labelsContext", *FLAG_OPTIONS.get(name, {}).values())
                 raise MetricsOptionError(f"--hubble-metrics {name}: unknown option {key!r} (known: "
-                                         f"{', '.join((*CONTEXT_OPTIONS, 'labelsContext'))})")
-    return MetricSpec(name, ContextOptions(labels=labels, **values), text)
+                                         f"{', '.join(known)})")
+    return MetricSpec(name, ContextOptions(labels=labels, **values), text, frozenset(flags))
 
 
 def parse_metrics(values: str | list[str] | tuple[str, ...]) -> tuple[MetricSpec, ...]:

@@ -15,19 +15,48 @@ from __future__ import annotations
 
 import threading
 import time
+from bisect import bisect_left
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from typing import Any
+from typing import Any, cast
 
-from prometheus_client.core import CounterMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from cilia.hubble.metrics.context import LabelContext, Pod
+from cilia.hubble.metrics.families import Family, MultiHandler, Sample
 from cilia.hubble.metrics.handlers import HANDLERS, Handler
 from cilia.hubble.metrics.options import MetricSpec
 
 DEFAULT_POD_GRACE = 60.0
 DEFAULT_MAX_SERIES = 50_000
-SeriesKey = tuple[int, tuple[str, ...]]  # (metric index, label values)
+SeriesKey = tuple[int, tuple[str, ...]]  # (family index, label values)
+
+
+class _Metric:
+    """One enabled metric: its handler's families (at `offset` in the processor's list), the
+    label context, and how a flow becomes samples."""
+
+    def __init__(self, handler: Handler | MultiHandler, spec: MetricSpec, offset: int) -> None:
+        self.offset = offset
+        self.context = LabelContext(spec.context)
+        self.invert = False
+        if hasattr(handler, "families"):  # a MultiHandler (several families or a histogram)
+            multi = cast(MultiHandler, handler).configure(spec.flags)
+            self.families = multi.families
+            self.invert = multi.invert_context
+            self.samples = multi.samples
+        else:
+            plain = handler
+            self.families = (Family(plain.metric, plain.help, plain.labels),)
+            self.samples = lambda flow: [(0, labels, 1.0) for labels in plain.series(flow)]
+
+
+def _swapped(flow: Mapping[str, Any]) -> Mapping[str, Any]:
+    """A flow with its two sides exchanged (httpV2 labels a response by its request's sides)."""
+    ip = flow.get("IP") or {}
+    return {**flow, "source": flow.get("destination") or {}, "destination": flow.get("source") or {},
+            "IP": {**ip, "source": ip.get("destination", ""), "destination": ip.get("source", "")},
+            "source_names": flow.get("destination_names") or [], "destination_names": flow.get("source_names") or []}
 
 
 class FlowMetrics(Collector):
@@ -35,9 +64,15 @@ class FlowMetrics(Collector):
 
     def __init__(self, specs: Iterable[MetricSpec], *, max_series: int = DEFAULT_MAX_SERIES,
                  pod_grace: float = DEFAULT_POD_GRACE, clock: Callable[[], float] = time.monotonic) -> None:
-        self.metrics: list[tuple[Handler, LabelContext]] = [
-            (HANDLERS[spec.name](), LabelContext(spec.context)) for spec in specs]
+        self.metrics: list[_Metric] = []
+        self.families: list[Family] = []
+        for spec in specs:
+            metric = _Metric(HANDLERS[spec.name](), spec, len(self.families))
+            self.metrics.append(metric)
+            self.families.extend(metric.families)
         self._counts: dict[SeriesKey, float] = {}
+        # histogram series: per-bucket counts (not cumulative), then the sum
+        self._histograms: dict[SeriesKey, list[float]] = {}
         self._by_pod: dict[Pod, set[SeriesKey]] = {}
         self._lock = threading.Lock()
         self._max_series = max_series
@@ -52,21 +87,35 @@ class FlowMetrics(Collector):
     # ----- counting ------------------------------------------------------------------------------
     def process(self, flow: Mapping[str, Any]) -> None:
         with self._lock:
-            for index, (handler, context) in enumerate(self.metrics):
-                series = handler.series(flow)
-                if not series:
+            for metric in self.metrics:
+                samples: list[Sample] = metric.samples(flow)
+                if not samples:
                     continue
-                values, pods = context.values(flow) if context.names else ((), frozenset())
-                for labels in series:
+                context = metric.context
+                if context.names:
+                    values, pods = context.values(_swapped(flow) if metric.invert else flow)
+                else:
+                    values, pods = (), frozenset()
+                for family_index, labels, value in samples:
+                    index = metric.offset + family_index
                     key = (index, labels + values)
-                    if key not in self._counts:
-                        if len(self._counts) >= self._max_series:
+                    buckets = self.families[index].buckets
+                    if key not in self._counts and key not in self._histograms:
+                        if len(self._counts) + len(self._histograms) >= self._max_series:
                             self.overflow += 1
                             continue
-                        self._counts[key] = 0.0
+                        if buckets:
+                            self._histograms[key] = [0.0] * (len(buckets) + 2)
+                        else:
+                            self._counts[key] = 0.0
                         for pod in pods:
                             self._by_pod.setdefault(pod, set()).add(key)
-                    self._counts[key] += 1
+                    if buckets:
+                        series = self._histograms[key]
+                        series[bisect_left(buckets, value)] += 1  # le: the first bound >= value
+                        series[-1] += value
+                    else:
+                        self._counts[key] += 1
 
     # ----- cilia.flows.tap.FlowConsumer -----------------------------------------------------------
     def consume(self, flow: Mapping[str, Any]) -> None:
@@ -79,7 +128,7 @@ class FlowMetrics(Collector):
         self.ring_lost += count
 
     def series_count(self) -> int:
-        return len(self._counts)
+        return len(self._counts) + len(self._histograms)
 
     # ----- pods ----------------------------------------------------------------------------------
     def set_pods(self, pods: Iterable[Pod]) -> None:
@@ -104,7 +153,7 @@ class FlowMetrics(Collector):
                     continue
                 del self._deleted[pod]
                 for key in self._by_pod.pop(pod, set()):
-                    if self._counts.pop(key, None) is not None:
+                    if self._counts.pop(key, None) is not None or self._histograms.pop(key, None) is not None:
                         removed += 1
                     for other in self._by_pod.values():  # a series may name two pods
                         other.discard(key)
@@ -114,10 +163,26 @@ class FlowMetrics(Collector):
     def collect(self) -> Iterator[Metric]:
         with self._lock:
             counts = dict(self._counts)
-        families = [CounterMetricFamily(handler.metric, handler.help, labels=[*handler.labels, *context.names])
-                    for handler, context in self.metrics]
+            histograms = {key: list(series) for key, series in self._histograms.items()}
+        families: list[CounterMetricFamily | HistogramMetricFamily] = []
+        for metric in self.metrics:
+            names = [*metric.context.names]
+            for family in metric.families:
+                kind = HistogramMetricFamily if family.buckets else CounterMetricFamily
+                families.append(kind(family.metric, family.help, labels=[*family.labels, *names]))
         for (index, labels), value in sorted(counts.items()):
-            families[index].add_metric(list(labels), value)
+            counter = families[index]
+            assert isinstance(counter, CounterMetricFamily)
+            counter.add_metric(list(labels), value)
+        for (index, labels), series in sorted(histograms.items()):
+            histogram = families[index]
+            assert isinstance(histogram, HistogramMetricFamily)
+            bounds = self.families[index].buckets
+            cumulative, buckets = 0.0, []
+            for bound, count in zip((*bounds, float("inf")), series[:-1], strict=True):
+                cumulative += count
+                buckets.append((_bound(bound), cumulative))
+            histogram.add_metric(list(labels), buckets, sum_value=series[-1])
         yield from families
         if self.metrics:  # Hubble: lost events are served whenever any metric is
             lost = CounterMetricFamily("hubble_lost_events", "Number of lost events", labels=["source"])
@@ -127,3 +192,7 @@ class FlowMetrics(Collector):
             yield CounterMetricFamily("cilia_hubble_metrics_series_overflow",
                                       "Flows not counted because the Hubble metrics reached their series limit",
                                       value=self.overflow)
+
+
+def _bound(bound: float) -> str:
+    return "+Inf" if bound == float("inf") else repr(float(bound))

@@ -1,0 +1,105 @@
+"""The agent's end of the proxies' access log: a thread reads the unix datagram socket
+(`NodePaths.accesslog_socket`), decodes each record (`cilia.proxy.accesslog.decode`), makes it
+an L7 flow (`cilia.flows.l7`) and adds it to the flow ring, where the Hubble server, `observe`,
+the metrics and the exporter see it as they see the datapath's flows.
+
+A record that does not decode is logged with the reason (the first few, then every 1000th, so a
+broken sender cannot flood the log), counted in `invalid` and skipped; the proxies never wait
+for the agent (their sends are fire-and-forget), so with the agent down their records are lost,
+not queued."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import socket
+import threading
+from pathlib import Path
+
+from cilia.flows.l7 import L7FlowBuilder
+from cilia.flows.ring import FlowRing
+from cilia.proxy.accesslog import MAX_DATAGRAM, decode
+
+log = logging.getLogger(__name__)
+RECEIVE_BUFFER = 4 * 1024 * 1024  # bursts of records while the thread is busy
+POLL_SECONDS = 0.2  # how soon close() is noticed
+_LOGGED_FIRST = 10
+
+
+class AccessLogReader:
+    def __init__(self, path: Path, builder: L7FlowBuilder, ring: FlowRing) -> None:
+        self.path = path
+        self.builder = builder
+        self.ring = ring
+        self.received = 0
+        self.invalid = 0
+        self._sock: socket.socket | None = None
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def open(self) -> None:
+        """Bind the socket (a stale one from an earlier agent is replaced), root-only."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with contextlib.suppress(FileNotFoundError):
+            self.path.unlink()
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        try:
+            with contextlib.suppress(OSError):  # capped by net.core.rmem_max; a smaller one still works
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RECEIVE_BUFFER)
+            sock.bind(str(self.path))
+            os.chmod(self.path, 0o600)
+            sock.settimeout(POLL_SECONDS)
+        except BaseException:
+            sock.close()
+            raise
+        self._sock = sock
+
+    def handle(self, data: bytes) -> bool:
+        """One datagram -> one flow in the ring; False (logged, counted) when it does not decode."""
+        self.received += 1
+        try:
+            record = decode(data)
+        except ValueError as exc:
+            self.invalid += 1
+            if self.invalid <= _LOGGED_FIRST or self.invalid % 1000 == 0:
+                log.warning("access log: record skipped (%d so far): %s", self.invalid, exc)
+            return False
+        self.ring.add(self.builder.build(record))
+        return True
+
+    def _run(self) -> None:
+        sock = self._sock
+        assert sock is not None
+        while not self._stop.is_set():
+            try:
+                data = sock.recv(MAX_DATAGRAM + 1024)
+            except TimeoutError:
+                continue
+            except OSError:
+                if self._stop.is_set():
+                    return
+                log.exception("access log: receive failed")
+                self._stop.wait(POLL_SECONDS)  # bounded: the loop cannot spin on a broken socket
+                continue
+            try:
+                self.handle(data)
+            except Exception:  # a flow that cannot be built must not end the reader
+                self.invalid += 1
+                log.exception("access log: a record could not be made a flow")
+
+    def start(self) -> None:
+        if self._sock is None:
+            self.open()
+        self._thread = threading.Thread(target=self._run, name="accesslog", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(5)
+        if self._sock is not None:
+            self._sock.close()
+            self._sock = None
+        with contextlib.suppress(FileNotFoundError):
+            self.path.unlink()

@@ -19,6 +19,8 @@ apt_packages=(
   chromium
   # a real Prometheus scraping a lab's agents (e2e, docs/observability.md); run in lab namespaces only
   prometheus
+  # bench.l7: the HTTP load generator, and nginx as origin server and reference reverse proxy (lab namespaces only)
+  wrk nginx-light
 )
 missing=()
 for p in "${apt_packages[@]}"; do
@@ -35,6 +37,7 @@ fi
 # namespace; cilia runs Prometheus only inside lab namespaces (cilia.testing.prometheus).
 if command -v systemctl >/dev/null 2>&1 && [ -d /run/systemd/system ]; then
   systemctl disable --now prometheus.service >/dev/null 2>&1 || true
+  systemctl disable --now nginx.service >/dev/null 2>&1 || true  # likewise :80; bench.l7 runs its own
 fi
 
 # The venv uses Debian's python3 so the install does not depend on a pyenv shim on PATH.

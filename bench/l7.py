@@ -1,0 +1,235 @@
+"""L7 HTTP benchmark (`python -m bench.l7`): HTTP/1.1 keep-alive requests/s and latency, pod to pod.
+
+Three paths to the same origin server (Debian's nginx, one worker, in the server pod), measured
+in rounds whose order alternates, in one run on one lab:
+
+- `direct`: the client pod to the server pod, allowed by an L4 rule only (port 81);
+- `cilia`: through cilia-proxy, the node's L7 proxy (port 80, an L7 rule `GET /.*` redirects it);
+- `cilia-403`: through cilia-proxy on a port whose L7 rule denies every request (each is judged
+  and answered `403` by the proxy; nothing goes upstream): the proxy's own request rate;
+- `nginx`: through Debian's nginx as a plain reverse proxy (one worker, upstream keep-alive), in
+  the node's network namespace on the node's address, so the request takes the same extra hop
+  (client -> node -> server) a node proxy adds.
+
+The load generator is Debian's `wrk` (one thread) in the client pod, pinned to CPU 0; the origin
+and both proxies are pinned to CPU 1 (the machine has two), so each proxy has one core, as the
+issue's target says. Throughput: `--connections` keep-alive connections (default 16); latency:
+one connection (p50, p99 from `wrk --latency`). Ratios: cilia/direct and cilia/nginx requests/s
+per round (median), added p50 latency = proxied p50 - direct p50.
+
+The cilia path needs the proxy's upstream leg to deliver: the run checks one request first and
+reports the cilia path as unavailable (with the reason) when it does not."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import subprocess
+import tempfile
+import textwrap
+import time
+from pathlib import Path
+from statistics import median
+from typing import Any
+
+from bench.tools import PIN, Server, ns, refuse_if_busy, write_results
+from cilia.api.client import AgentClient
+from cilia.api.models import ApplyRequest
+from cilia.lab.lab import PYTHON, Lab, cleanup_leftovers
+from cilia.lab.topology import parse_topology
+from cilia.paths import NodePaths
+from cilia.policy.cilium import L7_ENV
+
+MODES = ("direct", "cilia", "nginx", "cilia-403")
+L7_PORT, L4_PORT, DENY_PORT, NGINX_PROXY_PORT = 80, 81, 82, 18080
+CLIENT_CPU, SERVER_CPU = 0, 1
+POLICY = {
+    "apiVersion": "cilium.io/v2", "kind": "CiliumNetworkPolicy",
+    "metadata": {"name": "bench-l7", "namespace": "default"},
+    "spec": {"endpointSelector": {"matchLabels": {"app": "bench-server"}}, "ingress": [
+        {"fromEndpoints": [{"matchLabels": {"app": "bench-client"}}],
+         "toPorts": [{"ports": [{"port": str(L7_PORT), "protocol": "TCP"}],
+                      "rules": {"http": [{"method": "GET", "path": "/.*"}]}}]},
+        {"fromEndpoints": [{"matchLabels": {"app": "bench-client"}}],
+         "toPorts": [{"ports": [{"port": str(L4_PORT), "protocol": "TCP"}]}]},
+        {"fromEntities": ["host"], "toPorts": [{"ports": [{"port": str(L4_PORT), "protocol": "TCP"}]}]},
+        {"fromEndpoints": [{"matchLabels": {"app": "bench-client"}}],  # every GET / denied: the proxy answers
+         "toPorts": [{"ports": [{"port": str(DENY_PORT), "protocol": "TCP"}],
+                      "rules": {"http": [{"method": "GET", "path": "/nothing"}]}}]},
+    ]},
+}
+
+
+def _nginx_conf(prefix: Path, http_block: str) -> Path:
+    temp = "\n".join(f"    {kind}_temp_path {prefix}/{kind};" for kind in
+                     ("client_body", "proxy", "fastcgi", "uwsgi", "scgi"))
+    conf = prefix / "nginx.conf"
+    conf.write_text(textwrap.dedent(f"""\
+        worker_processes 1;
+        daemon off;
+        master_process off;
+        user root;
+        pid {prefix}/nginx.pid;
+        error_log {prefix}/error.log warn;
+        events {{ worker_connections 4096; }}
+        http {{
+            access_log off;
+            keepalive_requests 1000000;
+        """) + temp + "\n" + textwrap.indent(textwrap.dedent(http_block), "    ") + "}\n")
+    return conf
+
+
+def origin_conf(prefix: Path) -> Path:
+    return _nginx_conf(prefix, f"""\
+        server {{
+            listen {L7_PORT};
+            listen {L4_PORT};
+            listen {DENY_PORT};
+            location / {{ return 200 "ok\\n"; }}
+        }}
+        """)
+
+
+def reverse_proxy_conf(prefix: Path, server_ip: str) -> Path:
+    return _nginx_conf(prefix, f"""\
+        upstream origin {{ server {server_ip}:{L4_PORT}; keepalive 64; }}
+        server {{
+            listen {NGINX_PROXY_PORT};
+            location / {{
+                proxy_pass http://origin;
+                proxy_http_version 1.1;
+                proxy_set_header Connection "";
+            }}
+        }}
+        """)
+
+
+_UNITS = {"us": 1.0, "ms": 1000.0, "s": 1_000_000.0}
+
+
+def parse_wrk(out: str) -> dict[str, Any]:
+    """wrk's text report: requests/s, latency percentiles (µs), errors and non-2xx answers."""
+    rps = re.search(r"Requests/sec:\s+([\d.]+)", out)
+    if rps is None:
+        raise ValueError(f"wrk printed no Requests/sec:\n{out}")
+    figures: dict[str, Any] = {"requests_per_s": float(rps.group(1))}
+    for pct, value, unit in re.findall(r"^\s+(50|75|90|99)%\s+([\d.]+)(us|ms|s)\s*$", out, re.MULTILINE):
+        figures[f"p{pct}_us"] = round(float(value) * _UNITS[unit], 1)
+    errors = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
+    figures["socket_errors"] = sum(int(x) for x in errors.groups()) if errors else 0
+    non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    figures["non_2xx"] = int(non2xx.group(1)) if non2xx else 0
+    total = re.search(r"(\d+) requests in", out)
+    figures["requests"] = int(total.group(1)) if total else 0
+    return figures
+
+
+def wrk(client_ns: str, url: str, connections: int, seconds: int) -> dict[str, Any]:
+    out = subprocess.run(ns(client_ns, "wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--latency", url),
+                         capture_output=True, text=True, timeout=seconds + 30, check=True).stdout
+    return parse_wrk(out)
+
+
+def _probe(lab: Lab, url: str, status: int) -> str:
+    """One GET: "" when it answered `status`, else what happened."""
+    code = ("import sys, urllib.request, urllib.error\n"
+            "try:\n print(urllib.request.urlopen(sys.argv[1], timeout=3).status)\n"
+            "except urllib.error.HTTPError as e:\n print(e.code)\n"
+            "except Exception as e:\n print(repr(e))")
+    result = lab.exec("bench-client", [PYTHON, "-c", code, url], timeout=30)
+    answer = result.stdout.strip()
+    return "" if answer == str(status) else answer or result.stderr.strip()[-300:]
+
+
+def run(seconds: int, rounds: int, connections: int) -> dict[str, Any]:
+    refuse_if_busy()
+    cleanup_leftovers()
+    os.environ[L7_ENV] = "1"  # the agent accepts rules.http (cilia.policy.cilium.L7_ENV)
+    lab = Lab.up(parse_topology({"pods": [{"name": "bench-client", "labels": {"app": "bench-client"}},
+                                           {"name": "bench-server", "labels": {"app": "bench-server"}}]}))
+    client, server = lab.netns_of("bench-client"), lab.netns_of("bench-server")
+    node = lab.state["nodes"]["n1"]
+    server_ip, node_ip = lab.address_of("bench-server"), node["ipv4"]
+    PIN.update({client: CLIENT_CPU, server: SERVER_CPU, node["netns"]: SERVER_CPU})
+    urls = {"direct": f"http://{server_ip}:{L4_PORT}/", "cilia": f"http://{server_ip}:{L7_PORT}/",
+            "nginx": f"http://{node_ip}:{NGINX_PROXY_PORT}/", "cilia-403": f"http://{server_ip}:{DENY_PORT}/"}
+    results: dict[str, Any] = {"connections": connections, "seconds": seconds, "urls": urls, "errors": []}
+    servers: list[Server] = []
+    proxy_pid = node.get("proxy_pid")
+    try:
+        with AgentClient(NodePaths("n1").socket) as agent:
+            agent.apply(ApplyRequest(objects=[POLICY]), wait=30)
+        if proxy_pid:
+            subprocess.run(["taskset", "-pc", str(SERVER_CPU), str(proxy_pid)], capture_output=True, check=False)
+        with tempfile.TemporaryDirectory(prefix="cilia-bench-l7-") as tmp:
+            origin_dir, proxy_dir = Path(tmp) / "origin", Path(tmp) / "proxy"
+            origin_dir.mkdir()
+            proxy_dir.mkdir()
+            servers.append(Server(server, "nginx", "-c", str(origin_conf(origin_dir)), "-p", str(origin_dir)))
+            servers.append(Server(node["netns"], "nginx", "-c", str(reverse_proxy_conf(proxy_dir, server_ip)),
+                                  "-p", str(proxy_dir)))
+            time.sleep(0.5)
+            unavailable = {mode: why for mode in MODES if (why := _probe(lab, urls[mode], 403 if mode == "cilia-403"
+                                                                             else 200))}
+            results["unavailable"] = unavailable
+            modes = [m for m in MODES if m not in unavailable]
+            per: dict[str, dict[str, list[dict[str, Any]]]] = {m: {"throughput": [], "latency": []} for m in modes}
+            for index in range(rounds):
+                for mode in (modes if index % 2 == 0 else modes[::-1]):
+                    throughput = wrk(client, urls[mode], connections, seconds)
+                    latency = wrk(client, urls[mode], 1, seconds)
+                    per[mode]["throughput"].append(throughput)
+                    per[mode]["latency"].append(latency)
+                    print(f"round {index + 1}/{rounds} {mode}: {throughput['requests_per_s']:.0f} req/s "
+                          f"(c={connections}), p50 {latency.get('p50_us')} µs p99 {latency.get('p99_us')} µs "
+                          f"(c=1), errors {throughput['socket_errors']}+{throughput['non_2xx']}", flush=True)
+            results["rounds"] = per
+            results["summary"] = summarize(per)
+    except Exception as exc:  # the figures so far are kept; the run reports what failed
+        results["errors"].append(repr(exc))
+        raise
+    finally:
+        for s in servers:
+            s.stop()
+        lab.down()
+    return results
+
+
+def summarize(per: dict[str, dict[str, list[dict[str, Any]]]]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for mode, runs in per.items():
+        out[mode] = {"requests_per_s": round(median(r["requests_per_s"] for r in runs["throughput"])),
+                     "p50_us": median(r.get("p50_us", 0.0) for r in runs["latency"]),
+                     "p99_us": median(r.get("p99_us", 0.0) for r in runs["latency"]),
+                     "single_connection_requests_per_s": round(median(r["requests_per_s"] for r in runs["latency"]))}
+
+    def per_round(a: str, b: str) -> float | None:
+        if a not in per or b not in per:
+            return None
+        pairs = zip(per[a]["throughput"], per[b]["throughput"], strict=True)
+        return round(float(median(x["requests_per_s"] / y["requests_per_s"] for x, y in pairs)), 3)
+
+    ratios = {"cilia/direct": per_round("cilia", "direct"), "cilia/nginx": per_round("cilia", "nginx"),
+              "nginx/direct": per_round("nginx", "direct"), "cilia-403/direct": per_round("cilia-403", "direct"),
+              "cilia-403/nginx": per_round("cilia-403", "nginx")}
+    added = {f"{m}_added_p50_us": round(out[m]["p50_us"] - out["direct"]["p50_us"], 1)
+             for m in ("cilia", "nginx", "cilia-403") if m in out and "direct" in out}
+    return {"medians": out, "ratios": ratios, **added}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description="cilia L7 HTTP benchmark: direct vs cilia-proxy vs nginx")
+    parser.add_argument("--seconds", type=int, default=5)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--connections", type=int, default=16)
+    args = parser.parse_args()
+    results = run(args.seconds, args.rounds, args.connections)
+    results["date"] = time.strftime("%Y-%m-%d %H:%M")
+    write_results("l7", results)
+    print(json.dumps(results.get("summary"), indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -84,7 +84,12 @@ class AccessRecord:
     summary: str = ""
 
     def encode(self) -> bytes:
-        data = json.dumps(asdict(self), separators=(",", ":")).encode()
+        # By hand, not dataclasses.asdict: its deep copy cost ~35 µs a record, on every proxied request.
+        raw: dict[str, Any] = dict(self.__dict__)
+        raw["policies"] = [p.__dict__ for p in self.policies]
+        raw["http"] = None if self.http is None else self.http.__dict__
+        raw["dns"] = None if self.dns is None else self.dns.__dict__
+        data = json.dumps(raw, separators=(",", ":")).encode()
         return data[:MAX_DATAGRAM]
 
 

@@ -68,10 +68,10 @@ async def _next_event(conn: h11.Connection, reader: asyncio.StreamReader, timeou
 
 
 def _send(conn: h11.Connection, writer: asyncio.StreamWriter, *events: h11.Event) -> None:
-    for event in events:
-        data = conn.send(event)
-        if data:
-            writer.write(data)
+    # one write for all: a head and a body written apart wait on the peer's delayed ACK (Nagle)
+    data = b"".join(conn.send(event) or b"" for event in events)
+    if data:
+        writer.write(data)
 
 
 def _reply(conn: h11.Connection, writer: asyncio.StreamWriter, status: int, body: bytes, close: bool) -> None:

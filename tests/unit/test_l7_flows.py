@@ -48,9 +48,7 @@ def builder() -> L7FlowBuilder:
 
 def http_record(kind: str = "REQUEST", verdict: str = "FORWARDED", code: int = 0, method: str = "GET",
                 url: str = "http://deathstar/v1/", latency: int = 0, **kw: Any) -> AccessRecord:
-    request = kind == "REQUEST"
-    ends = (("10.200.1.2", 40000, 300), ("10.200.1.3", 80, 301))
-    (sip, sport, sid), (dip, dport, did) = ends if request else ends[::-1]
+    (sip, sport, sid), (dip, dport, did) = ("10.200.1.2", 40000, 300), ("10.200.1.3", 80, 301)  # client, server
     return AccessRecord(time_ns=T0, type=kind, verdict=verdict, source_ip=sip, source_port=sport,  # type: ignore[arg-type]
                         destination_ip=dip, destination_port=dport, protocol="TCP", source_identity=sid,
                         destination_identity=did, endpoint_id=12, ingress=True, latency_ns=latency,
@@ -111,6 +109,9 @@ def test_http_response_and_denied_flows() -> None:
 def test_unknown_endpoint_falls_back_to_the_identity() -> None:
     flow = builder().build(dns_record())
     assert flow["destination"] == {"identity": 2, "labels": ["reserved:world"]}
+    answer = builder().build(dns_record("RESPONSE", ips=["1.2.3.4"]))  # the DNS server answers the pod
+    assert answer["source"] == {"identity": 2, "labels": ["reserved:world"]}
+    assert answer["IP"]["source"] == "10.200.0.10" and answer["l4"]["UDP"]["source_port"] == 53
     assert flow["traffic_direction"] == "EGRESS" and flow["l4"] == {"UDP": {"source_port": 5353,
                                                                             "destination_port": 53}}
     # a view at the address whose identity disagrees with the proxy's (a reused IP) is not trusted
@@ -390,10 +391,11 @@ def test_proxy_records_request_and_response_sides() -> None:
     assert req.http is not None and req.http.url == "http://deathstar/v1/exhaust-port"
     assert req.http.headers == [("x-a", "1"), ("x-a", "2")]
     assert (resp.type, resp.source_ip, resp.source_port, resp.destination_ip, resp.source_identity) == \
-        ("RESPONSE", "10.200.1.3", 80, "10.200.1.2", 301)
+        ("RESPONSE", "10.200.1.2", 40000, "10.200.1.3", 300)  # the record names client and server
     assert resp.http is not None and resp.http.code == 403 and resp.latency_ns >= 0 and resp.ingress
     flow = builder().build(resp)
     assert flow["Summary"].startswith("HTTP/1.1 403 ") and flow["verdict"] == "DROPPED"
+    assert (flow["source"]["pod_name"], flow["l4"]["TCP"]["source_port"]) == ("deathstar", 80)  # turned around
 
 
 # ----- cilia observe ----------------------------------------------------------------------------------------------

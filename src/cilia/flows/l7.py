@@ -6,9 +6,10 @@ judged it (`cilia.proxy.accesslog.AccessRecord`). The flow carries what Hubble's
 message), `l7` with the request/response type, latency and the HTTP or DNS record (a request
 carries no status code and no answer), the verdict, the direction the deciding rule was on
 (`ingress` -> INGRESS), `is_reply` (false for a request, true for a response), both endpoints
-resolved like the datapath's flows (a local pod by address, else the identity's labels), the
-policies that decided, and Hubble's summary line ("HTTP/1.1 GET http://deathstar/v1/",
-"DNS Answer \"1.2.3.4\" TTL: 30 (Proxy api.example.test. A)")."""
+resolved like the datapath's flows (a local pod by address, else the identity's labels; a
+response goes server -> client, the record's two ends swapped, as Cilium does for its proxies'
+responses), the policies that decided, and Hubble's summary line
+("HTTP/1.1 GET http://deathstar/v1/", "DNS Answer \"1.2.3.4\" TTL: 30 (Proxy api.example.test. A)")."""
 
 from __future__ import annotations
 
@@ -65,15 +66,19 @@ class L7FlowBuilder:
 
     def build(self, record: AccessRecord) -> Flow:
         when = datetime.fromtimestamp(record.time_ns / 1e9, tz=UTC)
+        # A record names the client as source and the server as destination; a response flows
+        # server -> client (Cilium swaps the two for its proxies' response records too).
+        client = (record.source_ip, record.source_port, record.source_identity)
+        server = (record.destination_ip, record.destination_port, record.destination_identity)
+        (sip, sport, sid), (dip, dport, did) = (server, client) if record.type == "RESPONSE" else (client, server)
         flow: Flow = {
             "time": when.isoformat().replace("+00:00", "Z"),
             "uuid": str(uuid.uuid4()),
             "verdict": record.verdict,
-            "IP": _ip(record),
-            "l4": {record.protocol: {"source_port": record.source_port,
-                                     "destination_port": record.destination_port}},
-            "source": self._endpoint(record.source_ip, record.source_identity),
-            "destination": self._endpoint(record.destination_ip, record.destination_identity),
+            "IP": _ip(sip, dip),
+            "l4": {record.protocol: {"source_port": sport, "destination_port": dport}},
+            "source": self._endpoint(sip, sid),
+            "destination": self._endpoint(dip, did),
             "Type": "L7",
             "node_name": self.node_name,
             "event_type": {"type": MESSAGE_TYPE_ACCESS_LOG},
@@ -103,12 +108,12 @@ def _view(view: EndpointView) -> dict[str, Any]:
             "labels": sorted(view.labels), "pod_name": view.pod_name}
 
 
-def _ip(record: AccessRecord) -> dict[str, Any]:
+def _ip(source: str, destination: str) -> dict[str, Any]:
     try:
-        version = ipaddress.ip_address(record.destination_ip or record.source_ip).version
+        version = ipaddress.ip_address(destination or source).version
     except ValueError:
-        return {"source": record.source_ip, "destination": record.destination_ip}
-    return {"source": record.source_ip, "destination": record.destination_ip, "ipVersion": f"IPv{version}"}
+        return {"source": source, "destination": destination}
+    return {"source": source, "destination": destination, "ipVersion": f"IPv{version}"}
 
 
 def _layer7(record: AccessRecord) -> dict[str, Any]:

@@ -62,7 +62,8 @@ class DnsRecord:
 
 @dataclass(frozen=True)
 class AccessRecord:
-    """One proxied request or response, judged. Addresses are the client's and the real server's."""
+    """One proxied request or response, judged. Addresses are the client's (source_*) and the real
+    server's (destination_*), on a response too: the agent turns a response's flow around."""
 
     time_ns: int  # wall clock (time.time_ns()) when the proxy saw it
     type: L7Type

@@ -41,6 +41,14 @@ def _ports(flow: Any) -> tuple[int, int]:
     return 0, 0
 
 
+def l7_kind(flow: Any) -> str:
+    """An L7 flow's type as hubble prints it: http-request, dns-response, ..."""
+    from cilia.hubble.pb import flow_pb2
+
+    record = flow.l7.WhichOneof("record") or "l7"
+    return f"{record}-" + {flow_pb2.REQUEST: "request", flow_pb2.RESPONSE: "response"}.get(flow.l7.type, "sample")
+
+
 def compact_line(flow: Any) -> str:
     """One flow.Flow as observe's compact line."""
     from cilia.hubble.pb import flow_pb2
@@ -50,10 +58,8 @@ def compact_line(flow: Any) -> str:
     src = _side(flow.source, flow.IP.source, sport)
     dst = _side(flow.destination, flow.IP.destination, dport)
     verdict = flow_pb2.Verdict.Name(flow.verdict)
-    if flow.event_type.type == 129:  # L7, as hubble prints it: http-request, dns-response, ...
-        record = flow.l7.WhichOneof("record") or "l7"
-        kind = {flow_pb2.REQUEST: "request", flow_pb2.RESPONSE: "response"}.get(flow.l7.type, "sample")
-        return f"{when}: {src} -> {dst} {record}-{kind} {verdict} ({flow.Summary})"
+    if flow.event_type.type == 129:
+        return f"{when}: {src} -> {dst} {l7_kind(flow)} {verdict} ({flow.Summary})"
     if flow.event_type.type == 5:
         direction = flow_pb2.TrafficDirection.Name(flow.traffic_direction).lower()
         return f"{when}: {src} -> {dst} policy-verdict:{direction} {verdict} ({flow.Summary})"
@@ -141,7 +147,8 @@ def observe(
             from cilia.hubble.pb import flow_pb2
 
             rows.append([flow.time.ToJsonString(), flow.IP.source, flow.IP.destination,
-                         flow_pb2.TraceObservationPoint.Name(flow.trace_observation_point),
+                         l7_kind(flow) if flow.event_type.type == 129
+                         else flow_pb2.TraceObservationPoint.Name(flow.trace_observation_point),
                          flow_pb2.Verdict.Name(flow.verdict), flow.Summary])
         sys.stdout.flush()
 

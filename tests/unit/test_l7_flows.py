@@ -432,3 +432,11 @@ def test_observe_compact_line_for_l7() -> None:
     assert "default/deathstar:80 (ID:301) -> default/tiefighter:40000 (ID:300) http-response DROPPED " \
            "(HTTP/1.1 403 0ms (PUT http://deathstar/v1/exhaust-port))" in line
     assert "dns-request FORWARDED (DNS Query api.example.test. A)" in compact_line(FLOWS["dns"])
+
+
+def test_l7_flows_are_policy_verdicts() -> None:
+    """Upstream's policy handler counts every L7 flow with match l7/<protocol>."""
+    got = feed("policy", http_record(), http_record("RESPONSE", "DROPPED", 403), dns_record())
+    assert sorted((s["direction"], s["match"], s["action"], v) for s, v in got["hubble_policy_verdicts_total"]) == [
+        ("egress", "l7/dns", "forwarded", 1.0), ("ingress", "l7/http", "dropped", 1.0),
+        ("ingress", "l7/http", "forwarded", 1.0)]

@@ -143,9 +143,13 @@ class PolicyHandler:
     labels: tuple[str, ...] = ("direction", "match", "action")
 
     def series(self, flow: Mapping[str, Any]) -> list[tuple[str, ...]]:
-        if event_type(flow) != 5:
-            return []  # L3/L4 policy verdicts only (L7 verdicts once cilia has L7 flows)
         direction = str(flow.get("traffic_direction") or "TRAFFIC_DIRECTION_UNKNOWN").lower()
+        if event_type(flow) == 129:  # an L7 flow (request or response) is a verdict too: match l7/<protocol>
+            l7 = flow.get("l7") or {}
+            sub = next((name for name in ("dns", "http", "kafka") if l7.get(name) is not None), "")
+            return [(direction, f"l7/{sub}", str(flow.get("verdict") or "VERDICT_UNKNOWN").lower())]
+        if event_type(flow) != 5:
+            return []
         # cilia's verdict events do not carry the datapath's match type yet: "none" when no
         # rule decided (default deny, no enforcement), upstream's "unknown" otherwise.
         if "policy_match_type" in flow:

@@ -27,9 +27,7 @@ from cilia.hubble.filters import FilterError, FlowFilters
 from cilia.hubble.metrics.options import MetricsOptionError, parse_metrics
 from cilia.hubble.metrics.processor import FlowMetrics
 from cilia.hubble.pb import flow_pb2
-from cilia.proxy.accesslog import AccessLogSender, AccessRecord, DnsRecord, HttpRecord, PolicyRef, decode
-from cilia.proxy.httplog import HttpAccessLog, Peers
-from cilia.proxy.policy import Request, Verdict
+from cilia.proxy.accesslog import AccessLogSender, AccessRecord, DnsRecord, HttpRecord, PolicyRef
 from cilia.testing import wait_for
 
 FF = flow_pb2.FlowFilter
@@ -368,40 +366,6 @@ class _All:
 
 
 _ALL: Any = _All()
-
-
-# ----- cilia-proxy's records ---------------------------------------------------------------------------------------
-class _Capture(AccessLogSender):
-    def __init__(self) -> None:
-        self.records: list[AccessRecord] = []
-
-    def send(self, record: AccessRecord) -> None:
-        self.records.append(decode(record.encode()))
-
-
-def test_proxy_records_request_and_response_sides() -> None:
-    capture = _Capture()
-    log = HttpAccessLog(capture, Peers("10.200.1.2", 40000, "10.200.1.3", 80, 300, 301, 12))
-    request = Request("PUT", "/v1/exhaust-port", "deathstar", {"x-a": ["1", "2"]})
-    log.request(request, Verdict(False, 0))  # denied: the request is its only record
-    (req,) = capture.records
-    assert (req.type, req.verdict, req.source_ip, req.destination_port, req.source_identity) == \
-        ("REQUEST", "DROPPED", "10.200.1.2", 80, 300)
-    assert req.http is not None and req.http.url == "http://deathstar/v1/exhaust-port" and req.http.code == 403
-    assert req.http.headers == [("x-a", "1"), ("x-a", "2")]
-    assert "code" not in builder().build(req)["l7"]["http"]  # Hubble shows no code on a request
-    allowed = Request("POST", "/v1/request-landing", "deathstar", {})
-    started = log.request(allowed, Verdict(True, 7))
-    log.response(allowed, Verdict(True, 7), 200, started)
-    _, req2, resp = capture.records
-    assert req2.rule_id == 7 and req2.http is not None and req2.http.code == 0
-    assert (resp.type, resp.source_ip, resp.source_port, resp.destination_ip, resp.source_identity) == \
-        ("RESPONSE", "10.200.1.2", 40000, "10.200.1.3", 300)  # the record names client and server
-    assert resp.http is not None and resp.http.code == 200 and resp.latency_ns >= 0 and resp.ingress
-    flow = builder().build(resp)
-    assert flow["Summary"].startswith("HTTP/1.1 200 ") and flow["verdict"] == "FORWARDED"
-    assert (flow["source"]["pod_name"], flow["l4"]["TCP"]["source_port"]) == ("deathstar", 80)  # turned around
-    assert [p["name"] for p in flow["ingress_allowed_by"]] == ["rule1"]
 
 
 # ----- cilia observe ----------------------------------------------------------------------------------------------

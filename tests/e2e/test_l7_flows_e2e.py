@@ -3,9 +3,8 @@
 The Star Wars lab of test_l7_policy_e2e (its fixture): a tiefighter's `PUT /v1/exhaust-port` is
 denied by the proxy; its request is a DROPPED L7 flow (as in Cilium, a denied request's only
 record) the agent makes from the proxy's access log, read through the Observer API with Hubble's
-http filters and with `cilia observe --type l7 --http-method ... --http-path ...`. An allowed
-request's FORWARDED request and 200 response flows (`--http-status`) are checked once the proxy's
-upstream leg delivers (xfail until then)."""
+http filters and with `cilia observe --type l7 --http-method ... --http-path ...`; an allowed
+request's FORWARDED request and 200 response flows, with `--http-status`."""
 
 from __future__ import annotations
 
@@ -15,7 +14,6 @@ from pathlib import Path
 from typing import Any
 
 import grpc
-import pytest
 
 from cilia.hubble.pb import flow_pb2, observer_pb2, observer_pb2_grpc
 from cilia.lab.lab import PYTHON, Lab
@@ -80,8 +78,7 @@ def test_denied_request_is_a_dropped_l7_flow(lab: Lab) -> None:
 
 def test_allowed_request_is_forwarded_l7_flow(lab: Lab) -> None:
     result = requests(lab, "tiefighter", [("POST", "/v1/request-landing")])
-    if result[0][:1] != [200]:
-        pytest.xfail(f"the proxy's upstream leg does not deliver on this branch yet: {result}")
+    assert result[0][:1] == [200], result
     deathstar = lab.address_of("deathstar")
     responses = wait_for(lambda: get_flows(FF(event_type=[L7], http_status_code=["2+"], http_method=["POST"],
                                               source_ip=[deathstar])), 10, 0.2, "no L7 2xx response flow")

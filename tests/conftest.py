@@ -7,6 +7,12 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from hypothesis import settings
+
+# Property tests judge what an input does, not how fast: a 2-core CI machine running the lab beside
+# them can take longer than hypothesis's default 200 ms for one example, which is no bug.
+settings.register_profile("cilia", deadline=None)
+settings.load_profile("cilia")
 
 HERE = Path(__file__).resolve().parent
 MARKS = {"kernel": pytest.mark.kernel, "e2e": pytest.mark.e2e}

@@ -32,6 +32,7 @@ from cilia.flows.build import EndpointView, Flow, FlowBuilder
 from cilia.flows.ring import FlowRing
 from cilia.hubble.convert import convert
 from cilia.hubble.pb import flow_pb2, observer_pb2
+from cilia.hubble.wire import WireEncoder
 from cilia.lab.lab import PYTHON, Lab, cleanup_leftovers
 from cilia.lab.topology import parse_topology
 from cilia.monitor.events import EVENT_TRACE, decode
@@ -64,48 +65,188 @@ def _maker(builder: FlowBuilder, record: bytes) -> Callable[[], Flow]:
     return lambda: builder.build(decode(record))
 
 
-def pipeline_stages(count: int = 20_000) -> dict[str, Any]:
-    """µs per flow of each stage, and flows/s of a whole GetFlows stream (one process, one core)."""
-    import grpc
+class _Context:
+    """The event pump's RecordContext, on the bench's builder and an encoder with the same lookups."""
 
-    from cilia.hubble.pb import observer_pb2_grpc
+    def __init__(self, builder: FlowBuilder, fast: bool = True) -> None:
+        self.builder = builder
+        self.views = builder._endpoints
+        self.encoder = WireEncoder("n1", lambda _i: [], builder._boot_time_ns)
+        self.fast = fast
+
+    def build(self, record: bytes, flow_id: str) -> Flow | None:
+        return self.builder.build(decode(record), self.views, flow_id)
+
+    def encode(self, record: bytes, flow_id: str) -> bytes | None:
+        return self.encoder.encode(record, flow_id, self.views) if self.fast else None
+
+
+_STREAM_CLIENT = """
+import sys, time, grpc
+from cilia.hubble.pb import observer_pb2
+socket, number, raw = sys.argv[1], int(sys.argv[2]), sys.argv[3] == "raw"
+with grpc.insecure_channel("unix://" + socket) as channel:
+    if raw:  # a client that does not parse what it gets (as the Go CLI, whose cost is not ours)
+        call = channel.unary_stream("/observer.Observer/GetFlows", request_serializer=lambda b: b,
+                                    response_deserializer=lambda b: b)
+        request = observer_pb2.GetFlowsRequest(number=number).SerializeToString()
+        got = sum(1 for _ in call(request, timeout=600))
+    else:
+        call = channel.unary_stream("/observer.Observer/GetFlows",
+                                    request_serializer=observer_pb2.GetFlowsRequest.SerializeToString,
+                                    response_deserializer=observer_pb2.GetFlowsResponse.FromString)
+        got = sum(1 for r in call(observer_pb2.GetFlowsRequest(number=number), timeout=600) if r.HasField("flow"))
+print(got)
+"""
+
+
+def _stream(ring: FlowRing, count: int, raw: bool) -> dict[str, Any]:
+    """GetFlows(number=count) from a HubbleServer in this process to a client in another: flows/s,
+    and this process's (the server's) CPU per flow."""
+    import subprocess
+    import sys
+
     from cilia.hubble.server import HubbleConfig, HubbleServer
 
-    records = [_record(n) for n in range(count)]
-    builder = _builder()
-    started = time.perf_counter()
-    flows = [builder.build(decode(r)) for r in records]
-    build_us = (time.perf_counter() - started) / count * 1e6
-    started = time.perf_counter()
-    messages = [convert(f) for f in flows]
-    convert_us = (time.perf_counter() - started) / count * 1e6
-    started = time.perf_counter()
-    for m in messages:
-        response = observer_pb2.GetFlowsResponse(flow=m, node_name="n1")
-        response.time.CopyFrom(m.time)
-        response.SerializeToString()
-    serialize_us = (time.perf_counter() - started) / count * 1e6
-    ring = FlowRing(count)
-    for r in records:  # lazy, as the event pump adds them: the stream pays decode and build too
-        ring.add_lazy(_maker(builder, r))
     with tempfile.TemporaryDirectory(prefix="cilia-bench-") as tmp:
         server = HubbleServer(HubbleConfig("n1", Path(tmp) / "hubble.sock", count), ring)
         server.start()
         try:
             cpu = time.process_time()
             started = time.perf_counter()
-            with grpc.insecure_channel(f"unix://{server.config.socket}") as channel:
-                stub = observer_pb2_grpc.ObserverStub(channel)  # type: ignore[no-untyped-call]
-                got = sum(1 for r in stub.GetFlows(observer_pb2.GetFlowsRequest(number=count), timeout=600)
-                          if r.HasField("flow"))
+            out = subprocess.run([sys.executable, "-c", _STREAM_CLIENT, str(server.config.socket), str(count),
+                                  "raw" if raw else "parse"], capture_output=True, text=True, timeout=900,
+                                 check=True)
             wall = time.perf_counter() - started
             cpu = time.process_time() - cpu
         finally:
             server.stop(0)
-    return {"flows": count, "decode_build_us": round(build_us, 1), "convert_us": round(convert_us, 1),
-            "serialize_us": round(serialize_us, 1), "stream_flows": got, "stream_seconds": round(wall, 2),
-            "stream_flows_per_s": round(got / wall), "stream_flows_per_cpu_s": round(got / cpu),
-            "note": "server and client share this process: per cpu-second counts both sides"}
+    got = int(out.stdout.split()[-1])
+    return {"flows": got, "seconds": round(wall, 2), "flows_per_s": round(got / wall),
+            "server_cpu_s": round(cpu, 2), "flows_per_server_cpu_s": round(got / cpu)}
+
+
+_GRPC_FLOOR = """
+import asyncio, sys, time, grpc
+number, socket = int(sys.argv[1]), sys.argv[2]
+payload = bytes(300)
+async def stream(request, context):
+    for _ in range(number):
+        yield payload
+async def main():
+    server = grpc.aio.server()
+    handler = grpc.unary_stream_rpc_method_handler(stream, request_deserializer=lambda b: b,
+                                                   response_serializer=lambda b: b)
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler("t.T", {"S": handler}),))
+    server.add_insecure_port("unix://" + socket)
+    await server.start()
+    print("ready", flush=True)
+    await asyncio.sleep(3600)
+asyncio.run(main())
+"""
+
+
+def _grpc_floor(count: int) -> dict[str, Any]:
+    """grpcio's own cost: a grpc.aio server streaming `count` ready-made 300-byte messages (no
+    work per message at all) to a client that does not parse them."""
+    import subprocess
+    import sys
+
+    import grpc
+
+    with tempfile.TemporaryDirectory(prefix="cilia-bench-") as tmp:
+        socket = f"{tmp}/floor.sock"
+        server = subprocess.Popen([sys.executable, "-c", _GRPC_FLOOR, str(count), socket], stdout=subprocess.PIPE,
+                                  text=True)
+        try:
+            assert server.stdout is not None and server.stdout.readline().strip() == "ready"
+            cpu0 = _cpu_seconds(server.pid)
+            started = time.perf_counter()
+            with grpc.insecure_channel(f"unix://{socket}") as channel:
+                call = channel.unary_stream("/t.T/S", request_serializer=lambda b: b,
+                                            response_deserializer=lambda b: b)
+                got = sum(1 for _ in call(b"", timeout=600))
+            wall = time.perf_counter() - started
+            cpu = _cpu_seconds(server.pid) - cpu0
+        finally:
+            server.terminate()
+            server.wait(5)
+    return {"messages": got, "messages_per_s": round(got / wall), "server_cpu_s": round(cpu, 2),
+            "messages_per_server_cpu_s": round(got / cpu) if cpu else None}
+
+
+def _per_flow(run: Callable[[], object], count: int) -> tuple[float, int]:
+    """(µs per flow, flows per CPU-second) of one pass over `count` flows."""
+    cpu = time.process_time()
+    started = time.perf_counter()
+    run()
+    wall = time.perf_counter() - started
+    cpu = time.process_time() - cpu
+    return round(wall / count * 1e6, 1), round(count / cpu) if cpu else 0
+
+
+def pipeline_stages(count: int = 20_000) -> dict[str, Any]:
+    """Each stage's µs per flow and flows per CPU-second, and whole GetFlows streams (server in this
+    process, client in another): the slow path (dict, convert, serialize), the fast path (record ->
+    wire bytes), and grpcio's own floor."""
+    records = [_record(n) for n in range(count)]
+    builder = _builder()
+    out: dict[str, Any] = {"flows": count}
+
+    def ingest() -> FlowRing:
+        ring = FlowRing(count)
+        context = _Context(builder)
+        for start in range(0, count, 256):  # the pump's batches: one drain of the ring buffer each
+            ring.add_records(records[start:start + 256], context)
+        return ring
+
+    out["ingest_us"], out["ingest_per_cpu_s"] = _per_flow(ingest, count)
+    flows: list[Flow] = []
+    out["decode_build_us"], out["decode_build_per_cpu_s"] = _per_flow(
+        lambda: flows.extend(builder.build(decode(r)) for r in records), count)
+    messages: list[flow_pb2.Flow] = []
+    out["convert_us"], out["convert_per_cpu_s"] = _per_flow(lambda: messages.extend(convert(f) for f in flows),
+                                                            count)
+
+    def serialize() -> None:
+        for m in messages:
+            response = observer_pb2.GetFlowsResponse(flow=m, node_name="n1")
+            response.time.CopyFrom(m.time)
+            response.SerializeToString()
+
+    out["serialize_us"], out["serialize_per_cpu_s"] = _per_flow(serialize, count)
+    encoder = _Context(builder).encoder
+    views = builder._endpoints
+    out["fast_encode_us"], out["fast_encode_per_cpu_s"] = _per_flow(
+        lambda: [encoder.encode(r, "00000000-0000-4000-8000-000000000000", views) for r in records], count)
+    # hubble observe's default output (compact) asks for a field mask: on the bytes, and protobuf's way
+    from google.protobuf.field_mask_pb2 import FieldMask
+
+    from cilia.hubble.server import _response
+    from cilia.hubble.wire import WireMask
+
+    paths = ["time", "source.identity", "source.namespace", "source.pod_name", "destination.identity",
+             "destination.namespace", "destination.pod_name", "source_service", "destination_service", "l4",
+             "IP", "ethernet", "l7", "Type", "node_name", "is_reply", "event_type", "verdict", "drop_reason_desc",
+             "Summary", "traffic_direction", "trace_observation_point", "policy_match_type", "interface"]
+    wires = [encoder.encode(r, "00000000-0000-4000-8000-000000000000", views) or b"" for r in records]
+    wire_mask, mask = WireMask(paths), FieldMask(paths=paths)
+    out["wire_mask_us"], out["wire_mask_per_cpu_s"] = _per_flow(lambda: [wire_mask.apply(w) for w in wires], count)
+    out["protobuf_mask_us"], out["protobuf_mask_per_cpu_s"] = _per_flow(
+        lambda: [_response(observer_pb2.GetFlowsResponse.FromString(w).flow, mask).SerializeToString()
+                 for w in wires], count)
+    ring = FlowRing(count)
+    for r in records:  # lazy, as the event pump added them before: the stream pays decode, build, convert
+        ring.add_lazy(_maker(builder, r))
+    out["stream_slow"] = _stream(ring, count, raw=False)
+    print(f"stages: {out}", flush=True)
+    out["stream_fast"] = _stream(ingest(), count, raw=False)
+    out["stream_fast_raw_client"] = _stream(ingest(), count, raw=True)
+    out["grpc_floor"] = _grpc_floor(count)
+    out["note"] = ("stream_*: server in this process, client in another; flows_per_server_cpu_s counts "
+                   "the server's CPU only (ring -> encode -> grpcio). raw_client: the client does not "
+                   "parse (as a Go client's cost is not ours). grpc_floor: grpcio alone, no work per message")
+    return out
 
 
 # ----- on a lab ----------------------------------------------------------------------------------
@@ -205,9 +346,15 @@ def pipeline_lab(rates: list[int], seconds: float) -> list[dict[str, Any]]:
             time.sleep(0.5)
             seen0, lost0 = _status()
             cpu0 = _cpu_seconds(pid)
-            result = lab.exec("bench-client", [PYTHON, "-c", _SENDER, server_ip, "9999", str(rate), str(seconds)],
-                              timeout=seconds + 60)
-            sent, took = (float(x) for x in result.stdout.split())
+            # one Python sender paces up to ~40,000 packets/s: more senders for higher rates
+            senders = max(1, -(-rate // 35_000))
+            procs = [lab.popen("bench-client", [PYTHON, "-c", _SENDER, server_ip, "9999", str(rate // senders),
+                                                str(seconds)]) for _ in range(senders)]
+            sent, took = 0.0, 0.0
+            for proc in procs:
+                stdout, _ = proc.communicate(timeout=seconds + 60)
+                count, secs = (float(x) for x in stdout.split())
+                sent, took = sent + count, max(took, secs)
             time.sleep(1.0)  # let the pump and the follower drain
             deadline = time.monotonic() + 10  # the follower drains what the ring still holds
             while time.monotonic() < deadline and follower.flows + follower.lost < _status()[0] - seen0:
@@ -216,11 +363,12 @@ def pipeline_lab(rates: list[int], seconds: float) -> list[dict[str, Any]]:
             cpu = _cpu_seconds(pid) - cpu0
             follower.close()
             events = seen1 - seen0
-            out.append({"rate_pps": rate, "packets_sent": int(sent), "send_seconds": took,
+            out.append({"rate_pps": rate, "senders": senders, "packets_sent": int(sent), "send_seconds": took,
                         "events": events, "events_per_s": round(events / took),
                         "followed_flows": follower.flows, "lost_datapath": lost1 - lost0,
                         "lost_hubble_ring": follower.lost, "agent_cpu_s": round(cpu, 2),
-                        "flows_per_agent_cpu_s": round(follower.flows / cpu) if cpu else None})
+                        "flows_per_agent_cpu_s": round(follower.flows / cpu) if cpu else None,
+                        "events_per_agent_cpu_s": round(events / cpu) if cpu else None})
             print(f"pipeline at {rate} pkt/s: {out[-1]}", flush=True)
     finally:
         sink.terminate()
@@ -240,20 +388,24 @@ def overhead(seconds: int, rounds: int) -> dict[str, Any]:
     lab = _lab(OBS_OFF)
     client, server = lab.netns_of("bench-client"), lab.netns_of("bench-server")
     ip = lab.address_of("bench-server")
-    modes = ("off", "metrics", "on")  # metrics: the flags, no follower; on: the flags and a follower
+    # metrics: the flags, no follower; on: the flags and a follower; budget: the same with the
+    # follower held to 5% of a core (--hubble-follow-cpu-budget 0.05; what it misses is reported lost)
+    modes = ("off", "metrics", "on", "budget")
+    flags = {"off": OBS_OFF, "metrics": OBS_ON, "on": OBS_ON, "budget": [*OBS_ON, "--hubble-follow-cpu-budget", "0.05"]}
     per: dict[str, list[dict[str, float]]] = {mode: [] for mode in modes}
     hubble_series = 0
     try:
         for index in range(rounds):
             for mode in (modes if index % 2 == 0 else modes[::-1]):
-                lab.restart_agent("n1", kill=False, agent_args=OBS_OFF if mode == "off" else OBS_ON)
-                follower = Follower() if mode == "on" else None
+                lab.restart_agent("n1", kill=False, agent_args=flags[mode])
+                follower = Follower() if mode in ("on", "budget") else None
                 try:
                     figures = {"throughput_gbps": iperf3(client, server, ip, seconds),
                                "latency_avg_us": sockperf(client, server, ip, seconds)[0],
                                "connections_per_s": cps(client, server, ip, seconds)}
                     if follower is not None:
                         figures["followed_flows"] = follower.flows
+                        figures["follower_lost"] = follower.lost
                     if mode != "off":
                         hubble_series = max(hubble_series, _scrape(lab))
                 finally:
@@ -266,7 +418,7 @@ def overhead(seconds: int, rounds: int) -> dict[str, Any]:
     medians = {mode: {k: round(median(r[k] for r in rows), 2) for k in rows[0]} for mode, rows in per.items()}
     keys = ("throughput_gbps", "latency_avg_us", "connections_per_s")
     ratios = {f"{mode}/off": {k: round(medians[mode][k] / medians["off"][k], 3) for k in keys}
-              for mode in ("metrics", "on")}
+              for mode in ("metrics", "on", "budget")}
     return {"rounds": per, "medians": medians, "ratios": ratios, "hubble_series_scraped": hubble_series}
 
 
@@ -286,7 +438,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description="cilia observability benchmarks")
     parser.add_argument("--seconds", type=int, default=5)
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--rates", default="5000,20000,50000", help="packets/s for the lab pipeline run")
+    parser.add_argument("--rates", default="2000,5000,20000,50000,100000", help="packets/s for the lab pipeline run")
     parser.add_argument("--only", default="stages,lab,overhead")
     args = parser.parse_args()
     results = run(args.seconds, args.rounds, [int(r) for r in args.rates.split(",")], set(args.only.split(",")))

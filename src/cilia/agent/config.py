@@ -52,6 +52,7 @@ class AgentConfig:
     maglev_hash_seed: int = 0
     hubble: bool = True
     hubble_listen_address: str | None = None
+    hubble_follow_cpu_budget: float = 0.0  # of one core per `follow` client; 0: no limit
     hubble_tls_cert_file: Path | None = None
     hubble_tls_key_file: Path | None = None
     hubble_tls_client_ca_files: tuple[Path, ...] = ()
@@ -151,6 +152,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--hubble-listen-address", default=None,
                         help="also serve it on this TCP address, e.g. :4244 or 127.0.0.1:4244 (plaintext "
                              "unless a TLS certificate is given)")
+    parser.add_argument("--hubble-follow-cpu-budget", type=_fraction, default=0.0, metavar="FRACTION",
+                        help="at most this share of one core for each GetFlows follower (e.g. 0.05); flows "
+                             "beyond it are reported to the client as lost; 0 (default): no limit")
     parser.add_argument("--hubble-tls-cert-file", type=Path, default=None)
     parser.add_argument("--hubble-tls-key-file", type=Path, default=None)
     parser.add_argument("--hubble-tls-client-ca-files", type=Path, action="append", default=None,
@@ -244,6 +248,17 @@ def _serve_addr(text: str) -> str | None:
     return text
 
 
+def _fraction(text: str) -> float:
+    """A share of one core, 0 to 1."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not 0 <= value <= 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: a share of one core, from 0 to 1")
+    return value
+
+
 def _positive(text: str) -> int:
     value = int(text)
     if value < 1:
@@ -305,6 +320,7 @@ def parse_config(argv: list[str] | None = None) -> AgentConfig:
         maglev_hash_seed=args.maglev_hash_seed,
         hubble=args.hubble,
         hubble_listen_address=args.hubble_listen_address,
+        hubble_follow_cpu_budget=args.hubble_follow_cpu_budget,
         hubble_tls_cert_file=args.hubble_tls_cert_file,
         hubble_tls_key_file=args.hubble_tls_key_file,
         hubble_tls_client_ca_files=tuple(args.hubble_tls_client_ca_files or ()),

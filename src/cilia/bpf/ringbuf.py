@@ -26,12 +26,18 @@ _U64 = struct.Struct("<Q")
 
 
 class RingBufferReader:
-    """Poll from one thread; epoll releases the GIL while it waits."""
+    """Poll from one thread; epoll releases the GIL while it waits. `on_record` is called for each
+    record, or, given `on_batch` instead, `on_batch` once per drain with the records read (one
+    call for thousands of records: what a busy consumer wants)."""
 
-    def __init__(self, ring_map: BpfMap, on_record: Callable[[bytes], None]) -> None:
+    def __init__(self, ring_map: BpfMap, on_record: Callable[[bytes], None] | None = None,
+                 on_batch: Callable[[list[bytes]], None] | None = None) -> None:
+        if (on_record is None) == (on_batch is None):
+            raise ValueError("give on_record or on_batch")
         if ring_map.map_type != BPF_MAP_TYPE_RINGBUF:
             raise BpfError(f"map {ring_map.name} is not a ring buffer (type {ring_map.map_type})")
         self._on_record = on_record
+        self._on_batch = on_batch
         self._size = ring_map.max_entries  # a power of two: positions wrap with a mask
         page = mmap.PAGESIZE
         try:
@@ -41,6 +47,7 @@ class RingBufferReader:
         except OSError as exc:
             raise BpfError(f"mapping ring buffer {ring_map.name}", exc.errno or 0) from exc
         self._page = page
+        self._read = 0
         self._epoll: select.epoll | None = select.epoll()
         self._epoll.register(ring_map.fd, select.EPOLLIN)
 
@@ -59,27 +66,38 @@ class RingBufferReader:
         return self._drain()
 
     def _drain(self) -> int:
+        batch: list[bytes] = []
+        try:
+            self._copy(batch.append if self._on_record is None else self._on_record)
+        finally:
+            if batch and self._on_batch is not None:
+                self._on_batch(batch)
+        return self._read
+
+    def _copy(self, take: Callable[[bytes], None]) -> None:
         consumer, producer, data = self._consumer, self._producer, self._page
         mask = self._size - 1
         position = _U64.unpack_from(consumer, 0)[0]
-        read = 0
+        self._read = read = 0
         try:
             while True:
                 end = _U64.unpack_from(producer, 0)[0]
                 if position >= end:
-                    return read
+                    return
                 while position < end:
                     offset = data + (position & mask)
                     length = _U32.unpack_from(producer, offset)[0]
                     if length & _BUSY:
-                        return read  # not committed yet: the next poll picks it up
+                        return  # not committed yet: the next poll picks it up
                     size = length & ~(_BUSY | _DISCARD)
                     if not length & _DISCARD:
-                        self._on_record(producer[offset + _HEADER: offset + _HEADER + size])
+                        take(producer[offset + _HEADER: offset + _HEADER + size])
                         read += 1
                     position += (size + _HEADER + 7) & ~7
-                    _U64.pack_into(consumer, 0, position)  # give the space back as we go
+                    if not read & 255:
+                        _U64.pack_into(consumer, 0, position)  # give the space back as we go
         finally:
+            self._read = read
             _U64.pack_into(consumer, 0, position)
 
     def close(self) -> None:

@@ -59,13 +59,14 @@ class FlowBuilder:
             return _view(view)
         return {"identity": identity, "labels": self._identities(identity)}
 
-    def build(self, event: MonitorEvent, endpoints: EndpointLookup | None = None) -> Flow:
-        """`endpoints`: the endpoint views as they were when the event arrived (default: the builder's)."""
+    def build(self, event: MonitorEvent, endpoints: EndpointLookup | None = None, flow_id: str | None = None) -> Flow:
+        """`endpoints`: the endpoint views as they were when the event arrived (default: the builder's);
+        `flow_id`: the flow's uuid (default: a random one)."""
         packet = event.packet
         timestamp = datetime.fromtimestamp((self._boot_time_ns + event.ktime_ns) / 1e9, tz=UTC)
         flow: Flow = {
             "time": timestamp.isoformat().replace("+00:00", "Z"),
-            "uuid": str(uuid.uuid4()),
+            "uuid": flow_id or str(uuid.uuid4()),
             "verdict": _verdict(event),
             "ethernet": {"source": packet.eth_source, "destination": packet.eth_destination},
             "source": self._endpoint(packet.source, event.src_identity, endpoints),
@@ -142,7 +143,7 @@ class FlowBuilder:
         return f"{summary}; {via}" if summary else via
 
     def build_sock(self, event: SockEvent, endpoints: EndpointLookup | None = None,
-                   netns: NetnsLookup | None = None) -> Flow:
+                   netns: NetnsLookup | None = None, flow_id: str | None = None) -> Flow:
         """A socket-level translation (Hubble's SOCK flow): frontend -> backend, once per connection."""
         timestamp = datetime.fromtimestamp((self._boot_time_ns + event.ktime_ns) / 1e9, tz=UTC)
         service = self._services(event.rev_nat_id)
@@ -152,7 +153,7 @@ class FlowBuilder:
         backend = host_port(event.backend, event.backend_port)
         flow: Flow = {
             "time": timestamp.isoformat().replace("+00:00", "Z"),
-            "uuid": str(uuid.uuid4()),
+            "uuid": flow_id or str(uuid.uuid4()),
             "verdict": "TRANSLATED",
             "Type": "SOCK",
             "node_name": self.node_name,

@@ -1,15 +1,22 @@
 """A bounded ring of recent flows with sequence numbers, and subscribers for --follow.
 
 Entries may be lazy: a maker the ring calls the first time the entry is read, or at once when
-someone follows; its result is kept. A maker returning None (an undecodable record) is skipped."""
+someone follows; its result is kept. A maker returning None (an undecodable record) is skipped.
+The event pump adds raw datapath records in batches (`add_records`): each entry keeps its record
+and the context it arrived in (the endpoint views then current), so the flow dict is built only
+for a reader that wants one, and a Hubble client can be served the record encoded straight to
+wire format (`RecordEntry.encode`, cilia.hubble.wire) without any dict at all. Such an entry's
+uuid is the ring's random prefix and its sequence number: unique, and known before it is built."""
 
 from __future__ import annotations
 
 import asyncio
 import itertools
 import threading
+import uuid
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
+from typing import Protocol
 
 from cilia.flows.build import Flow
 from cilia.flows.filter import FlowFilter
@@ -48,11 +55,19 @@ class EntrySubscriber:
 
     def push(self, entry: FlowEntry) -> None:
         """Called from the event reader thread."""
+        self.push_many((entry,))
+
+    def push_many(self, entries: Iterable[FlowEntry]) -> None:
+        """Called from the event reader thread: one lock and at most one wakeup for a batch."""
         with self._lock:
-            if len(self._pending) >= self.size:
-                self.lost += 1
+            room = self.size - len(self._pending)
+            batch = list(entries)
+            if len(batch) > room:
+                self.lost += len(batch) - max(room, 0)
+                batch = batch[:max(room, 0)]
+            if not batch:
                 return
-            self._pending.append(entry)
+            self._pending.extend(batch)
             if self._scheduled:
                 return
             self._scheduled = True
@@ -71,17 +86,29 @@ class EntrySubscriber:
             await self._wake.wait()
 
 
+class RecordContext(Protocol):
+    """What record entries of one batch share: how to build them (and, optionally, encode them)."""
+
+    def build(self, record: bytes, flow_id: str) -> Flow | None: ...
+
+    def encode(self, record: bytes, flow_id: str) -> bytes | None:
+        """Wire bytes of the record's flow, or None when the context has no fast path for it."""
+        ...
+
+
 class _Entry:
-    __slots__ = ("_make", "_value")
+    __slots__ = ("_make", "_value", "seq", "wire")
 
     def __init__(self, make: Callable[[], Flow | None] | None, value: Flow | None = None) -> None:
         self._make = make
         self._value = value
+        self.seq = 0
+        self.wire: bytes | None = None  # a reader's cache of the flow's encoding (the Hubble server's)
 
     def get(self) -> Flow | None:
         make = self._make
         if make is not None:
-            value = make()
+            value = self._produce(make)
             # Two readers (the API, the Hubble server, the metrics step) may build the same entry
             # at once; the first to publish wins, so every reader sees one flow (one uuid).
             with _PUBLISH:
@@ -90,6 +117,45 @@ class _Entry:
                     self._make = None
         return self._value
 
+    def _produce(self, make: Callable[[], Flow | None]) -> Flow | None:
+        return make()
+
+    @property
+    def flow_id(self) -> str | None:
+        """The uuid the flow has or will have (None: not known before it is built)."""
+        return self._value.get("uuid") if self._value is not None else None
+
+    def encode(self) -> bytes | None:
+        """The flow's wire bytes by a fast path, if the entry has one (record entries)."""
+        return None
+
+
+def _UNBUILT() -> Flow | None:
+    raise AssertionError("a record entry is built by its context")
+
+
+class RecordEntry(_Entry):
+    """A raw datapath record and the context it arrived in; built (or encoded) on demand."""
+
+    __slots__ = ("_prefix", "context", "record")
+
+    def __init__(self, record: bytes, context: RecordContext, seq: int, prefix: str) -> None:
+        super().__init__(_UNBUILT)
+        self.record = record
+        self.context = context
+        self.seq = seq
+        self._prefix = prefix
+
+    def _produce(self, make: Callable[[], Flow | None]) -> Flow | None:
+        return self.context.build(self.record, self.flow_id)
+
+    @property
+    def flow_id(self) -> str:
+        return f"{self._prefix}{self.seq:012x}"
+
+    def encode(self) -> bytes | None:
+        return self.context.encode(self.record, self.flow_id)
+
 
 _PUBLISH = threading.Lock()
 FlowEntry = _Entry  # what EntrySubscriber hands out: call .get() for the flow (None: undecodable)
@@ -97,7 +163,8 @@ FlowEntry = _Entry  # what EntrySubscriber hands out: call .get() for the flow (
 
 class FlowRing:
     def __init__(self, capacity: int = 4096) -> None:
-        self._flows: deque[tuple[int, _Entry]] = deque(maxlen=capacity)
+        self._flows: deque[_Entry] = deque(maxlen=capacity)
+        self._prefix = str(uuid.uuid4())[:24]  # record entries' uuids: this and the sequence number
         self._lock = threading.Lock()
         self._seq = 0
         self._subscribers: set[Subscriber] = set()
@@ -117,24 +184,43 @@ class FlowRing:
         with self._lock:
             self._seq += 1
             self.seen += 1
-            self._flows.append((self._seq, entry))
+            entry.seq = self._seq
+            self._flows.append(entry)
             subscribers = list(self._subscribers)
             entry_subscribers = list(self._entry_subscribers)
         for follower in entry_subscribers:
             follower.push(entry)
-        if not subscribers:
-            return
-        flow = entry.get()
-        if flow is None:
-            return
-        for subscriber in subscribers:
-            if subscriber.filter.matches(flow):
-                subscriber.loop.call_soon_threadsafe(subscriber.offer, flow)
+        if subscribers:
+            self._offer(subscribers, (entry,))
+
+    def add_records(self, records: list[bytes], context: RecordContext) -> None:
+        """A batch of raw records (the event pump's), under one lock; built only when read."""
+        with self._lock:
+            seq, prefix = self._seq, self._prefix
+            entries = [RecordEntry(record, context, seq + n, prefix) for n, record in enumerate(records, 1)]
+            self._seq = seq + len(entries)
+            self.seen += len(entries)
+            self._flows.extend(entries)
+            subscribers = list(self._subscribers) if self._subscribers else None
+            entry_subscribers = list(self._entry_subscribers) if self._entry_subscribers else None
+        if entry_subscribers:
+            for follower in entry_subscribers:
+                follower.push_many(entries)
+        if subscribers:
+            self._offer(subscribers, entries)
+
+    @staticmethod
+    def _offer(subscribers: list[Subscriber], entries: Iterable[_Entry]) -> None:
+        for entry in entries:
+            flow = entry.get()
+            if flow is None:
+                continue
+            for subscriber in subscribers:
+                if subscriber.filter.matches(flow):
+                    subscriber.loop.call_soon_threadsafe(subscriber.offer, flow)
 
     def last(self, count: int, flow_filter: FlowFilter) -> list[Flow]:
-        with self._lock:
-            entries = [entry for _, entry in self._flows]
-        flows = (entry.get() for entry in entries)
+        flows = (entry.get() for entry in self.entries())
         matched = [flow for flow in flows if flow is not None and flow_filter.matches(flow)]
         return matched[-count:] if count > 0 else []
 
@@ -145,9 +231,14 @@ class FlowRing:
             newest = self._seq
             wanted = newest - cursor
             held = min(wanted, len(self._flows))
-            entries = [entry for _, entry in itertools.islice(reversed(self._flows), held)]
+            entries = list(itertools.islice(reversed(self._flows), held))
         entries.reverse()
         return newest, entries, wanted - held
+
+    def entries(self) -> list[_Entry]:
+        """Every buffered entry, oldest first."""
+        with self._lock:
+            return list(self._flows)
 
     @property
     def sequence(self) -> int:

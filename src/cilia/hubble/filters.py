@@ -42,6 +42,11 @@ class FlowFilters:
         self._whitelist = [compile_filter(f) for f in whitelist]
         self._blacklist = [compile_filter(f) for f in blacklist]
 
+    @property
+    def empty(self) -> bool:
+        """No filter at all: every flow matches."""
+        return not self._whitelist and not self._blacklist
+
     def matches(self, flow: flow_pb2.Flow) -> bool:
         if self._whitelist and not any(p(flow) for p in self._whitelist):
             return False

@@ -8,7 +8,11 @@ on that loop (FlowRing subscribers are thread-safe by call_soon_threadsafe).
 GetFlows follows Hubble's local observer: history first (the last `number` matching flows, the
 first `number` with `first`, or those from `since` to `until`), then, with `follow`, new
 flows as they come; flows a slow follower missed, and events the datapath lost, are reported as
-LostEvent messages. Flows are encoded once (cached by uuid) whichever client reads them."""
+LostEvent messages. Flows are encoded once (cached in their ring entry) whichever client reads
+them, and sent as bytes: GetFlows' responses are serialized by us (a datapath record straight
+from its raw bytes, cilia.hubble.wire; anything else through the flow dict and convert), so
+grpcio does no protobuf work per message; a field mask is applied to the bytes, and a request
+without filters or time bounds never parses a flow at all."""
 
 from __future__ import annotations
 
@@ -31,8 +35,7 @@ from grpc_health.v1.health import aio as health_aio
 
 from cilia import __version__
 from cilia.agent.config import AgentConfig
-from cilia.flows.filter import FlowFilter
-from cilia.flows.ring import EntrySubscriber, FlowRing
+from cilia.flows.ring import EntrySubscriber, FlowEntry, FlowRing
 from cilia.flows.tap import FlowTap
 from cilia.hubble import agent_events
 from cilia.hubble.agent_events import AgentEventLog
@@ -42,6 +45,7 @@ from cilia.hubble.namespaces import NamespaceTracker
 from cilia.hubble.pb import flow_pb2, observer_pb2, observer_pb2_grpc, peer_pb2_grpc, relay_pb2
 from cilia.hubble.peer import PeerInfo, PeerService, tls_server_name
 from cilia.hubble.rate import flows_rate
+from cilia.hubble.wire import WireMask
 
 log = logging.getLogger(__name__)
 
@@ -67,13 +71,15 @@ class HubbleConfig:
     capacity: int
     listen_address: str | None = None
     tls: TlsFiles | None = None
+    follow_budget: float | None = None  # of one core, per follower; None: no limit
 
     @classmethod
     def from_agent(cls, config: AgentConfig) -> HubbleConfig:
         tls = None
         if config.hubble_tls_cert_file is not None and config.hubble_tls_key_file is not None:
             tls = TlsFiles(config.hubble_tls_cert_file, config.hubble_tls_key_file, config.hubble_tls_client_ca_files)
-        return cls(config.node, config.paths.hubble_socket, config.flow_buffer, config.hubble_listen_address, tls)
+        return cls(config.node, config.paths.hubble_socket, config.flow_buffer, config.hubble_listen_address, tls,
+                   config.hubble_follow_cpu_budget or None)
 
     @property
     def address(self) -> str:
@@ -90,7 +96,8 @@ class HubbleConfig:
 
 
 class FlowSource:
-    """The agent's flow ring seen as Hubble flows: converted once, cached by uuid."""
+    """The agent's flow ring seen as Hubble flows: each entry encoded once (kept in the entry),
+    by the fast path when it has one, else converted (cached by uuid) and serialized."""
 
     def __init__(self, ring: FlowRing, capacity: int, to_proto: Callable[[Mapping[str, Any]], flow_pb2.Flow] = convert):
         self.ring = ring
@@ -99,6 +106,7 @@ class FlowSource:
         self._cache: OrderedDict[str, flow_pb2.Flow] = OrderedDict()
         self._lock = threading.Lock()
         self.conversion_errors = 0
+        self.fast_errors = 0
 
     def proto(self, flow: Mapping[str, Any]) -> flow_pb2.Flow | None:
         """The flow as a message; None (counted, logged once) for a record that does not convert."""
@@ -110,9 +118,7 @@ class FlowSource:
         try:
             message = self._convert(flow)
         except (KeyError, TypeError, ValueError, AttributeError):
-            self.conversion_errors += 1
-            if self.conversion_errors == 1:
-                log.exception("a flow could not be encoded for Hubble (further ones are only counted)")
+            self._conversion_failed()
             return None
         if key:
             with self._lock:
@@ -121,30 +127,113 @@ class FlowSource:
                     self._cache.popitem(last=False)
         return message
 
+    def _conversion_failed(self) -> None:
+        self.conversion_errors += 1
+        if self.conversion_errors == 1:
+            log.exception("a flow could not be encoded for Hubble (further ones are only counted)")
+
+    def wire(self, entry: FlowEntry) -> bytes:
+        """The entry's GetFlowsResponse, serialized; b"" for one with nothing to send (undecodable,
+        not convertible)."""
+        data = entry.wire
+        if data is not None:
+            return data
+        try:
+            fast = entry.encode()
+        except (KeyError, TypeError, ValueError, AttributeError, IndexError):
+            self.fast_errors += 1  # the slow path below decides (and reports) what it is
+            fast = None
+        if fast is not None:
+            data = fast
+        else:
+            try:
+                flow = entry.get()
+            except (KeyError, TypeError, ValueError, AttributeError, IndexError, OverflowError):
+                self._conversion_failed()
+                flow = None
+            message = self.proto(flow) if flow is not None else None
+            data = _response(message, None).SerializeToString() if message is not None else b""
+        entry.wire = data
+        return data
+
+    def history(self) -> tuple[list[Served], int]:
+        """Every buffered flow, oldest first, and the sequence number the history ends at."""
+        entries = self.ring.entries()
+        served = [Served(data) for data in map(self.wire, entries) if data]
+        return served, entries[-1].seq if entries else self.ring.sequence
+
     def snapshot(self) -> list[flow_pb2.Flow]:
         """Every buffered flow, oldest first."""
-        messages = (self.proto(flow) for flow in self.ring.last(len(self.ring), FlowFilter()))
-        return [m for m in messages if m is not None]
+        return [item.flow() for item in self.history()[0]]
 
 
-def select_history(flows: list[flow_pb2.Flow], request: observer_pb2.GetFlowsRequest,
-                   filters: FlowFilters) -> list[flow_pb2.Flow]:
-    """Which buffered flows a GetFlows request gets before following (Hubble's ring reader)."""
+class Served:
+    """A flow as it is sent (GetFlowsResponse bytes), parsed only when a filter, a time bound or a
+    field mask needs to look at it."""
+
+    __slots__ = ("_flow", "data")
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+        self._flow: flow_pb2.Flow | None = None
+
+    def flow(self) -> flow_pb2.Flow:
+        if self._flow is None:
+            self._flow = observer_pb2.GetFlowsResponse.FromString(self.data).flow
+        return self._flow
+
+
+def select_history(flows: list[Any], request: observer_pb2.GetFlowsRequest, filters: FlowFilters,
+                   flow_of: Callable[[Any], flow_pb2.Flow] = lambda f: f) -> list[Any]:
+    """Which buffered flows a GetFlows request gets before following (Hubble's ring reader).
+    `flows`: messages, or anything `flow_of` makes one of (parsed only when needed)."""
     since = request.since.ToNanoseconds() if request.HasField("since") else None
     until = request.until.ToNanoseconds() if request.HasField("until") else None
     number = request.number
     if request.follow and number == 0 and since is None:
         return []  # follow only: no need to look back
-    matched = [f for f in flows if filters.matches(f) and (since is None or f.time.ToNanoseconds() >= since)]
+    if filters.empty and since is None:
+        matched = list(flows)
+    else:
+        matched = [f for f in flows if filters.matches(flow_of(f))
+                   and (since is None or flow_of(f).time.ToNanoseconds() >= since)]
     if since is None and not request.first and number:
         matched = matched[-number:]  # rewound by `number` matching flows, as Hubble (not by `until`)
     elif number and not request.follow:
         matched = matched[:number]  # forward from `since` or the oldest; a follower is not capped
     if until is not None:  # reading forward stops at the first flow past `until`
         for i, f in enumerate(matched):
-            if f.time.ToNanoseconds() > until:
+            if flow_of(f).time.ToNanoseconds() > until:
                 return matched[:i]
     return matched
+
+
+class FollowBudget:
+    """A follower's share of one core (`--hubble-follow-cpu-budget`): the CPU its loop thread
+    spends serving (thread time: waiting for a slow client or for the GIL costs nothing) is paid
+    from an allowance that grows by `fraction` of the wall time passing (at most a second's worth
+    banked); a batch stops when it is spent, and the rest is counted lost."""
+
+    def __init__(self, fraction: float, wall: Callable[[], float] = time.perf_counter,
+                 cpu: Callable[[], float] = time.thread_time) -> None:
+        self.fraction = fraction
+        self._wall = wall
+        self._cpu = cpu
+        self._last = wall()
+        self._allowance = 0.0
+        self._started = cpu()
+
+    def start(self) -> None:
+        now = self._wall()
+        self._allowance = min(self._allowance + (now - self._last) * self.fraction, self.fraction)
+        self._last = now
+        self._started = self._cpu()
+
+    def spent(self) -> bool:
+        return self._cpu() - self._started >= self._allowance
+
+    def stop(self) -> None:
+        self._allowance -= self._cpu() - self._started
 
 
 class ObserverService(observer_pb2_grpc.ObserverServicer):
@@ -162,7 +251,8 @@ class ObserverService(observer_pb2_grpc.ObserverServicer):
 
     # ----- flows ---------------------------------------------------------------------------------
     async def GetFlows(self, request: observer_pb2.GetFlowsRequest,
-                       context: grpc.aio.ServicerContext[Any, Any]) -> AsyncIterator[observer_pb2.GetFlowsResponse]:
+                       context: grpc.aio.ServicerContext[Any, Any]) -> AsyncIterator[bytes]:
+        """Yields serialized GetFlowsResponses (the method's serializer passes bytes through)."""
         if request.first and request.follow:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "first cannot be specified with follow")
             return
@@ -176,44 +266,62 @@ class ObserverService(observer_pb2_grpc.ObserverServicer):
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"invalid field mask: {list(mask.paths)}")
             return
         until = request.until.ToNanoseconds() if request.follow and request.HasField("until") else None
-        ring = self._source.ring
+        parse = until is not None or not filters.empty  # else bytes go out unparsed
+        masked = _Masker(mask) if mask is not None else None
+        source = self._source
+        ring = source.ring
         subscriber: EntrySubscriber | None = None
         if request.follow:
             # Subscribed before the history is read, so nothing falls between the two; what is
-            # in both is skipped by uuid below. Entries come unbuilt: this thread builds them.
+            # in both is skipped by sequence number below. Entries come unbuilt: this thread
+            # encodes them.
             subscriber = EntrySubscriber(asyncio.get_running_loop(), size=FOLLOW_QUEUE)
             ring.subscribe_entries(subscriber)
         try:
-            flows = await asyncio.to_thread(self._source.snapshot)
-            for message in select_history(flows, request, filters):
-                yield _response(message, mask)
+            history, last_seq = await asyncio.to_thread(source.history)
+            for item in select_history(history, request, filters, Served.flow):
+                yield item.data if masked is None else masked(item.data)
             if subscriber is None:
                 return
-            seen = {f.uuid for f in flows[-FOLLOW_QUEUE:]}
+            del history
             lost, datapath_lost = 0, ring.events_lost
+            node = self._config.node
+            budget = FollowBudget(self._config.follow_budget) if self._config.follow_budget else None
+            over_budget = 0  # flows this follower's CPU budget had no room for (reported as lost)
             while True:
-                for entry in await subscriber.batch():
-                    flow = entry.get()
-                    if flow is None:
-                        continue
-                    if seen:
-                        if flow.get("uuid") in seen:
-                            continue
-                        seen = set()  # queue order is ring order: past the overlap for good
-                    if subscriber.lost > lost:
-                        yield _lost(flow_pb2.HUBBLE_RING_BUFFER, subscriber.lost - lost, self._config.node)
-                        lost = subscriber.lost
+                entries = await subscriber.batch()
+                if budget is not None:
+                    budget.start()
+                for index, entry in enumerate(entries):
+                    if budget is not None and index % 16 == 0 and budget.spent():
+                        over_budget += sum(1 for e in entries[index:] if e.seq > last_seq)
+                        if subscriber.lost + over_budget > lost:  # told now: nothing else may come soon
+                            yield _lost(flow_pb2.HUBBLE_RING_BUFFER, subscriber.lost + over_budget - lost,
+                                        node).SerializeToString()
+                            lost = subscriber.lost + over_budget
+                        break
+                    if entry.seq <= last_seq:
+                        continue  # sent with the history
+                    if subscriber.lost + over_budget > lost:
+                        yield _lost(flow_pb2.HUBBLE_RING_BUFFER, subscriber.lost + over_budget - lost,
+                                    node).SerializeToString()
+                        lost = subscriber.lost + over_budget
                     if ring.events_lost > datapath_lost:
                         yield _lost(flow_pb2.PERF_EVENT_RING_BUFFER, ring.events_lost - datapath_lost,
-                                    self._config.node)
+                                    node).SerializeToString()
                         datapath_lost = ring.events_lost
-                    new = self._source.proto(flow)
-                    if new is None:
+                    data = source.wire(entry)
+                    if not data:
                         continue
-                    if until is not None and new.time.ToNanoseconds() > until:
-                        return
-                    if filters.matches(new):
-                        yield _response(new, mask)
+                    if parse:
+                        new = Served(data).flow()
+                        if until is not None and new.time.ToNanoseconds() > until:
+                            return
+                        if not filters.matches(new):
+                            continue
+                    yield data if masked is None else masked(data)
+                if budget is not None:
+                    budget.stop()
         finally:
             if subscriber is not None:
                 ring.unsubscribe_entries(subscriber)
@@ -305,6 +413,22 @@ def _response(message: flow_pb2.Flow, mask: Any) -> observer_pb2.GetFlowsRespons
     return response
 
 
+class _Masker:
+    """A request's field mask on GetFlowsResponse bytes: on the wire (cilia.hubble.wire.WireMask,
+    what protobuf's FieldMask.MergeMessage gives, ~1.3-1.5x cheaper), protobuf's own way as fallback."""
+
+    def __init__(self, mask: Any) -> None:
+        self._mask = mask
+        self._wire = WireMask(list(mask.paths))
+
+    def __call__(self, data: bytes) -> bytes:
+        try:
+            return self._wire.apply(data)
+        except (ValueError, IndexError, KeyError):
+            flow = observer_pb2.GetFlowsResponse.FromString(data).flow
+            return _response(flow, self._mask).SerializeToString()
+
+
 def _lost(source: int, count: int, node: str) -> observer_pb2.GetFlowsResponse:
     response = observer_pb2.GetFlowsResponse(node_name=node)
     response.lost_events.source = source  # type: ignore[assignment]
@@ -364,8 +488,7 @@ class HubbleServer:
     async def _serve(self) -> None:
         config = self.config
         server = grpc.aio.server()
-        observer_pb2_grpc.add_ObserverServicer_to_server(  # type: ignore[no-untyped-call]
-            ObserverService(self.source, config, events=self.events, namespaces=self.namespaces), server)
+        add_observer(ObserverService(self.source, config, events=self.events, namespaces=self.namespaces), server)
         peer_pb2_grpc.add_PeerServicer_to_server(PeerService(self.peers), server)  # type: ignore[no-untyped-call]
         health = health_aio.HealthServicer()
         for service in ("", HEALTH_SERVICE):
@@ -402,6 +525,33 @@ class HubbleServer:
             if self._thread.is_alive():
                 log.warning("hubble server did not stop within %.0f s", grace + 5)
         self.config.socket.unlink(missing_ok=True)
+
+
+def _as_is(data: bytes) -> bytes:
+    return data
+
+
+def add_observer(service: ObserverService, server: grpc.aio.Server) -> None:
+    """observer.Observer's methods, as the generated add_ObserverServicer_to_server registers
+    them, except that GetFlows' responses come serialized already."""
+    m = observer_pb2
+    stream, unary = grpc.unary_stream_rpc_method_handler, grpc.unary_unary_rpc_method_handler
+    handlers: dict[str, grpc.RpcMethodHandler[Any, Any]] = {
+        "GetFlows": stream(service.GetFlows, request_deserializer=m.GetFlowsRequest.FromString,
+                           response_serializer=_as_is),
+        "GetAgentEvents": stream(service.GetAgentEvents, request_deserializer=m.GetAgentEventsRequest.FromString,
+                                 response_serializer=m.GetAgentEventsResponse.SerializeToString),
+        "GetDebugEvents": stream(service.GetDebugEvents, request_deserializer=m.GetDebugEventsRequest.FromString,
+                                 response_serializer=m.GetDebugEventsResponse.SerializeToString),
+        "GetNodes": unary(service.GetNodes, request_deserializer=m.GetNodesRequest.FromString,
+                          response_serializer=m.GetNodesResponse.SerializeToString),
+        "GetNamespaces": unary(service.GetNamespaces, request_deserializer=m.GetNamespacesRequest.FromString,
+                               response_serializer=m.GetNamespacesResponse.SerializeToString),
+        "ServerStatus": unary(service.ServerStatus, request_deserializer=m.ServerStatusRequest.FromString,
+                              response_serializer=m.ServerStatusResponse.SerializeToString),
+    }
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler("observer.Observer", handlers),))
+    server.add_registered_method_handlers("observer.Observer", handlers)
 
 
 def server_credentials(tls: TlsFiles) -> grpc.ServerCredentials:

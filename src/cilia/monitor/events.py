@@ -245,17 +245,29 @@ class DecodeError(ValueError):
 
 
 def _mac(raw: bytes) -> str:
-    return ":".join(f"{b:02x}" for b in raw)
+    return raw.hex(":")
 
 
 _TCP_FLAG_NAMES = ((0x01, "FIN"), (0x02, "SYN"), (0x04, "RST"), (0x08, "PSH"), (0x10, "ACK"), (0x20, "URG"))
+_TCP_FLAG_SETS = [frozenset(name for bit, name in _TCP_FLAG_NAMES if bits & bit) for bits in range(64)]
+_DIRECTIONS = {int(d): d.name for d in TrafficDirection}
+_ADDRESSES: dict[bytes, str] = {}  # packed address -> text: a flow's addresses repeat, ipaddress is slow
+
+
+def _address(raw: bytes) -> str:
+    text = _ADDRESSES.get(raw)
+    if text is None:
+        if len(_ADDRESSES) >= 8192:
+            _ADDRESSES.clear()
+        ip = ipaddress.IPv4Address(raw) if len(raw) == 4 else ipaddress.IPv6Address(raw)
+        text = _ADDRESSES[raw] = str(ip)
+    return text
 
 
 def _l4(protocol: int, data: bytes, v6: bool) -> L4:
     if protocol == ipproto.TCP and len(data) >= 14:
         sport, dport = struct.unpack_from("!HH", data)
-        flags = frozenset(name for bit, name in _TCP_FLAG_NAMES if data[13] & bit)
-        return L4(ipproto.name_of(protocol), sport, dport, flags)
+        return L4(ipproto.name_of(protocol), sport, dport, _TCP_FLAG_SETS[data[13] & 0x3F])
     if protocol in (ipproto.UDP, ipproto.SCTP) and len(data) >= 4:
         sport, dport = struct.unpack_from("!HH", data)
         return L4(ipproto.name_of(protocol), sport, dport)
@@ -276,15 +288,15 @@ def parse_packet(data: bytes) -> Packet:
         ihl = (payload[0] & 0x0F) * 4
         return Packet(
             eth_src, eth_dst, 4,
-            str(ipaddress.IPv4Address(payload[12:16])),
-            str(ipaddress.IPv4Address(payload[16:20])),
+            _address(payload[12:16]),
+            _address(payload[16:20]),
             _l4(payload[9], payload[ihl:], False),
         )
     if ethertype == 0x86DD and len(payload) >= 40:
         return Packet(
             eth_src, eth_dst, 6,
-            str(ipaddress.IPv6Address(payload[8:24])),
-            str(ipaddress.IPv6Address(payload[24:40])),
+            _address(payload[8:24]),
+            _address(payload[24:40]),
             _l4(payload[6], payload[40:], True),
         )
     return Packet(eth_src, eth_dst)
@@ -310,7 +322,7 @@ def decode(record: bytes) -> MonitorEvent:
         src_identity=src_id,
         dst_identity=dst_id,
         orig_len=orig_len,
-        direction=TrafficDirection.name_of(direction),
+        direction=_DIRECTIONS.get(direction, "TRAFFIC_DIRECTION_UNKNOWN"),  # TrafficDirection.name_of's
         packet=parse_packet(data),
         rule_id=0 if etype == EVENT_TRACE else slot,
         rev_nat_id=slot if etype == EVENT_TRACE else 0,

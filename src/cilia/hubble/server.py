@@ -293,7 +293,7 @@ class ObserverService(observer_pb2_grpc.ObserverServicer):
                 if budget is not None:
                     budget.start()
                 for index, entry in enumerate(entries):
-                    if budget is not None and index % 16 == 0 and budget.spent():
+                    if budget is not None and budget.spent():
                         over_budget += sum(1 for e in entries[index:] if e.seq > last_seq)
                         if subscriber.lost + over_budget > lost:  # told now: nothing else may come soon
                             yield _lost(flow_pb2.HUBBLE_RING_BUFFER, subscriber.lost + over_budget - lost,

@@ -23,6 +23,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from cilia import __version__
+from cilia.flows.build import _OBS_TO_HUBBLE as OBS_TO_HUBBLE  # the slow path's table: one source
 from cilia.flows.build import EndpointLookup, EndpointView, IdentityLookup, RuleLookup, ServiceLookup
 from cilia.hostport import host_port
 from cilia.hubble.convert import DROP_REASONS, EMITTER, POLICY_VERDICT_DROP_REASONS, TRACE_POINTS
@@ -132,9 +133,6 @@ _IPV6 = flow_pb2.IPVersion.Value("IPv6")
 _DIRECTIONS = {0: ("INGRESS", flow_pb2.TrafficDirection.Value("INGRESS")),
                1: ("EGRESS", flow_pb2.TrafficDirection.Value("EGRESS"))}
 _UNKNOWN_DIRECTION = ("TRAFFIC_DIRECTION_UNKNOWN", 0)
-_OBS_TO_HUBBLE = {"TO_ENDPOINT", "TO_STACK", "FROM_ENDPOINT", "TO_HOST", "TO_OVERLAY", "FROM_OVERLAY",
-                  "FROM_NETWORK"}  # as cilia.flows.build: the points Hubble names alike
-
 
 def _enum_value(enum: Any, name: str) -> int:
     try:
@@ -145,8 +143,7 @@ def _enum_value(enum: Any, name: str) -> int:
 
 def _trace_point(subtype: int) -> tuple[int, int]:
     """(the trace's event sub type, its trace_observation_point value), as build + convert give them."""
-    name = OBSERVATION_POINTS.get(subtype, "UNKNOWN_POINT")
-    name = name if name in _OBS_TO_HUBBLE else "UNKNOWN_POINT"
+    name = OBS_TO_HUBBLE.get(OBSERVATION_POINTS.get(subtype, "UNKNOWN_POINT"), "UNKNOWN_POINT")
     return TRACE_POINTS.get(name, 0), _enum_value(flow_pb2.TraceObservationPoint, name)
 
 

@@ -42,7 +42,7 @@ char LICENSE[] SEC("license") = "GPL";
 /* Decide one side's policy for this packet and report it: a policy-verdict event for the first
  * packet of a connection, and a drop naming the deciding rule when it does not pass.
  * Returns <0 when the packet must be dropped (the drop event is already sent), 1 when it is
- * allowed through the L7 proxy (lib/proxy.h), 0 when it is allowed.
+ * allowed through the L7 proxy (lib/proxy.h), 2 through the DNS proxy, 0 when it is allowed.
  *
  * A global (BTF) function, not inlined: the verifier checks it once, on its own, instead of once
  * per call site and per path into it (four call sites in cil_from_container alone), which keeps
@@ -66,7 +66,7 @@ __attribute__((noinline)) int enforce_policy(struct __sk_buff *ctx, const struct
 		send_policy_verdict(ctx, r.verdict, r.audited, r.rule_id, c->src_identity, c->dst_identity, c->dir,
 				    c->endpoint_id);
 	if (pass)
-		return r.redirect ? 1 : 0;
+		return r.redirect;
 	__u8 reason = r.verdict == VERDICT_DENY		 ? DROP_POLICY_DENY
 		      : r.verdict == VERDICT_NOT_INSTALLED ? DROP_POLICY_NOT_INSTALLED
 							   : DROP_POLICY_DENIED;
@@ -183,13 +183,14 @@ __always_inline_fn int from_container_ip(struct __sk_buff *ctx, struct pkt *p)
 		bool fresh = ct.status == CT_NEW;
 		struct policy_call egress = {CONFIG.endpoint_id, DIR_EGRESS, dst_identity, CONFIG.identity,
 					     dst_identity, fresh};
-		/* >0: an L7 rule of this pod's egress covers the connection (the proxy judges each request) */
+		/* 1: an L7 rule of this pod's egress covers the connection (the proxy judges each request);
+		 * 2: an egress DNS rule covers it (the DNS proxy judges each query) */
 		int egress_redirect = enforce_policy(ctx, p, &egress);
 		if (egress_redirect < 0)
 			return TC_ACT_SHOT;
 		/* A local destination is reached by redirect_peer, which skips its to-container
 		 * program: its ingress policy is decided here, charged to that endpoint. */
-		int redirect = egress_redirect;
+		int redirect = egress_redirect == 1;
 		if (local) {
 			struct policy_call ingress = {ep->endpoint_id, DIR_INGRESS, CONFIG.identity,
 						      CONFIG.identity, dst_identity, fresh};
@@ -200,6 +201,14 @@ __always_inline_fn int from_container_ip(struct __sk_buff *ctx, struct pkt *p)
 		}
 		if (fresh && ct_create(p, ctx->len, CONFIG.identity, x.rev_nat_id, x.flags) < 0)
 			return send_drop(ctx, DROP_CT_MAP_INSERT_FAILED, CONFIG.identity, dst_identity, DIR_EGRESS);
+		if (egress_redirect == 2) {
+			/* an egress DNS rule covers the port: the node's DNS proxy takes the query */
+			if (proxy_redirect_dns(ctx, p) < 0)
+				return send_drop(ctx, DROP_PROXY_UNAVAILABLE, CONFIG.identity, dst_identity, DIR_EGRESS);
+			send_trace(ctx, OBS_TO_STACK, ct.status, CONFIG.identity, dst_identity, DIR_EGRESS, ct.report,
+				   rev_nat_id);
+			return TC_ACT_OK;
+		}
 		if (redirect) {
 			/* an L7 rule (this pod's egress, the local destination's ingress) covers the
 			 * connection: the node's proxy takes it, or nobody does */

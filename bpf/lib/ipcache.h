@@ -19,6 +19,7 @@ struct ipcache_key {
 enum ipcache_flags {
 	IPCACHE_F_CLUSTER = 1 << 0, /* written by the agent's cluster sync (remote endpoint or node) */
 	IPCACHE_F_NATIVE = 1 << 1,  /* native routing, never masqueraded: a pod's program forwards it itself (lib/fib.h) */
+	IPCACHE_F_FQDN = 1 << 2,    /* written by the DNS proxy: an IP an allowed DNS answer named (FQDN identity) */
 };
 
 struct ipcache_value {

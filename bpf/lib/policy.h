@@ -34,6 +34,7 @@ enum policy_verdict {
 	VERDICT_DEFAULT_DENY = 3,
 	VERDICT_NOT_INSTALLED = 4,
 	VERDICT_REDIRECT = 5, /* policy_entry only: allowed, through the node's L7 proxy (lib/proxy.h) */
+	VERDICT_REDIRECT_DNS = 6, /* policy_entry only: allowed, through the node's DNS proxy (lib/proxy.h) */
 };
 
 struct policy_state {
@@ -61,7 +62,7 @@ struct policy_key {
 
 struct policy_entry {
 	__u32 rule_id;
-	__u8 verdict; /* VERDICT_ALLOW, VERDICT_DENY or VERDICT_REDIRECT */
+	__u8 verdict; /* VERDICT_ALLOW, VERDICT_DENY, VERDICT_REDIRECT or VERDICT_REDIRECT_DNS */
 	__u8 pad[3];
 };
 
@@ -96,7 +97,7 @@ struct policy_result {
 	__u8 verdict;
 	__u8 enforced;
 	__u8 audited; /* denied, but audit mode lets it through */
-	__u8 redirect; /* allowed, but each request is the L7 proxy's to judge */
+	__u8 redirect; /* allowed, but each request is the L7 proxy's (1) or query the DNS proxy's (2) to judge */
 };
 
 /* The port policy sees: L4 destination port, the ICMP type for ICMP, 0 otherwise. */
@@ -144,10 +145,10 @@ __always_inline_fn bool policy_check(__u32 endpoint_id, __u8 dir, __u32 remote, 
 		.dport = policy_port(p),
 	};
 	struct policy_entry *e = bpf_map_lookup_elem(&cilia_policy_v1, &key);
-	if (e && (e->verdict == VERDICT_ALLOW || e->verdict == VERDICT_REDIRECT)) {
+	if (e && (e->verdict == VERDICT_ALLOW || e->verdict == VERDICT_REDIRECT || e->verdict == VERDICT_REDIRECT_DNS)) {
 		r->verdict = VERDICT_ALLOW;
 		r->rule_id = e->rule_id;
-		r->redirect = e->verdict == VERDICT_REDIRECT;
+		r->redirect = e->verdict == VERDICT_REDIRECT ? 1 : e->verdict == VERDICT_REDIRECT_DNS ? 2 : 0;
 		return true;
 	}
 	r->verdict = e ? VERDICT_DENY : VERDICT_DEFAULT_DENY;

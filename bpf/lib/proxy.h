@@ -71,3 +71,55 @@ __always_inline_fn int proxy_redirect(struct __sk_buff *ctx, const struct pkt *p
 	ctx->mark = PROXY_MARK_TO;
 	return 0;
 }
+
+/* The node's DNS proxy (cilia-proxy, src/cilia/proxy/dns.py): a pod's DNS query (UDP or TCP) that
+ * its egress entry says VERDICT_REDIRECT for is assigned to the proxy's IP_TRANSPARENT sockets on
+ * DNS_PROXY_PORT (UDP: the one unconnected socket; TCP: the established socket of its tuple, else
+ * the listener). The proxy learns the original destination (IP_RECVORIGDSTADDR / getsockname)
+ * and answers from it; the reply reaches the pod as the reply of the connection the pod's
+ * from-container recorded. It queries the real server itself, from the node's own address. */
+#define DNS_PROXY_PORT 15053
+
+/* Returns 0 when the packet is assigned to the DNS proxy (then pass it with TC_ACT_OK). */
+__always_inline_fn int proxy_redirect_dns(struct __sk_buff *ctx, const struct pkt *p)
+{
+	struct bpf_sock_tuple t = {};
+	struct bpf_sock *sk = 0;
+
+	if (p->t.family != AF_INET_)
+		return -1;
+	t.ipv4.saddr = p->t.saddr.w[3];
+	t.ipv4.daddr = p->t.daddr.w[3];
+	t.ipv4.sport = p->t.sport;
+	t.ipv4.dport = bpf_htons(DNS_PROXY_PORT);
+	if (p->t.proto == IPPROTO_UDP) {
+		sk = bpf_sk_lookup_udp(ctx, &t, sizeof(t.ipv4), BPF_F_CURRENT_NETNS, 0);
+		if (!sk)
+			return -1;
+	} else if (p->t.proto == IPPROTO_TCP) {
+		t.ipv4.dport = p->t.dport;
+		sk = bpf_skc_lookup_tcp(ctx, &t, sizeof(t.ipv4), BPF_F_CURRENT_NETNS, 0);
+		if (sk && sk->state == BPF_TCP_LISTEN) {
+			bpf_sk_release(sk); /* a listener on the real port in the node: not the proxy */
+			sk = 0;
+		}
+		if (!sk) {
+			t.ipv4.dport = bpf_htons(DNS_PROXY_PORT);
+			sk = bpf_skc_lookup_tcp(ctx, &t, sizeof(t.ipv4), BPF_F_CURRENT_NETNS, 0);
+			if (!sk)
+				return -1;
+			if (sk->state != BPF_TCP_LISTEN) {
+				bpf_sk_release(sk);
+				return -1;
+			}
+		}
+	} else {
+		return -1;
+	}
+	long err = bpf_sk_assign(ctx, sk, 0);
+	bpf_sk_release(sk);
+	if (err)
+		return -1;
+	ctx->mark = PROXY_MARK_TO;
+	return 0;
+}

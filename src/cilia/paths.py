@@ -47,6 +47,21 @@ class NodePaths:
         return self.run_dir / "proxy" / "policy"
 
     @property
+    def dns_policy_dir(self) -> Path:
+        """The DNS proxy's rules, one `<endpoint id>.json` per endpoint with DNS rules (cilia.proxy.dnspolicy)."""
+        return self.run_dir / "proxy" / "dns"
+
+    @property
+    def fqdn_cache_file(self) -> Path:
+        """The DNS proxy's name cache (cilia.fqdn.cache), persisted so it survives restarts."""
+        return self.state_dir / "fqdn-cache.json"
+
+    @property
+    def fqdn_clean_request(self) -> Path:
+        """Touched by `cilia fqdn cache clean` (through the agent); the DNS proxy empties its cache."""
+        return self.run_dir / "proxy" / "fqdn-clean"
+
+    @property
     def pid_file(self) -> Path:
         return self.run_dir / "agent.pid"
 

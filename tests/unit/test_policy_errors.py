@@ -47,15 +47,29 @@ kind: CiliumNetworkPolicy
 metadata: {name: p, namespace: x}
 spec:
   endpointSelector: {}
-  egress: [{toFQDNs: [{matchName: example.com}]}]""",
-     "CiliumNetworkPolicy x/p: field 'spec.egress[0].toFQDNs': not supported yet"),
+  egress: [{toFQDNs: [{matchName: "exa mple.com"}]}]""",
+     "CiliumNetworkPolicy x/p: field 'spec.egress[0].toFQDNs[0].matchName': invalid characters in matchName"),
+    ("""apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: p, namespace: x}
+spec:
+  endpointSelector: {}
+  egress: [{toFQDNs: [{matchPattern: "*.exa$mple.com"}]}]""",
+     "field 'spec.egress[0].toFQDNs[0].matchPattern': invalid characters in matchPattern"),
+    ("""apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: p, namespace: x}
+spec:
+  endpointSelector: {}
+  egress: [{toPorts: [{ports: [{port: "53", protocol: UDP}], rules: {dns: [{matchPattern: "a/b"}]}}]}]""",
+     "field 'spec.egress[0].toPorts[0].rules.dns[0].matchPattern': invalid characters in matchPattern"),
     ("""apiVersion: cilium.io/v2
 kind: CiliumNetworkPolicy
 metadata: {name: p, namespace: x}
 spec:
   endpointSelector: {}
   ingress: [{toPorts: [{ports: [{port: "80"}], rules: {dns: [{matchName: x}]}}]}]""",
-     "field 'spec.ingress[0].toPorts[0].rules.dns': not supported yet: DNS rules"),
+     "field 'spec.ingress[0].toPorts[0].rules.dns': DNS rules are egress rules"),
     ("""apiVersion: cilium.io/v2
 kind: CiliumNetworkPolicy
 metadata: {name: p, namespace: x}

@@ -28,6 +28,7 @@ from cilia.agent.api import bpf as bpf_api
 from cilia.agent.api import config as config_api
 from cilia.agent.api import endpoints as endpoints_api
 from cilia.agent.api import flows as flows_api
+from cilia.agent.api import fqdn as fqdn_api
 from cilia.agent.api import identities as identities_api
 from cilia.agent.api import nodes as nodes_api
 from cilia.agent.api import policy as policy_api
@@ -230,6 +231,7 @@ class Agent:
             services_api.make_router(self.services),
             bpf_api.make_router(self.datapath, self.endpoints, self.policy.describe_rule),
             flows_api.make_router(self.events.ring, self.config.node, self.events.raw),
+            fqdn_api.make_router(self.policy, self.config.paths),
         ])
 
     async def serve(self) -> None:

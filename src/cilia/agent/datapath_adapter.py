@@ -37,6 +37,7 @@ from cilia.netlink.node import ensure_service_snat
 from cilia.netlink.routes import sync_pod_cidr_routes
 from cilia.netlink.vxlan import VXLAN_DEVICE, VXLAN_OVERHEAD, ensure_vxlan_device
 from cilia.policy.mapstate import MapState
+from cilia.proxy import dnspolicy as dns_policy
 from cilia.proxy import policy as proxy_policy
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
@@ -220,11 +221,16 @@ class DatapathAdapter:
     def install_policy(self, endpoint_id: int, state: MapState) -> bool:
         # the L7 proxy's rules go first: a REDIRECT entry never goes live before its rules exist
         proxy_dir = self._config.paths.proxy_policy_dir
+        dns_dir = self._config.paths.dns_policy_dir
         if state.proxy:
             proxy_policy.write_policy(proxy_dir, endpoint_id, state.proxy)
+        if state.dns:
+            dns_policy.write_policy(dns_dir, endpoint_id, state.dns)
         changed = self.datapath.policy.install(endpoint_id, state)
         if not state.proxy:
             proxy_policy.remove_policy(proxy_dir, endpoint_id)
+        if not state.dns:
+            dns_policy.remove_policy(dns_dir, endpoint_id)
         return changed
 
     def fail_policy(self, endpoint_id: int) -> None:
@@ -233,6 +239,7 @@ class DatapathAdapter:
     def remove_policy(self, endpoint_id: int) -> None:
         self.datapath.policy.remove(endpoint_id)
         proxy_policy.remove_policy(self._config.paths.proxy_policy_dir, endpoint_id)
+        dns_policy.remove_policy(self._config.paths.dns_policy_dir, endpoint_id)
 
     def policy_endpoints(self) -> set[int]:
         return set(self.datapath.policy.installed)

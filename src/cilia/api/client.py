@@ -109,6 +109,9 @@ class AgentClient:
     def post(self, path: str, body: dict[str, Any]) -> Any:
         return self._request("POST", path, json=body).json()
 
+    def delete_json(self, path: str) -> Any:
+        return self._request("DELETE", path).json()
+
     def patch(self, path: str, body: dict[str, Any]) -> Any:
         return self._request("PATCH", path, json=body).json()
 

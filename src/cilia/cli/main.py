@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from cilia.cli import agent_cmds, lab, node_cmds, observe, policy_cmds, service_cmds
+from cilia.cli import agent_cmds, fqdn_cmds, lab, node_cmds, observe, policy_cmds, service_cmds
 
 app = typer.Typer(
     name="cilia",
@@ -17,6 +17,7 @@ observe.register(app)
 policy_cmds.register(app)
 service_cmds.register(app)
 node_cmds.register(app)
+fqdn_cmds.register(app)
 app.add_typer(lab.app, name="lab")
 
 

@@ -22,6 +22,7 @@ from typing import Any
 import yaml
 
 from cilia.lab import certs, fabric
+from cilia.lab import dns as lab_dns
 from cilia.lab import relay as lab_relay
 from cilia.lab.errors import LabError
 from cilia.lab.etcd import ETCD_RUN_ROOT, EtcdCluster, EtcdMemberSpec, stop_leftover_members
@@ -100,6 +101,8 @@ class Lab:
                 lab._node(node, agent_args or [])
             for external in topology.externals:
                 lab._external(external)
+            if topology.dns:
+                lab._dns()
             for node in topology.nodes:
                 lab._wait_agent(node.name)
                 lab._learn_pod_cidrs(node.name)
@@ -360,6 +363,20 @@ class Lab:
         fabric.attach_host(external.netns, f"cilia-x{external.index}", (str(external.ipv4), str(external.ipv6)),
                            fabric.EXTERNAL_GATEWAYS)
         self._start_servers(external.netns, external.name, external.ports)
+
+    def _dns(self) -> None:
+        """dnsmasq with the test zone on external host `dns` (cilia.lab.dns); stopped by `down`."""
+        self._external(lab_dns.DNS_HOST)
+        log_file = LAB_DIR / "dnsmasq.log"
+        pid = spawn(lab_dns.DNS_HOST.netns, lab_dns.command(lab_dns.write_config(LAB_DIR / "dns")), log_file)
+        self.state["pids"].append(pid)
+        self.state["dns"] = {"pid": pid, "ipv4": str(lab_dns.DNS_HOST.ipv4), "netns": lab_dns.DNS_HOST.netns}
+        self.save()
+        try:
+            wait_for(lambda: not exited(pid) and 53 in listening_ports(lab_dns.DNS_HOST.netns), 10, 0.05,
+                     "dnsmasq did not bind port 53")
+        except WaitTimeout as exc:
+            raise LabError(f"{exc}:\n{log_file.read_text()[-2000:] if log_file.exists() else ''}") from exc
 
     def _start_servers(self, netns: str, name: str, ports: tuple[PortSpec, ...], cgroup: Path | None = None) -> None:
         if not ports:

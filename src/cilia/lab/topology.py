@@ -139,6 +139,7 @@ class Topology:
     relay: bool = False  # run cilia-relay (every node's flows, the service map) in netns cilia-relay
     cluster_pool: ClusterPool | None = None  # only with kvstore etcd: pod CIDRs from the pool
     etcd_tls: bool = False  # etcd serves its clients over TLS (client certificates of the lab's CA)
+    dns: bool = False  # run dnsmasq with the test zone on external host `dns` (cilia.lab.dns)
 
     @property
     def cluster(self) -> bool:
@@ -200,7 +201,7 @@ def _network(raw: Any, default: str, where: str, version: int) -> Any:
         raise TopologyError(f"{where}: {exc}") from exc
 
 
-FIELDS = ("nodes", "namespaces", "pods", "externals", "kvstore", "etcd", "routing", "relay", "clusterPool")
+FIELDS = ("nodes", "namespaces", "pods", "externals", "kvstore", "etcd", "routing", "relay", "clusterPool", "dns")
 POOL_FIELDS = ("ipv4", "ipv4MaskSize", "ipv6", "ipv6MaskSize")
 
 
@@ -347,8 +348,15 @@ def parse_topology(data: Any, source: str = "topology") -> Topology:
     relay = data.get("relay", False)
     if not isinstance(relay, bool):
         raise TopologyError(f"{source}: relay: must be true or false")
+    dns = data.get("dns", False)
+    if not isinstance(dns, bool):
+        raise TopologyError(f"{source}: dns: must be true or false")
+    if dns and any(e.name == "dns" for e in externals):
+        raise TopologyError(f"{source}: dns: an external host is already named 'dns'")
+    if len(externals) > 40:
+        raise TopologyError(f"{source}: externals: at most 40 (their addresses end below the DNS host's .53)")
     return Topology(tuple(nodes), namespaces, tuple(pods), tuple(externals), kvstore, members, routing, relay,
-                    pool, etcd_tls)
+                    pool, etcd_tls, dns)
 
 
 def load_topology(path: Path) -> Topology:

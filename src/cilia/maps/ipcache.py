@@ -27,6 +27,7 @@ FLAG_CLUSTER = 1 << 0  # C: IPCACHE_F_CLUSTER, written by the cluster sync
 # C: IPCACHE_F_NATIVE: a remote pod in native routing that is never masqueraded; its packets are
 # forwarded by the pod's program itself (FIB lookup, redirect to the underlay: bpf/lib/fib.h)
 FLAG_NATIVE = 1 << 1
+FLAG_FQDN = 1 << 2  # C: IPCACHE_F_FQDN, written by the DNS proxy (cilia.proxy.dns)
 _KEY = KEY.codec
 _VALUE = VALUE.codec
 Prefix = ipaddress.IPv4Network | ipaddress.IPv6Network

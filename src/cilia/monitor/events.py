@@ -135,6 +135,7 @@ class PolicyVerdict(IntEnum):
     DEFAULT_DENY = 3
     NOT_INSTALLED = 4
     REDIRECT = 5  # a policy map value only (allowed through the L7 proxy); events say ALLOW
+    REDIRECT_DNS = 6  # a policy map value only (allowed through the DNS proxy); events say ALLOW
 
 
 VERDICTS: dict[int, str] = {PolicyVerdict.ALLOW: "allowed", PolicyVerdict.DENY: "denied",

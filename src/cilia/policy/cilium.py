@@ -13,7 +13,11 @@
 - `toPorts[].rules.http` (ingress and egress allow rules on numbered TCP ports): the port's
   connections are redirected to the node's L7 proxy, which lets through only requests some rule
   matches (cilia.policy.l7).
-- toFQDNs, other L7 rules and the other features not built yet are rejected by name.
+- `toPorts[].rules.dns` (egress, numbered UDP/TCP ports): the port's DNS queries go to the node's
+  DNS proxy, which forwards only names some matcher allows (cilia.policy.dns).
+- `toFQDNs` (egress): the FQDN identities of its selectors (cilia.identity.fqdn), filled by the
+  DNS proxy from allowed answers.
+- Other L7 rules and the other features not built yet are rejected by name.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
+from cilia.fqdn.matchpattern import NameMatcher
 from cilia.identity.labels import NAMESPACE_LABEL
 from cilia.policy.common import (
     Fail,
@@ -30,15 +35,18 @@ from cilia.policy.common import (
     parse_port,
     parse_protocol,
 )
+from cilia.policy.dns import parse_dns_rules, parse_matchers
 from cilia.policy.l7 import HttpRule, parse_l7_rules
 from cilia.policy.rules import (
     ALL,
     ENTITIES,
     ICMP,
     ICMPV6,
+    SCTP,
     CidrPeer,
     EntityPeer,
     Entry,
+    FqdnPeer,
     NamedPort,
     Peer,
     PolicyRef,
@@ -56,7 +64,6 @@ CCNP = "CiliumClusterwideNetworkPolicy"
 API_VERSION = "cilium.io/v2"
 
 _LATER = {
-    "toFQDNs": "toFQDNs (DNS-based policy) needs the DNS proxy",
     "fromRequires": "fromRequires is deprecated in Cilium and not implemented",
     "toRequires": "toRequires is deprecated in Cilium and not implemented",
     "fromGroups": "fromGroups (cloud provider groups) is not available here",
@@ -130,7 +137,7 @@ def _entry(raw: Any, where: str, direction: str, deny: bool, namespace: str, ind
     endpoints_f, cidr_f, cidrset_f, entities_f = _PEER_FIELDS[direction]
     allowed = {endpoints_f, cidr_f, cidrset_f, entities_f, "toPorts", "icmps"}
     if direction == "egress":
-        allowed.add("toServices")
+        allowed |= {"toServices", "toFQDNs"}
     elif isinstance(raw, dict) and "toServices" in raw:
         raise fail(f"{where}.toServices", "toServices is an egress peer (egress or egressDeny only)")
     check_fields(raw, allowed, where, fail, unsupported=_LATER)
@@ -150,13 +157,17 @@ def _entry(raw: Any, where: str, direction: str, deny: bool, namespace: str, ind
         peers.append(EntityPeer(entity))
     for i, item in enumerate(as_list(raw.get("toServices"), f"{where}.toServices", fail)):
         peers.append(_service_peer(item, f"{where}.toServices[{i}]", namespace, fail))
-    ports, named, l7 = _to_ports(raw.get("toPorts"), f"{where}.toPorts", direction, deny, fail)
+    if "toFQDNs" in raw:
+        if deny:
+            raise fail(f"{where}.toFQDNs", "toFQDNs is not allowed in deny rules (as in Cilium)")
+        peers += [FqdnPeer(m) for m in parse_matchers(raw["toFQDNs"], f"{where}.toFQDNs", fail)]
+    ports, named, l7, dns = _to_ports(raw.get("toPorts"), f"{where}.toPorts", direction, deny, fail)
     ports += _icmps(raw.get("icmps"), f"{where}.icmps", fail)
     has_l4 = "toPorts" in raw or "icmps" in raw
     if not peers and has_l4:
         peers = [ALL]  # an L4-only rule applies to every peer
     return Entry(tuple(peers), tuple(ports) if has_l4 else (PortRange(0),), tuple(named), deny=deny, index=index,
-                 l7=tuple(l7))
+                 l7=tuple(l7), dns=tuple(dns))
 
 
 def _service_peer(raw: Any, where: str, namespace: str, fail: Fail) -> ServicePeer:
@@ -199,16 +210,25 @@ def _scoped(selector: Selector, namespace: str) -> Selector:
 L7Ports = list[tuple[PortRange, tuple[HttpRule, ...]]]
 
 
+DnsPorts = list[tuple[PortRange, tuple[NameMatcher, ...]]]
+
+
 def _to_ports(raw: Any, where: str, direction: str, deny: bool, fail: Fail,
-              ) -> tuple[list[PortRange], list[NamedPort], L7Ports]:
+              ) -> tuple[list[PortRange], list[NamedPort], L7Ports, DnsPorts]:
     ports: list[PortRange] = []
     named: list[NamedPort] = []
     l7: L7Ports = []
+    dns_ports: DnsPorts = []
     for i, item in enumerate(as_list(raw, where, fail)):
         at = f"{where}[{i}]"
         check_fields(item, {"ports", "rules"}, at, fail, unsupported=_LATER)
         http: tuple[HttpRule, ...] = ()
-        if item.get("rules") is not None:
+        dns: tuple[NameMatcher, ...] = ()
+        if isinstance(item, dict) and isinstance(item.get("rules"), dict) and "dns" in item["rules"]:
+            if deny:
+                raise fail(f"{at}.rules", "L7 rules are not allowed in deny rules (as in Cilium)")
+            dns = parse_dns_rules(item["rules"], f"{at}.rules", direction, fail)
+        elif item.get("rules") is not None:
             if deny:
                 raise fail(f"{at}.rules", "L7 rules are not allowed in deny rules (as in Cilium)")
             http = parse_l7_rules(item["rules"], f"{at}.rules", fail)
@@ -223,10 +243,14 @@ def _to_ports(raw: Any, where: str, direction: str, deny: bool, fail: Fail,
             numbered, by_name = parse_port(port.get("port"), port.get("endPort"), protocol, pat, fail)
             if http and (protocol != "TCP" or by_name or not numbered or any(p.all_ports for p in numbered)):
                 raise fail(pat, "not supported yet: L7 rules need a numbered TCP port (protocol: TCP)")
+            if dns and (protocol not in ("TCP", "UDP", "ANY") or by_name or not numbered
+                        or any(p.all_ports for p in numbered)):
+                raise fail(pat, "DNS rules need a numbered port with protocol UDP, TCP or ANY")
             ports += numbered
             named += by_name
             l7 += [(p, http) for p in numbered if http]
-    return ports, named, l7
+            dns_ports += [(p, dns) for p in numbered if dns and p.protocol != SCTP]
+    return ports, named, l7, dns_ports
 
 
 def _icmps(raw: Any, where: str, fail: Fail) -> list[PortRange]:

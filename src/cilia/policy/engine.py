@@ -40,6 +40,7 @@ from cilia import ipproto
 from cilia.endpoint.record import EndpointRecord
 from cilia.identity.allocator import IdentityAllocator
 from cilia.identity.cidr import CidrIdentities, Network, cidr_labels
+from cilia.identity.fqdn import FqdnIdentities, fqdn_labels
 from cilia.identity.labels import LabelSet
 from cilia.identity.reserved import MAX_CLUSTER_IDENTITY, ReservedIdentity
 from cilia.jsonfile import read_json, write_json
@@ -50,7 +51,7 @@ from cilia.policy.mapstate import MapState, PeerIndex, compute_map_state
 from cilia.policy.regeneration import RegenerationQueue, WaitResult
 from cilia.policy.repository import PolicyRepository
 from cilia.policy.resolve import EndpointPolicy, Enforcement, resolve_endpoint
-from cilia.policy.rules import CidrPeer, Direction, IdentityView, PolicyRef, Rule, ServicePeer
+from cilia.policy.rules import CidrPeer, Direction, FqdnPeer, IdentityView, PolicyRef, Rule, ServicePeer
 from cilia.policy.selector import labels_of
 from cilia.policy.services import service_facts
 from cilia.policy.trace import TraceResult, trace
@@ -187,6 +188,8 @@ class PolicyEngine:
             raise ValueError(f"policy regeneration mode {mode!r} is not 'queue' or 'sync'")
         self.repository = PolicyRepository(state_dir / "policy-rule-ids.json")
         self.cidrs = CidrIdentities(state_dir / "cidr-identities.json")
+        # also read by the DNS proxy (cilia.proxy.dns): the toFQDNs selectors and their identities
+        self.fqdns = FqdnIdentities(fqdn_identities_file(state_dir))
         self.mode = mode
         self._resources = resources
         self._identities = identities
@@ -342,12 +345,31 @@ class PolicyEngine:
             self._datapath.remove_cidr_prefixes(released)
         views.update({n: IdentityView(n, cidr_labels(p), p, service_prefixes.get(p, frozenset()))
                       for p, n in current.items()})
+        fqdn_keys = {peer.matcher.key for r in rules for e in r.entries(Direction.EGRESS) for peer in e.peers
+                     if isinstance(peer, FqdnPeer)}
+        fqdn_sets, _released = self.fqdns.sync(fqdn_keys)
+        views.update({n: IdentityView(n, fqdn_labels(k)) for k, n in fqdn_sets.items()})
         cluster: NamedPorts = {}
         for ports in self._pod_ports.values():
             for name, values in ports.items():
                 cluster.setdefault(name, set()).update(values)
         return PolicyInputs(rules, views, PeerIndex(list(views.values())), dict(current), dict(self._pod_ports),
                             cluster, self.settings.copy())
+
+    def fqdn_identity(self, selectors: Iterable[str], timeout: float = 2.0) -> int | None:
+        """The FQDN identity of a set of toFQDNs selectors (the DNS proxy asks for an IP that names
+        matching several selectors resolved to). A new one is in every endpoint's policy before
+        this returns (bounded by `timeout`); None for an unknown selector or when that timed out."""
+        with self._lock:
+            before = self.fqdns.current()
+            number = self.fqdns.request(selectors)
+            if number is None:
+                return None
+            if number in before.values():
+                return number
+            revision = self._change(lambda _old, _new: ())
+        result = self.queue.wait(revision, timeout)
+        return number if result.reached else None
 
     def _pod_addresses(self) -> dict[int, set[IPAddress]]:
         """Every pod identity's IPs this node knows: its endpoints' and the cluster's."""
@@ -584,3 +606,8 @@ class PolicyEngine:
                 return IdentityView(number, cidr_labels(prefix), prefix), None
             return IdentityView(int(ReservedIdentity.WORLD), labels_of(["reserved:world"])), None
         raise LookupError(f"{what}: give a pod, labels or an IP")
+
+
+def fqdn_identities_file(state_dir: Path) -> Path:
+    """Where the agent keeps the FQDN identities (cilia.identity.fqdn), which the DNS proxy reads."""
+    return state_dir / "fqdn-identities.json"

@@ -16,7 +16,8 @@ L7: an allow prefix that comes from a port with HTTP rules (`Entry.l7`) is store
 (the datapath hands the connection to the node's L7 proxy) unless a plain L3/L4 allow of the same
 class gives the very same prefix (then every request would pass anyway). The proxy judges the
 requests with `MapState.proxy`: the endpoint's allow entries of each direction with L7 rules, as
-plain data.
+plain data. An egress prefix from a port with DNS rules (`Entry.dns`) is stored as REDIRECT_DNS (to
+the node's DNS proxy), which judges the queries with `MapState.dns`.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ from cilia.policy.rules import (
     Direction,
     EntityPeer,
     Entry,
+    FqdnPeer,
     IdentityView,
     Peer,
     PortRange,
@@ -43,6 +45,7 @@ from cilia.policy.rules import (
 
 ALLOW, DENY = 1, 2  # policy_entry.verdict (C: VERDICT_ALLOW, VERDICT_DENY; the contract test checks)
 REDIRECT = 5  # allow through the L7 proxy (C: VERDICT_REDIRECT)
+REDIRECT_DNS = 6  # allow through the DNS proxy (C: VERDICT_REDIRECT_DNS)
 
 
 @dataclass(frozen=True, order=True)
@@ -149,6 +152,7 @@ class MapState:
     audit: bool = False
     allow_host_ingress: bool = False
     proxy: ProxyRules = field(default_factory=ProxyRules)  # what the L7 proxy needs; false when nothing is redirected
+    dns: tuple[ProxyEntry, ...] = ()  # egress entries for the DNS proxy (cilia.proxy.dnspolicy); () = no DNS rules
 
     def direction(self, direction: Direction) -> DirectionState:
         return self.ingress if direction is Direction.INGRESS else self.egress
@@ -173,7 +177,7 @@ class MapState:
         if best[1].verdict == DENY:
             return Decision(Verdict.DENIED, best[1].rule_id, enforced=state.enforced, audited=self.audit)
         return Decision(Verdict.ALLOWED, best[1].rule_id, enforced=state.enforced,
-                        redirect=best[1].verdict == REDIRECT)
+                        redirect=best[1].verdict in (REDIRECT, REDIRECT_DNS))
 
 
 # ----- peers -> identities -------------------------------------------------------------------------
@@ -205,6 +209,8 @@ class PeerIndex:
             candidates = self.universe
         elif isinstance(peer, ServicePeer):
             candidates = self._addressed
+        elif isinstance(peer, FqdnPeer):
+            candidates = [i for i in self.universe if i.is_fqdn]
         else:
             candidates = self._cidr_candidates(peer) + [i for i in self._reserved if i.id == ReservedIdentity.WORLD]
             if peer.selects_pods:
@@ -261,13 +267,15 @@ def _class_ports(entries: Sequence[Entry], enforced: bool) -> dict[PortKey, Port
     allows: dict[PortKey, int] = {}
     denies: dict[PortKey, int] = {}
     plain: set[PortKey] = set()  # allowed by an entry without L7 rules on that prefix
+    dns_keys: set[PortKey] = set()  # redirected to the DNS proxy (an egress DNS rule's port)
     for entry in sorted(entries, key=lambda e: e.rule_id):
         target = denies if entry.deny else allows
         for key in port_keys(entry.ports):
             target.setdefault(key, entry.rule_id)
         if not entry.deny:
-            l7_ports = {p for p, _ in entry.l7}
+            l7_ports = {p for p, _ in entry.l7} | {p for p, _ in entry.dns}
             plain.update(port_keys(p for p in entry.ports if p not in l7_ports))
+            dns_keys.update(port_keys(p for p, _ in entry.dns))
     if not enforced:
         allows.setdefault(PortKey(0), 0)
     result: dict[PortKey, PortValue] = {}
@@ -279,7 +287,7 @@ def _class_ports(entries: Sequence[Entry], enforced: bool) -> dict[PortKey, Port
         elif key in plain or (not enforced and key == PortKey(0)):
             result[key] = PortValue(ALLOW, allows[key])
         else:
-            result[key] = PortValue(REDIRECT, allows[key])
+            result[key] = PortValue(REDIRECT_DNS if key in dns_keys else REDIRECT, allows[key])
     return result
 
 
@@ -297,6 +305,25 @@ def proxy_entries(policy: DirectionPolicy, index: PeerIndex) -> tuple[ProxyEntry
         l7 = dict(entry.l7)
         ports = tuple(ProxyPort(p.protocol, p.low, p.high,
                                 tuple(r.to_json() for r in l7[p]) if p in l7 else None) for p in entry.ports)
+        out.append(ProxyEntry(entry.rule_id, identities, ports))
+    return tuple(out)
+
+
+def dns_entries(policy: DirectionPolicy, index: PeerIndex) -> tuple[ProxyEntry, ...]:
+    """The egress allow entries for the DNS proxy (its `http` field holds the entry's DNS matcher
+    keys, cilia.fqdn.matchpattern), or () when no entry has DNS rules."""
+    if not any(e.dns for e in policy.entries if not e.deny):
+        return ()
+    out: list[ProxyEntry] = []
+    for entry in policy.entries:
+        if entry.deny:
+            continue
+        identities: tuple[int, ...] | None = None
+        if not entry.matches_unknown:
+            identities = tuple(sorted(set().union(*(index.matches(p) for p in entry.peers))))
+        dns = dict(entry.dns)
+        ports = tuple(ProxyPort(p.protocol, p.low, p.high,
+                                tuple({"dns": m.key} for m in dns[p]) if p in dns else None) for p in entry.ports)
         out.append(ProxyEntry(entry.rule_id, identities, ports))
     return tuple(out)
 
@@ -328,7 +355,8 @@ def compute_map_state(policy: EndpointPolicy, index: PeerIndex, *, max_entries: 
     state = MapState(compute_direction(policy.ingress, index), compute_direction(policy.egress, index),
                      policy.audit, policy.allow_host_ingress,
                      ProxyRules(proxy_entries(policy.ingress, index), proxy_entries(policy.egress, index),
-                                policy.audit))
+                                policy.audit),
+                     dns_entries(policy.egress, index))
     if max_entries and state.size() > max_entries:
         raise PolicyMapOverflow(
             f"policy needs {state.size()} map entries ({len(state.ingress.classes) + len(state.egress.classes)} "

@@ -19,7 +19,9 @@ from dataclasses import dataclass
 from enum import StrEnum
 
 from cilia import ipproto
+from cilia.fqdn.matchpattern import NameMatcher
 from cilia.identity.cidr import CIDR_IDENTITY_BASE
+from cilia.identity.fqdn import FQDN_IDENTITY_BASE, FQDN_LABEL_SOURCE
 from cilia.identity.labels import LabelSet
 from cilia.identity.reserved import ReservedIdentity
 from cilia.policy.l7 import HttpRule
@@ -68,6 +70,11 @@ class IdentityView:
     @property
     def is_cidr(self) -> bool:
         return self.prefix is not None
+
+    @property
+    def is_fqdn(self) -> bool:
+        """An FQDN identity (cilia.identity.fqdn): the IPs that names some toFQDNs selectors match resolved to."""
+        return self.id >= FQDN_IDENTITY_BASE
 
 
 # ----- peers -------------------------------------------------------------------------------------
@@ -119,7 +126,7 @@ class EntityPeer:
         if self.entity == "all":
             return True
         if self.entity.startswith("world"):
-            return identity.id == ReservedIdentity.WORLD or identity.is_cidr
+            return identity.id == ReservedIdentity.WORLD or identity.is_cidr or identity.is_fqdn
         if self.entity == "cluster" and identity.is_pod:
             return True
         return identity.id in ENTITIES[self.entity]
@@ -189,7 +196,24 @@ class ServicePeer:
         return f"service {where}/{self.name}" if self.selector is None else f"services {where} {self.selector}"
 
 
-Peer = SelectorPeer | EntityPeer | CidrPeer | ServicePeer
+@dataclass(frozen=True, order=True)
+class FqdnPeer:
+    """Cilium toFQDNs: the FQDN identities carrying this selector's label, i.e. the IPs the DNS
+    proxy saw in allowed answers for names the selector matches (cilia.identity.fqdn)."""
+
+    matcher: NameMatcher
+
+    matches_unknown = False
+
+    def matches(self, identity: IdentityView) -> bool:
+        return identity.is_fqdn and any(label.source == FQDN_LABEL_SOURCE and label.key == self.matcher.key
+                                        for label in identity.labels)
+
+    def __str__(self) -> str:
+        return f"fqdn {self.matcher}"
+
+
+Peer = SelectorPeer | EntityPeer | CidrPeer | ServicePeer | FqdnPeer
 AddressPeer = CidrPeer | ServicePeer
 ALL = EntityPeer("all")
 
@@ -247,6 +271,9 @@ class Entry:
     # ports (also in `ports`) whose connections go through the L7 proxy, with the HTTP rules every
     # request on them must match one of (cilia.policy.l7); empty: plain L3/L4
     l7: tuple[tuple[PortRange, tuple[HttpRule, ...]], ...] = ()
+    # egress ports whose DNS queries go through the DNS proxy, with the names it lets through
+    # (cilia.fqdn.matchpattern); empty: none
+    dns: tuple[tuple[PortRange, tuple[NameMatcher, ...]], ...] = ()
 
     def matches_identity(self, identity: IdentityView) -> bool:
         return any(peer.matches(identity) for peer in self.peers)

@@ -8,8 +8,8 @@ Two layers, so that a proxy crash loses only the connections in flight:
   dropped. SIGTERM stops all. The worker dies with the
   supervisor (PR_SET_PDEATHSIG): the proxy down means no listener, and the datapath then drops
   the L7-covered traffic with `proxy unavailable`.
-- the worker (`--worker`) serves the listeners with the servers in SERVERS (HTTP now; a DNS
-  server is a second entry), one asyncio loop, and logs its request counts.
+- the worker (`--worker`) serves the listeners with the servers in SERVERS (HTTP, and DNS:
+  cilia.proxy.dns_server with the `--tofqdns-*` flags), one asyncio loop, and logs its request counts.
 Both are independent of the agent: an agent restart leaves proxied connections alone.
 """
 
@@ -32,7 +32,9 @@ from pathlib import Path
 from typing import Protocol
 
 from cilia.paths import NodePaths
+from cilia.proxy import dns_server
 from cilia.proxy.accesslog import AccessLogSender
+from cilia.proxy.dns import REJECT_CODES, DnsSettings
 from cilia.proxy.httpserver import HttpServer
 from cilia.proxy.observe import RequestCounter
 from cilia.proxy.policy import PolicyStore
@@ -68,7 +70,7 @@ class Server(Protocol):
         ...
 
 
-SERVERS: tuple[Callable[[], Server], ...] = (HttpServer,)
+SERVERS: tuple[Callable[[], Server], ...] = (HttpServer, dns_server.DnsProxyServer)
 
 
 # ----- the worker ------------------------------------------------------------------------------------
@@ -135,14 +137,14 @@ class Supervisor:
     """Runs the active worker and keeps a standby one (started, imported, waiting on its stdin), so
     a worker that dies is replaced in milliseconds rather than a Python start-up."""
 
-    def __init__(self, node: str, log_level: str) -> None:
+    def __init__(self, node: str, log_level: str, worker_args: Sequence[str] = ()) -> None:
         setup_routing()
         self.sockets = {make().name: make().sockets() for make in SERVERS}
         self.fds = [s.fileno() for socks in self.sockets.values() for s in socks]
         self.env = {**os.environ, FDS_ENV: ";".join(f"{n}=" + ",".join(str(s.fileno()) for s in socks)
                                                     for n, socks in self.sockets.items())}
         self.argv = [sys.executable, "-m", "cilia.proxy.main", "--node", node, "--log-level", log_level,
-                     "--worker", "--standby"]
+                     "--worker", "--standby", *worker_args]
         self.node = node
         self.stopping = False
 
@@ -199,12 +201,27 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--log-level", default="INFO")
     parser.add_argument("--worker", action="store_true", help="serve (run by the supervisor)")
     parser.add_argument("--standby", action="store_true", help="with --worker: wait for a byte on stdin first")
+    parser.add_argument("--tofqdns-dns-reject-response-code", choices=sorted(REJECT_CODES), default="refused",
+                        help="the DNS proxy's answer to a query the policy refuses (default: refused)")
+    parser.add_argument("--tofqdns-min-ttl", type=int, default=0,
+                        help="seconds an address from an allowed answer stays allowed at least (default 0: its TTL)")
+    parser.add_argument("--tofqdns-max-ips-per-hostname", type=int, default=50,
+                        help="addresses kept per name; newer answers evict the oldest (default 50)")
     args = parser.parse_args(argv)
+    if args.tofqdns_min_ttl < 0:
+        parser.error("--tofqdns-min-ttl: must be 0 or more")
+    if args.tofqdns_max_ips_per_hostname < 1:
+        parser.error("--tofqdns-max-ips-per-hostname: must be at least 1")
+    dns_server.SETTINGS = DnsSettings(REJECT_CODES[args.tofqdns_dns_reject_response_code], args.tofqdns_min_ttl,
+                                      args.tofqdns_max_ips_per_hostname)
+    worker_args = ["--tofqdns-dns-reject-response-code", args.tofqdns_dns_reject_response_code,
+                   "--tofqdns-min-ttl", str(args.tofqdns_min_ttl),
+                   "--tofqdns-max-ips-per-hostname", str(args.tofqdns_max_ips_per_hostname)]
     logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if args.worker:
         worker_main(args.node, args.standby)
     else:
-        sys.exit(Supervisor(args.node, args.log_level).run())
+        sys.exit(Supervisor(args.node, args.log_level, worker_args).run())
 
 
 if __name__ == "__main__":

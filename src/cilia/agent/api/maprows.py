@@ -20,7 +20,7 @@ from cilia.maps.ipcache import IpcacheValue, Prefix
 from cilia.maps.metrics import MetricsKey
 from cilia.maps.policy import InstalledEntries
 from cilia.monitor.events import DROP_REASONS
-from cilia.policy.mapstate import ALLOW, REDIRECT
+from cilia.policy.mapstate import ALLOW, REDIRECT, REDIRECT_DNS
 
 Row = dict[str, Any]
 RuleLookup = Callable[[int], dict[str, Any] | None]
@@ -122,14 +122,15 @@ def policy_rows(endpoint_id: int, installed: InstalledEntries | None, describe_r
     for port in installed.ports:
         key, value, direction = port.key, port.value, str(port.direction)
         rule = describe_rule(value.rule_id)
-        allow = value.verdict in (ALLOW, REDIRECT)
+        allow = value.verdict in (ALLOW, REDIRECT, REDIRECT_DNS)
         rows.append({
             "direction": direction,
             "identities": sorted(members.get((direction, port.klass), [])) if port.klass else "any other",
             "class": port.klass,
             "port": port_text(key.port, key.bits if key.protocol else 0),
             "protocol": ipproto.name_of(key.protocol) if key.protocol else "ANY",
-            "verdict": "redirect (L7 proxy)" if value.verdict == REDIRECT else "allow" if allow else "deny",
+            "verdict": ("redirect (L7 proxy)" if value.verdict == REDIRECT
+                        else "redirect (DNS proxy)" if value.verdict == REDIRECT_DNS else "allow" if allow else "deny"),
             "rule": _rule_text(rule) if rule else ("no enforcement" if allow else "-"),
         })
     rows.sort(key=lambda r: (r["direction"], r["class"], r["protocol"], r["port"]))

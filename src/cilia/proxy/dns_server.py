@@ -1,0 +1,310 @@
+"""The DNS proxy's sockets and the node's maps behind cilia.proxy.dns.DnsCore.
+
+UDP: one IP_TRANSPARENT socket on DNS_PROXY_PORT with IP_RECVORIGDSTADDR (the resolver the pod
+asked); answers leave from a socket bound (IP_TRANSPARENT) to that resolver's address and port.
+TCP: an IP_TRANSPARENT listener on DNS_PROXY_PORT; the accepted socket's own address is the
+resolver's; messages are length-prefixed (RFC 1035 4.2.2). Upstream queries leave from the node's
+own address, over the protocol the pod used.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import socket
+import struct
+import time
+from collections.abc import Callable, Coroutine, Sequence
+from typing import Any, Protocol
+
+from cilia.api.client import AgentClient
+from cilia.bpf.objects import BpfMap
+from cilia.fqdn.cache import NameCache
+from cilia.maps import ct as ctmap
+from cilia.maps import endpoints as epmap
+from cilia.maps import ipcache as ipmap
+from cilia.paths import NodePaths
+from cilia.policy.engine import fqdn_identities_file
+from cilia.proxy.accesslog import AccessLogSender
+from cilia.proxy.dns import DNS_PROXY_PORT, MAX_MESSAGE, DnsCore, DnsSettings, Identities, IPAddress, Protocol4
+from cilia.proxy.dnspolicy import DnsPolicyStore
+
+IP_TRANSPARENT = 19  # linux/in.h
+IP_RECVORIGDSTADDR = 20
+IP_ORIGDSTADDR = 20
+GC_INTERVAL = 1.0
+log = logging.getLogger("cilia.proxy.dns")
+
+
+class PinnedMaps:
+    """cilia.proxy.dns.NodeMaps on the node's pinned maps."""
+
+    def __init__(self, paths: NodePaths) -> None:
+        pins = paths.bpffs_dir
+        self.endpoints = epmap.EndpointsMap(BpfMap.from_pin(pins / epmap.NAME))
+        self.ipcache = ipmap.IpcacheMap(BpfMap.from_pin(pins / ipmap.NAME))
+        self.ct = ctmap.CtMap(BpfMap.from_pin(pins / ctmap.TCP_NAME), BpfMap.from_pin(pins / ctmap.ANY_NAME))
+
+    def endpoint(self, address: IPAddress) -> tuple[int, int] | None:
+        info = self.endpoints.lookup(address)
+        return None if info is None else (info.endpoint_id, info.identity)
+
+    def identity_of(self, address: IPAddress) -> int:
+        raw = self.ipcache.map.lookup(ipmap.pack_host_key(address))  # longest prefix match
+        return 2 if raw is None else ipmap.IpcacheValue.unpack(raw).identity  # 2 = world
+
+    def fqdn_entry(self, address: IPAddress) -> int | None:
+        key = ipmap.pack_host_key(address)
+        raw = self.ipcache.map.lookup(key)
+        if raw is None:
+            return None
+        value = ipmap.IpcacheValue.unpack(raw)
+        if value.flags & ipmap.FLAG_FQDN:
+            return value.identity
+        if ipmap.unpack_key(key).prefixlen == address.max_prefixlen and self._exact(key):
+            return -1
+        return None  # only a covering prefix (a CIDR identity, world): the /32 goes in front of it
+
+    def _exact(self, key: bytes) -> bool:
+        # an LPM lookup answers for covering prefixes too: look for the exact key among the entries
+        return any(k == key for k, _ in self.ipcache.raw_items())
+
+    def put_fqdn(self, address: IPAddress, identity: int) -> None:
+        self.ipcache.put_raw(ipmap.pack_host_key(address), ipmap.IpcacheValue(identity, 0, ipmap.FLAG_FQDN).pack())
+
+    def delete_fqdn(self, address: IPAddress) -> None:
+        self.ipcache.delete_raw(ipmap.pack_host_key(address))
+
+    def open_connection_ips(self) -> set[IPAddress]:
+        now = time.monotonic()
+        found: set[IPAddress] = set()
+        for t, e in self.ct.entries():
+            if e.expires >= now and not e.closing:
+                found.add(t.destination)
+                found.add(t.source)
+        return found
+
+
+def _request_identity(paths: NodePaths) -> Callable[[frozenset[str]], int | None]:
+    def request(selectors: frozenset[str]) -> int | None:
+        with AgentClient(paths.socket, timeout=2.0) as client:
+            answer = client.post("/v1/fqdn/identity", {"selectors": sorted(selectors)})
+        number = answer.get("identity")
+        return int(number) if number is not None else None
+    return request
+
+
+def _orig_dst(ancdata: list[tuple[int, int, bytes]]) -> tuple[str, int] | None:
+    for level, kind, data in ancdata:
+        if level == socket.SOL_IP and kind == IP_ORIGDSTADDR and len(data) >= 8:
+            port = struct.unpack("!H", data[2:4])[0]
+            return socket.inet_ntoa(data[4:8]), port
+    return None
+
+
+SETTINGS = DnsSettings()  # cilia-proxy's --tofqdns-* flags (set by cilia.proxy.main before the servers exist)
+
+
+class DnsProxyServer:
+    """cilia.proxy.main's Server for DNS: the supervisor creates the sockets once, each worker
+    serves them (a killed worker's successor takes over the same sockets)."""
+
+    name = "dns"
+
+    def sockets(self) -> list[socket.socket]:
+        return [_udp_socket(), _tcp_socket()]
+
+    async def serve(self, sockets: Sequence[socket.socket], ctx: ProxyContextLike) -> None:
+        udp = next(s for s in sockets if s.type == socket.SOCK_DGRAM)
+        tcp = next(s for s in sockets if s.type == socket.SOCK_STREAM)
+        worker = DnsWorker(ctx.node, SETTINGS, ctx.accesslog)
+        server = await worker.start(udp, tcp)
+        try:
+            async with server:
+                await asyncio.Event().wait()  # until cancelled
+        finally:
+            asyncio.get_running_loop().remove_reader(udp.fileno())
+            worker.close()
+
+
+class ProxyContextLike(Protocol):
+    node: str
+    accesslog: AccessLogSender | None
+
+
+class DnsWorker:
+    def __init__(self, node: str, settings: DnsSettings, accesslog: AccessLogSender | None = None) -> None:
+        self.paths = NodePaths(node)
+        self.settings = settings
+        cache = NameCache(min_ttl=settings.min_ttl, max_ips=settings.max_ips)
+        try:
+            cache.load(self.paths.fqdn_cache_file)
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            log.error("name cache %s unreadable, starting empty: %s", self.paths.fqdn_cache_file, exc)
+        self.maps = PinnedMaps(self.paths)
+        store = DnsPolicyStore(self.paths.dns_policy_dir)
+        self.identities = Identities(fqdn_identities_file(self.paths.state_dir), _request_identity(self.paths))
+        self.core = DnsCore(self.maps, store.get, self.identities, cache, settings,
+                            accesslog if accesslog is not None else AccessLogSender(self.paths.accesslog_socket),
+                            self._upstream)
+        self._reply_socks: dict[tuple[str, int], socket.socket] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    # ----- upstream: the node is the resolver's client -------------------------------------------
+    async def _upstream(self, data: bytes, server: tuple[str, int], protocol: Protocol4) -> bytes:
+        loop = asyncio.get_running_loop()
+        if protocol == "TCP":
+            reader, writer = await asyncio.open_connection(server[0], server[1])
+            try:
+                writer.write(struct.pack("!H", len(data)) + data)
+                await writer.drain()
+                size = struct.unpack("!H", await reader.readexactly(2))[0]
+                return await reader.readexactly(size)
+            finally:
+                writer.close()
+        sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        try:
+            sock.setblocking(False)
+            await loop.sock_connect(sock, server)
+            await loop.sock_sendall(sock, data)
+            while True:
+                answer = await loop.sock_recv(sock, MAX_MESSAGE)
+                if answer[:2] == data[:2]:
+                    return answer
+        finally:
+            sock.close()
+
+    # ----- UDP -----------------------------------------------------------------------------------
+    def _reply_socket(self, source: tuple[str, int]) -> socket.socket:
+        sock = self._reply_socks.get(source)
+        if sock is None:
+            sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.setsockopt(socket.SOL_IP, IP_TRANSPARENT, 1)
+            sock.bind(source)
+            sock.setblocking(False)
+            self._reply_socks[source] = sock
+        return sock
+
+    def _on_udp(self, sock: socket.socket) -> None:
+        for _ in range(64):  # bounded per wakeup: TCP and timers get their turn
+            try:
+                data, ancdata, _flags, client = sock.recvmsg(MAX_MESSAGE, socket.CMSG_SPACE(16))
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:
+                log.warning("DNS UDP receive failed: %s", exc)
+                return
+            server = _orig_dst(ancdata)
+            if server is None:
+                continue
+            self._spawn(self._answer_udp(data, client, server))
+
+    async def _answer_udp(self, data: bytes, client: tuple[str, int], server: tuple[str, int]) -> None:
+        reply = await self.core.handle(data, client, server, "UDP")
+        if reply is None:
+            return
+        if len(reply) > 512 and not _has_edns(data):
+            reply = _truncated(reply)
+        try:
+            self._reply_socket(server).sendto(reply, client)
+        except OSError as exc:
+            log.warning("DNS answer to %s from %s failed: %s", client, server, exc)
+
+    # ----- TCP -----------------------------------------------------------------------------------
+    async def _on_tcp(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        client = writer.get_extra_info("peername")[:2]
+        server = writer.get_extra_info("sockname")[:2]
+        try:
+            for _ in range(1000):  # bounded: a connection carries at most this many queries
+                header = await asyncio.wait_for(reader.readexactly(2), 30)
+                size = struct.unpack("!H", header)[0]
+                data = await asyncio.wait_for(reader.readexactly(size), 10)
+                reply = await self.core.handle(data, client, server, "TCP")
+                if reply is None:
+                    break
+                writer.write(struct.pack("!H", len(reply)) + reply)
+                await writer.drain()
+        except (asyncio.IncompleteReadError, TimeoutError, ConnectionError):
+            pass
+        finally:
+            writer.close()
+
+    # ----- housekeeping --------------------------------------------------------------------------
+    async def _housekeeping(self) -> None:
+        while True:
+            await asyncio.sleep(GC_INTERVAL)
+            try:
+                if self.paths.fqdn_clean_request.exists():
+                    self.paths.fqdn_clean_request.unlink(missing_ok=True)
+                    log.info("name cache cleaned: %d addresses forgotten", self.core.clean())
+                self.core.gc()
+                self.save()
+            except Exception:
+                log.exception("DNS proxy housekeeping failed")
+
+    def save(self) -> None:
+        if self.core.dirty:
+            self.core.dirty = False
+            self.core.cache.save(self.paths.fqdn_cache_file)
+
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def start(self, udp: socket.socket, tcp: socket.socket) -> asyncio.AbstractServer:
+        loop = asyncio.get_running_loop()
+        self.identities.refresh()
+        udp.setblocking(False)
+        tcp.setblocking(False)
+        loop.add_reader(udp.fileno(), self._on_udp, udp)
+        server = await asyncio.start_server(self._on_tcp, sock=tcp)
+        self._spawn(self._housekeeping())
+        log.info("DNS proxy listening on :%d (UDP, TCP)", DNS_PROXY_PORT)
+        return server
+
+    def close(self) -> None:
+        with contextlib.suppress(Exception):
+            self.save()
+        for sock in self._reply_socks.values():
+            sock.close()
+
+
+def _udp_socket() -> socket.socket:
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.setsockopt(socket.SOL_IP, IP_TRANSPARENT, 1)
+    sock.setsockopt(socket.SOL_IP, IP_RECVORIGDSTADDR, 1)
+    sock.bind(("0.0.0.0", DNS_PROXY_PORT))
+    sock.setblocking(False)
+    return sock
+
+
+def _tcp_socket() -> socket.socket:
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.setsockopt(socket.SOL_IP, IP_TRANSPARENT, 1)
+    sock.bind(("0.0.0.0", DNS_PROXY_PORT))
+    sock.listen(256)
+    sock.setblocking(False)
+    return sock
+
+
+def _has_edns(data: bytes) -> bool:
+    return len(data) > 12 and struct.unpack("!H", data[10:12])[0] > 0  # ARCOUNT: an OPT record, likely
+
+
+def _truncated(reply: bytes) -> bytes:
+    """A UDP answer over 512 bytes to a client without EDNS: header and question only, TC set."""
+    import dns.flags
+    import dns.message
+
+    message = dns.message.from_wire(reply)
+    short = dns.message.make_response(dns.message.make_query(message.question[0].name, message.question[0].rdtype))
+    short.id = message.id
+    short.flags |= dns.flags.TC
+    short.set_rcode(message.rcode())
+    return short.to_wire()
+

@@ -21,6 +21,8 @@ apt_packages=(
   prometheus
   # bench.l7: the HTTP load generator, and nginx as origin server and reference reverse proxy (lab namespaces only)
   wrk nginx-light
+  # the lab's DNS server for FQDN policy (cilia.lab.dns): the binary only, no system service
+  dnsmasq-base
 )
 missing=()
 for p in "${apt_packages[@]}"; do

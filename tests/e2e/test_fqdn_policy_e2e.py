@@ -11,6 +11,8 @@ the middle changes nothing for DNS and open connections."""
 from __future__ import annotations
 
 import json
+import os
+import signal
 import subprocess
 import textwrap
 import time
@@ -22,9 +24,11 @@ import yaml
 
 from cilia.api.client import AgentClient
 from cilia.api.models import ApplyRequest
+from cilia.identity.fqdn import read_sets
 from cilia.lab.lab import PYTHON, Lab
-from cilia.lab.process import in_netns
+from cilia.lab.process import exited, in_netns
 from cilia.paths import NodePaths
+from cilia.policy.engine import fqdn_identities_file
 from cilia.testing import wait_for
 from cilia.testing.labs import running_lab
 
@@ -66,9 +70,9 @@ CLIENT = textwrap.dedent("""
     q = dns.message.make_query(name, "A")
     try:
         if proto == "tcp":
-            r = dns.query.tcp(q, "%s", timeout=3)
+            r = dns.query.tcp(q, "RESOLVER", timeout=3)
         else:
-            r = dns.query.udp(q, "%s", timeout=3)
+            r = dns.query.udp(q, "RESOLVER", timeout=3)
     except Exception as e:
         print(json.dumps({"error": repr(e)})); sys.exit(0)
     ips = [rd.address for rrset in r.answer if rrset.rdtype == dns.rdatatype.A for rd in rrset]
@@ -91,7 +95,7 @@ CLIENT = textwrap.dedent("""
             except OSError as e:
                 out = "failed: " + type(e).__name__
             print(json.dumps({"after_hold": out}), flush=True)
-""" % (RESOLVER, RESOLVER))
+""".replace("RESOLVER", RESOLVER))
 
 
 @pytest.fixture(scope="module")
@@ -124,6 +128,9 @@ def test_first_connection_after_lookup_is_allowed(lab: Lab, proto: str) -> None:
     result = lookup(lab, "api.example.test", proto)
     assert result["rcode"] == "NOERROR" and sorted(result["ips"]) == ["198.51.100.10", "198.51.100.11"]
     assert result["connect"] == {"198.51.100.10": "web0", "198.51.100.11": "web1"}, result
+    # the agent allocated the identity of the two selectors api.example.test matches
+    sets = read_sets(fqdn_identities_file(NodePaths("n1").state_dir))
+    assert frozenset({"matchName:api.example.test.", "matchPattern:api.*.test."}) in sets
 
 
 def test_wildcard_names_resolve_and_connect(lab: Lab) -> None:
@@ -192,11 +199,8 @@ def test_agent_kill_keeps_dns_and_open_connections(lab: Lab) -> None:
         first = json.loads(holder.stdout.readline())  # type: ignore[union-attr]
         assert first["connect"] == {"198.51.100.10": "web0", "198.51.100.11": "web1"}
         pid = int(lab.state["nodes"]["n1"]["agent_pid"])
-        import os
-        import signal
         os.kill(pid, signal.SIGKILL)
-        wait_for(lambda: not os.path.exists(f"/proc/{pid}") or open(f"/proc/{pid}/stat").read().split()[2] == "Z",
-                 10, 0.05, "agent did not die")
+        wait_for(lambda: exited(pid), 10, 0.05, "agent did not die")
         # the agent is down: names still resolve (allowed and refused alike), new names' addresses are allowed
         assert lookup(lab, "img2.cdn.example.test")["connect"] == {"198.51.100.12": "web2"}
         assert lookup(lab, "x.y.example.test", connect=False)["rcode"] == "REFUSED"

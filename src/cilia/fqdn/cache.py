@@ -53,6 +53,7 @@ class NameCache:
         self.min_ttl = max(0, min_ttl)
         self.max_ips = max_ips
         self._names: dict[str, NameEntry] = {}
+        self._by_ip: dict[IPAddress, set[str]] = {}  # reverse index: which names hold an address
         self._lock = threading.Lock()
 
     def update(self, name: str, ips: Iterable[IPAddress], ttl: int, now: float, endpoint_id: int = 0,
@@ -60,25 +61,40 @@ class NameCache:
         """An answer for `name`. Returns (addresses new to the cache, addresses evicted by the cap)."""
         expires = now + max(ttl, self.min_ttl)
         with self._lock:
-            before = self._all_ips()
+            new: set[IPAddress] = set()
             entry = self._names.setdefault(name, NameEntry())
             for ip in ips:
                 cached = entry.ips.get(ip)
                 if cached is None:
                     entry.ips[ip] = CachedIP(expires, now)
+                    holders = self._by_ip.setdefault(ip, set())
+                    if not holders:
+                        new.add(ip)
+                    holders.add(name)
                 else:
                     cached.expires = max(cached.expires, expires)
                     cached.seen = now
-            evicted_here: set[IPAddress] = set()
+            evicted: set[IPAddress] = set()
             if len(entry.ips) > self.max_ips:
                 order = sorted(entry.ips.items(), key=lambda kv: (kv[1].seen, kv[1].expires))
                 for ip, _ in order[: len(entry.ips) - self.max_ips]:
                     del entry.ips[ip]
-                    evicted_here.add(ip)
+                    if self._unindex(ip, name):
+                        evicted.add(ip)
             if endpoint_id:
                 entry.endpoints.add(endpoint_id)
-            after = self._all_ips()
-            return after - before, {ip for ip in evicted_here if ip not in after}
+            return new - evicted, evicted
+
+    def _unindex(self, ip: IPAddress, name: str) -> bool:
+        """Drop name from ip's holders; True when no name holds ip any more."""
+        holders = self._by_ip.get(ip)
+        if holders is None:
+            return True
+        holders.discard(name)
+        if not holders:
+            del self._by_ip[ip]
+            return True
+        return False
 
     def expired(self, now: float) -> list[tuple[str, IPAddress]]:
         with self._lock:
@@ -89,17 +105,18 @@ class NameCache:
         """Forget one address of a name. True when no other name holds it (its ipcache entry may go)."""
         with self._lock:
             entry = self._names.get(name)
-            if entry is not None:
-                entry.ips.pop(ip, None)
+            if entry is not None and entry.ips.pop(ip, None) is not None:
                 if not entry.ips:
                     del self._names[name]
-            return ip not in self._all_ips()
+                self._unindex(ip, name)
+            return ip not in self._by_ip
 
     def clear(self) -> set[IPAddress]:
         """Forget everything; returns the addresses that were cached."""
         with self._lock:
             ips = self._all_ips()
             self._names.clear()
+            self._by_ip.clear()
             return ips
 
     def ips(self) -> set[IPAddress]:
@@ -108,7 +125,7 @@ class NameCache:
 
     def names_of(self, ip: IPAddress) -> list[str]:
         with self._lock:
-            return sorted(n for n, e in self._names.items() if ip in e.ips)
+            return sorted(self._by_ip.get(ip, ()))
 
     def rows(self, now: float) -> list[Row]:
         with self._lock:
@@ -117,7 +134,7 @@ class NameCache:
                     for ip, c in sorted(e.ips.items(), key=lambda kv: (kv[0].version, kv[0]))]
 
     def _all_ips(self) -> set[IPAddress]:
-        return {ip for entry in self._names.values() for ip in entry.ips}
+        return set(self._by_ip)
 
     # ----- persistence -------------------------------------------------------------------------
     def to_json(self) -> dict[str, Any]:
@@ -135,8 +152,13 @@ class NameCache:
             names[str(name)] = NameEntry(
                 {ipaddress.ip_address(ip): CachedIP(float(v[0]), float(v[1])) for ip, v in e["ips"].items()},
                 {int(i) for i in e["endpoints"]})
+        by_ip: dict[IPAddress, set[str]] = {}
+        for name, entry in names.items():
+            for ip in entry.ips:
+                by_ip.setdefault(ip, set()).add(name)
         with self._lock:
             self._names = names
+            self._by_ip = by_ip
 
     def save(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)

@@ -11,11 +11,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
+import os
 import logging
 import socket
 import struct
 import time
 from collections.abc import Callable, Coroutine, Sequence
+from dataclasses import asdict
 from typing import Any, Protocol
 
 from cilia.api.client import AgentClient
@@ -34,6 +37,7 @@ IP_TRANSPARENT = 19  # linux/in.h
 IP_RECVORIGDSTADDR = 20
 IP_ORIGDSTADDR = 20
 GC_INTERVAL = 1.0
+STATS_SAMPLES = 20000
 log = logging.getLogger("cilia.proxy.dns")
 
 
@@ -241,8 +245,20 @@ class DnsWorker:
                     log.info("name cache cleaned: %d addresses forgotten", self.core.clean())
                 self.core.gc()
                 self.save()
+                self._write_stats()
             except Exception:
                 log.exception("DNS proxy housekeeping failed")
+
+    def _write_stats(self) -> None:
+        """Counters and the recent answer -> ipcache delays (bench.dns reads them)."""
+        delays = self.core.ipcache_delays
+        del delays[: max(0, len(delays) - STATS_SAMPLES)]
+        path = self.paths.run_dir / "proxy" / "dns-stats.json"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps({**asdict(self.core.stats), "cache_ips": len(self.core.cache.ips()),
+                                   "ipcache_delays_s": delays}))
+        os.replace(tmp, path)
 
     def save(self) -> None:
         if self.core.dirty:

@@ -16,8 +16,6 @@ import textwrap
 import time
 from typing import Any
 
-import yaml
-
 from bench.stats import median_ratio, summary
 from bench.tools import write_results
 from cilia.api.client import AgentClient

@@ -188,6 +188,7 @@ class DnsCore:
         self.stats = Stats()
         self.dirty = False  # the cache changed since it was last saved
         self.ipcache_delays: list[float] = []  # answer received -> ipcache written, seconds (bench)
+        self._ip_selectors: dict[IPAddress, frozenset[str]] = {}  # what each address's entry was made from
 
     async def handle(self, data: bytes, client: tuple[str, int], server: tuple[str, int], protocol: Protocol4,
                      ) -> bytes | None:
@@ -272,15 +273,26 @@ class DnsCore:
             _new, gone = self.cache.update(n, ips, ttl, now, endpoint_id)
             evicted |= gone
         self.dirty = True
-        self.identities.refresh()
+        if self.identities.refresh():
+            self._ip_selectors.clear()
+        # the addresses' selector sets only grow by this answer's names (recomputed in full when
+        # an address loses a name or the selectors change: gc)
+        here = self.identities.selectors_of(names)
         for ip in ips:
-            self._sync_ip(ip)
+            known = self._ip_selectors.get(ip)
+            if known is None:
+                self._sync_ip(ip)
+            elif not here <= known:
+                self._sync_ip(ip, known | here)
         for ip in evicted:
+            self._ip_selectors.pop(ip, None)
             self._release(ip)
 
-    def _sync_ip(self, ip: IPAddress) -> None:
+    def _sync_ip(self, ip: IPAddress, selectors: frozenset[str] | None = None) -> None:
         """The ipcache entry of one cached address, from the selectors its names match now."""
-        selectors = self.identities.selectors_of(self.cache.names_of(ip))
+        if selectors is None:
+            selectors = self.identities.selectors_of(self.cache.names_of(ip))
+        self._ip_selectors[ip] = selectors
         number = self.identities.identity_of(selectors)
         current = self.maps.fqdn_entry(ip)
         if current == -1:
@@ -292,6 +304,7 @@ class DnsCore:
             self.maps.put_fqdn(ip, number)
 
     def _release(self, ip: IPAddress) -> None:
+        self._ip_selectors.pop(ip, None)
         if self.maps.fqdn_entry(ip) not in (None, -1):
             self.maps.delete_fqdn(ip)
 
@@ -312,6 +325,7 @@ class DnsCore:
                 else:
                     self._sync_ip(ip)  # still held by another name: perhaps fewer selectors now
         if self.identities.refresh():
+            self._ip_selectors.clear()
             for ip in self.cache.ips():
                 self._sync_ip(ip)
         return removed

@@ -37,6 +37,7 @@ IP_TRANSPARENT = 19  # linux/in.h
 IP_RECVORIGDSTADDR = 20
 IP_ORIGDSTADDR = 20
 GC_INTERVAL = 1.0
+WORLD = 2  # reserved:world
 STATS_SAMPLES = 20000
 log = logging.getLogger("cilia.proxy.dns")
 
@@ -49,6 +50,7 @@ class PinnedMaps:
         self.endpoints = epmap.EndpointsMap(BpfMap.from_pin(pins / epmap.NAME))
         self.ipcache = ipmap.IpcacheMap(BpfMap.from_pin(pins / ipmap.NAME))
         self.ct = ctmap.CtMap(BpfMap.from_pin(pins / ctmap.TCP_NAME), BpfMap.from_pin(pins / ctmap.ANY_NAME))
+        self._exact_seen: dict[bytes, tuple[int, bool]] = {}
 
     def endpoint(self, address: IPAddress) -> tuple[int, int] | None:
         info = self.endpoints.lookup(address)
@@ -56,7 +58,7 @@ class PinnedMaps:
 
     def identity_of(self, address: IPAddress) -> int:
         raw = self.ipcache.map.lookup(ipmap.pack_host_key(address))  # longest prefix match
-        return 2 if raw is None else ipmap.IpcacheValue.unpack(raw).identity  # 2 = world
+        return WORLD if raw is None else ipmap.IpcacheValue.unpack(raw).identity
 
     def fqdn_entry(self, address: IPAddress) -> int | None:
         key = ipmap.pack_host_key(address)
@@ -66,13 +68,18 @@ class PinnedMaps:
         value = ipmap.IpcacheValue.unpack(raw)
         if value.flags & ipmap.FLAG_FQDN:
             return value.identity
-        if ipmap.unpack_key(key).prefixlen == address.max_prefixlen and self._exact(key):
-            return -1
-        return None  # only a covering prefix (a CIDR identity, world): the /32 goes in front of it
+        if value.identity == WORLD:
+            return None  # the world default: the /32 goes in front of it
+        return -1 if self._exact(key, value.identity) else None  # else a covering CIDR prefix
 
-    def _exact(self, key: bytes) -> bool:
-        # an LPM lookup answers for covering prefixes too: look for the exact key among the entries
-        return any(k == key for k, _ in self.ipcache.raw_items())
+    def _exact(self, key: bytes, identity: int) -> bool:
+        # an LPM lookup answers for covering prefixes too: look for the exact key among the
+        # entries, once per (address, identity found)
+        known = self._exact_seen.get(key)
+        if known is None or known[0] != identity:
+            known = (identity, any(k == key for k, _ in self.ipcache.raw_items()))
+            self._exact_seen[key] = known
+        return known[1]
 
     def put_fqdn(self, address: IPAddress, identity: int) -> None:
         self.ipcache.put_raw(ipmap.pack_host_key(address), ipmap.IpcacheValue(identity, 0, ipmap.FLAG_FQDN).pack())

@@ -95,7 +95,8 @@ ENUM_MIRRORS: dict[str, dict[str, int]] = {
     "lb_sizes": {"LB_MAP_MAX": lbm.MAP_MAX, "LB_MAGLEV_DEFAULT_SIZE": lbm.DEFAULT_MAGLEV_SIZE},
     "ep_flags": {"EP_FLAG_HAS_IPV4": dpconfig.FLAG_HAS_IPV4, "EP_FLAG_HAS_IPV6": dpconfig.FLAG_HAS_IPV6},
     "aggregation": {f"AGGREGATION_{name.upper()}": value for name, value in dpconfig.AGGREGATION_LEVELS.items()},
-    "ipcache_flags": {"IPCACHE_F_CLUSTER": ipcache.FLAG_CLUSTER, "IPCACHE_F_NATIVE": ipcache.FLAG_NATIVE},
+    "ipcache_flags": {"IPCACHE_F_CLUSTER": ipcache.FLAG_CLUSTER, "IPCACHE_F_NATIVE": ipcache.FLAG_NATIVE,
+                      "IPCACHE_F_FQDN": ipcache.FLAG_FQDN},
 }
 # Enumerators Python has no use for, each with its reason.
 C_ONLY: dict[str, set[str]] = {

@@ -32,7 +32,17 @@ if [ ${#missing[@]} -gt 0 ]; then
   echo "install-deps: apt packages: ${missing[*]}"
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq
+  # Maintainer scripts must not start the packages' services (nginx on :80, prometheus on :9090
+  # would listen in the root network namespace): Debian's policy-rc.d "101 = action forbidden",
+  # for this install only, and only if the machine has none of its own.
+  policy_rc=/usr/sbin/policy-rc.d
+  ours=0
+  if [ ! -e "$policy_rc" ]; then
+    printf '#!/bin/sh\nexit 101\n' > "$policy_rc" && chmod 0755 "$policy_rc" && ours=1
+    trap 'rm -f "$policy_rc"' EXIT  # also when the install fails
+  fi
   apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  if [ "$ours" = 1 ]; then rm -f "$policy_rc"; trap - EXIT; fi
 fi
 
 # Debian's prometheus package enables a system service listening on :9090 in the root network

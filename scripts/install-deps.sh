@@ -65,8 +65,8 @@ make -C "$here" bpf
 make -C "$here" proto VENV="$venv"
 
 mkdir -p /usr/local/bin /opt/cni/bin
-for cmd in cilia cilia-agent cilia-cni cilia-relay; do
+for cmd in cilia cilia-agent cilia-cni cilia-relay cilia-proxy; do
   ln -sf "$venv/bin/$cmd" "/usr/local/bin/$cmd"
 done
 ln -sf "$venv/bin/cilia-cni" /opt/cni/bin/cilia-cni
-echo "install-deps: done (venv $venv; cilia, cilia-agent, cilia-cni, cilia-relay on PATH; /opt/cni/bin/cilia-cni)"
+echo "install-deps: done (venv $venv; cilia, cilia-agent, cilia-cni, cilia-relay, cilia-proxy on PATH; /opt/cni/bin/cilia-cni)"

@@ -11,7 +11,15 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from cilia.proxy.accesslog import AccessLogSender, AccessRecord, DnsRecord, HttpRecord, PolicyRef, decode
+from cilia.proxy.accesslog import (
+    AccessLogSender,
+    AccessRecord,
+    DnsRecord,
+    FlowEncoder,
+    HttpRecord,
+    PolicyRef,
+    decode,
+)
 
 
 def _record() -> AccessRecord:
@@ -66,3 +74,25 @@ def test_sender_without_agent_counts_lost(tmp_path: Path) -> None:
     assert decode(sock.recv(65536)) == _record()
     sock.close()
     sender.close()
+
+
+_text = st.text(max_size=12)
+
+
+@given(_text, _text, _text, st.lists(st.tuples(_text, _text), max_size=3), st.booleans(),
+       st.lists(st.tuples(_text, _text, _text), max_size=2), st.sampled_from(["REQUEST", "RESPONSE"]))
+def test_hand_built_http_record_is_the_dataclass_one(method: str, url: str, summary: str,
+                                                     headers: list[tuple[str, str]], ingress: bool,
+                                                     refs: list[tuple[str, str, str]], kind: str) -> None:
+    policies = tuple(PolicyRef(*r) for r in refs)
+    encoder = FlowEncoder("10.0.0.1", 4000, "fd00::2", 80, 300, 301)
+    for _ in range(2):  # the second time with the policies' cached encoding
+        data = encoder.http(12, kind, "AUDIT", 7, ingress, policies, 5, summary,  # type: ignore[arg-type]
+                            method, url, "HTTP/1.1", 403, headers)
+        expected = AccessRecord(
+            time_ns=12, type=kind, verdict="AUDIT", source_ip="10.0.0.1", source_port=4000,  # type: ignore[arg-type]
+            destination_ip="fd00::2", destination_port=80, protocol="TCP", source_identity=300,
+            destination_identity=301, endpoint_id=7, ingress=ingress, policies=list(policies), latency_ns=5,
+            summary=summary, http=HttpRecord(method, url, "HTTP/1.1", 403, headers))
+        assert decode(data) == expected
+        assert json.loads(data) == json.loads(expected.encode())

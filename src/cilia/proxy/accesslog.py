@@ -16,6 +16,7 @@ from __future__ import annotations
 import errno
 import json
 import socket
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Literal, TypeVar, get_args
@@ -160,6 +161,40 @@ def _build(cls: type[_T], values: dict[str, Any], where: str) -> _T:
         raise ValueError(f"access log record: {where}: {exc}") from None
 
 
+_str = json.encoder.encode_basestring_ascii  # the C one json.dumps uses
+
+
+class FlowEncoder:
+    """The datagrams of one connection's HTTP records, built by hand: the same JSON object that
+    `AccessRecord.encode` makes (same fields, `decode` gives the equal record), at a fraction of its
+    cost (the connection's fixed fields are encoded once, policies once per judgement)."""
+
+    def __init__(self, source_ip: str, source_port: int, destination_ip: str, destination_port: int,
+                 source_identity: int, destination_identity: int, protocol: Literal["TCP", "UDP"] = "TCP") -> None:
+        self._fixed = (f'"source_ip":{_str(source_ip)},"source_port":{int(source_port)},'
+                       f'"destination_ip":{_str(destination_ip)},"destination_port":{int(destination_port)},'
+                       f'"protocol":{_str(protocol)},"source_identity":{int(source_identity)},'
+                       f'"destination_identity":{int(destination_identity)},"rule_id":0,"dns":null,')
+        self._policies: dict[tuple[PolicyRef, ...], str] = {}
+
+    def http(self, time_ns: int, kind: L7Type, verdict: Verdict, endpoint_id: int, ingress: bool,
+             policies: tuple[PolicyRef, ...], latency_ns: int, summary: str, method: str, url: str, protocol: str,
+             code: int, headers: Sequence[tuple[str, str]]) -> bytes:
+        refs = self._policies.get(policies)
+        if refs is None:
+            refs = "[" + ",".join(f'{{"kind":{_str(p.kind)},"namespace":{_str(p.namespace)},"name":{_str(p.name)}}}'
+                                  for p in policies) + "]"
+            if len(self._policies) < 64:
+                self._policies[policies] = refs
+        pairs = ",".join(f"[{_str(n)},{_str(v)}]" for n, v in headers)
+        data = (f'{{"time_ns":{int(time_ns)},"type":{_str(kind)},"verdict":{_str(verdict)},{self._fixed}'
+                f'"endpoint_id":{int(endpoint_id)},"ingress":{"true" if ingress else "false"},"policies":{refs},'
+                f'"latency_ns":{int(latency_ns)},"summary":{_str(summary)},'
+                f'"http":{{"method":{_str(method)},"url":{_str(url)},"protocol":{_str(protocol)},'
+                f'"code":{int(code)},"headers":[{pairs}]}}}}').encode()
+        return data[:MAX_DATAGRAM]
+
+
 class AccessLogSender:
     """The proxies' end: fire-and-forget datagrams to the agent's socket; `lost` counts the dropped ones."""
 
@@ -171,8 +206,11 @@ class AccessLogSender:
         self.lost = 0
 
     def send(self, record: AccessRecord) -> None:
+        self.send_encoded(record.encode())
+
+    def send_encoded(self, data: bytes) -> None:
         try:
-            self._sock.sendto(record.encode(), self._path)
+            self._sock.sendto(data, self._path)
             self.sent += 1
         except OSError as exc:
             # no agent (ENOENT, ECONNREFUSED) or its queue full (EAGAIN): the traffic goes on regardless

@@ -197,7 +197,7 @@ async def _forward(request: h11.Request, body: bytes, down: h11.Connection, writ
             code = event.status_code if isinstance(event, h11.Response) else code
         elif not isinstance(event, (h11.Data, h11.EndOfMessage)):
             raise _Closed()
-        out.append(down.send(event) or b"")  # type: ignore[arg-type]
+        out.append(down.send(event) or b"")
         if isinstance(event, h11.EndOfMessage):
             writer.write(b"".join(out))  # one write per answer: head and body in one segment
             await writer.drain()

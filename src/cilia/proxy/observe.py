@@ -9,7 +9,7 @@ import time
 from collections import Counter
 from typing import Literal
 
-from cilia.proxy.accesslog import AccessLogSender, AccessRecord, HttpRecord
+from cilia.proxy.accesslog import AccessLogSender, FlowEncoder
 from cilia.proxy.policy import Judgement, Request
 from cilia.proxy.transparent import Connection
 
@@ -33,6 +33,9 @@ class AccessLog:
         self.conn = conn
         self.sender = sender
         self.counter = counter
+        p = conn.parties
+        self.encoder = FlowEncoder(conn.client_ip, conn.client_port, conn.server_ip, conn.server_port,
+                                   p.client_identity, p.server_identity)
 
     def request(self, request: Request, judgement: Judgement) -> None:
         self.counter.by_verdict[judgement.verdict] += 1
@@ -53,13 +56,9 @@ class AccessLog:
               latency_ns: int) -> None:
         if self.sender is None:
             return
-        c, p = self.conn, self.conn.parties
-        headers = list(request.header_list) if kind == "REQUEST" else []
-        self.sender.send(AccessRecord(
-            time_ns=time.time_ns(), type=kind, verdict=judgement.verdict,
-            source_ip=c.client_ip, source_port=c.client_port, destination_ip=c.server_ip,
-            destination_port=c.server_port, protocol="TCP", source_identity=p.client_identity,
-            destination_identity=p.server_identity, endpoint_id=judgement.endpoint_id, ingress=judgement.ingress,
-            policies=list(judgement.policies), latency_ns=latency_ns,
-            summary="; ".join(f"headerMatches mismatch {n}: {a}" for n, _v, a in judgement.mismatches),
-            http=HttpRecord(request.method, request.url, request.protocol, code, headers)))
+        # hand-built (FlowEncoder): a dataclass and json.dumps cost ~50 µs a record, two records a request
+        self.sender.send_encoded(self.encoder.http(
+            time.time_ns(), kind, judgement.verdict, judgement.endpoint_id, judgement.ingress, judgement.policies,
+            latency_ns, "; ".join(f"headerMatches mismatch {n}: {a}" for n, _v, a in judgement.mismatches)
+            if judgement.mismatches else "",
+            request.method, request.url, request.protocol, code, request.header_list if kind == "REQUEST" else ()))

@@ -162,11 +162,16 @@ class PolicyStore:
     def __init__(self, directory: Path) -> None:
         self.directory = directory
         self._cache: dict[int, tuple[tuple[int, int], EndpointPolicy]] = {}
+        self._paths: dict[int, str] = {}
 
     def get(self, endpoint_id: int) -> EndpointPolicy:
-        path = policy_file(self.directory, endpoint_id)
+        # a stat on every request (a change applies to the next request), but of a str path made once:
+        # pathlib's Path building cost more than the stat itself
+        path = self._paths.get(endpoint_id)
+        if path is None:
+            path = self._paths[endpoint_id] = str(policy_file(self.directory, endpoint_id))
         try:
-            st = path.stat()
+            st = os.stat(path)
         except FileNotFoundError:
             self._cache.pop(endpoint_id, None)
             return NO_RULES
@@ -175,7 +180,7 @@ class PolicyStore:
         if cached and cached[0] == stamp:
             return cached[1]
         try:
-            policy = EndpointPolicy.from_json(json.loads(path.read_text()))
+            policy = EndpointPolicy.from_json(json.loads(Path(path).read_text()))
         except (OSError, ValueError, KeyError, TypeError) as exc:
             log.error("rules of endpoint %d (%s) unreadable, denying its requests: %s", endpoint_id, path, exc)
             return DENY_ALL

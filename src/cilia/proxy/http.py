@@ -80,13 +80,21 @@ def _send(conn: h11.Connection, writer: asyncio.StreamWriter, *events: h11.Event
         writer.write(data)
 
 
-def _reply(conn: h11.Connection, writer: asyncio.StreamWriter, status: int, body: bytes, close: bool) -> None:
+def _answer(status: int, body: bytes, close: bool) -> tuple[h11.Event, ...]:
     headers = [("content-type", "text/plain"), ("content-length", str(len(body)))]
     if close:
         headers.append(("connection", "close"))
     reason = HTTPStatus(status).phrase.encode() if status in HTTPStatus._value2member_map_ else b""
-    _send(conn, writer, h11.Response(status_code=status, headers=headers, reason=reason), h11.Data(data=body),
-          h11.EndOfMessage())
+    return h11.Response(status_code=status, headers=headers, reason=reason), h11.Data(data=body), h11.EndOfMessage()
+
+
+# the 403 is every denied request's answer: its (immutable) events built once, h11 validates headers on building
+_DENIED = _answer(403, DENIED_BODY, close=False)
+
+
+def _reply(conn: h11.Connection, writer: asyncio.StreamWriter, status: int, body: bytes, close: bool) -> None:
+    events = _DENIED if (status, body, close) == (403, DENIED_BODY, False) else _answer(status, body, close)
+    _send(conn, writer, *events)
 
 
 async def serve_connection(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, info: ConnInfo,

@@ -25,13 +25,13 @@ from typing import Any
 
 from cilia.fqdn.matchpattern import NameMatcher
 from cilia.policy.mapstate import ProxyEntry
+from cilia.proxy.rulefiles import RuleFileStore, rules_file
 
 VERSION = 1
 log = logging.getLogger(__name__)
 
 
-def policy_file(directory: Path, endpoint_id: int) -> Path:
-    return directory / f"{endpoint_id}.json"
+policy_file = rules_file
 
 
 def write_policy(directory: Path, endpoint_id: int, entries: Iterable[ProxyEntry]) -> None:
@@ -106,28 +106,9 @@ class DnsPolicy:
 REFUSE_ALL = DnsPolicy(())
 
 
-class DnsPolicyStore:
+class DnsPolicyStore(RuleFileStore[DnsPolicy]):
     """Reads an endpoint's file when it changed (mtime and size), keeps the last good one."""
 
     def __init__(self, directory: Path) -> None:
-        self.directory = directory
-        self._cache: dict[int, tuple[tuple[int, int], DnsPolicy]] = {}
-
-    def get(self, endpoint_id: int) -> DnsPolicy:
-        path = policy_file(self.directory, endpoint_id)
-        try:
-            st = path.stat()
-        except FileNotFoundError:
-            self._cache.pop(endpoint_id, None)
-            return REFUSE_ALL
-        stamp = (st.st_mtime_ns, st.st_size)
-        cached = self._cache.get(endpoint_id)
-        if cached and cached[0] == stamp:
-            return cached[1]
-        try:
-            policy = DnsPolicy.from_json(json.loads(path.read_text()))
-        except (OSError, ValueError, KeyError, TypeError) as exc:
-            log.error("DNS rules of endpoint %d (%s) unreadable, refusing its queries: %s", endpoint_id, path, exc)
-            return REFUSE_ALL
-        self._cache[endpoint_id] = (stamp, policy)
-        return policy
+        super().__init__(directory, DnsPolicy.from_json, missing=REFUSE_ALL, broken=REFUSE_ALL,
+                         broken_means="refusing its queries")

@@ -30,14 +30,14 @@ from typing import Any, Literal
 from cilia.policy.l7 import HttpRule
 from cilia.policy.mapstate import ProxyRules
 from cilia.proxy.accesslog import PolicyRef
+from cilia.proxy.rulefiles import RuleFileStore, rules_file
 
 VERSION = 2
 Direction = Literal["ingress", "egress"]
 log = logging.getLogger(__name__)
 
 
-def policy_file(directory: Path, endpoint_id: int) -> Path:
-    return directory / f"{endpoint_id}.json"
+policy_file = rules_file
 
 
 def write_policy(directory: Path, endpoint_id: int, rules: ProxyRules) -> None:
@@ -156,36 +156,12 @@ NO_RULES = EndpointPolicy(())  # no file: the endpoint has no L7 rule, the proxy
 DENY_ALL = EndpointPolicy((), broken=True)  # a file that does not parse: fail closed
 
 
-class PolicyStore:
+class PolicyStore(RuleFileStore[EndpointPolicy]):
     """Reads an endpoint's file when it changed (mtime and size), keeps the last good one."""
 
     def __init__(self, directory: Path) -> None:
-        self.directory = directory
-        self._cache: dict[int, tuple[tuple[int, int], EndpointPolicy]] = {}
-        self._paths: dict[int, str] = {}
-
-    def get(self, endpoint_id: int) -> EndpointPolicy:
-        # a stat on every request (a change applies to the next request), but of a str path made once:
-        # pathlib's Path building cost more than the stat itself
-        path = self._paths.get(endpoint_id)
-        if path is None:
-            path = self._paths[endpoint_id] = str(policy_file(self.directory, endpoint_id))
-        try:
-            st = os.stat(path)
-        except FileNotFoundError:
-            self._cache.pop(endpoint_id, None)
-            return NO_RULES
-        stamp = (st.st_mtime_ns, st.st_size)
-        cached = self._cache.get(endpoint_id)
-        if cached and cached[0] == stamp:
-            return cached[1]
-        try:
-            policy = EndpointPolicy.from_json(json.loads(Path(path).read_text()))
-        except (OSError, ValueError, KeyError, TypeError) as exc:
-            log.error("rules of endpoint %d (%s) unreadable, denying its requests: %s", endpoint_id, path, exc)
-            return DENY_ALL
-        self._cache[endpoint_id] = (stamp, policy)
-        return policy
+        super().__init__(directory, EndpointPolicy.from_json, missing=NO_RULES, broken=DENY_ALL,
+                         broken_means="denying its requests")
 
 
 # ----- one request, judged by every side that has L7 rules ------------------------------------------

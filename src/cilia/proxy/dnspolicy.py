@@ -15,9 +15,7 @@ matchers matches N. No file, a file that does not parse, no such entry: refused 
 
 from __future__ import annotations
 
-import json
 import logging
-import os
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,7 +23,7 @@ from typing import Any
 
 from cilia.fqdn.matchpattern import NameMatcher
 from cilia.policy.mapstate import ProxyEntry
-from cilia.proxy.rulefiles import RuleFileStore, rules_file
+from cilia.proxy.rulefiles import RuleFileStore, remove_rules_file, rules_file, write_rules_file
 
 VERSION = 1
 log = logging.getLogger(__name__)
@@ -35,7 +33,6 @@ policy_file = rules_file
 
 
 def write_policy(directory: Path, endpoint_id: int, entries: Iterable[ProxyEntry]) -> None:
-    directory.mkdir(parents=True, exist_ok=True)
     out = []
     for e in entries:
         raw = e.to_json()
@@ -43,14 +40,10 @@ def write_policy(directory: Path, endpoint_id: int, entries: Iterable[ProxyEntry
             rules = port.pop("http")
             port["dns"] = None if rules is None else [r["dns"] for r in rules]
         out.append(raw)
-    target = policy_file(directory, endpoint_id)
-    tmp = target.with_suffix(".tmp")
-    tmp.write_text(json.dumps({"version": VERSION, "endpoint_id": endpoint_id, "entries": out}))
-    os.replace(tmp, target)
+    write_rules_file(directory, endpoint_id, VERSION, {"entries": out})
 
 
-def remove_policy(directory: Path, endpoint_id: int) -> None:
-    policy_file(directory, endpoint_id).unlink(missing_ok=True)
+remove_policy = remove_rules_file
 
 
 @dataclass(frozen=True)

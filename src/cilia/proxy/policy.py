@@ -19,9 +19,7 @@ request is forwarded all the same and reported as AUDIT (policy-audit-mode).
 
 from __future__ import annotations
 
-import json
 import logging
-import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,7 +28,7 @@ from typing import Any, Literal
 from cilia.policy.l7 import HttpRule
 from cilia.policy.mapstate import ProxyRules
 from cilia.proxy.accesslog import PolicyRef
-from cilia.proxy.rulefiles import RuleFileStore, rules_file
+from cilia.proxy.rulefiles import RuleFileStore, remove_rules_file, rules_file, write_rules_file
 
 VERSION = 2
 Direction = Literal["ingress", "egress"]
@@ -41,15 +39,10 @@ policy_file = rules_file
 
 
 def write_policy(directory: Path, endpoint_id: int, rules: ProxyRules) -> None:
-    directory.mkdir(parents=True, exist_ok=True)
-    target = policy_file(directory, endpoint_id)
-    tmp = target.with_suffix(".tmp")
-    tmp.write_text(json.dumps({"version": VERSION, "endpoint_id": endpoint_id, **rules.to_json()}))
-    os.replace(tmp, target)
+    write_rules_file(directory, endpoint_id, VERSION, rules.to_json())
 
 
-def remove_policy(directory: Path, endpoint_id: int) -> None:
-    policy_file(directory, endpoint_id).unlink(missing_ok=True)
+remove_policy = remove_rules_file
 
 
 @dataclass(frozen=True)

@@ -59,3 +59,16 @@ class RuleFileStore(Generic[P]):
             return self._broken
         self._cache[endpoint_id] = (stamp, policy)
         return policy
+
+
+def write_rules_file(directory: Path, endpoint_id: int, version: int, body: dict[str, Any]) -> None:
+    """The agent's side: replace the file atomically, so a proxy never reads half of it."""
+    directory.mkdir(parents=True, exist_ok=True)
+    target = rules_file(directory, endpoint_id)
+    tmp = target.with_suffix(".tmp")
+    tmp.write_text(json.dumps({"version": version, "endpoint_id": endpoint_id, **body}))
+    os.replace(tmp, target)
+
+
+def remove_rules_file(directory: Path, endpoint_id: int) -> None:
+    rules_file(directory, endpoint_id).unlink(missing_ok=True)

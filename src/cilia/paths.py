@@ -66,6 +66,12 @@ class NodePaths:
         return self.run_dir / "agent.pid"
 
     @property
+    def proxy_supervisor_pid_file(self) -> Path:
+        """cilia-proxy's supervisor (`proxy.pid` is its active worker's): how a lab's teardown finds a
+        proxy whatever its state file says."""
+        return self.run_dir / "proxy-supervisor.pid"
+
+    @property
     def accesslog_socket(self) -> Path:
         """The agent's end of the proxies' access log (unix datagrams, cilia.proxy.accesslog)."""
         return self.run_dir / "accesslog.sock"

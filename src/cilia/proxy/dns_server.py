@@ -260,8 +260,10 @@ class DnsWorker:
         """Counters and the recent answer -> ipcache delays (bench.dns reads them)."""
         delays = self.core.ipcache_delays
         del delays[: max(0, len(delays) - STATS_SAMPLES)]
+        if not self.paths.run_dir.is_dir():  # the node is being torn down: never re-create its run dir
+            return
         path = self.paths.run_dir / "proxy" / "dns-stats.json"
-        path.parent.mkdir(parents=True, exist_ok=True)
+        path.parent.mkdir(exist_ok=True)
         tmp = path.with_suffix(".tmp")
         tmp.write_text(json.dumps({**asdict(self.core.stats), "cache_ips": len(self.core.cache.ips()),
                                    "ipcache_delays_s": delays}))

@@ -176,6 +176,17 @@ class Supervisor:
         signal.signal(signal.SIGTERM, stop)
         signal.signal(signal.SIGINT, stop)
         log.info("cilia-proxy supervisor %d for node %s", os.getpid(), self.node)
+        pid_file = NodePaths(self.node).proxy_supervisor_pid_file
+        pid_file.parent.mkdir(parents=True, exist_ok=True)
+        pid_file.write_text(f"{os.getpid()}\n")
+        try:
+            return self._supervise()
+        finally:
+            with contextlib.suppress(OSError):  # only ours: a successor may have written its own
+                if pid_file.read_text().strip() == str(os.getpid()):
+                    pid_file.unlink()
+
+    def _supervise(self) -> int:
         active, standby = self._spawn(), self._spawn()
         self._activate(active)
         restarts: list[float] = []

@@ -252,3 +252,39 @@ def test_without_values_it_keeps_fingerprints_and_still_skips_unchanged_puts(kv:
         assert set(reflector.items()) == {"cilia/x/keep"}
     finally:
         reflector.stop()
+
+
+class SplitBatchKv(CountingKv):
+    """A member whose event answers carry a header revision ahead of their events (etcd does so for a
+    watcher catching up in batches), then dies before sending the rest."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.starts: list[int] = []
+        self.callbacks: list[tuple[WatchCallback, ErrorCallback]] = []
+
+    def watch_prefix(self, prefix: str, start_revision: int, on_events: WatchCallback,
+                     on_error: ErrorCallback) -> Cancel:
+        self.starts.append(start_revision)
+        self.callbacks.append((on_events, on_error))
+        return lambda: None
+
+
+def test_a_header_ahead_of_its_events_is_not_resumed_from() -> None:
+    kv = SplitBatchKv()
+    recorder = Recorder()
+    reflector = _reflector(kv, recorder)
+    try:
+        wait_for(lambda: len(kv.starts) == 1, 5)
+        on_events, on_error = kv.callbacks[0]
+        first = kv.starts[0]
+        on_events([WatchEvent("put", "cilia/x/a", b"1", first)], first + 5)  # events first+1.. still to come
+        on_error(KvError("the member died"))
+        wait_for(lambda: len(kv.starts) == 2, 5)
+        assert kv.starts[1] == first + 1  # from the last event it has, not from the header
+        on_events, _ = kv.callbacks[1]
+        on_events([], first + 9)  # a progress notification does vouch for its header
+        wait_for(lambda: reflector.revision == first + 9, 5)
+    finally:
+        reflector.stop()
+        kv.close()

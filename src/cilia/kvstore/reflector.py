@@ -187,8 +187,13 @@ class PrefixReflector:
                 self.last_error = ""
             for event in events:
                 self._apply(event)
+            # an answer with events stands for what it carries, not for its header: the header is the
+            # store's revision when it was sent, and events up to it may still be on their way (a batch
+            # split, a watcher catching up), so resuming from the header could skip them. Only an
+            # answer without events (a progress notification) vouches for its header revision.
+            seen = max((event.mod_revision for event in events), default=revision)
             with self._moved:
-                self._revision = max(self._revision, revision)
+                self._revision = max(self._revision, seen)
                 self._moved.notify_all()
 
         def on_error(exc: Exception) -> None:

@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from tests.unit.memory_stream import MemoryWriter
 
 from cilia.identity.labels import LabelSet
 from cilia.policy.cilium import parse_cilium_policy
@@ -237,21 +238,6 @@ class _Store:
         return self.policy if endpoint_id == 7 else NO_RULES
 
 
-class _Writer:
-    def __init__(self) -> None:
-        self.data = bytearray()
-        self.closed = False
-
-    def write(self, data: bytes) -> None:
-        self.data += data
-
-    async def drain(self) -> None:
-        return None
-
-    def close(self) -> None:
-        self.closed = True
-
-
 def _run(raw: bytes, upstream_answer: bytes = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok",
          policy: EndpointPolicy | None = None) -> tuple[bytes, bytes]:
     """Feed `raw` as the client; returns (what the client got, what the server got)."""
@@ -259,8 +245,8 @@ def _run(raw: bytes, upstream_answer: bytes = b"HTTP/1.1 200 OK\r\ncontent-lengt
         reader = asyncio.StreamReader()
         reader.feed_data(raw)
         reader.feed_eof()
-        writer = _Writer()
-        up_writer = _Writer()
+        writer = MemoryWriter()
+        up_writer = MemoryWriter()
 
         async def open_upstream() -> Any:
             up_reader = asyncio.StreamReader()

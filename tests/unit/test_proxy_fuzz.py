@@ -16,6 +16,7 @@ import h2.connection
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from tests.unit.memory_stream import MemoryWriter
 
 from cilia.proxy.h2proxy import PREFACE, serve_h2
 from cilia.proxy.http import ConnInfo, serve_connection
@@ -29,27 +30,12 @@ def _judge(request: Request) -> Judgement:
     return Judgement("FORWARDED" if allowed else "DROPPED", (), 7, True)
 
 
-class _Writer:
-    def __init__(self) -> None:
-        self.data = bytearray()
-        self.closed = False
-
-    def write(self, data: bytes) -> None:
-        self.data += data
-
-    async def drain(self) -> None:
-        return None
-
-    def close(self) -> None:
-        self.closed = True
-
-
 def _run(raw: bytes, h2c: bool, answer: bytes) -> tuple[bytes, bytes]:
     async def go() -> tuple[bytes, bytes]:
         reader = asyncio.StreamReader()
         reader.feed_data(raw)
         reader.feed_eof()
-        writer, up_writer = _Writer(), _Writer()
+        writer, up_writer = MemoryWriter(), MemoryWriter()
 
         async def open_upstream() -> Any:
             up_reader = asyncio.StreamReader()

@@ -651,8 +651,10 @@ def cleanup_leftovers() -> None:
     """Remove everything a lab (also a crashed one) may have left: agents by their pid files and the
     pids in the state file, etcd members by theirs (with their data and sockets), cilia-* namespaces
     (never a benchmark's cilia-bench-*), node state and run dirs, bpffs pins, the lab's cgroups."""
-    # the node's processes by their pid files (a proxy whose pid the state file lost too)
-    for name in ("proxy-supervisor.pid", "proxy.pid", "agent.pid"):
+    # the node's processes by their pid files (a proxy whose pid the state file lost too). Not the
+    # workers' proxy.pid: it outlives its worker, and a stale pid may name somebody else's process
+    # now; a stopped supervisor takes its workers with it (they die with their parent).
+    for name in ("proxy-supervisor.pid", "agent.pid"):
         stop_pid_files(RUN_ROOT.glob(f"*/{name}") if RUN_ROOT.exists() else [])
     if STATE_FILE.exists():
         with contextlib.suppress(ValueError, OSError):

@@ -25,8 +25,9 @@ CLIENT = ("10.200.1.5", 40000)
 SERVER = ("198.51.100.53", 53)
 SERVER_ID = 16777300
 ZONE = {"api.example.test.": ["198.51.100.10", "198.51.100.11"], "img.cdn.example.test.": ["198.51.100.12"],
-        "other.example.test.": ["198.51.100.13"]}
-SELECTORS = ["matchName:api.example.test.", "matchPattern:*.cdn.example.test.", "matchPattern:api.*.test."]
+        "other.example.test.": ["198.51.100.13"], "shared.example.test.": ["198.51.100.12"]}
+SELECTORS = ["matchName:api.example.test.", "matchPattern:*.cdn.example.test.", "matchPattern:api.*.test.",
+             "matchName:shared.example.test."]
 
 
 class FakeMaps:
@@ -148,22 +149,45 @@ def test_allowed_name_without_selectors_is_cached_not_in_ipcache(tmp_path: Path)
     assert s.maps.ipcache == {} and s.core.cache.names_of(ip("198.51.100.13")) == ["other.example.test."]
 
 
-def test_several_selectors_get_the_set_identity_from_the_agent(tmp_path: Path) -> None:
+def test_selectors_one_name_matches_together_have_their_set_identity_ahead(tmp_path: Path) -> None:
     s = Setup(tmp_path)
-    s.ask("api.example.test")
     both = frozenset({SELECTORS[0], SELECTORS[2]})
-    assert s.requests == [both]
-    number = s.agent.current()[both]
-    assert s.maps.ipcache == {ip("198.51.100.10"): number, ip("198.51.100.11"): number}
+    number = s.agent.current()[both]  # allocated with the policy, before any answer
     s.ask("api.example.test")
+    assert s.requests == []
+    assert s.maps.ipcache == {ip("198.51.100.10"): number, ip("198.51.100.11"): number}
+
+
+def test_a_set_no_name_explains_is_asked_of_the_agent_once(tmp_path: Path) -> None:
+    s = Setup(tmp_path)
+    s.ask("img.cdn.example.test")
+    s.ask("shared.example.test")  # the same address: now matched by two selectors' names
+    both = frozenset({SELECTORS[1], SELECTORS[3]})
+    assert s.requests == [both]
+    assert s.maps.ipcache == {ip("198.51.100.12"): s.agent.current()[both]}
+    s.ask("shared.example.test")
     assert s.requests == [both]  # asked once, then known
+
+
+def test_concurrent_answers_share_one_request(tmp_path: Path) -> None:
+    s = Setup(tmp_path)
+    s.ask("img.cdn.example.test")
+
+    async def two() -> None:
+        wire = dns.message.make_query("shared.example.test", "A").to_wire()
+        await asyncio.gather(*(s.core.handle(wire, CLIENT, SERVER, "UDP") for _ in range(2)))
+    asyncio.run(two())
+    assert s.requests == [frozenset({SELECTORS[1], SELECTORS[3]})]
 
 
 def test_agent_down_fails_closed_to_one_selector(tmp_path: Path) -> None:
     s = Setup(tmp_path, agent=False)
-    s.ask("api.example.test")
-    first = s.agent.current()[frozenset({sorted([SELECTORS[0], SELECTORS[2]])[0]})]
+    s.ask("img.cdn.example.test")
+    s.ask("shared.example.test")
+    first = s.agent.current()[frozenset({sorted([SELECTORS[1], SELECTORS[3]])[0]})]
     assert set(s.maps.ipcache.values()) == {first}
+    s.ask("shared.example.test")
+    assert len(s.requests) == 1  # not asked again before Identities.RETRY_AFTER
 
 
 def test_pod_entries_are_never_overwritten(tmp_path: Path) -> None:

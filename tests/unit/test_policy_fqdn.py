@@ -135,3 +135,14 @@ def test_fqdn_identities_persist_and_allocate_sets(tmp_path: Path) -> None:
     assert FqdnIdentities(path).current() == ids.current() == read_sets(path)
     _current, released = ids.sync(["matchName:a."])
     assert set(released) == {frozenset({"matchName:b."}), frozenset({"matchName:a.", "matchName:b."})}
+
+
+def test_sets_one_name_can_match_are_allocated_with_the_policy(tmp_path: Path) -> None:
+    ids = FqdnIdentities(tmp_path / "ids.json")
+    name, pattern, cdn = "matchName:api.example.test.", "matchPattern:*.example.test.", "matchPattern:*.cdn.test."
+    current, _released = ids.sync([name, pattern, cdn])
+    assert frozenset({name, pattern}) in current  # api.example.test matches both: ready before any answer
+    assert frozenset({name, cdn}) not in current and frozenset({pattern, cdn}) not in current
+    assert len(current) == 4 and read_sets(tmp_path / "ids.json") == current
+    _current, released = ids.sync([name, cdn])
+    assert frozenset({name, pattern}) in released

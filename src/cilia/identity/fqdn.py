@@ -2,8 +2,13 @@
 
 Every toFQDNs selector (`matchName:api.example.test.`, `matchPattern:*.cdn.example.test.`) gets an
 identity of its own, labelled `fqdn:<selector key>` (and reserved:world); an IP whose names match
-several selectors needs the identity of that set (all their labels), which is allocated when the
-DNS proxy asks for it. Policy allows an FQDN identity through any of its labels (FqdnPeer).
+several selectors needs the identity of that set (all their labels). Policy allows an FQDN
+identity through any of its labels (FqdnPeer).
+
+Set identities are allocated ahead, when policy is applied, for every group of selectors that
+one name can match together (cilia.fqdn.overlap: `api.example.test` and `*.example.test`), so an
+answer never waits for them. Sets no single name explains (a CNAME chain whose names match
+different selectors, two names sharing an address) are allocated when the DNS proxy asks.
 
 The allocation is persisted in one JSON file, which is also what the DNS proxy reads to know the
 selectors and their identities (it runs apart from the agent and writes the ipcache itself):
@@ -21,6 +26,7 @@ import threading
 from collections.abc import Iterable
 from pathlib import Path
 
+from cilia.fqdn.overlap import co_matching_sets
 from cilia.identity.labels import Label, LabelSet
 
 FQDN_IDENTITY_BASE = (1 << 24) | (1 << 23)  # above the CIDR identities' numbers (1 << 24 + n)
@@ -51,9 +57,10 @@ class FqdnIdentities:
         self._lock = threading.Lock()
 
     def sync(self, selectors: Iterable[str]) -> tuple[dict[Key, int], dict[Key, int]]:
-        """Hold an identity for each selector in `selectors`, and keep the sets made only of them.
-        Returns (all current, released)."""
+        """Hold an identity for each selector in `selectors` and for each group of them one name can
+        match together, and keep the (requested) sets made only of them. Returns (all current, released)."""
         wanted = set(selectors)
+        groups = co_matching_sets(wanted)
         with self._lock:
             released = {k: v for k, v in self._sets.items() if not k <= wanted or not k}
             for key in released:
@@ -61,6 +68,8 @@ class FqdnIdentities:
             before = len(self._sets)
             for selector in sorted(wanted):
                 self._allocate(frozenset({selector}))
+            for group in groups:
+                self._allocate(group)
             if released or len(self._sets) != before or (self._state_file and not self._state_file.exists()):
                 self._save()
             return dict(self._sets), released

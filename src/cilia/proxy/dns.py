@@ -17,8 +17,10 @@ TTL raised to `--tofqdns-min-ttl`, at most `--tofqdns-max-ips-per-hostname` per 
 address whose names match toFQDNs selectors gets that selector set's identity written into the
 ipcache (flag FQDN) - then the answer goes to the pod, so its first connection is already allowed.
 
-Identities (cilia.identity.fqdn): the agent's file gives each selector's identity; an address
-matched by several selectors needs the set's identity, asked of the agent (POST /v1/fqdn/identity).
+Identities (cilia.identity.fqdn): the agent's file gives each selector's identity and those of
+the selector sets one name can match together (allocated when policy is applied); an address
+matched by a set the file lacks (names of different selectors sharing it) needs that set's
+identity, asked of the agent (POST /v1/fqdn/identity) off the event loop while the answer waits.
 With the agent down the proxy keeps serving, and an address needing a set it does not know gets
 the identity of one of its selectors only (fail closed for the others), logged.
 
@@ -34,7 +36,7 @@ import ipaddress
 import logging
 import struct
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, Protocol
@@ -95,14 +97,27 @@ class DnsSettings:
 
 
 class Identities:
-    """The agent's FQDN identity file (re-read when it changes) and set requests to the agent."""
+    """The agent's FQDN identity file (re-read when it changes) and set requests to the agent.
 
-    def __init__(self, path: Path, request: Callable[[frozenset[str]], int | None] | None = None) -> None:
+    The agent allocates, when policy is applied, the identities of every selector and of every set
+    of selectors one name can match together, so most answers find theirs in the file. A set the
+    file lacks is asked of the agent off the event loop (`prepare`; concurrent answers needing the
+    same set share one request, other queries are not held up); a failed request is not repeated
+    for RETRY_AFTER seconds (answers meanwhile get the fail-closed identity, see identity_of)."""
+
+    RETRY_AFTER = 5.0
+
+    def __init__(self, path: Path, request: Callable[[frozenset[str]], int | None] | None = None,
+                 *, clock: Callable[[], float] = time.monotonic) -> None:
         self.path = path
         self._request = request
+        self._clock = clock
         self._stamp: tuple[int, int] | None = None
         self.sets: dict[frozenset[str], int] = {}
         self.matchers: list[NameMatcher] = []
+        self._pending: dict[frozenset[str], asyncio.Future[int | None]] = {}
+        self._failed: dict[frozenset[str], float] = {}  # set -> when it may be asked again
+        self.requests = 0  # sets asked of the agent (bench, tests)
 
     def refresh(self) -> bool:
         """Re-read the file if it changed. True when it did."""
@@ -115,15 +130,57 @@ class Identities:
             return False
         self._stamp = stamp
         try:
-            self.sets = fqdn_ids.read_sets(self.path) if stamp else {}
+            sets = fqdn_ids.read_sets(self.path) if stamp else {}
         except (OSError, ValueError, KeyError, TypeError) as exc:
             log.error("FQDN identities %s unreadable, keeping the previous ones: %s", self.path, exc)
             return False
+        self.sets = sets
         self.matchers = sorted(NameMatcher.from_key(next(iter(k))) for k in self.sets if len(k) == 1)
         return True
 
     def selectors_of(self, names: list[str]) -> frozenset[str]:
         return frozenset(m.key for m in self.matchers if any(m.matches(n) for n in names))
+
+    def missing(self, selectors: frozenset[str]) -> bool:
+        """A set the agent must be asked for (several selectors, not in the file, not failing)."""
+        if len(selectors) < 2 or selectors in self.sets or self._request is None:
+            return False
+        retry = self._failed.get(selectors)
+        return retry is None or retry <= self._clock()
+
+    async def prepare(self, wanted: Iterable[frozenset[str]]) -> None:
+        """Ask the agent for the sets in `wanted` it has not allocated yet, all at once."""
+        asks = [self._ask(s) for s in set(wanted) if self.missing(s)]
+        if asks:
+            await asyncio.gather(*asks)
+
+    async def _ask(self, selectors: frozenset[str]) -> int | None:
+        pending = self._pending.get(selectors)
+        if pending is None:
+            pending = asyncio.get_running_loop().create_future()
+            self._pending[selectors] = pending
+            try:
+                number = await self._request_in_thread(selectors)
+            finally:
+                del self._pending[selectors]
+            pending.set_result(number)
+            return number
+        return await asyncio.shield(pending)
+
+    async def _request_in_thread(self, selectors: frozenset[str]) -> int | None:
+        assert self._request is not None
+        self.requests += 1
+        try:
+            number = await asyncio.to_thread(self._request, selectors)
+        except Exception as exc:  # the agent is down or slow: fail closed (identity_of)
+            log.warning("FQDN identity for %s not available from the agent: %s", sorted(selectors), exc)
+            number = None
+        if number is None:
+            self._failed[selectors] = self._clock() + self.RETRY_AFTER
+        else:
+            self._failed.pop(selectors, None)
+            self.sets[selectors] = number
+        return number
 
     def identity_of(self, selectors: frozenset[str]) -> int | None:
         if not selectors:
@@ -131,15 +188,6 @@ class Identities:
         number = self.sets.get(selectors)
         if number is not None:
             return number
-        if len(selectors) > 1 and self._request is not None:
-            try:
-                number = self._request(selectors)
-            except Exception as exc:  # the agent is down or slow: fail closed below
-                log.warning("FQDN identity for %s not available from the agent: %s", sorted(selectors), exc)
-                number = None
-            if number is not None:
-                self.sets[selectors] = number
-                return number
         # fail closed: only the first selector's identity (the others' rules do not allow it)
         first = sorted(selectors)[0]
         log.warning("no FQDN identity for selector set %s: using %s only", sorted(selectors), first)
@@ -256,7 +304,7 @@ class DnsCore:
         received = time.monotonic()
         ips, cnames, ttl, rrtypes = _answer_facts(answer)
         if answer.rcode() == dns.rcode.NOERROR and ips:
-            self._learn([name, *cnames], ips, ttl, endpoint_id)
+            await self._learn([name, *cnames], ips, ttl, endpoint_id)
             self.ipcache_delays.append(time.monotonic() - received)
         self.stats.allowed += 1
         self._log(AccessRecord(time_ns=time.time_ns(), type="RESPONSE", verdict="FORWARDED",
@@ -266,7 +314,7 @@ class DnsCore:
                                **base))  # type: ignore[arg-type]
         return answer_wire
 
-    def _learn(self, names: list[str], ips: list[IPAddress], ttl: int, endpoint_id: int) -> None:
+    async def _learn(self, names: list[str], ips: list[IPAddress], ttl: int, endpoint_id: int) -> None:
         now = self.clock()
         evicted: set[IPAddress] = set()
         for n in names:
@@ -278,12 +326,18 @@ class DnsCore:
         # the addresses' selector sets only grow by this answer's names (recomputed in full when
         # an address loses a name or the selectors change: gc)
         here = self.identities.selectors_of(names)
+        wanted: dict[IPAddress, frozenset[str]] = {}
         for ip in ips:
             known = self._ip_selectors.get(ip)
             if known is None:
-                self._sync_ip(ip)
+                wanted[ip] = self.identities.selectors_of(self.cache.names_of(ip))
             elif not here <= known:
-                self._sync_ip(ip, known | here)
+                wanted[ip] = known | here
+        if any(self.identities.missing(s) for s in wanted.values()):
+            await self.identities.prepare(wanted.values())  # rare: a set no single name explains
+            wanted = {ip: s for ip, s in wanted.items() if self.cache.names_of(ip)}  # not cleaned meanwhile
+        for ip, selectors in wanted.items():
+            self._sync_ip(ip, selectors)
         for ip in evicted:
             self._ip_selectors.pop(ip, None)
             self._release(ip)

@@ -102,3 +102,29 @@ def test_observe_reads_the_observer_api(server: HubbleServer) -> None:
     assert bad.exit_code == 1 and "--verdict" in bad.output
     gone = runner.invoke(app, ["observe", "--socket", socket + ".nope"])
     assert gone.exit_code == 1 and "UNAVAILABLE" in gone.output
+
+
+def _named_flow() -> flow_pb2.Flow:
+    """A pod's connection to an IP its DNS history names (cilia.fqdn.history via FlowBuilder)."""
+    b = builder()
+    b._names = lambda ep, ip: ["api.example.test", "www.example.test"] if ip == "10.200.1.3" else []
+    flow = convert(b.build(decode(record(EVENT_TRACE, 0, tcp_v4(0x02)))))
+    flow.destination.ClearField("pod_name")  # an external address: only its names say what it is
+    return flow
+
+
+def test_names_in_the_compact_line_and_the_fqdn_flags() -> None:
+    from cilia.cli.observe import compact_line
+
+    flow = _named_flow()
+    assert list(flow.destination_names) == ["api.example.test", "www.example.test"] and not flow.source_names
+    assert " -> api.example.test,www.example.test:80 (ID:" in compact_line(flow)
+    for args, hit in ((ObserveArgs(to_fqdn=["api.example.test"]), True),
+                      (ObserveArgs(to_fqdn=["*.example.test"]), True),
+                      (ObserveArgs(from_fqdn=["api.example.test"]), False),
+                      (ObserveArgs(fqdn=["www.example.test"]), True),
+                      (ObserveArgs(to_fqdn=["other.example.test"]), False)):
+        request = build_request(args)
+        assert FlowFilters(request.whitelist, request.blacklist).matches(flow) is hit, args
+    with pytest.raises(ObserveArgumentError, match="--fqdn cannot be combined"):
+        build_request(ObserveArgs(fqdn=["a.test"], to_fqdn=["b.test"]))

@@ -34,16 +34,25 @@ RULES_ALL = {**RULES, 6: {"kind": "CiliumClusterwideNetworkPolicy", "namespace":
 LABELS = {2: ["reserved:world="], 1: ["reserved:host"], 300: ["k8s:io.cilium.k8s.policy.cluster=c1", "k8s:a=b"]}
 
 
+# the endpoints' DNS history (cilia.fqdn.history): an external address named for two of them
+NAMES = {(7, "192.168.5.1"): ["api.example.test", "www.example.test"], (9, "192.168.5.1"): ["other.example.test"],
+         (7, "10.0.0.9"): ["db.example.test"], (11, "2001:db8:1::1"): ["six.example.test"]}
+
+
 def identities(identity: int) -> list[str]:
     return list(LABELS.get(identity, []))
 
 
+def names_of(endpoint_id: int, ip: str) -> list[str]:
+    return list(NAMES.get((endpoint_id, ip), []))
+
+
 def slow(raw: bytes, flow_id: str) -> observer_pb2.GetFlowsResponse:
-    builder = FlowBuilder("n1", VIEWS6.get, identities, BOOT_NS, RULES_ALL.get, SERVICES.get)
+    builder = FlowBuilder("n1", VIEWS6.get, identities, BOOT_NS, RULES_ALL.get, SERVICES.get, names=names_of)
     return _response(convert(builder.build(decode(raw), VIEWS6.get, flow_id)), None)
 
 
-ENCODER = WireEncoder("n1", identities, BOOT_NS, RULES_ALL.get, SERVICES.get)
+ENCODER = WireEncoder("n1", identities, BOOT_NS, RULES_ALL.get, SERVICES.get, names_of)
 
 
 def fast(raw: bytes, flow_id: str) -> observer_pb2.GetFlowsResponse | None:
@@ -143,6 +152,19 @@ def test_fixed_records_of_every_kind() -> None:
         got, want = fast(raw, "u"), slow(raw, "u")
         assert got is not None and got == want, f"fast:\n{got}\nslow:\n{want}"
         assert got.SerializeToString(deterministic=True) == want.SerializeToString(deterministic=True)
+
+
+def test_names_of_each_side_from_the_other_sides_dns_history() -> None:
+    out = record(EVENT_TRACE, 1, tcp_v4(src="10.200.1.2", dst="192.168.5.1", sport=40000, dport=80))
+    back = record(EVENT_TRACE, 1, tcp_v4(0x12, "192.168.5.1", "10.200.1.3", 80, 40000))
+    for raw, field, names in ((out, "destination_names", ["api.example.test", "www.example.test"]),
+                              (back, "source_names", ["other.example.test"])):
+        got, want = fast(raw, "u"), slow(raw, "u")
+        assert got is not None and got == want
+        assert list(getattr(got.flow, field)) == names
+        assert not got.flow.source_names if field == "destination_names" else not got.flow.destination_names
+    plain = fast(record(EVENT_TRACE, 1, tcp_v4()), "u")  # pod to pod: nobody's DNS history names them
+    assert plain is not None and not plain.flow.source_names and not plain.flow.destination_names
 
 
 def test_left_to_the_slow_path() -> None:

@@ -410,3 +410,17 @@ def test_l7_flows_are_policy_verdicts() -> None:
     assert sorted((s["direction"], s["match"], s["action"], v) for s, v in got["hubble_policy_verdicts_total"]) == [
         ("egress", "l7/dns", "forwarded", 1.0), ("ingress", "l7/http", "dropped", 1.0),
         ("ingress", "l7/http", "forwarded", 1.0)]
+
+
+def test_allowed_dns_answers_feed_the_dns_history(tmp_path: Path) -> None:
+    from cilia.fqdn.history import DnsHistory
+
+    history = DnsHistory(None)
+    reader = AccessLogReader(tmp_path / "accesslog.sock", builder(), FlowRing(8), history)
+    reader.handle(dns_record("REQUEST").encode())
+    reader.handle(dns_record("RESPONSE", "DROPPED", ips=["198.51.100.9"]).encode())
+    reader.handle(dns_record("RESPONSE", ips=["198.51.100.10", "2001:db8:100::a"], cnames=["edge.example.test."]
+                             ).encode())
+    assert history.names_of(11, "198.51.100.10") == ["api.example.test", "edge.example.test"]
+    assert history.names_of(11, "2001:db8:100::a") == ["api.example.test", "edge.example.test"]
+    assert history.names_of(11, "198.51.100.9") == [] and history.names_of(12, "198.51.100.10") == []

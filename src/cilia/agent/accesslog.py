@@ -19,6 +19,7 @@ from pathlib import Path
 
 from cilia.flows.l7 import L7FlowBuilder
 from cilia.flows.ring import FlowRing
+from cilia.fqdn.history import DnsHistory
 from cilia.proxy.accesslog import MAX_DATAGRAM, decode
 
 log = logging.getLogger(__name__)
@@ -28,8 +29,10 @@ _LOGGED_FIRST = 10
 
 
 class AccessLogReader:
-    def __init__(self, path: Path, builder: L7FlowBuilder, ring: FlowRing) -> None:
+    def __init__(self, path: Path, builder: L7FlowBuilder, ring: FlowRing, history: DnsHistory | None = None,
+                 ) -> None:
         self.path = path
+        self.history = history
         self.builder = builder
         self.ring = ring
         self.received = 0
@@ -65,6 +68,11 @@ class AccessLogReader:
             if self.invalid <= _LOGGED_FIRST or self.invalid % 1000 == 0:
                 log.warning("access log: record skipped (%d so far): %s", self.invalid, exc)
             return False
+        dns = record.dns
+        if (self.history is not None and dns is not None and record.type == "RESPONSE"
+                and record.verdict == "FORWARDED" and dns.ips):
+            # before the pod has its answer: its first connection's flows are named
+            self.history.learn(record.endpoint_id, [dns.query, *dns.cnames], dns.ips)
         self.ring.add(self.builder.build(record))
         return True
 

@@ -50,6 +50,7 @@ from cilia.endpoint.manager import EndpointManager
 from cilia.endpoint.registry import EndpointRegistry
 from cilia.endpoint.store import EndpointStore
 from cilia.flows.l7 import L7FlowBuilder
+from cilia.fqdn.history import DnsHistory
 from cilia.hubble.agent_events import AgentEventLog, AgentEventRecorder, agent_started
 from cilia.hubble.peer import cluster_peers
 from cilia.hubble.server import HubbleConfig, HubbleServer
@@ -144,11 +145,13 @@ class Agent:
             service_cidrs=config.service_cidrs,
             remote_pods=self.etcd,  # pods on other nodes as backends (none with one node)
         )
+        # the endpoints' DNS history (the DNS proxy's cache file and answers): flows' source/destination_names
+        self.dns_history = DnsHistory(paths.fqdn_cache_file)
         self.events = EventPump(config, self.datapath, self.endpoints, self.identities, self.policy.describe_rule,
-                                self.services.describe_rev_nat)
+                                self.services.describe_rev_nat, self.dns_history.names_of)
         self.accesslog = AccessLogReader(paths.accesslog_socket, L7FlowBuilder(  # the proxies' L7 flows
             config.node, self.events.endpoint_view, self.events.identity_labels, self.policy.describe_rule),
-            self.events.ring)
+            self.events.ring, self.dns_history)
         self.metrics = AgentMetrics(Sources(
             endpoint_states=lambda: [state for _record, state, _reason in self.registry.snapshot()],
             identities=lambda: [identity.reserved for identity in self.identities.all()],

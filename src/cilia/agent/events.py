@@ -19,7 +19,7 @@ from cilia.agent.config import AgentConfig
 from cilia.agent.datapath_adapter import DatapathAdapter
 from cilia.bpf import RingBufferReader
 from cilia.endpoint.manager import EndpointManager
-from cilia.flows.build import EndpointView, Flow, FlowBuilder, RuleLookup, ServiceLookup
+from cilia.flows.build import EndpointView, Flow, FlowBuilder, NameLookup, RuleLookup, ServiceLookup
 from cilia.flows.ring import FlowRing
 from cilia.hubble.wire import WireEncoder
 from cilia.identity.allocator import IdentityAllocator
@@ -68,6 +68,7 @@ class EventPump:
         identities: IdentityAllocator,
         rules: RuleLookup | None = None,
         services: ServiceLookup | None = None,
+        names: NameLookup | None = None,
     ) -> None:
         self.ring = FlowRing(config.flow_buffer)
         self.raw = FlowRing(1024)  # decoded events as they came, for `cilia monitor`
@@ -81,8 +82,8 @@ class EventPump:
         endpoints.subscribe(self._refresh_views)
         boot_offset = time.time_ns() - time.monotonic_ns()
         self.builder = FlowBuilder(config.node, lambda _ip: None, self._identity_labels, boot_offset,
-                                   rules or (lambda _rule_id: None), services)
-        self.encoder = WireEncoder(config.node, self._identity_labels, boot_offset, rules, services)
+                                   rules or (lambda _rule_id: None), services, names=names)
+        self.encoder = WireEncoder(config.node, self._identity_labels, boot_offset, rules, services, names)
         self._context = _Context(self, self._views, self._netns_views)
         self._raw_context = _RawContext()
         self._stop = threading.Event()

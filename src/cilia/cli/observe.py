@@ -28,8 +28,10 @@ class FlowOutput(StrEnum):
     TABLE = "table"
 
 
-def _side(endpoint: Any, ip: str, port: int) -> str:
-    name = f"{endpoint.namespace}/{endpoint.pod_name}" if endpoint.pod_name else ip or "?"
+def _side(endpoint: Any, ip: str, port: int, names: Any = ()) -> str:
+    # as hubble's printer: the pod, else the DNS names the IP resolved to (source/destination_names), else the IP
+    name = (f"{endpoint.namespace}/{endpoint.pod_name}" if endpoint.pod_name
+            else ",".join(names) if names else ip or "?")
     return f"{name}{f':{port}' if port else ''} (ID:{endpoint.identity})"
 
 
@@ -55,8 +57,8 @@ def compact_line(flow: Any) -> str:
 
     when = flow.time.ToDatetime().strftime("%b %d %H:%M:%S.%f")[:-3]
     sport, dport = _ports(flow)
-    src = _side(flow.source, flow.IP.source, sport)
-    dst = _side(flow.destination, flow.IP.destination, dport)
+    src = _side(flow.source, flow.IP.source, sport, flow.source_names)
+    dst = _side(flow.destination, flow.IP.destination, dport, flow.destination_names)
     verdict = flow_pb2.Verdict.Name(flow.verdict)
     if flow.event_type.type == 129:
         return f"{when}: {src} -> {dst} {l7_kind(flow)} {verdict} ({flow.Summary})"
@@ -111,6 +113,8 @@ def observe(
     http_path: list[str] = typer.Option([], "--http-path", help="L7: regex on the request's path"),
     http_url: list[str] = typer.Option([], "--http-url", help="L7: regex on the request's URL"),
     fqdn: list[str] = typer.Option([], "--fqdn", help="a side's DNS name or the DNS query (* wildcards)"),
+    from_fqdn: list[str] = typer.Option([], "--from-fqdn", help="the source's DNS name (* wildcards)"),
+    to_fqdn: list[str] = typer.Option([], "--to-fqdn", help="the destination's DNS name (* wildcards)"),
     dns_query: list[str] = typer.Option([], "--dns-query", help="L7: regex on the DNS query"),
     server: str | None = typer.Option(None, "--server", envvar="HUBBLE_SERVER",
                                       help="Hubble server: unix:///path/hubble.sock or host:port "
@@ -128,7 +132,7 @@ def observe(
                        verdict=verdict, drop_reason=drop_reason, traffic_direction=traffic_direction,
                        policy=policy, service=service, type=event_type, http_method=http_method,
                        http_status=http_status, http_path=http_path, http_url=http_url, fqdn=fqdn,
-                       dns_query=dns_query)
+                       from_fqdn=from_fqdn, to_fqdn=to_fqdn, dns_query=dns_query)
     try:
         request = build_request(args)
     except ObserveArgumentError as exc:

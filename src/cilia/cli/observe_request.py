@@ -43,6 +43,8 @@ class ObserveArgs(FlowFilter):
     http_path: list[str] = field(default_factory=list)  # regex on the URL's path
     http_url: list[str] = field(default_factory=list)  # regex on the URL
     fqdn: list[str] = field(default_factory=list)  # either side's name, or the DNS query ("*" wildcards)
+    from_fqdn: list[str] = field(default_factory=list)  # the source's DNS names (hubble's --from-fqdn)
+    to_fqdn: list[str] = field(default_factory=list)  # the destination's DNS names (hubble's --to-fqdn)
     dns_query: list[str] = field(default_factory=list)  # regex on the DNS query
 
 
@@ -118,6 +120,10 @@ def build_request(args: ObserveArgs) -> observer_pb2.GetFlowsRequest:
     base.http_path.extend(args.http_path)
     base.http_url.extend(args.http_url)
     base.dns_query.extend(args.dns_query)
+    if args.fqdn and (args.from_fqdn or args.to_fqdn):
+        raise ObserveArgumentError("--fqdn cannot be combined with --from-fqdn or --to-fqdn (as in hubble)")
+    base.source_fqdn.extend(args.from_fqdn)
+    base.destination_fqdn.extend(args.to_fqdn)
     base.source_pod.extend(_pod(p) for p in args.from_pod)
     base.destination_pod.extend(_pod(p) for p in args.to_pod)
     base.source_ip.extend(args.from_ip)

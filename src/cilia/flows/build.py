@@ -32,6 +32,7 @@ IdentityLookup = Callable[[int], list[str]]  # identity -> labels
 RuleLookup = Callable[[int], dict[str, Any] | None]  # rule id -> {kind, namespace, name, rule, id}
 # rev-NAT id -> {service, namespace, name, address, port, protocol, frontend}
 ServiceLookup = Callable[[int], dict[str, Any] | None]
+NameLookup = Callable[[int, str], list[str]]  # (endpoint id, IP) -> DNS names (cilia.fqdn.history)
 
 _OBS_TO_HUBBLE = {"TO_ENDPOINT": "TO_ENDPOINT", "TO_STACK": "TO_STACK", "FROM_ENDPOINT": "FROM_ENDPOINT",
                   "TO_HOST": "TO_HOST", "TO_OVERLAY": "TO_OVERLAY", "FROM_OVERLAY": "FROM_OVERLAY",
@@ -43,8 +44,9 @@ _ICMP6_NAMES = {1: "DestinationUnreachable", 3: "TimeExceeded", 128: "EchoReques
 class FlowBuilder:
     def __init__(self, node_name: str, endpoints: EndpointLookup, identities: IdentityLookup,
                  boot_time_ns: int, rules: RuleLookup | None = None, services: ServiceLookup | None = None,
-                 netns: NetnsLookup | None = None) -> None:
+                 netns: NetnsLookup | None = None, names: NameLookup | None = None) -> None:
         self._netns: NetnsLookup = netns or (lambda _cookie: None)
+        self._names = names
         self._rules: RuleLookup = rules or (lambda _rule_id: None)
         self._services: ServiceLookup = services or (lambda _rev_nat_id: None)
         self.node_name = node_name
@@ -81,6 +83,8 @@ class FlowBuilder:
         if packet.ip_version:
             flow["IP"] = {"source": packet.source, "destination": packet.destination,
                           "ipVersion": f"IPv{packet.ip_version}"}
+        if self._names is not None:
+            self._add_names(flow, packet.source, packet.destination)
         l4 = packet.l4
         summary = ""
         if l4 is not None:
@@ -124,6 +128,14 @@ class FlowBuilder:
             summary = self._add_service(flow, event, summary)
         flow["Summary"] = summary
         return flow
+
+    def _add_names(self, flow: Flow, source: str, destination: str) -> None:
+        """Hubble's FQDN enrichment: each side's IP named from the other (local) side's DNS history."""
+        assert self._names is not None
+        if destination and (ep := flow["source"].get("ID")) and (names := self._names(ep, destination)):
+            flow["destination_names"] = names
+        if source and (ep := flow["destination"].get("ID")) and (names := self._names(ep, source)):
+            flow["source_names"] = names
 
     def _add_service(self, flow: Flow, event: MonitorEvent, summary: str) -> str:
         """Service traffic (per-packet path): name the service, its frontend and the backend chosen.

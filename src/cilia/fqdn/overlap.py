@@ -60,9 +60,11 @@ def _build(key: str) -> _Nfa:
     cur = nfa.state()
     text = matcher.value.strip().lower()
     if matcher.kind == "matchPattern" and _ALL_STARS.match(text):
-        end = _labels(nfa, cur)
-        nfa.moves[cur].append((DOT, end))  # the root "." too
-        nfa.final = end
+        labels, root, final = _labels(nfa, cur), nfa.state(), nfa.state()
+        nfa.moves[cur].append((DOT, root))  # the root "." too, and nothing after it
+        nfa.eps[labels].append(final)
+        nfa.eps[root].append(final)
+        nfa.final = final
         return nfa
     text = fqdn(text)
     i = 0

@@ -91,6 +91,8 @@ def convert(flow: Mapping[str, Any]) -> flow_pb2.Flow:
         _endpoint(flow["source"], out.source)
     if "destination" in flow:
         _endpoint(flow["destination"], out.destination)
+    out.source_names.extend(flow.get("source_names") or ())
+    out.destination_names.extend(flow.get("destination_names") or ())
     for key in ("source_service", "destination_service"):
         if ref := flow.get(key):
             target = getattr(out, key)

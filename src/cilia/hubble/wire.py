@@ -24,7 +24,7 @@ from typing import Any
 
 from cilia import __version__
 from cilia.flows.build import _OBS_TO_HUBBLE as OBS_TO_HUBBLE  # the slow path's table: one source
-from cilia.flows.build import EndpointLookup, EndpointView, IdentityLookup, RuleLookup, ServiceLookup
+from cilia.flows.build import EndpointLookup, EndpointView, IdentityLookup, NameLookup, RuleLookup, ServiceLookup
 from cilia.hostport import host_port
 from cilia.hubble.convert import DROP_REASONS, EMITTER, POLICY_VERDICT_DROP_REASONS, TRACE_POINTS
 from cilia.hubble.pb import flow_pb2
@@ -113,6 +113,7 @@ _TIME, _VERDICT, _DROP_REASON, _ETHERNET, _IP, _L4, _SOURCE, _DESTINATION = 1, 2
 _TYPE, _NODE_NAME, _REPLY, _EVENT_TYPE, _DIRECTION, _OBS_POINT = 10, 11, 16, 19, 22, 24
 _DROP_REASON_DESC, _IS_REPLY, _INTERFACE, _UUID, _TRACE_REASON, _FILE, _EMITTER = 25, 26, 28, 34, 36, 38, 41
 _SOURCE_SERVICE, _DESTINATION_SERVICE = 20, 21
+_SOURCE_NAMES, _DESTINATION_NAMES = 13, 14
 _SUMMARY = 100000
 _POLICY_LISTS = {("egress", True): 21001, ("ingress", True): 21002, ("egress", False): 21004,
                  ("ingress", False): 21005}
@@ -233,8 +234,10 @@ class WireEncoder:
     dict whose entries are complete when stored."""
 
     def __init__(self, node_name: str, identities: IdentityLookup, boot_time_ns: int,
-                 rules: RuleLookup | None = None, services: ServiceLookup | None = None) -> None:
+                 rules: RuleLookup | None = None, services: ServiceLookup | None = None,
+                 names: NameLookup | None = None) -> None:
         self._identities = identities
+        self._names = names
         self._rules: RuleLookup = rules or (lambda _rule_id: None)
         self._services: ServiceLookup = services or (lambda _rev_nat_id: None)
         self._boot_time_ns = boot_time_ns
@@ -255,9 +258,24 @@ class WireEncoder:
     # ----- endpoints -----------------------------------------------------------------------------
     def _endpoints(self, source: str, destination: str, src_id: int, dst_id: int,
                    endpoints: EndpointLookup) -> bytes:
-        """The source and destination fields."""
-        return (self._endpoint(_SOURCE_TAG, source, src_id, endpoints)
-                + self._endpoint(_DESTINATION_TAG, destination, dst_id, endpoints))
+        """The source and destination fields, and the names of each side's IP in the other
+        (local) side's DNS history (FlowBuilder._add_names)."""
+        out = (self._endpoint(_SOURCE_TAG, source, src_id, endpoints)
+               + self._endpoint(_DESTINATION_TAG, destination, dst_id, endpoints))
+        if self._names is not None:
+            out += self._name_fields(source, destination, endpoints)
+        return out
+
+    def _name_fields(self, source: str, destination: str, endpoints: EndpointLookup) -> bytes:
+        assert self._names is not None
+        out = b""
+        src_view = endpoints(source) if source else None
+        if src_view is not None and src_view.id and destination:
+            out += b"".join(field_string(_DESTINATION_NAMES, n) for n in self._names(src_view.id, destination))
+        dst_view = endpoints(destination) if destination else None
+        if dst_view is not None and dst_view.id and source:
+            out += b"".join(field_string(_SOURCE_NAMES, n) for n in self._names(dst_view.id, source))
+        return out
 
     def _endpoint(self, field: bytes, ip: str, identity: int, endpoints: EndpointLookup) -> bytes:
         view = endpoints(ip) if ip else None

@@ -266,6 +266,7 @@ class DnsWorker:
         path.parent.mkdir(exist_ok=True)
         tmp = path.with_suffix(".tmp")
         tmp.write_text(json.dumps({**asdict(self.core.stats), "cache_ips": len(self.core.cache.ips()),
+                                   "set_requests": self.identities.requests,
                                    "ipcache_delays_s": delays}))
         os.replace(tmp, path)
 

@@ -75,37 +75,53 @@ __always_inline_fn int proxy_redirect(struct __sk_buff *ctx, const struct pkt *p
 /* The node's DNS proxy (cilia-proxy, src/cilia/proxy/dns.py): a pod's DNS query (UDP or TCP) that
  * its egress entry says VERDICT_REDIRECT for is assigned to the proxy's IP_TRANSPARENT sockets on
  * DNS_PROXY_PORT (UDP: the one unconnected socket; TCP: the established socket of its tuple, else
- * the listener). The proxy learns the original destination (IP_RECVORIGDSTADDR / getsockname)
+ * the listener). The proxy learns the original destination (IP(V6)_RECVORIGDSTADDR / getsockname)
  * and answers from it; the reply reaches the pod as the reply of the connection the pod's
  * from-container recorded. It queries the real server itself, from the node's own address. */
 #define DNS_PROXY_PORT 15053
 
-/* Returns 0 when the packet is assigned to the DNS proxy (then pass it with TC_ACT_OK). */
+/* Returns 0 when the packet is assigned to the DNS proxy (then pass it with TC_ACT_OK). IPv4 and
+ * IPv6 (the proxy has a UDP socket and a TCP listener per family on DNS_PROXY_PORT). */
 __always_inline_fn int proxy_redirect_dns(struct __sk_buff *ctx, const struct pkt *p)
 {
 	struct bpf_sock_tuple t = {};
 	struct bpf_sock *sk = 0;
+	__u32 size;
+	int v4 = p->t.family == AF_INET_;
 
-	if (p->t.family != AF_INET_)
-		return -1;
-	t.ipv4.saddr = p->t.saddr.w[3];
-	t.ipv4.daddr = p->t.daddr.w[3];
-	t.ipv4.sport = p->t.sport;
-	t.ipv4.dport = bpf_htons(DNS_PROXY_PORT);
+	if (v4) {
+		t.ipv4.saddr = p->t.saddr.w[3];
+		t.ipv4.daddr = p->t.daddr.w[3];
+		t.ipv4.sport = p->t.sport;
+		t.ipv4.dport = bpf_htons(DNS_PROXY_PORT);
+		size = sizeof(t.ipv4);
+	} else {
+		__builtin_memcpy(t.ipv6.saddr, p->t.saddr.w, 16);
+		__builtin_memcpy(t.ipv6.daddr, p->t.daddr.w, 16);
+		t.ipv6.sport = p->t.sport;
+		t.ipv6.dport = bpf_htons(DNS_PROXY_PORT);
+		size = sizeof(t.ipv6);
+	}
 	if (p->t.proto == IPPROTO_UDP) {
-		sk = bpf_sk_lookup_udp(ctx, &t, sizeof(t.ipv4), BPF_F_CURRENT_NETNS, 0);
+		sk = bpf_sk_lookup_udp(ctx, &t, size, BPF_F_CURRENT_NETNS, 0);
 		if (!sk)
 			return -1;
 	} else if (p->t.proto == IPPROTO_TCP) {
-		t.ipv4.dport = p->t.dport;
-		sk = bpf_skc_lookup_tcp(ctx, &t, sizeof(t.ipv4), BPF_F_CURRENT_NETNS, 0);
+		if (v4)
+			t.ipv4.dport = p->t.dport;
+		else
+			t.ipv6.dport = p->t.dport;
+		sk = bpf_skc_lookup_tcp(ctx, &t, size, BPF_F_CURRENT_NETNS, 0);
 		if (sk && sk->state == BPF_TCP_LISTEN) {
 			bpf_sk_release(sk); /* a listener on the real port in the node: not the proxy */
 			sk = 0;
 		}
 		if (!sk) {
-			t.ipv4.dport = bpf_htons(DNS_PROXY_PORT);
-			sk = bpf_skc_lookup_tcp(ctx, &t, sizeof(t.ipv4), BPF_F_CURRENT_NETNS, 0);
+			if (v4)
+				t.ipv4.dport = bpf_htons(DNS_PROXY_PORT);
+			else
+				t.ipv6.dport = bpf_htons(DNS_PROXY_PORT);
+			sk = bpf_skc_lookup_tcp(ctx, &t, size, BPF_F_CURRENT_NETNS, 0);
 			if (!sk)
 				return -1;
 			if (sk->state != BPF_TCP_LISTEN) {

@@ -6,7 +6,10 @@ The client pod may ask the lab's resolver for `*.example.test` and `**.cdn.examp
 right after a lookup is already allowed (the DNS proxy writes the ipcache before it answers); an
 allowed name outside toFQDNs (`other.example.test`) resolves but its address stays unreachable.
 TTL expiry removes an address unless a connection to it is open; the agent killed with -9 in
-the middle changes nothing for DNS and open connections."""
+the middle changes nothing for DNS and open connections. Queries to the resolver's IPv6 address
+(UDP and TCP) are proxied the same way, and AAAA answers allow their addresses as A answers do.
+Flows to an address a lookup named carry the names (Hubble's destination_names), and
+`cilia observe --to-fqdn` finds them."""
 
 from __future__ import annotations
 
@@ -33,6 +36,8 @@ from cilia.testing import wait_for
 from cilia.testing.labs import running_lab
 
 RESOLVER = "198.51.100.53"
+RESOLVER6 = "2001:db8:100::35"
+API6 = "2001:db8:100::a"  # api.example.test's AAAA: web0's IPv6 address
 TOPOLOGY = {
     "nodes": [{"name": "n1", "podCIDRv4": "10.200.1.0/24", "podCIDRv6": "fd00:200:1::/64"}],
     "namespaces": [],
@@ -49,7 +54,7 @@ metadata: {{name: fqdn, namespace: default}}
 spec:
   endpointSelector: {{matchLabels: {{app: client}}}}
   egress:
-  - toCIDR: [{RESOLVER}/32]
+  - toCIDR: [{RESOLVER}/32, "{RESOLVER6}/128"]
     toPorts:
     - ports: [{{port: "53", protocol: ANY}}]
       rules:
@@ -58,7 +63,7 @@ spec:
               {{matchName: short.example.test}}]
     toPorts: [{{ports: [{{port: "80", protocol: TCP}}]}}]
   # api.example.test matches this one too: its addresses need the identity of both selectors,
-  # which the DNS proxy asks the agent for before it answers
+  # which the agent allocated with the policy (one name matches both)
   - toFQDNs: [{{matchPattern: "api.*.test"}}]
     toPorts: [{{ports: [{{port: "80", protocol: TCP}}]}}]
 """
@@ -67,19 +72,21 @@ CLIENT = textwrap.dedent("""
     import json, socket, sys, time
     import dns.message, dns.query, dns.rcode, dns.rdatatype
     name, proto, connect, hold = sys.argv[1], sys.argv[2], sys.argv[3] == "1", float(sys.argv[4])
-    q = dns.message.make_query(name, "A")
+    resolver, rdtype = sys.argv[5], sys.argv[6]
+    q = dns.message.make_query(name, rdtype)
     try:
         if proto == "tcp":
-            r = dns.query.tcp(q, "RESOLVER", timeout=3)
+            r = dns.query.tcp(q, resolver, timeout=3)
         else:
-            r = dns.query.udp(q, "RESOLVER", timeout=3)
+            r = dns.query.udp(q, resolver, timeout=3)
     except Exception as e:
         print(json.dumps({"error": repr(e)})); sys.exit(0)
-    ips = [rd.address for rrset in r.answer if rrset.rdtype == dns.rdatatype.A for rd in rrset]
+    wanted = dns.rdatatype.from_text(rdtype)
+    ips = [rd.address for rrset in r.answer if rrset.rdtype == wanted for rd in rrset]
     out = {"rcode": dns.rcode.to_text(r.rcode()), "ips": ips, "connect": {}}
     held = []
     for ip in ips if connect else []:
-        s = socket.socket()
+        s = socket.socket(socket.AF_INET6 if ":" in ip else socket.AF_INET)
         s.settimeout(1.5)
         try:
             s.connect((ip, 80)); out["connect"][ip] = (s.recv(100).decode().split() or ["closed"])[0]
@@ -95,7 +102,7 @@ CLIENT = textwrap.dedent("""
             except OSError as e:
                 out = "failed: " + type(e).__name__
             print(json.dumps({"after_hold": out}), flush=True)
-""".replace("RESOLVER", RESOLVER))
+""")
 
 
 @pytest.fixture(scope="module")
@@ -106,8 +113,14 @@ def lab() -> Iterator[Lab]:
         yield running
 
 
-def lookup(lab: Lab, name: str, proto: str = "udp", connect: bool = True, pod: str = "client") -> dict[str, Any]:
-    out = subprocess.run(in_netns(lab.netns_of(pod), PYTHON, "-c", CLIENT, name, proto, "1" if connect else "0", "0"),
+def client_args(name: str, proto: str, connect: bool, hold: float, resolver: str = RESOLVER,
+                rdtype: str = "A") -> list[str]:
+    return ["-c", CLIENT, name, proto, "1" if connect else "0", str(hold), resolver, rdtype]
+
+
+def lookup(lab: Lab, name: str, proto: str = "udp", connect: bool = True, pod: str = "client",
+           resolver: str = RESOLVER, rdtype: str = "A") -> dict[str, Any]:
+    out = subprocess.run(in_netns(lab.netns_of(pod), PYTHON, *client_args(name, proto, connect, 0, resolver, rdtype)),
                          capture_output=True, text=True, timeout=30, check=True)
     return json.loads(out.stdout.splitlines()[0])  # type: ignore[no-any-return]
 
@@ -128,9 +141,47 @@ def test_first_connection_after_lookup_is_allowed(lab: Lab, proto: str) -> None:
     result = lookup(lab, "api.example.test", proto)
     assert result["rcode"] == "NOERROR" and sorted(result["ips"]) == ["198.51.100.10", "198.51.100.11"]
     assert result["connect"] == {"198.51.100.10": "web0", "198.51.100.11": "web1"}, result
-    # the agent allocated the identity of the two selectors api.example.test matches
+    # the agent allocated the identity of the two selectors api.example.test matches (with the policy)
     sets = read_sets(fqdn_identities_file(NodePaths("n1").state_dir))
     assert frozenset({"matchName:api.example.test.", "matchPattern:api.*.test."}) in sets
+
+
+@pytest.mark.parametrize("proto", ["udp", "tcp"])
+def test_queries_over_ipv6_are_proxied_and_aaaa_answers_allow(lab: Lab, proto: str) -> None:
+    result = lookup(lab, "api.example.test", proto, resolver=RESOLVER6, rdtype="AAAA")
+    assert result["rcode"] == "NOERROR" and result["ips"] == [API6], result
+    assert result["connect"] == {API6: "web0"}, result  # allowed right after the AAAA answer
+    # the proxy judged it: dnsmasq itself answers NXDOMAIN for a name it does not have
+    refused = lookup(lab, "x.y.example.test", proto, connect=False, resolver=RESOLVER6)
+    assert refused["rcode"] == "REFUSED", refused
+    assert API6 in {r["ip"] for r in fqdn_cache("api.example.test")}
+    # an A question over IPv6 transport: the same answers as over IPv4
+    v4 = lookup(lab, "img.cdn.example.test", proto, resolver=RESOLVER6)
+    assert v4["ips"] == ["198.51.100.12"] and v4["connect"] == {"198.51.100.12": "web2"}, v4
+
+
+def test_flows_to_a_looked_up_address_carry_its_names(lab: Lab) -> None:
+    assert lookup(lab, "www.example.test")["connect"] == {"198.51.100.10": "web0", "198.51.100.11": "web1"}
+    cilia = str(PYTHON).replace("/python", "/cilia")
+
+    def named() -> list[dict[str, Any]]:
+        out = subprocess.run([cilia, "observe", "--node", "n1", "--to-fqdn", "www.example.test", "-o", "json",
+                              "--last", "200"], capture_output=True, text=True, timeout=30, check=True)
+        return [json.loads(line)["flow"] for line in out.stdout.splitlines() if line.strip()]
+    wait_for(lambda: any(f.get("IP", {}).get("destination") == "198.51.100.10" for f in named()), 10, 0.5,
+             "no flow to www.example.test's address carries its name")
+    flows = [f for f in named() if f.get("IP", {}).get("destination") in ("198.51.100.10", "198.51.100.11")]
+    # the query and its CNAME chain (www -> api), in the client's DNS history, without trailing dots
+    assert all({"www.example.test", "api.example.test"} <= set(f["destination_names"]) for f in flows), flows
+    assert all(f["source"].get("pod_name") == "client" for f in flows)
+    # the replies name their source the same way (the client is the destination endpoint then)
+    replies = subprocess.run([cilia, "observe", "--node", "n1", "--from-fqdn", "www.example.test", "-o", "json",
+                              "--last", "200"], capture_output=True, text=True, timeout=30, check=True)
+    back = [json.loads(line)["flow"] for line in replies.stdout.splitlines() if line.strip()]
+    assert back and all("www.example.test" in f["source_names"] for f in back), back
+    compact = subprocess.run([cilia, "observe", "--node", "n1", "--to-fqdn", "www.example.test", "--last", "5"],
+                             capture_output=True, text=True, timeout=30, check=True).stdout
+    assert "api.example.test,www.example.test:80" in compact, compact
 
 
 def test_wildcard_names_resolve_and_connect(lab: Lab) -> None:
@@ -178,8 +229,8 @@ def test_ttl_expiry_without_and_with_an_open_connection(lab: Lab) -> None:
              "short.example.test's address stayed allowed after its TTL")
     assert not fqdn_cache("short.example.test")
     # ... while a connection open across the expiry keeps it (and itself) alive
-    holder = subprocess.Popen(in_netns(lab.netns_of("client"), PYTHON, "-c", CLIENT, "short.example.test", "udp", "1",
-                                       "5"), stdout=subprocess.PIPE, text=True)
+    args = client_args("short.example.test", "udp", True, 5)
+    holder = subprocess.Popen(in_netns(lab.netns_of("client"), PYTHON, *args), stdout=subprocess.PIPE, text=True)
     try:
         first = json.loads(holder.stdout.readline())  # type: ignore[union-attr]
         assert first["connect"] == {"198.51.100.14": "web4"}
@@ -193,8 +244,8 @@ def test_ttl_expiry_without_and_with_an_open_connection(lab: Lab) -> None:
 
 
 def test_agent_kill_keeps_dns_and_open_connections(lab: Lab) -> None:
-    holder = subprocess.Popen(in_netns(lab.netns_of("client"), PYTHON, "-c", CLIENT, "api.example.test", "udp", "1",
-                                       "6"), stdout=subprocess.PIPE, text=True)
+    args = client_args("api.example.test", "udp", True, 6)
+    holder = subprocess.Popen(in_netns(lab.netns_of("client"), PYTHON, *args), stdout=subprocess.PIPE, text=True)
     try:
         first = json.loads(holder.stdout.readline())  # type: ignore[union-attr]
         assert first["connect"] == {"198.51.100.10": "web0", "198.51.100.11": "web1"}

@@ -5,6 +5,7 @@ question, and any reply is a parseable DNS response with the query's id."""
 from __future__ import annotations
 
 import asyncio
+import struct
 from pathlib import Path
 
 import dns.message
@@ -45,3 +46,23 @@ def _check(tmp: Path, wire: bytes) -> None:
 @given(st.one_of(st.binary(max_size=600), mutated()))
 def test_any_packet_is_answered_or_dropped(tmp_path: Path, wire: bytes) -> None:
     _check(tmp_path, wire)
+
+
+@settings(max_examples=EXAMPLES, deadline=None)
+@given(st.sampled_from([(0, 20), (41, 74), (0, 19), (41, 20)]), st.binary(max_size=40))
+def test_original_destination_from_any_ancillary_data(where: tuple[int, int], data: bytes) -> None:
+    """IP(V6)_ORIGDSTADDR parsing never raises; a short or foreign cmsg gives None."""
+    import ipaddress
+    import socket
+
+    from cilia.proxy.dns_server import _orig_dst
+
+    got = _orig_dst([(where[0], where[1], data)])
+    if got is not None:
+        address, port = got
+        assert 0 <= port <= 65535 and ipaddress.ip_address(address)
+        assert (where, len(data) >= 8) == ((0, 20), True) or (where, len(data) >= 24) == ((41, 74), True)
+    v6 = struct.pack("!HHI16sI", socket.AF_INET6, 53, 0, ipaddress.IPv6Address("2001:db8:100::35").packed, 0)
+    assert _orig_dst([(41, 74, v6)]) == ("2001:db8:100::35", 53)
+    v4 = struct.pack("!HH4s8x", socket.AF_INET, 53, bytes([198, 51, 100, 53]))
+    assert _orig_dst([(0, 20, v4)]) == ("198.51.100.53", 53)

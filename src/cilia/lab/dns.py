@@ -1,5 +1,6 @@
 """The lab's DNS server: Debian's dnsmasq on an external host `dns` (netns cilia-ext-dns,
-198.51.100.53), serving the test zone below and nothing else (no upstream, no /etc/hosts).
+198.51.100.53 and 2001:db8:100::35, UDP and TCP on both), serving the test zone below and nothing
+else (no upstream, no /etc/hosts).
 
 The zone's addresses are the first lab externals' (externals[i] is 198.51.100.(10+i)), so a
 topology that lists externals gets names for them:
@@ -42,7 +43,7 @@ def write_config(directory: Path) -> Path:
     conf = directory / "dnsmasq.conf"
     conf.write_text("\n".join([
         "no-resolv", "no-hosts", "no-poll", "bind-interfaces", "user=root", "group=root",
-        f"listen-address={DNS_HOST.ipv4}", "port=53", f"local-ttl={ZONE_TTL}",
+        f"listen-address={DNS_HOST.ipv4},{DNS_HOST.ipv6}", "port=53", f"local-ttl={ZONE_TTL}",
         "local=/example.test/", f"addn-hosts={hosts}",
         "cname=www.example.test,api.example.test", "cname=alias.example.test,www.example.test",
         "address=/cdn.example.test/198.51.100.12",

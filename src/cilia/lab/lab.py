@@ -367,10 +367,12 @@ class Lab:
     def _dns(self) -> None:
         """dnsmasq with the test zone on external host `dns` (cilia.lab.dns); stopped by `down`."""
         self._external(lab_dns.DNS_HOST)
+        fabric.wait_ipv6_settled([lab_dns.DNS_HOST.netns])  # dnsmasq binds its IPv6 address too
         log_file = LAB_DIR / "dnsmasq.log"
         pid = spawn(lab_dns.DNS_HOST.netns, lab_dns.command(lab_dns.write_config(LAB_DIR / "dns")), log_file)
         self.state["pids"].append(pid)
-        self.state["dns"] = {"pid": pid, "ipv4": str(lab_dns.DNS_HOST.ipv4), "netns": lab_dns.DNS_HOST.netns}
+        self.state["dns"] = {"pid": pid, "ipv4": str(lab_dns.DNS_HOST.ipv4), "ipv6": str(lab_dns.DNS_HOST.ipv6),
+                             "netns": lab_dns.DNS_HOST.netns}
         self.save()
         try:
             wait_for(lambda: not exited(pid) and 53 in listening_ports(lab_dns.DNS_HOST.netns), 10, 0.05,

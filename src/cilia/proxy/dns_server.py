@@ -1,16 +1,19 @@
 """The DNS proxy's sockets and the node's maps behind cilia.proxy.dns.DnsCore.
 
-UDP: one IP_TRANSPARENT socket on DNS_PROXY_PORT with IP_RECVORIGDSTADDR (the resolver the pod
-asked); answers leave from a socket bound (IP_TRANSPARENT) to that resolver's address and port.
-TCP: an IP_TRANSPARENT listener on DNS_PROXY_PORT; the accepted socket's own address is the
+Per address family (IPv4, and IPv6 when the node has it; bpf/lib/proxy.h assigns a pod's query
+to the socket of its family):
+UDP: one IP(V6)_TRANSPARENT socket on DNS_PROXY_PORT with IP(V6)_RECVORIGDSTADDR (the resolver
+the pod asked); answers leave from a socket bound (transparent) to that resolver's address and
+port. TCP: a transparent listener on DNS_PROXY_PORT; the accepted socket's own address is the
 resolver's; messages are length-prefixed (RFC 1035 4.2.2). Upstream queries leave from the node's
-own address, over the protocol the pod used.
+own address, over the protocol and family the pod used.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import json
 import logging
 import os
@@ -36,6 +39,10 @@ from cilia.proxy.dnspolicy import DnsPolicyStore
 IP_TRANSPARENT = 19  # linux/in.h
 IP_RECVORIGDSTADDR = 20
 IP_ORIGDSTADDR = 20
+IPV6_TRANSPARENT = 75  # linux/in6.h
+IPV6_RECVORIGDSTADDR = 74
+IPV6_ORIGDSTADDR = 74
+ORIGDST_SPACE = socket.CMSG_SPACE(28)  # a sockaddr_in6, the larger of the two
 GC_INTERVAL = 1.0
 WORLD = 2  # reserved:world
 STATS_SAMPLES = 20000
@@ -107,11 +114,20 @@ def _request_identity(paths: NodePaths) -> Callable[[frozenset[str]], int | None
 
 
 def _orig_dst(ancdata: list[tuple[int, int, bytes]]) -> tuple[str, int] | None:
+    """The query's original destination from IP_ORIGDSTADDR (sockaddr_in) or IPV6_ORIGDSTADDR
+    (sockaddr_in6: family, port, flow info, address, scope)."""
     for level, kind, data in ancdata:
         if level == socket.SOL_IP and kind == IP_ORIGDSTADDR and len(data) >= 8:
             port = struct.unpack("!H", data[2:4])[0]
             return socket.inet_ntoa(data[4:8]), port
+        if level == socket.IPPROTO_IPV6 and kind == IPV6_ORIGDSTADDR and len(data) >= 24:
+            port = struct.unpack("!H", data[2:4])[0]
+            return str(ipaddress.IPv6Address(data[8:24])), port
     return None
+
+
+def _family(address: str) -> socket.AddressFamily:
+    return socket.AF_INET6 if ":" in address else socket.AF_INET
 
 
 SETTINGS = DnsSettings()  # cilia-proxy's --tofqdns-* flags (set by cilia.proxy.main before the servers exist)
@@ -124,18 +140,26 @@ class DnsProxyServer:
     name = "dns"
 
     def sockets(self) -> list[socket.socket]:
-        return [_udp_socket(), _tcp_socket()]
+        out = [_udp_socket(socket.AF_INET), _tcp_socket(socket.AF_INET)]
+        try:
+            out += [_udp_socket(socket.AF_INET6), _tcp_socket(socket.AF_INET6)]
+        except OSError as exc:  # a node without IPv6: its pods cannot ask over IPv6 either
+            log.warning("DNS proxy: no IPv6 sockets (%s); serving IPv4 only", exc)
+        return out
 
     async def serve(self, sockets: Sequence[socket.socket], ctx: ProxyContextLike) -> None:
-        udp = next(s for s in sockets if s.type == socket.SOCK_DGRAM)
-        tcp = next(s for s in sockets if s.type == socket.SOCK_STREAM)
+        udp = [s for s in sockets if s.type == socket.SOCK_DGRAM]
+        tcp = [s for s in sockets if s.type == socket.SOCK_STREAM]
         worker = DnsWorker(ctx.node, SETTINGS, ctx.accesslog)
-        server = await worker.start(udp, tcp)
+        servers = await worker.start(udp, tcp)
         try:
-            async with server:
+            async with contextlib.AsyncExitStack() as stack:
+                for server in servers:
+                    await stack.enter_async_context(server)
                 await asyncio.Event().wait()  # until cancelled
         finally:
-            asyncio.get_running_loop().remove_reader(udp.fileno())
+            for sock in udp:
+                asyncio.get_running_loop().remove_reader(sock.fileno())
             worker.close()
 
 
@@ -174,7 +198,7 @@ class DnsWorker:
                 return await reader.readexactly(size)
             finally:
                 writer.close()
-        sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        sock = socket.socket(_family(server[0]), socket.SOCK_DGRAM)
         try:
             sock.setblocking(False)
             await loop.sock_connect(sock, server)
@@ -190,9 +214,13 @@ class DnsWorker:
     def _reply_socket(self, source: tuple[str, int]) -> socket.socket:
         sock = self._reply_socks.get(source)
         if sock is None:
-            sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            family = _family(source[0])
+            sock = socket.socket(family, socket.SOCK_DGRAM)
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            sock.setsockopt(socket.SOL_IP, IP_TRANSPARENT, 1)
+            if family == socket.AF_INET6:
+                sock.setsockopt(socket.IPPROTO_IPV6, IPV6_TRANSPARENT, 1)
+            else:
+                sock.setsockopt(socket.SOL_IP, IP_TRANSPARENT, 1)
             sock.bind(source)
             sock.setblocking(False)
             self._reply_socks[source] = sock
@@ -201,7 +229,7 @@ class DnsWorker:
     def _on_udp(self, sock: socket.socket) -> None:
         for _ in range(64):  # bounded per wakeup: TCP and timers get their turn
             try:
-                data, ancdata, _flags, client = sock.recvmsg(MAX_MESSAGE, socket.CMSG_SPACE(16))
+                data, ancdata, _flags, client = sock.recvmsg(MAX_MESSAGE, ORIGDST_SPACE)
             except (BlockingIOError, InterruptedError):
                 return
             except OSError as exc:
@@ -210,7 +238,7 @@ class DnsWorker:
             server = _orig_dst(ancdata)
             if server is None:
                 continue
-            self._spawn(self._answer_udp(data, client, server))
+            self._spawn(self._answer_udp(data, client[:2], server))
 
     async def _answer_udp(self, data: bytes, client: tuple[str, int], server: tuple[str, int]) -> None:
         reply = await self.core.handle(data, client, server, "UDP")
@@ -280,16 +308,21 @@ class DnsWorker:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def start(self, udp: socket.socket, tcp: socket.socket) -> asyncio.AbstractServer:
+    async def start(self, udp: Sequence[socket.socket], tcp: Sequence[socket.socket],
+                    ) -> list[asyncio.AbstractServer]:
         loop = asyncio.get_running_loop()
         self.identities.refresh()
-        udp.setblocking(False)
-        tcp.setblocking(False)
-        loop.add_reader(udp.fileno(), self._on_udp, udp)
-        server = await asyncio.start_server(self._on_tcp, sock=tcp)
+        for sock in udp:
+            sock.setblocking(False)
+            loop.add_reader(sock.fileno(), self._on_udp, sock)
+        servers: list[asyncio.AbstractServer] = []
+        for sock in tcp:
+            sock.setblocking(False)
+            servers.append(await asyncio.start_server(self._on_tcp, sock=sock))
         self._spawn(self._housekeeping())
-        log.info("DNS proxy listening on :%d (UDP, TCP)", DNS_PROXY_PORT)
-        return server
+        log.info("DNS proxy listening on :%d (UDP, TCP; %s)", DNS_PROXY_PORT,
+                 ", ".join(sorted({"IPv6" if s.family == socket.AF_INET6 else "IPv4" for s in udp})))
+        return servers
 
     def close(self) -> None:
         with contextlib.suppress(Exception):
@@ -298,22 +331,41 @@ class DnsWorker:
             sock.close()
 
 
-def _udp_socket() -> socket.socket:
-    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+def _transparent(sock: socket.socket, family: socket.AddressFamily) -> str:
+    """IP(V6)_TRANSPARENT (and IPV6_V6ONLY: IPv4 has its own socket); returns the wildcard address."""
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    if family == socket.AF_INET6:
+        sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        sock.setsockopt(socket.IPPROTO_IPV6, IPV6_TRANSPARENT, 1)
+        return "::"
     sock.setsockopt(socket.SOL_IP, IP_TRANSPARENT, 1)
-    sock.setsockopt(socket.SOL_IP, IP_RECVORIGDSTADDR, 1)
-    sock.bind(("0.0.0.0", DNS_PROXY_PORT))
+    return "0.0.0.0"
+
+
+def _udp_socket(family: socket.AddressFamily) -> socket.socket:
+    sock = socket.socket(family, socket.SOCK_DGRAM)
+    try:
+        anywhere = _transparent(sock, family)
+        if family == socket.AF_INET6:
+            sock.setsockopt(socket.IPPROTO_IPV6, IPV6_RECVORIGDSTADDR, 1)
+        else:
+            sock.setsockopt(socket.SOL_IP, IP_RECVORIGDSTADDR, 1)
+        sock.bind((anywhere, DNS_PROXY_PORT))
+    except OSError:
+        sock.close()
+        raise
     sock.setblocking(False)
     return sock
 
 
-def _tcp_socket() -> socket.socket:
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.setsockopt(socket.SOL_IP, IP_TRANSPARENT, 1)
-    sock.bind(("0.0.0.0", DNS_PROXY_PORT))
-    sock.listen(256)
+def _tcp_socket(family: socket.AddressFamily) -> socket.socket:
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.bind((_transparent(sock, family), DNS_PROXY_PORT))
+        sock.listen(256)
+    except OSError:
+        sock.close()
+        raise
     sock.setblocking(False)
     return sock
 

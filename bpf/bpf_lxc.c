@@ -277,6 +277,11 @@ int cil_from_container(struct __sk_buff *ctx)
 			return ret;
 		if (parse_ipv6(ctx, &p) < 0)
 			return send_drop(ctx, DROP_INVALID_PACKET, CONFIG.identity, 0, DIR_EGRESS);
+		if (p.t.proto == IPPROTO_ICMPV6 && p.icmp_type == NDISC_NEIGHBOUR_ADVERTISEMENT_ &&
+		    is_ipv6_link_local(&p.t.daddr))
+			return TC_ACT_OK; /* the pod answers the node's own neighbour discovery (to_container
+					   * lets it in): the node's stack reaches the pod, e.g. the DNS proxy's
+					   * IPv6 answers, without an egress policy for it */
 		return from_container_ip(ctx, &p);
 	default:
 		return send_drop(ctx, DROP_UNSUPPORTED_L2, CONFIG.identity, 0, DIR_EGRESS);

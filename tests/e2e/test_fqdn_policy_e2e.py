@@ -154,7 +154,8 @@ def test_queries_over_ipv6_are_proxied_and_aaaa_answers_allow(lab: Lab, proto: s
     # the proxy judged it: dnsmasq itself answers NXDOMAIN for a name it does not have
     refused = lookup(lab, "x.y.example.test", proto, connect=False, resolver=RESOLVER6)
     assert refused["rcode"] == "REFUSED", refused
-    assert API6 in {r["ip"] for r in fqdn_cache("api.example.test")}
+    wait_for(lambda: API6 in {r["ip"] for r in fqdn_cache("api.example.test")}, 5, 0.2,  # saved every second
+             "the AAAA answer's address is not in the name cache")
     # an A question over IPv6 transport: the same answers as over IPv4
     v4 = lookup(lab, "img.cdn.example.test", proto, resolver=RESOLVER6)
     assert v4["ips"] == ["198.51.100.12"] and v4["connect"] == {"198.51.100.12": "web2"}, v4

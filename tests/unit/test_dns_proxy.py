@@ -279,3 +279,17 @@ def test_resolver_failure_is_servfail(tmp_path: Path) -> None:
 
     s.core.upstream = broken
     assert s.ask("img.cdn.example.test").rcode() == dns.rcode.SERVFAIL
+
+
+def test_identity_requests_without_an_agent_raise_for_identities_to_fail_closed() -> None:
+    from cilia.api.client import AgentUnavailable
+    from cilia.paths import NodePaths
+    from cilia.proxy.dns_server import IdentityRequests
+
+    paths = NodePaths("unit-no-such-node")  # no agent socket there
+    assert not paths.socket.exists()
+    requests = IdentityRequests(paths)
+    requests.warm()
+    with pytest.raises(AgentUnavailable):
+        requests(frozenset({SELECTORS[1], SELECTORS[3]}))
+    requests.close()

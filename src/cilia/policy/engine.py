@@ -30,6 +30,7 @@ from __future__ import annotations
 import ipaddress
 import logging
 import threading
+import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from functools import lru_cache
@@ -360,6 +361,7 @@ class PolicyEngine:
         """The FQDN identity of a set of toFQDNs selectors (the DNS proxy asks for an IP that names
         matching several selectors resolved to). A new one is in every endpoint's policy before
         this returns (bounded by `timeout`); None for an unknown selector or when that timed out."""
+        started = time.monotonic()
         with self._lock:
             before = self.fqdns.current()
             number = self.fqdns.request(selectors)
@@ -368,7 +370,12 @@ class PolicyEngine:
             if number in before.values():
                 return number
             revision = self._change(lambda _old, _new: ())
+        published = time.monotonic()
         result = self.queue.wait(revision, timeout)
+        done = time.monotonic()
+        log.info("FQDN set identity %d for %s: published in %.1f ms, in every endpoint's policy %.1f ms later%s",
+                 number, sorted(selectors), (published - started) * 1000, (done - published) * 1000,
+                 "" if result.reached else " (timed out)")
         return number if result.reached else None
 
     def _pod_addresses(self) -> dict[int, set[IPAddress]]:

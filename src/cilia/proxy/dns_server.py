@@ -19,12 +19,13 @@ import logging
 import os
 import socket
 import struct
+import threading
 import time
-from collections.abc import Callable, Coroutine, Sequence
+from collections.abc import Coroutine, Sequence
 from dataclasses import asdict
 from typing import Any, Protocol
 
-from cilia.api.client import AgentClient
+from cilia.api.client import AgentClient, AgentUnavailable
 from cilia.bpf.objects import BpfMap
 from cilia.fqdn.cache import NameCache
 from cilia.maps import ct as ctmap
@@ -104,13 +105,45 @@ class PinnedMaps:
         return found
 
 
-def _request_identity(paths: NodePaths) -> Callable[[frozenset[str]], int | None]:
-    def request(selectors: frozenset[str]) -> int | None:
-        with AgentClient(paths.socket, timeout=2.0) as client:
-            answer = client.post("/v1/fqdn/identity", {"selectors": sorted(selectors)})
+class IdentityRequests:
+    """POST /v1/fqdn/identity on one kept client: making an HTTP client costs tens of ms (its TLS
+    context), more than the agent takes to allocate a set and publish it to every endpoint. Called
+    from worker threads (cilia.proxy.dns.Identities runs requests off the event loop); a request
+    that fails on the kept connection (the agent restarted) is tried once more on a new one."""
+
+    def __init__(self, paths: NodePaths, timeout: float = 2.0) -> None:
+        self._paths = paths
+        self._timeout = timeout
+        self._client: AgentClient | None = None
+        self._lock = threading.Lock()
+
+    def _get(self, fresh: bool) -> AgentClient:
+        with self._lock:
+            if fresh and self._client is not None:
+                self._client.close()
+                self._client = None
+            if self._client is None:
+                self._client = AgentClient(self._paths.socket, timeout=self._timeout)
+            return self._client
+
+    def __call__(self, selectors: frozenset[str]) -> int | None:
+        body = {"selectors": sorted(selectors)}
+        try:
+            answer = self._get(False).post("/v1/fqdn/identity", body)
+        except AgentUnavailable:
+            answer = self._get(True).post("/v1/fqdn/identity", body)
         number = answer.get("identity")
         return int(number) if number is not None else None
-    return request
+
+    def warm(self) -> None:
+        """Make the client ahead (at start), so the first set request does not pay for it."""
+        self._get(False)
+
+    def close(self) -> None:
+        with self._lock:
+            if self._client is not None:
+                self._client.close()
+                self._client = None
 
 
 def _orig_dst(ancdata: list[tuple[int, int, bytes]]) -> tuple[str, int] | None:
@@ -179,7 +212,8 @@ class DnsWorker:
             log.error("name cache %s unreadable, starting empty: %s", self.paths.fqdn_cache_file, exc)
         self.maps = PinnedMaps(self.paths)
         store = DnsPolicyStore(self.paths.dns_policy_dir)
-        self.identities = Identities(fqdn_identities_file(self.paths.state_dir), _request_identity(self.paths))
+        self._requests = IdentityRequests(self.paths)
+        self.identities = Identities(fqdn_identities_file(self.paths.state_dir), self._requests)
         self.core = DnsCore(self.maps, store.get, self.identities, cache, settings,
                             accesslog if accesslog is not None else AccessLogSender(self.paths.accesslog_socket),
                             self._upstream)
@@ -320,6 +354,7 @@ class DnsWorker:
             sock.setblocking(False)
             servers.append(await asyncio.start_server(self._on_tcp, sock=sock))
         self._spawn(self._housekeeping())
+        self._spawn(asyncio.to_thread(self._requests.warm))
         log.info("DNS proxy listening on :%d (UDP, TCP; %s)", DNS_PROXY_PORT,
                  ", ".join(sorted({"IPv6" if s.family == socket.AF_INET6 else "IPv4" for s in udp})))
         return servers
@@ -327,6 +362,7 @@ class DnsWorker:
     def close(self) -> None:
         with contextlib.suppress(Exception):
             self.save()
+        self._requests.close()
         for sock in self._reply_socks.values():
             sock.close()
 

@@ -293,3 +293,17 @@ def test_identity_requests_without_an_agent_raise_for_identities_to_fail_closed(
     with pytest.raises(AgentUnavailable):
         requests(frozenset({SELECTORS[1], SELECTORS[3]}))
     requests.close()
+
+
+def test_a_set_allocated_later_reaches_the_addresses_that_needed_it(tmp_path: Path) -> None:
+    s = Setup(tmp_path, agent=False)
+    s.ask("img.cdn.example.test")
+    s.ask("shared.example.test")  # fail closed: one selector's identity
+    both = frozenset({SELECTORS[1], SELECTORS[3]})
+    number = s.agent.request(both)  # the agent allocates it after all (another node's ask, a restart)
+    calls: list[int] = []
+    real = s.identities.selectors_of
+    s.identities.selectors_of = lambda names: calls.append(len(names)) or real(names)  # type: ignore[method-assign]
+    s.core.gc()
+    assert s.maps.ipcache == {ip("198.51.100.12"): number}
+    assert calls == []  # only set numbers changed: no address's names were matched again

@@ -118,6 +118,7 @@ class Identities:
         self._pending: dict[frozenset[str], asyncio.Future[int | None]] = {}
         self._failed: dict[frozenset[str], float] = {}  # set -> when it may be asked again
         self.requests = 0  # sets asked of the agent (bench, tests)
+        self.selectors_changed = False  # the last refresh changed the selectors, not only set numbers
 
     def refresh(self) -> bool:
         """Re-read the file if it changed. True when it did."""
@@ -135,7 +136,9 @@ class Identities:
             log.error("FQDN identities %s unreadable, keeping the previous ones: %s", self.path, exc)
             return False
         self.sets = sets
-        self.matchers = sorted(NameMatcher.from_key(next(iter(k))) for k in self.sets if len(k) == 1)
+        matchers = sorted(NameMatcher.from_key(next(iter(k))) for k in self.sets if len(k) == 1)
+        self.selectors_changed = matchers != self.matchers
+        self.matchers = matchers
         return True
 
     def selectors_of(self, names: list[str]) -> frozenset[str]:
@@ -322,7 +325,7 @@ class DnsCore:
             evicted |= gone
         self.dirty = True
         if self.identities.refresh():
-            self._ip_selectors.clear()
+            self._identities_changed()
         # the addresses' selector sets only grow by this answer's names (recomputed in full when
         # an address loses a name or the selectors change: gc)
         here = self.identities.selectors_of(names)
@@ -379,10 +382,20 @@ class DnsCore:
                 else:
                     self._sync_ip(ip)  # still held by another name: perhaps fewer selectors now
         if self.identities.refresh():
+            self._identities_changed()
+        return removed
+
+    def _identities_changed(self) -> None:
+        """The agent's file changed. New selectors (a policy change): every address's selector set is
+        matched again (names x selectors). Only new set numbers (a set allocated on demand): the sets
+        known stay right, only their identities are looked up again - cheap with many names per address."""
+        if self.identities.selectors_changed:
             self._ip_selectors.clear()
             for ip in self.cache.ips():
                 self._sync_ip(ip)
-        return removed
+        else:
+            for ip, selectors in list(self._ip_selectors.items()):
+                self._sync_ip(ip, selectors)
 
     def clean(self) -> int:
         """`cilia fqdn cache clean`: forget every name and remove the FQDN ipcache entries."""

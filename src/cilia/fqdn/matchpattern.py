@@ -60,6 +60,11 @@ def check_pattern(value: str) -> str | None:
     return None
 
 
+def matches_everything(pattern: str) -> bool:
+    """A pattern of stars only (`*`, `**.`): every name, and the root."""
+    return _ALL_STARS.match(pattern.strip().lower()) is not None
+
+
 def pattern_regex(pattern: str) -> str:
     """The anchored regular expression a matchPattern stands for (on fqdn() names)."""
     text = pattern.strip().lower()

@@ -18,7 +18,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
 
-from cilia.fqdn.matchpattern import _ALL_STARS, NameMatcher, fqdn
+from cilia.fqdn.matchpattern import NameMatcher, fqdn, matches_everything
 
 DNS_CHARS = frozenset("-abcdefghijklmnopqrstuvwxyz0123456789_")
 DOT = "."
@@ -59,7 +59,7 @@ def _build(key: str) -> _Nfa:
     nfa = _Nfa()
     cur = nfa.state()
     text = matcher.value.strip().lower()
-    if matcher.kind == "matchPattern" and _ALL_STARS.match(text):
+    if matcher.kind == "matchPattern" and matches_everything(text):
         labels, root, final = _labels(nfa, cur), nfa.state(), nfa.state()
         nfa.moves[cur].append((DOT, root))  # the root "." too, and nothing after it
         nfa.eps[labels].append(final)

@@ -206,7 +206,8 @@ def answers(got: bytes) -> list[tuple[int, bytes]]:
 
 @pytest.mark.parametrize("loop_factory", LOOPS)
 def test_keepalive_requests_go_on_one_upstream_connection_unchanged(loop_factory: Any) -> None:
-    reqs = [get("/a"), get("/b", b"X-Case: Kept \r\n"), b"POST /c HTTP/1.1\r\nhost: origin\r\ncontent-length: 5\r\n\r\nhello"]
+    reqs = [get("/a"), get("/b", b"X-Case: Kept \r\n"),
+            b"POST /c HTTP/1.1\r\nhost: origin\r\ncontent-length: 5\r\n\r\nhello"]
     got, origin, observed, handed = exchange(loop_factory, reqs, pause=0.05)
     assert answers(got) == [(200, b"ok")] * 3
     assert bytes(origin.received) == b"".join(reqs)  # byte for byte, header case and spacing as sent
@@ -324,7 +325,7 @@ def test_what_the_fast_path_does_not_take_the_h11_path_answers(raw: bytes, statu
 
 def test_upgrade_and_expect_go_to_h11_from_that_request() -> None:
     upgrade = get("/ws", b"Upgrade: websocket\r\nConnection: Upgrade\r\n")
-    got, origin, observed, handed = exchange(uvloop.new_event_loop, [get("/a"), upgrade], pause=0.05)
+    got, _origin, observed, handed = exchange(uvloop.new_event_loop, [get("/a"), upgrade], pause=0.05)
     assert handed == ["request"] and answers(got)[0] == (200, b"ok")
     assert observed.requests[1][1] == "/ws"  # judged by the h11 path, as before
 
@@ -342,7 +343,7 @@ def test_h2_preface_goes_to_the_h2_path() -> None:
 
 
 def test_cut_mid_request_gets_the_h11_answer() -> None:
-    got, origin, _observed, handed = exchange(uvloop.new_event_loop, [get("/a") + b"GET /b HTTP/1.1\r\nHo"])
+    got, _origin, _observed, handed = exchange(uvloop.new_event_loop, [get("/a") + b"GET /b HTTP/1.1\r\nHo"])
     assert handed == ["request"] and got.startswith(OK) and b"400 Bad Request" in got[len(OK):]
 
 

@@ -31,7 +31,9 @@ _VALUE = rb"(?:" + _VCHAR + rb"+(?:[ \t]+" + _VCHAR + rb"+)*)?"
 _REQUEST_HEAD = re.compile(_TOKEN + rb" [\x21-\x7e]+ HTTP/1\.1\r\n(?:" + _TOKEN + rb":[ \t]*" + _VALUE
                            + rb"[ \t]*\r\n)*")
 _CHUNK_SIZE = re.compile(rb"[0-9A-Fa-f]{1,16}")
-_STATUS_LINE = re.compile(rb"HTTP/1\.([01]) ([0-9]{3})(?: [^\r\n]*)?")
+# a status line and header lines (name, colon, anything but CR / LF), each with its CRLF
+_RESPONSE_HEAD = re.compile(rb"HTTP/1\.([01]) ([0-9]{3})(?: [^\r\n]*)?\r\n(?:" + _TOKEN + rb":[^\r\n]*\r\n)*")
+_FRAMING = re.compile(rb"\n(content-length|transfer-encoding|connection):[ \t]*([^\r\n]*?)[ \t]*\r", re.IGNORECASE)
 _DIGITS = re.compile(rb"[0-9]{1,18}")
 
 
@@ -218,20 +220,16 @@ class ResponseFraming:
         return base + end
 
     def _read_head(self, data: bytes, pos: int, blank: int) -> None:
-        lines = data[pos:blank].split(b"\r\n")
-        status = _STATUS_LINE.fullmatch(lines[0])
-        if status is None:
-            raise ResponseError("status line")
-        code = int(status.group(2))
-        close = status.group(1) == b"0"
+        head = _RESPONSE_HEAD.fullmatch(data, pos, blank + 2)
+        if head is None:
+            raise ResponseError("status line or header line")
+        code = int(head.group(2))
+        close = head.group(1) == b"0"
         length: int | None = None
         chunked = False
-        for line in lines[1:]:
-            name, colon, value = line.partition(b":")
-            if not colon or not name or name != name.strip(b" \t"):
-                raise ResponseError("header line")
+        # only the framing headers are read (one C scan), the rest passes as it is
+        for name, value in _FRAMING.findall(data, head.end(2), blank + 2):
             key = name.lower()
-            value = value.strip(b" \t")
             if key == b"content-length":
                 if _DIGITS.fullmatch(value) is None or (length is not None and length != int(value)):
                     raise ResponseError("Content-Length")
@@ -240,8 +238,8 @@ class ResponseFraming:
                 if chunked or value.lower() != b"chunked":
                     raise ResponseError("Transfer-Encoding")  # h11 carries no other coding either
                 chunked = True
-            elif key == b"connection":
-                close = close or _has_token(value, b"close")
+            elif _has_token(value, b"close"):
+                close = True
         if 100 <= code < 200:
             if code == 101:
                 raise ResponseError("101 without an Upgrade request")

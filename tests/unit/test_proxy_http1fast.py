@@ -100,11 +100,11 @@ class Origin:
             writer.close()
 
 
-async def _proxy(origin: Origin, observed: Observed) -> tuple[asyncio.AbstractServer, asyncio.AbstractServer,
-                                                               list[str]]:
+async def _proxy(origin: Origin, observed: Observed, timeout: float = 2.0,
+                 origin_port: int = 0) -> tuple[asyncio.AbstractServer, asyncio.AbstractServer, list[str]]:
     loop = asyncio.get_running_loop()
     origin_server = await asyncio.start_server(origin.serve, "127.0.0.1", 0)
-    origin_port = origin_server.sockets[0].getsockname()[1]
+    origin_port = origin_port or origin_server.sockets[0].getsockname()[1]
     handed: list[str] = []
     tasks: set[asyncio.Task[None]] = set()
     info = ConnInfo(judge, observed)
@@ -129,7 +129,7 @@ async def _proxy(origin: Origin, observed: Observed) -> tuple[asyncio.AbstractSe
     route = Route(info, connect, fallback)
 
     def leg() -> ClientLeg:
-        made = ClientLeg(lambda _t: route, tasks, idle_timeout=2, upstream_timeout=2)
+        made = ClientLeg(lambda _t: route, tasks, idle_timeout=timeout, upstream_timeout=timeout)
         LEGS.append(made)
         return made
 
@@ -380,3 +380,54 @@ def test_a_client_that_does_not_read_pauses_the_server() -> None:
     assert total == len(big) and observed.responses == [("/big", 200)]
     assert buffered < 4 * 1024 * 1024
 
+
+
+def _silence(parts: list[bytes], origin: Origin, timeout: float, origin_port: int = 0) -> tuple[bytes, float]:
+    """Sends `parts` and then nothing; (what came back, seconds until the proxy closed)."""
+    observed = Observed()
+
+    async def go() -> tuple[bytes, float]:
+        proxy, origin_server, _handed = await _proxy(origin, observed, timeout, origin_port)
+        reader, writer = await asyncio.open_connection("127.0.0.1", proxy.sockets[0].getsockname()[1])
+        for part in parts:
+            writer.write(part)
+        start = asyncio.get_running_loop().time()
+        got = bytearray()
+        async with asyncio.timeout(10):
+            while data := await reader.read(65536):
+                got += data
+        elapsed = asyncio.get_running_loop().time() - start
+        writer.close()
+        proxy.close()
+        origin_server.close()
+        return bytes(got), elapsed
+
+    loop = uvloop.new_event_loop()
+    try:
+        return loop.run_until_complete(go())
+    finally:
+        loop.close()
+
+
+@pytest.mark.parametrize("parts", [[b""], [get("/a")], [get("/a") + b"GET /b HTTP/1.1\r\nHo"]])
+def test_a_silent_client_is_closed_after_the_idle_timeout(parts: list[bytes]) -> None:
+    got, elapsed = _silence(parts, Origin(), 0.4)
+    assert 0.3 < elapsed < 3 and got in (b"", OK)
+
+
+def test_a_silent_server_is_left_after_the_upstream_timeout() -> None:
+    async def never(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await asyncio.sleep(30)
+
+    origin = Origin()
+    origin.serve = never  # type: ignore[method-assign]
+    got, elapsed = _silence([get("/a")], origin, 0.4)
+    assert got == b"" and 0.3 < elapsed < 3
+
+
+def test_no_upstream_closes_the_client() -> None:
+    with socket.socket() as unused:
+        unused.bind(("127.0.0.1", 0))
+        port = unused.getsockname()[1]  # bound, not listening: connection refused
+        got, elapsed = _silence([get("/a")], Origin(), 2, origin_port=port)
+    assert got == b"" and elapsed < 2

@@ -115,10 +115,12 @@ class _ServerLeg(asyncio.Protocol):
         self.client.server_gone(self)
 
     def pause_writing(self) -> None:
-        self.client.set_paused_by_server(True)
+        if self.client.up is self:
+            self.client.set_paused_by_server(True)
 
     def resume_writing(self) -> None:
-        self.client.set_paused_by_server(False)
+        if self.client.up is self:
+            self.client.set_paused_by_server(False)
 
     def close(self) -> None:
         if self.transport is not None:
@@ -320,6 +322,7 @@ class ClientLeg(asyncio.Protocol):
         if leg is not self.up:
             return
         self.up = None
+        self._server_went()
         if self.state == _WAITING and self.framing is not None:
             if self.framing.eof():  # a body delimited by the server's close
                 self._answered(False)
@@ -345,6 +348,12 @@ class ClientLeg(asyncio.Protocol):
         up, self.up = self.up, None
         if up is not None:
             up.close()
+        self._server_went()
+
+    def _server_went(self) -> None:
+        if self.paused_by_server:  # a full write buffer of a connection that is gone holds nothing back
+            self.paused_by_server = False
+            self._update_reading()
 
     # ----- ends -----------------------------------------------------------------------------------
     def _tick(self) -> None:

@@ -169,6 +169,20 @@ class ResponseFraming:
         out: list[bytes] = []
         pos = 0
         n = len(data)
+        if self.state == _HEAD and not self.held:  # the usual answer: its head (and body) in one read
+            blank = data.find(b"\r\n\r\n")
+            if blank >= 0:
+                self._read_head(data, 0, blank)
+                pos = blank + 4
+                if self.state == _LENGTH:
+                    end = pos + self.remaining
+                    if n >= end:
+                        self.remaining = 0
+                        self.done = True
+                        return (data if n == end else data[:end]), end
+                if self.done:
+                    return (data if n == pos else data[:pos]), pos
+                out.append(data[:pos])
         while pos < n and not self.done:
             state = self.state
             if state == _HEAD:

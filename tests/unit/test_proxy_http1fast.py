@@ -100,8 +100,8 @@ class Origin:
             writer.close()
 
 
-async def _proxy(origin: Origin, observed: Observed, timeout: float = 2.0,
-                 origin_port: int = 0) -> tuple[asyncio.AbstractServer, asyncio.AbstractServer, list[str]]:
+async def _proxy(origin: Origin, observed: Observed, timeout: float = 2.0, origin_port: int = 0,
+                 fast: bool = True) -> tuple[asyncio.AbstractServer, asyncio.AbstractServer, list[str]]:
     loop = asyncio.get_running_loop()
     origin_server = await asyncio.start_server(origin.serve, "127.0.0.1", 0)
     origin_port = origin_port or origin_server.sockets[0].getsockname()[1]
@@ -126,7 +126,7 @@ async def _proxy(origin: Origin, observed: Observed, timeout: float = 2.0,
         else:
             await serve_connection(reader, writer, info, open_upstream, initial=initial, idle_timeout=2)
 
-    route = Route(info, connect, fallback)
+    route = Route(info, connect, fallback, fast=fast)
 
     def leg() -> ClientLeg:
         made = ClientLeg(lambda _t: route, tasks, idle_timeout=timeout, upstream_timeout=timeout)
@@ -138,13 +138,14 @@ async def _proxy(origin: Origin, observed: Observed, timeout: float = 2.0,
 
 
 def exchange(loop_factory: Callable[[], asyncio.AbstractEventLoop], parts: list[bytes], origin: Origin | None = None,
-             close_after: bool = True, pause: float = 0.0) -> tuple[bytes, Origin, Observed, list[str]]:
+             close_after: bool = True, pause: float = 0.0, fast: bool = True) -> tuple[bytes, Origin, Observed,
+                                                                                        list[str]]:
     """Sends `parts` (one send each) on one client connection; returns all the client got."""
     origin = origin or Origin()
     observed = Observed()
 
     async def go() -> tuple[bytes, list[str]]:
-        proxy, origin_server, handed = await _proxy(origin, observed)
+        proxy, origin_server, handed = await _proxy(origin, observed, fast=fast)
         port = proxy.sockets[0].getsockname()[1]
         reader, writer = await asyncio.open_connection("127.0.0.1", port)
         got = bytearray()
@@ -433,3 +434,9 @@ def test_no_upstream_closes_the_client() -> None:
         port = unused.getsockname()[1]  # bound, not listening: connection refused
         got, elapsed = _silence([get("/a")], Origin(), 2, origin_port=port)
     assert got == b"" and elapsed < 2
+
+
+def test_without_the_fast_path_every_connection_goes_to_the_streams_paths() -> None:
+    got, origin, observed, handed = exchange(uvloop.new_event_loop, [get("/a") + get("/deny") + get("/b")], fast=False)
+    assert handed == ["start"] and [s for s, _b in answers(got)] == [200, 403, 200]
+    assert observed.responses == [("/a", 200), ("/b", 200)] and b"/deny" not in origin.received

@@ -5,6 +5,7 @@ socket reader, cilia-proxy's records and `cilia observe`'s L7 flags."""
 
 from __future__ import annotations
 
+import asyncio
 import socket
 from collections.abc import Iterator
 from dataclasses import replace
@@ -27,7 +28,7 @@ from cilia.hubble.filters import FilterError, FlowFilters
 from cilia.hubble.metrics.options import MetricsOptionError, parse_metrics
 from cilia.hubble.metrics.processor import FlowMetrics
 from cilia.hubble.pb import flow_pb2
-from cilia.proxy.accesslog import AccessLogSender, AccessRecord, DnsRecord, HttpRecord, PolicyRef
+from cilia.proxy.accesslog import MAX_DATAGRAM, AccessLogSender, AccessRecord, DnsRecord, HttpRecord, PolicyRef
 from cilia.testing import wait_for
 
 FF = flow_pb2.FlowFilter
@@ -357,6 +358,36 @@ def test_reader_turns_datagrams_into_flows_and_skips_bad_ones(reader: AccessLogR
     assert [f["l7"]["type"] for f in flows] == ["REQUEST", "RESPONSE"]
     assert "bogus" in caplog.text  # logged with the reason
     assert reader.handle(b"not json") is False and reader.invalid == 2
+
+
+def test_records_of_one_loop_iteration_share_datagrams_and_each_becomes_a_flow(reader: AccessLogReader) -> None:
+    reader.start()
+    sender = AccessLogSender(reader.path)
+    request, response = http_record().encode(), http_record("RESPONSE", code=200).encode()
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as tap:
+        tap_path = reader.path.with_name("tap.sock")
+        tap.bind(str(tap_path))
+        tapped = AccessLogSender(tap_path)
+
+        async def burst() -> None:
+            for _ in range(3):
+                sender.send_soon(request)
+                sender.send_soon(response)
+                tapped.send_soon(request)
+            await asyncio.sleep(0)  # the iteration ends: the queue goes out
+            big = b'{"x":"' + b"y" * 25000 + b'"}'
+            for _ in range(5):  # five 25 kB records: no datagram over MAX_DATAGRAM
+                tapped.send_soon(big)
+
+        asyncio.run(burst())
+        assert tap.recv(MAX_DATAGRAM + 1024) == b"\n".join([request] * 3)  # one datagram, three records
+        sizes = [len(tap.recv(MAX_DATAGRAM + 1024)) for _ in range(3)]
+        assert all(size <= MAX_DATAGRAM for size in sizes) and sum(sizes) == 5 * 25008 + 2
+        assert tapped.sent == 8
+    wait_for(lambda: reader.received == 6, 5, 0.02, "the reader did not get six records")
+    assert reader.invalid == 0 and sender.sent == 6
+    assert [f["l7"]["type"] for f in reader.ring.last(10, _ALL)] == ["REQUEST", "RESPONSE"] * 3
+    assert reader.handle(request + b"\nnot json\n" + response) is False and reader.received == 9
 
 
 class _All:

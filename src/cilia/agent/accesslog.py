@@ -1,7 +1,8 @@
 """The agent's end of the proxies' access log: a thread reads the unix datagram socket
-(`NodePaths.accesslog_socket`), decodes each record (`cilia.proxy.accesslog.decode`), makes it
-an L7 flow (`cilia.flows.l7`) and adds it to the flow ring, where the Hubble server, `observe`,
-the metrics and the exporter see it as they see the datapath's flows.
+(`NodePaths.accesslog_socket`; a datagram holds one record or several, newline-separated),
+decodes each record (`cilia.proxy.accesslog.decode`), makes it an L7 flow (`cilia.flows.l7`)
+and adds it to the flow ring, where the Hubble server, `observe`, the metrics and the exporter
+see it as they see the datapath's flows.
 
 A record that does not decode is logged with the reason (the first few, then every 1000th, so a
 broken sender cannot flood the log), counted in `invalid` and skipped; the proxies never wait
@@ -59,7 +60,17 @@ class AccessLogReader:
         self._sock = sock
 
     def handle(self, data: bytes) -> bool:
-        """One datagram -> one flow in the ring; False (logged, counted) when it does not decode."""
+        """One datagram (one record, or several separated by newlines: AccessLogSender.send_soon)
+        -> a flow in the ring per record; False when one did not decode (logged, counted)."""
+        if b"\n" not in data:
+            return self._record(data)
+        ok = True
+        for part in data.split(b"\n"):
+            if part:
+                ok = self._record(part) and ok
+        return ok
+
+    def _record(self, data: bytes) -> bool:
         self.received += 1
         try:
             record = decode(data)

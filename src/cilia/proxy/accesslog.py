@@ -13,6 +13,7 @@ copy, not a translation.
 
 from __future__ import annotations
 
+import asyncio
 import errno
 import json
 import socket
@@ -196,12 +197,15 @@ class FlowEncoder:
 
 
 class AccessLogSender:
-    """The proxies' end: fire-and-forget datagrams to the agent's socket; `lost` counts the dropped ones."""
+    """The proxies' end: fire-and-forget datagrams to the agent's socket; `sent` and `lost` count
+    records (`lost`: dropped). A datagram holds one record, or several separated by newlines (the
+    JSON of a record has none): `send_soon` packs the records of one event-loop iteration together."""
 
     def __init__(self, path: Path) -> None:
         self._path = str(path)
         self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         self._sock.setblocking(False)
+        self._queued: list[bytes] = []
         self.sent = 0
         self.lost = 0
 
@@ -209,17 +213,47 @@ class AccessLogSender:
         self.send_encoded(record.encode())
 
     def send_encoded(self, data: bytes) -> None:
+        self._send([data])
+
+    def send_soon(self, data: bytes) -> None:
+        """Queued, and sent when the running event loop's current iteration is done, with every
+        other record queued meanwhile in as few datagrams as MAX_DATAGRAM allows: a sendto (and
+        an agent wake-up) costs more than encoding a record, and a busy proxy serves many requests
+        an iteration. Without a running loop: sent at once."""
+        if not self._queued:
+            try:
+                asyncio.get_running_loop().call_soon(self.flush)
+            except RuntimeError:
+                self.send_encoded(data)
+                return
+        self._queued.append(data)
+
+    def flush(self) -> None:
+        queued, self._queued = self._queued, []
+        datagram: list[bytes] = []
+        size = 0
+        for data in queued:
+            if datagram and size + 1 + len(data) > MAX_DATAGRAM:
+                self._send(datagram)
+                datagram, size = [], 0
+            size += len(data) + (1 if datagram else 0)
+            datagram.append(data)
+        if datagram:
+            self._send(datagram)
+
+    def _send(self, records: list[bytes]) -> None:
         try:
-            self._sock.sendto(data, self._path)
-            self.sent += 1
+            self._sock.sendto(records[0] if len(records) == 1 else b"\n".join(records), self._path)
+            self.sent += len(records)
         except OSError as exc:
             # no agent (ENOENT, ECONNREFUSED) or its queue full (EAGAIN): the traffic goes on regardless
             if exc.errno not in (errno.ENOENT, errno.ECONNREFUSED, errno.EAGAIN, errno.ENOBUFS,
                                  errno.EWOULDBLOCK):
                 raise
-            self.lost += 1
+            self.lost += len(records)
 
     def close(self) -> None:
+        self.flush()
         self._sock.close()
 
 

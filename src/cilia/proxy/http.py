@@ -1,4 +1,7 @@
-"""One proxied HTTP/1.1 connection: every request judged on its own (h11 parses, nothing hand-rolled).
+"""One proxied HTTP/1.1 connection over streams, every request judged on its own (h11 parses,
+nothing hand-rolled): the path for what the fast path (cilia.proxy.http1fast) hands over, from
+the request it did not take on (Upgrade, CONNECT, Expect, HTTP/1.0, malformed, cut or oversized
+requests), and for every connection with CILIA_PROXY_HTTP1_FAST=0.
 
 Denied: `403` with body `Access denied`, and the request never reaches the server. Allowed: sent
 on to the server unchanged (h11 keeps the header names' case) on one upstream connection per

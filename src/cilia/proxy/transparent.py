@@ -119,9 +119,10 @@ class Peers:
         return int(ReservedIdentity.WORLD) if raw is None else ipcache.IpcacheValue.unpack(raw).identity
 
 
-async def open_upstream(conn: Connection) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
-    """The proxy's connection to the real server: from the client's address with the client's
-    identity in the mark to a local pod, from the node's own address to anything else."""
+async def connect_upstream(conn: Connection) -> socket.socket:
+    """The proxy's connection to the real server, connected (non-blocking): from the client's
+    address with the client's identity in the mark to a local pod, from the node's own address to
+    anything else."""
     v6 = ipaddress.ip_address(conn.server_ip).version == 6
     up = socket.socket(socket.AF_INET6 if v6 else socket.AF_INET, socket.SOCK_STREAM)
     try:
@@ -139,4 +140,9 @@ async def open_upstream(conn: Connection) -> tuple[asyncio.StreamReader, asyncio
     except BaseException:
         up.close()
         raise
-    return await asyncio.open_connection(sock=up)
+    return up
+
+
+async def open_upstream(conn: Connection) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    """connect_upstream's socket as streams (the h11 and h2 paths)."""
+    return await asyncio.open_connection(sock=await connect_upstream(conn))

@@ -1,9 +1,12 @@
-"""The agent's Hubble server: the observer.Observer gRPC service and gRPC health, on the node's
-unix socket (/run/cilia/<node>/hubble.sock) and optionally a TCP address (TLS when given a cert).
+"""The agent's Hubble server: the observer.Observer gRPC service, Hubble's peer service and gRPC
+health, on the node's unix socket (/run/cilia/<node>/hubble.sock) and optionally a TCP address
+(TLS when given a cert).
 
-It runs a grpc.aio server on an event loop in a thread of its own, so that encoding and filtering
-flows for clients never stalls the agent's API loop; the flow ring hands new flows to followers
-on that loop (FlowRing subscribers are thread-safe by call_soon_threadsafe).
+It runs on an event loop in a thread of its own, so that encoding and filtering flows for clients
+never stalls the agent's API loop; the flow ring hands new flows to followers on that loop
+(FlowRing subscribers are thread-safe by call_soon_threadsafe). The gRPC server is cilia's own
+over HTTP/2 (cilia.hubble.h2server, on uvloop: many flows per DATA frame) unless the config asks
+for grpcio's (`--hubble-server-impl grpcio`); both serve the same servicer objects.
 
 GetFlows follows Hubble's local observer: history first (the last `number` matching flows, the
 first `number` with `first`, or those from `since` to `until`), then, with `follow`, new
@@ -29,6 +32,7 @@ from pathlib import Path
 from typing import Any, cast
 
 import grpc
+import uvloop
 from google.protobuf.descriptor import Descriptor
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1.health import aio as health_aio
@@ -41,6 +45,8 @@ from cilia.hubble import agent_events
 from cilia.hubble.agent_events import AgentEventLog
 from cilia.hubble.convert import convert
 from cilia.hubble.filters import FilterError, FlowFilters
+from cilia.hubble.grpcwire import MethodTable
+from cilia.hubble.h2server import DEFAULT_IMPLEMENTATION, GrpcServer, tls_context
 from cilia.hubble.namespaces import NamespaceTracker
 from cilia.hubble.pb import flow_pb2, observer_pb2, observer_pb2_grpc, peer_pb2_grpc, relay_pb2
 from cilia.hubble.peer import PeerInfo, PeerService, tls_server_name
@@ -72,6 +78,7 @@ class HubbleConfig:
     listen_address: str | None = None
     tls: TlsFiles | None = None
     follow_budget: float | None = None  # of one core, per follower; None: no limit
+    server_impl: str = DEFAULT_IMPLEMENTATION  # "h2" (cilia.hubble.h2server) or "grpcio"
 
     @classmethod
     def from_agent(cls, config: AgentConfig) -> HubbleConfig:
@@ -79,7 +86,7 @@ class HubbleConfig:
         if config.hubble_tls_cert_file is not None and config.hubble_tls_key_file is not None:
             tls = TlsFiles(config.hubble_tls_cert_file, config.hubble_tls_key_file, config.hubble_tls_client_ca_files)
         return cls(config.node, config.paths.hubble_socket, config.flow_buffer, config.hubble_listen_address, tls,
-                   config.hubble_follow_cpu_budget or None)
+                   config.hubble_follow_cpu_budget or None, config.hubble_server_impl)
 
     @property
     def address(self) -> str:
@@ -468,7 +475,7 @@ class HubbleServer:
         self._namespace_tap.start()
 
     def _run(self) -> None:
-        loop = asyncio.new_event_loop()
+        loop = uvloop.new_event_loop() if self.config.server_impl == "h2" else asyncio.new_event_loop()
         asyncio.set_event_loop(loop)
         self._loop = loop
         try:
@@ -485,32 +492,50 @@ class HubbleServer:
             loop.run_until_complete(loop.shutdown_asyncgens())
             loop.close()
 
-    async def _serve(self) -> None:
+    async def _services(self, server: Any) -> None:
+        """Every service this server offers, registered on `server` (a grpc.aio.Server or a MethodTable)."""
         config = self.config
-        server = grpc.aio.server()
         add_observer(ObserverService(self.source, config, events=self.events, namespaces=self.namespaces), server)
         peer_pb2_grpc.add_PeerServicer_to_server(PeerService(self.peers), server)  # type: ignore[no-untyped-call]
         health = health_aio.HealthServicer()
         for service in ("", HEALTH_SERVICE):
             await health.set(service, health_pb2.HealthCheckResponse.SERVING)
         health_pb2_grpc.add_HealthServicer_to_server(health, server)
+
+    async def _serve(self) -> None:
+        config = self.config
         config.socket.parent.mkdir(parents=True, exist_ok=True)
         config.socket.unlink(missing_ok=True)
-        server.add_insecure_port(f"unix://{config.socket}")
-        if config.listen_address:
-            if config.tls is not None:
-                self.tcp_port = server.add_secure_port(config.listen_address, server_credentials(config.tls))
-            else:
-                self.tcp_port = server.add_insecure_port(config.listen_address)
-        await server.start()
+        stop: Callable[[float], Any]
+        if config.server_impl == "grpcio":
+            server = grpc.aio.server()
+            await self._services(server)
+            server.add_insecure_port(f"unix://{config.socket}")
+            if config.listen_address:
+                if config.tls is not None:
+                    self.tcp_port = server.add_secure_port(config.listen_address, server_credentials(config.tls))
+                else:
+                    self.tcp_port = server.add_insecure_port(config.listen_address)
+            await server.start()
+            stop = server.stop
+        else:
+            methods = MethodTable()
+            await self._services(methods)
+            own = GrpcServer(methods)
+            await own.add_unix(config.socket)
+            if config.listen_address:
+                tls = tls_context(config.tls.cert, config.tls.key, config.tls.client_cas) \
+                    if config.tls is not None else None
+                self.tcp_port = await own.add_tcp(config.listen_address, tls)
+            stop = own.stop
         os.chmod(config.socket, 0o600)  # flows name every pod's peers: root only, like agent.sock
-        log.info("hubble server on unix://%s%s", config.socket,
+        log.info("hubble server (%s) on unix://%s%s", config.server_impl, config.socket,
                  f" and {config.listen_address} ({'TLS' if config.tls else 'plaintext'})"
                  if config.listen_address else "")
         self._stopping = asyncio.Event()
         self._ready.set()
         await self._stopping.wait()
-        await server.stop(self._grace)
+        await stop(self._grace)
 
     def stop(self, grace: float = 1.0) -> None:
         """Ends the streams (after `grace` seconds for calls in flight) and the thread."""
@@ -531,7 +556,7 @@ def _as_is(data: bytes) -> bytes:
     return data
 
 
-def add_observer(service: ObserverService, server: grpc.aio.Server) -> None:
+def add_observer(service: ObserverService, server: grpc.aio.Server | MethodTable) -> None:
     """observer.Observer's methods, as the generated add_ObserverServicer_to_server registers
     them, except that GetFlows' responses come serialized already."""
     m = observer_pb2

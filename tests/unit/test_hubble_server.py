@@ -20,8 +20,8 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from cilia.flows.ring import FlowRing
-from cilia.hubble.pb import flow_pb2, observer_pb2, observer_pb2_grpc, relay_pb2
 from cilia.hubble.h2server import IMPLEMENTATIONS
+from cilia.hubble.pb import flow_pb2, observer_pb2, observer_pb2_grpc, relay_pb2
 from cilia.hubble.server import HEALTH_SERVICE, HubbleConfig, HubbleServer, TlsFiles
 from cilia.testing import wait_for
 

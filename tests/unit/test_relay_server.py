@@ -26,8 +26,8 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from cilia.cluster import codec
 from cilia.cluster.model import NodeRecord, RoutingMode
 from cilia.flows.ring import FlowRing
-from cilia.hubble.pb import flow_pb2, observer_pb2, observer_pb2_grpc, peer_pb2, peer_pb2_grpc, relay_pb2
 from cilia.hubble.h2server import IMPLEMENTATIONS
+from cilia.hubble.pb import flow_pb2, observer_pb2, observer_pb2_grpc, peer_pb2, peer_pb2_grpc, relay_pb2
 from cilia.hubble.peer import PeerInfo, changes
 from cilia.hubble.server import HubbleConfig, HubbleServer
 from cilia.relay.discovery import DiscoveryError, StaticSource, apply_notification, parse_peer, registry_peer

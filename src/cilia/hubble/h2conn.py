@@ -22,6 +22,7 @@ may finish), then the calls still running end UNAVAILABLE and a final GOAWAY clo
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import inspect
 import logging
 import time
@@ -37,8 +38,16 @@ import h2.exceptions
 import h2.settings
 from hyperframe.frame import GoAwayFrame
 
-from cilia.hubble.grpcwire import (MAX_RECEIVE_MESSAGE, PREFIX, CallContext, MethodTable, RpcStatus, parse_timeout,
-                                   percent_encode, status_number)
+from cilia.hubble.grpcwire import (
+    MAX_RECEIVE_MESSAGE,
+    PREFIX,
+    CallContext,
+    MethodTable,
+    RpcStatus,
+    parse_timeout,
+    percent_encode,
+    status_number,
+)
 
 log = logging.getLogger(__name__)
 
@@ -247,7 +256,7 @@ class GrpcConnection(asyncio.Protocol):
     # ----- a call --------------------------------------------------------------------------------------
     async def _run(self, call: _Call, request: Any) -> None:
         handler = call.handler
-        serialize = handler.response_serializer or bytes
+        serialize: Callable[[Any], bytes] = handler.response_serializer or _as_is
 
         async def write(message: Any) -> None:
             self._message(call, serialize(message))
@@ -395,10 +404,8 @@ class GrpcConnection(asyncio.Protocol):
         headers = [(b":status", http_status), (b"content-type", call.content_type)]
         if code == grpc.StatusCode.UNIMPLEMENTED:
             headers.append((b"grpc-accept-encoding", b"identity"))
-        try:
+        with contextlib.suppress(h2.exceptions.ProtocolError):  # the stream has just closed
             self._conn.send_headers(call.id, headers + _trailers(code, details), end_stream=True)
-        except h2.exceptions.ProtocolError:
-            pass
         self._ended(call)
         self._write()
 
@@ -453,11 +460,9 @@ class GrpcConnection(asyncio.Protocol):
                 tasks.append(call.task)
             if call.headers_sent:
                 call.out.clear()
-                try:
+                with contextlib.suppress(h2.exceptions.ProtocolError):
                     self._conn.send_headers(call.id, _trailers(grpc.StatusCode.UNAVAILABLE, "server shutting down"),
                                             end_stream=True)
-                except h2.exceptions.ProtocolError:
-                    pass
                 self._ended(call)
             else:
                 self._trailers_only(call, grpc.StatusCode.UNAVAILABLE, "server shutting down")
@@ -474,3 +479,7 @@ def _trailers(code: grpc.StatusCode, details: str) -> list[tuple[bytes, bytes]]:
     if details:
         trailers.append((b"grpc-message", percent_encode(details)))
     return trailers
+
+
+def _as_is(message: Any) -> bytes:
+    return bytes(message)

@@ -100,29 +100,56 @@ print(got)
 """
 
 
-def _stream(ring: FlowRing, count: int, raw: bool) -> dict[str, Any]:
-    """GetFlows(number=count) from a HubbleServer in this process to a client in another: flows/s,
-    and this process's (the server's) CPU per flow."""
+def go_client(directory: Path) -> Path | None:
+    """tests/grpcgo's grpc-go client built into `directory` (GOPATH mode, Debian's grpc-go), or None
+    without go / golang-google-grpc-dev."""
+    import shutil
+    import subprocess
+
+    gocode = Path("/usr/share/gocode")
+    if shutil.which("go") is None or not (gocode / "src/google.golang.org/grpc").is_dir():
+        return None
+    binary = directory / "grpcgo-client"
+    env = {**os.environ, "GO111MODULE": "off", "GOPATH": f"{directory / 'gopath'}:{gocode}", "CGO_ENABLED": "0",
+           "GOCACHE": os.environ.get("GOCACHE", "/tmp/cilia-go-cache")}
+    subprocess.run(["go", "build", "-o", str(binary), "."], cwd=Path(__file__).parents[1] / "tests" / "grpcgo",
+                   env=env, check=True, timeout=300, capture_output=True)
+    return binary
+
+
+def _stream(ring: FlowRing, count: int, client: str, impl: str = "h2", go: Path | None = None) -> dict[str, Any]:
+    """GetFlows(number=count) from a HubbleServer (`impl`: h2 or grpcio) in this process to a client in
+    another (`client`: parse / raw, Python grpcio; go: the grpc-go client, not parsing): flows/s, and
+    this process's (the server's) CPU per flow."""
     import subprocess
     import sys
 
     from cilia.hubble.server import HubbleConfig, HubbleServer
 
     with tempfile.TemporaryDirectory(prefix="cilia-bench-") as tmp:
-        server = HubbleServer(HubbleConfig("n1", Path(tmp) / "hubble.sock", count), ring)
+        server = HubbleServer(HubbleConfig("n1", Path(tmp) / "hubble.sock", count, server_impl=impl), ring)
         server.start()
         try:
+            if client == "go":
+                assert go is not None
+                request = observer_pb2.GetFlowsRequest(number=count).SerializeToString().hex()
+                command = [str(go), "-addr", f"unix:{server.config.socket}", "-method", "/observer.Observer/GetFlows",
+                           "-request", request, "-stream", "-count", "-timeout", "600s"]
+            else:
+                command = [sys.executable, "-c", _STREAM_CLIENT, str(server.config.socket), str(count), client]
             cpu = time.process_time()
             started = time.perf_counter()
-            out = subprocess.run([sys.executable, "-c", _STREAM_CLIENT, str(server.config.socket), str(count),
-                                  "raw" if raw else "parse"], capture_output=True, text=True, timeout=900,
-                                 check=True)
+            out = subprocess.run(command, capture_output=True, text=True, timeout=900, check=True)
             wall = time.perf_counter() - started
             cpu = time.process_time() - cpu
         finally:
             server.stop(0)
-    got = int(out.stdout.split()[-1])
-    return {"flows": got, "seconds": round(wall, 2), "flows_per_s": round(got / wall),
+    if client == "go":
+        got = int(out.stdout.split("COUNT ")[1].split()[0])
+        assert "STATUS 0" in out.stdout, out.stdout
+    else:
+        got = int(out.stdout.split()[-1])
+    return {"server": impl, "client": client, "flows": got, "seconds": round(wall, 2), "flows_per_s": round(got / wall),
             "server_cpu_s": round(cpu, 2), "flows_per_server_cpu_s": round(got / cpu)}
 
 
@@ -238,14 +265,22 @@ def pipeline_stages(count: int = 20_000) -> dict[str, Any]:
     ring = FlowRing(count)
     for r in records:  # lazy, as the event pump added them before: the stream pays decode, build, convert
         ring.add_lazy(_maker(builder, r))
-    out["stream_slow"] = _stream(ring, count, raw=False)
+    out["stream_slow"] = _stream(ring, count, "parse")
     print(f"stages: {out}", flush=True)
-    out["stream_fast"] = _stream(ingest(), count, raw=False)
-    out["stream_fast_raw_client"] = _stream(ingest(), count, raw=True)
+    out["stream_fast"] = _stream(ingest(), count, "parse")
+    out["stream_fast_raw_client"] = _stream(ingest(), count, "raw")
+    out["stream_fast_raw_client_grpcio_server"] = _stream(ingest(), count, "raw", impl="grpcio")
+    with tempfile.TemporaryDirectory(prefix="cilia-bench-go-") as tmp:
+        go = go_client(Path(tmp))
+        if go is not None:
+            out["stream_fast_go_client"] = _stream(ingest(), count, "go", go=go)
+            out["stream_fast_go_client_grpcio_server"] = _stream(ingest(), count, "go", impl="grpcio", go=go)
     out["grpc_floor"] = _grpc_floor(count)
-    out["note"] = ("stream_*: server in this process, client in another; flows_per_server_cpu_s counts "
-                   "the server's CPU only (ring -> encode -> grpcio). raw_client: the client does not "
-                   "parse (as a Go client's cost is not ours). grpc_floor: grpcio alone, no work per message")
+    out["note"] = ("stream_*: server in this process (cilia's own HTTP/2 gRPC server unless it says grpcio), "
+                   "client in another; flows_per_server_cpu_s counts the server's CPU only (ring -> encode -> "
+                   "gRPC). raw_client: a Python grpcio client that does not parse; go_client: a grpc-go client "
+                   "(tests/grpcgo) that does not parse (the hubble CLI's transport; its cost is not ours). "
+                   "grpc_floor: grpcio alone, no work per message")
     return out
 
 

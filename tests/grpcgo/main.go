@@ -39,6 +39,7 @@ func main() {
 	max := flag.Int("max", 0, "cancel after this many responses (0: read to the end)")
 	timeout := flag.Duration("timeout", 10*time.Second, "the call's deadline (sent as grpc-timeout)")
 	hold := flag.Bool("hold", false, "keep the connection open until stdin closes")
+	quiet := flag.Bool("count", false, "print only how many responses came (bench.observability)")
 	flag.Parse()
 	encoding.RegisterCodec(rawCodec{})
 	req, err := hex.DecodeString(*request)
@@ -64,6 +65,7 @@ func main() {
 	defer conn.Close()
 	ctx, cancel := context.WithTimeout(context.Background(), *timeout)
 	defer cancel()
+	got := 0
 	if !*stream {
 		var out []byte
 		err = conn.Invoke(ctx, *method, &req, &out)
@@ -84,8 +86,11 @@ func main() {
 			if err = s.RecvMsg(&out); err != nil {
 				break
 			}
-			fmt.Println(hex.EncodeToString(out))
+			if !*quiet {
+				fmt.Println(hex.EncodeToString(out))
+			}
 			n++
+			got = n
 			if *max > 0 && n >= *max {
 				cancel()
 				break
@@ -94,6 +99,9 @@ func main() {
 		if err == io.EOF {
 			err = nil
 		}
+	}
+	if *quiet {
+		fmt.Println("COUNT", got)
 	}
 	st := status.Convert(err)
 	fmt.Printf("STATUS %d %s\n", uint32(st.Code()), st.Message())

@@ -62,7 +62,7 @@ _OK = grpc.StatusCode.OK
 class _Call:
     """One stream's call: its request as it arrives, its handler task, its unsent responses."""
 
-    __slots__ = ("content_type", "deadline", "deadline_hit", "done", "flush_scheduled", "handler", "headers",
+    __slots__ = ("blocked", "content_type", "deadline", "deadline_hit", "done", "flush_scheduled", "handler", "headers",
                  "headers_sent", "id", "out", "request", "task", "timer", "waiter")
 
     def __init__(self, stream_id: int, content_type: bytes, headers: list[tuple[bytes, bytes]]) -> None:
@@ -78,6 +78,7 @@ class _Call:
         self.out = bytearray()
         self.headers_sent = False
         self.flush_scheduled = False
+        self.blocked = False  # the last flush left data behind (no window, or the transport paused)
         self.waiter: asyncio.Future[None] | None = None
         self.done = False  # our side has ended (trailers sent, or the stream reset)
 
@@ -272,11 +273,23 @@ class GrpcConnection(asyncio.Protocol):
                 result = handler.unary_stream(request, context)
                 if inspect.isasyncgen(result):
                     try:
-                        out, message_to_call = call.out, self._message
+                        # _message inlined: this loop runs once per flow
+                        out, pack, loop = call.out, PREFIX.pack, self._loop
                         async for message in result:
-                            message_to_call(call, serialize(message))
-                            if len(out) > HIGH_WATER:
-                                await self._drain(call)
+                            data = serialize(message)
+                            if not call.headers_sent:
+                                self._message(call, data)
+                                continue
+                            out += pack(0, len(data))
+                            out += data
+                            if len(out) >= FLUSH_BYTES:
+                                if not call.blocked:
+                                    self._flush(call)
+                                if len(out) > HIGH_WATER:
+                                    await self._drain(call)
+                            elif not call.flush_scheduled:
+                                call.flush_scheduled = True
+                                loop.call_soon(self._scheduled_flush, call)
                     finally:
                         await result.aclose()
                 elif inspect.isawaitable(result):
@@ -335,7 +348,8 @@ class GrpcConnection(asyncio.Protocol):
         out += PREFIX.pack(0, len(data))
         out += data
         if len(out) >= FLUSH_BYTES:
-            self._flush(call)
+            if not call.blocked:
+                self._flush(call)
         elif not call.flush_scheduled:
             call.flush_scheduled = True
             assert self._loop is not None
@@ -365,6 +379,7 @@ class GrpcConnection(asyncio.Protocol):
                 except h2.exceptions.ProtocolError:  # the stream closed under us
                     sent = total
             del out[:sent]
+        call.blocked = bool(out)  # until a window opens (_writable): no point trying per message
         self._write()
 
     async def _drain(self, call: _Call) -> None:

@@ -79,6 +79,19 @@ class _CallDetails:
     invocation_metadata: tuple[tuple[str, str], ...] = ()
 
 
+@dataclass(frozen=True)
+class BatchedStream:
+    """A server-streaming method whose handler yields lists of serialized responses (framed a list
+    at a time: cilia.hubble.server's GetFlows); the fields a grpc.RpcMethodHandler has."""
+
+    unary_stream: Callable[[Any, Any], Any]
+    request_deserializer: Callable[[bytes], Any]
+    request_streaming: bool = False
+    response_streaming: bool = True
+    response_serializer: None = None
+    batched: bool = True
+
+
 class MethodTable:
     """The methods served, by path (`/package.Service/Method`): filled as a grpc.aio.Server is by
     the generated registration functions (both their calls are taken, the registered handlers
@@ -94,6 +107,11 @@ class MethodTable:
     def add_registered_method_handlers(self, service: str, handlers: Mapping[str, Any]) -> None:
         for name, handler in handlers.items():
             self._methods[f"/{service}/{name}"] = handler
+
+    def add_batched(self, path: str, handler: Callable[[Any, Any], Any], deserializer: Callable[[bytes], Any]) -> None:
+        """Serves `path` with a handler yielding lists of serialized responses (in place of the one
+        registered, which yields them one by one for grpcio)."""
+        self._methods[path] = BatchedStream(handler, deserializer)
 
     def services(self) -> set[str]:
         return {path.split("/")[1] for path in self._methods}

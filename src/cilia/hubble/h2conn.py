@@ -271,7 +271,12 @@ class GrpcConnection(asyncio.Protocol):
         try:
             if handler.response_streaming:
                 result = handler.unary_stream(request, context)
-                if inspect.isasyncgen(result):
+                if getattr(handler, "batched", False):
+                    try:
+                        await self._batches(call, result)
+                    finally:
+                        await result.aclose()
+                elif inspect.isasyncgen(result):
                     try:
                         # _message inlined: this loop runs once per flow
                         out, pack, loop = call.out, PREFIX.pack, self._loop
@@ -338,6 +343,28 @@ class GrpcConnection(asyncio.Protocol):
                 raise
         except h2.exceptions.ProtocolError:
             self._ended(call)
+
+    async def _batches(self, call: _Call, batches: Any) -> None:
+        """A batched handler's lists of serialized responses, each framed at once."""
+        out, pack = call.out, PREFIX.pack
+        async for batch in batches:
+            if not batch:
+                continue
+            if not call.headers_sent:
+                self._message(call, batch[0])
+                batch = batch[1:]
+            for data in batch:
+                out += pack(0, len(data))
+                out += data
+            if len(out) >= FLUSH_BYTES:
+                if not call.blocked:
+                    self._flush(call)
+                if len(out) > HIGH_WATER:
+                    await self._drain(call)
+            elif not call.flush_scheduled:
+                call.flush_scheduled = True
+                assert self._loop is not None
+                self._loop.call_soon(self._scheduled_flush, call)
 
     def _message(self, call: _Call, data: bytes) -> None:
         """One response, prefixed, into the call's buffer (sent when big enough or when the task waits)."""

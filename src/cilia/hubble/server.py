@@ -26,7 +26,7 @@ import os
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Callable, Iterable, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
@@ -58,6 +58,7 @@ log = logging.getLogger(__name__)
 HEALTH_SERVICE = "hubble.server.Observer"  # what `hubble status` asks the health service about
 VERSION = f"cilia v{__version__}"
 FOLLOW_QUEUE = 4096
+HISTORY_BATCH = 256  # history flows per batch (each batch is framed at once by cilia's own server)
 NAMESPACE_TAP_BUDGET = 0.02  # the namespace tracker's pass may take 2% of a core (it samples beyond)
 NAMESPACE_TAP_INTERVAL_S = 1.0
 _FLOW_DESCRIPTOR = cast(Descriptor, flow_pb2.Flow.DESCRIPTOR)
@@ -260,6 +261,18 @@ class ObserverService(observer_pb2_grpc.ObserverServicer):
     async def GetFlows(self, request: observer_pb2.GetFlowsRequest,
                        context: grpc.aio.ServicerContext[Any, Any]) -> AsyncIterator[bytes]:
         """Yields serialized GetFlowsResponses (the method's serializer passes bytes through)."""
+        batches = self.flow_batches(request, context)
+        try:
+            async for batch in batches:
+                for data in batch:
+                    yield data
+        finally:
+            await batches.aclose()  # the follower unsubscribes now, not when collected
+
+    async def flow_batches(self, request: observer_pb2.GetFlowsRequest,
+                           context: grpc.aio.ServicerContext[Any, Any]) -> AsyncGenerator[list[bytes], None]:
+        """GetFlows' responses (serialized) in batches: the history in slices, then what each batch of
+        new entries gave (cilia's own gRPC server frames a batch at once, cilia.hubble.h2conn)."""
         if request.first and request.follow:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "first cannot be specified with follow")
             return
@@ -286,8 +299,11 @@ class ObserverService(observer_pb2_grpc.ObserverServicer):
             ring.subscribe_entries(subscriber)
         try:
             history, last_seq = await asyncio.to_thread(source.history)
-            for item in select_history(history, request, filters, Served.flow):
-                yield item.data if masked is None else masked(item.data)
+            selected = select_history(history, request, filters, Served.flow)
+            for first in range(0, len(selected), HISTORY_BATCH):
+                yield [item.data if masked is None else masked(item.data)
+                       for item in selected[first:first + HISTORY_BATCH]]
+            del selected
             if subscriber is None:
                 return
             del history
@@ -295,6 +311,7 @@ class ObserverService(observer_pb2_grpc.ObserverServicer):
             node = self._config.node
             budget = FollowBudget(self._config.follow_budget) if self._config.follow_budget else None
             over_budget = 0  # flows this follower's CPU budget had no room for (reported as lost)
+            out: list[bytes] = []
             while True:
                 entries = await subscriber.batch()
                 if budget is not None:
@@ -303,19 +320,19 @@ class ObserverService(observer_pb2_grpc.ObserverServicer):
                     if budget is not None and budget.spent():
                         over_budget += sum(1 for e in entries[index:] if e.seq > last_seq)
                         if subscriber.lost + over_budget > lost:  # told now: nothing else may come soon
-                            yield _lost(flow_pb2.HUBBLE_RING_BUFFER, subscriber.lost + over_budget - lost,
-                                        node).SerializeToString()
+                            out.append(_lost(flow_pb2.HUBBLE_RING_BUFFER, subscriber.lost + over_budget - lost,
+                                             node).SerializeToString())
                             lost = subscriber.lost + over_budget
                         break
                     if entry.seq <= last_seq:
                         continue  # sent with the history
                     if subscriber.lost + over_budget > lost:
-                        yield _lost(flow_pb2.HUBBLE_RING_BUFFER, subscriber.lost + over_budget - lost,
-                                    node).SerializeToString()
+                        out.append(_lost(flow_pb2.HUBBLE_RING_BUFFER, subscriber.lost + over_budget - lost,
+                                         node).SerializeToString())
                         lost = subscriber.lost + over_budget
                     if ring.events_lost > datapath_lost:
-                        yield _lost(flow_pb2.PERF_EVENT_RING_BUFFER, ring.events_lost - datapath_lost,
-                                    node).SerializeToString()
+                        out.append(_lost(flow_pb2.PERF_EVENT_RING_BUFFER, ring.events_lost - datapath_lost,
+                                         node).SerializeToString())
                         datapath_lost = ring.events_lost
                     data = source.wire(entry)
                     if not data:
@@ -323,12 +340,17 @@ class ObserverService(observer_pb2_grpc.ObserverServicer):
                     if parse:
                         new = Served(data).flow()
                         if until is not None and new.time.ToNanoseconds() > until:
+                            if out:
+                                yield out
                             return
                         if not filters.matches(new):
                             continue
-                    yield data if masked is None else masked(data)
+                    out.append(data if masked is None else masked(data))
                 if budget is not None:
                     budget.stop()
+                if out:
+                    yield out
+                    out = []
         finally:
             if subscriber is not None:
                 ring.unsubscribe_entries(subscriber)
@@ -495,7 +517,11 @@ class HubbleServer:
     async def _services(self, server: Any) -> None:
         """Every service this server offers, registered on `server` (a grpc.aio.Server or a MethodTable)."""
         config = self.config
-        add_observer(ObserverService(self.source, config, events=self.events, namespaces=self.namespaces), server)
+        observer = ObserverService(self.source, config, events=self.events, namespaces=self.namespaces)
+        add_observer(observer, server)
+        if isinstance(server, MethodTable):  # GetFlows in batches: framed a batch at a time
+            server.add_batched("/observer.Observer/GetFlows", observer.flow_batches,
+                               observer_pb2.GetFlowsRequest.FromString)
         peer_pb2_grpc.add_PeerServicer_to_server(PeerService(self.peers), server)  # type: ignore[no-untyped-call]
         health = health_aio.HealthServicer()
         for service in ("", HEALTH_SERVICE):

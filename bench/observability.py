@@ -369,8 +369,8 @@ def _lab(agent_args: list[str]) -> Lab:
                   agent_args=agent_args)
 
 
-def pipeline_lab(rates: list[int], seconds: float) -> list[dict[str, Any]]:
-    lab = _lab(["--monitor-aggregation", "none"])
+def pipeline_lab(rates: list[int], seconds: float, impl: str = "h2") -> list[dict[str, Any]]:
+    lab = _lab(["--monitor-aggregation", "none", "--hubble-server-impl", impl])
     out = []
     sink = lab.popen("bench-server", [PYTHON, "-c", _SINK])
     try:
@@ -398,7 +398,7 @@ def pipeline_lab(rates: list[int], seconds: float) -> list[dict[str, Any]]:
             cpu = _cpu_seconds(pid) - cpu0
             follower.close()
             events = seen1 - seen0
-            out.append({"rate_pps": rate, "senders": senders, "packets_sent": int(sent), "send_seconds": took,
+            out.append({"server": impl, "rate_pps": rate, "senders": senders, "packets_sent": int(sent), "send_seconds": took,
                         "events": events, "events_per_s": round(events / took),
                         "followed_flows": follower.flows, "lost_datapath": lost1 - lost0,
                         "lost_hubble_ring": follower.lost, "agent_cpu_s": round(cpu, 2),
@@ -419,14 +419,15 @@ def _scrape(lab: Lab) -> int:
     return sum(1 for line in result.stdout.splitlines() if line.startswith("hubble_"))
 
 
-def overhead(seconds: int, rounds: int) -> dict[str, Any]:
+def overhead(seconds: int, rounds: int, impl: str = "h2") -> dict[str, Any]:
     lab = _lab(OBS_OFF)
     client, server = lab.netns_of("bench-client"), lab.netns_of("bench-server")
     ip = lab.address_of("bench-server")
     # metrics: the flags, no follower; on: the flags and a follower; budget: the same with the
     # follower held to 5% of a core (--hubble-follow-cpu-budget 0.05; what it misses is reported lost)
     modes = ("off", "metrics", "on", "budget")
-    flags = {"off": OBS_OFF, "metrics": OBS_ON, "on": OBS_ON, "budget": [*OBS_ON, "--hubble-follow-cpu-budget", "0.05"]}
+    on = [*OBS_ON, "--hubble-server-impl", impl]
+    flags = {"off": OBS_OFF, "metrics": on, "on": on, "budget": [*on, "--hubble-follow-cpu-budget", "0.05"]}
     per: dict[str, list[dict[str, float]]] = {mode: [] for mode in modes}
     hubble_series = 0
     try:
@@ -454,18 +455,19 @@ def overhead(seconds: int, rounds: int) -> dict[str, Any]:
     keys = ("throughput_gbps", "latency_avg_us", "connections_per_s")
     ratios = {f"{mode}/off": {k: round(medians[mode][k] / medians["off"][k], 3) for k in keys}
               for mode in ("metrics", "on", "budget")}
-    return {"rounds": per, "medians": medians, "ratios": ratios, "hubble_series_scraped": hubble_series}
+    return {"server": impl, "rounds": per, "medians": medians, "ratios": ratios,
+            "hubble_series_scraped": hubble_series}
 
 
-def run(seconds: int, rounds: int, rates: list[int], parts: set[str]) -> dict[str, Any]:
+def run(seconds: int, rounds: int, rates: list[int], parts: set[str], impl: str = "h2") -> dict[str, Any]:
     results: dict[str, Any] = {}
     if "stages" in parts:
         results["pipeline_stages"] = pipeline_stages()
         print(f"stages: {results['pipeline_stages']}", flush=True)
     if "lab" in parts:
-        results["pipeline_lab"] = pipeline_lab(rates, seconds)
+        results["pipeline_lab"] = pipeline_lab(rates, seconds, impl)
     if "overhead" in parts:
-        results["overhead"] = overhead(seconds, rounds)
+        results["overhead"] = overhead(seconds, rounds, impl)
     return results
 
 
@@ -475,8 +477,11 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--rates", default="2000,5000,20000,50000,100000", help="packets/s for the lab pipeline run")
     parser.add_argument("--only", default="stages,lab,overhead")
+    parser.add_argument("--hubble-server-impl", choices=("h2", "grpcio"), default="h2",
+                        help="the agent's Hubble gRPC server in the lab and overhead runs")
     args = parser.parse_args()
-    results = run(args.seconds, args.rounds, [int(r) for r in args.rates.split(",")], set(args.only.split(",")))
+    results = run(args.seconds, args.rounds, [int(r) for r in args.rates.split(",")], set(args.only.split(",")),
+                  args.hubble_server_impl)
     results["date"] = time.strftime("%Y-%m-%d %H:%M")
     write_results("observability", results)
 

@@ -398,7 +398,8 @@ def pipeline_lab(rates: list[int], seconds: float, impl: str = "h2") -> list[dic
             cpu = _cpu_seconds(pid) - cpu0
             follower.close()
             events = seen1 - seen0
-            out.append({"server": impl, "rate_pps": rate, "senders": senders, "packets_sent": int(sent), "send_seconds": took,
+            out.append({"server": impl, "rate_pps": rate, "senders": senders, "packets_sent": int(sent),
+                        "send_seconds": took,
                         "events": events, "events_per_s": round(events / took),
                         "followed_flows": follower.flows, "lost_datapath": lost1 - lost0,
                         "lost_hubble_ring": follower.lost, "agent_cpu_s": round(cpu, 2),

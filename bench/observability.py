@@ -353,6 +353,52 @@ class Follower:
         self._channel.close()
 
 
+class GoFollower:
+    """The same follower in grpc-go (tests/grpcgo with -stats: the transport `hubble observe -f` is
+    built on, and a client that costs what a Go client costs, not a Python one)."""
+
+    def __init__(self, binary: Path, node: str = "n1") -> None:
+        import subprocess
+
+        self.flows = 0
+        self.lost = 0
+        self.lost_datapath = 0
+        request = observer_pb2.GetFlowsRequest(follow=True).SerializeToString().hex()
+        self._process = subprocess.Popen([str(binary), "-addr", f"unix:{NodePaths(node).hubble_socket}", "-method",
+                                          "/observer.Observer/GetFlows", "-request", request, "-stream", "-stats",
+                                          "-timeout", "3600s"], stdout=subprocess.PIPE, text=True)
+        self._thread = threading.Thread(target=self._read, daemon=True)
+        self._thread.start()
+
+    def _read(self) -> None:
+        assert self._process.stdout is not None
+        for line in self._process.stdout:
+            parts = line.split()
+            if len(parts) == 5 and parts[0] == "FLOWS":
+                self.flows, self.lost, self.lost_datapath = int(parts[1]), int(parts[3]), int(parts[4])
+
+    def close(self) -> None:
+        time.sleep(0.3)  # one more report
+        self._process.terminate()
+        self._process.wait(5)
+        self._thread.join(5)
+
+
+_GO_CLIENT: list[Path] = []
+
+
+def follower(kind: str) -> Follower | GoFollower:
+    """A `hubble observe -f`-like follower: Python grpcio (`python`) or grpc-go (`go`, built once)."""
+    if kind == "go":
+        if not _GO_CLIENT:
+            built = go_client(Path(tempfile.mkdtemp(prefix="cilia-bench-go-")))
+            if built is None:
+                raise SystemExit("--follower go needs golang-go and golang-google-grpc-dev")
+            _GO_CLIENT.append(built)
+        return GoFollower(_GO_CLIENT[0])
+    return Follower()
+
+
 def _status(node: str = "n1") -> tuple[int, int]:
     """(flows seen, datapath events lost) from the agent's API."""
     from cilia.api.client import AgentClient
@@ -369,7 +415,8 @@ def _lab(agent_args: list[str]) -> Lab:
                   agent_args=agent_args)
 
 
-def pipeline_lab(rates: list[int], seconds: float, impl: str = "h2") -> list[dict[str, Any]]:
+def pipeline_lab(rates: list[int], seconds: float, impl: str = "h2",
+                 follower_kind: str = "python") -> list[dict[str, Any]]:
     lab = _lab(["--monitor-aggregation", "none", "--hubble-server-impl", impl])
     out = []
     sink = lab.popen("bench-server", [PYTHON, "-c", _SINK])
@@ -377,7 +424,7 @@ def pipeline_lab(rates: list[int], seconds: float, impl: str = "h2") -> list[dic
         server_ip = lab.address_of("bench-server")
         pid = int(lab.state["nodes"]["n1"]["agent_pid"])
         for rate in rates:
-            follower = Follower()
+            following = follower(follower_kind)
             time.sleep(0.5)
             seen0, lost0 = _status()
             cpu0 = _cpu_seconds(pid)
@@ -392,18 +439,18 @@ def pipeline_lab(rates: list[int], seconds: float, impl: str = "h2") -> list[dic
                 sent, took = sent + count, max(took, secs)
             time.sleep(1.0)  # let the pump and the follower drain
             deadline = time.monotonic() + 10  # the follower drains what the ring still holds
-            while time.monotonic() < deadline and follower.flows + follower.lost < _status()[0] - seen0:
+            while time.monotonic() < deadline and following.flows + following.lost < _status()[0] - seen0:
                 time.sleep(0.2)
             seen1, lost1 = _status()
             cpu = _cpu_seconds(pid) - cpu0
-            follower.close()
+            following.close()
             events = seen1 - seen0
-            out.append({"server": impl, "rate_pps": rate, "senders": senders, "packets_sent": int(sent),
-                        "send_seconds": took,
+            out.append({"server": impl, "follower": follower_kind, "rate_pps": rate, "senders": senders,
+                        "packets_sent": int(sent), "send_seconds": took,
                         "events": events, "events_per_s": round(events / took),
-                        "followed_flows": follower.flows, "lost_datapath": lost1 - lost0,
-                        "lost_hubble_ring": follower.lost, "agent_cpu_s": round(cpu, 2),
-                        "flows_per_agent_cpu_s": round(follower.flows / cpu) if cpu else None,
+                        "followed_flows": following.flows, "lost_datapath": lost1 - lost0,
+                        "lost_hubble_ring": following.lost, "agent_cpu_s": round(cpu, 2),
+                        "flows_per_agent_cpu_s": round(following.flows / cpu) if cpu else None,
                         "events_per_agent_cpu_s": round(events / cpu) if cpu else None})
             print(f"pipeline at {rate} pkt/s: {out[-1]}", flush=True)
     finally:
@@ -420,7 +467,7 @@ def _scrape(lab: Lab) -> int:
     return sum(1 for line in result.stdout.splitlines() if line.startswith("hubble_"))
 
 
-def overhead(seconds: int, rounds: int, impl: str = "h2") -> dict[str, Any]:
+def overhead(seconds: int, rounds: int, impl: str = "h2", follower_kind: str = "python") -> dict[str, Any]:
     lab = _lab(OBS_OFF)
     client, server = lab.netns_of("bench-client"), lab.netns_of("bench-server")
     ip = lab.address_of("bench-server")
@@ -435,19 +482,19 @@ def overhead(seconds: int, rounds: int, impl: str = "h2") -> dict[str, Any]:
         for index in range(rounds):
             for mode in (modes if index % 2 == 0 else modes[::-1]):
                 lab.restart_agent("n1", kill=False, agent_args=flags[mode])
-                follower = Follower() if mode in ("on", "budget") else None
+                following = follower(follower_kind) if mode in ("on", "budget") else None
                 try:
                     figures = {"throughput_gbps": iperf3(client, server, ip, seconds),
                                "latency_avg_us": sockperf(client, server, ip, seconds)[0],
                                "connections_per_s": cps(client, server, ip, seconds)}
-                    if follower is not None:
-                        figures["followed_flows"] = follower.flows
-                        figures["follower_lost"] = follower.lost
+                    if following is not None:
+                        figures["followed_flows"] = following.flows
+                        figures["follower_lost"] = following.lost
                     if mode != "off":
                         hubble_series = max(hubble_series, _scrape(lab))
                 finally:
-                    if follower is not None:
-                        follower.close()
+                    if following is not None:
+                        following.close()
                 per[mode].append(figures)
                 print(f"round {index + 1}/{rounds} observability {mode}: {figures}", flush=True)
     finally:
@@ -456,19 +503,20 @@ def overhead(seconds: int, rounds: int, impl: str = "h2") -> dict[str, Any]:
     keys = ("throughput_gbps", "latency_avg_us", "connections_per_s")
     ratios = {f"{mode}/off": {k: round(medians[mode][k] / medians["off"][k], 3) for k in keys}
               for mode in ("metrics", "on", "budget")}
-    return {"server": impl, "rounds": per, "medians": medians, "ratios": ratios,
+    return {"server": impl, "follower": follower_kind, "rounds": per, "medians": medians, "ratios": ratios,
             "hubble_series_scraped": hubble_series}
 
 
-def run(seconds: int, rounds: int, rates: list[int], parts: set[str], impl: str = "h2") -> dict[str, Any]:
+def run(seconds: int, rounds: int, rates: list[int], parts: set[str], impl: str = "h2",
+        follower_kind: str = "python") -> dict[str, Any]:
     results: dict[str, Any] = {}
     if "stages" in parts:
         results["pipeline_stages"] = pipeline_stages()
         print(f"stages: {results['pipeline_stages']}", flush=True)
     if "lab" in parts:
-        results["pipeline_lab"] = pipeline_lab(rates, seconds, impl)
+        results["pipeline_lab"] = pipeline_lab(rates, seconds, impl, follower_kind)
     if "overhead" in parts:
-        results["overhead"] = overhead(seconds, rounds, impl)
+        results["overhead"] = overhead(seconds, rounds, impl, follower_kind)
     return results
 
 
@@ -480,9 +528,11 @@ def main() -> None:
     parser.add_argument("--only", default="stages,lab,overhead")
     parser.add_argument("--hubble-server-impl", choices=("h2", "grpcio"), default="h2",
                         help="the agent's Hubble gRPC server in the lab and overhead runs")
+    parser.add_argument("--follower", choices=("python", "go"), default="python",
+                        help="the lab's `hubble observe -f`-like client: Python grpcio or grpc-go (tests/grpcgo)")
     args = parser.parse_args()
     results = run(args.seconds, args.rounds, [int(r) for r in args.rates.split(",")], set(args.only.split(",")),
-                  args.hubble_server_impl)
+                  args.hubble_server_impl, args.follower)
     results["date"] = time.strftime("%Y-%m-%d %H:%M")
     write_results("observability", results)
 

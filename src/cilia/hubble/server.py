@@ -291,6 +291,9 @@ class ObserverService(observer_pb2_grpc.ObserverServicer):
         source = self._source
         ring = source.ring
         subscriber: EntrySubscriber | None = None
+        # follow only (no number, no since): no history, new flows from the request on
+        follow_only = request.follow and request.number == 0 and not request.HasField("since")
+        start_seq = ring.sequence
         if request.follow:
             # Subscribed before the history is read, so nothing falls between the two; what is
             # in both is skipped by sequence number below. Entries come unbuilt: this thread
@@ -298,22 +301,32 @@ class ObserverService(observer_pb2_grpc.ObserverServicer):
             subscriber = EntrySubscriber(asyncio.get_running_loop(), size=FOLLOW_QUEUE)
             ring.subscribe_entries(subscriber)
         try:
-            history, last_seq = await asyncio.to_thread(source.history)
-            selected = select_history(history, request, filters, Served.flow)
-            for first in range(0, len(selected), HISTORY_BATCH):
-                yield [item.data if masked is None else masked(item.data)
-                       for item in selected[first:first + HISTORY_BATCH]]
-            del selected
+            pending: list[FlowEntry] | None = None
+            pending_upto = 0
+            if follow_only:
+                # what came between reading the sequence and subscribing is served as followed
+                # flows (filters, budget and all), then skipped when the subscriber has it too
+                last_seq, pending, _missed = ring.since(start_seq)
+                pending_upto, last_seq = last_seq, start_seq
+            else:
+                history, last_seq = await asyncio.to_thread(source.history)
+                selected = select_history(history, request, filters, Served.flow)
+                for first in range(0, len(selected), HISTORY_BATCH):
+                    yield [item.data if masked is None else masked(item.data)
+                           for item in selected[first:first + HISTORY_BATCH]]
+                del selected, history
             if subscriber is None:
                 return
-            del history
             lost, datapath_lost = 0, ring.events_lost
             node = self._config.node
             budget = FollowBudget(self._config.follow_budget) if self._config.follow_budget else None
             over_budget = 0  # flows this follower's CPU budget had no room for (reported as lost)
             out: list[bytes] = []
             while True:
-                entries = await subscriber.batch()
+                if pending is not None:
+                    entries, pending = pending, None
+                else:
+                    entries = await subscriber.batch()
                 if budget is not None:
                     budget.start()
                 for index, entry in enumerate(entries):
@@ -348,6 +361,8 @@ class ObserverService(observer_pb2_grpc.ObserverServicer):
                     out.append(data if masked is None else masked(data))
                 if budget is not None:
                     budget.stop()
+                if follow_only and last_seq < pending_upto:
+                    last_seq = pending_upto  # the raced entries are done: the subscriber's copies are not sent
                 if out:
                     yield out
                     out = []

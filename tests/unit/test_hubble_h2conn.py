@@ -250,6 +250,20 @@ def test_grpc_timeout_ends_the_call_deadline_exceeded() -> None:
     run(main)
 
 
+def test_the_deadline_passes_while_waiting_for_the_window() -> None:
+    async def main() -> None:
+        pair = Pair(Probe(), {h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: 1000}, acknowledge=False)
+        await pair.pump()
+        stream = pair.call("/test.Svc/Many", b"4,3000", [(b"grpc-timeout", b"50m")])
+        events = await pair.pump()
+        assert len(body_of(events, stream)) == 1000 and not pair.server._calls[stream].done
+        await asyncio.sleep(0.1)
+        events += await pair.pump()
+        assert headers_of(events, stream, h2.events.TrailersReceived)[b"grpc-status"] == b"4"
+        assert not pair.server._calls  # ended, nothing left buffered
+    run(main)
+
+
 def test_errors_are_trailers_only() -> None:
     async def main() -> None:
         pair = Pair(Probe())

@@ -267,3 +267,18 @@ def test_history_selection_follows_hubbles_ring_reader() -> None:
     until.FromNanoseconds(T0 + 4 * 10**9)
     assert pick(until=until) == [f"uuid-{i}" for i in range(5)]
     assert pick(number=3, until=until) == ["uuid-3", "uuid-4"]  # the last 3, then cut at until
+
+
+def test_the_server_impl_flags(capsys: pytest.CaptureFixture[str]) -> None:
+    from cilia.agent.config import parse_config
+
+    pods = ["--ipv4-pod-cidr", "10.200.1.0/24"]
+    assert HubbleConfig.from_agent(parse_config(pods)).server_impl == "h2"
+    assert HubbleConfig.from_agent(parse_config([*pods, "--hubble-server-impl", "grpcio"])).server_impl == "grpcio"
+    with pytest.raises(SystemExit):
+        parse_config([*pods, "--hubble-server-impl", "nope"])
+    assert "--hubble-server-impl" in capsys.readouterr().err
+    from cilia.relay.main import build_parser
+
+    assert build_parser().parse_args([]).server_impl == "h2"
+    assert build_parser().parse_args(["--server-impl", "grpcio"]).server_impl == "grpcio"

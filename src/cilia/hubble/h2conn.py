@@ -339,8 +339,17 @@ class GrpcConnection(asyncio.Protocol):
             else:
                 self._trailers_only(call, code, details)
         except asyncio.CancelledError:
-            if not (call.done or self._closed):
+            if call.done or self._closed:
+                return
+            if not call.deadline_hit:
                 raise
+            # the deadline passed while the last responses waited for the client's window
+            call.out.clear()
+            with contextlib.suppress(h2.exceptions.ProtocolError):
+                self._conn.send_headers(call.id, _trailers(grpc.StatusCode.DEADLINE_EXCEEDED, "Deadline Exceeded"),
+                                        end_stream=True)
+            self._ended(call)
+            self._write()
         except h2.exceptions.ProtocolError:
             self._ended(call)
 

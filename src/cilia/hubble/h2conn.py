@@ -323,8 +323,6 @@ class GrpcConnection(asyncio.Protocol):
             code, details = grpc.StatusCode.UNKNOWN, f"Unexpected {type(exc)}: {exc}"
         if call.done or self._closed:
             return
-        if call.timer is not None and not call.deadline_hit:
-            call.timer.cancel()
         try:
             if call.headers_sent:
                 while call.out and not call.done and not self._closed:

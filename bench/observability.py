@@ -391,7 +391,12 @@ def follower(kind: str) -> Follower | GoFollower:
     """A `hubble observe -f`-like follower: Python grpcio (`python`) or grpc-go (`go`, built once)."""
     if kind == "go":
         if not _GO_CLIENT:
-            built = go_client(Path(tempfile.mkdtemp(prefix="cilia-bench-go-")))
+            import atexit
+            import shutil
+
+            directory = tempfile.mkdtemp(prefix="cilia-bench-go-")
+            atexit.register(shutil.rmtree, directory, True)
+            built = go_client(Path(directory))
             if built is None:
                 raise SystemExit("--follower go needs golang-go and golang-google-grpc-dev")
             _GO_CLIENT.append(built)

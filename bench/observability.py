@@ -100,29 +100,56 @@ print(got)
 """
 
 
-def _stream(ring: FlowRing, count: int, raw: bool) -> dict[str, Any]:
-    """GetFlows(number=count) from a HubbleServer in this process to a client in another: flows/s,
-    and this process's (the server's) CPU per flow."""
+def go_client(directory: Path) -> Path | None:
+    """tests/grpcgo's grpc-go client built into `directory` (GOPATH mode, Debian's grpc-go), or None
+    without go / golang-google-grpc-dev."""
+    import shutil
+    import subprocess
+
+    gocode = Path("/usr/share/gocode")
+    if shutil.which("go") is None or not (gocode / "src/google.golang.org/grpc").is_dir():
+        return None
+    binary = directory / "grpcgo-client"
+    env = {**os.environ, "GO111MODULE": "off", "GOPATH": f"{directory / 'gopath'}:{gocode}", "CGO_ENABLED": "0",
+           "GOCACHE": os.environ.get("GOCACHE", "/tmp/cilia-go-cache")}
+    subprocess.run(["go", "build", "-o", str(binary), "."], cwd=Path(__file__).parents[1] / "tests" / "grpcgo",
+                   env=env, check=True, timeout=300, capture_output=True)
+    return binary
+
+
+def _stream(ring: FlowRing, count: int, client: str, impl: str = "h2", go: Path | None = None) -> dict[str, Any]:
+    """GetFlows(number=count) from a HubbleServer (`impl`: h2 or grpcio) in this process to a client in
+    another (`client`: parse / raw, Python grpcio; go: the grpc-go client, not parsing): flows/s, and
+    this process's (the server's) CPU per flow."""
     import subprocess
     import sys
 
     from cilia.hubble.server import HubbleConfig, HubbleServer
 
     with tempfile.TemporaryDirectory(prefix="cilia-bench-") as tmp:
-        server = HubbleServer(HubbleConfig("n1", Path(tmp) / "hubble.sock", count), ring)
+        server = HubbleServer(HubbleConfig("n1", Path(tmp) / "hubble.sock", count, server_impl=impl), ring)
         server.start()
         try:
+            if client == "go":
+                assert go is not None
+                request = observer_pb2.GetFlowsRequest(number=count).SerializeToString().hex()
+                command = [str(go), "-addr", f"unix:{server.config.socket}", "-method", "/observer.Observer/GetFlows",
+                           "-request", request, "-stream", "-count", "-timeout", "600s"]
+            else:
+                command = [sys.executable, "-c", _STREAM_CLIENT, str(server.config.socket), str(count), client]
             cpu = time.process_time()
             started = time.perf_counter()
-            out = subprocess.run([sys.executable, "-c", _STREAM_CLIENT, str(server.config.socket), str(count),
-                                  "raw" if raw else "parse"], capture_output=True, text=True, timeout=900,
-                                 check=True)
+            out = subprocess.run(command, capture_output=True, text=True, timeout=900, check=True)
             wall = time.perf_counter() - started
             cpu = time.process_time() - cpu
         finally:
             server.stop(0)
-    got = int(out.stdout.split()[-1])
-    return {"flows": got, "seconds": round(wall, 2), "flows_per_s": round(got / wall),
+    if client == "go":
+        got = int(out.stdout.split("COUNT ")[1].split()[0])
+        assert "STATUS 0" in out.stdout, out.stdout
+    else:
+        got = int(out.stdout.split()[-1])
+    return {"server": impl, "client": client, "flows": got, "seconds": round(wall, 2), "flows_per_s": round(got / wall),
             "server_cpu_s": round(cpu, 2), "flows_per_server_cpu_s": round(got / cpu)}
 
 
@@ -238,14 +265,22 @@ def pipeline_stages(count: int = 20_000) -> dict[str, Any]:
     ring = FlowRing(count)
     for r in records:  # lazy, as the event pump added them before: the stream pays decode, build, convert
         ring.add_lazy(_maker(builder, r))
-    out["stream_slow"] = _stream(ring, count, raw=False)
+    out["stream_slow"] = _stream(ring, count, "parse")
     print(f"stages: {out}", flush=True)
-    out["stream_fast"] = _stream(ingest(), count, raw=False)
-    out["stream_fast_raw_client"] = _stream(ingest(), count, raw=True)
+    out["stream_fast"] = _stream(ingest(), count, "parse")
+    out["stream_fast_raw_client"] = _stream(ingest(), count, "raw")
+    out["stream_fast_raw_client_grpcio_server"] = _stream(ingest(), count, "raw", impl="grpcio")
+    with tempfile.TemporaryDirectory(prefix="cilia-bench-go-") as tmp:
+        go = go_client(Path(tmp))
+        if go is not None:
+            out["stream_fast_go_client"] = _stream(ingest(), count, "go", go=go)
+            out["stream_fast_go_client_grpcio_server"] = _stream(ingest(), count, "go", impl="grpcio", go=go)
     out["grpc_floor"] = _grpc_floor(count)
-    out["note"] = ("stream_*: server in this process, client in another; flows_per_server_cpu_s counts "
-                   "the server's CPU only (ring -> encode -> grpcio). raw_client: the client does not "
-                   "parse (as a Go client's cost is not ours). grpc_floor: grpcio alone, no work per message")
+    out["note"] = ("stream_*: server in this process (cilia's own HTTP/2 gRPC server unless it says grpcio), "
+                   "client in another; flows_per_server_cpu_s counts the server's CPU only (ring -> encode -> "
+                   "gRPC). raw_client: a Python grpcio client that does not parse; go_client: a grpc-go client "
+                   "(tests/grpcgo) that does not parse (the hubble CLI's transport; its cost is not ours). "
+                   "grpc_floor: grpcio alone, no work per message")
     return out
 
 
@@ -318,6 +353,57 @@ class Follower:
         self._channel.close()
 
 
+class GoFollower:
+    """The same follower in grpc-go (tests/grpcgo with -stats: the transport `hubble observe -f` is
+    built on, and a client that costs what a Go client costs, not a Python one)."""
+
+    def __init__(self, binary: Path, node: str = "n1") -> None:
+        import subprocess
+
+        self.flows = 0
+        self.lost = 0
+        self.lost_datapath = 0
+        request = observer_pb2.GetFlowsRequest(follow=True).SerializeToString().hex()
+        self._process = subprocess.Popen([str(binary), "-addr", f"unix:{NodePaths(node).hubble_socket}", "-method",
+                                          "/observer.Observer/GetFlows", "-request", request, "-stream", "-stats",
+                                          "-timeout", "3600s"], stdout=subprocess.PIPE, text=True)
+        self._thread = threading.Thread(target=self._read, daemon=True)
+        self._thread.start()
+
+    def _read(self) -> None:
+        assert self._process.stdout is not None
+        for line in self._process.stdout:
+            parts = line.split()
+            if len(parts) == 5 and parts[0] == "FLOWS":
+                self.flows, self.lost, self.lost_datapath = int(parts[1]), int(parts[3]), int(parts[4])
+
+    def close(self) -> None:
+        time.sleep(0.3)  # one more report
+        self._process.terminate()
+        self._process.wait(5)
+        self._thread.join(5)
+
+
+_GO_CLIENT: list[Path] = []
+
+
+def follower(kind: str) -> Follower | GoFollower:
+    """A `hubble observe -f`-like follower: Python grpcio (`python`) or grpc-go (`go`, built once)."""
+    if kind == "go":
+        if not _GO_CLIENT:
+            import atexit
+            import shutil
+
+            directory = tempfile.mkdtemp(prefix="cilia-bench-go-")
+            atexit.register(shutil.rmtree, directory, True)
+            built = go_client(Path(directory))
+            if built is None:
+                raise SystemExit("--follower go needs golang-go and golang-google-grpc-dev")
+            _GO_CLIENT.append(built)
+        return GoFollower(_GO_CLIENT[0])
+    return Follower()
+
+
 def _status(node: str = "n1") -> tuple[int, int]:
     """(flows seen, datapath events lost) from the agent's API."""
     from cilia.api.client import AgentClient
@@ -334,15 +420,16 @@ def _lab(agent_args: list[str]) -> Lab:
                   agent_args=agent_args)
 
 
-def pipeline_lab(rates: list[int], seconds: float) -> list[dict[str, Any]]:
-    lab = _lab(["--monitor-aggregation", "none"])
+def pipeline_lab(rates: list[int], seconds: float, impl: str = "h2",
+                 follower_kind: str = "python") -> list[dict[str, Any]]:
+    lab = _lab(["--monitor-aggregation", "none", "--hubble-server-impl", impl])
     out = []
     sink = lab.popen("bench-server", [PYTHON, "-c", _SINK])
     try:
         server_ip = lab.address_of("bench-server")
         pid = int(lab.state["nodes"]["n1"]["agent_pid"])
         for rate in rates:
-            follower = Follower()
+            following = follower(follower_kind)
             time.sleep(0.5)
             seen0, lost0 = _status()
             cpu0 = _cpu_seconds(pid)
@@ -357,17 +444,18 @@ def pipeline_lab(rates: list[int], seconds: float) -> list[dict[str, Any]]:
                 sent, took = sent + count, max(took, secs)
             time.sleep(1.0)  # let the pump and the follower drain
             deadline = time.monotonic() + 10  # the follower drains what the ring still holds
-            while time.monotonic() < deadline and follower.flows + follower.lost < _status()[0] - seen0:
+            while time.monotonic() < deadline and following.flows + following.lost < _status()[0] - seen0:
                 time.sleep(0.2)
             seen1, lost1 = _status()
             cpu = _cpu_seconds(pid) - cpu0
-            follower.close()
+            following.close()
             events = seen1 - seen0
-            out.append({"rate_pps": rate, "senders": senders, "packets_sent": int(sent), "send_seconds": took,
+            out.append({"server": impl, "follower": follower_kind, "rate_pps": rate, "senders": senders,
+                        "packets_sent": int(sent), "send_seconds": took,
                         "events": events, "events_per_s": round(events / took),
-                        "followed_flows": follower.flows, "lost_datapath": lost1 - lost0,
-                        "lost_hubble_ring": follower.lost, "agent_cpu_s": round(cpu, 2),
-                        "flows_per_agent_cpu_s": round(follower.flows / cpu) if cpu else None,
+                        "followed_flows": following.flows, "lost_datapath": lost1 - lost0,
+                        "lost_hubble_ring": following.lost, "agent_cpu_s": round(cpu, 2),
+                        "flows_per_agent_cpu_s": round(following.flows / cpu) if cpu else None,
                         "events_per_agent_cpu_s": round(events / cpu) if cpu else None})
             print(f"pipeline at {rate} pkt/s: {out[-1]}", flush=True)
     finally:
@@ -384,33 +472,34 @@ def _scrape(lab: Lab) -> int:
     return sum(1 for line in result.stdout.splitlines() if line.startswith("hubble_"))
 
 
-def overhead(seconds: int, rounds: int) -> dict[str, Any]:
+def overhead(seconds: int, rounds: int, impl: str = "h2", follower_kind: str = "python") -> dict[str, Any]:
     lab = _lab(OBS_OFF)
     client, server = lab.netns_of("bench-client"), lab.netns_of("bench-server")
     ip = lab.address_of("bench-server")
     # metrics: the flags, no follower; on: the flags and a follower; budget: the same with the
     # follower held to 5% of a core (--hubble-follow-cpu-budget 0.05; what it misses is reported lost)
     modes = ("off", "metrics", "on", "budget")
-    flags = {"off": OBS_OFF, "metrics": OBS_ON, "on": OBS_ON, "budget": [*OBS_ON, "--hubble-follow-cpu-budget", "0.05"]}
+    on = [*OBS_ON, "--hubble-server-impl", impl]
+    flags = {"off": OBS_OFF, "metrics": on, "on": on, "budget": [*on, "--hubble-follow-cpu-budget", "0.05"]}
     per: dict[str, list[dict[str, float]]] = {mode: [] for mode in modes}
     hubble_series = 0
     try:
         for index in range(rounds):
             for mode in (modes if index % 2 == 0 else modes[::-1]):
                 lab.restart_agent("n1", kill=False, agent_args=flags[mode])
-                follower = Follower() if mode in ("on", "budget") else None
+                following = follower(follower_kind) if mode in ("on", "budget") else None
                 try:
                     figures = {"throughput_gbps": iperf3(client, server, ip, seconds),
                                "latency_avg_us": sockperf(client, server, ip, seconds)[0],
                                "connections_per_s": cps(client, server, ip, seconds)}
-                    if follower is not None:
-                        figures["followed_flows"] = follower.flows
-                        figures["follower_lost"] = follower.lost
+                    if following is not None:
+                        figures["followed_flows"] = following.flows
+                        figures["follower_lost"] = following.lost
                     if mode != "off":
                         hubble_series = max(hubble_series, _scrape(lab))
                 finally:
-                    if follower is not None:
-                        follower.close()
+                    if following is not None:
+                        following.close()
                 per[mode].append(figures)
                 print(f"round {index + 1}/{rounds} observability {mode}: {figures}", flush=True)
     finally:
@@ -419,18 +508,20 @@ def overhead(seconds: int, rounds: int) -> dict[str, Any]:
     keys = ("throughput_gbps", "latency_avg_us", "connections_per_s")
     ratios = {f"{mode}/off": {k: round(medians[mode][k] / medians["off"][k], 3) for k in keys}
               for mode in ("metrics", "on", "budget")}
-    return {"rounds": per, "medians": medians, "ratios": ratios, "hubble_series_scraped": hubble_series}
+    return {"server": impl, "follower": follower_kind, "rounds": per, "medians": medians, "ratios": ratios,
+            "hubble_series_scraped": hubble_series}
 
 
-def run(seconds: int, rounds: int, rates: list[int], parts: set[str]) -> dict[str, Any]:
+def run(seconds: int, rounds: int, rates: list[int], parts: set[str], impl: str = "h2",
+        follower_kind: str = "python") -> dict[str, Any]:
     results: dict[str, Any] = {}
     if "stages" in parts:
         results["pipeline_stages"] = pipeline_stages()
         print(f"stages: {results['pipeline_stages']}", flush=True)
     if "lab" in parts:
-        results["pipeline_lab"] = pipeline_lab(rates, seconds)
+        results["pipeline_lab"] = pipeline_lab(rates, seconds, impl, follower_kind)
     if "overhead" in parts:
-        results["overhead"] = overhead(seconds, rounds)
+        results["overhead"] = overhead(seconds, rounds, impl, follower_kind)
     return results
 
 
@@ -440,8 +531,13 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--rates", default="2000,5000,20000,50000,100000", help="packets/s for the lab pipeline run")
     parser.add_argument("--only", default="stages,lab,overhead")
+    parser.add_argument("--hubble-server-impl", choices=("h2", "grpcio"), default="h2",
+                        help="the agent's Hubble gRPC server in the lab and overhead runs")
+    parser.add_argument("--follower", choices=("python", "go"), default="python",
+                        help="the lab's `hubble observe -f`-like client: Python grpcio or grpc-go (tests/grpcgo)")
     args = parser.parse_args()
-    results = run(args.seconds, args.rounds, [int(r) for r in args.rates.split(",")], set(args.only.split(",")))
+    results = run(args.seconds, args.rounds, [int(r) for r in args.rates.split(",")], set(args.only.split(",")),
+                  args.hubble_server_impl, args.follower)
     results["date"] = time.strftime("%Y-%m-%d %H:%M")
     write_results("observability", results)
 

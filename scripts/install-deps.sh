@@ -23,6 +23,8 @@ apt_packages=(
   wrk nginx-light
   # the lab's DNS server for FQDN policy (cilia.lab.dns): the binary only, no system service
   dnsmasq-base
+  # a real grpc-go client (the transport hubble's CLI uses) for the Hubble server's test (GOPATH mode)
+  golang-go golang-google-grpc-dev
 )
 missing=()
 for p in "${apt_packages[@]}"; do

@@ -1,5 +1,6 @@
 """The Observer server over a real gRPC unix socket (and TCP on loopback, plaintext and TLS),
-with a client generated from our .proto: history selection, follow, filters, status RPCs."""
+with a client generated from our .proto: history selection, follow, filters, status RPCs; each
+against both server implementations (cilia's own HTTP/2 one and grpcio's)."""
 
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from cilia.flows.ring import FlowRing
+from cilia.hubble.h2server import IMPLEMENTATIONS
 from cilia.hubble.pb import flow_pb2, observer_pb2, observer_pb2_grpc, relay_pb2
 from cilia.hubble.server import HEALTH_SERVICE, HubbleConfig, HubbleServer, TlsFiles
 from cilia.testing import wait_for
@@ -48,9 +50,14 @@ def ring() -> FlowRing:
     return r
 
 
+@pytest.fixture(params=IMPLEMENTATIONS)
+def impl(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
 @pytest.fixture
-def server(ring: FlowRing, tmp_path: Path) -> Iterator[HubbleServer]:
-    s = HubbleServer(HubbleConfig("n1", tmp_path / "hubble.sock", CAPACITY, "127.0.0.1:0"), ring)
+def server(ring: FlowRing, tmp_path: Path, impl: str) -> Iterator[HubbleServer]:
+    s = HubbleServer(HubbleConfig("n1", tmp_path / "hubble.sock", CAPACITY, "127.0.0.1:0", server_impl=impl), ring)
     s.start()
     try:
         yield s
@@ -208,12 +215,13 @@ def test_tcp_plaintext(server: HubbleServer) -> None:
 
 
 @pytest.mark.skipif(shutil.which("openssl") is None, reason="needs openssl to make a certificate")
-def test_tcp_tls(ring: FlowRing, tmp_path: Path) -> None:
+def test_tcp_tls(ring: FlowRing, tmp_path: Path, impl: str) -> None:
     cert, key = tmp_path / "tls.crt", tmp_path / "tls.key"
     subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=n1",
                     "-addext", "subjectAltName=DNS:n1.hubble-grpc.cilium.io,IP:127.0.0.1",
                     "-keyout", str(key), "-out", str(cert)], check=True, capture_output=True)
-    s = HubbleServer(HubbleConfig("n1", tmp_path / "h.sock", CAPACITY, "127.0.0.1:0", TlsFiles(cert, key)), ring)
+    s = HubbleServer(HubbleConfig("n1", tmp_path / "h.sock", CAPACITY, "127.0.0.1:0", TlsFiles(cert, key),
+                                  server_impl=impl), ring)
     s.start()
     try:
         credentials = grpc.ssl_channel_credentials(root_certificates=cert.read_bytes())
@@ -259,3 +267,18 @@ def test_history_selection_follows_hubbles_ring_reader() -> None:
     until.FromNanoseconds(T0 + 4 * 10**9)
     assert pick(until=until) == [f"uuid-{i}" for i in range(5)]
     assert pick(number=3, until=until) == ["uuid-3", "uuid-4"]  # the last 3, then cut at until
+
+
+def test_the_server_impl_flags(capsys: pytest.CaptureFixture[str]) -> None:
+    from cilia.agent.config import parse_config
+
+    pods = ["--ipv4-pod-cidr", "10.200.1.0/24"]
+    assert HubbleConfig.from_agent(parse_config(pods)).server_impl == "h2"
+    assert HubbleConfig.from_agent(parse_config([*pods, "--hubble-server-impl", "grpcio"])).server_impl == "grpcio"
+    with pytest.raises(SystemExit):
+        parse_config([*pods, "--hubble-server-impl", "nope"])
+    assert "--hubble-server-impl" in capsys.readouterr().err
+    from cilia.relay.main import build_parser
+
+    assert build_parser().parse_args([]).server_impl == "h2"
+    assert build_parser().parse_args(["--server-impl", "grpcio"]).server_impl == "grpcio"

@@ -26,6 +26,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from cilia.cluster import codec
 from cilia.cluster.model import NodeRecord, RoutingMode
 from cilia.flows.ring import FlowRing
+from cilia.hubble.h2server import IMPLEMENTATIONS
 from cilia.hubble.pb import flow_pb2, observer_pb2, observer_pb2_grpc, peer_pb2, peer_pb2_grpc, relay_pb2
 from cilia.hubble.peer import PeerInfo, changes
 from cilia.hubble.server import HubbleConfig, HubbleServer
@@ -118,10 +119,10 @@ def agents(tmp_path: Path) -> Iterator[dict[str, Agent]]:
             agent.stop()
 
 
-@pytest.fixture
-def relay(agents: dict[str, Agent], tmp_path: Path) -> Iterator[RelayThread]:
+@pytest.fixture(params=IMPLEMENTATIONS)
+def relay(agents: dict[str, Agent], tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[RelayThread]:
     config = RelayConfig(f"unix://{tmp_path / 'relay.sock'}", metrics_address=f"127.0.0.1:{free_port()}",
-                         ui_address=f"127.0.0.1:{free_port()}", window=0.2)
+                         ui_address=f"127.0.0.1:{free_port()}", window=0.2, server_impl=request.param)
     thread = RelayThread(config, [PeerInfo(a.name, f"unix://{a.socket}") for a in agents.values()])
     thread.start()
     assert thread.relay is not None

@@ -53,6 +53,7 @@ class AgentConfig:
     hubble: bool = True
     hubble_listen_address: str | None = None
     hubble_follow_cpu_budget: float = 0.0  # of one core per `follow` client; 0: no limit
+    hubble_server_impl: str = "h2"  # cilia's own gRPC over HTTP/2, or "grpcio" (cilia.hubble.h2server)
     hubble_tls_cert_file: Path | None = None
     hubble_tls_key_file: Path | None = None
     hubble_tls_client_ca_files: tuple[Path, ...] = ()
@@ -155,6 +156,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--hubble-follow-cpu-budget", type=_fraction, default=0.0, metavar="FRACTION",
                         help="at most this share of one core for each GetFlows follower (e.g. 0.05); flows "
                              "beyond it are reported to the client as lost; 0 (default): no limit")
+    parser.add_argument("--hubble-server-impl", choices=("h2", "grpcio"), default="h2",
+                        help="the gRPC server of the Hubble API: cilia's own over HTTP/2 (h2, default: many "
+                             "flows per DATA frame) or grpcio's (one message at a time)")
     parser.add_argument("--hubble-tls-cert-file", type=Path, default=None)
     parser.add_argument("--hubble-tls-key-file", type=Path, default=None)
     parser.add_argument("--hubble-tls-client-ca-files", type=Path, action="append", default=None,
@@ -321,6 +325,7 @@ def parse_config(argv: list[str] | None = None) -> AgentConfig:
         hubble=args.hubble,
         hubble_listen_address=args.hubble_listen_address,
         hubble_follow_cpu_budget=args.hubble_follow_cpu_budget,
+        hubble_server_impl=args.hubble_server_impl,
         hubble_tls_cert_file=args.hubble_tls_cert_file,
         hubble_tls_key_file=args.hubble_tls_key_file,
         hubble_tls_client_ca_files=tuple(args.hubble_tls_client_ca_files or ()),

@@ -1,9 +1,12 @@
-"""The agent's Hubble server: the observer.Observer gRPC service and gRPC health, on the node's
-unix socket (/run/cilia/<node>/hubble.sock) and optionally a TCP address (TLS when given a cert).
+"""The agent's Hubble server: the observer.Observer gRPC service, Hubble's peer service and gRPC
+health, on the node's unix socket (/run/cilia/<node>/hubble.sock) and optionally a TCP address
+(TLS when given a cert).
 
-It runs a grpc.aio server on an event loop in a thread of its own, so that encoding and filtering
-flows for clients never stalls the agent's API loop; the flow ring hands new flows to followers
-on that loop (FlowRing subscribers are thread-safe by call_soon_threadsafe).
+It runs on an event loop in a thread of its own, so that encoding and filtering flows for clients
+never stalls the agent's API loop; the flow ring hands new flows to followers on that loop
+(FlowRing subscribers are thread-safe by call_soon_threadsafe). The gRPC server is cilia's own
+over HTTP/2 (cilia.hubble.h2server, on uvloop: many flows per DATA frame) unless the config asks
+for grpcio's (`--hubble-server-impl grpcio`); both serve the same servicer objects.
 
 GetFlows follows Hubble's local observer: history first (the last `number` matching flows, the
 first `number` with `first`, or those from `since` to `until`), then, with `follow`, new
@@ -23,12 +26,13 @@ import os
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Callable, Iterable, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
 
 import grpc
+import uvloop
 from google.protobuf.descriptor import Descriptor
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1.health import aio as health_aio
@@ -41,6 +45,8 @@ from cilia.hubble import agent_events
 from cilia.hubble.agent_events import AgentEventLog
 from cilia.hubble.convert import convert
 from cilia.hubble.filters import FilterError, FlowFilters
+from cilia.hubble.grpcwire import MethodTable
+from cilia.hubble.h2server import DEFAULT_IMPLEMENTATION, GrpcServer, tls_context
 from cilia.hubble.namespaces import NamespaceTracker
 from cilia.hubble.pb import flow_pb2, observer_pb2, observer_pb2_grpc, peer_pb2_grpc, relay_pb2
 from cilia.hubble.peer import PeerInfo, PeerService, tls_server_name
@@ -52,6 +58,7 @@ log = logging.getLogger(__name__)
 HEALTH_SERVICE = "hubble.server.Observer"  # what `hubble status` asks the health service about
 VERSION = f"cilia v{__version__}"
 FOLLOW_QUEUE = 4096
+HISTORY_BATCH = 256  # history flows per batch (each batch is framed at once by cilia's own server)
 NAMESPACE_TAP_BUDGET = 0.02  # the namespace tracker's pass may take 2% of a core (it samples beyond)
 NAMESPACE_TAP_INTERVAL_S = 1.0
 _FLOW_DESCRIPTOR = cast(Descriptor, flow_pb2.Flow.DESCRIPTOR)
@@ -72,6 +79,7 @@ class HubbleConfig:
     listen_address: str | None = None
     tls: TlsFiles | None = None
     follow_budget: float | None = None  # of one core, per follower; None: no limit
+    server_impl: str = DEFAULT_IMPLEMENTATION  # "h2" (cilia.hubble.h2server) or "grpcio"
 
     @classmethod
     def from_agent(cls, config: AgentConfig) -> HubbleConfig:
@@ -79,7 +87,7 @@ class HubbleConfig:
         if config.hubble_tls_cert_file is not None and config.hubble_tls_key_file is not None:
             tls = TlsFiles(config.hubble_tls_cert_file, config.hubble_tls_key_file, config.hubble_tls_client_ca_files)
         return cls(config.node, config.paths.hubble_socket, config.flow_buffer, config.hubble_listen_address, tls,
-                   config.hubble_follow_cpu_budget or None)
+                   config.hubble_follow_cpu_budget or None, config.hubble_server_impl)
 
     @property
     def address(self) -> str:
@@ -253,6 +261,18 @@ class ObserverService(observer_pb2_grpc.ObserverServicer):
     async def GetFlows(self, request: observer_pb2.GetFlowsRequest,
                        context: grpc.aio.ServicerContext[Any, Any]) -> AsyncIterator[bytes]:
         """Yields serialized GetFlowsResponses (the method's serializer passes bytes through)."""
+        batches = self.flow_batches(request, context)
+        try:
+            async for batch in batches:
+                for data in batch:
+                    yield data
+        finally:
+            await batches.aclose()  # the follower unsubscribes now, not when collected
+
+    async def flow_batches(self, request: observer_pb2.GetFlowsRequest,
+                           context: grpc.aio.ServicerContext[Any, Any]) -> AsyncGenerator[list[bytes], None]:
+        """GetFlows' responses (serialized) in batches: the history in slices, then what each batch of
+        new entries gave (cilia's own gRPC server frames a batch at once, cilia.hubble.h2conn)."""
         if request.first and request.follow:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "first cannot be specified with follow")
             return
@@ -271,6 +291,9 @@ class ObserverService(observer_pb2_grpc.ObserverServicer):
         source = self._source
         ring = source.ring
         subscriber: EntrySubscriber | None = None
+        # follow only (no number, no since): no history, new flows from the request on
+        follow_only = request.follow and request.number == 0 and not request.HasField("since")
+        start_seq = ring.sequence
         if request.follow:
             # Subscribed before the history is read, so nothing falls between the two; what is
             # in both is skipped by sequence number below. Entries come unbuilt: this thread
@@ -278,37 +301,51 @@ class ObserverService(observer_pb2_grpc.ObserverServicer):
             subscriber = EntrySubscriber(asyncio.get_running_loop(), size=FOLLOW_QUEUE)
             ring.subscribe_entries(subscriber)
         try:
-            history, last_seq = await asyncio.to_thread(source.history)
-            for item in select_history(history, request, filters, Served.flow):
-                yield item.data if masked is None else masked(item.data)
+            pending: list[FlowEntry] | None = None
+            pending_upto = 0
+            if follow_only:
+                # what came between reading the sequence and subscribing is served as followed
+                # flows (filters, budget and all), then skipped when the subscriber has it too
+                last_seq, pending, _missed = ring.since(start_seq)
+                pending_upto, last_seq = last_seq, start_seq
+            else:
+                history, last_seq = await asyncio.to_thread(source.history)
+                selected = select_history(history, request, filters, Served.flow)
+                for first in range(0, len(selected), HISTORY_BATCH):
+                    yield [item.data if masked is None else masked(item.data)
+                           for item in selected[first:first + HISTORY_BATCH]]
+                del selected, history
             if subscriber is None:
                 return
-            del history
             lost, datapath_lost = 0, ring.events_lost
             node = self._config.node
             budget = FollowBudget(self._config.follow_budget) if self._config.follow_budget else None
             over_budget = 0  # flows this follower's CPU budget had no room for (reported as lost)
+            out: list[bytes] = []
             while True:
-                entries = await subscriber.batch()
+                if pending is not None:
+                    entries, pending = pending, None
+                else:
+                    entries = await subscriber.batch()
                 if budget is not None:
                     budget.start()
                 for index, entry in enumerate(entries):
                     if budget is not None and budget.spent():
                         over_budget += sum(1 for e in entries[index:] if e.seq > last_seq)
                         if subscriber.lost + over_budget > lost:  # told now: nothing else may come soon
-                            yield _lost(flow_pb2.HUBBLE_RING_BUFFER, subscriber.lost + over_budget - lost,
-                                        node).SerializeToString()
+                            out.append(_lost(flow_pb2.HUBBLE_RING_BUFFER, subscriber.lost + over_budget - lost,
+                                             node).SerializeToString())
                             lost = subscriber.lost + over_budget
                         break
                     if entry.seq <= last_seq:
                         continue  # sent with the history
                     if subscriber.lost + over_budget > lost:
-                        yield _lost(flow_pb2.HUBBLE_RING_BUFFER, subscriber.lost + over_budget - lost,
-                                    node).SerializeToString()
+                        out.append(_lost(flow_pb2.HUBBLE_RING_BUFFER, subscriber.lost + over_budget - lost,
+                                         node).SerializeToString())
                         lost = subscriber.lost + over_budget
                     if ring.events_lost > datapath_lost:
-                        yield _lost(flow_pb2.PERF_EVENT_RING_BUFFER, ring.events_lost - datapath_lost,
-                                    node).SerializeToString()
+                        out.append(_lost(flow_pb2.PERF_EVENT_RING_BUFFER, ring.events_lost - datapath_lost,
+                                         node).SerializeToString())
                         datapath_lost = ring.events_lost
                     data = source.wire(entry)
                     if not data:
@@ -316,12 +353,19 @@ class ObserverService(observer_pb2_grpc.ObserverServicer):
                     if parse:
                         new = Served(data).flow()
                         if until is not None and new.time.ToNanoseconds() > until:
+                            if out:
+                                yield out
                             return
                         if not filters.matches(new):
                             continue
-                    yield data if masked is None else masked(data)
+                    out.append(data if masked is None else masked(data))
                 if budget is not None:
                     budget.stop()
+                if follow_only and last_seq < pending_upto:
+                    last_seq = pending_upto  # the raced entries are done: the subscriber's copies are not sent
+                if out:
+                    yield out
+                    out = []
         finally:
             if subscriber is not None:
                 ring.unsubscribe_entries(subscriber)
@@ -468,7 +512,7 @@ class HubbleServer:
         self._namespace_tap.start()
 
     def _run(self) -> None:
-        loop = asyncio.new_event_loop()
+        loop = uvloop.new_event_loop() if self.config.server_impl == "h2" else asyncio.new_event_loop()
         asyncio.set_event_loop(loop)
         self._loop = loop
         try:
@@ -485,32 +529,54 @@ class HubbleServer:
             loop.run_until_complete(loop.shutdown_asyncgens())
             loop.close()
 
-    async def _serve(self) -> None:
+    async def _services(self, server: Any) -> None:
+        """Every service this server offers, registered on `server` (a grpc.aio.Server or a MethodTable)."""
         config = self.config
-        server = grpc.aio.server()
-        add_observer(ObserverService(self.source, config, events=self.events, namespaces=self.namespaces), server)
+        observer = ObserverService(self.source, config, events=self.events, namespaces=self.namespaces)
+        add_observer(observer, server)
+        if isinstance(server, MethodTable):  # GetFlows in batches: framed a batch at a time
+            server.add_batched("/observer.Observer/GetFlows", observer.flow_batches,
+                               observer_pb2.GetFlowsRequest.FromString)
         peer_pb2_grpc.add_PeerServicer_to_server(PeerService(self.peers), server)  # type: ignore[no-untyped-call]
         health = health_aio.HealthServicer()
         for service in ("", HEALTH_SERVICE):
             await health.set(service, health_pb2.HealthCheckResponse.SERVING)
         health_pb2_grpc.add_HealthServicer_to_server(health, server)
+
+    async def _serve(self) -> None:
+        config = self.config
         config.socket.parent.mkdir(parents=True, exist_ok=True)
         config.socket.unlink(missing_ok=True)
-        server.add_insecure_port(f"unix://{config.socket}")
-        if config.listen_address:
-            if config.tls is not None:
-                self.tcp_port = server.add_secure_port(config.listen_address, server_credentials(config.tls))
-            else:
-                self.tcp_port = server.add_insecure_port(config.listen_address)
-        await server.start()
+        stop: Callable[[float], Any]
+        if config.server_impl == "grpcio":
+            server = grpc.aio.server()
+            await self._services(server)
+            server.add_insecure_port(f"unix://{config.socket}")
+            if config.listen_address:
+                if config.tls is not None:
+                    self.tcp_port = server.add_secure_port(config.listen_address, server_credentials(config.tls))
+                else:
+                    self.tcp_port = server.add_insecure_port(config.listen_address)
+            await server.start()
+            stop = server.stop
+        else:
+            methods = MethodTable()
+            await self._services(methods)
+            own = GrpcServer(methods)
+            await own.add_unix(config.socket)
+            if config.listen_address:
+                tls = tls_context(config.tls.cert, config.tls.key, config.tls.client_cas) \
+                    if config.tls is not None else None
+                self.tcp_port = await own.add_tcp(config.listen_address, tls)
+            stop = own.stop
         os.chmod(config.socket, 0o600)  # flows name every pod's peers: root only, like agent.sock
-        log.info("hubble server on unix://%s%s", config.socket,
+        log.info("hubble server (%s) on unix://%s%s", config.server_impl, config.socket,
                  f" and {config.listen_address} ({'TLS' if config.tls else 'plaintext'})"
                  if config.listen_address else "")
         self._stopping = asyncio.Event()
         self._ready.set()
         await self._stopping.wait()
-        await server.stop(self._grace)
+        await stop(self._grace)
 
     def stop(self, grace: float = 1.0) -> None:
         """Ends the streams (after `grace` seconds for calls in flight) and the thread."""
@@ -531,7 +597,7 @@ def _as_is(data: bytes) -> bytes:
     return data
 
 
-def add_observer(service: ObserverService, server: grpc.aio.Server) -> None:
+def add_observer(service: ObserverService, server: grpc.aio.Server | MethodTable) -> None:
     """observer.Observer's methods, as the generated add_ObserverServicer_to_server registers
     them, except that GetFlows' responses come serialized already."""
     m = observer_pb2

@@ -19,7 +19,7 @@ import ipaddress
 import socket
 import struct
 from collections.abc import Callable
-from datetime import UTC, datetime, timedelta
+from math import modf
 from typing import Any
 
 from cilia import __version__
@@ -166,8 +166,6 @@ def _tcp_flags(bits: int) -> tuple[bytes, str]:
 
 _TCP_FLAGS = [_tcp_flags(bits) for bits in range(64)]
 _POLICY_DROPS = {int(r) for r in (DropReason.POLICY_DENIED, DropReason.POLICY_DENY, DropReason.POLICY_NOT_INSTALLED)}
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-_MICROSECOND = timedelta(microseconds=1)
 
 
 def _drop_fields(code: int) -> tuple[bytes, bytes, str]:
@@ -295,8 +293,13 @@ class WireEncoder:
     def _time(self, ktime: int) -> bytes:
         """The Timestamp's body, as build writes the time (microseconds, through a float) and
         convert reads it back."""
-        when = datetime.fromtimestamp((self._boot_time_ns + ktime) / 1e9, tz=UTC)
-        seconds, micros = divmod((when - _EPOCH) // _MICROSECOND, 1_000_000)
+        # datetime.fromtimestamp's own arithmetic (split the float, round the fraction to
+        # microseconds half-even), without making a datetime: ~1.3 µs a flow less
+        fraction, whole = modf((self._boot_time_ns + ktime) / 1e9)
+        micros = round(fraction * 1e6)
+        seconds = int(whole)
+        if micros >= 1_000_000:
+            seconds, micros = seconds + 1, micros - 1_000_000
         cached = self._second  # one attribute (seconds, field): readers on two threads see a pair
         if cached[0] != seconds:
             cached = self._second = (seconds, field_varint(1, seconds))

@@ -60,6 +60,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="serve the service map page here")
     parser.add_argument("--sort-buffer-drain-timeout", type=float, default=DEFAULT_WINDOW_S, metavar="SECONDS",
                         help="how long a followed flow waits for older ones from quiet nodes (default %(default)s)")
+    parser.add_argument("--server-impl", choices=("h2", "grpcio"), default="h2",
+                        help="the gRPC server of the relay's Observer: cilia's own over HTTP/2 (default) or grpcio's")
     parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     return parser
 
@@ -110,7 +112,7 @@ def main(argv: list[str] | None = None) -> int:
     server_tls = TlsFiles(args.tls_relay_server_cert_file, args.tls_relay_server_key_file,
                           tuple(args.tls_relay_client_ca_files or ())) if args.tls_relay_server_cert_file else None
     config = RelayConfig(args.listen_address, args.metrics_listen_address, args.ui_listen_address,
-                         args.sort_buffer_drain_timeout, tls_from(args), server_tls)
+                         args.sort_buffer_drain_timeout, tls_from(args), server_tls, args.server_impl)
     try:
         asyncio.run(_serve(Relay(config, sources)))
     except OSError as exc:

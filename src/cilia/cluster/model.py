@@ -107,6 +107,26 @@ class RemoteEndpoints(Mapping[Network, RemoteEndpoint]):
         for key, endpoint in self._entries.items():
             yield _host_address(key), endpoint
 
+    def identity_diff(self, previous: RemoteEndpoints) -> tuple[dict[IPAddress, int], list[IPAddress]]:
+        """Address -> identity since `previous`: the addresses that are new or have another identity
+        (with it), and the addresses gone. Compared on the int keys, so an unchanged endpoint costs
+        no address object (tunnel endpoints are not compared)."""
+        old, new = previous._entries, self._entries
+        if old is new:
+            return {}, []
+        changed = {_host_address(key): endpoint.identity for key, endpoint in new.items()
+                   if (was := old.get(key)) is None or was.identity != endpoint.identity}
+        gone = [_host_address(key) for key in old.keys() - new.keys()]
+        return changed, gone
+
+    @classmethod
+    def of(cls, endpoints: Mapping[Network, RemoteEndpoint]) -> RemoteEndpoints:
+        """`endpoints` as a RemoteEndpoints (itself when it is one): its host prefixes only."""
+        if isinstance(endpoints, RemoteEndpoints):
+            return endpoints
+        return cls((prefix.network_address, endpoint) for prefix, endpoint in endpoints.items()
+                   if prefix.prefixlen == prefix.max_prefixlen)
+
     def __repr__(self) -> str:
         return f"RemoteEndpoints({len(self._entries)} entries)"
 

@@ -294,6 +294,23 @@ class PolicyEngine:
             self._remote_pod_cidrs = tuple(pod_cidrs)
             return self._refresh()
 
+    def cluster_endpoints_update(self, changed: Mapping[IPAddress, int], gone: Iterable[IPAddress],
+                                 pod_cidrs: Iterable[Network] = ()) -> int | None:
+        """`cluster_endpoints_changed` as a difference: the remote IPs that are new or have another
+        identity, and those gone (cilia.agent.cluster_policy keeps it in step with the cluster
+        view, so a sync that changes a few endpoints of 10,000 copies no map of them all)."""
+        with self._lock:
+            for address in gone:
+                self._remote_addresses.pop(address, None)
+            self._remote_addresses.update(changed)
+            self._remote_pod_cidrs = tuple(pod_cidrs)
+            return self._refresh()
+
+    def cluster_endpoints(self) -> dict[IPAddress, int]:
+        """The remote endpoint IPs (IP -> identity) as the engine holds them."""
+        with self._lock:
+            return dict(self._remote_addresses)
+
     def _refresh(self, services: bool = False) -> int | None:
         """Publish a revision if the address-based peers now select other identities (or need other
         CIDR identities); the identity diff queues exactly the endpoints whose rules that changes."""

@@ -2,7 +2,8 @@
 client's calls and failover, a watch surviving kill -9 of the member under it (resume from the
 revision, no relist), a full resync after `etcdctl compact`, three allocators on three connections
 racing over 300 label sets (also with the leader killed mid-run), a dead node's references
-expiring with its lease, garbage written with etcdctl logged and skipped (identities, objects).
+expiring with its lease and its identities collected (by a full pass, and from the survivors'
+watches on refs/), garbage written with etcdctl logged and skipped (identities, objects).
 
 Run under the lab lock: flock /tmp/cilia-lab.lock pytest tests/e2e/test_kvstore_etcd.py"""
 
@@ -272,8 +273,10 @@ def _label_sets(count: int) -> list[LabelSet]:
     return [LabelSet.from_k8s({"app": f"app-{i}", "tier": f"t{i % 7}"}, f"ns-{i % 5}") for i in range(count)]
 
 
-def _allocators(cluster: EtcdCluster, tmp_path: Path, ttl: int = 10) -> list[tuple[EtcdClient, NodeSession,
-                                                                              EtcdIdentityAllocator]]:
+def _allocators(cluster: EtcdCluster, tmp_path: Path, ttl: int = 10, gc_delay: float | None = None,
+                ) -> list[tuple[EtcdClient, NodeSession, EtcdIdentityAllocator]]:
+    """Three allocators, each on its own member; the periodic full pass and (unless `gc_delay` is
+    given) the watch-driven collection off, so a test sees what its own calls do."""
     nodes = []
     for i, member in enumerate(cluster.members):
         client = EtcdClient(_ordered(cluster, member.name), timeout=3)  # each node on its own member
@@ -281,7 +284,7 @@ def _allocators(cluster: EtcdCluster, tmp_path: Path, ttl: int = 10) -> list[tup
         session.start()
         session.wait_lease(10)
         allocator = EtcdIdentityAllocator(client, f"node-{i}", session, tmp_path / f"node-{i}.json",
-                                          gc_interval=3600)
+                                          gc_interval=3600, gc_delay=gc_delay)
         allocator.start()
         assert allocator.wait_synced(10)
         nodes.append((client, session, allocator))
@@ -404,6 +407,36 @@ def test_a_dead_nodes_references_expire_and_its_identities_are_collected(healthy
         assert a.collect_garbage() == 1
         assert client.get(f"{ID_PREFIX}{only_dead}") is None and client.get(f"{ID_PREFIX}{shared}") is not None
         wait_for(lambda: a.lookup_by_id(only_dead) is None, 10)
+    finally:
+        _close([nodes[0], nodes[2]])
+        nodes[1][0].close()
+
+
+def test_a_dead_nodes_identities_are_collected_from_the_refs_watch(healthy: EtcdCluster, tmp_path: Path) -> None:
+    """The default collection: no full pass (its interval is an hour here), the survivors' watches on
+    refs/ see the dead node's references expire and one of them collects what nobody references."""
+    _wipe(healthy)
+    nodes = _allocators(healthy, tmp_path, ttl=3, gc_delay=0.5)
+    (client, _, a), (_, dead_session, dead), (_, _, c) = nodes
+    try:
+        shared = a.allocate(LabelSet.from_k8s({"app": "shared"}, "default")).id
+        dead.allocate(LabelSet.from_k8s({"app": "shared"}, "default"))
+        only_dead = {dead.allocate(LabelSet.from_k8s({"app": f"dead-{i}"}, "default")).id for i in range(5)}
+        dead.stop()
+        dead_session.close(revoke=False)  # dies: no revoke, no more keepalives
+        start = time.monotonic()
+
+        def ids() -> set[int]:
+            return {int(e.key.removeprefix(ID_PREFIX)) for e in client.list_prefix(ID_PREFIX)[0]}
+        wait_for(lambda: ids() == {shared}, 15)
+        collected_after = time.monotonic() - start
+        print(f"dead node's identities collected {collected_after:.1f} s after it stopped (TTL 3 s, delay 0.5-1 s)")
+        assert collected_after < 3 + 2 + 1 + 1  # lease time + etcd's expiry tick + delay and jitter
+        assert a.watched_collections + c.watched_collections == len(only_dead)
+        assert [e.key for e in client.list_prefix(LABELS_PREFIX)[0]] == \
+            [LABELS_PREFIX + LabelSet.from_k8s({"app": "shared"}, "default").key()]
+        wait_for(lambda: all(a.lookup_by_id(n) is None and c.lookup_by_id(n) is None for n in only_dead), 10)
+        assert a.lookup_by_id(shared) is not None
     finally:
         _close([nodes[0], nodes[2]])
         nodes[1][0].close()

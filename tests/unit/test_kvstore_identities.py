@@ -27,10 +27,14 @@ def labels(app: str, ns: str = "default") -> LabelSet:
 
 
 class Node:
-    def __init__(self, kv: MemoryKv, name: str, tmp: Path, ttl: int = 10) -> None:
+    """An allocator with the periodic full pass and (unless `gc_delay` is given) the watch-driven
+    collection off, so a test sees what its own calls do."""
+
+    def __init__(self, kv: MemoryKv, name: str, tmp: Path, ttl: int = 10, gc_delay: float | None = None) -> None:
         self.session = NodeSession(kv, name, ttl_seconds=ttl)
         self.session.step()
-        self.allocator = EtcdIdentityAllocator(kv, name, self.session, tmp / f"{name}.json", gc_interval=3600)
+        self.allocator = EtcdIdentityAllocator(kv, name, self.session, tmp / f"{name}.json", gc_interval=3600,
+                                               gc_delay=gc_delay)
         self.events: list[tuple[int, bool]] = []
         self.allocator.subscribe(lambda identity, added: self.events.append((identity.id, added)))
         self.allocator.start()

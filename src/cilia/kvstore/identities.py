@@ -14,8 +14,11 @@ conditioned on `id/N` unchanged and no key under `refs/N/`: a collection and a n
 cannot both succeed.
 
 References live under the node's lease: a node that dies loses them when the lease expires, and
-any node's collector (`collect_garbage`, run periodically and after each local release) then
-deletes the identities nobody references.
+the other nodes then delete the identities nobody references. Each node mirrors `refs/` (a
+reflector: list, then watch) and tries to collect an identity shortly after its last reference
+went or when it appears unreferenced (cilia.kvstore.identity_gc.CollectionTrigger); a node
+releasing its last reference collects at once; a full pass over `refs/` and `id/`
+(`collect_garbage`) runs at start and then only every `gc_interval` (10 min) as a safety net.
 
 The cluster's identities are reflected into memory (`cilia/identities/id/`, subscribers told of
 each one appearing or going) and written to a cache file with the numbers this node uses, so an
@@ -29,6 +32,7 @@ import contextlib
 import json
 import logging
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -38,6 +42,7 @@ from cilia.identity.labels import LabelSet
 from cilia.identity.reserved import MAX_CLUSTER_IDENTITY, MIN_CLUSTER_IDENTITY
 from cilia.jsonfile import read_json, write_json
 from cilia.kvstore.api import Cmp, Delete, KvClient, KvError, Put, WatchEvent
+from cilia.kvstore.identity_gc import CollectionTrigger
 from cilia.kvstore.reflector import PrefixReflector
 from cilia.kvstore.session import NodeSession
 
@@ -117,7 +122,10 @@ def _json_object(key: str, value: bytes) -> dict[str, Any]:
 # ----- the allocator -------------------------------------------------------------------------------
 class EtcdIdentityAllocator:
     def __init__(self, kv: KvClient, node: str, session: NodeSession, cache_file: Path,
-                 gc_interval: float = 30.0) -> None:
+                 gc_interval: float = 600.0, gc_delay: float | None = 1.0) -> None:
+        """`gc_interval`: seconds between full passes (the safety net); `gc_delay`: seconds after
+        an identity's last reference went (plus up to as much again, at random) before this node
+        tries to collect it; None: no watch on `refs/` (full passes and own releases only)."""
         self.kv = kv
         self.node = node
         self.session = session
@@ -147,6 +155,15 @@ class EtcdIdentityAllocator:
         self._announced: set[int] = set(self._view)
         self._listeners: list[Listener] = []
         self._reflector = PrefixReflector(kv, ID_PREFIX, self._on_event, initial=seed, name="identities")
+        self._trigger: CollectionTrigger | None = None
+        self._refs_reflector: PrefixReflector | None = None
+        self._trigger_primed = False
+        if gc_delay is not None:
+            self._trigger = CollectionTrigger(gc_delay, gc_delay, time.monotonic)
+            # values are "{}": kept as they come (smaller than the reflector's fingerprints)
+            self._refs_reflector = PrefixReflector(kv, REFS_PREFIX, self._on_ref_event, name="identity-refs")
+        self.watched_collections = 0  # identities this node collected on the watch's trigger
+        self.watched_candidates = 0  # candidates the watch made due and this node looked at (tests)
         self._dirty = threading.Event()  # the view changed since the cache file was written
         self._stop = threading.Event()
         self._wake = threading.Event()
@@ -158,6 +175,8 @@ class EtcdIdentityAllocator:
         """Watch the cluster's identities; publish pending references and collect garbage in the
         background."""
         self._reflector.start()
+        if self._refs_reflector is not None:
+            self._refs_reflector.start()
         if self._thread is None:
             self._thread = threading.Thread(target=self._run, name=f"cilia-identities-{self.node}", daemon=True)
             self._thread.start()
@@ -166,6 +185,8 @@ class EtcdIdentityAllocator:
         self._stop.set()
         self._wake.set()
         self._reflector.stop()
+        if self._refs_reflector is not None:
+            self._refs_reflector.stop()
         if self._thread is not None:
             self._thread.join(5)
             self._thread = None
@@ -426,6 +447,7 @@ class EtcdIdentityAllocator:
     def _run(self) -> None:
         next_gc = 0.0
         waited = 0.0
+        started = time.monotonic()
         while not self._stop.is_set():
             if self._dirty.is_set():
                 self._dirty.clear()
@@ -440,11 +462,51 @@ class EtcdIdentityAllocator:
                     if waited >= next_gc:
                         self.collect_garbage()
                         next_gc = waited + self._gc_interval
+                    self._collect_due()
             except KvError as exc:
                 log.debug("identities: kvstore not reachable: %s", exc)
-            self._wake.wait(1.0)
+            due = self._trigger.next_due() if self._trigger is not None else None
+            self._wake.wait(1.0 if due is None else min(1.0, max(0.05, due)))
             self._wake.clear()
-            waited += 1.0
+            waited = time.monotonic() - started
+
+    def _collect_due(self) -> int:
+        """Collect the identities the watch made due (once the references were listed); how many."""
+        trigger, refs = self._trigger, self._refs_reflector
+        if trigger is None or refs is None or not refs.synced:
+            return 0
+        if not self._trigger_primed:  # listed: every identity without a reference is a candidate
+            self._trigger_primed = True
+            with self._lock:
+                trigger.consider(list(self._view))
+        collected = 0
+        due = trigger.due()
+        for i, number in enumerate(due):
+            self.watched_candidates += 1
+            with self._lock:
+                if self._refs.get(number, 0) > 0 or number not in self._view:
+                    continue  # used here (its reference is written or about to be), or gone already
+            try:
+                done = self._collect(number)
+            except KvError:
+                trigger.consider(due[i:])  # tried again once the store answers
+                raise
+            collected += done
+            self.watched_collections += done
+        return collected
+
+    def _on_ref_event(self, event: WatchEvent) -> None:
+        try:
+            number, _node = decode_ref_key(event.key)
+        except BadRecord:
+            return  # logged by the full pass, which skips it too
+        if self._trigger is None:
+            return
+        if event.kind == "put":
+            self._trigger.reference_added(event.key, number)
+        else:
+            self._trigger.reference_removed(event.key, number)
+            self._wake.set()
 
     # ----- the cluster view ----------------------------------------------------------------------
     def _on_event(self, event: WatchEvent) -> None:
@@ -461,6 +523,8 @@ class EtcdIdentityAllocator:
                     self._view.pop(number, None)
                     gone = number in self._announced
                     self._announced.discard(number)
+            if self._trigger is not None:
+                self._trigger.identity_removed(number)
             if gone:
                 self._dirty.set()
                 self._notify(Identity(number, labels), False)
@@ -475,6 +539,8 @@ class EtcdIdentityAllocator:
             self._view[number] = labels
             new = number not in self._announced
             self._announced.add(number)
+        if self._trigger is not None:
+            self._trigger.identity_added(number)
         if old != labels:
             self._dirty.set()  # the cluster's identities: saved by the background round
         if new:

@@ -37,7 +37,7 @@ from cilia.kvstore.clusterips import ClusterIpRound, ServiceCidr
 from cilia.kvstore.reflector import PrefixReflector
 from cilia.resources.kinds import KindRegistry
 from cilia.resources.parse import ResourceError
-from cilia.resources.store import ApplyOutcome, Object, Watcher, _comparable, _ref, delete_target
+from cilia.resources.store import ApplyOutcome, Object, Watcher, _comparable, _ref, copies_of, delete_target
 from cilia.resources.validate import describe
 
 log = logging.getLogger(__name__)
@@ -338,8 +338,4 @@ class EtcdStore:
     # last in the class: below this, `list` in an annotation would name the method (mypy)
     def list(self, kind: str, namespace: str | None = None) -> list[Object]:
         with self._lock:
-            return [
-                copy.deepcopy(obj)
-                for obj in self._objects.values()
-                if obj["kind"] == kind and (namespace is None or obj["metadata"].get("namespace") == namespace)
-            ]
+            return copies_of(self._objects.values(), kind, namespace)

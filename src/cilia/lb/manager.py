@@ -109,6 +109,11 @@ def _addresses_of(records: Iterable[LocalEndpoint]) -> dict[str, PodAddresses]:
     return {f"{r.pod_namespace}/{r.pod_name}": (r.ipv4, r.ipv6) for r in records}
 
 
+def _changed_keys(now: Mapping[str, object], before: Mapping[str, object]) -> set[str]:
+    """The keys added, removed or with another value."""
+    return {k for k in now.keys() | before.keys() if now.get(k) != before.get(k)}
+
+
 class ServiceManager:
     def __init__(self, *, resources: ResourceReader, endpoints: EndpointSource, datapath: LbDatapath, node: str,
                  node_addresses: Callable[[], list[IPAddress]], state_dir: Path,
@@ -241,14 +246,9 @@ class ServiceManager:
         """An endpoint came, went or changed address: services selecting its pod follow."""
         now = _addresses_of(self._endpoints.records())  # before our lock: see the module's docstring
         with self._lock:
-            changed = {k for k in now.keys() | self._pod_addresses.keys() if now.get(k) != self._pod_addresses.get(k)}
+            changed = _changed_keys(now, self._pod_addresses)
             self._pod_addresses = now
-            names: set[ServiceName] = set()
-            for key in changed:
-                namespace, _, pod_name = key.partition("/")
-                pod = self._resources.get("Pod", namespace, pod_name)
-                if pod is not None:
-                    names |= self._selecting(namespace, [pod.get("metadata", {}).get("labels") or {}])
+            names = self._selecting_pods(changed)
             if names:
                 self.update(names)
 
@@ -259,16 +259,10 @@ class ServiceManager:
         if now is None:
             return
         with self._lock:
-            changed = {k for k in now.keys() | self._remote_pods.keys() if now.get(k) != self._remote_pods.get(k)}
+            changed = _changed_keys(now, self._remote_pods)
             self._remote_pods = now
-            names: set[ServiceName] = set()
-            for key in changed:
-                if key in self._pod_addresses:
-                    continue  # a local endpoint's addresses win: the remote record is stale or conflicting
-                namespace, _, pod_name = key.partition("/")
-                pod = self._resources.get("Pod", namespace, pod_name)
-                if pod is not None:
-                    names |= self._selecting(namespace, [pod.get("metadata", {}).get("labels") or {}])
+            # a local endpoint's addresses win: a remote record of the same pod is stale or conflicting
+            names = self._selecting_pods(k for k in changed if k not in self._pod_addresses)
             if names:
                 self.update(names)
 
@@ -485,6 +479,16 @@ class ServiceManager:
             else:
                 pods.append(pod_info(pod, (), None))
         return pods
+
+    def _selecting_pods(self, keys: Iterable[str]) -> set[ServiceName]:
+        """The services whose selector picks one of these pods ("namespace/name", stored Pods)."""
+        names: set[ServiceName] = set()
+        for key in keys:
+            namespace, _, pod_name = key.partition("/")
+            pod = self._resources.get("Pod", namespace, pod_name)
+            if pod is not None:
+                names |= self._selecting(namespace, [pod.get("metadata", {}).get("labels") or {}])
+        return names
 
     def _selecting(self, namespace: str, label_sets: list[dict[str, str]]) -> set[ServiceName]:
         names = set()

@@ -6,7 +6,7 @@ import copy
 import json
 import sqlite3
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -49,6 +49,12 @@ def delete_target(obj: Object, kinds: KindRegistry) -> tuple[str, str | None, st
         raise ResourceError(f"{describe(obj)}: 'kind' and 'metadata.name' are required to delete")
     namespace = metadata.get("namespace") or (None if kinds.is_cluster_scoped(obj) else "default")
     return kind, namespace, name
+
+
+def copies_of(objects: Iterable[Object], kind: str, namespace: str | None) -> list[Object]:
+    """Deep copies of the objects of `kind` (in `namespace`, or all): what a store's `list` returns."""
+    return [copy.deepcopy(obj) for obj in objects
+            if obj["kind"] == kind and (namespace is None or obj["metadata"].get("namespace") == namespace)]
 
 
 def _key(kind: str, namespace: str | None, name: str) -> str:
@@ -167,11 +173,7 @@ class LocalStore:
 
     def list(self, kind: str, namespace: str | None = None) -> list[Object]:
         with self._lock:
-            return [
-                copy.deepcopy(obj)
-                for obj in self._objects.values()
-                if obj["kind"] == kind and (namespace is None or obj["metadata"].get("namespace") == namespace)
-            ]
+            return copies_of(self._objects.values(), kind, namespace)
 
     def _save(self, keys: set[str]) -> None:
         """Write the rows of `keys` (deleted ones removed) and the version, in one transaction."""

@@ -18,6 +18,7 @@ from cilia.kvstore.api import KeyValue
 from cilia.kvstore.identities import ID_PREFIX, LABELS_PREFIX, REFS_PREFIX
 from cilia.kvstore.identity_gc import CollectionTrigger
 from cilia.kvstore.memory import ManualClock, MemoryKv
+from cilia.kvstore.reflector import PrefixReflector
 from cilia.testing.wait import wait_for
 
 
@@ -38,11 +39,11 @@ def trigger(now: ManualClock) -> CollectionTrigger:
 def test_the_last_reference_going_makes_the_identity_due_after_the_delay(
         trigger: CollectionTrigger, now: ManualClock) -> None:
     trigger.identity_added(300)
-    trigger.reference_added(ref(300, "a"), 300)
-    trigger.reference_added(ref(300, "b"), 300)
-    trigger.reference_removed(ref(300, "a"), 300)
+    trigger.reference_added(300)
+    trigger.reference_added(300)
+    trigger.reference_removed(300)
     assert trigger.next_due() is None  # b still holds it
-    trigger.reference_removed(ref(300, "b"), 300)
+    trigger.reference_removed(300)
     assert trigger.next_due() == 2.0
     now.advance(1.9)
     assert trigger.due() == []
@@ -54,16 +55,16 @@ def test_the_last_reference_going_makes_the_identity_due_after_the_delay(
 def test_a_reference_coming_back_or_the_identity_going_cancels(trigger: CollectionTrigger, now: ManualClock) -> None:
     for number in (300, 301):
         trigger.identity_added(number)
-        trigger.reference_added(ref(number, "a"), number)
-        trigger.reference_removed(ref(number, "a"), number)
-    trigger.reference_added(ref(300, "c"), 300)  # taken again before it was due
+        trigger.reference_added(number)
+        trigger.reference_removed(number)
+    trigger.reference_added(300)  # taken again before it was due
     trigger.identity_removed(301)  # collected by another node
     now.advance(5)
     assert trigger.due() == []
 
 
 def test_an_identity_appearing_unreferenced_is_a_candidate(trigger: CollectionTrigger, now: ManualClock) -> None:
-    trigger.reference_added(ref(400, "a"), 400)  # its reference seen before the identity
+    trigger.reference_added(400)  # its reference seen before the identity
     trigger.identity_added(400)
     trigger.identity_added(401)  # no reference (yet)
     trigger.consider([402])  # e.g. from the cache, once the references were listed
@@ -71,18 +72,41 @@ def test_an_identity_appearing_unreferenced_is_a_candidate(trigger: CollectionTr
     assert trigger.due() == [401, 402]
     # its reference arriving late (another watch) also cancels
     trigger.identity_added(403)
-    trigger.reference_added(ref(403, "b"), 403)
+    trigger.reference_added(403)
     now.advance(2)
     assert trigger.due() == []
 
 
-def test_a_reference_key_counts_once(trigger: CollectionTrigger, now: ManualClock) -> None:
+def test_the_references_reflector_hands_over_each_key_once(now: ManualClock) -> None:
+    """Keys only: a put reaches the trigger when its key is new (not when its value changes, e.g.
+    garbage written over it), a delete when it goes; no values are held."""
+    kv = MemoryKv(now)
+    seen: list[tuple[str, str, bytes]] = []
+    kv.put(ref(500, "a"), b"{}")
+    reflector = PrefixReflector(kv, REFS_PREFIX, lambda e: seen.append((e.kind, e.key, e.value)), keys_only=True)
+    reflector.start()
+    try:
+        assert reflector.wait_synced(5)
+        kv.put(ref(500, "a"), b"garbage")
+        kv.put(ref(500, "b"), b"{}")
+        kv.delete(ref(500, "a"))
+        wait_for(lambda: len(seen) == 3, 5)
+        kv.settle()
+        assert seen == [("put", ref(500, "a"), b"{}"), ("put", ref(500, "b"), b"{}"), ("delete", ref(500, "a"), b"")]
+        assert reflector.items() == {ref(500, "b"): b""}
+    finally:
+        reflector.stop()
+        kv.close()
+
+
+def test_counts_per_identity(trigger: CollectionTrigger, now: ManualClock) -> None:
     trigger.identity_added(500)
-    trigger.reference_added(ref(500, "a"), 500)
-    trigger.reference_added(ref(500, "a"), 500)  # its value changed: a second put of the key
-    assert trigger.referenced(500) == 1
-    trigger.reference_removed(ref(500, "a"), 500)
-    trigger.reference_removed(ref(500, "a"), 500)  # a delete of a key not held: nothing
+    trigger.reference_added(500)
+    trigger.reference_added(500)
+    assert trigger.referenced(500) == 2
+    trigger.reference_removed(500)
+    assert trigger.referenced(500) == 1 and trigger.next_due() is None
+    trigger.reference_removed(500)
     assert trigger.referenced(500) == 0
     now.advance(2)
     assert trigger.due() == [500]

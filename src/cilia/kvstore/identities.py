@@ -160,8 +160,9 @@ class EtcdIdentityAllocator:
         self._trigger_primed = False
         if gc_delay is not None:
             self._trigger = CollectionTrigger(gc_delay, gc_delay, time.monotonic)
-            # values are "{}": kept as they come (smaller than the reflector's fingerprints)
-            self._refs_reflector = PrefixReflector(kv, REFS_PREFIX, self._on_ref_event, name="identity-refs")
+            # which keys exist is all that counts (values are "{}"): one put per new key, no values held
+            self._refs_reflector = PrefixReflector(kv, REFS_PREFIX, self._on_ref_event, name="identity-refs",
+                                                   keys_only=True)
         self.watched_collections = 0  # identities this node collected on the watch's trigger
         self.watched_candidates = 0  # candidates the watch made due and this node looked at (tests)
         self._dirty = threading.Event()  # the view changed since the cache file was written
@@ -503,9 +504,9 @@ class EtcdIdentityAllocator:
         if self._trigger is None:
             return
         if event.kind == "put":
-            self._trigger.reference_added(event.key, number)
+            self._trigger.reference_added(number)
         else:
-            self._trigger.reference_removed(event.key, number)
+            self._trigger.reference_removed(number)
             self._wake.set()
 
     # ----- the cluster view ----------------------------------------------------------------------

@@ -10,8 +10,9 @@ and only if it is then still unreferenced and still an identity. The collection 
 compare-and-swap transaction (`id/N` unchanged and no key under `refs/N/`), so a stale or early
 trigger costs a failed transaction, never an identity in use.
 
-Counts are kept per identity number; a reference key seen twice (a put that changed the value)
-counts once."""
+Only a count per identity number is kept (10,000 references cost no set of their keys): the
+references' reflector is keys-only, so each key reaches the trigger once as a put when it appears
+and once as a delete when it goes."""
 
 from __future__ import annotations
 
@@ -28,25 +29,18 @@ class CollectionTrigger:
         self._clock = clock
         self._rand = rand
         self._lock = threading.Lock()
-        self._keys: set[str] = set()  # the reference keys held (the reflector's own key objects)
         self._counts: dict[int, int] = {}  # identity -> references held
         self._identities: set[int] = set()
         self._due: dict[int, float] = {}  # candidate -> when to try
 
     # ----- events (the reflectors' threads) -----------------------------------------------------
-    def reference_added(self, key: str, number: int) -> None:
+    def reference_added(self, number: int) -> None:
         with self._lock:
-            if key in self._keys:
-                return
-            self._keys.add(key)
             self._counts[number] = self._counts.get(number, 0) + 1
             self._due.pop(number, None)
 
-    def reference_removed(self, key: str, number: int) -> None:
+    def reference_removed(self, number: int) -> None:
         with self._lock:
-            if key not in self._keys:
-                return
-            self._keys.discard(key)
             left = self._counts.get(number, 0) - 1
             if left > 0:
                 self._counts[number] = left

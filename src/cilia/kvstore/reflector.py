@@ -17,7 +17,11 @@ yields only what changed while the agent was away, deletes included.
 `keep_values=False` keeps a 16-byte fingerprint (BLAKE2b) of each value instead of the value, for
 owners that hold the decoded records themselves (the cluster's node and ipcache tables: 10,000
 remote endpoints' JSON would otherwise be held twice). Changes are detected the same way; `items()`
-and `get()` then return the fingerprints, and a delete event's value is the fingerprint too."""
+and `get()` then return the fingerprints, and a delete event's value is the fingerprint too.
+
+`keys_only=True` keeps no value at all, for owners that care which keys exist (the identity
+references: `cilia/identities/refs/<N>/<node>` -> `{}`): a put reaches the owner only when its key
+is new, and a delete event's value is empty."""
 
 from __future__ import annotations
 
@@ -38,14 +42,15 @@ _HEALTHY_WATCH = 30.0  # a watch that lived this long without an event worked to
 class PrefixReflector:
     def __init__(self, kv: KvClient, prefix: str, handler: EventHandler,
                  initial: Mapping[str, bytes] | None = None, name: str = "",
-                 min_backoff: float = 0.1, max_backoff: float = 5.0, keep_values: bool = True) -> None:
+                 min_backoff: float = 0.1, max_backoff: float = 5.0, keep_values: bool = True,
+                 keys_only: bool = False) -> None:
         self.kv = kv
         self.prefix = prefix
         self.name = name or prefix
         self._handler = handler
         self._lock = threading.RLock()
         self._moved = threading.Condition(self._lock)  # the revision moved on
-        self._held: Callable[[bytes], bytes] = _same if keep_values else _fingerprint
+        self._held: Callable[[bytes], bytes] = _nothing if keys_only else _same if keep_values else _fingerprint
         self._cache: dict[str, bytes] = {key: self._held(value) for key, value in (initial or {}).items()}
         self._revision = 0  # the last store revision this copy reflects (0: never listed)
         self._min_backoff = min_backoff
@@ -229,6 +234,10 @@ class PrefixReflector:
 
 def _same(value: bytes) -> bytes:
     return value
+
+
+def _nothing(_value: bytes) -> bytes:
+    return b""
 
 
 def _fingerprint(value: bytes) -> bytes:

@@ -2,9 +2,12 @@
 every namespace a flow's source or destination named, kept for an hour after it was last seen
 (not only while a flow of it is still buffered), sorted by cluster then namespace.
 
-The cluster is the agent's cluster name as Cilium's nodeTypes.GetClusterName gives it: empty
-for the default cluster (cilia's only one), so `hubble list namespaces -o wide` shows no
-cluster, as against a Cilium agent.
+The cluster is the agent's cluster name as Cilium's nodeTypes.GetClusterName gives it
+(`reported_cluster`): the configured name, but empty for Cilium's default cluster `default` (and
+for none), which is cilia's only one; so `hubble list namespaces -o wide` shows no cluster, as
+against a Cilium agent. Upstream both the agent (LocalObserverServer) and the relay answer
+GetNamespaces; the relay merges the nodes' answers, one entry per (cluster, namespace), sorted
+the same way (cilia.relay.observer).
 
 It is fed two ways: a FlowTap consumer (`consume`, seen now, as upstream tracks flows when it
 processes them) on a small CPU budget, and the buffered flows at each GetNamespaces call
@@ -20,7 +23,15 @@ from typing import Any
 from cilia.hubble.pb import flow_pb2, observer_pb2
 
 TTL_NS = 3600 * 10**9
-CLUSTER = ""  # nodeTypes.GetClusterName() in the default cluster
+DEFAULT_CLUSTER = "default"  # Cilium's defaults.ClusterName
+
+
+def reported_cluster(name: str = DEFAULT_CLUSTER) -> str:
+    """nodeTypes.GetClusterName(): the cluster name, empty for the default cluster."""
+    return "" if name in ("", DEFAULT_CLUSTER) else name
+
+
+CLUSTER = reported_cluster()  # cilia runs one cluster, the default one
 
 
 class NamespaceTracker:

@@ -15,6 +15,7 @@
  * through send_drop(), which names the reason and the line. */
 #define SOURCE_FILE_ID SOURCE_FILE_LXC
 #define EVENT_IFINDEX(ctx) (CONFIG.lxc_ifindex ? CONFIG.lxc_ifindex : (ctx)->ifindex)
+#define FORWARD_HELPERS_ONLY /* no direct packet writes: TCP's clones pass unwritten (lib/forward.h) */
 
 #include "lib/common.h"
 #include "lib/config.h"

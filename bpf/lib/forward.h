@@ -68,13 +68,21 @@ __always_inline_fn bool route_hop_direct(struct __sk_buff *ctx, const struct pkt
 }
 
 /* The router's hop: TTL or hop limit lowered by one and, when `macs` is given, the Ethernet header
- * rewritten. Returns 0, or the DROP_* reason the caller reports. */
+ * rewritten. Returns 0, or the DROP_* reason the caller reports.
+ *
+ * A program that writes the packet directly gets the verifier's unclone prologue: every cloned skb
+ * it sees is made writable first (bpf_skb_pull_data), whatever path it then takes. A pod's TCP
+ * packets reach its from-container program as TCP's clones, and most of them (to the tunnel, up the
+ * stack) are never written there, so bpf_lxc.c defines FORWARD_HELPERS_ONLY and writes through the
+ * helpers, which copy only when they do write. The node's programs see the wire's packets. */
 __always_inline_fn int route_hop(struct __sk_buff *ctx, const struct pkt *p, const __u8 *macs)
 {
 	if (p->ttl <= 1)
 		return DROP_TTL_EXCEEDED;
+#ifndef FORWARD_HELPERS_ONLY
 	if (route_hop_direct(ctx, p, macs))
 		return 0;
+#endif
 	int reason = ttl_decrement(ctx, p);
 	if (reason)
 		return reason;

@@ -13,7 +13,8 @@
  *                    conntrack (with its rev-NAT id) and goes up the stack with the service mark,
  *                    routed (native) or tunnelled (a tunnel route) to that node; the node's
  *                    netfilter SNATs marked packets to the node's address (cilia.netlink.node), so
- *                    the backend answers through this node.
+ *                    the backend answers through this node. Tunnel mode: another node's VXLAN
+ *                    packet passes first, before all of that (lib/underlay.h).
  *   cil_to_netdev    tc egress of eth0: such a reply, its SNAT undone by netfilter, gets its
  *                    source rewritten back to the frontend (reverse NAT through that entry).
  *
@@ -38,6 +39,7 @@
 #include "lib/lb_xlate.h"
 #include "lib/parse.h"
 #include "lib/trace.h"
+#include "lib/underlay.h"
 
 char LICENSE[] SEC("license") = "GPL";
 
@@ -46,6 +48,8 @@ int cil_from_netdev(struct __sk_buff *ctx)
 {
 	struct pkt p = {};
 
+	if (underlay_tunnel_from_node(ctx, HOST.tunnel_port))
+		return TC_ACT_OK; /* another node's VXLAN packet, for cilia_vxlan (lib/underlay.h) */
 	if (parse_frame(ctx, &p) != 0)
 		return TC_ACT_OK; /* not IP, or not parseable: the node's stack decides */
 	struct lb_select_opts o = {.external_only = true, .maglev = true};

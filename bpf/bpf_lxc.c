@@ -15,6 +15,7 @@
  * through send_drop(), which names the reason and the line. */
 #define SOURCE_FILE_ID SOURCE_FILE_LXC
 #define EVENT_IFINDEX(ctx) (CONFIG.lxc_ifindex ? CONFIG.lxc_ifindex : (ctx)->ifindex)
+#define FORWARD_HELPERS_ONLY /* no direct packet writes: TCP's clones pass unwritten (lib/forward.h) */
 
 #include "lib/common.h"
 #include "lib/config.h"
@@ -253,13 +254,13 @@ __always_inline_fn int from_container_ip(struct __sk_buff *ctx, struct pkt *p)
 SEC("tc")
 int cil_from_container(struct __sk_buff *ctx)
 {
-	struct ethhdr eth;
 	struct pkt p = {};
 	int ret;
 
-	if (bpf_skb_load_bytes(ctx, 0, &eth, sizeof(eth)) < 0)
+	int proto = frame_proto(ctx);
+	if (proto < 0)
 		return send_drop(ctx, DROP_INVALID_PACKET, CONFIG.identity, 0, DIR_EGRESS);
-	switch (bpf_ntohs(eth.h_proto)) {
+	switch (proto) {
 	case ETH_P_ARP:
 		ret = arp_respond(ctx);
 		return ret >= 0 ? ret : TC_ACT_OK;
@@ -290,12 +291,11 @@ int cil_from_container(struct __sk_buff *ctx)
 
 __always_inline_fn int to_container(struct __sk_buff *ctx)
 {
-	struct ethhdr eth;
 	struct pkt p = {};
 
-	if (bpf_skb_load_bytes(ctx, 0, &eth, sizeof(eth)) < 0)
+	int proto = frame_proto(ctx);
+	if (proto < 0)
 		return send_drop(ctx, DROP_INVALID_PACKET, 0, CONFIG.identity, DIR_INGRESS);
-	__u16 proto = bpf_ntohs(eth.h_proto);
 	if (proto == ETH_P_IP) {
 		if (parse_ipv4(ctx, &p) < 0)
 			return send_drop(ctx, DROP_INVALID_PACKET, 0, CONFIG.identity, DIR_INGRESS);

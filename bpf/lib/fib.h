@@ -44,19 +44,21 @@ __always_inline_fn int fib_forward(struct __sk_buff *ctx, const struct pkt *p, _
 	long rc = bpf_fib_lookup(ctx, &fib, sizeof(fib), 0);
 	if (rc != BPF_FIB_LKUP_RET_SUCCESS && rc != BPF_FIB_LKUP_RET_NO_NEIGH)
 		return FIB_FALLBACK;
-	int reason = ttl_decrement(ctx, p);
-	if (reason)
-		return -reason;
 	*oif = fib.ifindex;
-	ctx->mark = DIRECT_MARK;
 	if (rc == BPF_FIB_LKUP_RET_SUCCESS) {
 		__u8 macs[12];
 		__builtin_memcpy(macs, fib.dmac, 6);
 		__builtin_memcpy(macs + 6, fib.smac, 6);
-		if (bpf_skb_store_bytes(ctx, 0, macs, sizeof(macs), 0) < 0)
-			return -DROP_INVALID_PACKET;
+		int reason = route_hop(ctx, p, macs);
+		if (reason)
+			return -reason;
+		ctx->mark = DIRECT_MARK;
 		return (int)bpf_redirect(fib.ifindex, 0);
 	}
+	int reason = route_hop(ctx, p, NULL);
+	if (reason)
+		return -reason;
+	ctx->mark = DIRECT_MARK;
 	/* the next hop's neighbour entry is not resolved yet: the kernel resolves it and fills L2 */
 	struct bpf_redir_neigh nh = {};
 	if (p->t.family == AF_INET_) {

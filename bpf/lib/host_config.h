@@ -1,4 +1,5 @@
-/* Load-time configuration of the service path's Maglev selection (cilia.datapath.config.HostConfig).
+/* Load-time configuration of bpf_host (cilia.datapath.config.HostConfig): the service path's Maglev
+ * selection, and the tunnel port whose packets from known nodes pass first (lib/underlay.h).
  *
  * Only the node's device program (bpf_host.o) selects by Maglev; the agent patches HOST in its
  * .rodata before the load. Every object that includes lb_xlate.h carries HOST, so whether Maglev
@@ -13,7 +14,8 @@
 struct host_config {
 	__u32 maglev_size; /* M: entries of each Maglev table (a prime) */
 	__u32 maglev_seed;
-	__u32 pad[2];
+	__u32 tunnel_port; /* tunnel mode: the VXLAN UDP port (host order), 0 = no tunnel (lib/underlay.h) */
+	__u32 pad;
 };
 
 const volatile struct host_config HOST = {};

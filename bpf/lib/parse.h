@@ -1,6 +1,10 @@
 /* Packet parsing into one `struct pkt` summary: family, addresses, L4 ports and flags,
- * and for ICMP errors the tuple of the packet they quote. Uses bpf_skb_load_bytes into stack
- * copies so every stage sees validated, bounded data. */
+ * and for ICMP errors the tuple of the packet they quote. The common packet (IPv4 without options
+ * or IPv6 without extension headers, carrying TCP or UDP, its headers in the skb's linear part) is
+ * read by direct packet access, bounds-checked against data_end: one pass, no helper call per
+ * header. Everything else (ICMP and its quoted packets, SCTP, options, extension headers, headers
+ * beyond the linear part) takes bpf_skb_load_bytes into stack copies. Both fill `struct pkt` the
+ * same way, so every stage sees the same validated, bounded data whichever read it. */
 #pragma once
 
 #include "common.h"
@@ -83,10 +87,77 @@ __always_inline_fn bool icmp_is_error(__u8 type, bool v6)
 	return type == ICMP_DEST_UNREACH || type == ICMP_TIME_EXCEEDED || type == ICMP_PARAMETERPROB;
 }
 
+/* TCP or UDP ports (and TCP's flags) at `l4` by direct access: false when the protocol is another
+ * or the header is not all in the linear part (the caller then takes the load_bytes path). */
+__always_inline_fn bool parse_l4_direct(void *l4, void *data_end, __u8 proto, struct pkt *p)
+{
+	if (proto == IPPROTO_TCP) {
+		struct tcphdr *th = l4;
+		if ((void *)(th + 1) > data_end)
+			return false;
+		p->t.sport = th->source;
+		p->t.dport = th->dest;
+		p->tcp_flags = ((__u8 *)th)[13];
+		return true;
+	}
+	if (proto == IPPROTO_UDP) {
+		struct udphdr *uh = l4;
+		if ((void *)(uh + 1) > data_end)
+			return false;
+		p->t.sport = uh->source;
+		p->t.dport = uh->dest;
+		return true;
+	}
+	return false;
+}
+
+/* IPv4 without options carrying TCP or UDP, by direct access: true when *p is filled as
+ * parse_ipv4's load_bytes path would fill it. */
+__always_inline_fn bool parse_ipv4_direct(struct __sk_buff *ctx, struct pkt *p)
+{
+	void *data = (void *)(long)ctx->data;
+	void *data_end = (void *)(long)ctx->data_end;
+	struct iphdr *ip = data + ETH_HLEN_;
+	if ((void *)(ip + 1) > data_end || ip->ihl != 5)
+		return false;
+	__u8 proto = ip->protocol;
+	if (!parse_l4_direct((void *)(ip + 1), data_end, proto, p))
+		return false;
+	p->t.family = AF_INET_;
+	p->t.proto = proto;
+	p->ttl = ip->ttl;
+	addr_from_v4(&p->t.saddr, ip->saddr);
+	addr_from_v4(&p->t.daddr, ip->daddr);
+	p->l4_off = ETH_HLEN_ + sizeof(struct iphdr);
+	return true;
+}
+
+/* IPv6 whose next header is TCP or UDP, by direct access (see parse_ipv4_direct). */
+__always_inline_fn bool parse_ipv6_direct(struct __sk_buff *ctx, struct pkt *p)
+{
+	void *data = (void *)(long)ctx->data;
+	void *data_end = (void *)(long)ctx->data_end;
+	struct ipv6hdr *ip6 = data + ETH_HLEN_;
+	if ((void *)(ip6 + 1) > data_end)
+		return false;
+	__u8 proto = ip6->nexthdr;
+	if (!parse_l4_direct((void *)(ip6 + 1), data_end, proto, p))
+		return false;
+	p->t.family = AF_INET6_;
+	p->t.proto = proto;
+	p->ttl = ip6->hop_limit;
+	addr_from_v6(&p->t.saddr, &ip6->saddr);
+	addr_from_v6(&p->t.daddr, &ip6->daddr);
+	p->l4_off = ETH_HLEN_ + sizeof(struct ipv6hdr);
+	return true;
+}
+
 __always_inline_fn int parse_ipv4(struct __sk_buff *ctx, struct pkt *p)
 {
 	struct iphdr ip;
 	p->l3_off = ETH_HLEN_;
+	if (parse_ipv4_direct(ctx, p))
+		return 0;
 	if (bpf_skb_load_bytes(ctx, ETH_HLEN_, &ip, sizeof(ip)) < 0 || ip.ihl < 5)
 		return -1;
 	p->t.family = AF_INET_;
@@ -160,6 +231,8 @@ __always_inline_fn int parse_ipv6(struct __sk_buff *ctx, struct pkt *p)
 {
 	struct ipv6hdr ip6;
 	p->l3_off = ETH_HLEN_;
+	if (parse_ipv6_direct(ctx, p))
+		return 0;
 	if (bpf_skb_load_bytes(ctx, ETH_HLEN_, &ip6, sizeof(ip6)) < 0)
 		return -1;
 	__u8 nexthdr = ip6.nexthdr;
@@ -196,13 +269,26 @@ __always_inline_fn int parse_ipv6(struct __sk_buff *ctx, struct pkt *p)
 
 /* An Ethernet frame's L3/L4 headers into *p: 0 when parsed, -1 when the frame is too short or
  * its IP header is bad, 1 when it carries neither IPv4 nor IPv6 (callers pass or drop those). */
+/* The frame's EtherType (host order), by direct access when the Ethernet header is in the linear
+ * part; -1 when the frame is shorter than one. */
+__always_inline_fn int frame_proto(struct __sk_buff *ctx)
+{
+	void *data = (void *)(long)ctx->data;
+	void *data_end = (void *)(long)ctx->data_end;
+	struct ethhdr *eth = data;
+	if ((void *)(eth + 1) <= data_end)
+		return bpf_ntohs(eth->h_proto);
+	struct ethhdr copy;
+	if (bpf_skb_load_bytes(ctx, 0, &copy, sizeof(copy)) < 0)
+		return -1;
+	return bpf_ntohs(copy.h_proto);
+}
+
 __always_inline_fn int parse_frame(struct __sk_buff *ctx, struct pkt *p)
 {
-	struct ethhdr eth;
-
-	if (bpf_skb_load_bytes(ctx, 0, &eth, sizeof(eth)) < 0)
+	int proto = frame_proto(ctx);
+	if (proto < 0)
 		return -1;
-	__u16 proto = bpf_ntohs(eth.h_proto);
 	if (proto == ETH_P_IP)
 		return parse_ipv4(ctx, p) < 0 ? -1 : 0;
 	if (proto == ETH_P_IPV6)

@@ -1,6 +1,7 @@
 """The cross-node paths through BPF_PROG_RUN: bpf_host delivering a packet from another node's pod
 to a local endpoint (native routing) with the ipcache's identity, bpf_lxc encapsulating for a
-destination with a tunnel endpoint, and bpf_overlay refusing a packet without tunnel metadata.
+destination with a tunnel endpoint, bpf_overlay refusing a packet without tunnel metadata, and
+bpf_host's fast pass for the tunnel's outer packets from known nodes (lib/underlay.h).
 (What the tunnel key holds on the wire, and the overlay's sender check, need a real VXLAN device:
 tests/kernel/test_crossnode_namespaces.py.)"""
 
@@ -14,11 +15,12 @@ import pytest
 
 from cilia.bpf import BpfObject
 from cilia.datapath import default_bpf_dir
-from cilia.datapath.config import EndpointConfig
+from cilia.datapath.config import EndpointConfig, HostConfig
+from cilia.maps import lb as lbm
 from cilia.maps.ipcache import IpcacheMap, IpcacheValue
 from cilia.monitor.events import decode
 from cilia.testing.bpf import RingEvents
-from cilia.testing.lbnode import Node, endpoint_config
+from cilia.testing.lbnode import MAGLEV_M, NODE, Node, endpoint_config, write_service
 from cilia.testing.packets import (
     LXC_MAC,
     PEER,
@@ -33,6 +35,7 @@ from cilia.testing.packets import (
     mac,
     parse,
     tcp_packet,
+    vxlan_frame,
 )
 
 REMOTE_POD, REMOTE_POD6 = "10.200.2.5", "fd00:200:2::5"
@@ -40,6 +43,8 @@ REMOTE_IDENTITY = 300
 REMOTE_NODE = ipaddress.IPv4Address("192.0.2.12")
 NODE_MACS = ("02:00:00:00:0a:01", "02:00:00:00:0a:02")  # the node's eth0, the other node's
 TUNNEL_IFINDEX = 99
+TUNNEL_PORT = 8472
+UNKNOWN_SENDER = "192.0.2.99"  # on the underlay, but no node of the cluster
 
 
 @pytest.fixture
@@ -124,3 +129,53 @@ def test_overlay_drops_a_packet_without_tunnel_metadata(pin_dir: Path) -> None:
         obj.close()
     assert result.retval == TC_ACT_SHOT
     assert drop.drop_reason_name == "NO_TUNNEL_KEY" and drop.source_file == "bpf_overlay.c"
+
+
+@pytest.fixture
+def tunnel_host(node: Node, pin_dir: Path) -> Iterator[BpfObject]:
+    """bpf_host as the agent loads it in tunnel mode (HOST.tunnel_port), the other node in the ipcache,
+    and a UDP frontend on this node's address at the tunnel port: the full path would translate a
+    packet to it, so an untouched packet shows the fast pass took it."""
+    ipcache = IpcacheMap(node.client.map("cilia_ipcache_v1"))
+    ipcache.put(ipaddress.ip_network(REMOTE_NODE), IpcacheValue.remote(6, None))  # remote-node
+    write_service(node.lb, NODE, TUNNEL_PORT, 9, [(91, PEER, 9000)], flags=lbm.SVC_F_EXTERNAL, protocol=17)
+    obj = BpfObject.open(default_bpf_dir() / "bpf_host.o", pin_root=pin_dir,
+                         max_entries={"cilia_ct_tcp_v1": 4096, "cilia_ct_any_v1": 4096,
+                                      **dict.fromkeys(lbm.SIZED_BY_MAP_MAX, lbm.MAP_MAX)},
+                         value_sizes={lbm.MAGLEV_NAME: 4 * MAGLEV_M},
+                         rodata={"CONFIG": EndpointConfig.node(0, 5).pack(),
+                                 "HOST": HostConfig(MAGLEV_M, tunnel_port=TUNNEL_PORT).pack()})
+    try:
+        yield obj
+    finally:
+        obj.close()
+
+
+def _outer(source: str, port: int = TUNNEL_PORT) -> bytes:
+    inner = tcp_packet(REMOTE_POD, PEER, 40000, 8080, eth=("02:00:00:00:0b:01", "02:00:00:00:0b:02"))
+    return vxlan_frame(source, NODE, port, 300, inner, eth=NODE_MACS)
+
+
+def test_bpf_host_passes_a_known_nodes_tunnel_packet_first(tunnel_host: BpfObject) -> None:
+    packet = _outer(str(REMOTE_NODE))
+    with RingEvents(tunnel_host.map("cilia_events_v1")) as events:
+        result = tunnel_host.program("cil_from_netdev").test_run(packet)
+        assert events.poll() == []
+    assert result.retval == 0 and result.data_out == packet  # untouched, for the node's VXLAN device
+
+
+@pytest.mark.parametrize("case", ["unknown sender", "other port", "no tunnel"])
+def test_bpf_host_gives_other_udp_to_the_tunnel_port_the_full_path(node: Node, tunnel_host: BpfObject,
+                                                                    case: str) -> None:
+    """An unknown sender's packet to the tunnel port, a known node's to another port (a frontend there
+    too), and a known node's to the port when bpf_host runs without a tunnel: translated as before."""
+    if case == "other port":
+        write_service(node.lb, NODE, 4789, 10, [(92, PEER, 9000)], flags=lbm.SVC_F_EXTERNAL, protocol=17)
+    source = UNKNOWN_SENDER if case == "unknown sender" else str(REMOTE_NODE)
+    packet = _outer(source, 4789 if case == "other port" else TUNNEL_PORT)
+    program = (node.host if case == "no tunnel" else tunnel_host).program("cil_from_netdev")
+    result = program.test_run(packet)
+    assert result.retval == 0
+    out = result.data_out
+    assert ipaddress.IPv4Address(out[14 + 16:14 + 20]) == ipaddress.IPv4Address(PEER)  # DNATed to the backend
+    assert int.from_bytes(out[14 + 22:14 + 24], "big") == 9000

@@ -71,6 +71,7 @@ class DatapathAdapter:
                 lb_map_max=config.lb_map_max,
                 maglev_size=config.maglev_table_size,
                 maglev_seed=config.maglev_hash_seed,
+                tunnel_port=config.tunnel_port if config.routing_mode is RoutingMode.TUNNEL else 0,
             ),
         )
         self._tunnel_ifindex = 0

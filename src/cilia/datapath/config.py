@@ -15,7 +15,8 @@ EP_CONFIG = CStruct("ep_config", ("endpoint_id", "I"), ("identity", "I"), ("lxc_
                     ("lxc_mac", "6s"), ("pod_mac", "6s"), ("pod_ipv4", "4s"), ("pod_ipv6", "16s"),
                     ("router_ipv4", "4s"), ("router_ipv6", "16s"), ("aggregation", "I"),
                     ("aggregation_interval", "I"), ("tunnel_ifindex", "I"))
-HOST_CONFIG = CStruct("host_config", ("maglev_size", "I"), ("maglev_seed", "I"), ("pad", "8x"))
+HOST_CONFIG = CStruct("host_config", ("maglev_size", "I"), ("maglev_seed", "I"), ("tunnel_port", "I"),
+                      ("pad", "4x"))
 RODATA = {"CONFIG": EP_CONFIG, "HOST": HOST_CONFIG}  # .rodata variable -> the struct it holds
 _LAYOUT = EP_CONFIG.codec
 FLAG_HAS_IPV4 = 1 << 0  # C: enum ep_flags
@@ -72,10 +73,12 @@ _HOST_LAYOUT = HOST_CONFIG.codec
 
 @dataclass(frozen=True)
 class HostConfig:
-    """Mirror of `struct host_config` (bpf/lib/host_config.h): Maglev's M and seed for bpf_host.o."""
+    """Mirror of `struct host_config` (bpf/lib/host_config.h): Maglev's M and seed for bpf_host.o, and
+    the VXLAN port in tunnel mode (0: no tunnel), whose packets from known nodes bpf_host passes first."""
 
     maglev_size: int
     maglev_seed: int = 0
+    tunnel_port: int = 0
 
     def pack(self) -> bytes:
-        return _HOST_LAYOUT.pack(self.maglev_size, self.maglev_seed & 0xFFFFFFFF)
+        return _HOST_LAYOUT.pack(self.maglev_size, self.maglev_seed & 0xFFFFFFFF, self.tunnel_port)

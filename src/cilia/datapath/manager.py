@@ -68,6 +68,7 @@ class DatapathOptions:
     lb_map_max: int = lb_maps.MAP_MAX
     maglev_size: int = lb_maps.DEFAULT_MAGLEV_SIZE
     maglev_seed: int = 0
+    tunnel_port: int = 0  # tunnel mode: the VXLAN UDP port (bpf_host passes it early for known nodes)
 
 
 class Datapath:
@@ -214,7 +215,7 @@ class Datapath:
         return {"CONFIG": EndpointConfig.node(self.options.aggregation, self.options.aggregation_interval).pack()}
 
     def _host_rodata(self) -> dict[str, bytes]:
-        host = HostConfig(self.options.maglev_size, self.options.maglev_seed)
+        host = HostConfig(self.options.maglev_size, self.options.maglev_seed, self.options.tunnel_port)
         return {"CONFIG": EndpointConfig.node(self.options.aggregation, self.options.aggregation_interval).pack(),
                 "HOST": host.pack()}
 

@@ -80,16 +80,17 @@ class Node:
 
 
 def write_service(lb: lbm.LbMaps, vip: str, port: int, rev_nat_id: int, backends: list[tuple[int, str, int]],
-                  flags: int = 0) -> None:
-    """A TCP frontend and its backends (id, address, port) in the LB maps, as the agent writes them."""
+                  flags: int = 0, protocol: int = 6) -> None:
+    """A frontend (TCP unless `protocol` says otherwise) and its backends (id, address, port) in the LB
+    maps, as the agent writes them."""
     address = ipaddress.ip_address(vip)
     upserts: dict[str, dict[bytes, bytes]] = {lbm.BACKENDS_NAME: {}, lbm.SERVICES_NAME: {}, lbm.REVNAT_NAME: {}}
     for slot, (backend_id, ip, backend_port) in enumerate(backends, start=1):
         upserts[lbm.BACKENDS_NAME][lbm.pack_id(backend_id)] = lbm.BackendValue(
-            ipaddress.ip_address(ip), backend_port, 6).pack()
-        upserts[lbm.SERVICES_NAME][lbm.ServiceKey(address, port, 6, slot).pack()] = lbm.ServiceValue(
+            ipaddress.ip_address(ip), backend_port, protocol).pack()
+        upserts[lbm.SERVICES_NAME][lbm.ServiceKey(address, port, protocol, slot).pack()] = lbm.ServiceValue(
             backend_id=backend_id).pack()
-    upserts[lbm.SERVICES_NAME][lbm.ServiceKey(address, port, 6).pack()] = lbm.ServiceValue(
+    upserts[lbm.SERVICES_NAME][lbm.ServiceKey(address, port, protocol).pack()] = lbm.ServiceValue(
         count=len(backends), rev_nat_id=rev_nat_id, flags=flags).pack()
     upserts[lbm.REVNAT_NAME][lbm.pack_id(rev_nat_id)] = lbm.RevNatValue(address, port).pack()
     lb.apply(upserts, {})

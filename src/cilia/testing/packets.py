@@ -18,6 +18,7 @@ POD6, PEER6 = "fd00:200:1::2", "fd00:200:1::3"
 ROUTER, ROUTER6 = "10.200.1.1", "fd00:200:1::1"
 WORLD = "198.51.100.10"  # a host outside the cluster
 IPPROTO_TCP = 6
+IPPROTO_UDP = 17
 
 Address = ipaddress.IPv4Address | ipaddress.IPv6Address
 
@@ -88,3 +89,15 @@ def parse(packet: bytes) -> Parsed:
     sport, dport, seq, ack, _off, flags = struct.unpack_from("!HHIIBB", l4)
     tcp_ok = csum(pseudo_header(src, dst, len(l4)) + l4) == 0
     return Parsed(src, dst, sport, dport, seq, ack, flags, ip_ok, tcp_ok)
+
+
+def vxlan_frame(outer_src: str, outer_dst: str, port: int, vni: int, inner: bytes, sport: int = 50000,
+                eth: tuple[str, str] = (LXC_MAC, POD_MAC)) -> bytes:
+    """Ethernet + IPv4 + UDP to `port` + a VXLAN header with `vni` around the inner Ethernet frame: a
+    tunnel packet as another node's kernel sends it (UDP checksum 0, as a VXLAN device sends it)."""
+    payload = struct.pack("!II", 0x08000000, vni << 8) + inner
+    udp = struct.pack("!HHHH", sport, port, 8 + len(payload), 0) + payload
+    s, d = ipaddress.IPv4Address(outer_src), ipaddress.IPv4Address(outer_dst)
+    ip = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(udp), 1, 0x4000, 64, IPPROTO_UDP, 0, s.packed, d.packed)
+    ip = ip[:10] + struct.pack("!H", csum(ip)) + ip[12:]
+    return mac(eth[0]) + mac(eth[1]) + b"\x08\x00" + ip + udp

@@ -16,7 +16,14 @@
  *                    the backend answers through this node. Tunnel mode: another node's VXLAN
  *                    packet passes first, before all of that (lib/underlay.h).
  *   cil_to_netdev    tc egress of eth0: such a reply, its SNAT undone by netfilter, gets its
- *                    source rewritten back to the frontend (reverse NAT through that entry).
+ *                    source rewritten back to the frontend (reverse NAT through that entry). The
+ *                    L7 proxy's upstream leg to another node's pod (marked PROXY_MARK_FROM) is
+ *                    recorded for its replies (lib/proxy_upstream.h), which cil_from_netdev hands
+ *                    to the client endpoint's program, and that one to the proxy's socket.
+ *
+ * An ingress L7 rule of a local pod judges another node's pod too: its packets, delivered by the
+ * tail call below, are assigned to the node's proxy by the endpoint's program (bpf_lxc.c
+ * to_container, where the policy lookup already is: nothing more per packet here).
  *
  * The packet then goes up the node's stack to the backend's veth. The skb mark tells the
  * backend's to-container program which frontend it came through, so conntrack can record it and
@@ -38,6 +45,7 @@
 #include "lib/lb.h"
 #include "lib/lb_xlate.h"
 #include "lib/parse.h"
+#include "lib/proxy_upstream.h"
 #include "lib/trace.h"
 #include "lib/underlay.h"
 
@@ -117,6 +125,14 @@ int cil_to_netdev(struct __sk_buff *ctx)
 		return TC_ACT_OK; /* a pod's packet its own program sent here (lib/fib.h): no reply of ours */
 	if (parse_frame(ctx, &p) != 0)
 		return TC_ACT_OK; /* not IP, or not parseable: the node's stack decides */
+	__u32 proxied = proxy_upstream_identity(ctx);
+	if (proxied) {
+		/* the L7 proxy's upstream leg to another node's pod, from the client pod's address:
+		 * recorded so its replies reach the proxy's socket (lib/proxy_upstream.h) */
+		if (proxy_upstream_track(ctx, &p, proxied) < 0)
+			return send_drop(ctx, DROP_CT_MAP_INSERT_FAILED, proxied, 0, DIR_EGRESS);
+		return TC_ACT_OK;
+	}
 	if ((p.t.proto != IPPROTO_TCP && p.t.proto != IPPROTO_UDP) || p.is_icmp_error)
 		return TC_ACT_OK;
 	struct ct_entry *e = service_reply_entry(&p);

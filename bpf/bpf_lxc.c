@@ -289,7 +289,10 @@ int cil_from_container(struct __sk_buff *ctx)
 	}
 }
 
-__always_inline_fn int to_container(struct __sk_buff *ctx)
+/* `peer`: tail-called at a node device's ingress (bpf_host, bpf_overlay), where a packet can still
+ * be assigned to the node's L7 proxy; *to_stack then says it was (pass it up the node's stack
+ * instead of into the pod). */
+__always_inline_fn int to_container(struct __sk_buff *ctx, bool peer, bool *to_stack)
 {
 	struct pkt p = {};
 
@@ -335,6 +338,13 @@ __always_inline_fn int to_container(struct __sk_buff *ctx)
 		if (lb_rev_nat(ctx, &p, ct.rev_nat_id, ct.lb_flags) < 0)
 			return send_drop(ctx, DROP_INVALID_PACKET, src_identity, CONFIG.identity, DIR_INGRESS);
 	}
+	if (peer && ct.status == CT_REPLY && (ct.lb_flags & LB_CONN_F_PROXY_UPSTREAM) && proxy_redirect(ctx, &p) == 0) {
+		/* a server on another node answering the L7 proxy's upstream connection, which left from
+		 * this pod's address (lib/proxy_upstream.h): to the proxy's socket, not into the pod */
+		*to_stack = true;
+		send_trace(ctx, OBS_TO_STACK, ct.status, src_identity, CONFIG.identity, DIR_INGRESS, ct.report, 0);
+		return TC_ACT_OK;
+	}
 	if (ct.status == CT_NEW || ct.status == CT_ESTABLISHED) {
 		bool fresh = ct.status == CT_NEW;
 		struct policy_call ingress = {CONFIG.endpoint_id, DIR_INGRESS, src_identity, src_identity,
@@ -342,16 +352,22 @@ __always_inline_fn int to_container(struct __sk_buff *ctx)
 		int verdict = enforce_policy(ctx, &p, &ingress);
 		if (verdict < 0)
 			return TC_ACT_SHOT;
-		/* L7-covered traffic that did not come through the proxy (another node's pod, the node):
-		 * only a client's from-container on this node can hand it to the proxy. Never let through. */
-		if (verdict > 0 && !from_proxy)
-			return send_drop(ctx, DROP_PROXY_UNAVAILABLE, src_identity, CONFIG.identity, DIR_INGRESS);
+		/* L7-covered traffic that did not come through the proxy: from another node's pod (the
+		 * identity its VNI or the ipcache gave) it is handed to this node's proxy here, at the
+		 * device's ingress, so this pod's ingress L7 rules judge it; the proxy's upstream leg comes
+		 * back through cil_to_container from_proxy. Anywhere else (the veth's egress: the node's
+		 * own stack, an endpoint without a tail-call entry) nothing can be assigned: never let through. */
+		if (verdict > 0 && !from_proxy) {
+			if (verdict != 1 || !peer || proxy_redirect(ctx, &p) < 0)
+				return send_drop(ctx, DROP_PROXY_UNAVAILABLE, src_identity, CONFIG.identity, DIR_INGRESS);
+			*to_stack = true;
+		}
 		if (fresh && ct_create(&p, ctx->len, src_identity, lb_rev_nat_id,
 				       from_proxy ? LB_CONN_F_PROXY_UPSTREAM : 0) < 0)
 			return send_drop(ctx, DROP_CT_MAP_INSERT_FAILED, src_identity, CONFIG.identity, DIR_INGRESS);
 	}
-	send_trace(ctx, OBS_TO_ENDPOINT, ct.status, src_identity, CONFIG.identity, DIR_INGRESS, ct.report,
-		   lb_rev_nat_id ? lb_rev_nat_id : ct.rev_nat_id);
+	send_trace(ctx, *to_stack ? OBS_TO_STACK : OBS_TO_ENDPOINT, ct.status, src_identity, CONFIG.identity,
+		   DIR_INGRESS, ct.report, lb_rev_nat_id ? lb_rev_nat_id : ct.rev_nat_id);
 	return TC_ACT_OK;
 }
 
@@ -359,16 +375,19 @@ __always_inline_fn int to_container(struct __sk_buff *ctx)
 SEC("tc")
 int cil_to_container(struct __sk_buff *ctx)
 {
-	return to_container(ctx);
+	bool to_stack = false;
+	return to_container(ctx, false, &to_stack);
 }
 
 /* Tail-called by bpf_host / bpf_overlay at their device's ingress (lib/deliver.h), the packet
- * already routed to this pod: the same checks, then straight into the pod's eth0. */
+ * already routed to this pod: the same checks, then straight into the pod's eth0, or (L7-covered,
+ * or a reply of the proxy's upstream connection) up the node's stack to the proxy's socket. */
 SEC("tc")
 int cil_to_container_peer(struct __sk_buff *ctx)
 {
-	int verdict = to_container(ctx);
-	if (verdict != TC_ACT_OK)
-		return verdict;
+	bool to_stack = false;
+	int verdict = to_container(ctx, true, &to_stack);
+	if (verdict != TC_ACT_OK || to_stack)
+		return verdict; /* dropped, or the node's L7 proxy's (up the stack to its socket) */
 	return (int)bpf_redirect_peer(CONFIG.lxc_ifindex, 0);
 }

@@ -8,8 +8,13 @@
  *                     MACs) and handed, with the identity in the mark, to the endpoint's own ingress
  *                     program (a tail call, lib/deliver.h; without one: the egress of its host-side
  *                     veth), which enforces its ingress policy on that identity, tracks the
- *                     connection and redirects it into the pod. Anything else (the node itself)
- *                     goes up the node's stack. */
+ *                     connection and redirects it into the pod (or, an ingress L7 rule covering
+ *                     it, assigns it to the node's proxy). Anything else (the node itself) goes up
+ *                     the node's stack.
+ *   cil_to_overlay    tc egress of cilia_vxlan: what the node's stack sends into the tunnel by
+ *                     route (pods' packets arrive with their key set). The L7 proxy's upstream leg
+ *                     to another node's pod gets the client's identity in the VNI and is recorded
+ *                     for its replies (lib/proxy_upstream.h); everything else passes on one compare. */
 #define SOURCE_FILE_ID SOURCE_FILE_OVERLAY
 
 #include "lib/common.h"
@@ -22,6 +27,7 @@
 #include "lib/ipcache.h"
 #include "lib/overlay.h"
 #include "lib/parse.h"
+#include "lib/proxy_upstream.h"
 #include "lib/trace.h"
 
 char LICENSE[] SEC("license") = "GPL";
@@ -59,4 +65,20 @@ int cil_from_overlay(struct __sk_buff *ctx)
 	/* counted here; the event comes from the endpoint's to-container program */
 	send_trace(ctx, OBS_FROM_OVERLAY, 0, src_identity, ep->identity, DIR_INGRESS, false, 0);
 	return deliver_to_endpoint(ctx, ep);
+}
+
+SEC("tc")
+int cil_to_overlay(struct __sk_buff *ctx)
+{
+	__u32 identity = proxy_upstream_identity(ctx);
+	if (!identity)
+		return TC_ACT_OK;
+	struct pkt p = {};
+	if (parse_frame(ctx, &p) != 0)
+		return TC_ACT_OK;
+	if (proxy_upstream_track(ctx, &p, identity) < 0)
+		return send_drop(ctx, DROP_CT_MAP_INSERT_FAILED, identity, 0, DIR_EGRESS);
+	if (proxy_upstream_tunnel_key(ctx, &p, identity) < 0)
+		return send_drop(ctx, DROP_INVALID_PACKET, identity, 0, DIR_EGRESS);
+	return TC_ACT_OK;
 }

@@ -40,7 +40,7 @@ enum lb_backend_state {
 /* lb_conn.flags, ct_entry.lb_flags */
 enum lb_conn_flags {
 	LB_CONN_F_HAIRPIN = 1 << 0, /* the client is its own backend: its source was rewritten too */
-	LB_CONN_F_PROXY_UPSTREAM = 1 << 1, /* ct_entry only: the L7 proxy's connection to a local pod */
+	LB_CONN_F_PROXY_UPSTREAM = 1 << 1, /* ct_entry only: the L7 proxy's upstream connection (lib/proxy.h, lib/proxy_upstream.h) */
 };
 
 /* The node's device program marks a packet it translated so the backend's to-container program

@@ -24,52 +24,75 @@
 #define PROXY_MARK_TO 0xc3000000   /* up the stack to a proxy socket */
 #define PROXY_MARK_FROM 0xc2000000 /* sent by the proxy; low 24 bits: the client's identity */
 
-/* Returns 0 when the packet is assigned to a proxy socket (then pass it with TC_ACT_OK). */
-__always_inline_fn int proxy_redirect(struct __sk_buff *ctx, const struct pkt *p)
+/* The tuple of the packet as the socket lookups take it (saddr: the remote end, daddr: the local
+ * socket's), and where its destination port is (the listener lookups replace it). Returns its size. */
+__always_inline_fn __u32 proxy_tuple(const struct pkt *p, struct bpf_sock_tuple *t, __be16 **dport)
 {
-	struct bpf_sock_tuple t = {};
-	struct bpf_sock *sk;
-	__u32 size;
-
-	if (p->t.proto != IPPROTO_TCP)
-		return -1;
 	if (p->t.family == AF_INET_) {
-		t.ipv4.saddr = p->t.saddr.w[3];
-		t.ipv4.daddr = p->t.daddr.w[3];
-		t.ipv4.sport = p->t.sport;
-		t.ipv4.dport = p->t.dport;
-		size = sizeof(t.ipv4);
-	} else {
-		__builtin_memcpy(t.ipv6.saddr, p->t.saddr.w, 16);
-		__builtin_memcpy(t.ipv6.daddr, p->t.daddr.w, 16);
-		t.ipv6.sport = p->t.sport;
-		t.ipv6.dport = p->t.dport;
-		size = sizeof(t.ipv6);
+		t->ipv4.saddr = p->t.saddr.w[3];
+		t->ipv4.daddr = p->t.daddr.w[3];
+		t->ipv4.sport = p->t.sport;
+		t->ipv4.dport = p->t.dport;
+		*dport = &t->ipv4.dport;
+		return sizeof(t->ipv4);
 	}
-	sk = bpf_skc_lookup_tcp(ctx, &t, size, BPF_F_CURRENT_NETNS, 0);
+	__builtin_memcpy(t->ipv6.saddr, p->t.saddr.w, 16);
+	__builtin_memcpy(t->ipv6.daddr, p->t.daddr.w, 16);
+	t->ipv6.sport = p->t.sport;
+	t->ipv6.dport = p->t.dport;
+	*dport = &t->ipv6.dport;
+	return sizeof(t->ipv6);
+}
+
+/* The proxy's TCP socket for the packet: the established (or request) socket of its tuple, else
+ * the proxy's listener on `port`. A listener on the packet's own port is somebody else's (a
+ * server in the node), never the proxy's. NULL when there is none; the caller releases the rest. */
+__always_inline_fn struct bpf_sock *proxy_lookup_tcp(struct __sk_buff *ctx, struct bpf_sock_tuple *t, __u32 size,
+						     __be16 *dport, __u16 port)
+{
+	struct bpf_sock *sk = bpf_skc_lookup_tcp(ctx, t, size, BPF_F_CURRENT_NETNS, 0);
 	if (sk && sk->state == BPF_TCP_LISTEN) {
-		bpf_sk_release(sk); /* somebody's listener on the real port: not the proxy */
+		bpf_sk_release(sk);
 		sk = 0;
 	}
-	if (!sk) {
-		if (p->t.family == AF_INET_)
-			t.ipv4.dport = bpf_htons(PROXY_PORT);
-		else
-			t.ipv6.dport = bpf_htons(PROXY_PORT);
-		sk = bpf_skc_lookup_tcp(ctx, &t, size, BPF_F_CURRENT_NETNS, 0);
-		if (!sk)
-			return -1;
-		if (sk->state != BPF_TCP_LISTEN) {
-			bpf_sk_release(sk);
-			return -1;
-		}
+	if (sk)
+		return sk;
+	*dport = bpf_htons(port);
+	sk = bpf_skc_lookup_tcp(ctx, t, size, BPF_F_CURRENT_NETNS, 0);
+	if (sk && sk->state != BPF_TCP_LISTEN) {
+		bpf_sk_release(sk);
+		return 0;
 	}
+	return sk;
+}
+
+/* Hand the packet to `sk` (a reference the caller looked up; released here) and up the node's
+ * stack to it. Returns 0, or -1 when the kernel refused (not at a device's ingress). */
+__always_inline_fn int proxy_assign(struct __sk_buff *ctx, struct bpf_sock *sk)
+{
 	long err = bpf_sk_assign(ctx, sk, 0);
 	bpf_sk_release(sk);
 	if (err)
 		return -1;
 	ctx->mark = PROXY_MARK_TO;
 	return 0;
+}
+
+/* Returns 0 when the packet is assigned to a proxy socket (then pass it with TC_ACT_OK). Only at a
+ * device's tc ingress (a pod's from-container, or an endpoint's program tail-called from bpf_host /
+ * bpf_overlay): bpf_sk_assign refuses anywhere else. */
+__always_inline_fn int proxy_redirect(struct __sk_buff *ctx, const struct pkt *p)
+{
+	struct bpf_sock_tuple t = {};
+	__be16 *dport;
+
+	if (p->t.proto != IPPROTO_TCP)
+		return -1;
+	__u32 size = proxy_tuple(p, &t, &dport);
+	struct bpf_sock *sk = proxy_lookup_tcp(ctx, &t, size, dport, PROXY_PORT);
+	if (!sk)
+		return -1;
+	return proxy_assign(ctx, sk);
 }
 
 /* The node's DNS proxy (cilia-proxy, src/cilia/proxy/dns.py): a pod's DNS query (UDP or TCP) that
@@ -85,57 +108,19 @@ __always_inline_fn int proxy_redirect(struct __sk_buff *ctx, const struct pkt *p
 __always_inline_fn int proxy_redirect_dns(struct __sk_buff *ctx, const struct pkt *p)
 {
 	struct bpf_sock_tuple t = {};
-	struct bpf_sock *sk = 0;
-	__u32 size;
-	int v4 = p->t.family == AF_INET_;
+	struct bpf_sock *sk;
+	__be16 *dport;
 
-	if (v4) {
-		t.ipv4.saddr = p->t.saddr.w[3];
-		t.ipv4.daddr = p->t.daddr.w[3];
-		t.ipv4.sport = p->t.sport;
-		t.ipv4.dport = bpf_htons(DNS_PROXY_PORT);
-		size = sizeof(t.ipv4);
-	} else {
-		__builtin_memcpy(t.ipv6.saddr, p->t.saddr.w, 16);
-		__builtin_memcpy(t.ipv6.daddr, p->t.daddr.w, 16);
-		t.ipv6.sport = p->t.sport;
-		t.ipv6.dport = bpf_htons(DNS_PROXY_PORT);
-		size = sizeof(t.ipv6);
-	}
+	__u32 size = proxy_tuple(p, &t, &dport);
 	if (p->t.proto == IPPROTO_UDP) {
+		*dport = bpf_htons(DNS_PROXY_PORT);
 		sk = bpf_sk_lookup_udp(ctx, &t, size, BPF_F_CURRENT_NETNS, 0);
-		if (!sk)
-			return -1;
 	} else if (p->t.proto == IPPROTO_TCP) {
-		if (v4)
-			t.ipv4.dport = p->t.dport;
-		else
-			t.ipv6.dport = p->t.dport;
-		sk = bpf_skc_lookup_tcp(ctx, &t, size, BPF_F_CURRENT_NETNS, 0);
-		if (sk && sk->state == BPF_TCP_LISTEN) {
-			bpf_sk_release(sk); /* a listener on the real port in the node: not the proxy */
-			sk = 0;
-		}
-		if (!sk) {
-			if (v4)
-				t.ipv4.dport = bpf_htons(DNS_PROXY_PORT);
-			else
-				t.ipv6.dport = bpf_htons(DNS_PROXY_PORT);
-			sk = bpf_skc_lookup_tcp(ctx, &t, size, BPF_F_CURRENT_NETNS, 0);
-			if (!sk)
-				return -1;
-			if (sk->state != BPF_TCP_LISTEN) {
-				bpf_sk_release(sk);
-				return -1;
-			}
-		}
+		sk = proxy_lookup_tcp(ctx, &t, size, dport, DNS_PROXY_PORT);
 	} else {
 		return -1;
 	}
-	long err = bpf_sk_assign(ctx, sk, 0);
-	bpf_sk_release(sk);
-	if (err)
+	if (!sk)
 		return -1;
-	ctx->mark = PROXY_MARK_TO;
-	return 0;
+	return proxy_assign(ctx, sk);
 }

@@ -29,6 +29,7 @@ HOST_OBJECT = "bpf_host.o"
 SOCK_OBJECT = "bpf_sock.o"
 OVERLAY_OBJECT = "bpf_overlay.o"
 FROM_OVERLAY = "cil_from_overlay"
+TO_OVERLAY = "cil_to_overlay"
 FROM_CONTAINER = "cil_from_container"
 TO_CONTAINER = "cil_to_container"
 TO_CONTAINER_PEER = "cil_to_container_peer"  # tail-called by bpf_host / bpf_overlay (bpf/lib/deliver.h)
@@ -237,9 +238,11 @@ class Datapath:
             tc_attach(ifindex, EGRESS, obj.program(TO_NETDEV))
 
     def attach_overlay(self, ifindex: int) -> None:
-        """Tunnel mode: bpf_overlay.o on the VXLAN device's tc ingress (atomic replace)."""
+        """Tunnel mode: bpf_overlay.o on the VXLAN device (atomic replace): ingress (delivery to
+        local endpoints) and egress (the L7 proxy's upstream leg: the client's identity in the VNI)."""
         with self._open_object(OVERLAY_OBJECT, self._node_rodata()) as obj:
             tc_attach(ifindex, INGRESS, obj.program(FROM_OVERLAY))
+            tc_attach(ifindex, EGRESS, obj.program(TO_OVERLAY))
 
     def attach_sock(self, cgroup: Path) -> None:
         """Socket-level load balancing for every process in the node's cgroup subtree."""

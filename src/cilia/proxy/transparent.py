@@ -2,14 +2,19 @@
 between, and the upstream socket that leaves from the client's own address.
 
 The datapath side is bpf/lib/proxy.h (the constants here are its C names):
-- a connection an L7 rule covers is assigned (bpf_sk_assign, at the client's from-container) to
-  the proxy's IP_TRANSPARENT listener on PROXY_PORT and goes up the node's stack marked MARK_TO;
+- a connection an L7 rule covers is assigned (bpf_sk_assign) to the proxy's IP_TRANSPARENT
+  listener on PROXY_PORT and goes up the node's stack marked MARK_TO: at the client's
+  from-container (a local client), or at the server's to-container tail-called from the node's
+  underlay or tunnel device (a client on another node, judged by the server's ingress L7 rules);
   the fwmark rule -> table ROUTE_TABLE (`local default dev lo`) makes it local whatever its
   destination address, so the accepted socket's local address is the real server's;
-- the upstream connection to a pod on this node leaves from the client's address (IP_TRANSPARENT)
-  with SO_MARK = MARK_FROM | client identity: the server's to-container judges the client's
-  identity and records the connection LB_CONN_F_PROXY_UPSTREAM, so its replies come back marked
-  MARK_TO, to this socket. A server elsewhere is reached from the node's own address.
+- the upstream connection leaves from the client's address (IP_TRANSPARENT) with SO_MARK =
+  MARK_FROM | client identity. To a pod on this node: the server's to-container judges the
+  client's identity and records the connection LB_CONN_F_PROXY_UPSTREAM, so its replies come back
+  marked MARK_TO, to this socket. To a pod on another node: the device it leaves by records it the
+  same way (and, tunnel, puts the identity in the VNI; native, the other node takes it from its
+  ipcache by the client's address), so the replies, arriving through that device, are assigned to
+  this socket (bpf/lib/proxy_upstream.h).
 """
 
 from __future__ import annotations
@@ -38,6 +43,11 @@ ROUTE_TABLE = 2004
 RULE_PRIORITY = 100
 IP_TRANSPARENT = 19  # linux/in.h
 IPV6_TRANSPARENT = 75  # linux/in6.h
+
+
+def upstream_mark(client_identity: int) -> int:
+    """SO_MARK of an upstream connection: MARK_FROM, the client's identity in the low 24 bits."""
+    return MARK_FROM | (client_identity & IDENTITY_BITS)
 
 
 def setup_routing() -> None:
@@ -85,10 +95,6 @@ class Connection:
     server_port: int
     parties: Parties
 
-    @property
-    def server_is_local(self) -> bool:
-        return self.parties.server_endpoint != 0
-
 
 class Peers:
     """Identities and endpoint ids from the node's pinned endpoints map and ipcache."""
@@ -99,20 +105,25 @@ class Peers:
         self.ipcache = BpfMap.from_pin(bpffs / ipcache.NAME)
 
     def connection(self, sock: socket.socket) -> Connection | None:
-        """None when the client is not a local pod (only a pod's from-container redirects)."""
+        """None when neither side is a local pod (the datapath redirects only for a local pod's
+        rules: a local client's egress, a local server's ingress). A client on another node has the
+        identity the ipcache gives its address (the one its VNI carried, in tunnel mode)."""
         client_ip, client_port = sock.getpeername()[:2]
         server_ip, server_port = sock.getsockname()[:2]
-        client = self.endpoints.lookup(ipaddress.ip_address(client_ip))
-        if client is None:
+        client_identity, client_endpoint = self._party(client_ip)
+        server_identity, server_endpoint = self._party(server_ip)
+        if not client_endpoint and not server_endpoint:
             return None
-        server = self.endpoints.lookup(ipaddress.ip_address(server_ip))
-        if server is not None:
-            server_identity, server_endpoint = server.identity, server.endpoint_id
-        else:
-            server_identity, server_endpoint = self._identity(server_ip), 0
         return Connection(client_ip, client_port, server_ip, server_port,
-                          Parties(client.identity, server_identity, client.endpoint_id, server_endpoint,
+                          Parties(client_identity, server_identity, client_endpoint, server_endpoint,
                                   ipproto.TCP, server_port))
+
+    def _party(self, address: str) -> tuple[int, int]:
+        """(identity, endpoint id) of one side: a local pod's, else the ipcache's identity and 0."""
+        local = self.endpoints.lookup(ipaddress.ip_address(address))
+        if local is not None:
+            return local.identity, local.endpoint_id
+        return self._identity(address), 0
 
     def _identity(self, address: str) -> int:
         raw = self.ipcache.lookup(ipcache.pack_host_key(ipaddress.ip_address(address)))
@@ -120,21 +131,20 @@ class Peers:
 
 
 async def connect_upstream(conn: Connection) -> socket.socket:
-    """The proxy's connection to the real server, connected (non-blocking): from the client's
-    address with the client's identity in the mark to a local pod, from the node's own address to
-    anything else."""
+    """The proxy's connection to the real server, on this node or another, connected (non-blocking):
+    from the client's address with the client's identity in the mark, so the server sees the client
+    and its policy judges the client's identity."""
     v6 = ipaddress.ip_address(conn.server_ip).version == 6
     up = socket.socket(socket.AF_INET6 if v6 else socket.AF_INET, socket.SOCK_STREAM)
     try:
-        if conn.server_is_local:
-            if v6:
-                up.setsockopt(socket.IPPROTO_IPV6, IPV6_TRANSPARENT, 1)
-            else:
-                up.setsockopt(socket.SOL_IP, IP_TRANSPARENT, 1)
-            # packed: the mark does not fit the C int setsockopt(int) takes
-            mark = MARK_FROM | (conn.parties.client_identity & IDENTITY_BITS)
-            up.setsockopt(socket.SOL_SOCKET, socket.SO_MARK, struct.pack("=I", mark))
-            up.bind((conn.client_ip, 0))
+        if v6:
+            up.setsockopt(socket.IPPROTO_IPV6, IPV6_TRANSPARENT, 1)
+        else:
+            up.setsockopt(socket.SOL_IP, IP_TRANSPARENT, 1)
+        # packed: the mark does not fit the C int setsockopt(int) takes
+        mark = upstream_mark(conn.parties.client_identity)
+        up.setsockopt(socket.SOL_SOCKET, socket.SO_MARK, struct.pack("=I", mark))
+        up.bind((conn.client_ip, 0))
         up.setblocking(False)
         await asyncio.get_running_loop().sock_connect(up, (conn.server_ip, conn.server_port))
     except BaseException:

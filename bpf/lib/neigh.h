@@ -63,14 +63,23 @@ __always_inline_fn __u16 csum_fold(__u64 sum)
 }
 
 /* Answer a Neighbor Solicitation (with a source link-layer option, as Linux sends) for any
- * target but the pod's own address. Returns a tc verdict, or -1 to go on. */
+ * target but the pod's own address. A Neighbor Advertisement (the pod answering the node's stack,
+ * which resolves a pod's address when it sends to it by route: the L7 proxy's answers) goes to the
+ * node's stack whatever the pod's egress policy, as an ARP reply does. Returns a tc verdict, or -1
+ * to go on. */
 __always_inline_fn int ndp_respond(struct __sk_buff *ctx)
 {
 	struct ipv6hdr ip6;
 	__u8 ns[32];
 	if (bpf_skb_load_bytes(ctx, ETH_HLEN_, &ip6, sizeof(ip6)) < 0)
 		return -1;
-	if (ip6.nexthdr != IPPROTO_ICMPV6 || ip6.payload_len != bpf_htons(32))
+	if (ip6.nexthdr != IPPROTO_ICMPV6)
+		return -1;
+	if (bpf_skb_load_bytes(ctx, ETH_HLEN_ + sizeof(ip6), ns, 1) < 0)
+		return -1;
+	if (ns[0] == NDISC_NEIGHBOUR_ADVERTISEMENT_)
+		return TC_ACT_OK;
+	if (ip6.payload_len != bpf_htons(32))
 		return -1;
 	if (bpf_skb_load_bytes(ctx, ETH_HLEN_ + sizeof(ip6), ns, sizeof(ns)) < 0)
 		return -1;

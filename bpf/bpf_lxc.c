@@ -305,8 +305,11 @@ __always_inline_fn int to_container(struct __sk_buff *ctx, bool peer, bool *to_s
 	} else if (proto == ETH_P_IPV6) {
 		if (parse_ipv6(ctx, &p) < 0)
 			return send_drop(ctx, DROP_INVALID_PACKET, 0, CONFIG.identity, DIR_INGRESS);
-		if (p.t.proto == IPPROTO_ICMPV6 && is_ipv6_link_local(&p.t.saddr))
-			return TC_ACT_OK; /* the node's own neighbour discovery */
+		if (p.t.proto == IPPROTO_ICMPV6 &&
+		    (is_ipv6_link_local(&p.t.saddr) || p.icmp_type == NDISC_NEIGHBOUR_SOLICITATION_ ||
+		     p.icmp_type == NDISC_NEIGHBOUR_ADVERTISEMENT_))
+			return TC_ACT_OK; /* the node's own neighbour discovery (also from its router address:
+					   * the answer to the pod's probe of its gateway), never policy's */
 	} else {
 		return TC_ACT_OK; /* ARP from the node's stack */
 	}

@@ -21,6 +21,7 @@
 #pragma once
 
 #include "common.h"
+#include "lb_flags.h"
 #include "parse.h"
 
 /* lb_service_value.flags */
@@ -37,11 +38,6 @@ enum lb_backend_state {
 	LB_BACKEND_QUARANTINED = 2,
 };
 
-/* lb_conn.flags, ct_entry.lb_flags */
-enum lb_conn_flags {
-	LB_CONN_F_HAIRPIN = 1 << 0, /* the client is its own backend: its source was rewritten too */
-	LB_CONN_F_PROXY_UPSTREAM = 1 << 1, /* ct_entry only: the L7 proxy's upstream connection (lib/proxy.h, lib/proxy_upstream.h) */
-};
 
 /* The node's device program marks a packet it translated so the backend's to-container program
  * can record the frontend in conntrack: magic in the high half, rev-NAT id in the low half. */

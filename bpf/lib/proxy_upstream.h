@@ -15,7 +15,7 @@
 #include "common.h"
 #include "conntrack.h"
 #include "ipcache.h"
-#include "lb.h"
+#include "lb_flags.h"
 #include "overlay.h"
 #include "parse.h"
 #include "proxy.h"

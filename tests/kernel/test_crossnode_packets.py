@@ -8,6 +8,7 @@ tests/kernel/test_crossnode_namespaces.py.)"""
 from __future__ import annotations
 
 import ipaddress
+import struct
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -17,6 +18,7 @@ from cilia.bpf import BpfObject
 from cilia.datapath import default_bpf_dir
 from cilia.datapath.config import EndpointConfig, HostConfig
 from cilia.maps import lb as lbm
+from cilia.maps.ct import CtEntry, CtTuple
 from cilia.maps.ipcache import IpcacheMap, IpcacheValue
 from cilia.monitor.events import decode
 from cilia.testing.bpf import RingEvents
@@ -179,3 +181,58 @@ def test_bpf_host_gives_other_udp_to_the_tunnel_port_the_full_path(node: Node, t
     out = result.data_out
     assert ipaddress.IPv4Address(out[14 + 16:14 + 20]) == ipaddress.IPv4Address(PEER)  # DNATed to the backend
     assert int.from_bytes(out[14 + 22:14 + 24], "big") == 9000
+
+
+# ----- the L7 proxy's upstream leg to another node's pod (lib/proxy_upstream.h) ---------------------
+PROXY_MARK_FROM = 0xC2000000
+LB_CONN_F_PROXY_UPSTREAM = 1 << 1
+CT_LB_FLAGS = 53  # offset of lb_flags in struct ct_entry (cilia.maps.ct)
+
+
+def _with_mark(mark: int) -> bytes:
+    """A __sk_buff for BPF_PROG_RUN up to its mark (len and pkt_type must be 0)."""
+    return struct.pack("=III", 0, 0, mark)
+
+
+def _upstream_entries(node: Node) -> list[tuple[CtTuple, int, int]]:
+    """TCP conntrack entries: (tuple, source identity, lb_flags)."""
+    return [(CtTuple.unpack(k), CtEntry.unpack(v).src_identity, v[CT_LB_FLAGS])
+            for k, v in node.client.map("cilia_ct_tcp_v1").items()]
+
+
+@pytest.fixture
+def overlay(node: Node, pin_dir: Path) -> Iterator[BpfObject]:
+    obj = BpfObject.open(default_bpf_dir() / "bpf_overlay.o", pin_root=pin_dir,
+                         rodata={"CONFIG": EndpointConfig.node(0, 5).pack()},
+                         max_entries={"cilia_ct_tcp_v1": 4096, "cilia_ct_any_v1": 4096})
+    try:
+        yield obj
+    finally:
+        obj.close()
+
+
+@pytest.mark.parametrize(("client", "remote"), [(POD, REMOTE_POD), (POD6, REMOTE_POD6)])
+@pytest.mark.parametrize("device", ["netdev", "overlay"])
+def test_the_proxys_upstream_leg_is_recorded_at_the_device_it_leaves_by(node: Node, overlay: BpfObject, client: str,
+                                                                        remote: str, device: str) -> None:
+    program = node.host.program("cil_to_netdev") if device == "netdev" else overlay.program("cil_to_overlay")
+    syn = tcp_packet(client, remote, 41000, 80, eth=NODE_MACS)
+    # the node's own traffic, a pod's: nothing recorded, the packet untouched
+    plain = program.test_run(syn)
+    assert plain.retval == 0 and plain.data_out == syn and _upstream_entries(node) == []
+    marked = program.test_run(syn, ctx=_with_mark(PROXY_MARK_FROM | REMOTE_IDENTITY + 1))
+    assert marked.retval == 0 and marked.data_out == syn
+    [(tup, identity, flags)] = _upstream_entries(node)
+    assert (str(tup.source), tup.source_port, str(tup.destination), tup.destination_port) == (client, 41000, remote, 80)
+    assert identity == REMOTE_IDENTITY + 1 and flags & LB_CONN_F_PROXY_UPSTREAM
+
+
+def test_an_upstream_leg_on_a_pods_own_tuple_flags_its_entry(node: Node) -> None:
+    syn = tcp_packet(POD, REMOTE_POD, 41001, 80)
+    assert node.client.program("cil_from_container").test_run(syn).retval == 0  # the pod's own connection
+    [(_, _, before)] = _upstream_entries(node)
+    assert not before & LB_CONN_F_PROXY_UPSTREAM
+    node.host.program("cil_to_netdev").test_run(tcp_packet(POD, REMOTE_POD, 41001, 80, eth=NODE_MACS),
+                                                ctx=_with_mark(PROXY_MARK_FROM | 300))
+    [(_, _, after)] = _upstream_entries(node)
+    assert after & LB_CONN_F_PROXY_UPSTREAM

@@ -14,7 +14,8 @@ The datapath side is bpf/lib/proxy.h (the constants here are its C names):
   marked MARK_TO, to this socket. To a pod on another node: the device it leaves by records it the
   same way (and, tunnel, puts the identity in the VNI; native, the other node takes it from its
   ipcache by the client's address), so the replies, arriving through that device, are assigned to
-  this socket (bpf/lib/proxy_upstream.h).
+  this socket (bpf/lib/proxy_upstream.h). Anything else (the world) is reached from the node's own
+  address, as the pod's own connection would be masqueraded.
 """
 
 from __future__ import annotations
@@ -94,6 +95,10 @@ class Connection:
     server_ip: str
     server_port: int
     parties: Parties
+    # the upstream leaves from the client's address: the server is a pod this node's pods reach
+    # unmasqueraded (here, or another node's in tunnel / native routing) or the client is remote;
+    # anything else (the world) from the node's own address, as the pod's own traffic is masqueraded
+    from_client: bool = True
 
 
 class Peers:
@@ -114,9 +119,10 @@ class Peers:
         server_identity, server_endpoint = self._party(server_ip)
         if not client_endpoint and not server_endpoint:
             return None
+        from_client = bool(server_endpoint) or not client_endpoint or self._pod_elsewhere(server_ip)
         return Connection(client_ip, client_port, server_ip, server_port,
                           Parties(client_identity, server_identity, client_endpoint, server_endpoint,
-                                  ipproto.TCP, server_port))
+                                  ipproto.TCP, server_port), from_client)
 
     def _party(self, address: str) -> tuple[int, int]:
         """(identity, endpoint id) of one side: a local pod's, else the ipcache's identity and 0."""
@@ -125,26 +131,36 @@ class Peers:
             return local.identity, local.endpoint_id
         return self._identity(address), 0
 
+    def _pod_elsewhere(self, address: str) -> bool:
+        """Another node's pod that pods reach with their own address (tunnel endpoint, or native)."""
+        raw = self.ipcache.lookup(ipcache.pack_host_key(ipaddress.ip_address(address)))
+        if raw is None:
+            return False
+        value = ipcache.IpcacheValue.unpack(raw)
+        return bool(value.tunnel_endpoint) or bool(value.flags & ipcache.FLAG_NATIVE)
+
     def _identity(self, address: str) -> int:
         raw = self.ipcache.lookup(ipcache.pack_host_key(ipaddress.ip_address(address)))
         return int(ReservedIdentity.WORLD) if raw is None else ipcache.IpcacheValue.unpack(raw).identity
 
 
 async def connect_upstream(conn: Connection) -> socket.socket:
-    """The proxy's connection to the real server, on this node or another, connected (non-blocking):
-    from the client's address with the client's identity in the mark, so the server sees the client
-    and its policy judges the client's identity."""
+    """The proxy's connection to the real server, connected (non-blocking): to a pod on this node or
+    another, from the client's address with the client's identity in the mark, so the server sees
+    the client and its policy judges the client's identity; to anything else (the world), from the
+    node's own address (the pod's own connection would be masqueraded)."""
     v6 = ipaddress.ip_address(conn.server_ip).version == 6
     up = socket.socket(socket.AF_INET6 if v6 else socket.AF_INET, socket.SOCK_STREAM)
     try:
-        if v6:
-            up.setsockopt(socket.IPPROTO_IPV6, IPV6_TRANSPARENT, 1)
-        else:
-            up.setsockopt(socket.SOL_IP, IP_TRANSPARENT, 1)
-        # packed: the mark does not fit the C int setsockopt(int) takes
-        mark = upstream_mark(conn.parties.client_identity)
-        up.setsockopt(socket.SOL_SOCKET, socket.SO_MARK, struct.pack("=I", mark))
-        up.bind((conn.client_ip, 0))
+        if conn.from_client:
+            if v6:
+                up.setsockopt(socket.IPPROTO_IPV6, IPV6_TRANSPARENT, 1)
+            else:
+                up.setsockopt(socket.SOL_IP, IP_TRANSPARENT, 1)
+            # packed: the mark does not fit the C int setsockopt(int) takes
+            mark = upstream_mark(conn.parties.client_identity)
+            up.setsockopt(socket.SOL_SOCKET, socket.SO_MARK, struct.pack("=I", mark))
+            up.bind((conn.client_ip, 0))
         up.setblocking(False)
         await asyncio.get_running_loop().sock_connect(up, (conn.server_ip, conn.server_port))
     except BaseException:

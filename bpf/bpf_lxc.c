@@ -368,6 +368,12 @@ __always_inline_fn int to_container(struct __sk_buff *ctx, bool peer, bool *to_s
 		if (fresh && ct_create(&p, ctx->len, src_identity, lb_rev_nat_id,
 				       from_proxy ? LB_CONN_F_PROXY_UPSTREAM : 0) < 0)
 			return send_drop(ctx, DROP_CT_MAP_INSERT_FAILED, src_identity, CONFIG.identity, DIR_INGRESS);
+		/* the proxy's port choice does not see a client pod's own connection to this pod: its
+		 * upstream leg can land on that connection's tuple, whose entry then needs the flag too
+		 * (this pod's replies go to the proxy's socket; the client's own packets are the proxy's
+		 * already, at its from-container) */
+		if (from_proxy && !fresh && !(ct.lb_flags & LB_CONN_F_PROXY_UPSTREAM))
+			ct_add_lb_flags(&p, LB_CONN_F_PROXY_UPSTREAM);
 	}
 	send_trace(ctx, *to_stack ? OBS_TO_STACK : OBS_TO_ENDPOINT, ct.status, src_identity, CONFIG.identity,
 		   DIR_INGRESS, ct.report, lb_rev_nat_id ? lb_rev_nat_id : ct.rev_nat_id);

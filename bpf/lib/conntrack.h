@@ -184,6 +184,14 @@ __always_inline_fn void ct_forget(const struct pkt *p)
 	bpf_map_delete_elem(ct_map(p->t.proto), &p->t);
 }
 
+/* Add LB_CONN_F_* flags to the entry of an established connection (the one its tuple keys). */
+__always_inline_fn void ct_add_lb_flags(const struct pkt *p, __u8 lb_flags)
+{
+	struct ct_entry *e = bpf_map_lookup_elem(ct_map(p->t.proto), &p->t);
+	if (e)
+		e->lb_flags |= lb_flags;
+}
+
 /* Record a new connection that policy allowed. Losing a race to another CPU is fine.
  * `rev_nat_id` (0: none) marks a connection to a service backend, whose replies get reverse NAT. */
 __always_inline_fn int ct_create(struct pkt *p, __u32 len, __u32 src_identity, __u16 rev_nat_id, __u8 lb_flags)

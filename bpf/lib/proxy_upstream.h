@@ -40,11 +40,8 @@ __always_inline_fn int proxy_upstream_track(struct __sk_buff *ctx, struct pkt *p
 	ct_lookup(p, ctx->len, 0, 0, &ct);
 	if (ct.status == CT_NEW)
 		return ct_create(p, ctx->len, identity, 0, LB_CONN_F_PROXY_UPSTREAM);
-	if (ct.status == CT_ESTABLISHED && !(ct.lb_flags & LB_CONN_F_PROXY_UPSTREAM)) {
-		struct ct_entry *e = bpf_map_lookup_elem(&cilia_ct_tcp_v1, &p->t);
-		if (e)
-			e->lb_flags |= LB_CONN_F_PROXY_UPSTREAM;
-	}
+	if (ct.status == CT_ESTABLISHED && !(ct.lb_flags & LB_CONN_F_PROXY_UPSTREAM))
+		ct_add_lb_flags(p, LB_CONN_F_PROXY_UPSTREAM);
 	return 0;
 }
 

@@ -236,3 +236,16 @@ def test_an_upstream_leg_on_a_pods_own_tuple_flags_its_entry(node: Node) -> None
                                                 ctx=_with_mark(PROXY_MARK_FROM | 300))
     [(_, _, after)] = _upstream_entries(node)
     assert after & LB_CONN_F_PROXY_UPSTREAM
+
+
+def test_a_local_upstream_leg_on_the_clients_own_tuple_flags_its_entry(node: Node) -> None:
+    # the client pod's own connection to a pod on this node, then the proxy's upstream leg on the
+    # same tuple (its port choice does not see the pod's) reaching the server pod's veth
+    syn = tcp_packet(POD, PEER, 41002, 80)
+    node.client.program("cil_from_container").test_run(syn)
+    [(_, _, before)] = _upstream_entries(node)
+    assert not before & LB_CONN_F_PROXY_UPSTREAM
+    upstream = node.backend.program("cil_to_container").test_run(syn, ctx=_with_mark(PROXY_MARK_FROM | 256))
+    assert upstream.retval != TC_ACT_SHOT
+    [(_, _, after)] = _upstream_entries(node)
+    assert after & LB_CONN_F_PROXY_UPSTREAM

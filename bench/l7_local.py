@@ -8,7 +8,9 @@ judges every request with a real rules file (an L7 rule `GET /.*`, cilia.proxy.p
 its access-log records (two per request) to a unix socket a sink process drains, as the agent's.
 Per mode: wrk's requests/s with `--connections` connections, its p50 with one, and the proxy
 process's CPU time (user + system) divided by the requests it served: the figure the machine's
-load changes least. Nothing here needs root or the lab; addresses are loopback only."""
+load changes least. No lab; addresses are loopback only, in a network namespace of its own
+(`cilia-bench-l7local-<pid>`, removed afterwards, also on failure: the root namespace carries no
+benchmark traffic), so it runs as root."""
 
 from __future__ import annotations
 
@@ -182,6 +184,23 @@ def run(seconds: int, connections: int, rounds: int) -> dict[str, list[dict[str,
     return results
 
 
+NETNS_ENV = "CILIA_BENCH_L7LOCAL_NETNS"
+
+
+def _in_own_netns(argv: list[str]) -> int:
+    """This benchmark again inside a fresh network namespace (loopback up), which is removed
+    afterwards whatever happens; returns its exit code."""
+    netns = f"cilia-bench-l7local-{os.getpid()}"
+    subprocess.run(["ip", "netns", "add", netns], check=True)
+    try:
+        subprocess.run(["ip", "-n", netns, "link", "set", "lo", "up"], check=True)
+        env = {**os.environ, NETNS_ENV: netns}
+        return subprocess.run(["ip", "netns", "exec", netns, sys.executable, "-m", "bench.l7_local", *argv],
+                              env=env, check=False).returncode
+    finally:
+        subprocess.run(["ip", "netns", "delete", netns], check=False)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seconds", type=int, default=5)
@@ -194,6 +213,8 @@ def main() -> None:
     if args.child:
         _proxy_child(args.child, args.child_seconds, str(Path(args.work) / "accesslog.sock"), args.work)
         return
+    if os.environ.get(NETNS_ENV) is None:
+        sys.exit(_in_own_netns(sys.argv[1:]))
     results = run(args.seconds, args.connections, args.rounds)
     summary = {mode: {key: sorted(r[key] for r in rows)[len(rows) // 2] for key in rows[0]}
                for mode, rows in results.items() if rows}

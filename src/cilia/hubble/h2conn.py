@@ -278,8 +278,8 @@ class GrpcConnection(asyncio.Protocol):
                         await result.aclose()
                 elif inspect.isasyncgen(result):
                     try:
-                        # _message inlined: this loop runs once per flow
-                        out, pack, loop = call.out, PREFIX.pack, self._loop
+                        # _message's append inlined: this loop runs once per flow (the relay's GetFlows)
+                        out, pack = call.out, PREFIX.pack
                         async for message in result:
                             data = serialize(message)
                             if not call.headers_sent:
@@ -287,14 +287,9 @@ class GrpcConnection(asyncio.Protocol):
                                 continue
                             out += pack(0, len(data))
                             out += data
-                            if len(out) >= FLUSH_BYTES:
-                                if not call.blocked:
-                                    self._flush(call)
-                                if len(out) > HIGH_WATER:
-                                    await self._drain(call)
-                            elif not call.flush_scheduled:
-                                call.flush_scheduled = True
-                                loop.call_soon(self._scheduled_flush, call)
+                            self._pace(call)
+                            if len(out) > HIGH_WATER:
+                                await self._drain(call)
                     finally:
                         await result.aclose()
                 elif inspect.isawaitable(result):
@@ -363,15 +358,9 @@ class GrpcConnection(asyncio.Protocol):
             for data in batch:
                 out += pack(0, len(data))
                 out += data
-            if len(out) >= FLUSH_BYTES:
-                if not call.blocked:
-                    self._flush(call)
-                if len(out) > HIGH_WATER:
-                    await self._drain(call)
-            elif not call.flush_scheduled:
-                call.flush_scheduled = True
-                assert self._loop is not None
-                self._loop.call_soon(self._scheduled_flush, call)
+            self._pace(call)
+            if len(out) > HIGH_WATER:
+                await self._drain(call)
 
     def _message(self, call: _Call, data: bytes) -> None:
         """One response, prefixed, into the call's buffer (sent when big enough or when the task waits)."""
@@ -381,7 +370,12 @@ class GrpcConnection(asyncio.Protocol):
         out = call.out
         out += PREFIX.pack(0, len(data))
         out += data
-        if len(out) >= FLUSH_BYTES:
+        self._pace(call)
+
+    def _pace(self, call: _Call) -> None:
+        """The call's buffer grew: out now once FLUSH_BYTES big (unless its window is shut), else on the
+        loop's next turn."""
+        if len(call.out) >= FLUSH_BYTES:
             if not call.blocked:
                 self._flush(call)
         elif not call.flush_scheduled:

@@ -42,7 +42,7 @@ def _proxy_child(mode: str, seconds: float, accesslog: str, rules_dir: str) -> N
     from cilia.proxy.http import ConnInfo, serve_connection
     from cilia.proxy.http1fast import ClientLeg, Route
     from cilia.proxy.observe import AccessLog, RequestCounter
-    from cilia.proxy.policy import Parties, PolicyStore, judge_request
+    from cilia.proxy.policy import ConnectionJudge, Parties, PolicyStore
     from cilia.proxy.transparent import Connection
 
     parties = Parties(300, 400, 3, 7, 6, 80)
@@ -61,7 +61,7 @@ def _proxy_child(mode: str, seconds: float, accesslog: str, rules_dir: str) -> N
             return sock
 
         def route(_transport: asyncio.Transport) -> Route:
-            info = ConnInfo(lambda request: judge_request(store, parties, request),
+            info = ConnInfo(ConnectionJudge(store, parties),
                             AccessLog(conn, sender, RequestCounter()))
 
             async def fallback(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, _at_start: bool) -> None:

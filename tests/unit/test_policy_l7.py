@@ -22,6 +22,7 @@ from cilia.policy.resolve import resolve_endpoint
 from cilia.policy.rules import Direction, IdentityView
 from cilia.proxy.http import ConnInfo, serve_connection
 from cilia.proxy.policy import (
+    DENY_ALL,
     NO_RULES,
     EndpointPolicy,
     Parties,
@@ -29,8 +30,10 @@ from cilia.proxy.policy import (
     Request,
     apply_mismatches,
     judge_request,
+    remove_policy,
     write_policy,
 )
+from cilia.proxy.rulefiles import GENERATION, changed
 
 STARWARS: dict[str, Any] = {
     "apiVersion": "cilium.io/v2", "kind": "CiliumNetworkPolicy",
@@ -220,7 +223,47 @@ def test_rules_file_round_trip_and_fail_closed(tmp_path: Path) -> None:
     assert not policy.judge(300, 6, 80, req("PUT", "/v1/exhaust-port")).allowed
     assert not policy.judge(301, 6, 80, req("POST", "/v1/request-landing")).allowed
     (tmp_path / "7.json").write_text("{not json")
+    changed(tmp_path)  # a file written by hand: the proxy looks again once the generation moved
     assert not store.get(7).judge(300, 6, 80, req("POST", "/v1/request-landing")).allowed
+
+
+def test_rules_change_applies_to_the_next_request_without_a_stat_per_request(tmp_path: Path) -> None:
+    """The store stats an endpoint's file only after the directory's generation moved: a change
+    through write_policy / remove_policy applies at the very next get, with no time between."""
+    state, _ = _state()
+    store = PolicyStore(tmp_path)
+    landing = req("POST", "/v1/request-landing")
+    write_policy(tmp_path, 7, state.proxy)
+    assert store.get(7).judge(300, 6, 80, landing).allowed
+    (tmp_path / "7.json").write_text("{not json")  # behind the store's back: not looked at...
+    assert store.get(7).judge(300, 6, 80, landing).allowed
+    write_policy(tmp_path, 7, state.proxy)  # ...until the next change through the agent's functions
+    rewritten = store.get(7)
+    assert rewritten.judge(300, 6, 80, landing).allowed and store.get(7) is rewritten
+    remove_policy(tmp_path, 7)
+    assert store.get(7) is NO_RULES  # removed: the next request already sees no rules
+    write_policy(tmp_path, 7, state.proxy)
+    assert store.get(7).judge(300, 6, 80, landing).allowed
+    (tmp_path / "7.json").write_text("{not json")
+    changed(tmp_path)
+    assert store.get(7) is DENY_ALL
+
+
+def test_rules_directory_recreated_is_noticed(tmp_path: Path) -> None:
+    """The generation file replaced (its directory removed and made again): the store maps the new
+    one within REVALIDATE_S, and then follows its changes again."""
+    state, _ = _state()
+    directory = tmp_path / "rules"
+    store = PolicyStore(directory)
+    write_policy(directory, 7, state.proxy)
+    assert store.get(7).judge(300, 6, 80, req("POST", "/v1/request-landing")).allowed
+    (directory / "7.json").unlink()
+    (directory / GENERATION).unlink()
+    directory.rmdir()
+    write_policy(directory, 7, state.proxy)  # a new directory, a new generation file...
+    remove_policy(directory, 7)  # ...and its change, which the old mapping does not show
+    store._next_check = 0.0  # what REVALIDATE_S later means
+    assert store.get(7) is NO_RULES
 
 
 # ----- the proxy's connection handling, end to end over in-memory streams ----------------------------

@@ -17,8 +17,8 @@ import asyncio
 import errno
 import json
 import socket
-from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field, fields, replace
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Literal, TypeVar, get_args
 
@@ -105,7 +105,7 @@ def decode(data: bytes) -> AccessRecord:
     obj = _obj(raw, "record")
     http, dns = obj.pop("http", None), obj.pop("dns", None)
     policies = _list(obj.pop("policies", []), "policies")
-    record = _build(AccessRecord, obj, "record")
+    _check(AccessRecord, obj, "record")
     http_obj = None
     if http is not None:
         h = _obj(http, "http")
@@ -113,13 +113,8 @@ def decode(data: bytes) -> AccessRecord:
         http_obj = _build(HttpRecord, {**h, "headers": headers}, "http")
     dns_obj = None if dns is None else _build(DnsRecord, _obj(dns, "dns"), "dns")
     refs = [_build(PolicyRef, _obj(p, "policies[]"), "policies[]") for p in policies]
-    return replace(record, http=http_obj, dns=dns_obj, policies=refs)
-
-
-_SCALARS: dict[str, tuple[type, ...]] = {"int": (int,), "str": (str,), "bool": (bool,)}
-_LITERALS = {"L7Type": set(get_args(L7Type)), "Verdict": set(get_args(Verdict)),
-             'Literal["TCP", "UDP"]': {"TCP", "UDP"}}
-_STR_LISTS = {"list[str]"}
+    # built once with its parts (dataclasses.replace built it a second time: the agent decodes every record)
+    return _make(AccessRecord, {**obj, "http": http_obj, "dns": dns_obj, "policies": refs}, "record")
 
 
 def _obj(value: object, where: str) -> dict[str, Any]:
@@ -140,26 +135,57 @@ def _pair(value: object, where: str) -> tuple[str, str]:
     return (value[0], value[1])
 
 
-def _build(cls: type[_T], values: dict[str, Any], where: str) -> _T:
-    known = {f.name: f for f in fields(cls)}  # type: ignore[arg-type]
+# What a field's JSON value must be, by its annotation (json.loads makes no int or str subclass but
+# bool, so `type(v) is int` is isinstance(v, int) without bools). None: checked apart, or any value.
+_Check = Callable[[Any], bool]
+
+
+def _literal(allowed: set[str]) -> _Check:
+    return lambda v: type(v) is str and v in allowed
+
+
+_BY_KIND: dict[str, _Check] = {
+    "int": lambda v: type(v) is int,
+    "str": lambda v: type(v) is str,
+    "bool": lambda v: type(v) is bool,
+    "L7Type": _literal(set(get_args(L7Type))),
+    "Verdict": _literal(set(get_args(Verdict))),
+    'Literal["TCP", "UDP"]': _literal({"TCP", "UDP"}),
+    "list[str]": lambda v: type(v) is list and all(type(x) is str for x in v),
+}
+
+
+def _checks(cls: type) -> dict[str, _Check | None]:
+    return {f.name: _BY_KIND.get(str(f.type)) for f in fields(cls)}
+
+
+# per record class, made once: the agent checks every field of every record it receives
+_CHECKS: dict[type, dict[str, _Check | None]] = {cls: _checks(cls) for cls in (AccessRecord, HttpRecord, DnsRecord,
+                                                                                  PolicyRef)}
+
+
+def _check(cls: type, values: dict[str, Any], where: str) -> None:
+    checks = _CHECKS[cls]
     for name, value in values.items():
-        f = known.get(name)
-        if f is None:
-            raise ValueError(f"access log record: {where}.{name}: unknown field")
-        kind = str(f.type)
-        ok = True
-        if kind in _SCALARS:
-            ok = isinstance(value, _SCALARS[kind]) and (kind == "bool" or not isinstance(value, bool))
-        elif kind in _LITERALS:
-            ok = isinstance(value, str) and value in _LITERALS[kind]
-        elif kind in _STR_LISTS:
-            ok = isinstance(value, list) and all(isinstance(v, str) for v in value)
-        if not ok:
+        try:
+            check = checks[name]
+        except KeyError:
+            raise ValueError(f"access log record: {where}.{name}: unknown field") from None
+        if check is not None and not check(value):
+            kind = str(next(f.type for f in fields(cls) if f.name == name))
             raise ValueError(f"access log record: {where}.{name}: {value!r} is not a valid {kind}")
+
+
+def _make(cls: type[_T], values: dict[str, Any], where: str) -> _T:
     try:
         return cls(**values)
     except TypeError as exc:  # a required field is missing
         raise ValueError(f"access log record: {where}: {exc}") from None
+
+
+def _build(cls: type[_T], values: dict[str, Any], where: str) -> _T:
+    _check(cls, values, where)
+    return _make(cls, values, where)
 
 
 _str = json.encoder.encode_basestring_ascii  # the C one json.dumps uses
@@ -177,6 +203,8 @@ class FlowEncoder:
                        f'"protocol":{_str(protocol)},"source_identity":{int(source_identity)},'
                        f'"destination_identity":{int(destination_identity)},"rule_id":0,"dns":null,')
         self._policies: dict[tuple[PolicyRef, ...], str] = {}
+        self._headers: Sequence[tuple[str, str]] = ()  # the last headers encoded (immutable: a Request's)
+        self._pairs = ""
 
     def http(self, time_ns: int, kind: L7Type, verdict: Verdict, endpoint_id: int, ingress: bool,
              policies: tuple[PolicyRef, ...], latency_ns: int, summary: str, method: str, url: str, protocol: str,
@@ -187,7 +215,12 @@ class FlowEncoder:
                                   for p in policies) + "]"
             if len(self._policies) < 64:
                 self._policies[policies] = refs
-        pairs = ",".join(f"[{_str(n)},{_str(v)}]" for n, v in headers)
+        if headers is self._headers:  # the same request's again (a client repeating its request)
+            pairs = self._pairs
+        else:
+            pairs = ",".join(f"[{_str(n)},{_str(v)}]" for n, v in headers)
+            if headers:
+                self._headers, self._pairs = headers, pairs
         data = (f'{{"time_ns":{int(time_ns)},"type":{_str(kind)},"verdict":{_str(verdict)},{self._fixed}'
                 f'"endpoint_id":{int(endpoint_id)},"ingress":{"true" if ingress else "false"},"policies":{refs},'
                 f'"latency_ns":{int(latency_ns)},"summary":{_str(summary)},'

@@ -145,6 +145,11 @@ class ClientLeg(asyncio.Protocol):
         self.current: tuple[Request, Judgement, bool] | None = None
         self.started_ns = 0
         self.pending = b""  # the request waiting for its upstream connection
+        # the last request's head (its bytes, as parsed, the policy's view): a client asking the
+        # same again (keep-alive polling, load generators) is neither parsed nor decoded again
+        self.last_bytes = b""
+        self.last_head: RequestHead | None = None
+        self.last_request: Request | None = None
         self.write_paused = False  # the client does not read: the server is not read either
         self.paused_by_server = False
         self.reading_paused = False
@@ -228,12 +233,18 @@ class ClientLeg(asyncio.Protocol):
                 if buf[:n] == PREFACE[:n] or not self.route.fast:
                     self._hand_off(True)
                     return
-            try:
-                head = parse_request(buf)
-            except Unusual as exc:
-                log.debug("to the h11 path: %s", exc)
-                self._hand_off(self.first)
-                return
+            head = self.last_head
+            # the same head bytes as the last request's: the same head (its first blank line is where
+            # theirs was); its body's end with them, unless chunked (then never kept)
+            if head is None or not buf.startswith(self.last_bytes) or len(buf) < head.end:
+                try:
+                    head = parse_request(buf)
+                except Unusual as exc:
+                    log.debug("to the h11 path: %s", exc)
+                    self._hand_off(self.first)
+                    return
+                if head is not None and not head.chunked:
+                    self.last_bytes, self.last_head, self.last_request = buf[:head.head_end], head, None
             if head is None:
                 if self.eof:  # cut mid-request: the h11 path answers it as it always has
                     self._hand_off(self.first)
@@ -246,7 +257,12 @@ class ClientLeg(asyncio.Protocol):
         self._update_reading()
 
     def _request(self, head: RequestHead, buf: bytes) -> None:
-        request = request_of(head)
+        if head is self.last_head:
+            request = self.last_request
+            if request is None:
+                request = self.last_request = request_of(head)
+        else:
+            request = request_of(head)
         judgement = self.info.judge(request)
         self.info.observer.request(request, judgement)
         if not judgement.forward:

@@ -53,6 +53,7 @@ class RequestHead:
     head_end: int  # offset just past the blank line
     end: int  # offset just past the body
     close: bool  # `Connection: close`: the connection ends after the answer
+    chunked: bool = False  # the body's end depends on more than the head (`end` is this request's only)
 
 
 def _has_token(value: bytes, token: bytes) -> bool:
@@ -113,7 +114,7 @@ def parse_request(buf: bytes, pos: int = 0) -> RequestHead | None:
         end = head_end + (length or 0)
         if len(buf) < end:
             return None
-    return RequestHead(method, target, headers, head_end, end, close)
+    return RequestHead(method, target, headers, head_end, end, close, chunked)
 
 
 def chunked_end(buf: bytes, pos: int) -> int | None:

@@ -19,7 +19,7 @@ from cilia.proxy.h2proxy import PREFACE, serve_h2
 from cilia.proxy.http import ConnInfo, serve_connection
 from cilia.proxy.http1fast import ClientLeg, Route
 from cilia.proxy.observe import AccessLog
-from cilia.proxy.policy import judge_request
+from cilia.proxy.policy import ConnectionJudge
 from cilia.proxy.transparent import PROXY_PORT, Connection, connect_upstream, listener, open_upstream
 
 if TYPE_CHECKING:
@@ -94,7 +94,7 @@ class HttpServer:
         if conn is None:
             log.warning("connection from %s: not from a local endpoint, closed", transport.get_extra_info("peername"))
             return None
-        info = ConnInfo(lambda request: judge_request(ctx.policies, conn.parties, request),
+        info = ConnInfo(ConnectionJudge(ctx.policies, conn.parties),
                         AccessLog(conn, ctx.accesslog, ctx.counter))
 
         async def fallback(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, at_start: bool) -> None:

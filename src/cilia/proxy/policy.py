@@ -105,6 +105,9 @@ class EndpointPolicy:
         self.egress = tuple(egress)
         self.audit = audit
         self.broken = broken  # the rules could not be read: judges both directions and denies
+        # whether a verdict may depend on more than (method, path, host): a rule names headers
+        self.reads_headers = any(r.headers or r.header_matches for e in self.ingress + self.egress for p in e.ports
+                                 for r in p.http or ())
 
     @classmethod
     def from_json(cls, raw: Mapping[str, Any]) -> EndpointPolicy:
@@ -191,15 +194,18 @@ def judge_request(store: PolicyStore, parties: Parties, request: Request) -> Jud
     """The client's egress rules (when it has L7 rules there), then the server's ingress rules: both
     must allow. A connection no side claims is denied (the datapath redirected it for rules the
     proxy does not have: fail closed). In audit mode a side's denial is reported, not enforced."""
+    own = store.get(parties.client_endpoint) if parties.client_endpoint else None
+    theirs = store.get(parties.server_endpoint) if parties.server_endpoint else None
+    return _judge(own, theirs, parties, request)
+
+
+def _judge(own: EndpointPolicy | None, theirs: EndpointPolicy | None, parties: Parties,
+           request: Request) -> Judgement:
     sides: list[tuple[Direction, int, EndpointPolicy, int]] = []
-    if parties.client_endpoint:
-        own = store.get(parties.client_endpoint)
-        if own.judges("egress"):
-            sides.append(("egress", parties.client_endpoint, own, parties.server_identity))
-    if parties.server_endpoint:
-        theirs = store.get(parties.server_endpoint)
-        if theirs.judges("ingress"):
-            sides.append(("ingress", parties.server_endpoint, theirs, parties.client_identity))
+    if own is not None and own.judges("egress"):
+        sides.append(("egress", parties.client_endpoint, own, parties.server_identity))
+    if theirs is not None and theirs.judges("ingress"):
+        sides.append(("ingress", parties.server_endpoint, theirs, parties.client_identity))
     if not sides:
         return Judgement("DROPPED", (), parties.server_endpoint or parties.client_endpoint, True)
     allowed_by: list[PolicyRef] = []
@@ -220,6 +226,42 @@ def judge_request(store: PolicyStore, parties: Parties, request: Request) -> Jud
     direction, endpoint_id = sides[-1][0], sides[-1][1]
     return Judgement("AUDIT" if audited else "FORWARDED", tuple(allowed_by), endpoint_id, direction == "ingress",
                      tuple(mismatches))
+
+
+class ConnectionJudge:
+    """judge_request for one connection's parties, remembering its verdicts: while the rules of
+    both sides are the same objects (the store hands out a new one when a file changed) and no
+    rule of theirs names headers, a verdict depends only on (method, path, host), so a repeated
+    one (keep-alive clients asking the same) is looked up, not matched again. Every request is
+    still judged on its own, by the rules current at that request."""
+
+    MEMO = 256  # verdicts kept per connection (beyond: judged every time)
+
+    def __init__(self, store: PolicyStore, parties: Parties) -> None:
+        self.store = store
+        self.parties = parties
+        self._own: EndpointPolicy | None = None
+        self._theirs: EndpointPolicy | None = None
+        self._by_headers = True  # the memo is off until the first request's rules are known
+        self._memo: dict[tuple[str, str, str], Judgement] = {}
+
+    def __call__(self, request: Request) -> Judgement:
+        parties = self.parties
+        own = self.store.get(parties.client_endpoint) if parties.client_endpoint else None
+        theirs = self.store.get(parties.server_endpoint) if parties.server_endpoint else None
+        if own is not self._own or theirs is not self._theirs:
+            self._own, self._theirs = own, theirs
+            self._memo.clear()
+            self._by_headers = any(p is not None and p.reads_headers for p in (own, theirs))
+        if self._by_headers:
+            return _judge(own, theirs, parties, request)
+        key = (request.method, request.path, request.host)
+        judgement = self._memo.get(key)
+        if judgement is None:
+            judgement = _judge(own, theirs, parties, request)
+            if len(self._memo) < self.MEMO:
+                self._memo[key] = judgement
+        return judgement
 
 
 def apply_mismatches(headers: list[tuple[bytes, bytes]],

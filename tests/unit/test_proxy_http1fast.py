@@ -226,6 +226,24 @@ def test_pipeline_answered_in_order_with_the_denied_request_in_its_place(loop_fa
     assert observed.responses == [("/a", 200), ("/b", 200)] and handed == []
 
 
+@pytest.mark.parametrize("loop_factory", LOOPS)
+def test_a_repeated_head_is_judged_and_framed_as_a_new_one(loop_factory: Any) -> None:
+    """The last head is kept (a repeat is not parsed again): repeats with other bodies, one whose
+    body is still coming, a longer head that starts as the kept one, chunked repeats (their ends
+    differ), each framed and judged as its own."""
+    post = b"POST /c HTTP/1.1\r\nHost: origin\r\nContent-Length: 5\r\n\r\n"
+    longer = b"POST /c HTTP/1.1\r\nHost: origin\r\nContent-Length: 5\r\nX-More: 1\r\n\r\n"
+    chunked = b"POST /u HTTP/1.1\r\nHost: origin\r\nTransfer-Encoding: chunked\r\n\r\n"
+    parts = [post + b"hello", post + b"wor", b"ld" + get("/deny") + get("/deny") + longer + b"again" + get("/a")
+             + get("/a") + chunked + b"a\r\n0123456789\r\n0\r\n\r\n" + chunked + b"0\r\n\r\n" + get("/z")]
+    got, origin, observed, handed = exchange(loop_factory, parts, pause=0.05)
+    assert got == OK * 2 + DENIED * 2 + OK * 6 and handed == []
+    assert bytes(origin.received) == b"".join(parts).replace(get("/deny"), b"")
+    assert observed.requests == [("POST", "/c", "FORWARDED")] * 2 + [("GET", "/deny", "DROPPED")] * 2 + [
+        ("POST", "/c", "FORWARDED"), ("GET", "/a", "FORWARDED"), ("GET", "/a", "FORWARDED"),
+        ("POST", "/u", "FORWARDED"), ("POST", "/u", "FORWARDED"), ("GET", "/z", "FORWARDED")]
+
+
 def test_the_403s_are_the_h11_paths_bytes() -> None:
     assert DENIED == (b"HTTP/1.1 403 Forbidden\r\ncontent-type: text/plain\r\ncontent-length: 13\r\n\r\n"
                       b"Access denied")

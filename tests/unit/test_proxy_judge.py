@@ -13,7 +13,15 @@ from cilia.policy.l7 import HttpRule
 from cilia.proxy.accesslog import AccessLogSender, PolicyRef, decode
 from cilia.proxy.http import ConnInfo, serve_connection
 from cilia.proxy.observe import AccessLog, RequestCounter
-from cilia.proxy.policy import DENY_ALL, NO_RULES, EndpointPolicy, Parties, Request, judge_request
+from cilia.proxy.policy import (
+    DENY_ALL,
+    NO_RULES,
+    ConnectionJudge,
+    EndpointPolicy,
+    Parties,
+    Request,
+    judge_request,
+)
 from cilia.proxy.transparent import Connection
 
 RULE1 = {"kind": "CiliumNetworkPolicy", "namespace": "default", "name": "rule1"}
@@ -82,6 +90,28 @@ def test_fail_closed_without_rules_or_with_broken_rules() -> None:
     # a broken client file denies even when the server's rules would allow
     broken = Store(e3=DENY_ALL, e7=SERVER)
     assert judge_request(broken, PARTIES, req("POST", "/v1/request-landing")).verdict == "DROPPED"  # type: ignore[arg-type]
+
+
+def test_connection_judge_gives_judge_requests_verdicts_with_the_current_rules() -> None:
+    """ConnectionJudge remembers verdicts by (method, path, host) only while both sides' rules are
+    the same objects and name no headers: a change of rules applies to the next request, and
+    with header rules every request is matched."""
+    store = Store(e3=CLIENT, e7=SERVER)
+    judge = ConnectionJudge(store, PARTIES)  # type: ignore[arg-type]
+    cases = [req("POST", "/v1/request-landing"), req("POST", "/other"), req("GET", "/v1/x"),
+             req("POST", "/v1/request-landing"), Request("POST", "/v1/request-landing", "other", {}, "HTTP/1.1", ())]
+    for request in cases * 2:
+        assert judge(request) == judge_request(store, PARTIES, request)  # type: ignore[arg-type]
+    assert judge(cases[0]).verdict == "FORWARDED"
+    store.by_id[7] = _policy(ingress=[{"rule_id": 1, "identities": [300], "policy": RULE1,
+                                       "ports": [_port(HttpRule("POST", "/v1/other"))]}])
+    assert judge(cases[0]).verdict == "DROPPED"  # the next request: the new rules
+    store.by_id[7] = _policy(ingress=[{"rule_id": 1, "identities": [300], "policy": RULE1,
+                                       "ports": [_port(HttpRule("POST", "/v1/.*", headers=(("x-ok", None),)))]}])
+    with_header = Request("POST", "/v1/request-landing", "deathstar", {"x-ok": ["1"]}, "HTTP/1.1", ())
+    without = Request("POST", "/v1/request-landing", "deathstar", {}, "HTTP/1.1", ())
+    for _ in range(2):  # same (method, path, host), other headers: each judged by its headers
+        assert judge(with_header).verdict == "FORWARDED" and judge(without).verdict == "DROPPED"
 
 
 class _Writer:

@@ -1,8 +1,9 @@
 """The agent's end of the proxies' access log: a thread reads the unix datagram socket
 (`NodePaths.accesslog_socket`; a datagram holds one record or several, newline-separated),
-decodes each record (`cilia.proxy.accesslog.decode`), makes it an L7 flow (`cilia.flows.l7`)
-and adds it to the flow ring, where the Hubble server, `observe`, the metrics and the exporter
-see it as they see the datapath's flows.
+decodes each record (`cilia.proxy.accesslog.decode`) and adds it to the flow ring, made an L7
+flow (`cilia.flows.l7`) when first read, where the Hubble server, `observe`, the metrics and
+the exporter see it as they see the datapath's flows (whose records are built when read too; the
+endpoints a flow names are looked up then).
 
 A record that does not decode is logged with the reason (the first few, then every 1000th, so a
 broken sender cannot flood the log), counted in `invalid` and skipped; the proxies never wait
@@ -18,10 +19,11 @@ import socket
 import threading
 from pathlib import Path
 
+from cilia.flows.build import Flow
 from cilia.flows.l7 import L7FlowBuilder
 from cilia.flows.ring import FlowRing
 from cilia.fqdn.history import DnsHistory
-from cilia.proxy.accesslog import MAX_DATAGRAM, decode
+from cilia.proxy.accesslog import MAX_DATAGRAM, AccessRecord, decode
 
 log = logging.getLogger(__name__)
 RECEIVE_BUFFER = 4 * 1024 * 1024  # bursts of records while the thread is busy
@@ -84,8 +86,19 @@ class AccessLogReader:
                 and record.verdict == "FORWARDED" and dns.ips):
             # before the pod has its answer: its first connection's flows are named
             self.history.learn(record.endpoint_id, [dns.query, *dns.cnames], dns.ips)
-        self.ring.add(self.builder.build(record))
+        # built when first read (as the datapath's records): an L7 flow costs the agent more to build
+        # than the proxy spent on the request, and most are never read (the tap that must see every
+        # flow, for the metrics or the exporter, builds them within its CPU budget)
+        self.ring.add_lazy(lambda: self._build(record))
         return True
+
+    def _build(self, record: AccessRecord) -> Flow | None:
+        try:
+            return self.builder.build(record)
+        except Exception:  # one flow that cannot be built must not fail its reader (None: skipped)
+            self.invalid += 1
+            log.exception("access log: a record could not be made a flow")
+            return None
 
     def _run(self) -> None:
         sock = self._sock

@@ -17,7 +17,7 @@ import asyncio
 import errno
 import json
 import socket
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Literal, TypeVar, get_args
@@ -135,43 +135,37 @@ def _pair(value: object, where: str) -> tuple[str, str]:
     return (value[0], value[1])
 
 
-# What a field's JSON value must be, by its annotation (json.loads makes no int or str subclass but
-# bool, so `type(v) is int` is isinstance(v, int) without bools). None: checked apart, or any value.
-_Check = Callable[[Any], bool]
-
-
-def _literal(allowed: set[str]) -> _Check:
-    return lambda v: type(v) is str and v in allowed
-
-
-_BY_KIND: dict[str, _Check] = {
-    "int": lambda v: type(v) is int,
-    "str": lambda v: type(v) is str,
-    "bool": lambda v: type(v) is bool,
-    "L7Type": _literal(set(get_args(L7Type))),
-    "Verdict": _literal(set(get_args(Verdict))),
-    'Literal["TCP", "UDP"]': _literal({"TCP", "UDP"}),
-    "list[str]": lambda v: type(v) is list and all(type(x) is str for x in v),
+# What a field's JSON value must be, by its annotation: a type (json.loads makes no int or str
+# subclass but bool, so `type(v) is int` is isinstance(v, int) without bools), the strings of a
+# Literal, a list of strings (_STRINGS), or None: checked apart, or any value. Tests, not calls: the
+# agent checks every field of every record it receives.
+_STRINGS = "list[str]"
+_Spec = type | frozenset[str] | str | None
+_BY_KIND: dict[str, _Spec] = {
+    "int": int, "str": str, "bool": bool,
+    "L7Type": frozenset(get_args(L7Type)), "Verdict": frozenset(get_args(Verdict)),
+    'Literal["TCP", "UDP"]': frozenset({"TCP", "UDP"}), "list[str]": _STRINGS,
 }
-
-
-def _checks(cls: type) -> dict[str, _Check | None]:
-    return {f.name: _BY_KIND.get(str(f.type)) for f in fields(cls)}
-
-
-# per record class, made once: the agent checks every field of every record it receives
-_CHECKS: dict[type, dict[str, _Check | None]] = {cls: _checks(cls) for cls in (AccessRecord, HttpRecord, DnsRecord,
-                                                                                  PolicyRef)}
+_CHECKS: dict[type, dict[str, _Spec]] = {cls: {f.name: _BY_KIND.get(str(f.type)) for f in fields(cls)}
+                                         for cls in (AccessRecord, HttpRecord, DnsRecord, PolicyRef)}
+_UNKNOWN = object()
 
 
 def _check(cls: type, values: dict[str, Any], where: str) -> None:
     checks = _CHECKS[cls]
     for name, value in values.items():
-        try:
-            check = checks[name]
-        except KeyError:
-            raise ValueError(f"access log record: {where}.{name}: unknown field") from None
-        if check is not None and not check(value):
+        spec = checks.get(name, _UNKNOWN)
+        if spec is None:
+            continue
+        if spec is _UNKNOWN:
+            raise ValueError(f"access log record: {where}.{name}: unknown field")
+        if type(spec) is type:
+            ok = type(value) is spec
+        elif spec is _STRINGS:
+            ok = type(value) is list and all(type(x) is str for x in value)
+        else:
+            ok = type(value) is str and value in spec  # type: ignore[operator]
+        if not ok:
             kind = str(next(f.type for f in fields(cls) if f.name == name))
             raise ValueError(f"access log record: {where}.{name}: {value!r} is not a valid {kind}")
 

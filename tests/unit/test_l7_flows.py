@@ -28,7 +28,15 @@ from cilia.hubble.filters import FilterError, FlowFilters
 from cilia.hubble.metrics.options import MetricsOptionError, parse_metrics
 from cilia.hubble.metrics.processor import FlowMetrics
 from cilia.hubble.pb import flow_pb2
-from cilia.proxy.accesslog import MAX_DATAGRAM, AccessLogSender, AccessRecord, DnsRecord, HttpRecord, PolicyRef
+from cilia.proxy.accesslog import (
+    FLUSH_DELAY,
+    MAX_DATAGRAM,
+    AccessLogSender,
+    AccessRecord,
+    DnsRecord,
+    HttpRecord,
+    PolicyRef,
+)
 from cilia.testing import wait_for
 
 FF = flow_pb2.FlowFilter
@@ -360,7 +368,7 @@ def test_reader_turns_datagrams_into_flows_and_skips_bad_ones(reader: AccessLogR
     assert reader.handle(b"not json") is False and reader.invalid == 2
 
 
-def test_records_of_one_loop_iteration_share_datagrams_and_each_becomes_a_flow(reader: AccessLogReader) -> None:
+def test_records_sent_together_share_datagrams_and_each_becomes_a_flow(reader: AccessLogReader) -> None:
     reader.start()
     sender = AccessLogSender(reader.path)
     request, response = http_record().encode(), http_record("RESPONSE", code=200).encode()
@@ -374,10 +382,11 @@ def test_records_of_one_loop_iteration_share_datagrams_and_each_becomes_a_flow(r
                 sender.send_soon(request)
                 sender.send_soon(response)
                 tapped.send_soon(request)
-            await asyncio.sleep(0)  # the iteration ends: the queue goes out
+            await asyncio.sleep(FLUSH_DELAY * 5)  # the queue goes out within FLUSH_DELAY
             big = b'{"x":"' + b"y" * 25000 + b'"}'
             for _ in range(5):  # five 25 kB records: no datagram over MAX_DATAGRAM
                 tapped.send_soon(big)
+            await asyncio.sleep(FLUSH_DELAY * 5)
 
         asyncio.run(burst())
         assert tap.recv(MAX_DATAGRAM + 1024) == b"\n".join([request] * 3)  # one datagram, three records

@@ -26,6 +26,7 @@ L7Type = Literal["REQUEST", "RESPONSE", "SAMPLE"]
 Verdict = Literal["FORWARDED", "DROPPED", "AUDIT", "ERROR"]
 _T = TypeVar("_T")
 MAX_DATAGRAM = 60 * 1024  # well under the unix datagram default limit; longer records are cut
+FLUSH_DELAY = 0.002  # s: how long a record may wait for others to share its datagram
 
 
 @dataclass(frozen=True)
@@ -226,13 +227,15 @@ class FlowEncoder:
 class AccessLogSender:
     """The proxies' end: fire-and-forget datagrams to the agent's socket; `sent` and `lost` count
     records (`lost`: dropped). A datagram holds one record, or several separated by newlines (the
-    JSON of a record has none): `send_soon` packs the records of one event-loop iteration together."""
+    JSON of a record has none): `send_soon` packs the records of FLUSH_DELAY together."""
 
     def __init__(self, path: Path) -> None:
         self._path = str(path)
         self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         self._sock.setblocking(False)
         self._queued: list[bytes] = []
+        self._queued_bytes = 0
+        self._timer: asyncio.TimerHandle | None = None
         self.sent = 0
         self.lost = 0
 
@@ -243,20 +246,31 @@ class AccessLogSender:
         self._send([data])
 
     def send_soon(self, data: bytes) -> None:
-        """Queued, and sent when the running event loop's current iteration is done, with every
-        other record queued meanwhile in as few datagrams as MAX_DATAGRAM allows: a sendto (and
-        an agent wake-up) costs more than encoding a record, and a busy proxy serves many requests
-        an iteration. Without a running loop: sent at once."""
+        """Queued, and sent within FLUSH_DELAY with every other record queued meanwhile, in as few
+        datagrams as MAX_DATAGRAM allows: a sendto (and the agent's wake-up and recv) costs more
+        than encoding a record, and a busy proxy serves many requests a millisecond. A full
+        datagram's worth goes at once; `close` sends what is queued. Without a running loop: sent
+        at once."""
         if not self._queued:
             try:
-                asyncio.get_running_loop().call_soon(self.flush)
+                self._timer = asyncio.get_running_loop().call_later(FLUSH_DELAY, self._flush_timer)
             except RuntimeError:
                 self.send_encoded(data)
                 return
         self._queued.append(data)
+        self._queued_bytes += len(data) + 1
+        if self._queued_bytes >= MAX_DATAGRAM:
+            self.flush()
+
+    def _flush_timer(self) -> None:
+        self._timer = None
+        self.flush()
 
     def flush(self) -> None:
-        queued, self._queued = self._queued, []
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        queued, self._queued, self._queued_bytes = self._queued, [], 0
         datagram: list[bytes] = []
         size = 0
         for data in queued:

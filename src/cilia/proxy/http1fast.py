@@ -1,7 +1,8 @@
 """cilia-proxy's HTTP/1.1 fast path: one redirected connection served with asyncio Protocols (no
 streams, no h11), for ordinary requests.
 
-Per request: the head is framed and checked by cilia.proxy.http1wire, the request judged as the
+Per request: the head is framed and checked by cilia.proxy.http1wire (a head byte for byte the
+previous request's is that head again: neither parsed nor decoded twice), the request judged as the
 h11 path judges it (cilia.proxy.policy, the same Request), and then either answered `403 Access
 denied` (never sent on) or sent on to the server as the client's own bytes (a headerMatches
 ADD / DELETE / REPLACE action rewrites the head, and only then). The answer streams back as the

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from cilia.policy.l7 import HttpRule
-from cilia.proxy.accesslog import AccessLogSender, PolicyRef, decode
+from cilia.proxy.accesslog import FLUSH_DELAY, AccessLogSender, PolicyRef, decode
 from cilia.proxy.http import ConnInfo, serve_connection
 from cilia.proxy.observe import AccessLog, RequestCounter
 from cilia.proxy.policy import (
@@ -152,6 +152,7 @@ def test_every_judged_request_is_in_the_access_log(tmp_path: Path) -> None:
         info = ConnInfo(lambda r: judge_request(Store(e7=SERVER), PARTIES, r),  # type: ignore[arg-type]
                         AccessLog(conn, sender, counter))
         await serve_connection(reader, _Writer(), info, upstream, idle_timeout=1)  # type: ignore[arg-type]
+        await asyncio.sleep(FLUSH_DELAY * 5)  # the records of FLUSH_DELAY go out together
 
     asyncio.run(go())
     records = []

@@ -4,8 +4,10 @@ what the fast path hands over), and of Debian's nginx as a reverse proxy, each i
 same nginx origin (`return 200`) on 127.0.0.1.
 
 The proxy runs in a child process pinned to CPU 1, wrk (one thread) on CPU 0; the cilia proxy
-judges every request with a real rules file (an L7 rule `GET /.*`, cilia.proxy.policy) and sends
-its access-log records (two per request) to a unix socket a sink process drains, as the agent's.
+judges every request with a real rules file (an L7 rule `GET /.*`, cilia.proxy.policy, through
+the per-connection ConnectionJudge the proxy's HTTP server uses) and sends its access-log records
+(two per request) to a unix socket a sink process drains, as the agent's. wrk repeats one
+request, so the fast path's kept head and the remembered verdict apply to all but the first.
 Per mode: wrk's requests/s with `--connections` connections, its p50 with one, and the proxy
 process's CPU time (user + system) divided by the requests it served: the figure the machine's
 load changes least. No lab; addresses are loopback only, in a network namespace of its own

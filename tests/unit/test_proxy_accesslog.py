@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import socket
@@ -12,6 +13,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from cilia.proxy.accesslog import (
+    FLUSH_DELAY,
     AccessLogSender,
     AccessRecord,
     DnsRecord,
@@ -96,3 +98,28 @@ def test_hand_built_http_record_is_the_dataclass_one(method: str, url: str, summ
             summary=summary, http=HttpRecord(method, url, "HTTP/1.1", 403, headers))
         assert decode(data) == expected
         assert json.loads(data) == json.loads(expected.encode())
+
+
+def test_queued_records_wait_for_flush_delay_and_close_sends_them(tmp_path: Path) -> None:
+    """send_soon holds a record for up to FLUSH_DELAY (to share a datagram); close() sends what is still queued."""
+    agent = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    agent.bind(str(tmp_path / "a.sock"))
+    agent.setblocking(False)
+    sender = AccessLogSender(tmp_path / "a.sock")
+    record = _record().encode()
+
+    async def go() -> None:
+        sender.send_soon(record)
+        await asyncio.sleep(0)
+        with pytest.raises(BlockingIOError):  # not yet: others may join it
+            agent.recv(65536)
+        await asyncio.sleep(FLUSH_DELAY * 5)
+        assert agent.recv(65536) == record
+        sender.send_soon(record)
+        sender.send_soon(record)
+        sender.close()  # at the worker's end: nothing queued is left behind
+        assert agent.recv(65536) == record + b"\n" + record
+
+    asyncio.run(go())
+    assert (sender.sent, sender.lost) == (3, 0)
+    agent.close()

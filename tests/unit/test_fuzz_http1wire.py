@@ -21,6 +21,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from cilia.proxy import http1wire
 from cilia.proxy.http1wire import ResponseError, ResponseFraming, Unusual, chunked_end, parse_request
 
 EXAMPLES: Counter[str] = Counter()
@@ -204,3 +205,33 @@ def _report() -> Iterator[None]:
     yield
     total = sum(n for kind, n in EXAMPLES.items() if kind != "request-taken")  # taken: a subset of "request"
     print(f"\nhttp1wire fuzz examples run: {dict(EXAMPLES)} (total {total})")
+
+
+def _framed(data: bytes, head_request: bool = False) -> tuple[bytes, int, int, bool, bool]:
+    framing = ResponseFraming(head_request)
+    out, used = framing.feed(data)
+    return out, used, framing.code, framing.close, framing.done
+
+
+@pytest.mark.parametrize("head", [
+    b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n", b"HTTP/1.0 200 OK\r\nContent-Length: 2\r\n\r\n",
+    b"HTTP/1.1 204 No Content\r\n\r\n", b"HTTP/1.1 042 Odd\r\nContent-Length: 2\r\n\r\n",
+    b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 2\r\n\r\n", b"HTTP/1.1 200 OK\r\n\r\n",
+    b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"])
+def test_a_response_head_seen_before_frames_as_the_first_time(head: bytes) -> None:
+    """Heads are remembered (http1wire._HEADS): a repeat, for a GET or a HEAD request, is framed as the first."""
+    http1wire._HEADS.clear()
+    body = b"ok" if b"chunked" not in head else b"2\r\nok\r\n0\r\n\r\n"
+    first = [_framed(head + body + b"rest"), _framed(head + body + b"rest", head_request=True)]
+    assert head[:head.index(b"\r\n\r\n")] in http1wire._HEADS and first[0][2] == int(head[9:12])
+    assert [_framed(head + body + b"rest"), _framed(head + body + b"rest", head_request=True)] == first
+
+
+def test_an_informational_head_is_not_an_answers_framing() -> None:
+    http1wire._HEADS.clear()
+    early = b"HTTP/1.1 103 Early Hints\r\nLink: </x>\r\n\r\n"
+    for _ in range(2):
+        framing = ResponseFraming(False)
+        out, used = framing.feed(early + b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+        assert (framing.code, framing.done, used) == (200, True, len(out))
+    assert not any(raw.startswith(b"HTTP/1.1 103") for raw in http1wire._HEADS)

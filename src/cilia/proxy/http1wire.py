@@ -235,29 +235,16 @@ class ResponseFraming:
         return base + end
 
     def _read_head(self, data: bytes, pos: int, blank: int) -> None:
-        head = _RESPONSE_HEAD.fullmatch(data, pos, blank + 2)
-        if head is None:
-            raise ResponseError("status line or header line")
-        code = int(head.group(2))
-        close = head.group(1) == b"0"
-        length: int | None = None
-        chunked = False
-        # only the framing headers are read (one C scan), the rest passes as it is
-        for name, value in _FRAMING.findall(data, head.end(2), blank + 2):
-            key = name.lower()
-            if key == b"content-length":
-                if _DIGITS.fullmatch(value) is None or (length is not None and length != int(value)):
-                    raise ResponseError("Content-Length")
-                length = int(value)
-            elif key == b"transfer-encoding":
-                if chunked or value.lower() != b"chunked":
-                    raise ResponseError("Transfer-Encoding")  # h11 carries no other coding either
-                chunked = True
-            elif _has_token(value, b"close"):
-                close = True
+        raw = data[pos:blank]
+        framing = _HEADS.get(raw)
+        if framing is None:
+            framing = _framing(data, pos, blank)
+            if not 100 <= framing[0] < 200:  # a final answer's (an informational one frames no answer)
+                if len(_HEADS) >= _HEADS_KEPT:
+                    _HEADS.clear()
+                _HEADS[raw] = framing
+        code, close, length, chunked = framing
         if 100 <= code < 200:
-            if code == 101:
-                raise ResponseError("101 without an Upgrade request")
             return  # informational: sent on, the final answer follows
         self.code = code
         self.close = close
@@ -272,6 +259,7 @@ class ResponseFraming:
         else:
             self.state = _UNTIL_CLOSE
             self.close = True
+
 
     def _chunk_line(self, data: bytes, pos: int, out: list[bytes]) -> int:
         line = self.held + data[pos:pos + 4096]
@@ -311,3 +299,36 @@ class ResponseFraming:
         out.append(data[pos:pos + used])
         self.done = True
         return pos + used
+
+
+# response heads seen (bytes before the blank line -> what _framing read of them): servers send
+# the same few heads again and again (nginx: one per second, its Date); cleared when full
+_HEADS: dict[bytes, tuple[int, bool, int | None, bool]] = {}
+_HEADS_KEPT = 256
+
+
+def _framing(data: bytes, pos: int, blank: int) -> tuple[int, bool, int | None, bool]:
+    """(status code, the server closes, Content-Length, chunked) of the head in data[pos:blank]."""
+    head = _RESPONSE_HEAD.fullmatch(data, pos, blank + 2)
+    if head is None:
+        raise ResponseError("status line or header line")
+    code = int(head.group(2))
+    close = head.group(1) == b"0"
+    length: int | None = None
+    chunked = False
+    # only the framing headers are read (one C scan), the rest passes as it is
+    for name, value in _FRAMING.findall(data, head.end(2), blank + 2):
+        key = name.lower()
+        if key == b"content-length":
+            if _DIGITS.fullmatch(value) is None or (length is not None and length != int(value)):
+                raise ResponseError("Content-Length")
+            length = int(value)
+        elif key == b"transfer-encoding":
+            if chunked or value.lower() != b"chunked":
+                raise ResponseError("Transfer-Encoding")  # h11 carries no other coding either
+            chunked = True
+        elif _has_token(value, b"close"):
+            close = True
+    if code == 101:
+        raise ResponseError("101 without an Upgrade request")
+    return code, close, length, chunked

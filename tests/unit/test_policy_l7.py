@@ -244,9 +244,12 @@ def test_rules_change_applies_to_the_next_request_without_a_stat_per_request(tmp
     assert store.get(7) is NO_RULES  # removed: the next request already sees no rules
     write_policy(tmp_path, 7, state.proxy)
     assert store.get(7).judge(300, 6, 80, landing).allowed
+    good = (tmp_path / "7.json").read_text()
     (tmp_path / "7.json").write_text("{not json")
     changed(tmp_path)
     assert store.get(7) is DENY_ALL
+    (tmp_path / "7.json").write_text(good)  # an unreadable file is not remembered: read again next time
+    assert store.get(7).judge(300, 6, 80, landing).allowed
 
 
 def test_rules_directory_recreated_is_noticed(tmp_path: Path) -> None:

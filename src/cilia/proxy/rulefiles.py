@@ -127,7 +127,8 @@ class RuleFileStore(Generic[P]):
             if current is not None:
                 return current
         policy = self._read(endpoint_id)
-        self._current[endpoint_id] = policy
+        if policy is not self._broken:  # an unreadable file is tried again at the next request, as before
+            self._current[endpoint_id] = policy
         return policy
 
     def _read(self, endpoint_id: int) -> P:

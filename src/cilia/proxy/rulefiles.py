@@ -12,8 +12,9 @@ it on every request (a memory read, no system call); only when it changed does i
 endpoint's file again (and parse it when its mtime or size changed). So every request judged
 after `write_rules_file` returned is judged by the new file, as when the proxy stat'ed the file
 on every request (what it does still when the generation file cannot be mapped). A file changed
-by anything else (by hand) is seen at the next change through these functions, or within
-`REVALIDATE_S` when the generation file itself was replaced (its directory recreated).
+by anything else (by hand) is seen at the next change through these functions (an unreadable one
+is not remembered: read again at every request, as before), or within `REVALIDATE_S` when the
+generation file itself was replaced (its directory recreated).
 """
 
 from __future__ import annotations

@@ -218,3 +218,29 @@ def test_a_consumer_that_stops_reading_holds_the_readers_back() -> None:
     held = run(main())
     # the queue, plus at most one drained batch of it in the buffers: bounded, not a million
     assert isinstance(held, int) and held <= 2 * merge.QUEUE_SIZE + 100 + 10
+
+
+def test_a_stall_of_the_whole_relay_longer_than_the_window_does_not_reorder_history() -> None:
+    """The relay process descheduled (a busy machine) past the window: when it runs again a slow
+    node's next item is due but not yet read; the node must not count as quiet for that."""
+    import time
+
+    async def stalling(values: list[int]) -> AsyncIterator[int]:
+        for i, value in enumerate(values):
+            if i == len(values) // 2:
+                time.sleep(0.12)  # blocks the loop: every stream stalls at once
+            yield value
+
+    rng = random.Random(11)
+    nodes = {f"n{i}": sorted(rng.sample(range(10_000), 100)) for i in range(3)}
+
+    async def main() -> list[Item[int] | Ended]:
+        merger: Merger[int] = Merger(lambda v: v, follow=False, window=0.05)
+        merger.add("n0", stream(nodes["n0"], gap=0.001))
+        merger.add("n1", stalling(nodes["n1"]))
+        merger.add("n2", stream(nodes["n2"]))
+        return await collect(merger)
+
+    events = run(main())
+    assert isinstance(events, list)
+    assert values(events) == sorted(v for vs in nodes.values() for v in vs)

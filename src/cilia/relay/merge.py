@@ -6,9 +6,13 @@ still streaming has a head buffered (else a quiet node could still send somethin
 makes the merge exact. A follower's streams never end and some are quiet: a node that has sent
 nothing for `window` seconds no longer holds the others back (until it sends again), so a quiet
 node delays the others by at most the window, never blocks them; a node that streams, however
-slowly, is waited for. A node whose stream fails is reported (an
-`Ended` with the error) and dropped from the merge; the others go on. Streams can be added while
-merging (a follower picks up nodes that (re)connect). Pure asyncio, no gRPC: unit-tested alone."""
+slowly, is waited for. "Quiet" is confirmed before it lets the others go: the merge first gives
+the event loop a moment (CONFIRM_QUIET_S) to read what is already due, because after the relay
+itself stalled (descheduled on a busy machine) past the window a streaming node's next item is
+waiting in its socket or timer, not yet read, and would otherwise come out of order. A node
+whose stream fails is reported (an `Ended` with the error) and dropped from the merge; the
+others go on. Streams can be added while merging (a follower picks up nodes that (re)connect).
+Pure asyncio, no gRPC: unit-tested alone."""
 
 from __future__ import annotations
 
@@ -25,6 +29,7 @@ T = TypeVar("T")
 DEFAULT_WINDOW_S = 0.5
 DEFAULT_MAX_BUFFERED = 10_000  # past this many buffered items the oldest head goes out regardless
 QUEUE_SIZE = 1000  # items read but not yet merged: a consumer that stops reading stops the readers
+CONFIRM_QUIET_S = 0.002  # a node newly past the window: this long for what is already due to be read
 
 
 @dataclass(frozen=True)
@@ -65,6 +70,7 @@ class Merger(Generic[T]):
         self._last_seen: dict[str, float] = {}  # when each node last sent something (or was added)
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._buffered = 0
+        self._confirmed_quiet: set[str] = set()  # past the window, and nothing came in the confirmation wait
 
     @property
     def active(self) -> frozenset[str]:
@@ -95,9 +101,11 @@ class Merger(Generic[T]):
             self._active.discard(node)
             self._tasks.pop(node, None)
             self._last_seen.pop(node, None)
+            self._confirmed_quiet.discard(node)
             return value
         now = self._clock()
         self._last_seen[node] = now
+        self._confirmed_quiet.discard(node)
         self._buffers[node].append((self._key(value), now, value))  # type: ignore[arg-type]
         self._buffered += 1
         return None
@@ -123,6 +131,12 @@ class Merger(Generic[T]):
     def _held_back(self) -> bool:
         return bool(self._waiting_for())
 
+    def _unconfirmed_quiet(self) -> list[str]:
+        """Active nodes with nothing buffered, past the window, not yet confirmed quiet."""
+        now = self._clock()
+        return [n for n in self._active if not self._buffers[n] and n not in self._confirmed_quiet
+                and now - self._last_seen[n] >= self._window]
+
     def _wait_time(self) -> float | None:
         """How long until the nodes holding the merge back have been quiet for the window (None:
         nothing is buffered, so nothing to wait for but new items)."""
@@ -136,7 +150,17 @@ class Merger(Generic[T]):
     async def __aiter__(self) -> AsyncIterator[Item[T] | Ended]:
         try:
             while True:
-                while (item := self._ready()) is not None:
+                if self._buffered and (quiet := self._unconfirmed_quiet()) and not self._held_back():
+                    # about to let the others pass these nodes: first read what is already due
+                    # (Ended or items), then judge again
+                    ended = await self._take_for(CONFIRM_QUIET_S)
+                    if ended is not None:  # the wait was cut short: judge again after it
+                        yield ended
+                        continue
+                    self._confirmed_quiet.update(n for n in quiet if n in self._active and not self._buffers[n])
+                    continue
+                # what the readers queued meanwhile is taken first (a node confirmed quiet may have sent)
+                while self._queue.empty() and (item := self._ready()) is not None:
                     yield item
                 if not self._active and not self._follow and self._buffered == 0 and self._queue.empty():
                     return
@@ -156,6 +180,23 @@ class Merger(Generic[T]):
                     yield ended
         finally:
             await self.close()
+
+    async def _take_for(self, seconds: float) -> Ended | None:
+        """Take what the readers queue within `seconds` (stopping at a stream's end)."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + seconds
+        while (left := deadline - loop.time()) > 0:
+            try:
+                node, value = await asyncio.wait_for(self._queue.get(), left)
+            except TimeoutError:
+                return None
+            ended = self._take(node, value)
+            while ended is None and not self._queue.empty():
+                node, value = self._queue.get_nowait()
+                ended = self._take(node, value)
+            if ended is not None:
+                return ended
+        return None
 
     async def close(self) -> None:
         """Stop reading every stream (the consumer went away)."""

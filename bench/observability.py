@@ -3,11 +3,12 @@
 1. Flow pipeline, in process (`pipeline_stages`): the cost per flow of each stage a followed
    flow goes through (decode + build, flow.Flow conversion, GetFlowsResponse serialization) and
    of the whole gRPC stream from a HubbleServer to a client over its unix socket, one core.
-2. Flow pipeline, on a lab (`pipeline_lab`): real traffic at a paced rate (UDP between two pods,
+2. Flow pipeline, on a lab (`pipeline_lab`): real traffic at a paced rate (iperf3 UDP between two pods,
    `--monitor-aggregation none` so every packet is an event) -> ring buffer -> event pump ->
    flow ring -> Hubble server -> a `hubble observe -f`-like gRPC follower in this process. Per
    rate: events the datapath emitted, flows the follower got, events lost (datapath ring buffer,
-   and HUBBLE_RING_BUFFER lost events the server reported), and the agent's CPU per flow.
+   and HUBBLE_RING_BUFFER lost events the server reported), the agent's CPU per flow, and the CPU
+   of the generator, the sink and the follower.
 3. Observability overhead (`overhead`): pod-to-pod throughput (iperf3), latency (sockperf) and
    connections/s with observability off (`--disable-hubble`, no metrics), with metrics
    (`--prometheus-serve-addr`, `--hubble-metrics` flow, drop, tcp, policy with pod contexts,

@@ -158,7 +158,8 @@ class EventPump:
         # on, and is moved out of the cyclic collector's reach. Under a flood the pump and the
         # Hubble server make ~100,000 short-lived tracked objects a second (flow entries, their
         # lists), and every full collection those trigger would otherwise scan the whole heap of
-        # the agent again: a fifth of the pump's time at 50,000 events/s (py-spy --gil).
+        # the agent again: a fifth of the agent's time at 50,000 events/s (py-spy --gil). Cyclic
+        # garbage among the frozen objects is not collected: they are the agent's lasting state.
         gc.freeze()
         try:
             await asyncio.to_thread(self._run_blocking)

@@ -493,15 +493,21 @@ def overhead(seconds: int, rounds: int, impl: str = "h2", follower_kind: str = "
     try:
         for index in range(rounds):
             for mode in (modes if index % 2 == 0 else modes[::-1]):
-                lab.restart_agent("n1", kill=False, agent_args=flags[mode])
+                agent = lab.restart_agent("n1", kill=False, agent_args=flags[mode])
                 following = follower(follower_kind) if mode in ("on", "budget") else None
                 try:
+                    agent0 = _cpu_seconds(agent)
+                    follower0 = _cpu_seconds(following.pid) if following is not None and following.pid else 0.0
                     figures = {"throughput_gbps": iperf3(client, server, ip, seconds),
                                "latency_avg_us": sockperf(client, server, ip, seconds)[0],
                                "connections_per_s": cps(client, server, ip, seconds)}
+                    # over the three measurements: where the CPU the workload did not get went
+                    figures["agent_cpu_s"] = round(_cpu_seconds(agent) - agent0, 2)
                     if following is not None:
                         figures["followed_flows"] = following.flows
                         figures["follower_lost"] = following.lost
+                        if following.pid:
+                            figures["follower_cpu_s"] = round(_cpu_seconds(following.pid) - follower0, 2)
                     if mode != "off":
                         hubble_series = max(hubble_series, _scrape(lab))
                 finally:

@@ -3,11 +3,12 @@
 1. Flow pipeline, in process (`pipeline_stages`): the cost per flow of each stage a followed
    flow goes through (decode + build, flow.Flow conversion, GetFlowsResponse serialization) and
    of the whole gRPC stream from a HubbleServer to a client over its unix socket, one core.
-2. Flow pipeline, on a lab (`pipeline_lab`): real traffic at a paced rate (UDP between two pods,
+2. Flow pipeline, on a lab (`pipeline_lab`): real traffic at a paced rate (iperf3 UDP between two pods,
    `--monitor-aggregation none` so every packet is an event) -> ring buffer -> event pump ->
    flow ring -> Hubble server -> a `hubble observe -f`-like gRPC follower in this process. Per
    rate: events the datapath emitted, flows the follower got, events lost (datapath ring buffer,
-   and HUBBLE_RING_BUFFER lost events the server reported), and the agent's CPU per flow.
+   and HUBBLE_RING_BUFFER lost events the server reported), the agent's CPU per flow, and the CPU
+   of the generator, the sink and the follower.
 3. Observability overhead (`overhead`): pod-to-pod throughput (iperf3), latency (sockperf) and
    connections/s with observability off (`--disable-hubble`, no metrics), with metrics
    (`--prometheus-serve-addr`, `--hubble-metrics` flow, drop, tcp, policy with pod contexts,
@@ -285,29 +286,29 @@ def pipeline_stages(count: int = 20_000) -> dict[str, Any]:
 
 
 # ----- on a lab ----------------------------------------------------------------------------------
-_SENDER = """
-import socket, sys, time
-dst, port, rate, secs = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), float(sys.argv[4])
-s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-s.connect((dst, port))
-sent, start = 0, time.monotonic()
-end = start + secs
-while True:
-    now = time.monotonic()
-    if now >= end:
-        break
-    due = int((now - start) * rate)
-    while sent < due:
-        try:
-            s.send(b"x" * 32)
-        except OSError:
-            pass
-        sent += 1
-    time.sleep(0.0005)
-print(sent, round(time.monotonic() - start, 3))
-"""
-_SINK = "import socket\ns = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\ns.bind(('0.0.0.0', 9999))\n" \
-        "while True:\n    s.recv(2048)\n"
+# The load: iperf3 in UDP mode, 32-byte datagrams paced by its timer (`-b`, bits of payload a
+# second; it sleeps between bursts, where sockperf's `--mps` spins a core), one iperf3 server in
+# the server pod as the sink. A packet's kernel path (both pods' BPF programs, the veth, the
+# socket) is paid in the sender's context, as a sending workload pays it; what the generator no
+# longer costs is a Python interpreter per packet on both ends (the senders and sink before).
+IPERF_PORT = 5301
+DATAGRAM = 32
+
+
+def _iperf_udp(lab: Lab, server_ip: str, rate: int, seconds: float) -> tuple[int, float]:
+    """(datagrams sent, seconds sending) of one paced iperf3 UDP run from bench-client."""
+    import json
+
+    command = ["iperf3", "-c", server_ip, "-p", str(IPERF_PORT), "-u", "-l", str(DATAGRAM),
+               "-b", str(rate * DATAGRAM * 8), "-t", str(max(1, round(seconds))), "-J"]
+    for _attempt in range(20):  # the server may not listen yet: bounded retries, no fixed sleep
+        result = lab.exec("bench-client", command, timeout=seconds + 30)
+        report = json.loads(result.stdout or "{}")
+        if "error" not in report and result.returncode == 0:
+            total = report["end"]["sum"]
+            return int(total["packets"]), float(total["seconds"])
+        time.sleep(0.1)
+    raise RuntimeError(f"iperf3 UDP client failed: {result.stdout[-300:]} {result.stderr[-300:]}")
 
 
 def _cpu_seconds(pid: int) -> float:
@@ -329,6 +330,7 @@ class Follower:
         self._channel = grpc.insecure_channel(f"unix://{NodePaths(node).hubble_socket}")
         stub = observer_pb2_grpc.ObserverStub(self._channel)  # type: ignore[no-untyped-call]
         self._stream = stub.GetFlows(observer_pb2.GetFlowsRequest(follow=True))
+        self.pid = 0  # in this process: its CPU is the bench's
         self._thread = threading.Thread(target=self._read, daemon=True)
         self._thread.start()
 
@@ -367,6 +369,7 @@ class GoFollower:
         self._process = subprocess.Popen([str(binary), "-addr", f"unix:{NodePaths(node).hubble_socket}", "-method",
                                           "/observer.Observer/GetFlows", "-request", request, "-stream", "-stats",
                                           "-timeout", "3600s"], stdout=subprocess.PIPE, text=True)
+        self.pid = self._process.pid
         self._thread = threading.Thread(target=self._read, daemon=True)
         self._thread.start()
 
@@ -420,11 +423,18 @@ def _lab(agent_args: list[str]) -> Lab:
                   agent_args=agent_args)
 
 
+def _children_cpu() -> float:
+    import resource
+
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
 def pipeline_lab(rates: list[int], seconds: float, impl: str = "h2",
                  follower_kind: str = "python") -> list[dict[str, Any]]:
     lab = _lab(["--monitor-aggregation", "none", "--hubble-server-impl", impl])
     out = []
-    sink = lab.popen("bench-server", [PYTHON, "-c", _SINK])
+    sink = lab.popen("bench-server", ["iperf3", "-s", "-p", str(IPERF_PORT)])
     try:
         server_ip = lab.address_of("bench-server")
         pid = int(lab.state["nodes"]["n1"]["agent_pid"])
@@ -432,29 +442,26 @@ def pipeline_lab(rates: list[int], seconds: float, impl: str = "h2",
             following = follower(follower_kind)
             time.sleep(0.5)
             seen0, lost0 = _status()
-            cpu0 = _cpu_seconds(pid)
-            # one Python sender paces up to ~40,000 packets/s: more senders for higher rates
-            senders = max(1, -(-rate // 35_000))
-            procs = [lab.popen("bench-client", [PYTHON, "-c", _SENDER, server_ip, "9999", str(rate // senders),
-                                                str(seconds)]) for _ in range(senders)]
-            sent, took = 0.0, 0.0
-            for proc in procs:
-                stdout, _ = proc.communicate(timeout=seconds + 60)
-                count, secs = (float(x) for x in stdout.split())
-                sent, took = sent + count, max(took, secs)
-            time.sleep(1.0)  # let the pump and the follower drain
+            cpu0, sink0, gen0 = _cpu_seconds(pid), _cpu_seconds(sink.pid), _children_cpu()
+            follower0 = _cpu_seconds(following.pid) if following.pid else 0.0
+            sent, took = _iperf_udp(lab, server_ip, rate, seconds)
+            generator_cpu = _children_cpu() - gen0
             deadline = time.monotonic() + 10  # the follower drains what the ring still holds
             while time.monotonic() < deadline and following.flows + following.lost < _status()[0] - seen0:
                 time.sleep(0.2)
             seen1, lost1 = _status()
             cpu = _cpu_seconds(pid) - cpu0
+            follower_cpu = _cpu_seconds(following.pid) - follower0 if following.pid else None
+            sink_cpu = _cpu_seconds(sink.pid) - sink0
             following.close()
             events = seen1 - seen0
-            out.append({"server": impl, "follower": follower_kind, "rate_pps": rate, "senders": senders,
-                        "packets_sent": int(sent), "send_seconds": took,
+            out.append({"server": impl, "follower": follower_kind, "rate_pps": rate, "generator": "iperf3 -u",
+                        "packets_sent": sent, "send_seconds": round(took, 3),
                         "events": events, "events_per_s": round(events / took),
                         "followed_flows": following.flows, "lost_datapath": lost1 - lost0,
                         "lost_hubble_ring": following.lost, "agent_cpu_s": round(cpu, 2),
+                        "generator_cpu_s": round(generator_cpu, 2), "sink_cpu_s": round(sink_cpu, 2),
+                        "follower_cpu_s": round(follower_cpu, 2) if follower_cpu is not None else None,
                         "flows_per_agent_cpu_s": round(following.flows / cpu) if cpu else None,
                         "events_per_agent_cpu_s": round(events / cpu) if cpu else None})
             print(f"pipeline at {rate} pkt/s: {out[-1]}", flush=True)
@@ -486,15 +493,21 @@ def overhead(seconds: int, rounds: int, impl: str = "h2", follower_kind: str = "
     try:
         for index in range(rounds):
             for mode in (modes if index % 2 == 0 else modes[::-1]):
-                lab.restart_agent("n1", kill=False, agent_args=flags[mode])
+                agent = lab.restart_agent("n1", kill=False, agent_args=flags[mode])
                 following = follower(follower_kind) if mode in ("on", "budget") else None
                 try:
+                    agent0 = _cpu_seconds(agent)
+                    follower0 = _cpu_seconds(following.pid) if following is not None and following.pid else 0.0
                     figures = {"throughput_gbps": iperf3(client, server, ip, seconds),
                                "latency_avg_us": sockperf(client, server, ip, seconds)[0],
                                "connections_per_s": cps(client, server, ip, seconds)}
+                    # over the three measurements: where the CPU the workload did not get went
+                    figures["agent_cpu_s"] = round(_cpu_seconds(agent) - agent0, 2)
                     if following is not None:
                         figures["followed_flows"] = following.flows
                         figures["follower_lost"] = following.lost
+                        if following.pid:
+                            figures["follower_cpu_s"] = round(_cpu_seconds(following.pid) - follower0, 2)
                     if mode != "off":
                         hubble_series = max(hubble_series, _scrape(lab))
                 finally:

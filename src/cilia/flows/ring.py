@@ -140,7 +140,10 @@ class RecordEntry(_Entry):
     __slots__ = ("_prefix", "context", "record")
 
     def __init__(self, record: bytes, context: RecordContext, seq: int, prefix: str) -> None:
-        super().__init__(_UNBUILT)
+        # _Entry's fields set here, not by a super().__init__ call: one is made per datapath event
+        self._make = _UNBUILT
+        self._value = None
+        self.wire = None
         self.record = record
         self.context = context
         self.seq = seq
@@ -263,3 +266,61 @@ class FlowRing:
     def unsubscribe_entries(self, subscriber: EntrySubscriber) -> None:
         with self._lock:
             self._entry_subscribers.discard(subscriber)
+
+
+class RecordRing(FlowRing):
+    """A FlowRing for raw records that nobody may ever read (the event pump's decoded-event ring
+    for `cilia monitor`): it keeps the records and their contexts as they came, in two deques,
+    and makes entries only when read or followed. An entry object per record, made and dropped
+    ~50,000 times a second, is most of what such a ring would cost: the allocation and the
+    cyclic garbage collector scanning each one while it lives (bytes and the shared context
+    are not scanned). Entries are made afresh on each read: nothing is cached on them."""
+
+    def __init__(self, capacity: int = 4096) -> None:
+        super().__init__(capacity)
+        self._records: deque[bytes] = deque(maxlen=capacity)
+        self._contexts: deque[RecordContext] = deque(maxlen=capacity)
+
+    def _add(self, entry: _Entry) -> None:
+        raise TypeError("a RecordRing takes raw records (add_records)")
+
+    def add_records(self, records: list[bytes], context: RecordContext) -> None:
+        with self._lock:
+            first = self._seq + 1
+            self._seq += len(records)
+            self.seen += len(records)
+            self._records.extend(records)
+            self._contexts.extend(itertools.repeat(context, len(records)))
+            followed = bool(self._subscribers or self._entry_subscribers)
+        if followed:  # made now only for followers
+            entries: list[_Entry] = [RecordEntry(record, context, seq, self._prefix)
+                                     for seq, record in enumerate(records, first)]
+            with self._lock:
+                subscribers = list(self._subscribers)
+                entry_subscribers = list(self._entry_subscribers)
+            for follower in entry_subscribers:
+                follower.push_many(entries)
+            if subscribers:
+                self._offer(subscribers, entries)
+
+    def _made(self, newest: int, records: list[bytes], contexts: list[RecordContext]) -> list[_Entry]:
+        first = newest - len(records) + 1
+        return [RecordEntry(record, context, seq, self._prefix)
+                for seq, record, context in zip(itertools.count(first), records, contexts)]
+
+    def since(self, cursor: int) -> tuple[int, list[_Entry], int]:
+        with self._lock:
+            newest = self._seq
+            wanted = newest - cursor
+            held = min(wanted, len(self._records))
+            records = list(itertools.islice(self._records, len(self._records) - held, None))
+            contexts = list(itertools.islice(self._contexts, len(self._contexts) - held, None))
+        return newest, self._made(newest, records, contexts), wanted - held
+
+    def entries(self) -> list[_Entry]:
+        with self._lock:
+            newest, records, contexts = self._seq, list(self._records), list(self._contexts)
+        return self._made(newest, records, contexts)
+
+    def __len__(self) -> int:
+        return len(self._records)

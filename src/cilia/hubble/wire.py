@@ -74,8 +74,18 @@ def varint(value: int) -> bytes:
     if 0 < value < 1 << 42:
         if value < 1 << 28:
             return _LOW14[value & 0x3FFF] + _SMALL[value >> 14]
-        return _LOW14[value & 0x3FFF] + _LOW14[(value >> 14) & 0x3FFF] + varint(value >> 28)
+        return _LOW14[value & 0x3FFF] + _LOW14[(value >> 14) & 0x3FFF] + _SMALL[value >> 28]
     return _varint_slow(value)
+
+
+# every port's varint, filled as ports are seen (all 65,536 made at import would be ~3 MB and
+# ~30 ms for every process that imports this)
+_PORT_VARINTS: list[bytes] = _SMALL + [b""] * ((1 << 16) - len(_SMALL))
+
+
+def _port_varint(port: int) -> bytes:
+    made = _PORT_VARINTS[port] = varint(port)
+    return made
 
 
 _TAGS: dict[tuple[int, int], bytes] = {}
@@ -123,6 +133,7 @@ _RESPONSE_FLOW_TAG = _t(_RESPONSE_FLOW)
 _RESPONSE_TIME_TAG = _t(_RESPONSE_TIME)
 _TIME_TAG = _t(_TIME)
 _UUID_TAG = _t(34)
+_SHAPES = 8192  # shapes kept (~0.5 KB each; cleared when full): pod pairs x directions x points x flags
 _SOURCE_TAG, _DESTINATION_TAG = _t(8), _t(9)
 
 _FORWARDED = flow_pb2.Verdict.Value("FORWARDED")
@@ -165,6 +176,26 @@ def _tcp_flags(bits: int) -> tuple[bytes, str]:
 
 
 _TCP_FLAGS = [_tcp_flags(bits) for bits in range(64)]
+_UDP = 64  # an L4 kind: 0-63 are TCP with those flags (FIN..URG), 64 is UDP
+
+
+def _l4_head(kind: int, ports_size: int) -> bytes:
+    """The L4 field of a TCP (kind: its flags) or UDP packet up to its source port's varint, for
+    ports whose two varints take `ports_size` bytes: [L4 tag, size, TCP/UDP tag, size, port tag]."""
+    inner = 2 + ports_size + (len(_TCP_FLAGS[kind][0]) if kind < _UDP else 0)
+    return b"\x32" + _SMALL[inner + 2] + (b"\x0a" if kind < _UDP else b"\x12") + _SMALL[inner] + b"\x08"
+
+
+_L4_HEADS = [[_l4_head(kind, size) for size in range(7)] for kind in range(_UDP + 1)]
+_L4_TAILS = [flags for flags, _summary in _TCP_FLAGS] + [b""]  # after the ports: TCP's flags
+
+
+def _l4(kind: int, sport: int, dport: int) -> bytes:
+    """A TCP or UDP packet's L4 field (both ports written, even 0: the same message)."""
+    source, destination = _PORT_VARINTS[sport] or _port_varint(sport), _PORT_VARINTS[dport] or _port_varint(dport)
+    return b"".join((_L4_HEADS[kind][len(source) + len(destination)], source, b"\x10", destination,
+                     _L4_TAILS[kind]))
+_DROP_OR_VERDICT = (EVENT_DROP, EVENT_POLICY_VERDICT)
 _POLICY_DROPS = {int(r) for r in (DropReason.POLICY_DENIED, DropReason.POLICY_DENY, DropReason.POLICY_NOT_INSTALLED)}
 
 
@@ -252,6 +283,10 @@ class WireEncoder:
         self._interfaces = _Cache(lambda index: field_bytes(_INTERFACE, field_varint(1, index)))
         self._summaries = _Cache(lambda text: field_string(_SUMMARY, text))
         self._second: tuple[int, bytes] = (-1, b"")
+        # a shape's key -> (source, destination, their views, _extra's, the fields but L4, time, uuid)
+        self._shapes: dict[tuple[bytes, bytes, bytes, int], tuple[str, str, EndpointView | None,
+                                                                  EndpointView | None, tuple[Any, ...] | None,
+                                                                  bytes]] = {}
 
     # ----- endpoints -----------------------------------------------------------------------------
     def _endpoints(self, source: str, destination: str, src_id: int, dst_id: int,
@@ -326,23 +361,102 @@ class WireEncoder:
 
     # ----- the record ----------------------------------------------------------------------------
     def encode(self, record: bytes, flow_id: str, endpoints: EndpointLookup) -> bytes | None:
-        """GetFlowsResponse bytes for a trace / drop / policy-verdict record; None: the slow path's."""
-        if len(record) < HEADER_SIZE:
+        """GetFlowsResponse bytes for a trace / drop / policy-verdict record; None: the slow path's.
+
+        A TCP or UDP packet over IPv4 or IPv6 (nearly every event) is encoded from its shape's
+        cached fields: what the record says apart from its time, lengths and ports (the event, the
+        endpoints' identities, MACs, addresses, TCP flags, interface, observation point, rule id),
+        given the same lookups (endpoint views, identity labels, DNS names, the rule) as when they
+        were made: only the ports, the time and the uuid are encoded per flow."""
+        size = len(record)
+        if size < HEADER_SIZE:
             return None
-        (ktime, etype, subtype, file_id, ct, line, _endpoint_id, ifindex, src_id, dst_id, _orig_len, cap_len,
+        (ktime, etype, subtype, _file_id, _ct, _line, _endpoint_id, _ifindex, src_id, dst_id, _orig_len, cap_len,
+         _direction, slot) = _HEADER.unpack_from(record)
+        end = HEADER_SIZE + cap_len if HEADER_SIZE + cap_len < size else size
+        kind = -1
+        if end >= 74 and ((etype == EVENT_TRACE and not slot) or etype in _DROP_OR_VERDICT):
+            # (a trace with a service's slot is not: its summary names the backend, by port)
+            ethertype, at, proto, addresses = record[52:54], 0, 0, b""
+            if ethertype == b"\x08\x00":
+                at, proto, addresses = 54 + (record[54] & 0x0F) * 4, record[63], record[66:74]
+            elif ethertype == b"\x86\xdd" and end >= 94:
+                at, proto, addresses = 94, record[60], record[62:94]
+            if proto == 6 and end >= at + 14:
+                kind = record[at + 13] & 0x3F
+            elif proto == 17 and end >= at + 4:
+                kind = _UDP
+        if kind < 0:
+            if etype != EVENT_TRACE and etype != EVENT_DROP and etype != EVENT_POLICY_VERDICT:
+                return None
+            body, l4 = self._fields(record, endpoints)
+            return self._response(body, l4, ktime, flow_id)
+        sport, dport = record[at] << 8 | record[at + 1], record[at + 2] << 8 | record[at + 3]
+        key = (record[8:28], record[34:54], addresses, kind)
+        rule_id = slot if etype == EVENT_POLICY_VERDICT or (etype == EVENT_DROP and subtype in _POLICY_DROPS) else 0
+        cached = self._shapes.get(key)
+        if cached is not None:
+            source, destination, src_view, dst_view, extra, body = cached
+            if (endpoints(source) is src_view and endpoints(destination) is dst_view
+                    and (extra is None or extra == self._extra(source, destination, src_view, dst_view, src_id,
+                                                               dst_id, rule_id))):
+                return self._response(body, _l4(kind, sport, dport), ktime, flow_id)
+        _ip_field, source, destination = self._ips.get(addresses)
+        before = self._lookups(source, destination, src_id, dst_id, rule_id, endpoints)
+        body, l4 = self._fields(record, endpoints)
+        if self._lookups(source, destination, src_id, dst_id, rule_id, endpoints) == before:
+            # nothing changed while it was made: the body is what these lookups give
+            if len(self._shapes) >= _SHAPES:
+                self._shapes.clear()
+            self._shapes[key] = (source, destination, *before, body)
+        return self._response(body, l4, ktime, flow_id)
+
+    def _lookups(self, source: str, destination: str, src_id: int, dst_id: int, rule_id: int,
+                 endpoints: EndpointLookup) -> tuple[EndpointView | None, EndpointView | None, tuple[Any, ...] | None]:
+        src_view, dst_view = endpoints(source), endpoints(destination)
+        return src_view, dst_view, self._extra(source, destination, src_view, dst_view, src_id, dst_id, rule_id)
+
+    def _extra(self, source: str, destination: str, src_view: EndpointView | None, dst_view: EndpointView | None,
+               src_id: int, dst_id: int, rule_id: int) -> tuple[Any, ...] | None:
+        """What a shape's fields are made of besides the endpoint views (None: nothing else, pod
+        to pod without DNS names or a rule): the labels of an identity with no endpoint here, the
+        names each side's DNS history has for the other, the rule (a copy: compared, not trusted)."""
+        if src_view is not None and dst_view is not None and self._names is None and not rule_id:
+            return None
+        names = self._names
+        rule = self._rules(rule_id) if rule_id else None
+        return (None if src_view is not None else tuple(self._identities(src_id)),
+                None if dst_view is not None else tuple(self._identities(dst_id)),
+                tuple(names(src_view.id, destination)) if names and src_view is not None and src_view.id else (),
+                tuple(names(dst_view.id, source)) if names and dst_view is not None and dst_view.id else (),
+                dict(rule) if rule is not None else None)
+
+    def _response(self, body: bytes, l4: bytes, ktime: int, flow_id: str) -> bytes:
+        """The GetFlowsResponse: the flow (its fields, the L4 field, its time and uuid), the node
+        name and the time again."""
+        stamp = self._time(ktime)
+        stamp_size = _SMALL[len(stamp)]
+        uuid = flow_id.encode()
+        uuid_size = varint(len(uuid)) if uuid else b""
+        size = len(body) + len(l4) + 2 + len(stamp) + (2 + len(uuid_size) + len(uuid) if uuid else 0)
+        return b"".join((_RESPONSE_FLOW_TAG, _SMALL[size] if size < 16384 else varint(size), body, l4, _TIME_TAG,
+                         stamp_size, stamp, _UUID_TAG if uuid else b"", uuid_size, uuid, self._response_node,
+                         _RESPONSE_TIME_TAG, stamp_size, stamp))
+
+    def _fields(self, record: bytes, endpoints: EndpointLookup) -> tuple[bytes, bytes]:
+        """The flow's fields but its time and uuid, from the record and the lookups: (all but the
+        L4 field, the L4 field)."""
+        (_ktime, etype, subtype, file_id, ct, line, _endpoint_id, ifindex, src_id, dst_id, _orig_len, cap_len,
          direction_raw, slot) = _HEADER.unpack_from(record)
-        service = None
-        if etype == EVENT_TRACE:
-            service = self._services(slot) if slot else None
-        elif etype != EVENT_DROP and etype != EVENT_POLICY_VERDICT:
-            return None
+        service = self._services(slot) if etype == EVENT_TRACE and slot else None
         data = record[HEADER_SIZE: HEADER_SIZE + cap_len]
         parts: list[bytes] = []
         add = parts.append
         # the packet: Ethernet, IP, L4 (as monitor.events.parse_packet reads it)
         source = destination = ""
         summary = ""
-        sport = dport = 0
+        l4 = b""
+        dport = 0
         if len(data) < 14:
             add(_EMPTY_ETHERNET)  # build always writes the ethernet dict, empty or not
         else:
@@ -363,25 +477,24 @@ class WireEncoder:
                 l4data = data[54:]
                 v6 = True
             if proto == 6 and len(l4data) >= 14:
-                flags, summary = _TCP_FLAGS[l4data[13] & 0x3F]
-                sport, dport = l4data[0] << 8 | l4data[1], l4data[2] << 8 | l4data[3]
-                body = b"\x08" + varint(sport) + b"\x10" + varint(dport)
-                body = b"\x0a" + _SMALL[len(body) + len(flags)] + body + flags
-                add(b"\x32" + _SMALL[len(body)] + body)
+                kind = l4data[13] & 0x3F
+                summary = _TCP_FLAGS[kind][1]
+                dport = l4data[2] << 8 | l4data[3]
+                l4 = _l4(kind, l4data[0] << 8 | l4data[1], dport)
             elif proto == 17 and len(l4data) >= 4:
-                sport, dport = _PORTS.unpack_from(l4data)
-                add(field_bytes(_L4, field_bytes(2, field_varint(1, sport) + field_varint(2, dport))))
+                _sport, dport = _PORTS.unpack_from(l4data)
+                l4 = _l4(_UDP, _sport, dport)
                 summary = "UDP"
             elif proto == 132 and len(l4data) >= 4:
-                sport, dport = _PORTS.unpack_from(l4data)  # no l4 field (build has none for SCTP), but ports
+                _sport, dport = _PORTS.unpack_from(l4data)  # no l4 field (build has none for SCTP), but ports
             elif (proto == 1 or proto == 58) and len(l4data) >= 2:
                 icmp_type, code = l4data[0], l4data[1]
                 body = field_varint(1, icmp_type) + field_varint(2, code)
                 if v6:
-                    add(field_bytes(_L4, field_bytes(4, body)))
+                    l4 = field_bytes(_L4, field_bytes(4, body))
                     summary = f"ICMPv6 {_ICMP6_NAMES.get(icmp_type, str(icmp_type))}"
                 else:
-                    add(field_bytes(_L4, field_bytes(3, body)))
+                    l4 = field_bytes(_L4, field_bytes(3, body))
                     summary = f"ICMPv4 {_ICMP4_NAMES.get(icmp_type, str(icmp_type))}"
         # what kind of event: verdict, event type, drop reason, trace point, policy
         if etype == EVENT_TRACE:
@@ -427,16 +540,9 @@ class WireEncoder:
         if ifindex:
             add(self._interfaces.get(ifindex))
         add(self._endpoints(source, destination, src_id, dst_id, endpoints))
-        stamp = self._time(ktime)
-        stamp = _SMALL[len(stamp)] + stamp
-        add(_TIME_TAG + stamp)
-        if flow_id:
-            add(_UUID_TAG + _SMALL[len(flow_id)] + flow_id.encode() if len(flow_id) < 128
-                else field_string(_UUID, flow_id))
         add(self._constant)
         add(self._summaries.get(summary))
-        flow = b"".join(parts)
-        return b"".join((_RESPONSE_FLOW_TAG, varint(len(flow)), flow, self._response_node, _RESPONSE_TIME_TAG, stamp))
+        return b"".join(parts), l4
 
     def _policy(self, parts: list[bytes], allowed: bool, direction: str, rule_id: int, src_identity: int,
                 drop_code: int, policy_verdict: str) -> str:

@@ -282,7 +282,7 @@ class WireEncoder:
         self._traces = _Cache(self._trace_fields)
         self._interfaces = _Cache(lambda index: field_bytes(_INTERFACE, field_varint(1, index)))
         self._summaries = _Cache(lambda text: field_string(_SUMMARY, text))
-        self._second: tuple[int, bytes] = (-1, b"")
+        self._second: tuple[float, bytes, bytes] = (-1.0, b"", b"")
         # a shape's key -> (source, destination, their views, _extra's, the fields but L4, time, uuid)
         self._shapes: dict[tuple[bytes, bytes, bytes, int], tuple[str, str, EndpointView | None,
                                                                   EndpointView | None, tuple[Any, ...] | None,
@@ -324,21 +324,6 @@ class WireEncoder:
         else:
             body = self._by_identity.get((identity, tuple(self._identities(identity))))
         return field + _SMALL[len(body)] + body if len(body) < 16384 else field + varint(len(body)) + body
-
-    def _time(self, ktime: int) -> bytes:
-        """The Timestamp's body, as build writes the time (microseconds, through a float) and
-        convert reads it back."""
-        # datetime.fromtimestamp's own arithmetic (split the float, round the fraction to
-        # microseconds half-even), without making a datetime: ~1.3 µs a flow less
-        fraction, whole = modf((self._boot_time_ns + ktime) / 1e9)
-        micros = round(fraction * 1e6)
-        seconds = int(whole)
-        if micros >= 1_000_000:
-            seconds, micros = seconds + 1, micros - 1_000_000
-        cached = self._second  # one attribute (seconds, field): readers on two threads see a pair
-        if cached[0] != seconds:
-            cached = self._second = (seconds, field_varint(1, seconds))
-        return cached[1] + (b"\x10" + varint(micros * 1000) if micros else b"")
 
     def _trace_fields(self, key: tuple[int, int, int]) -> bytes:
         """What a trace's (sub type, conntrack status, direction) decide: event type, observation
@@ -434,14 +419,40 @@ class WireEncoder:
     def _response(self, body: bytes, l4: bytes, ktime: int, flow_id: str) -> bytes:
         """The GetFlowsResponse: the flow (its fields, the L4 field, its time and uuid), the node
         name and the time again."""
-        stamp = self._time(ktime)
-        stamp_size = _SMALL[len(stamp)]
+        # The Timestamp as build writes the time (microseconds, through a float) and convert
+        # reads it back: datetime.fromtimestamp's own arithmetic (split the float, round the
+        # fraction to microseconds half-even), without making a datetime.
+        fraction, whole = modf((self._boot_time_ns + ktime) / 1e9)
+        micros = round(fraction * 1e6)
+        second = self._second  # one attribute (the float, its field, + nanos' tag): two threads see a whole
+        if second[0] != whole or micros >= 1_000_000:
+            seconds = int(whole)
+            if micros >= 1_000_000:
+                seconds, micros = seconds + 1, micros - 1_000_000
+            made = field_varint(1, seconds)
+            second = (whole, made, made + b"\x10")
+            if micros < 1_000_000:
+                self._second = second
+        # the stamp in up to four pieces, each written twice (the flow's time, the response's)
+        if micros:
+            nanos = micros * 1000  # 1,000 .. 999,999,000: most take 5 bytes
+            first = second[2]
+            if nanos >= 1 << 28:
+                low, middle, high = _LOW14[nanos & 0x3FFF], _LOW14[nanos >> 14 & 0x3FFF], _SMALL[nanos >> 28]
+                stamp_size = _SMALL[len(first) + 5]
+            else:
+                low, middle, high = varint(nanos), b"", b""
+                stamp_size = _SMALL[len(first) + len(low)]
+        else:
+            first, low, middle, high = second[1], b"", b"", b""
+            stamp_size = _SMALL[len(first)]
         uuid = flow_id.encode()
-        uuid_size = varint(len(uuid)) if uuid else b""
-        size = len(body) + len(l4) + 2 + len(stamp) + (2 + len(uuid_size) + len(uuid) if uuid else 0)
+        uuid_size = (_SMALL[len(uuid)] if len(uuid) < 16384 else varint(len(uuid))) if uuid else b""
+        size = (len(body) + len(l4) + 1 + len(stamp_size) + stamp_size[0]
+                + (2 + len(uuid_size) + len(uuid) if uuid else 0))
         return b"".join((_RESPONSE_FLOW_TAG, _SMALL[size] if size < 16384 else varint(size), body, l4, _TIME_TAG,
-                         stamp_size, stamp, _UUID_TAG if uuid else b"", uuid_size, uuid, self._response_node,
-                         _RESPONSE_TIME_TAG, stamp_size, stamp))
+                         stamp_size, first, low, middle, high, _UUID_TAG if uuid else b"", uuid_size, uuid,
+                         self._response_node, _RESPONSE_TIME_TAG, stamp_size, first, low, middle, high))
 
     def _fields(self, record: bytes, endpoints: EndpointLookup) -> tuple[bytes, bytes]:
         """The flow's fields but its time and uuid, from the record and the lookups: (all but the

@@ -193,7 +193,8 @@ SHAPE_FIELDS: dict[str, list[Any]] = {  # a few values for each thing a record's
 
 def shaped(fields: dict[str, Any], ktime: int, sport: int, dport: int) -> bytes:
     flags = fields["flags"]
-    v6_src, v6_dst = bytes.fromhex("fd000000000000000000000000000002"), bytes.fromhex("20010db8000000010000000000000001")
+    v6_src = bytes.fromhex("fd000000000000000000000000000002")
+    v6_dst = bytes.fromhex("20010db8000000010000000000000001")
     packet = {"tcp": lambda: tcp_v4(flags, sport=sport, dport=dport),
               "tcp-back": lambda: tcp_v4(flags, "10.200.1.3", "10.200.1.2", sport, dport),
               "tcp-world": lambda: tcp_v4(flags, "10.200.1.2", "192.168.5.1", sport, dport),

@@ -172,11 +172,11 @@ def test_a_cached_shape_gives_the_slow_paths_message(raw: bytes, ktime: int, spo
     byte for byte what a fresh encoder (nothing cached) gives."""
     encoder = WireEncoder("n1", identities, BOOT_NS, RULES_ALL.get, SERVICES.get, names_of)
     first = encoder.encode(raw, "u1", VIEWS6.get)
-    shapes = len(encoder._shapes)
+    shapes = len(encoder._tcp_shapes) + len(encoder._udp_shapes)
     assert shapes == (0 if ports_at(raw) is None or (raw[8] == EVENT_TRACE and raw[36:40] != bytes(4)) else 1)
     other = another_packet(raw, ktime, sport, dport)
     got = encoder.encode(other, "u2", VIEWS6.get)
-    assert len(encoder._shapes) == shapes  # the same shape: no new entry
+    assert len(encoder._tcp_shapes) + len(encoder._udp_shapes) == shapes  # the same shape: no new entry
     fresh = WireEncoder("n1", identities, BOOT_NS, RULES_ALL.get, SERVICES.get, names_of).encode(other, "u2",
                                                                                                VIEWS6.get)
     assert first is not None and got is not None and got == fresh
@@ -271,7 +271,7 @@ def test_a_shape_is_made_again_when_its_lookups_change() -> None:
     assert check(verdict).flow.ingress_allowed_by[0].name == "renamed-in-place"
     del rules[5]
     assert not check(verdict).flow.ingress_allowed_by
-    assert len(encoder._shapes) == 3  # one a shape: remade, not added
+    assert len(encoder._tcp_shapes) == 3  # one a shape: remade, not added
 
 
 def test_fixed_records_of_every_kind() -> None:

@@ -133,7 +133,11 @@ _RESPONSE_FLOW_TAG = _t(_RESPONSE_FLOW)
 _RESPONSE_TIME_TAG = _t(_RESPONSE_TIME)
 _TIME_TAG = _t(_TIME)
 _UUID_TAG = _t(34)
-_SHAPES = 8192  # shapes kept (~0.5 KB each; cleared when full): pod pairs x directions x points x flags
+# (source view, destination view, _extra's: labels of a side with no view, DNS names, the rule)
+_Looked = tuple[EndpointView | None, EndpointView | None, tuple[Any, ...] | None]
+_NOTHING_ELSE: tuple[Any, ...] = (None, None, (), (), None)
+_Shape = tuple[str, str, EndpointView | None, EndpointView | None, tuple[Any, ...] | None, bytes, bytes | None]
+_SHAPES = 8192  # shapes kept a protocol (~0.5 KB each; cleared when full): address pairs x points x events
 _SOURCE_TAG, _DESTINATION_TAG = _t(8), _t(9)
 
 _FORWARDED = flow_pb2.Verdict.Value("FORWARDED")
@@ -188,6 +192,7 @@ def _l4_head(kind: int, ports_size: int) -> bytes:
 
 _L4_HEADS = [[_l4_head(kind, size) for size in range(7)] for kind in range(_UDP + 1)]
 _L4_TAILS = [flags for flags, _summary in _TCP_FLAGS] + [b""]  # after the ports: TCP's flags
+_FLAGS_SUMMARY = [field_string(_SUMMARY, summary) for _flags, summary in _TCP_FLAGS] + [b""]  # a trace's
 
 
 def _l4(kind: int, sport: int, dport: int) -> bytes:
@@ -283,35 +288,27 @@ class WireEncoder:
         self._interfaces = _Cache(lambda index: field_bytes(_INTERFACE, field_varint(1, index)))
         self._summaries = _Cache(lambda text: field_string(_SUMMARY, text))
         self._second: tuple[float, bytes, bytes] = (-1.0, b"", b"")
-        # a shape's key -> (source, destination, their views, _extra's, the fields but L4, time, uuid)
-        self._shapes: dict[tuple[bytes, bytes, bytes, int], tuple[str, str, EndpointView | None,
-                                                                  EndpointView | None, tuple[Any, ...] | None,
-                                                                  bytes]] = {}
+        # TCP's and UDP's shapes: key -> (source, destination, their views, _extra's, the fields but
+        # L4, summary, time and uuid, the summary field or None: by TCP flags)
+        self._tcp_shapes: dict[bytes, _Shape] = {}
+        self._udp_shapes: dict[bytes, _Shape] = {}
 
     # ----- endpoints -----------------------------------------------------------------------------
-    def _endpoints(self, source: str, destination: str, src_id: int, dst_id: int,
-                   endpoints: EndpointLookup) -> bytes:
+    def _endpoints(self, src_id: int, dst_id: int, looked: _Looked) -> bytes:
         """The source and destination fields, and the names of each side's IP in the other
         (local) side's DNS history (FlowBuilder._add_names)."""
-        out = (self._endpoint(_SOURCE_TAG, source, src_id, endpoints)
-               + self._endpoint(_DESTINATION_TAG, destination, dst_id, endpoints))
-        if self._names is not None:
-            out += self._name_fields(source, destination, endpoints)
+        src_view, dst_view, extra = looked
+        src_labels, dst_labels, destination_names, source_names, _rule = extra or _NOTHING_ELSE
+        out = self._endpoint(_SOURCE_TAG, src_view, src_id, src_labels) + self._endpoint(
+            _DESTINATION_TAG, dst_view, dst_id, dst_labels)
+        if destination_names:
+            out += b"".join(field_string(_DESTINATION_NAMES, n) for n in destination_names)
+        if source_names:
+            out += b"".join(field_string(_SOURCE_NAMES, n) for n in source_names)
         return out
 
-    def _name_fields(self, source: str, destination: str, endpoints: EndpointLookup) -> bytes:
-        assert self._names is not None
-        out = b""
-        src_view = endpoints(source) if source else None
-        if src_view is not None and src_view.id and destination:
-            out += b"".join(field_string(_DESTINATION_NAMES, n) for n in self._names(src_view.id, destination))
-        dst_view = endpoints(destination) if destination else None
-        if dst_view is not None and dst_view.id and source:
-            out += b"".join(field_string(_SOURCE_NAMES, n) for n in self._names(dst_view.id, source))
-        return out
-
-    def _endpoint(self, field: bytes, ip: str, identity: int, endpoints: EndpointLookup) -> bytes:
-        view = endpoints(ip) if ip else None
+    def _endpoint(self, field: bytes, view: EndpointView | None, identity: int, labels: tuple[str, ...] | None,
+                  ) -> bytes:
         if view is not None:
             cached = self._views.get(id(view))
             if cached is None or cached[0] is not view:  # a view is replaced, never changed, when it changes
@@ -322,7 +319,7 @@ class WireEncoder:
                 self._views[id(view)] = cached
             body = cached[1]
         else:
-            body = self._by_identity.get((identity, tuple(self._identities(identity))))
+            body = self._by_identity.get((identity, labels or ()))
         return field + _SMALL[len(body)] + body if len(body) < 16384 else field + varint(len(body)) + body
 
     def _trace_fields(self, key: tuple[int, int, int]) -> bytes:
@@ -374,31 +371,34 @@ class WireEncoder:
         if kind < 0:
             if etype != EVENT_TRACE and etype != EVENT_DROP and etype != EVENT_POLICY_VERDICT:
                 return None
-            body, l4 = self._fields(record, endpoints)
-            return self._response(body, l4, ktime, flow_id)
+            body, l4, summary = self._fields(record, endpoints)
+            return self._response(body, l4, summary, ktime, flow_id)
         sport, dport = record[at] << 8 | record[at + 1], record[at + 2] << 8 | record[at + 3]
-        key = (record[8:28], record[34:54], addresses, kind)
+        key = record[8:28] + record[34:54] + addresses  # one bytes: cheaper to make and keep than a tuple
+        shapes = self._udp_shapes if kind == _UDP else self._tcp_shapes
         rule_id = slot if etype == EVENT_POLICY_VERDICT or (etype == EVENT_DROP and subtype in _POLICY_DROPS) else 0
-        cached = self._shapes.get(key)
+        cached = shapes.get(key)
         if cached is not None:
-            source, destination, src_view, dst_view, extra, body = cached
+            source, destination, src_view, dst_view, extra, body, shape_summary = cached
             if (endpoints(source) is src_view and endpoints(destination) is dst_view
                     and (extra is None or extra == self._extra(source, destination, src_view, dst_view, src_id,
                                                                dst_id, rule_id))):
-                return self._response(body, _l4(kind, sport, dport), ktime, flow_id)
+                summary = _FLAGS_SUMMARY[kind] if shape_summary is None else shape_summary
+                return self._response(body, _l4(kind, sport, dport), summary, ktime, flow_id)
         _ip_field, source, destination = self._ips.get(addresses)
-        before = self._lookups(source, destination, src_id, dst_id, rule_id, endpoints)
-        body, l4 = self._fields(record, endpoints)
-        if self._lookups(source, destination, src_id, dst_id, rule_id, endpoints) == before:
-            # nothing changed while it was made: the body is what these lookups give
-            if len(self._shapes) >= _SHAPES:
-                self._shapes.clear()
-            self._shapes[key] = (source, destination, *before, body)
-        return self._response(body, l4, ktime, flow_id)
+        looked = self._lookups(source, destination, src_id, dst_id, rule_id, endpoints)
+        body, l4, summary = self._fields(record, endpoints, looked)  # made of these lookups, none of its own
+        if len(shapes) >= _SHAPES:
+            shapes.clear()
+        # a trace's summary is its TCP flags (written per flow: the shape is the same for all flags)
+        shapes[key] = (source, destination, *looked, body, None if etype == EVENT_TRACE and kind < _UDP else summary)
+        return self._response(body, l4, summary, ktime, flow_id)
 
     def _lookups(self, source: str, destination: str, src_id: int, dst_id: int, rule_id: int,
-                 endpoints: EndpointLookup) -> tuple[EndpointView | None, EndpointView | None, tuple[Any, ...] | None]:
-        src_view, dst_view = endpoints(source), endpoints(destination)
+                 endpoints: EndpointLookup) -> _Looked:
+        """Everything the flow's fields are made of besides the record, looked up once."""
+        src_view = endpoints(source) if source else None
+        dst_view = endpoints(destination) if destination else None
         return src_view, dst_view, self._extra(source, destination, src_view, dst_view, src_id, dst_id, rule_id)
 
     def _extra(self, source: str, destination: str, src_view: EndpointView | None, dst_view: EndpointView | None,
@@ -412,13 +412,14 @@ class WireEncoder:
         rule = self._rules(rule_id) if rule_id else None
         return (None if src_view is not None else tuple(self._identities(src_id)),
                 None if dst_view is not None else tuple(self._identities(dst_id)),
-                tuple(names(src_view.id, destination)) if names and src_view is not None and src_view.id else (),
-                tuple(names(dst_view.id, source)) if names and dst_view is not None and dst_view.id else (),
+                tuple(names(src_view.id, destination)) if names and src_view is not None and src_view.id
+                and destination else (),
+                tuple(names(dst_view.id, source)) if names and dst_view is not None and dst_view.id and source else (),
                 dict(rule) if rule is not None else None)
 
-    def _response(self, body: bytes, l4: bytes, ktime: int, flow_id: str) -> bytes:
-        """The GetFlowsResponse: the flow (its fields, the L4 field, its time and uuid), the node
-        name and the time again."""
+    def _response(self, body: bytes, l4: bytes, summary: bytes, ktime: int, flow_id: str) -> bytes:
+        """The GetFlowsResponse: the flow (its fields, the L4 and summary fields, its time and
+        uuid), the node name and the time again."""
         # The Timestamp as build writes the time (microseconds, through a float) and convert
         # reads it back: datetime.fromtimestamp's own arithmetic (split the float, round the
         # fraction to microseconds half-even), without making a datetime.
@@ -448,15 +449,17 @@ class WireEncoder:
             stamp_size = _SMALL[len(first)]
         uuid = flow_id.encode()
         uuid_size = (_SMALL[len(uuid)] if len(uuid) < 16384 else varint(len(uuid))) if uuid else b""
-        size = (len(body) + len(l4) + 1 + len(stamp_size) + stamp_size[0]
+        size = (len(body) + len(l4) + len(summary) + 1 + len(stamp_size) + stamp_size[0]
                 + (2 + len(uuid_size) + len(uuid) if uuid else 0))
-        return b"".join((_RESPONSE_FLOW_TAG, _SMALL[size] if size < 16384 else varint(size), body, l4, _TIME_TAG,
+        return b"".join((_RESPONSE_FLOW_TAG, _SMALL[size] if size < 16384 else varint(size), body, l4, summary,
+                         _TIME_TAG,
                          stamp_size, first, low, middle, high, _UUID_TAG if uuid else b"", uuid_size, uuid,
                          self._response_node, _RESPONSE_TIME_TAG, stamp_size, first, low, middle, high))
 
-    def _fields(self, record: bytes, endpoints: EndpointLookup) -> tuple[bytes, bytes]:
-        """The flow's fields but its time and uuid, from the record and the lookups: (all but the
-        L4 field, the L4 field)."""
+    def _fields(self, record: bytes, endpoints: EndpointLookup, looked: _Looked | None = None,
+                ) -> tuple[bytes, bytes, bytes]:
+        """The flow's fields but its time and uuid, from the record and the lookups (`looked`, or
+        made here): (all but the L4 and summary fields, the L4 field, the summary field)."""
         (_ktime, etype, subtype, file_id, ct, line, _endpoint_id, ifindex, src_id, dst_id, _orig_len, cap_len,
          direction_raw, slot) = _HEADER.unpack_from(record)
         service = self._services(slot) if etype == EVENT_TRACE and slot else None
@@ -507,6 +510,10 @@ class WireEncoder:
                 else:
                     l4 = field_bytes(_L4, field_bytes(3, body))
                     summary = f"ICMPv4 {_ICMP4_NAMES.get(icmp_type, str(icmp_type))}"
+        if looked is None:
+            rule_id = slot if etype == EVENT_POLICY_VERDICT or (etype == EVENT_DROP and subtype in _POLICY_DROPS) else 0
+            looked = self._lookups(source, destination, src_id, dst_id, rule_id, endpoints)
+        rule = looked[2][4] if looked[2] is not None else None
         # what kind of event: verdict, event type, drop reason, trace point, policy
         if etype == EVENT_TRACE:
             add(self._traces.get((subtype, ct, direction_raw)))
@@ -523,7 +530,7 @@ class WireEncoder:
                 if ct == 3:
                     add(_IS_REPLY_TRUE)
                 if subtype in _POLICY_DROPS:
-                    decision = self._policy(parts, False, direction, slot, src_id, subtype, "")
+                    decision = self._policy(parts, False, direction, rule, src_id, subtype, "")
                     summary += f" ({decision})"
             else:
                 base = subtype & ~VERDICT_AUDIT_FLAG
@@ -537,7 +544,7 @@ class WireEncoder:
                     reason = POLICY_VERDICT_DROP_REASONS.get(policy_verdict, flow_pb2.POLICY_DENIED)
                     add(field_varint(_DROP_REASON, reason) + field_varint(_DROP_REASON_DESC, reason))
                 add(_IS_REPLY_TRUE if ct == 3 else _IS_REPLY_FALSE)
-                decision = self._policy(parts, allowed, direction, slot, src_id, 0, policy_verdict)
+                decision = self._policy(parts, allowed, direction, rule, src_id, 0, policy_verdict)
                 summary = f"policy {policy_verdict}{', audit: let through' if audited else ''} ({decision})"
         if service is not None:
             # service traffic (the per-packet path), as FlowBuilder._add_service: a request names
@@ -550,16 +557,14 @@ class WireEncoder:
             summary = f"{summary}; {via}" if summary else via
         if ifindex:
             add(self._interfaces.get(ifindex))
-        add(self._endpoints(source, destination, src_id, dst_id, endpoints))
+        add(self._endpoints(src_id, dst_id, looked))
         add(self._constant)
-        add(self._summaries.get(summary))
-        return b"".join(parts), l4
+        return b"".join(parts), l4, self._summaries.get(summary)
 
-    def _policy(self, parts: list[bytes], allowed: bool, direction: str, rule_id: int, src_identity: int,
-                drop_code: int, policy_verdict: str) -> str:
+    def _policy(self, parts: list[bytes], allowed: bool, direction: str, rule: dict[str, Any] | None,
+                src_identity: int, drop_code: int, policy_verdict: str) -> str:
         """Appends the *_allowed_by / *_denied_by entry (when a rule decided); returns the decision text
         (FlowBuilder._policy's)."""
-        rule = self._rules(rule_id) if rule_id else None
         if rule is not None:
             ref = "/".join(p for p in (rule["kind"], rule["namespace"], rule["name"]) if p)
             if rule.get("kind"):

@@ -146,6 +146,7 @@ _AUDIT = flow_pb2.Verdict.Value("AUDIT")
 _L3_L4 = flow_pb2.FlowType.Value("L3_L4")
 _IPV4 = flow_pb2.IPVersion.Value("IPv4")
 _IPV6 = flow_pb2.IPVersion.Value("IPv6")
+_IP_VERSION_FIELDS = (field_varint(3, _IPV6), field_varint(3, _IPV4))  # by "is IPv4"
 _DIRECTIONS = {0: ("INGRESS", flow_pb2.TrafficDirection.Value("INGRESS")),
                1: ("EGRESS", flow_pb2.TrafficDirection.Value("EGRESS"))}
 _UNKNOWN_DIRECTION = ("TRAFFIC_DIRECTION_UNKNOWN", 0)
@@ -280,6 +281,7 @@ class WireEncoder:
                           + field_varint(_TYPE, _L3_L4) + self._node_name_field)
         self._response_node = field_string(_RESPONSE_NODE_NAME, node_name)
         self._ips = _Cache(self._ip_field)
+        self._addresses = _Cache(lambda raw: (text := _ip_string(raw), text.encode()))
         self._views: dict[int, tuple[EndpointView, bytes]] = {}  # id(view) -> (view, body)
         self._by_identity = _Cache(lambda key: endpoint_message(0, key[0], "", key[1], ""))
         self._macs = _Cache(lambda raw: field_bytes(_ETHERNET, field_string(1, raw[6:12].hex(":"))
@@ -334,12 +336,14 @@ class WireEncoder:
         return fields
 
     def _ip_field(self, raw: bytes) -> tuple[bytes, str, str]:
-        """The IP field of a packet's source and destination (4 or 16 bytes each, side by side)."""
+        """The IP field of a packet's source and destination (4 or 16 bytes each, side by side),
+        from each address's text (cached by address: a pod's is met with many peers)."""
         half = len(raw) // 2
-        source, destination = _ip_string(raw[:half]), _ip_string(raw[half:])
-        version = _IPV4 if half == 4 else _IPV6
-        return (field_bytes(_IP, field_string(1, source) + field_string(2, destination) + field_varint(3, version)),
-                source, destination)
+        source, source_text = self._addresses.get(raw[:half])
+        destination, destination_text = self._addresses.get(raw[half:])
+        body = b"".join((b"\x0a", _SMALL[len(source_text)], source_text, b"\x12", _SMALL[len(destination_text)],
+                         destination_text, _IP_VERSION_FIELDS[half == 4]))
+        return field_bytes(_IP, body), source, destination
 
     # ----- the record ----------------------------------------------------------------------------
     def encode(self, record: bytes, flow_id: str, endpoints: EndpointLookup) -> bytes | None:

@@ -3,10 +3,12 @@
 The slow path builds a cilia flow dict (cilia.flows.build), converts it to a flow.Flow message
 (cilia.hubble.convert) and serializes it: ~100 µs of Python a flow. Here a trace, drop or policy
 verdict record is encoded straight into protobuf wire format (proto3's encoding is stable: tag,
-varint, length-delimited), with what repeats cached: each endpoint's sub-message (per endpoint
-view, per identity and its labels), the message's constant fields (emitter, type, node name), IP
-address strings. It gives exactly what the slow path's message gives for the same record and
-lookups (tests/unit/test_hubble_wire.py parses both, for generated records); the slow path stays
+varint, length-delimited), with what repeats cached: for a TCP or UDP record, all of the flow
+but its ports, time and uuid by the record's shape (WireEncoder.encode), and below that each
+endpoint's sub-message (per endpoint view, per identity and its labels), the message's constant
+fields (emitter, type, node name), address texts. It gives exactly what the slow path's message
+gives for the same record and lookups (tests/unit/test_hubble_wire.py parses both, for generated
+records, cached shapes and changed lookups); the slow path stays
 the reference and serves everything this does not: socket translations, L7 and any flow added as
 a dict.
 
@@ -350,10 +352,11 @@ class WireEncoder:
         """GetFlowsResponse bytes for a trace / drop / policy-verdict record; None: the slow path's.
 
         A TCP or UDP packet over IPv4 or IPv6 (nearly every event) is encoded from its shape's
-        cached fields: what the record says apart from its time, lengths and ports (the event, the
-        endpoints' identities, MACs, addresses, TCP flags, interface, observation point, rule id),
+        cached fields: what the record says apart from its time, lengths, ports and TCP flags (the
+        event, the endpoints' identities, MACs, addresses, interface, observation point, rule id),
         given the same lookups (endpoint views, identity labels, DNS names, the rule) as when they
-        were made: only the ports, the time and the uuid are encoded per flow."""
+        were made: only the ports and flags (L4, a trace's summary), the time and the uuid are
+        encoded per flow. A trace to a service is not (its summary names the backend's port)."""
         size = len(record)
         if size < HEADER_SIZE:
             return None

@@ -46,8 +46,8 @@ CLK = os.sysconf("SC_CLK_TCK")
 
 
 # ----- in process --------------------------------------------------------------------------------
-def _record(n: int) -> bytes:
-    src, dst = bytes([10, 200, 1, 2]), bytes([10, 200, 1, 3])
+def _record(n: int, dst: bytes = bytes([10, 200, 1, 3])) -> bytes:
+    src = bytes([10, 200, 1, 2])
     ip = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 40, 1, 0, 64, 6, 0, src, dst)
     packet = bytes.fromhex("020000000002020000000001") + b"\x08\x00" + ip + struct.pack(
         "!HHIIBBHHH", 40000 + n % 20000, 80, 1, 0, 0x50, 0x10, 65535, 0, 0)
@@ -216,7 +216,7 @@ def _per_flow(run: Callable[[], object], count: int) -> tuple[float, int]:
 def pipeline_stages(count: int = 20_000) -> dict[str, Any]:
     """Each stage's µs per flow and flows per CPU-second, and whole GetFlows streams (server in this
     process, client in another): the slow path (dict, convert, serialize), the fast path (record ->
-    wire bytes), and grpcio's own floor."""
+    wire bytes; also with no record's shape met before), and grpcio's own floor."""
     records = [_record(n) for n in range(count)]
     builder = _builder()
     out: dict[str, Any] = {"flows": count}
@@ -247,6 +247,12 @@ def pipeline_stages(count: int = 20_000) -> dict[str, Any]:
     views = builder._endpoints
     out["fast_encode_us"], out["fast_encode_per_cpu_s"] = _per_flow(
         lambda: [encoder.encode(r, "00000000-0000-4000-8000-000000000000", views) for r in records], count)
+    # the same records, but each to an address of its own (no endpoint here): no shape met twice, so
+    # none served from the encoder's cache (its worst case: a flood to ever new peers)
+    unique = [_record(n, bytes([10, 201, n >> 8 & 0xFF, n & 0xFF])) for n in range(count)]
+    cold = _Context(builder).encoder
+    out["fast_encode_new_shapes_us"], out["fast_encode_new_shapes_per_cpu_s"] = _per_flow(
+        lambda: [cold.encode(r, "00000000-0000-4000-8000-000000000000", views) for r in unique], count)
     # hubble observe's default output (compact) asks for a field mask: on the bytes, and protobuf's way
     from google.protobuf.field_mask_pb2 import FieldMask
 

@@ -137,6 +137,143 @@ def test_the_fast_path_gives_the_slow_paths_message(raw: bytes, flow_id: str) ->
     assert got is not None and got == want, f"fast:\n{got}\nslow:\n{want}"
 
 
+def ports_at(raw: bytes) -> int | None:
+    """Where a TCP / UDP packet's ports are in its record (None: not such a packet, or cut short)."""
+    end = min(len(raw), 40 + struct.unpack_from("<H", raw, 32)[0])
+    if end >= 74 and raw[52:54] == b"\x08\x00":
+        at, proto = 54 + (raw[54] & 0x0F) * 4, raw[63]
+    elif end >= 94 and raw[52:54] == b"\x86\xdd":
+        at, proto = 94, raw[60]
+    else:
+        return None
+    return at if (proto == 6 and end >= at + 14) or (proto == 17 and end >= at + 4) else None
+
+
+def another_packet(raw: bytes, ktime: int, sport: int, dport: int) -> bytes:
+    """The record with another time, other ports (if it has them) and other bytes no field is made
+    of (lengths, the IP header's id, TCP's sequence number): the same shape."""
+    out = bytearray(raw)
+    struct.pack_into("<Q", out, 0, ktime)
+    struct.pack_into("<I", out, 28, 9999)  # orig_len
+    at = ports_at(raw)
+    if at is not None:
+        struct.pack_into("!HH", out, at, sport, dport)
+        if len(out) >= at + 8:
+            out[at + 4: at + 8] = b"\x12\x34\x56\x78"  # TCP's sequence number, UDP's length + checksum
+        if raw[52:54] == b"\x08\x00":
+            out[58:60] = b"\xbe\xef"  # the IP header's id
+    return bytes(out)
+
+
+@settings(max_examples=600, deadline=None)
+@given(records(), st.integers(0, 10**15), PORT, PORT)
+def test_a_cached_shape_gives_the_slow_paths_message(raw: bytes, ktime: int, sport: int, dport: int) -> None:
+    """A record of a shape met before is served from the cache: the slow path's message for it, and
+    byte for byte what a fresh encoder (nothing cached) gives."""
+    encoder = WireEncoder("n1", identities, BOOT_NS, RULES_ALL.get, SERVICES.get, names_of)
+    first = encoder.encode(raw, "u1", VIEWS6.get)
+    shapes = len(encoder._tcp_shapes) + len(encoder._udp_shapes)
+    assert shapes == (0 if ports_at(raw) is None or (raw[8] == EVENT_TRACE and raw[36:40] != bytes(4)) else 1)
+    other = another_packet(raw, ktime, sport, dport)
+    got = encoder.encode(other, "u2", VIEWS6.get)
+    assert len(encoder._tcp_shapes) + len(encoder._udp_shapes) == shapes  # the same shape: no new entry
+    fresh = WireEncoder("n1", identities, BOOT_NS, RULES_ALL.get, SERVICES.get, names_of).encode(other, "u2",
+                                                                                               VIEWS6.get)
+    assert first is not None and got is not None and got == fresh
+    assert observer_pb2.GetFlowsResponse.FromString(got) == slow(other, "u2")
+
+
+SHAPE_FIELDS: dict[str, list[Any]] = {  # a few values for each thing a record's shape is made of
+    "packet": ["tcp", "tcp-back", "tcp-world", "udp", "tcp6", "udp6"], "mac": [5, 9], "src_mac": [1, 3],
+    "flags": [0x02, 0x12, 0x10],
+    "etype": [EVENT_TRACE, EVENT_DROP, EVENT_POLICY_VERDICT], "subtype": [0, 1, 3, 133, 0x81], "file": [0, 1],
+    "ct": [0, 3], "line": [0, 7], "ifindex": [0, 4], "src_id": [256, 2, 1], "dst_id": [257, 2, 99],
+    "direction": [0, 1], "slot": [0, 3, 5, 6]}
+
+
+def shaped(fields: dict[str, Any], ktime: int, sport: int, dport: int) -> bytes:
+    flags = fields["flags"]
+    v6_src = bytes.fromhex("fd000000000000000000000000000002")
+    v6_dst = bytes.fromhex("20010db8000000010000000000000001")
+    packet = {"tcp": lambda: tcp_v4(flags, sport=sport, dport=dport),
+              "tcp-back": lambda: tcp_v4(flags, "10.200.1.3", "10.200.1.2", sport, dport),
+              "tcp-world": lambda: tcp_v4(flags, "10.200.1.2", "192.168.5.1", sport, dport),
+              "udp": lambda: v4(17, struct.pack("!HHHH", sport, dport, 8, 0), "10.200.1.2", "10.200.1.3"),
+              "tcp6": lambda: v6_tcp(flags, sport, dport, v6_src, v6_dst),
+              "udp6": lambda: v6_tcp(flags, sport, dport, v6_src, v6_dst, 17)}[fields["packet"]]()
+    packet = packet[:5] + bytes([fields["mac"]]) + packet[6:11] + bytes([fields["src_mac"]]) + packet[12:]
+    header = struct.pack("<QBBBBHHIIIIHHI", ktime, fields["etype"], fields["subtype"], fields["file"], fields["ct"],
+                         fields["line"], 7, fields["ifindex"], fields["src_id"], fields["dst_id"], len(packet),
+                         len(packet), fields["direction"], fields["slot"])
+    return header + packet.ljust(128, b"\0")
+
+
+@st.composite
+def close_records(draw: st.DrawFn) -> list[bytes]:
+    """A record and others that differ from it in one of the things its shape is made of (a cache
+    entry of the first would be wrong for them if the shape's key left that out), or in none."""
+    base = {name: draw(st.sampled_from(values)) for name, values in SHAPE_FIELDS.items()}
+    out = [shaped(base, draw(st.integers(0, 10**15)), draw(PORT), draw(PORT))]
+    for name in draw(st.lists(st.sampled_from([*SHAPE_FIELDS, "none"]), min_size=1, max_size=6)):
+        other = dict(base)
+        if name != "none":
+            other[name] = draw(st.sampled_from(SHAPE_FIELDS[name]))
+        out.append(shaped(other, draw(st.integers(0, 10**15)), draw(PORT), draw(PORT)))
+    return out
+
+
+@settings(max_examples=800, deadline=None)
+@given(close_records())
+def test_records_of_close_shapes_each_get_the_slow_paths_message(raws: list[bytes]) -> None:
+    encoder = WireEncoder("n1", identities, BOOT_NS, RULES_ALL.get, SERVICES.get, names_of)
+    for raw in raws:
+        got = encoder.encode(raw, "u", VIEWS6.get)
+        want = slow(raw, "u")
+        assert got is not None and observer_pb2.GetFlowsResponse.FromString(got) == want
+
+
+def test_a_shape_is_made_again_when_its_lookups_change() -> None:
+    """Everything a cached shape was made of besides the record is looked up again for every flow:
+    an endpoint's view (replaced), an identity's labels, DNS names and the rule (even changed in place)."""
+    views: dict[str, EndpointView] = dict(VIEWS6)
+    labels: dict[int, list[str]] = {k: list(v) for k, v in LABELS.items()}
+    names: dict[tuple[int, str], list[str]] = {k: list(v) for k, v in NAMES.items()}
+    rules: dict[int, dict[str, Any]] = {k: dict(v) for k, v in RULES_ALL.items()}
+
+    def check(raw: bytes) -> observer_pb2.GetFlowsResponse:
+        encoder_out = encoder.encode(raw, "u", views.get)
+        builder = FlowBuilder("n1", views.get, lambda i: list(labels.get(i, [])), BOOT_NS, rules.get, SERVICES.get,
+                              names=lambda e, ip: list(names.get((e, ip), [])))
+        want = _response(convert(builder.build(decode(raw), views.get, "u")), None)
+        got = observer_pb2.GetFlowsResponse.FromString(encoder_out or b"")
+        assert got == want, f"fast:\n{got}\nslow:\n{want}"
+        return got
+
+    encoder = WireEncoder("n1", lambda i: list(labels.get(i, [])), BOOT_NS, rules.get, SERVICES.get,
+                          lambda e, ip: list(names.get((e, ip), [])))
+    pods = record(EVENT_TRACE, 1, tcp_v4())
+    assert check(pods).flow.source.pod_name == "client"
+    views["10.200.1.2"] = EndpointView(7, 256, "x", "renamed", ["k8s:app=client"])
+    assert check(pods).flow.source.pod_name == "renamed"
+    del views["10.200.1.2"]  # the endpoint is gone: its identity's labels now
+    assert check(pods).flow.source.pod_name == ""
+    labels[256] = ["k8s:app=later"]
+    assert list(check(pods).flow.source.labels) == ["k8s:app=later"]
+    world = record(EVENT_TRACE, 1, tcp_v4(src="10.200.1.3", dst="192.168.5.1"), src_id=257, dst_id=2)
+    assert list(check(world).flow.destination_names) == ["other.example.test"]
+    names[(9, "192.168.5.1")] = ["new.example.test"]
+    assert list(check(world).flow.destination_names) == ["new.example.test"]
+    labels[2] = ["reserved:world", "cidr:192.168.5.0/24"]
+    assert "cidr:192.168.5.0/24" in check(world).flow.destination.labels
+    verdict = record(EVENT_POLICY_VERDICT, 1, tcp_v4(), rule_id=5, direction=0)
+    assert check(verdict).flow.ingress_allowed_by[0].name == "deny-client"
+    rules[5]["name"] = "renamed-in-place"
+    assert check(verdict).flow.ingress_allowed_by[0].name == "renamed-in-place"
+    del rules[5]
+    assert not check(verdict).flow.ingress_allowed_by
+    assert len(encoder._tcp_shapes) == 3  # one a shape: remade, not added
+
+
 def test_fixed_records_of_every_kind() -> None:
     cases = [record(EVENT_TRACE, 1, tcp_v4()), record(EVENT_TRACE, 3, udp_v4(), ct=3),
              record(EVENT_DROP, 133, tcp_v4(), direction=0, line=77),

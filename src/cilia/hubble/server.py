@@ -166,9 +166,13 @@ class FlowSource:
 
     def history(self) -> tuple[list[Served], int]:
         """Every buffered flow, oldest first, and the sequence number the history ends at."""
+        data, seq = self.history_data()
+        return [Served(item) for item in data], seq
+
+    def history_data(self) -> tuple[list[bytes], int]:
+        """history's flows as they are sent (for a request that looks at none of them)."""
         entries = self.ring.entries()
-        served = [Served(data) for data in map(self.wire, entries) if data]
-        return served, entries[-1].seq if entries else self.ring.sequence
+        return [data for data in map(self.wire, entries) if data], entries[-1].seq if entries else self.ring.sequence
 
     def snapshot(self) -> list[flow_pb2.Flow]:
         """Every buffered flow, oldest first."""
@@ -309,12 +313,19 @@ class ObserverService(observer_pb2_grpc.ObserverServicer):
                 last_seq, pending, _missed = ring.since(start_seq)
                 pending_upto, last_seq = last_seq, start_seq
             else:
-                history, last_seq = await asyncio.to_thread(source.history)
-                selected = select_history(history, request, filters, Served.flow)
-                for first in range(0, len(selected), HISTORY_BATCH):
-                    yield [item.data if masked is None else masked(item.data)
-                           for item in selected[first:first + HISTORY_BATCH]]
-                del selected, history
+                if filters.empty and not request.HasField("since") and not request.HasField("until"):
+                    # select_history looks at no flow: the bytes go as they are, no Served each
+                    raw, last_seq = await asyncio.to_thread(source.history_data)
+                    chosen = select_history(raw, request, filters)
+                    del raw
+                else:
+                    history, last_seq = await asyncio.to_thread(source.history)
+                    chosen = [item.data for item in select_history(history, request, filters, Served.flow)]
+                    del history
+                for first in range(0, len(chosen), HISTORY_BATCH):
+                    batch = chosen[first:first + HISTORY_BATCH]
+                    yield batch if masked is None else [masked(item) for item in batch]
+                del chosen
             if subscriber is None:
                 return
             lost, datapath_lost = 0, ring.events_lost

@@ -3,10 +3,12 @@
 The slow path builds a cilia flow dict (cilia.flows.build), converts it to a flow.Flow message
 (cilia.hubble.convert) and serializes it: ~100 µs of Python a flow. Here a trace, drop or policy
 verdict record is encoded straight into protobuf wire format (proto3's encoding is stable: tag,
-varint, length-delimited), with what repeats cached: each endpoint's sub-message (per endpoint
-view, per identity and its labels), the message's constant fields (emitter, type, node name), IP
-address strings. It gives exactly what the slow path's message gives for the same record and
-lookups (tests/unit/test_hubble_wire.py parses both, for generated records); the slow path stays
+varint, length-delimited), with what repeats cached: for a TCP or UDP record, all of the flow
+but its ports, time and uuid by the record's shape (WireEncoder.encode), and below that each
+endpoint's sub-message (per endpoint view, per identity and its labels), the message's constant
+fields (emitter, type, node name), address texts. It gives exactly what the slow path's message
+gives for the same record and lookups (tests/unit/test_hubble_wire.py parses both, for generated
+records, cached shapes and changed lookups); the slow path stays
 the reference and serves everything this does not: socket translations, L7 and any flow added as
 a dict.
 
@@ -74,8 +76,18 @@ def varint(value: int) -> bytes:
     if 0 < value < 1 << 42:
         if value < 1 << 28:
             return _LOW14[value & 0x3FFF] + _SMALL[value >> 14]
-        return _LOW14[value & 0x3FFF] + _LOW14[(value >> 14) & 0x3FFF] + varint(value >> 28)
+        return _LOW14[value & 0x3FFF] + _LOW14[(value >> 14) & 0x3FFF] + _SMALL[value >> 28]
     return _varint_slow(value)
+
+
+# every port's varint, filled as ports are seen (all 65,536 made at import would be ~3 MB and
+# ~30 ms for every process that imports this)
+_PORT_VARINTS: list[bytes] = _SMALL + [b""] * ((1 << 16) - len(_SMALL))
+
+
+def _port_varint(port: int) -> bytes:
+    made = _PORT_VARINTS[port] = varint(port)
+    return made
 
 
 _TAGS: dict[tuple[int, int], bytes] = {}
@@ -123,6 +135,11 @@ _RESPONSE_FLOW_TAG = _t(_RESPONSE_FLOW)
 _RESPONSE_TIME_TAG = _t(_RESPONSE_TIME)
 _TIME_TAG = _t(_TIME)
 _UUID_TAG = _t(34)
+# (source view, destination view, _extra's: labels of a side with no view, DNS names, the rule)
+_Looked = tuple[EndpointView | None, EndpointView | None, tuple[Any, ...] | None]
+_NOTHING_ELSE: tuple[Any, ...] = (None, None, (), (), None)
+_Shape = tuple[str, str, EndpointView | None, EndpointView | None, tuple[Any, ...] | None, bytes, bytes | None]
+_SHAPES = 8192  # shapes kept a protocol (~0.5 KB each; cleared when full): address pairs x points x events
 _SOURCE_TAG, _DESTINATION_TAG = _t(8), _t(9)
 
 _FORWARDED = flow_pb2.Verdict.Value("FORWARDED")
@@ -131,6 +148,7 @@ _AUDIT = flow_pb2.Verdict.Value("AUDIT")
 _L3_L4 = flow_pb2.FlowType.Value("L3_L4")
 _IPV4 = flow_pb2.IPVersion.Value("IPv4")
 _IPV6 = flow_pb2.IPVersion.Value("IPv6")
+_IP_VERSION_FIELDS = (field_varint(3, _IPV6), field_varint(3, _IPV4))  # by "is IPv4"
 _DIRECTIONS = {0: ("INGRESS", flow_pb2.TrafficDirection.Value("INGRESS")),
                1: ("EGRESS", flow_pb2.TrafficDirection.Value("EGRESS"))}
 _UNKNOWN_DIRECTION = ("TRAFFIC_DIRECTION_UNKNOWN", 0)
@@ -165,6 +183,27 @@ def _tcp_flags(bits: int) -> tuple[bytes, str]:
 
 
 _TCP_FLAGS = [_tcp_flags(bits) for bits in range(64)]
+_UDP = 64  # an L4 kind: 0-63 are TCP with those flags (FIN..URG), 64 is UDP
+
+
+def _l4_head(kind: int, ports_size: int) -> bytes:
+    """The L4 field of a TCP (kind: its flags) or UDP packet up to its source port's varint, for
+    ports whose two varints take `ports_size` bytes: [L4 tag, size, TCP/UDP tag, size, port tag]."""
+    inner = 2 + ports_size + (len(_TCP_FLAGS[kind][0]) if kind < _UDP else 0)
+    return b"\x32" + _SMALL[inner + 2] + (b"\x0a" if kind < _UDP else b"\x12") + _SMALL[inner] + b"\x08"
+
+
+_L4_HEADS = [[_l4_head(kind, size) for size in range(7)] for kind in range(_UDP + 1)]
+_L4_TAILS = [flags for flags, _summary in _TCP_FLAGS] + [b""]  # after the ports: TCP's flags
+_FLAGS_SUMMARY = [field_string(_SUMMARY, summary) for _flags, summary in _TCP_FLAGS] + [b""]  # a trace's
+
+
+def _l4(kind: int, sport: int, dport: int) -> bytes:
+    """A TCP or UDP packet's L4 field (both ports written, even 0: the same message)."""
+    source, destination = _PORT_VARINTS[sport] or _port_varint(sport), _PORT_VARINTS[dport] or _port_varint(dport)
+    return b"".join((_L4_HEADS[kind][len(source) + len(destination)], source, b"\x10", destination,
+                     _L4_TAILS[kind]))
+_DROP_OR_VERDICT = (EVENT_DROP, EVENT_POLICY_VERDICT)
 _POLICY_DROPS = {int(r) for r in (DropReason.POLICY_DENIED, DropReason.POLICY_DENY, DropReason.POLICY_NOT_INSTALLED)}
 
 
@@ -244,6 +283,7 @@ class WireEncoder:
                           + field_varint(_TYPE, _L3_L4) + self._node_name_field)
         self._response_node = field_string(_RESPONSE_NODE_NAME, node_name)
         self._ips = _Cache(self._ip_field)
+        self._addresses = _Cache(lambda raw: (text := _ip_string(raw), text.encode()))
         self._views: dict[int, tuple[EndpointView, bytes]] = {}  # id(view) -> (view, body)
         self._by_identity = _Cache(lambda key: endpoint_message(0, key[0], "", key[1], ""))
         self._macs = _Cache(lambda raw: field_bytes(_ETHERNET, field_string(1, raw[6:12].hex(":"))
@@ -251,32 +291,28 @@ class WireEncoder:
         self._traces = _Cache(self._trace_fields)
         self._interfaces = _Cache(lambda index: field_bytes(_INTERFACE, field_varint(1, index)))
         self._summaries = _Cache(lambda text: field_string(_SUMMARY, text))
-        self._second: tuple[int, bytes] = (-1, b"")
+        self._second: tuple[float, bytes, bytes] = (-1.0, b"", b"")
+        # TCP's and UDP's shapes: key -> (source, destination, their views, _extra's, the fields but
+        # L4, summary, time and uuid, the summary field or None: by TCP flags)
+        self._tcp_shapes: dict[bytes, _Shape] = {}
+        self._udp_shapes: dict[bytes, _Shape] = {}
 
     # ----- endpoints -----------------------------------------------------------------------------
-    def _endpoints(self, source: str, destination: str, src_id: int, dst_id: int,
-                   endpoints: EndpointLookup) -> bytes:
+    def _endpoints(self, src_id: int, dst_id: int, looked: _Looked) -> bytes:
         """The source and destination fields, and the names of each side's IP in the other
         (local) side's DNS history (FlowBuilder._add_names)."""
-        out = (self._endpoint(_SOURCE_TAG, source, src_id, endpoints)
-               + self._endpoint(_DESTINATION_TAG, destination, dst_id, endpoints))
-        if self._names is not None:
-            out += self._name_fields(source, destination, endpoints)
+        src_view, dst_view, extra = looked
+        src_labels, dst_labels, destination_names, source_names, _rule = extra or _NOTHING_ELSE
+        out = self._endpoint(_SOURCE_TAG, src_view, src_id, src_labels) + self._endpoint(
+            _DESTINATION_TAG, dst_view, dst_id, dst_labels)
+        if destination_names:
+            out += b"".join(field_string(_DESTINATION_NAMES, n) for n in destination_names)
+        if source_names:
+            out += b"".join(field_string(_SOURCE_NAMES, n) for n in source_names)
         return out
 
-    def _name_fields(self, source: str, destination: str, endpoints: EndpointLookup) -> bytes:
-        assert self._names is not None
-        out = b""
-        src_view = endpoints(source) if source else None
-        if src_view is not None and src_view.id and destination:
-            out += b"".join(field_string(_DESTINATION_NAMES, n) for n in self._names(src_view.id, destination))
-        dst_view = endpoints(destination) if destination else None
-        if dst_view is not None and dst_view.id and source:
-            out += b"".join(field_string(_SOURCE_NAMES, n) for n in self._names(dst_view.id, source))
-        return out
-
-    def _endpoint(self, field: bytes, ip: str, identity: int, endpoints: EndpointLookup) -> bytes:
-        view = endpoints(ip) if ip else None
+    def _endpoint(self, field: bytes, view: EndpointView | None, identity: int, labels: tuple[str, ...] | None,
+                  ) -> bytes:
         if view is not None:
             cached = self._views.get(id(view))
             if cached is None or cached[0] is not view:  # a view is replaced, never changed, when it changes
@@ -287,23 +323,8 @@ class WireEncoder:
                 self._views[id(view)] = cached
             body = cached[1]
         else:
-            body = self._by_identity.get((identity, tuple(self._identities(identity))))
+            body = self._by_identity.get((identity, labels or ()))
         return field + _SMALL[len(body)] + body if len(body) < 16384 else field + varint(len(body)) + body
-
-    def _time(self, ktime: int) -> bytes:
-        """The Timestamp's body, as build writes the time (microseconds, through a float) and
-        convert reads it back."""
-        # datetime.fromtimestamp's own arithmetic (split the float, round the fraction to
-        # microseconds half-even), without making a datetime: ~1.3 µs a flow less
-        fraction, whole = modf((self._boot_time_ns + ktime) / 1e9)
-        micros = round(fraction * 1e6)
-        seconds = int(whole)
-        if micros >= 1_000_000:
-            seconds, micros = seconds + 1, micros - 1_000_000
-        cached = self._second  # one attribute (seconds, field): readers on two threads see a pair
-        if cached[0] != seconds:
-            cached = self._second = (seconds, field_varint(1, seconds))
-        return cached[1] + (b"\x10" + varint(micros * 1000) if micros else b"")
 
     def _trace_fields(self, key: tuple[int, int, int]) -> bytes:
         """What a trace's (sub type, conntrack status, direction) decide: event type, observation
@@ -317,32 +338,146 @@ class WireEncoder:
         return fields
 
     def _ip_field(self, raw: bytes) -> tuple[bytes, str, str]:
-        """The IP field of a packet's source and destination (4 or 16 bytes each, side by side)."""
+        """The IP field of a packet's source and destination (4 or 16 bytes each, side by side),
+        from each address's text (cached by address: a pod's is met with many peers)."""
         half = len(raw) // 2
-        source, destination = _ip_string(raw[:half]), _ip_string(raw[half:])
-        version = _IPV4 if half == 4 else _IPV6
-        return (field_bytes(_IP, field_string(1, source) + field_string(2, destination) + field_varint(3, version)),
-                source, destination)
+        source, source_text = self._addresses.get(raw[:half])
+        destination, destination_text = self._addresses.get(raw[half:])
+        body = b"".join((b"\x0a", _SMALL[len(source_text)], source_text, b"\x12", _SMALL[len(destination_text)],
+                         destination_text, _IP_VERSION_FIELDS[half == 4]))
+        return field_bytes(_IP, body), source, destination
 
     # ----- the record ----------------------------------------------------------------------------
     def encode(self, record: bytes, flow_id: str, endpoints: EndpointLookup) -> bytes | None:
-        """GetFlowsResponse bytes for a trace / drop / policy-verdict record; None: the slow path's."""
-        if len(record) < HEADER_SIZE:
+        """GetFlowsResponse bytes for a trace / drop / policy-verdict record; None: the slow path's.
+
+        A TCP or UDP packet over IPv4 or IPv6 (nearly every event) is encoded from its shape's
+        cached fields: what the record says apart from its time, lengths, ports and TCP flags (the
+        event, the endpoints' identities, MACs, addresses, interface, observation point, rule id),
+        given the same lookups (endpoint views, identity labels, DNS names, the rule) as when they
+        were made: only the ports and flags (L4, a trace's summary), the time and the uuid are
+        encoded per flow. A trace to a service is not (its summary names the backend's port)."""
+        size = len(record)
+        if size < HEADER_SIZE:
             return None
-        (ktime, etype, subtype, file_id, ct, line, _endpoint_id, ifindex, src_id, dst_id, _orig_len, cap_len,
+        (ktime, etype, subtype, _file_id, _ct, _line, _endpoint_id, _ifindex, src_id, dst_id, _orig_len, cap_len,
+         _direction, slot) = _HEADER.unpack_from(record)
+        end = HEADER_SIZE + cap_len if HEADER_SIZE + cap_len < size else size
+        kind = -1
+        if end >= 74 and ((etype == EVENT_TRACE and not slot) or etype in _DROP_OR_VERDICT):
+            # (a trace with a service's slot is not: its summary names the backend, by port)
+            ethertype, at, proto, addresses = record[52:54], 0, 0, b""
+            if ethertype == b"\x08\x00":
+                at, proto, addresses = 54 + (record[54] & 0x0F) * 4, record[63], record[66:74]
+            elif ethertype == b"\x86\xdd" and end >= 94:
+                at, proto, addresses = 94, record[60], record[62:94]
+            if proto == 6 and end >= at + 14:
+                kind = record[at + 13] & 0x3F
+            elif proto == 17 and end >= at + 4:
+                kind = _UDP
+        if kind < 0:
+            if etype != EVENT_TRACE and etype != EVENT_DROP and etype != EVENT_POLICY_VERDICT:
+                return None
+            body, l4, summary = self._fields(record, endpoints)
+            return self._response(body, l4, summary, ktime, flow_id)
+        sport, dport = record[at] << 8 | record[at + 1], record[at + 2] << 8 | record[at + 3]
+        key = record[8:28] + record[34:54] + addresses  # one bytes: cheaper to make and keep than a tuple
+        shapes = self._udp_shapes if kind == _UDP else self._tcp_shapes
+        rule_id = slot if etype == EVENT_POLICY_VERDICT or (etype == EVENT_DROP and subtype in _POLICY_DROPS) else 0
+        cached = shapes.get(key)
+        if cached is not None:
+            source, destination, src_view, dst_view, extra, body, shape_summary = cached
+            if (endpoints(source) is src_view and endpoints(destination) is dst_view
+                    and (extra is None or extra == self._extra(source, destination, src_view, dst_view, src_id,
+                                                               dst_id, rule_id))):
+                summary = _FLAGS_SUMMARY[kind] if shape_summary is None else shape_summary
+                return self._response(body, _l4(kind, sport, dport), summary, ktime, flow_id)
+        _ip_field, source, destination = self._ips.get(addresses)
+        looked = self._lookups(source, destination, src_id, dst_id, rule_id, endpoints)
+        body, l4, summary = self._fields(record, endpoints, looked)  # made of these lookups, none of its own
+        if len(shapes) >= _SHAPES:
+            shapes.clear()
+        # a trace's summary is its TCP flags (written per flow: the shape is the same for all flags)
+        shapes[key] = (source, destination, *looked, body, None if etype == EVENT_TRACE and kind < _UDP else summary)
+        return self._response(body, l4, summary, ktime, flow_id)
+
+    def _lookups(self, source: str, destination: str, src_id: int, dst_id: int, rule_id: int,
+                 endpoints: EndpointLookup) -> _Looked:
+        """Everything the flow's fields are made of besides the record, looked up once."""
+        src_view = endpoints(source) if source else None
+        dst_view = endpoints(destination) if destination else None
+        return src_view, dst_view, self._extra(source, destination, src_view, dst_view, src_id, dst_id, rule_id)
+
+    def _extra(self, source: str, destination: str, src_view: EndpointView | None, dst_view: EndpointView | None,
+               src_id: int, dst_id: int, rule_id: int) -> tuple[Any, ...] | None:
+        """What a shape's fields are made of besides the endpoint views (None: nothing else, pod
+        to pod without DNS names or a rule): the labels of an identity with no endpoint here, the
+        names each side's DNS history has for the other, the rule (a copy: compared, not trusted)."""
+        if src_view is not None and dst_view is not None and self._names is None and not rule_id:
+            return None
+        names = self._names
+        rule = self._rules(rule_id) if rule_id else None
+        return (None if src_view is not None else tuple(self._identities(src_id)),
+                None if dst_view is not None else tuple(self._identities(dst_id)),
+                tuple(names(src_view.id, destination)) if names and src_view is not None and src_view.id
+                and destination else (),
+                tuple(names(dst_view.id, source)) if names and dst_view is not None and dst_view.id and source else (),
+                dict(rule) if rule is not None else None)
+
+    def _response(self, body: bytes, l4: bytes, summary: bytes, ktime: int, flow_id: str) -> bytes:
+        """The GetFlowsResponse: the flow (its fields, the L4 and summary fields, its time and
+        uuid), the node name and the time again."""
+        # The Timestamp as build writes the time (microseconds, through a float) and convert
+        # reads it back: datetime.fromtimestamp's own arithmetic (split the float, round the
+        # fraction to microseconds half-even), without making a datetime.
+        fraction, whole = modf((self._boot_time_ns + ktime) / 1e9)
+        micros = round(fraction * 1e6)
+        second = self._second  # one attribute (the float, its field, + nanos' tag): two threads see a whole
+        if second[0] != whole or micros >= 1_000_000:
+            seconds = int(whole)
+            if micros >= 1_000_000:
+                seconds, micros = seconds + 1, micros - 1_000_000
+            made = field_varint(1, seconds)
+            second = (whole, made, made + b"\x10")
+            if micros < 1_000_000:
+                self._second = second
+        # the stamp in up to four pieces, each written twice (the flow's time, the response's)
+        if micros:
+            nanos = micros * 1000  # 1,000 .. 999,999,000: most take 5 bytes
+            first = second[2]
+            if nanos >= 1 << 28:
+                low, middle, high = _LOW14[nanos & 0x3FFF], _LOW14[nanos >> 14 & 0x3FFF], _SMALL[nanos >> 28]
+                stamp_size = _SMALL[len(first) + 5]
+            else:
+                low, middle, high = varint(nanos), b"", b""
+                stamp_size = _SMALL[len(first) + len(low)]
+        else:
+            first, low, middle, high = second[1], b"", b"", b""
+            stamp_size = _SMALL[len(first)]
+        uuid = flow_id.encode()
+        uuid_size = (_SMALL[len(uuid)] if len(uuid) < 16384 else varint(len(uuid))) if uuid else b""
+        size = (len(body) + len(l4) + len(summary) + 1 + len(stamp_size) + stamp_size[0]
+                + (2 + len(uuid_size) + len(uuid) if uuid else 0))
+        return b"".join((_RESPONSE_FLOW_TAG, _SMALL[size] if size < 16384 else varint(size), body, l4, summary,
+                         _TIME_TAG,
+                         stamp_size, first, low, middle, high, _UUID_TAG if uuid else b"", uuid_size, uuid,
+                         self._response_node, _RESPONSE_TIME_TAG, stamp_size, first, low, middle, high))
+
+    def _fields(self, record: bytes, endpoints: EndpointLookup, looked: _Looked | None = None,
+                ) -> tuple[bytes, bytes, bytes]:
+        """The flow's fields but its time and uuid, from the record and the lookups (`looked`, or
+        made here): (all but the L4 and summary fields, the L4 field, the summary field)."""
+        (_ktime, etype, subtype, file_id, ct, line, _endpoint_id, ifindex, src_id, dst_id, _orig_len, cap_len,
          direction_raw, slot) = _HEADER.unpack_from(record)
-        service = None
-        if etype == EVENT_TRACE:
-            service = self._services(slot) if slot else None
-        elif etype != EVENT_DROP and etype != EVENT_POLICY_VERDICT:
-            return None
+        service = self._services(slot) if etype == EVENT_TRACE and slot else None
         data = record[HEADER_SIZE: HEADER_SIZE + cap_len]
         parts: list[bytes] = []
         add = parts.append
         # the packet: Ethernet, IP, L4 (as monitor.events.parse_packet reads it)
         source = destination = ""
         summary = ""
-        sport = dport = 0
+        l4 = b""
+        dport = 0
         if len(data) < 14:
             add(_EMPTY_ETHERNET)  # build always writes the ethernet dict, empty or not
         else:
@@ -363,26 +498,29 @@ class WireEncoder:
                 l4data = data[54:]
                 v6 = True
             if proto == 6 and len(l4data) >= 14:
-                flags, summary = _TCP_FLAGS[l4data[13] & 0x3F]
-                sport, dport = l4data[0] << 8 | l4data[1], l4data[2] << 8 | l4data[3]
-                body = b"\x08" + varint(sport) + b"\x10" + varint(dport)
-                body = b"\x0a" + _SMALL[len(body) + len(flags)] + body + flags
-                add(b"\x32" + _SMALL[len(body)] + body)
+                kind = l4data[13] & 0x3F
+                summary = _TCP_FLAGS[kind][1]
+                dport = l4data[2] << 8 | l4data[3]
+                l4 = _l4(kind, l4data[0] << 8 | l4data[1], dport)
             elif proto == 17 and len(l4data) >= 4:
-                sport, dport = _PORTS.unpack_from(l4data)
-                add(field_bytes(_L4, field_bytes(2, field_varint(1, sport) + field_varint(2, dport))))
+                _sport, dport = _PORTS.unpack_from(l4data)
+                l4 = _l4(_UDP, _sport, dport)
                 summary = "UDP"
             elif proto == 132 and len(l4data) >= 4:
-                sport, dport = _PORTS.unpack_from(l4data)  # no l4 field (build has none for SCTP), but ports
+                _sport, dport = _PORTS.unpack_from(l4data)  # no l4 field (build has none for SCTP), but ports
             elif (proto == 1 or proto == 58) and len(l4data) >= 2:
                 icmp_type, code = l4data[0], l4data[1]
                 body = field_varint(1, icmp_type) + field_varint(2, code)
                 if v6:
-                    add(field_bytes(_L4, field_bytes(4, body)))
+                    l4 = field_bytes(_L4, field_bytes(4, body))
                     summary = f"ICMPv6 {_ICMP6_NAMES.get(icmp_type, str(icmp_type))}"
                 else:
-                    add(field_bytes(_L4, field_bytes(3, body)))
+                    l4 = field_bytes(_L4, field_bytes(3, body))
                     summary = f"ICMPv4 {_ICMP4_NAMES.get(icmp_type, str(icmp_type))}"
+        if looked is None:
+            rule_id = slot if etype == EVENT_POLICY_VERDICT or (etype == EVENT_DROP and subtype in _POLICY_DROPS) else 0
+            looked = self._lookups(source, destination, src_id, dst_id, rule_id, endpoints)
+        rule = looked[2][4] if looked[2] is not None else None
         # what kind of event: verdict, event type, drop reason, trace point, policy
         if etype == EVENT_TRACE:
             add(self._traces.get((subtype, ct, direction_raw)))
@@ -399,7 +537,7 @@ class WireEncoder:
                 if ct == 3:
                     add(_IS_REPLY_TRUE)
                 if subtype in _POLICY_DROPS:
-                    decision = self._policy(parts, False, direction, slot, src_id, subtype, "")
+                    decision = self._policy(parts, False, direction, rule, src_id, subtype, "")
                     summary += f" ({decision})"
             else:
                 base = subtype & ~VERDICT_AUDIT_FLAG
@@ -413,7 +551,7 @@ class WireEncoder:
                     reason = POLICY_VERDICT_DROP_REASONS.get(policy_verdict, flow_pb2.POLICY_DENIED)
                     add(field_varint(_DROP_REASON, reason) + field_varint(_DROP_REASON_DESC, reason))
                 add(_IS_REPLY_TRUE if ct == 3 else _IS_REPLY_FALSE)
-                decision = self._policy(parts, allowed, direction, slot, src_id, 0, policy_verdict)
+                decision = self._policy(parts, allowed, direction, rule, src_id, 0, policy_verdict)
                 summary = f"policy {policy_verdict}{', audit: let through' if audited else ''} ({decision})"
         if service is not None:
             # service traffic (the per-packet path), as FlowBuilder._add_service: a request names
@@ -426,23 +564,14 @@ class WireEncoder:
             summary = f"{summary}; {via}" if summary else via
         if ifindex:
             add(self._interfaces.get(ifindex))
-        add(self._endpoints(source, destination, src_id, dst_id, endpoints))
-        stamp = self._time(ktime)
-        stamp = _SMALL[len(stamp)] + stamp
-        add(_TIME_TAG + stamp)
-        if flow_id:
-            add(_UUID_TAG + _SMALL[len(flow_id)] + flow_id.encode() if len(flow_id) < 128
-                else field_string(_UUID, flow_id))
+        add(self._endpoints(src_id, dst_id, looked))
         add(self._constant)
-        add(self._summaries.get(summary))
-        flow = b"".join(parts)
-        return b"".join((_RESPONSE_FLOW_TAG, varint(len(flow)), flow, self._response_node, _RESPONSE_TIME_TAG, stamp))
+        return b"".join(parts), l4, self._summaries.get(summary)
 
-    def _policy(self, parts: list[bytes], allowed: bool, direction: str, rule_id: int, src_identity: int,
-                drop_code: int, policy_verdict: str) -> str:
+    def _policy(self, parts: list[bytes], allowed: bool, direction: str, rule: dict[str, Any] | None,
+                src_identity: int, drop_code: int, policy_verdict: str) -> str:
         """Appends the *_allowed_by / *_denied_by entry (when a rule decided); returns the decision text
         (FlowBuilder._policy's)."""
-        rule = self._rules(rule_id) if rule_id else None
         if rule is not None:
             ref = "/".join(p for p in (rule["kind"], rule["namespace"], rule["name"]) if p)
             if rule.get("kind"):

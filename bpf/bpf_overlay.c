@@ -26,6 +26,7 @@
 #include "lib/identity.h"
 #include "lib/ipcache.h"
 #include "lib/overlay.h"
+#include "lib/overlay_deliver.h"
 #include "lib/parse.h"
 #include "lib/proxy_upstream.h"
 #include "lib/trace.h"
@@ -58,13 +59,7 @@ int cil_from_overlay(struct __sk_buff *ctx)
 		bpf_skb_change_type(ctx, 0 /* PACKET_HOST */);
 		return TC_ACT_OK;
 	}
-	int reason = forward_to_endpoint(ctx, &p, ep);
-	if (reason)
-		return send_drop(ctx, reason, src_identity, ep->identity, DIR_INGRESS);
-	ctx->mark = IDENTITY_MARK_MAGIC | src_identity;
-	/* counted here; the event comes from the endpoint's to-container program */
-	send_trace(ctx, OBS_FROM_OVERLAY, 0, src_identity, ep->identity, DIR_INGRESS, false, 0);
-	return deliver_to_endpoint(ctx, ep);
+	return overlay_deliver(ctx, &p, ep, src_identity);
 }
 
 SEC("tc")

@@ -14,7 +14,10 @@
  *                    routed (native) or tunnelled (a tunnel route) to that node; the node's
  *                    netfilter SNATs marked packets to the node's address (cilia.netlink.node), so
  *                    the backend answers through this node. Tunnel mode: another node's VXLAN
- *                    packet passes first, before all of that (lib/underlay.h).
+ *                    packet is taken first, before all of that (lib/underlay.h): for a local
+ *                    endpoint decapsulated here and delivered as cil_from_overlay would
+ *                    (lib/overlay_deliver.h: the VNI's identity in the mark, the tail call), so the
+ *                    kernel's VXLAN device is off its path; anything else goes to cilia_vxlan.
  *   cil_to_netdev    tc egress of eth0: such a reply, its SNAT undone by netfilter, gets its
  *                    source rewritten back to the frontend (reverse NAT through that entry). The
  *                    L7 proxy's upstream leg to another node's pod (marked PROXY_MARK_FROM) is

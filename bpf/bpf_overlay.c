@@ -1,5 +1,8 @@
 /* bpf_overlay: the node's VXLAN device (tc ingress of cilia_vxlan, tunnel routing): packets other
- * nodes' pods sent through the tunnel (bpf_lxc.c encapsulates, lib/overlay.h).
+ * nodes' pods sent through the tunnel (bpf_lxc.c encapsulates, lib/overlay.h) that bpf_host did not
+ * decapsulate itself (it does for a known node's packet to a local endpoint that passes its checks,
+ * lib/underlay.h, and delivers it with the same code as here, lib/overlay_deliver.h): packets for
+ * the node itself, and whatever bpf_host had a doubt about.
  *
  *   cil_from_overlay  the tunnel key says who sent it: the outer source must be a known node (its
  *                     ipcache entry is remote-node), else the packet is dropped (UNKNOWN_SENDER),

@@ -6,17 +6,24 @@ machine (bench.crossnode measures the whole path against plain Linux VXLAN; benc
 each program's average in that lab). Measured, each the fastest of BATCHES batches of REPEAT runs:
 
 - `host_outer`: bpf_host's cil_from_netdev on the tunnel's outer packet from a known node (IPv4
-  UDP to the tunnel port): as the agent loads it in tunnel mode (`HOST.tunnel_port` set: the fast
-  pass, lib/underlay.h), and without the port (`host_outer_full`: the full path, parse + service
-  and endpoint lookups, which passed the packet too);
+  UDP to the tunnel port) for the node itself: as the agent loads it in tunnel mode
+  (`HOST.tunnel_port` set: the checks of lib/underlay.h, then untouched for cilia_vxlan), and
+  without the port (`host_outer_full`: the full path, parse + service and endpoint lookups, which
+  passed the packet too);
+- `host_decap_v4` / `_v6`: the same program on a known node's packet for a local endpoint on an
+  established connection: decapsulated in BPF, delivered, and tail-called into the endpoint's
+  cil_to_container_peer (conntrack, ingress policy), as in the lab: what cil_from_overlay plus that
+  program cost there, and the kernel's VXLAN receive before them;
 - `lxc_encap_v4` / `_v6`: a pod's cil_from_container on an established connection's packet to a
   pod on another node (tunnel mode: conntrack, ipcache, egress policy, tunnel key, redirect);
 - `to_container_v4` / `_v6`: the destination's cil_to_container on an established packet carrying
   the overlay's identity mark (as bpf_overlay hands it over: conntrack, ingress policy).
 
-bpf_overlay's cil_from_overlay needs a tunnel key, which BPF_PROG_RUN cannot give it. None of the
-programs changes the packet on these paths, so each batch is one BPF_PROG_RUN with `repeat`; every
-batch's verdict is checked, and the fastest batch is the figure (other processes only add time).
+bpf_overlay's cil_from_overlay needs a tunnel key, which BPF_PROG_RUN cannot give it. Except for
+the decapsulation, no program changes the packet on these paths, so each batch is one BPF_PROG_RUN
+with `repeat`; every batch's verdict is checked, and the fastest batch is the figure (other
+processes only add time). BPF_PROG_RUN runs its repeats on one skb, which the decapsulation
+shrinks, so `host_decap_*` is the fastest of SINGLE_RUNS runs of one packet each.
 `CILIA_BPF_DIR` selects the objects (e.g. an older build to compare).
 """
 
@@ -35,7 +42,10 @@ from bench.tools import write_results
 from cilia.bpf import BpfObject, BpfProgram, ensure_bpffs, remove_pins
 from cilia.datapath import default_bpf_dir
 from cilia.datapath.config import EndpointConfig, HostConfig
+from cilia.datapath.manager import TO_CONTAINER_PEER
+from cilia.maps import calls
 from cilia.maps import lb as lbm
+from cilia.maps.calls import IngressCalls
 from cilia.maps.ipcache import IpcacheMap, IpcacheValue
 from cilia.testing.lbnode import MAGLEV_M, NODE, Node, endpoint_config
 from cilia.testing.packets import LXC_MAC, PEER, PEER6, POD, POD6, POD_MAC, TC_ACT_REDIRECT, tcp_packet, vxlan_frame
@@ -44,11 +54,14 @@ REMOTE_POD, REMOTE_POD6 = "10.200.2.5", "fd00:200:2::5"
 REMOTE_IDENTITY = 300
 REMOTE_NODE = ipaddress.IPv4Address("192.0.2.12")
 NODE_MACS = ("02:00:00:00:0a:01", "02:00:00:00:0a:02")
+INNER_MACS = ("02:00:00:00:0b:01", "02:00:00:00:0b:02")  # the sending node's gateway MAC, its pod's
 TUNNEL_PORT = 8472
 TUNNEL_IFINDEX = 99
 IDENTITY_MARK_MAGIC = 0xC1000000  # bpf/lib/overlay.h
 REPEAT = 2_000
 BATCHES = 15
+SINGLE_RUNS = 2_000
+VNI = 301  # the source pod's identity the sender put in the VNI
 SIZES = {"cilia_ct_tcp_v1": 4096, "cilia_ct_any_v1": 4096, **dict.fromkeys(lbm.SIZED_BY_MAP_MAX, lbm.MAP_MAX)}
 VALUES = {lbm.MAGLEV_NAME: 4 * MAGLEV_M}
 
@@ -62,6 +75,17 @@ def ns_per_packet(program: BpfProgram, packet: bytes, verdict: int, ctx: bytes |
             raise RuntimeError(f"{program} gave verdict {result.retval}, not {verdict}: not the measured path")
         batches.append(result.duration_ns)
     return float(min(batches))
+
+
+def ns_per_single_run(program: BpfProgram, packet: bytes, verdict: int) -> float:
+    """The fastest of SINGLE_RUNS one-packet runs: for a program that changes its packet."""
+    runs = []
+    for _ in range(SINGLE_RUNS):
+        result = program.test_run(packet)
+        if result.retval != verdict:
+            raise RuntimeError(f"{program} gave verdict {result.retval}, not {verdict}: not the measured path")
+        runs.append(result.duration_ns)
+    return float(min(runs))
 
 
 def overlay_mark_ctx(identity: int) -> bytes:
@@ -80,6 +104,8 @@ def tunnel_node() -> Iterator[tuple[Node, dict[str, BpfObject]]]:
         for address in (REMOTE_POD, REMOTE_POD6):
             ipcache.put(ipaddress.ip_network(address), IpcacheValue.remote(REMOTE_IDENTITY, REMOTE_NODE))
         ipcache.put(ipaddress.ip_network(REMOTE_NODE), IpcacheValue.remote(6, None))  # remote-node
+        ipcache.put(ipaddress.ip_network(NODE), IpcacheValue.remote(1, None))  # the node's own address: host
+        IngressCalls(node.host.map(calls.NAME)).set(2, node.backend.program(TO_CONTAINER_PEER).fd)
         bpf = default_bpf_dir()
         base = endpoint_config(1, POD, POD6, POD_MAC, LXC_MAC)
         config = EndpointConfig(**{**base.__dict__, "tunnel_ifindex": TUNNEL_IFINDEX})
@@ -99,10 +125,18 @@ def tunnel_node() -> Iterator[tuple[Node, dict[str, BpfObject]]]:
 def measure() -> dict[str, float]:
     out: dict[str, float] = {}
     with tunnel_node() as (node, objects):
-        inner = tcp_packet(REMOTE_POD, PEER, 40000, 8080, flags=0x10, eth=("02:00:00:00:0b:01", "02:00:00:00:0b:02"))
+        host = objects["host"].program("cil_from_netdev")
+        inner = tcp_packet(REMOTE_POD, NODE, 40000, 8080, flags=0x10, eth=INNER_MACS)
         outer = vxlan_frame(str(REMOTE_NODE), NODE, TUNNEL_PORT, REMOTE_IDENTITY, inner, eth=NODE_MACS)
-        out["host_outer"] = ns_per_packet(objects["host"].program("cil_from_netdev"), outer, 0)
+        out["host_outer"] = ns_per_packet(host, outer, 0)
         out["host_outer_full"] = ns_per_packet(node.host.program("cil_from_netdev"), outer, 0)
+        for suffix, remote, peer in (("v4", REMOTE_POD, PEER), ("v6", REMOTE_POD6, PEER6)):
+            def tunnelled(flags: int, remote: str = remote, peer: str = peer) -> bytes:
+                inner = tcp_packet(remote, peer, 40002, 8080, flags=flags, eth=INNER_MACS)
+                return vxlan_frame(str(REMOTE_NODE), NODE, TUNNEL_PORT, VNI, inner, eth=NODE_MACS)
+            if host.test_run(tunnelled(0x02)).retval != TC_ACT_REDIRECT:  # the SYN creates the connection
+                continue  # objects from before the decapsulation in bpf_host: they pass it to the device
+            out[f"host_decap_{suffix}"] = ns_per_single_run(host, tunnelled(0x10), TC_ACT_REDIRECT)
         encap = objects["lxc"].program("cil_from_container")
         to_container = node.backend.program("cil_to_container")
         mark = overlay_mark_ctx(REMOTE_IDENTITY)

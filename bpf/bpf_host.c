@@ -14,7 +14,10 @@
  *                    routed (native) or tunnelled (a tunnel route) to that node; the node's
  *                    netfilter SNATs marked packets to the node's address (cilia.netlink.node), so
  *                    the backend answers through this node. Tunnel mode: another node's VXLAN
- *                    packet passes first, before all of that (lib/underlay.h).
+ *                    packet is taken first, before all of that (lib/underlay.h): for a local
+ *                    endpoint decapsulated here and delivered as cil_from_overlay would
+ *                    (lib/overlay_deliver.h: the VNI's identity in the mark, the tail call), so the
+ *                    kernel's VXLAN device is off its path; anything else goes to cilia_vxlan.
  *   cil_to_netdev    tc egress of eth0: such a reply, its SNAT undone by netfilter, gets its
  *                    source rewritten back to the frontend (reverse NAT through that entry). The
  *                    L7 proxy's upstream leg to another node's pod (marked PROXY_MARK_FROM) is
@@ -44,6 +47,7 @@
 #include "lib/ipcache.h"
 #include "lib/lb.h"
 #include "lib/lb_xlate.h"
+#include "lib/overlay_deliver.h"
 #include "lib/parse.h"
 #include "lib/proxy_upstream.h"
 #include "lib/trace.h"
@@ -56,8 +60,18 @@ int cil_from_netdev(struct __sk_buff *ctx)
 {
 	struct pkt p = {};
 
-	if (underlay_tunnel_from_node(ctx, HOST.tunnel_port))
-		return TC_ACT_OK; /* another node's VXLAN packet, for cilia_vxlan (lib/underlay.h) */
+	if (underlay_tunnel_from_node(ctx, HOST.tunnel_port)) {
+		/* another node's VXLAN packet (lib/underlay.h): for a local endpoint decapsulated and
+		 * delivered here, as cil_from_overlay would; anything else for cilia_vxlan */
+		struct underlay_inner in = {};
+		if (!underlay_tunnel_inner(ctx, &in) || underlay_tunnel_decap(ctx, in.family) < 0)
+			return TC_ACT_OK;
+		int parsed = parse_frame(ctx, &p);
+		if (parsed != 0)
+			return send_drop(ctx, parsed < 0 ? DROP_INVALID_PACKET : DROP_UNSUPPORTED_L2, in.vni, 0,
+					 DIR_INGRESS);
+		return overlay_deliver(ctx, &p, in.ep, in.vni);
+	}
 	if (parse_frame(ctx, &p) != 0)
 		return TC_ACT_OK; /* not IP, or not parseable: the node's stack decides */
 	struct lb_select_opts o = {.external_only = true, .maglev = true};

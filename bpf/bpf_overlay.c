@@ -1,5 +1,8 @@
 /* bpf_overlay: the node's VXLAN device (tc ingress of cilia_vxlan, tunnel routing): packets other
- * nodes' pods sent through the tunnel (bpf_lxc.c encapsulates, lib/overlay.h).
+ * nodes' pods sent through the tunnel (bpf_lxc.c encapsulates, lib/overlay.h) that bpf_host did not
+ * decapsulate itself (it does for a known node's packet to a local endpoint that passes its checks,
+ * lib/underlay.h, and delivers it with the same code as here, lib/overlay_deliver.h): packets for
+ * the node itself, and whatever bpf_host had a doubt about.
  *
  *   cil_from_overlay  the tunnel key says who sent it: the outer source must be a known node (its
  *                     ipcache entry is remote-node), else the packet is dropped (UNKNOWN_SENDER),
@@ -26,6 +29,7 @@
 #include "lib/identity.h"
 #include "lib/ipcache.h"
 #include "lib/overlay.h"
+#include "lib/overlay_deliver.h"
 #include "lib/parse.h"
 #include "lib/proxy_upstream.h"
 #include "lib/trace.h"
@@ -58,13 +62,7 @@ int cil_from_overlay(struct __sk_buff *ctx)
 		bpf_skb_change_type(ctx, 0 /* PACKET_HOST */);
 		return TC_ACT_OK;
 	}
-	int reason = forward_to_endpoint(ctx, &p, ep);
-	if (reason)
-		return send_drop(ctx, reason, src_identity, ep->identity, DIR_INGRESS);
-	ctx->mark = IDENTITY_MARK_MAGIC | src_identity;
-	/* counted here; the event comes from the endpoint's to-container program */
-	send_trace(ctx, OBS_FROM_OVERLAY, 0, src_identity, ep->identity, DIR_INGRESS, false, 0);
-	return deliver_to_endpoint(ctx, ep);
+	return overlay_deliver(ctx, &p, ep, src_identity);
 }
 
 SEC("tc")

@@ -1,7 +1,8 @@
 """The cross-node paths through BPF_PROG_RUN: bpf_host delivering a packet from another node's pod
 to a local endpoint (native routing) with the ipcache's identity, bpf_lxc encapsulating for a
 destination with a tunnel endpoint, bpf_overlay refusing a packet without tunnel metadata, and
-bpf_host's fast pass for the tunnel's outer packets from known nodes (lib/underlay.h).
+bpf_host's handling of the tunnel's outer packets from known nodes (lib/underlay.h): decapsulated and
+delivered with the VNI's identity when for a local endpoint, else passed to the VXLAN device.
 (What the tunnel key holds on the wire, and the overlay's sender check, need a real VXLAN device:
 tests/kernel/test_crossnode_namespaces.py.)"""
 
@@ -17,7 +18,10 @@ import pytest
 from cilia.bpf import BpfObject
 from cilia.datapath import default_bpf_dir
 from cilia.datapath.config import EndpointConfig, HostConfig
+from cilia.datapath.manager import TO_CONTAINER_PEER
+from cilia.maps import calls
 from cilia.maps import lb as lbm
+from cilia.maps.calls import IngressCalls
 from cilia.maps.ct import CtEntry, CtTuple
 from cilia.maps.ipcache import IpcacheMap, IpcacheValue
 from cilia.monitor.events import decode
@@ -140,6 +144,7 @@ def tunnel_host(node: Node, pin_dir: Path) -> Iterator[BpfObject]:
     packet to it, so an untouched packet shows the fast pass took it."""
     ipcache = IpcacheMap(node.client.map("cilia_ipcache_v1"))
     ipcache.put(ipaddress.ip_network(REMOTE_NODE), IpcacheValue.remote(6, None))  # remote-node
+    ipcache.put(ipaddress.ip_network(NODE), IpcacheValue.remote(1, None))  # this node's own address: host
     write_service(node.lb, NODE, TUNNEL_PORT, 9, [(91, PEER, 9000)], flags=lbm.SVC_F_EXTERNAL, protocol=17)
     obj = BpfObject.open(default_bpf_dir() / "bpf_host.o", pin_root=pin_dir,
                          max_entries={"cilia_ct_tcp_v1": 4096, "cilia_ct_any_v1": 4096,
@@ -153,17 +158,70 @@ def tunnel_host(node: Node, pin_dir: Path) -> Iterator[BpfObject]:
         obj.close()
 
 
-def _outer(source: str, port: int = TUNNEL_PORT) -> bytes:
-    inner = tcp_packet(REMOTE_POD, PEER, 40000, 8080, eth=("02:00:00:00:0b:01", "02:00:00:00:0b:02"))
-    return vxlan_frame(source, NODE, port, 300, inner, eth=NODE_MACS)
+INNER_MACS = ("02:00:00:00:0b:01", "02:00:00:00:0b:02")  # the sending node's gateway MAC, its pod's
+VNI = 301  # the source pod's identity the sender put in the VNI (the ipcache says 300 for its address)
 
 
-def test_bpf_host_passes_a_known_nodes_tunnel_packet_first(tunnel_host: BpfObject) -> None:
-    packet = _outer(str(REMOTE_NODE))
+def _outer(source: str, port: int = TUNNEL_PORT, inner_dst: str = PEER, vni: int = VNI, outer_dst: str = NODE,
+           inner_src: str = REMOTE_POD) -> bytes:
+    inner = tcp_packet(inner_src, inner_dst, 40000, 8080, eth=INNER_MACS)
+    return vxlan_frame(source, outer_dst, port, vni, inner, eth=NODE_MACS)
+
+
+def _untouched(packet: bytes, tunnel_host: BpfObject) -> None:
+    """The packet passes unchanged (for the node's VXLAN device), no event, nothing dropped."""
     with RingEvents(tunnel_host.map("cilia_events_v1")) as events:
         result = tunnel_host.program("cil_from_netdev").test_run(packet)
         assert events.poll() == []
-    assert result.retval == 0 and result.data_out == packet  # untouched, for the node's VXLAN device
+    assert result.retval == 0 and result.data_out == packet
+
+
+def test_bpf_host_passes_a_known_nodes_tunnel_packet_for_the_node_itself(tunnel_host: BpfObject) -> None:
+    _untouched(_outer(str(REMOTE_NODE), inner_dst=NODE), tunnel_host)
+
+
+@pytest.mark.parametrize(("source", "local"), [(REMOTE_POD, PEER), (REMOTE_POD6, PEER6)])
+def test_bpf_host_decapsulates_a_known_nodes_packet_for_a_local_endpoint(node: Node, tunnel_host: BpfObject,
+                                                                         source: str, local: str) -> None:
+    """Decapsulated in BPF and tail-called into the endpoint's own ingress program, which sees the
+    VNI's identity (not the ipcache's for the inner source) in the mark the delivery set."""
+    IngressCalls(node.host.map(calls.NAME)).set(2, node.backend.program(TO_CONTAINER_PEER).fd)
+    inner = tcp_packet(source, local, 40000, 8080, eth=INNER_MACS)
+    packet = vxlan_frame(str(REMOTE_NODE), NODE, TUNNEL_PORT, VNI, inner, eth=NODE_MACS)
+    with RingEvents(tunnel_host.map("cilia_events_v1")) as events:
+        result = tunnel_host.program("cil_from_netdev").test_run(packet)
+        traces = [decode(raw) for raw in events.poll()]
+    assert result.retval == TC_ACT_REDIRECT  # redirect_peer into the pod, by the endpoint's program
+    out = result.data_out
+    assert len(out) == len(inner)  # outer IPv4 + UDP + VXLAN + inner Ethernet gone
+    assert out[0:6] == mac(PEER_MAC) and out[6:12] == mac(PEER_LXC_MAC)
+    assert out[12:14] == inner[12:14]  # the inner packet's EtherType (IPv6: fixed from the outer's)
+    hop = out[14 + 8] if "." in local else out[14 + 7]
+    assert hop == 63
+    parsed = parse(out)
+    assert parsed.ip_ok and parsed.tcp_ok and str(parsed.src) == source and str(parsed.dst) == local
+    assert [(t.observation_point, t.src_identity, t.dst_identity) for t in traces] == [("TO_ENDPOINT", VNI, 257)]
+
+
+@pytest.mark.parametrize("case", ["bad vni", "vxlan flags", "reserved bits", "no endpoint", "not this node",
+                                  "ip checksum", "trailing bytes", "not vxlan inside"])
+def test_bpf_host_leaves_other_tunnel_packets_to_the_device(tunnel_host: BpfObject, case: str) -> None:
+    """A known node's packet to the tunnel port that the kernel's VXLAN receive would judge (drop, or
+    hand to the node): passed untouched to cilia_vxlan, where bpf_overlay checks it as before."""
+    packet = _outer(str(REMOTE_NODE), vni=0 if case == "bad vni" else VNI,
+                    inner_dst="10.200.1.77" if case == "no endpoint" else PEER,
+                    outer_dst="192.0.2.13" if case == "not this node" else NODE)
+    if case == "vxlan flags":
+        packet = packet[:42] + b"\x0c" + packet[43:]  # a flag besides I (e.g. GPE's next-protocol bit)
+    elif case == "reserved bits":
+        packet = packet[:49] + b"\x01" + packet[50:]
+    elif case == "ip checksum":
+        packet = packet[:24] + bytes([packet[24] ^ 0xFF]) + packet[25:]
+    elif case == "trailing bytes":
+        packet = packet + bytes(8)  # more than the IP header says: the kernel would trim it first
+    elif case == "not vxlan inside":
+        packet = packet[:62] + b"\x08\x06" + packet[64:]  # inner ARP
+    _untouched(packet, tunnel_host)
 
 
 @pytest.mark.parametrize("case", ["unknown sender", "other port", "no tunnel"])

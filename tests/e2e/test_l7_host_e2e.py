@@ -83,7 +83,8 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
                                                          "web", *extra),
                                                 stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                                                 stderr=subprocess.DEVNULL))
-                wait_for(lambda n=len(servers): log.read_text().count("ready") == n, 10, 0.1,
+                started = len(servers)
+                wait_for(lambda: log.read_text().count("ready") == started, 10, 0.1,  # noqa: B023
                          "the web server did not start")
             running.state["web_log"] = str(log)
             with AgentClient(NodePaths("n1").socket, timeout=60) as client:
@@ -109,6 +110,11 @@ def flows(*flags: str) -> list[dict[str, Any]]:
     out = subprocess.run([str(Path(PYTHON).with_name("cilia")), "observe", "--node", "n1", "--last", "2000",
                           "-o", "json", *flags], capture_output=True, text=True, timeout=30, check=True)
     return [json.loads(line)["flow"] for line in out.stdout.splitlines() if line.strip()]
+
+
+def drop_flows() -> list[dict[str, Any]]:
+    with AgentClient(NodePaths("n1").socket) as client:
+        return [r["flow"] for r in client.stream_lines("/v1/flows", {"last": 4000, "verdict": ["DROPPED"]})]
 
 
 def l7_flow(path: str, verdict: str, source: str) -> list[dict[str, Any]]:
@@ -157,9 +163,9 @@ def test_proxy_down_drops_the_nodes_connection_as_proxy_unavailable(lab: Lab) ->
         result = get(lab, "n1", lab.address_of("web"), ["/public"])
         assert result[0][0] == "error", "traffic an L7 rule covers passed without the proxy"
         assert server_log(lab)[before:] == []
-        drops = [f for f in flows("--verdict", "DROPPED") if f.get("drop_reason_desc") == "PROXY_UNAVAILABLE"
+        drops = [f for f in drop_flows() if f.get("drop_reason_desc") == "PROXY_UNAVAILABLE"
                  and f["IP"]["destination"] == lab.address_of("web")]
-        assert drops, "no flow says proxy unavailable"
+        assert drops, f"no flow says proxy unavailable: {drop_flows()[-5:]}"
         assert drops[-1]["source"]["identity"] == int(ReservedIdentity.HOST)
     finally:
         lab.start_proxy("n1")

@@ -28,6 +28,7 @@ from cilia.proxy import transparent
 from cilia.testing.twonode import Node, TwoNodes, allow_all, allow_ingress_from
 
 PORT, TCP = 8080, 6
+PROXY_MARK_HAIRPIN = 0xC4000000  # bpf/lib/proxy.h
 
 
 @pytest.fixture(scope="module", params=[RoutingMode.NATIVE, RoutingMode.TUNNEL], ids=["native", "tunnel"])
@@ -219,3 +220,30 @@ def test_the_nodes_own_connection_without_a_listener_is_dropped(cluster: TwoNode
             b.worker.run(_ask_from_node, socket.AF_INET, str(b.pod_ipv4), PORT, b"x", timeout=15)
     finally:
         pod_server.close()
+
+
+def _ask_marked(family: int, address: str, port: int, mark: int) -> bytes:
+    """_ask from a socket with SO_MARK = `mark` (a pod with CAP_NET_ADMIN in its netns could)."""
+    with socket.socket(family, socket.SOCK_STREAM) as client:
+        client.setsockopt(socket.SOL_SOCKET, socket.SO_MARK, struct.pack("=I", mark))
+        client.settimeout(5)
+        client.connect((address, port))
+        client.sendall(b"marked")
+        return client.recv(100)
+
+
+def test_a_pod_cannot_send_the_hairpin_mark(cluster: TwoNodes) -> None:
+    """The veth scrubs skb->mark between the pod's netns and the node's: a pod's packets marked
+    PROXY_MARK_HAIRPIN arrive at its cil_from_container unmarked and are handled as its own (were the
+    mark kept, that program would drop them: they are not to the pod's own address)."""
+    b = cluster.b
+    node_server = b.worker.run(_listen, socket.AF_INET, str(b.ipv4))
+    try:
+        with ThreadPoolExecutor(1) as pool:
+            served = pool.submit(_serve_once, node_server)
+            reply = b.pod_worker.run(_ask_marked, socket.AF_INET, str(b.ipv4), PORT, PROXY_MARK_HAIRPIN | 1,
+                                     timeout=15)
+            assert reply == b"MARKED"
+            assert served.result(timeout=10) == (str(b.ipv4), str(b.pod_ipv4))
+    finally:
+        node_server.close()

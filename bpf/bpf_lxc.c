@@ -11,7 +11,10 @@
  * endpoint is encapsulated to that node through cilia_vxlan, lib/overlay.h; anything else up the
  * node's stack, which routes other nodes' pod CIDRs over the underlay in native mode) -> trace.
  * To-container takes the source identity from the overlay's mark, else the ipcache, and reverse-
- * NATs the replies of a service connection whose backend was on another node. Every drop leaves
+ * NATs the replies of a service connection whose backend was on another node. An ingress L7 rule's
+ * connection is assigned to the node's proxy at a device's ingress (cil_to_container_peer); from
+ * the node's own stack (the veth's egress) it is hairpinned to the veth's ingress first, where
+ * cil_from_container assigns it (PROXY_MARK_HAIRPIN, lib/proxy.h). Every drop leaves
  * through send_drop(), which names the reason and the line. */
 #define SOURCE_FILE_ID SOURCE_FILE_LXC
 #define EVENT_IFINDEX(ctx) (CONFIG.lxc_ifindex ? CONFIG.lxc_ifindex : (ctx)->ifindex)

@@ -12,6 +12,10 @@
  *                   judges the client's identity and records the connection with
  *                   LB_CONN_F_PROXY_UPSTREAM, so the server's replies go up the stack with
  *                   PROXY_MARK_TO (to the proxy's socket), not to the client pod.
+ *   hairpin         a connection that meets the server's cil_to_container at its veth's egress
+ *                   (from the node's own stack), where bpf_sk_assign refuses, is redirected to the
+ *                   same veth's ingress marked PROXY_MARK_HAIRPIN | client identity and assigned
+ *                   there by cil_from_container (bpf_lxc.c from_container_hairpin).
  * No listener (the proxy is down): the caller drops with DROP_PROXY_UNAVAILABLE. IPv4 and IPv6
  * (one listener each, on PROXY_PORT). */
 #pragma once

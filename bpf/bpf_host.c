@@ -28,10 +28,10 @@
  * tail call below, are assigned to the node's proxy by the endpoint's program (bpf_lxc.c
  * to_container, where the policy lookup already is: nothing more per packet here).
  *
- * The packet then goes up the node's stack to the backend's veth. The skb mark tells the
- * backend's to-container program which frontend it came through, so conntrack can record it and
- * the backend's replies are reverse-NATed on their way out (bpf_lxc.c). ClusterIPs are not
- * reachable from outside. */
+ * A service packet whose backend is a local endpoint is delivered to it the same way (tail call);
+ * the skb mark tells the backend's to-container program which frontend it came through, so
+ * conntrack can record it and the backend's replies are reverse-NATed on their way out
+ * (bpf_lxc.c). ClusterIPs are not reachable from outside. */
 #define SOURCE_FILE_ID SOURCE_FILE_HOST
 
 #include "lib/common.h"
@@ -94,8 +94,12 @@ int cil_from_netdev(struct __sk_buff *ctx)
 			if (ct.status == CT_NEW &&
 			    ct_create(&p, ctx->len, ipcache_identity(&p.t.saddr, p.t.family), x.rev_nat_id, x.flags) < 0)
 				return send_drop(ctx, DROP_CT_MAP_INSERT_FAILED, 0, 0, DIR_INGRESS);
+			return TC_ACT_OK;
 		}
-		return TC_ACT_OK;
+		/* a local backend: delivered below like any packet for a local endpoint, the mark telling
+		 * its program the frontend. Not up the stack: with an ingress L7 rule, the node's proxy has a
+		 * socket with the backend's address for the connection, which the stack's early demux would
+		 * give the packet to, and forwarding drops a packet that has a socket. */
 	}
 	struct endpoint_info *ep = endpoint_lookup(&p.t.daddr, p.t.family);
 	if (!ep)

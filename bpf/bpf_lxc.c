@@ -11,7 +11,10 @@
  * endpoint is encapsulated to that node through cilia_vxlan, lib/overlay.h; anything else up the
  * node's stack, which routes other nodes' pod CIDRs over the underlay in native mode) -> trace.
  * To-container takes the source identity from the overlay's mark, else the ipcache, and reverse-
- * NATs the replies of a service connection whose backend was on another node. Every drop leaves
+ * NATs the replies of a service connection whose backend was on another node. An ingress L7 rule's
+ * connection is assigned to the node's proxy at a device's ingress (cil_to_container_peer); from
+ * the node's own stack (the veth's egress) it is hairpinned to the veth's ingress first, where
+ * cil_from_container assigns it (PROXY_MARK_HAIRPIN, lib/proxy.h). Every drop leaves
  * through send_drop(), which names the reason and the line. */
 #define SOURCE_FILE_ID SOURCE_FILE_LXC
 #define EVENT_IFINDEX(ctx) (CONFIG.lxc_ifindex ? CONFIG.lxc_ifindex : (ctx)->ifindex)
@@ -251,12 +254,46 @@ __always_inline_fn int from_container_ip(struct __sk_buff *ctx, struct pkt *p)
 	return TC_ACT_OK;
 }
 
+__always_inline_fn bool dest_is_pod(const struct pkt *p)
+{
+	if (p->t.family == AF_INET_)
+		return p->t.daddr.w[3] == CONFIG.pod_ipv4;
+	return addr16_eq_cfg(p->t.daddr.b, CONFIG.pod_ipv6);
+}
+
+/* The second half of the hairpin (to_container): a packet for this pod that an ingress L7 rule
+ * covers, which met cil_to_container at this veth's egress and was redirected to its ingress with
+ * PROXY_MARK_HAIRPIN | the client's identity: assigned here to the node's proxy, and up the stack.
+ *
+ * Why a pod cannot forge this: its own packets cross from its netns into the node's through the
+ * veth, which scrubs skb->mark (a netns change), so they arrive here with mark 0 whatever SO_MARK
+ * or tc program the pod has. And only a packet to this pod's own address from any other address is
+ * taken (a pod reaches its own address over its lo, never through eth0): even a forged one could
+ * only have this pod's own ingress L7 rules judge it and reach this pod again. Nothing else of
+ * cil_from_container runs for it: it is not the pod's traffic, and to_container already judged it
+ * and recorded the connection (the proxy's replies to the client leave from the proxy's socket). */
+__always_inline_fn int from_container_hairpin(struct __sk_buff *ctx, struct pkt *p)
+{
+	__u32 src_identity = ctx->mark & IDENTITY_MAX;
+
+	ctx->mark = 0;
+	if (parse_frame(ctx, p) != 0 || !dest_is_pod(p) || source_is_pod(p))
+		return send_drop(ctx, DROP_INVALID_PACKET, src_identity, CONFIG.identity, DIR_INGRESS);
+	/* addressed to the pod's MAC: the node's stack would leave a frame for another host alone */
+	bpf_skb_change_type(ctx, PACKET_HOST_);
+	if (proxy_redirect(ctx, p) < 0)
+		return send_drop(ctx, DROP_PROXY_UNAVAILABLE, src_identity, CONFIG.identity, DIR_INGRESS);
+	return TC_ACT_OK;
+}
+
 SEC("tc")
 int cil_from_container(struct __sk_buff *ctx)
 {
 	struct pkt p = {};
 	int ret;
 
+	if ((ctx->mark & PROXY_MARK_MASK) == PROXY_MARK_HAIRPIN)
+		return from_container_hairpin(ctx, &p);
 	int proto = frame_proto(ctx);
 	if (proto < 0)
 		return send_drop(ctx, DROP_INVALID_PACKET, CONFIG.identity, 0, DIR_EGRESS);
@@ -355,13 +392,17 @@ __always_inline_fn int to_container(struct __sk_buff *ctx, bool peer, bool *to_s
 		int verdict = enforce_policy(ctx, &p, &ingress);
 		if (verdict < 0)
 			return TC_ACT_SHOT;
-		/* L7-covered traffic that did not come through the proxy: from another node's pod (the
-		 * identity its VNI or the ipcache gave) it is handed to this node's proxy here, at the
-		 * device's ingress, so this pod's ingress L7 rules judge it; the proxy's upstream leg comes
-		 * back through cil_to_container from_proxy. Anywhere else (the veth's egress: the node's
-		 * own stack, an endpoint without a tail-call entry) nothing can be assigned: never let through. */
+		/* L7-covered traffic that did not come through the proxy is handed to this node's proxy, so
+		 * this pod's ingress L7 rules judge it with the source identity known here (the VNI's, or the
+		 * ipcache's: another node's pod, the host, the world, a remote node); the proxy's upstream
+		 * leg comes back through cil_to_container from_proxy. At a device's ingress (`peer`: from
+		 * another node's pod) it is assigned here. At the veth's egress (the node's own stack: a
+		 * process in the node's netns, a NodePort connection to this local backend, an endpoint
+		 * without a tail-call entry) nothing can be assigned: the packet is hairpinned to this
+		 * veth's ingress, where cil_from_container assigns it (from_container_hairpin), after a
+		 * look that the proxy has a socket for it. No proxy: dropped, never let through. */
 		if (verdict > 0 && !from_proxy) {
-			if (verdict != 1 || !peer || proxy_redirect(ctx, &p) < 0)
+			if (verdict != 1 || (peer ? proxy_redirect(ctx, &p) < 0 : !proxy_has_socket(ctx, &p)))
 				return send_drop(ctx, DROP_PROXY_UNAVAILABLE, src_identity, CONFIG.identity, DIR_INGRESS);
 			*to_stack = true;
 		}
@@ -377,6 +418,11 @@ __always_inline_fn int to_container(struct __sk_buff *ctx, bool peer, bool *to_s
 	}
 	send_trace(ctx, *to_stack ? OBS_TO_STACK : OBS_TO_ENDPOINT, ct.status, src_identity, CONFIG.identity,
 		   DIR_INGRESS, ct.report, lb_rev_nat_id ? lb_rev_nat_id : ct.rev_nat_id);
+	if (*to_stack && !peer) {
+		/* the hairpin: to this veth's ingress (skb->mark survives a redirect within the netns) */
+		ctx->mark = PROXY_MARK_HAIRPIN | (src_identity & IDENTITY_MAX);
+		return (int)bpf_redirect(CONFIG.lxc_ifindex, BPF_F_INGRESS);
+	}
 	return TC_ACT_OK;
 }
 

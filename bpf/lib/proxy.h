@@ -12,6 +12,10 @@
  *                   judges the client's identity and records the connection with
  *                   LB_CONN_F_PROXY_UPSTREAM, so the server's replies go up the stack with
  *                   PROXY_MARK_TO (to the proxy's socket), not to the client pod.
+ *   hairpin         a connection that meets the server's cil_to_container at its veth's egress
+ *                   (from the node's own stack), where bpf_sk_assign refuses, is redirected to the
+ *                   same veth's ingress marked PROXY_MARK_HAIRPIN | client identity and assigned
+ *                   there by cil_from_container (bpf_lxc.c from_container_hairpin).
  * No listener (the proxy is down): the caller drops with DROP_PROXY_UNAVAILABLE. IPv4 and IPv6
  * (one listener each, on PROXY_PORT). */
 #pragma once
@@ -23,6 +27,7 @@
 #define PROXY_MARK_MASK 0xff000000
 #define PROXY_MARK_TO 0xc3000000   /* up the stack to a proxy socket */
 #define PROXY_MARK_FROM 0xc2000000 /* sent by the proxy; low 24 bits: the client's identity */
+#define PROXY_MARK_HAIRPIN 0xc4000000 /* to a veth's ingress, to be assigned there; low 24 bits: the client's identity */
 
 /* The tuple of the packet as the socket lookups take it (saddr: the remote end, daddr: the local
  * socket's), and where its destination port is (the listener lookups replace it). Returns its size. */
@@ -64,6 +69,23 @@ __always_inline_fn struct bpf_sock *proxy_lookup_tcp(struct __sk_buff *ctx, stru
 		return 0;
 	}
 	return sk;
+}
+
+/* Whether the proxy has a socket for the packet (its connection's, or the listener), where it
+ * cannot be assigned (a veth's egress, before the hairpin to its ingress). */
+__always_inline_fn bool proxy_has_socket(struct __sk_buff *ctx, const struct pkt *p)
+{
+	struct bpf_sock_tuple t = {};
+	__be16 *dport;
+
+	if (p->t.proto != IPPROTO_TCP)
+		return false;
+	__u32 size = proxy_tuple(p, &t, &dport);
+	struct bpf_sock *sk = proxy_lookup_tcp(ctx, &t, size, dport, PROXY_PORT);
+	if (!sk)
+		return false;
+	bpf_sk_release(sk);
+	return true;
 }
 
 /* Hand the packet to `sk` (a reference the caller looked up; released here) and up the node's

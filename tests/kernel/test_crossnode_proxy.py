@@ -16,15 +16,19 @@ from __future__ import annotations
 import socket
 import struct
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
 from cilia.cluster.model import RoutingMode
+from cilia.identity.reserved import ReservedIdentity
+from cilia.netlink import NodeNetConfig
 from cilia.policy.mapstate import REDIRECT, DirectionState, MapState, PortKey, PortValue
 from cilia.proxy import transparent
-from cilia.testing.twonode import TwoNodes, allow_all, allow_ingress_from
+from cilia.testing.twonode import Node, TwoNodes, allow_all, allow_ingress_from
 
 PORT, TCP = 8080, 6
+PROXY_MARK_HAIRPIN = 0xC4000000  # bpf/lib/proxy.h
 
 
 @pytest.fixture(scope="module", params=[RoutingMode.NATIVE, RoutingMode.TUNNEL], ids=["native", "tunnel"])
@@ -159,3 +163,87 @@ def test_an_upstream_leg_with_another_identity_is_judged_by_it(cluster: TwoNodes
             pytest.skip("native routing: the receiving node takes the identity from its ipcache by address")
     finally:
         pod_server.close()
+
+
+# ----- the node's own connection to its pod: hairpinned from the veth's egress to its ingress -------
+def _host_entries(node: Node) -> None:
+    """The node's own addresses are `host` in its ipcache, as the agent writes them."""
+    config = NodeNetConfig(node.pod_cidr4[1], node.pod_cidr6[1], node.pod_cidr4, node.pod_cidr6, "eth0")
+    node.worker.run(node.adapter.sync_node_entries, config)
+
+
+def _ask_from_node(family: int, address: str, port: int, word: bytes) -> tuple[bytes, str]:
+    """_ask, and the address the node's stack chose as the source."""
+    with socket.socket(family, socket.SOCK_STREAM) as client:
+        client.settimeout(5)
+        client.connect((address, port))
+        client.sendall(word)
+        return client.recv(100), str(client.getsockname()[0])
+
+
+@pytest.mark.parametrize("version", [4, 6])
+def test_the_nodes_own_connection_is_hairpinned_to_its_proxy(cluster: TwoNodes, version: int) -> None:
+    """Pod B's ingress entry for the host says REDIRECT: node B's own connection meets B's
+    cil_to_container at the veth's egress, is redirected to the veth's ingress and assigned there to
+    node B's listener (without the hairpin: dropped as PROXY_UNAVAILABLE)."""
+    b = cluster.b
+    family = family_of(version)
+    server_ip = str(b.pod_ipv4 if version == 4 else b.pod_ipv6)
+    _host_entries(b)
+    cluster.set_policy(b, redirect_ingress_from(int(ReservedIdentity.HOST)))
+    proxy = b.worker.run(transparent.listener, transparent.PROXY_PORT, family)
+    pod_server = b.pod_worker.run(_listen, family, server_ip)
+    try:
+        proxy.settimeout(10)
+        # the listener is node B's wherever it is used: accepted on a thread of its own, as node B's
+        # worker thread is the client's
+        with ThreadPoolExecutor(1) as pool:
+            accepted = pool.submit(_serve_once, proxy)
+            reply, client_ip = b.worker.run(_ask_from_node, family, server_ip, PORT, b"judge me", timeout=15)
+            assert reply == b"JUDGE ME"
+            assert accepted.result(timeout=10) == (server_ip, client_ip)
+        pod_server.settimeout(0.2)
+        with pytest.raises(TimeoutError):
+            pod_server.accept()
+    finally:
+        proxy.close()
+        pod_server.close()
+
+
+def test_the_nodes_own_connection_without_a_listener_is_dropped(cluster: TwoNodes) -> None:
+    b = cluster.b
+    _host_entries(b)
+    cluster.set_policy(b, redirect_ingress_from(int(ReservedIdentity.HOST)))
+    pod_server = b.pod_worker.run(_listen, socket.AF_INET, str(b.pod_ipv4))
+    try:
+        with pytest.raises(OSError):
+            b.worker.run(_ask_from_node, socket.AF_INET, str(b.pod_ipv4), PORT, b"x", timeout=15)
+    finally:
+        pod_server.close()
+
+
+def _ask_marked(family: int, address: str, port: int, mark: int) -> bytes:
+    """_ask from a socket with SO_MARK = `mark` (a pod with CAP_NET_ADMIN in its netns could)."""
+    with socket.socket(family, socket.SOCK_STREAM) as client:
+        client.setsockopt(socket.SOL_SOCKET, socket.SO_MARK, struct.pack("=I", mark))
+        client.settimeout(5)
+        client.connect((address, port))
+        client.sendall(b"marked")
+        return client.recv(100)
+
+
+def test_a_pod_cannot_send_the_hairpin_mark(cluster: TwoNodes) -> None:
+    """The veth scrubs skb->mark between the pod's netns and the node's: a pod's packets marked
+    PROXY_MARK_HAIRPIN arrive at its cil_from_container unmarked and are handled as its own (were the
+    mark kept, that program would drop them: they are not to the pod's own address)."""
+    b = cluster.b
+    node_server = b.worker.run(_listen, socket.AF_INET, str(b.ipv4))
+    try:
+        with ThreadPoolExecutor(1) as pool:
+            served = pool.submit(_serve_once, node_server)
+            reply = b.pod_worker.run(_ask_marked, socket.AF_INET, str(b.ipv4), PORT, PROXY_MARK_HAIRPIN | 1,
+                                     timeout=15)
+            assert reply == b"MARKED"
+            assert served.result(timeout=10) == (str(b.ipv4), str(b.pod_ipv4))
+    finally:
+        node_server.close()

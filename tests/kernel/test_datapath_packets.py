@@ -164,3 +164,22 @@ def test_aggregation_medium_reports_new_flows_and_flag_changes_only(pin_dir: Pat
         assert ct.gc(now=entry.expires + 1) == 1 and ct.entries() == []
     finally:
         medium.close()
+
+
+PROXY_MARK_HAIRPIN = 0xC4000000  # bpf/lib/proxy.h
+
+
+@pytest.mark.parametrize(("src", "dst", "reason"), [
+    (WORLD, POD, "PROXY_UNAVAILABLE"),  # the hairpin taken: no proxy socket here to assign it to
+    (POD, PEER, "INVALID_PACKET"),      # the pod's own traffic: never handed to the proxy
+    (POD, POD, "INVALID_PACKET"),
+    (WORLD, PEER, "INVALID_PACKET"),    # not for this pod
+])
+def test_the_hairpin_mark_is_taken_only_for_a_packet_to_this_pod_from_another_address(
+        lxc: tuple[BpfObject, RingEvents], src: str, dst: str, reason: str) -> None:
+    obj, events = lxc
+    ctx = struct.pack("=III", 0, 0, PROXY_MARK_HAIRPIN | 1)  # __sk_buff up to its mark
+    result = obj.program("cil_from_container").test_run(ipv4_tcp(src, dst), ctx=ctx)
+    assert result.retval == TC_ACT_SHOT
+    drop = decode(events.poll()[-1])
+    assert drop.is_drop and drop.drop_reason_name == reason and drop.src_identity == 1

@@ -84,9 +84,10 @@ int cil_from_netdev(struct __sk_buff *ctx)
 			return bpf_redirect(ctx->ifindex, 0);
 		return TC_ACT_SHOT;
 	}
+	struct endpoint_info *ep = endpoint_lookup(&p.t.daddr, p.t.family);
 	if (x.rev_nat_id) {
 		ctx->mark = LB_MARK_MAGIC | x.rev_nat_id;
-		if (!endpoint_lookup(&p.t.daddr, p.t.family)) {
+		if (!ep) {
 			/* the backend is on another node: remember the connection for the replies, which
 			 * come back through this node (SNAT) and leave by cil_to_netdev */
 			struct ct_result ct = {};
@@ -101,7 +102,6 @@ int cil_from_netdev(struct __sk_buff *ctx)
 		 * socket with the backend's address for the connection, which the stack's early demux would
 		 * give the packet to, and forwarding drops a packet that has a socket. */
 	}
-	struct endpoint_info *ep = endpoint_lookup(&p.t.daddr, p.t.family);
 	if (!ep)
 		return TC_ACT_OK;
 	reason = forward_to_endpoint(ctx, &p, ep);

@@ -171,11 +171,7 @@ class Merger(Generic[T]):
                         continue
                 else:
                     node, value = self._queue.get_nowait()
-                ended = self._take(node, value)
-                # Everything already queued first: a burst (a node's history) is one merge step.
-                while ended is None and not self._queue.empty():
-                    node, value = self._queue.get_nowait()
-                    ended = self._take(node, value)
+                ended = self._take_queued(node, value)
                 if ended is not None:
                     yield ended
         finally:
@@ -190,13 +186,19 @@ class Merger(Generic[T]):
                 node, value = await asyncio.wait_for(self._queue.get(), left)
             except TimeoutError:
                 return None
-            ended = self._take(node, value)
-            while ended is None and not self._queue.empty():
-                node, value = self._queue.get_nowait()
-                ended = self._take(node, value)
+            ended = self._take_queued(node, value)
             if ended is not None:
                 return ended
         return None
+
+    def _take_queued(self, node: str, value: object) -> Ended | None:
+        """Take this item and everything already queued after it (a burst, a node's history, is one
+        merge step), stopping at a stream's end."""
+        ended = self._take(node, value)
+        while ended is None and not self._queue.empty():
+            node, value = self._queue.get_nowait()
+            ended = self._take(node, value)
+        return ended
 
     async def close(self) -> None:
         """Stop reading every stream (the consumer went away)."""

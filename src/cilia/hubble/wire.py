@@ -207,6 +207,11 @@ _DROP_OR_VERDICT = (EVENT_DROP, EVENT_POLICY_VERDICT)
 _POLICY_DROPS = {int(r) for r in (DropReason.POLICY_DENIED, DropReason.POLICY_DENY, DropReason.POLICY_NOT_INSTALLED)}
 
 
+def _rule_id(etype: int, subtype: int, slot: int) -> int:
+    """The policy rule a record names (its slot holds one for a verdict and a policy drop), or 0."""
+    return slot if etype == EVENT_POLICY_VERDICT or (etype == EVENT_DROP and subtype in _POLICY_DROPS) else 0
+
+
 def _drop_fields(code: int) -> tuple[bytes, bytes, str]:
     """(event_type sub-message, drop_reason + drop_reason_desc fields, the summary) of a drop code."""
     hubble = DROP_REASONS.get(code, flow_pb2.DROP_REASON_UNKNOWN)
@@ -383,7 +388,7 @@ class WireEncoder:
         sport, dport = record[at] << 8 | record[at + 1], record[at + 2] << 8 | record[at + 3]
         key = record[8:28] + record[34:54] + addresses  # one bytes: cheaper to make and keep than a tuple
         shapes = self._udp_shapes if kind == _UDP else self._tcp_shapes
-        rule_id = slot if etype == EVENT_POLICY_VERDICT or (etype == EVENT_DROP and subtype in _POLICY_DROPS) else 0
+        rule_id = _rule_id(etype, subtype, slot)
         cached = shapes.get(key)
         if cached is not None:
             source, destination, src_view, dst_view, extra, body, shape_summary = cached
@@ -518,7 +523,7 @@ class WireEncoder:
                     l4 = field_bytes(_L4, field_bytes(3, body))
                     summary = f"ICMPv4 {_ICMP4_NAMES.get(icmp_type, str(icmp_type))}"
         if looked is None:
-            rule_id = slot if etype == EVENT_POLICY_VERDICT or (etype == EVENT_DROP and subtype in _POLICY_DROPS) else 0
+            rule_id = _rule_id(etype, subtype, slot)
             looked = self._lookups(source, destination, src_id, dst_id, rule_id, endpoints)
         rule = looked[2][4] if looked[2] is not None else None
         # what kind of event: verdict, event type, drop reason, trace point, policy

@@ -13,7 +13,9 @@
  * IP, UDP and VXLAN receive would: outer IPv4 version 4 without options, not a fragment, header
  * checksum right, lengths matching the frame, destination an address of this node (its ipcache
  * identity is host), VXLAN flags exactly "VNI present" and reserved bits zero, VNI not the unknown
- * identity, the inner frame IPv4 or IPv6 for an address the endpoints map holds. Everything else
+ * identity, the inner frame IPv4 or IPv6 for an address the endpoints map holds. Not checked: the
+ * outer UDP checksum (the nodes' VXLAN senders leave it 0 over IPv4, which UDP accepts unchecked;
+ * the inner packet's own checksums still hold). Everything else
  * (the node itself, no endpoint, a frame whose headers are not all in the linear part, a check
  * failing) passes untouched to the node's VXLAN device (cilia_vxlan), where bpf_overlay.c checks
  * the sender again and drops what it must drop, with its reasons. */

@@ -36,6 +36,12 @@ _U32 = struct.Struct("<I")
 _U64 = struct.Struct("<Q")
 
 
+def position_word(page: mmap.mmap, offset: int = 0) -> ctypes.c_uint64:
+    """The 8-byte word at `offset` of a writable mapping, read and written in one access each (its
+    `.value`): how the consumer position must change (see the module's docstring)."""
+    return ctypes.c_uint64.from_buffer(page, offset)
+
+
 class RingBufferReader:
     """Poll from one thread; epoll releases the GIL while it waits. `on_record` is called for each
     record, or, given `on_batch` instead, `on_batch` once per drain with the records read (one
@@ -58,7 +64,7 @@ class RingBufferReader:
         except OSError as exc:
             raise BpfError(f"mapping ring buffer {ring_map.name}", exc.errno or 0) from exc
         # The consumer position as one 8-byte word (see the module's docstring: never struct.pack_into).
-        self._consumer_pos: ctypes.c_uint64 | None = ctypes.c_uint64.from_buffer(self._consumer)
+        self._consumer_pos: ctypes.c_uint64 | None = position_word(self._consumer)
         self._page = page
         self._read = 0
         self._epoll: select.epoll | None = select.epoll()

@@ -7,7 +7,8 @@
    `--monitor-aggregation none` so every packet is an event) -> ring buffer -> event pump ->
    flow ring -> Hubble server -> a `hubble observe -f`-like gRPC follower in this process. Per
    rate: events the datapath emitted, flows the follower got, events lost (datapath ring buffer,
-   and HUBBLE_RING_BUFFER lost events the server reported), the agent's CPU per flow, and the CPU
+   and HUBBLE_RING_BUFFER lost events the server reported), how full the datapath ring got (and
+   how full it was when an event was lost: `RingWatch`), the agent's CPU per flow, and the CPU
    of the generator, the sink and the follower.
 3. Observability overhead (`overhead`): pod-to-pod throughput (iperf3), latency (sockperf) and
    connections/s with observability off (`--disable-hubble`, no metrics), with metrics
@@ -18,6 +19,7 @@
 from __future__ import annotations
 
 import argparse
+import mmap
 import os
 import struct
 import tempfile
@@ -29,6 +31,7 @@ from statistics import median
 from typing import Any
 
 from bench.tools import cps, iperf3, sockperf, write_results
+from cilia.bpf import BpfMap
 from cilia.flows.build import EndpointView, Flow, FlowBuilder
 from cilia.flows.ring import FlowRing
 from cilia.hubble.convert import convert
@@ -36,6 +39,7 @@ from cilia.hubble.pb import flow_pb2, observer_pb2
 from cilia.hubble.wire import WireEncoder
 from cilia.lab.lab import PYTHON, Lab, cleanup_leftovers
 from cilia.lab.topology import parse_topology
+from cilia.maps.events import LOST_KEY, lost_total
 from cilia.monitor.events import EVENT_TRACE, decode
 from cilia.paths import NodePaths
 
@@ -413,6 +417,51 @@ def follower(kind: str) -> Follower | GoFollower:
     return Follower()
 
 
+class RingWatch:
+    """The node's datapath ring seen from outside the agent every 5 ms (its pinned maps, the
+    positions read-only): the fullest it was (producer - consumer, bytes) and its fill at each
+    sample where the lost-event counter had moved. Losses with the ring far from full are not a
+    slow reader: how the 2026-12-02 consumer-position bug showed itself."""
+
+    def __init__(self, node: str = "n1", interval: float = 0.005) -> None:
+        pins = NodePaths(node).bpffs_dir
+        self._ring = BpfMap.from_pin(pins / "cilia_events_v1")
+        self._lost = BpfMap.from_pin(pins / "cilia_events_lost_v1")
+        self.size = self._ring.max_entries
+        page = mmap.PAGESIZE
+        self._consumer = mmap.mmap(self._ring.fd, page, mmap.MAP_SHARED, mmap.PROT_READ)
+        self._producer = mmap.mmap(self._ring.fd, page, mmap.MAP_SHARED, mmap.PROT_READ, offset=page)
+        self.max_fill = 0
+        self.fill_at_loss: list[int] = []
+        self._interval = interval
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _lost_now(self) -> int:
+        return lost_total(self._lost.lookup(LOST_KEY) or b"")
+
+    def _run(self) -> None:
+        position = struct.Struct("<Q")
+        lost = self._lost_now()
+        while not self._stop.wait(self._interval):
+            consumer = position.unpack_from(self._consumer, 0)[0]
+            fill = position.unpack_from(self._producer, 0)[0] - consumer
+            self.max_fill = max(self.max_fill, fill)
+            now = self._lost_now()
+            if now != lost:
+                self.fill_at_loss.append(fill)
+                lost = now
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(5)
+        self._consumer.close()
+        self._producer.close()
+        self._ring.close()
+        self._lost.close()
+
+
 def _status(node: str = "n1") -> tuple[int, int]:
     """(flows seen, datapath events lost) from the agent's API."""
     from cilia.api.client import AgentClient
@@ -447,6 +496,7 @@ def pipeline_lab(rates: list[int], seconds: float, impl: str = "h2",
         for rate in rates:
             following = follower(follower_kind)
             time.sleep(0.5)
+            watch = RingWatch()
             seen0, lost0 = _status()
             cpu0, sink0, gen0 = _cpu_seconds(pid), _cpu_seconds(sink.pid), _children_cpu()
             follower0 = _cpu_seconds(following.pid) if following.pid else 0.0
@@ -456,6 +506,7 @@ def pipeline_lab(rates: list[int], seconds: float, impl: str = "h2",
             while time.monotonic() < deadline and following.flows + following.lost < _status()[0] - seen0:
                 time.sleep(0.2)
             seen1, lost1 = _status()
+            watch.close()
             cpu = _cpu_seconds(pid) - cpu0
             follower_cpu = _cpu_seconds(following.pid) - follower0 if following.pid else None
             sink_cpu = _cpu_seconds(sink.pid) - sink0
@@ -465,7 +516,9 @@ def pipeline_lab(rates: list[int], seconds: float, impl: str = "h2",
                         "packets_sent": sent, "send_seconds": round(took, 3),
                         "events": events, "events_per_s": round(events / took),
                         "followed_flows": following.flows, "lost_datapath": lost1 - lost0,
-                        "lost_hubble_ring": following.lost, "agent_cpu_s": round(cpu, 2),
+                        "lost_hubble_ring": following.lost,
+                        "ring_max_fill_bytes": watch.max_fill, "ring_fill_at_loss_bytes": watch.fill_at_loss,
+                        "agent_cpu_s": round(cpu, 2),
                         "generator_cpu_s": round(generator_cpu, 2), "sink_cpu_s": round(sink_cpu, 2),
                         "follower_cpu_s": round(follower_cpu, 2) if follower_cpu is not None else None,
                         "flows_per_agent_cpu_s": round(following.flows / cpu) if cpu else None,

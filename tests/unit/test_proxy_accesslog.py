@@ -130,6 +130,18 @@ def test_a_body_naming_a_head_key_is_not_kept() -> None:
         assert got.http is not None and got.http.code == 201 == json.loads(data)["http"]["code"]
 
 
+def test_a_long_body_is_decoded_every_time_not_kept() -> None:
+    from cilia.proxy import accesslog
+
+    encoder = FlowEncoder("10.0.0.1", 4000, "10.0.0.2", 80, 300, 301)
+    headers = [("x-long", "v" * 3000)]
+    data = encoder.http(1, "REQUEST", "FORWARDED", 7, True, (), 0, "", "GET", "/", "HTTP/1.1", 0, headers)
+    body = data[accesslog.RECORD_HEAD.match(data).end():]  # type: ignore[union-attr]
+    for _ in range(2):
+        assert decode(data).http == HttpRecord("GET", "/", "HTTP/1.1", 0, headers)
+    assert body not in accesslog._BODIES
+
+
 def test_queued_records_wait_for_flush_delay_and_close_sends_them(tmp_path: Path) -> None:
     """send_soon holds a record for up to FLUSH_DELAY (to share a datagram); close() sends what is still queued."""
     agent = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)

@@ -111,7 +111,7 @@ def decode(data: bytes) -> AccessRecord:
     kept = _BODIES.get(body)
     if kept is None:
         kept = _decode(data)
-        if kept.http is not None and not any(key in body for key in _HEAD_KEYS):
+        if len(body) <= _BODY_KEPT_MAX and kept.http is not None and not any(key in body for key in _HEAD_KEYS):
             if len(_BODIES) >= _BODIES_KEPT:
                 _BODIES.clear()
             _BODIES[body] = kept
@@ -263,7 +263,8 @@ RECORD_HEAD = re.compile(rb'\{"time_ns":(0|[1-9][0-9]{0,18}),"latency_ns":(0|[1-
 # a body naming a head's key again would make it not the head's value (JSON: the last one wins): never kept
 _HEAD_KEYS = (b'"time_ns"', b'"latency_ns"', b'"http"', b'"code"')
 _BODIES: dict[bytes, AccessRecord] = {}
-_BODIES_KEPT = 4096
+_BODIES_KEPT = 4096  # cleared when full; one body per connection and kind in use
+_BODY_KEPT_MAX = 2048  # bytes: a body beyond (long headers) is decoded every time, so the kept stay within ~8 MB
 
 
 class AccessLogSender:

@@ -154,8 +154,10 @@ def measure(mode: str, seconds: int, connections: int, work: Path) -> dict[str, 
     served = sum(int(m.group(1)) for m in (re.search(r"(\d+) requests in", out) for out in (throughput, latency)) if m)
     rps = re.search(r"Requests/sec:\s+([\d.]+)", throughput)
     p50 = re.search(r"50%\s+([\d.]+)(us|ms)", latency)
+    p99 = re.search(r"99%\s+([\d.]+)(us|ms)", latency)
     return {"requests_per_s": float(rps.group(1)) if rps else 0.0,
             "p50_us": (float(p50.group(1)) * (1000 if p50.group(2) == "ms" else 1)) if p50 else 0.0,
+            "p99_us": (float(p99.group(1)) * (1000 if p99.group(2) == "ms" else 1)) if p99 else 0.0,
             "cpu_us_per_request": round(cpu * 1e6 / served, 1) if served else 0.0, "requests": served}
 
 
@@ -177,7 +179,8 @@ def run(seconds: int, connections: int, rounds: int) -> dict[str, list[dict[str,
                 figures = measure(mode, seconds, connections, work)
                 results[mode].append(figures)
                 print(f"round {index + 1}/{rounds} {mode}: {figures['requests_per_s']:.0f} req/s (c={connections}), "
-                      f"p50 {figures['p50_us']:.0f} µs (c=1), proxy CPU {figures['cpu_us_per_request']:.0f} µs/request",
+                      f"p50 {figures['p50_us']:.0f} µs p99 {figures['p99_us']:.0f} µs (c=1), "
+                      f"proxy CPU {figures['cpu_us_per_request']:.0f} µs/request",
                       flush=True)
     finally:
         for process in (sink, origin):

@@ -44,6 +44,27 @@ def test_summary_ratios_per_round() -> None:
                                        "single_connection_requests_per_s": 150}
 
 
+def test_summary_ratios_every_round_and_cpu_medians() -> None:
+    def runs(*rps: float) -> dict[str, list[dict[str, float]]]:
+        return {"throughput": [{"requests_per_s": r, "proxy_cpu_us_per_request": r / 100,
+                                "agent_cpu_us_per_request": 1.0} for r in rps],
+                "latency": [{"requests_per_s": r / 4, "p50_us": 100.0, "p99_us": 200.0} for r in rps]}
+
+    got = l7.summarize({"direct": runs(1000, 1000, 1000), "cilia": runs(500, 600, 700),
+                        "nginx": runs(1000, 1000, 1000)})
+    assert got["ratios_by_round"]["cilia/nginx"] == [0.5, 0.6, 0.7] and got["ratios"]["cilia/nginx"] == 0.6
+    assert got["ratios_by_round"]["cilia-403/nginx"] is None
+    assert got["medians"]["cilia"]["proxy_cpu_us_per_request"] == 6.0
+
+
+def test_placements_give_the_proxy_its_own_core_or_share_it() -> None:
+    """shared: the origin and the proxy on one CPU (the earlier runs'); proxy-core: the proxy alone on
+    its CPU, the client, the origin and the agent on the other, the same for every mode."""
+    shared, own = l7.PLACEMENTS["shared"], l7.PLACEMENTS["proxy-core"]
+    assert shared.origin == shared.proxy != shared.client and shared.agent is None
+    assert own.proxy not in (own.client, own.origin, own.agent) and own.client == own.origin == own.agent
+
+
 def test_nginx_configurations(tmp_path: Path) -> None:
     origin = l7.origin_conf(tmp_path).read_text()
     assert "listen 80;" in origin and "listen 81;" in origin and "worker_processes 1;" in origin

@@ -20,6 +20,7 @@ from cilia.proxy.accesslog import (
     FlowEncoder,
     HttpRecord,
     PolicyRef,
+    _decode,
     decode,
 )
 
@@ -98,6 +99,47 @@ def test_hand_built_http_record_is_the_dataclass_one(method: str, url: str, summ
             summary=summary, http=HttpRecord(method, url, "HTTP/1.1", 403, headers))
         assert decode(data) == expected
         assert json.loads(data) == json.loads(expected.encode())
+
+
+@given(_text, _text, st.lists(st.tuples(_text, _text), max_size=3), st.sampled_from(["REQUEST", "RESPONSE"]),
+       st.lists(st.tuples(st.integers(0, 2**63), st.integers(0, 2**40), st.integers(0, 999)), min_size=1, max_size=4))
+def test_a_kept_body_decodes_as_the_whole_record(method: str, url: str, headers: list[tuple[str, str]], kind: str,
+                                                 heads: list[tuple[int, int, int]]) -> None:
+    """decode keeps a body it read (FlowEncoder's layout): the records with that body and other heads
+    are what decoding them in full gives, every time (header values naming a head's key included)."""
+    encoder = FlowEncoder("10.0.0.1", 4000, "fd00::2", 80, 300, 301)
+    body = encoder.body(kind, "FORWARDED", 7, True, (PolicyRef("k", "ns", "n"),), "", method, url,  # type: ignore[arg-type]
+                        "HTTP/1.1", headers)
+    for time_ns, latency_ns, code in heads + heads:
+        data = FlowEncoder.http(encoder, time_ns, kind, "FORWARDED", 7, True,  # type: ignore[arg-type]
+                                (PolicyRef("k", "ns", "n"),), latency_ns, "", method, url, "HTTP/1.1", code, headers)
+        assert data.endswith(body)
+        got = decode(data)
+        assert got == _decode(data)
+        assert (got.time_ns, got.latency_ns, got.http and got.http.code) == (time_ns, latency_ns, code)
+
+
+def test_a_body_naming_a_head_key_is_not_kept() -> None:
+    """JSON's last key wins: a body with its own `code` is decoded in full, whatever the head says."""
+    encoder = FlowEncoder("10.0.0.1", 4000, "10.0.0.2", 80, 300, 301)
+    body = encoder.body("RESPONSE", "FORWARDED", 7, True, (), "", "GET", "/", "HTTP/1.1", ())
+    tricked = body.replace(b'"method"', b'"code":201,"method"', 1)
+    for code in (200, 404):
+        data = b'{"time_ns":1,"latency_ns":2,"http":{"code":%d,%s' % (code, tricked)
+        got = decode(data)
+        assert got.http is not None and got.http.code == 201 == json.loads(data)["http"]["code"]
+
+
+def test_a_long_body_is_decoded_every_time_not_kept() -> None:
+    from cilia.proxy import accesslog
+
+    encoder = FlowEncoder("10.0.0.1", 4000, "10.0.0.2", 80, 300, 301)
+    headers = [("x-long", "v" * 3000)]
+    data = encoder.http(1, "REQUEST", "FORWARDED", 7, True, (), 0, "", "GET", "/", "HTTP/1.1", 0, headers)
+    body = data[accesslog.RECORD_HEAD.match(data).end():]  # type: ignore[union-attr]
+    for _ in range(2):
+        assert decode(data).http == HttpRecord("GET", "/", "HTTP/1.1", 0, headers)
+    assert body not in accesslog._BODIES
 
 
 def test_queued_records_wait_for_flush_delay_and_close_sends_them(tmp_path: Path) -> None:

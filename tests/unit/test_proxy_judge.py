@@ -5,6 +5,7 @@ and the deciding policy, response with code and latency)."""
 from __future__ import annotations
 
 import asyncio
+import json
 import socket
 from pathlib import Path
 from typing import Any
@@ -19,9 +20,11 @@ from cilia.proxy.policy import (
     ConnectionJudge,
     EndpointPolicy,
     Parties,
+    PolicyStore,
     Request,
     judge_request,
 )
+from cilia.proxy.rulefiles import changed, write_rules_file
 from cilia.proxy.transparent import Connection
 
 RULE1 = {"kind": "CiliumNetworkPolicy", "namespace": "default", "name": "rule1"}
@@ -50,6 +53,9 @@ class Store:
 
     def get(self, endpoint_id: int) -> EndpointPolicy:
         return self.by_id.get(endpoint_id, NO_RULES)
+
+    def stamp(self) -> bytes | None:
+        return None  # its rules change without a generation: every request gets them
 
 
 def req(method: str, path: str) -> Request:
@@ -112,6 +118,27 @@ def test_connection_judge_gives_judge_requests_verdicts_with_the_current_rules()
     without = Request("POST", "/v1/request-landing", "deathstar", {}, "HTTP/1.1", ())
     for _ in range(2):  # same (method, path, host), other headers: each judged by its headers
         assert judge(with_header).verdict == "FORWARDED" and judge(without).verdict == "DROPPED"
+
+
+def test_connection_judge_on_rules_files_sees_each_change_at_the_next_request(tmp_path: Path) -> None:
+    """With a real store the judge keeps both sides' rules while the generation stays (no lookup per
+    request); a file written (write_rules_file: rename, then the generation) applies to the very next
+    request, and a broken file is read again at every request (fail closed until it parses)."""
+    def rules(path: str) -> dict[str, Any]:
+        entry = {"rule_id": 1, "identities": [300], "policy": RULE1, "ports": [_port(HttpRule("POST", path))]}
+        return {"ingress": [entry], "egress": [], "audit": False}
+
+    write_rules_file(tmp_path, 7, 2, rules("/v1/.*"))
+    judge = ConnectionJudge(PolicyStore(tmp_path), PARTIES)
+    landing = req("POST", "/v1/request-landing")
+    assert [judge(landing).verdict for _ in range(3)] == ["FORWARDED"] * 3
+    write_rules_file(tmp_path, 7, 2, rules("/v2/.*"))
+    assert judge(landing).verdict == "DROPPED"
+    (tmp_path / "7.json").write_text("{not json")
+    changed(tmp_path)
+    assert [judge(req("POST", "/v2/x")).verdict for _ in range(2)] == ["DROPPED"] * 2  # broken: denied
+    (tmp_path / "7.json").write_text(json.dumps({"version": 2, "endpoint_id": 7, **rules("/v2/.*")}))
+    assert judge(req("POST", "/v2/x")).verdict == "FORWARDED"  # read again: no generation change needed
 
 
 class _Writer:

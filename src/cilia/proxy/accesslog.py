@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import errno
 import json
+import re
 import socket
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, fields
@@ -98,7 +99,32 @@ class AccessRecord:
 
 
 def decode(data: bytes) -> AccessRecord:
-    """A record from its datagram. Raises ValueError naming the field that is wrong."""
+    """A record from its datagram. Raises ValueError naming the field that is wrong.
+
+    A record in FlowEncoder's layout whose body was decoded before is not parsed again: it is the
+    record that body gave, with this head's time, latency and code (the same record a full decode
+    gives: the body was checked in full then, and the head's three fields are checked here)."""
+    head = RECORD_HEAD.match(data)
+    if head is None:
+        return _decode(data)
+    body = data[head.end():]
+    kept = _BODIES.get(body)
+    if kept is None:
+        kept = _decode(data)
+        if len(body) <= _BODY_KEPT_MAX and kept.http is not None and not any(key in body for key in _HEAD_KEYS):
+            if len(_BODIES) >= _BODIES_KEPT:
+                _BODIES.clear()
+            _BODIES[body] = kept
+        return kept
+    http = object.__new__(HttpRecord)  # frozen dataclasses: built without their __init__'s setattr calls
+    http.__dict__.update(kept.http.__dict__, code=int(head.group(3)), headers=list(kept.http.headers))  # type: ignore[union-attr]
+    out = object.__new__(AccessRecord)
+    out.__dict__.update(kept.__dict__, time_ns=int(head.group(1)), latency_ns=int(head.group(2)), http=http,
+                        policies=list(kept.policies))
+    return out
+
+
+def _decode(data: bytes) -> AccessRecord:
     try:
         raw = json.loads(data)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
@@ -189,7 +215,10 @@ _str = json.encoder.encode_basestring_ascii  # the C one json.dumps uses
 class FlowEncoder:
     """The datagrams of one connection's HTTP records, built by hand: the same JSON object that
     `AccessRecord.encode` makes (same fields, `decode` gives the equal record), at a fraction of its
-    cost (the connection's fixed fields are encoded once, policies once per judgement)."""
+    cost. A record is its varying head (`time_ns`, `latency_ns`, the HTTP `code`, in that order:
+    RECORD_HEAD) and the rest, `body`: the same bytes for every record of one request and verdict,
+    so a caller keeps it for a repeated request (cilia.proxy.observe.AccessLog), and the agent's
+    `decode` reads a body it has seen once without parsing it again."""
 
     def __init__(self, source_ip: str, source_port: int, destination_ip: str, destination_port: int,
                  source_identity: int, destination_identity: int, protocol: Literal["TCP", "UDP"] = "TCP") -> None:
@@ -198,30 +227,44 @@ class FlowEncoder:
                        f'"protocol":{_str(protocol)},"source_identity":{int(source_identity)},'
                        f'"destination_identity":{int(destination_identity)},"rule_id":0,"dns":null,')
         self._policies: dict[tuple[PolicyRef, ...], str] = {}
-        self._headers: Sequence[tuple[str, str]] = ()  # the last headers encoded (immutable: a Request's)
-        self._pairs = ""
 
     def http(self, time_ns: int, kind: L7Type, verdict: Verdict, endpoint_id: int, ingress: bool,
              policies: tuple[PolicyRef, ...], latency_ns: int, summary: str, method: str, url: str, protocol: str,
              code: int, headers: Sequence[tuple[str, str]]) -> bytes:
+        return record(self.body(kind, verdict, endpoint_id, ingress, policies, summary, method, url, protocol,
+                                headers), time_ns, latency_ns, code)
+
+    def body(self, kind: L7Type, verdict: Verdict, endpoint_id: int, ingress: bool, policies: tuple[PolicyRef, ...],
+             summary: str, method: str, url: str, protocol: str, headers: Sequence[tuple[str, str]]) -> bytes:
+        """The record but its head (see the class): from the HTTP object's other fields to the end."""
         refs = self._policies.get(policies)
         if refs is None:
             refs = "[" + ",".join(f'{{"kind":{_str(p.kind)},"namespace":{_str(p.namespace)},"name":{_str(p.name)}}}'
                                   for p in policies) + "]"
             if len(self._policies) < 64:
                 self._policies[policies] = refs
-        if headers is self._headers:  # the same request's again (a client repeating its request)
-            pairs = self._pairs
-        else:
-            pairs = ",".join(f"[{_str(n)},{_str(v)}]" for n, v in headers)
-            if headers:
-                self._headers, self._pairs = headers, pairs
-        data = (f'{{"time_ns":{int(time_ns)},"type":{_str(kind)},"verdict":{_str(verdict)},{self._fixed}'
-                f'"endpoint_id":{int(endpoint_id)},"ingress":{"true" if ingress else "false"},"policies":{refs},'
-                f'"latency_ns":{int(latency_ns)},"summary":{_str(summary)},'
-                f'"http":{{"method":{_str(method)},"url":{_str(url)},"protocol":{_str(protocol)},'
-                f'"code":{int(code)},"headers":[{pairs}]}}}}').encode()
-        return data[:MAX_DATAGRAM]
+        pairs = ",".join(f"[{_str(n)},{_str(v)}]" for n, v in headers)
+        return (f'"method":{_str(method)},"url":{_str(url)},"protocol":{_str(protocol)},"headers":[{pairs}]}},'
+                f'"type":{_str(kind)},"verdict":{_str(verdict)},{self._fixed}"endpoint_id":{int(endpoint_id)},'
+                f'"ingress":{"true" if ingress else "false"},"policies":{refs},"summary":{_str(summary)}}}').encode()
+
+
+def record(body: bytes, time_ns: int, latency_ns: int, code: int) -> bytes:
+    """One record's datagram: its head, then a body (FlowEncoder.body)."""
+    data = b'{"time_ns":%d,"latency_ns":%d,"http":{"code":%d,%s' % (time_ns, latency_ns, code, body)
+    return data[:MAX_DATAGRAM]
+
+
+# A record as FlowEncoder makes it: the head (JSON integers: no leading zeros, none negative here;
+# anything else is decoded the long way), then the body. The agent decodes a body once and keeps
+# the record it gave: a record with a kept body is that record with the head's three values.
+RECORD_HEAD = re.compile(rb'\{"time_ns":(0|[1-9][0-9]{0,18}),"latency_ns":(0|[1-9][0-9]{0,18}),'
+                         rb'"http":\{"code":(0|[1-9][0-9]{0,8}),')
+# a body naming a head's key again would make it not the head's value (JSON: the last one wins): never kept
+_HEAD_KEYS = (b'"time_ns"', b'"latency_ns"', b'"http"', b'"code"')
+_BODIES: dict[bytes, AccessRecord] = {}
+_BODIES_KEPT = 4096  # cleared when full; one body per connection and kind in use
+_BODY_KEPT_MAX = 2048  # bytes: a body beyond (long headers) is decoded every time, so the kept stay within ~8 MB
 
 
 class AccessLogSender:

@@ -143,6 +143,7 @@ class ClientLeg(asyncio.Protocol):
         self.first = True  # no request seen yet: the bytes may be HTTP/2's preface
         self.up: _ServerLeg | None = None
         self.framing: ResponseFraming | None = None
+        self.spare: ResponseFraming | None = None
         self.current: tuple[Request, Judgement, bool] | None = None
         self.started_ns = 0
         self.pending = b""  # the request waiting for its upstream connection
@@ -277,7 +278,13 @@ class ClientLeg(asyncio.Protocol):
         else:
             data = buf[:head.end] if head.end < len(buf) else buf
         self.current = (request, judgement, head.close)
-        self.framing = ResponseFraming(head.method == b"HEAD")
+        framing = self.spare
+        if framing is None:
+            framing = ResponseFraming(head.method == b"HEAD")
+        else:  # the last answer's, done with: made anew, not allocated anew
+            self.spare = None
+            framing.__init__(head.method == b"HEAD")  # type: ignore[misc]
+        self.framing = framing
         self.started_ns = time.monotonic_ns()
         self.last_up = time.monotonic()
         if self.up is None:
@@ -351,6 +358,7 @@ class ClientLeg(asyncio.Protocol):
         assert self.framing is not None and self.current is not None
         framing, (request, judgement, close) = self.framing, self.current
         self.framing = self.current = None
+        self.spare = framing
         self.info.observer.response(request, judgement, framing.code, time.monotonic_ns() - self.started_ns)
         if extra or framing.close:  # the server sent more than the answer, or closes: not used again
             self._drop_upstream()

@@ -9,7 +9,7 @@ import time
 from collections import Counter
 from typing import Literal
 
-from cilia.proxy.accesslog import AccessLogSender, FlowEncoder
+from cilia.proxy.accesslog import AccessLogSender, FlowEncoder, record
 from cilia.proxy.policy import Judgement, Request
 from cilia.proxy.transparent import Connection
 
@@ -36,6 +36,12 @@ class AccessLog:
         p = conn.parties
         self.encoder = FlowEncoder(conn.client_ip, conn.client_port, conn.server_ip, conn.server_port,
                                    p.client_identity, p.server_identity)
+        # the record bodies (FlowEncoder.body) of the last request and judgement, by kind: a client
+        # repeating its request (the same Request object, http1fast's kept head; the same Judgement,
+        # ConnectionJudge's memo) has the same bodies
+        self._request: Request | None = None
+        self._judgement: Judgement | None = None
+        self._bodies: dict[str, bytes] = {}
 
     def request(self, request: Request, judgement: Judgement) -> None:
         self.counter.by_verdict[judgement.verdict] += 1
@@ -56,10 +62,17 @@ class AccessLog:
               latency_ns: int) -> None:
         if self.sender is None:
             return
-        # hand-built (FlowEncoder): a dataclass and json.dumps cost ~50 µs a record, two records a request;
-        # sent with the others of this loop iteration (send_soon): the sendto cost more than the encoding
-        self.sender.send_soon(self.encoder.http(
-            time.time_ns(), kind, judgement.verdict, judgement.endpoint_id, judgement.ingress, judgement.policies,
-            latency_ns, "; ".join(f"headerMatches mismatch {n}: {a}" for n, _v, a in judgement.mismatches)
-            if judgement.mismatches else "",
-            request.method, request.url, request.protocol, code, request.header_list if kind == "REQUEST" else ()))
+        if request is not self._request or judgement is not self._judgement:
+            self._request, self._judgement = request, judgement
+            self._bodies.clear()
+        body = self._bodies.get(kind)
+        if body is None:
+            body = self._bodies[kind] = self.encoder.body(
+                kind, judgement.verdict, judgement.endpoint_id, judgement.ingress, judgement.policies,
+                "; ".join(f"headerMatches mismatch {n}: {a}" for n, _v, a in judgement.mismatches)
+                if judgement.mismatches else "",
+                request.method, request.url, request.protocol, request.header_list if kind == "REQUEST" else ())
+        # hand-built, the body kept for a repeated request (a dataclass and json.dumps cost ~50 µs a
+        # record, two records a request); sent with the others of FLUSH_DELAY (send_soon): a sendto
+        # costs more than the encoding
+        self.sender.send_soon(record(body, time.time_ns(), latency_ns, code))

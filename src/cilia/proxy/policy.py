@@ -244,11 +244,18 @@ class ConnectionJudge:
         self._theirs: EndpointPolicy | None = None
         self._by_headers = True  # the memo is off until the first request's rules are known
         self._memo: dict[tuple[str, str, str], Judgement] = {}
+        self._stamp: bytes | None = None  # the store's generation when both sides' rules were last got
 
     def __call__(self, request: Request) -> Judgement:
         parties = self.parties
-        own = self.store.get(parties.client_endpoint) if parties.client_endpoint else None
-        theirs = self.store.get(parties.server_endpoint) if parties.server_endpoint else None
+        stamp = self.store.stamp()
+        if stamp is not None and stamp == self._stamp:  # no rules file changed since: the same rules
+            own, theirs = self._own, self._theirs
+        else:
+            own = self.store.get(parties.client_endpoint) if parties.client_endpoint else None
+            theirs = self.store.get(parties.server_endpoint) if parties.server_endpoint else None
+            # a broken file is read again at every request (RuleFileStore): never kept here either
+            self._stamp = None if DENY_ALL in (own, theirs) else stamp
         if own is not self._own or theirs is not self._theirs:
             self._own, self._theirs = own, theirs
             self._memo.clear()

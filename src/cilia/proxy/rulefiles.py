@@ -112,6 +112,15 @@ class RuleFileStore(Generic[P]):
         if st is None or (st.st_dev, st.st_ino) != self._mapped_id:
             self._remap()
 
+    def stamp(self) -> bytes | None:
+        """The generation now (a memory read), when `get` would look no further than it: a caller
+        that saw the same stamp at its last `get` of an endpoint may keep what that returned (but
+        a `broken` one, read again every time). None: call `get` (not mapped, or a check is due)."""
+        gen = self._map
+        if gen is None or time.monotonic() >= self._next_check:
+            return None
+        return gen[:8]
+
     def get(self, endpoint_id: int) -> P:
         gen = self._map
         if gen is not None and time.monotonic() >= self._next_check:

@@ -20,6 +20,7 @@ from typing import Protocol
 
 from cilia.flows.build import Flow
 from cilia.flows.filter import FlowFilter
+from cilia.flows.shape import Shape
 
 
 class Subscriber:
@@ -95,6 +96,9 @@ class RecordContext(Protocol):
         """Wire bytes of the record's flow, or None when the context has no fast path for it."""
         ...
 
+    # Optional (looked up with getattr): `shape_key(record) -> bytes | None` and
+    # `shape(record) -> Shape | None` (cilia.flows.shape), for consumers that derive from shapes.
+
 
 class _Entry:
     __slots__ = ("_make", "_value", "seq", "wire")
@@ -129,6 +133,15 @@ class _Entry:
         """The flow's wire bytes by a fast path, if the entry has one (record entries)."""
         return None
 
+    def shape_key(self) -> tuple[RecordContext, bytes] | None:
+        """The record's shape key (cilia.flows.shape) with the context it came in (whose endpoint
+        views the shape's lookups use), if the entry has a record and its context knows shapes."""
+        return None
+
+    def shape(self) -> Shape | None:
+        """The record's shape with its lookups made now (cilia.flows.shape), or None."""
+        return None
+
 
 def _UNBUILT() -> Flow | None:
     raise AssertionError("a record entry is built by its context")
@@ -158,6 +171,15 @@ class RecordEntry(_Entry):
 
     def encode(self) -> bytes | None:
         return self.context.encode(self.record, self.flow_id)
+
+    def shape_key(self) -> tuple[RecordContext, bytes] | None:
+        key_of = getattr(self.context, "shape_key", None)  # optional in a RecordContext
+        key = key_of(self.record) if key_of is not None else None
+        return (self.context, key) if key is not None else None
+
+    def shape(self) -> Shape | None:
+        shape_of = getattr(self.context, "shape", None)
+        return shape_of(self.record) if shape_of is not None else None
 
 
 _PUBLISH = threading.Lock()

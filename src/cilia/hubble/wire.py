@@ -27,6 +27,7 @@ from typing import Any
 from cilia import __version__
 from cilia.flows.build import _OBS_TO_HUBBLE as OBS_TO_HUBBLE  # the slow path's table: one source
 from cilia.flows.build import EndpointLookup, EndpointView, IdentityLookup, NameLookup, RuleLookup, ServiceLookup
+from cilia.flows.shape import Shape
 from cilia.hostport import host_port
 from cilia.hubble.convert import DROP_REASONS, EMITTER, POLICY_VERDICT_DROP_REASONS, TRACE_POINTS
 from cilia.hubble.pb import flow_pb2
@@ -229,6 +230,47 @@ _IS_REPLY_FALSE = field_bytes(_IS_REPLY, b"")
 _EMPTY_ETHERNET = field_bytes(_ETHERNET, b"")
 
 
+_IDS = struct.Struct("<II")
+_SLOT = struct.Struct("<I")
+_ADDRESSES_AT = 1 + 20 + 20  # in a shape key: the L4 kind, record[8:28], record[34:54], then the addresses
+
+
+def shape_key(record: bytes) -> bytes | None:
+    """The key `WireEncoder.encode` caches a TCP or UDP record's fields by, with the L4 kind (TCP's
+    flags, or UDP) first: what the record's flow is made of besides lookups, its time, lengths,
+    ports and sequence numbers (cilia.flows.shape). None for a record not cached by shape (not
+    TCP / UDP over IPv4 / IPv6, cut short, a trace through a service, not a trace / drop /
+    policy verdict). The same tests as encode's, which stay inline there (its hot path)."""
+    size = len(record)
+    if size < 74:
+        return None
+    etype = record[8]
+    if not ((etype == EVENT_TRACE and record[36:40] == b"\0\0\0\0") or etype in _DROP_OR_VERDICT):
+        return None
+    end = HEADER_SIZE + (record[32] | record[33] << 8)
+    if end > size:
+        end = size
+    if end < 74:
+        return None
+    ethertype = record[52:54]
+    if ethertype == b"\x08\x00":
+        at, proto, addresses = 54 + (record[54] & 0x0F) * 4, record[63], record[66:74]
+    elif ethertype == b"\x86\xdd" and end >= 94:
+        at, proto, addresses = 94, record[60], record[62:94]
+    else:
+        return None
+    if proto == 6 and end >= at + 14:
+        kind = record[at + 13] & 0x3F
+    elif proto == 17 and end >= at + 4:
+        kind = _UDP
+    else:
+        return None
+    return _KIND_BYTES[kind] + record[8:28] + record[34:54] + addresses
+
+
+_KIND_BYTES = [bytes([kind]) for kind in range(_UDP + 1)]
+
+
 def _ip_string(raw: bytes) -> str:
     if len(raw) == 4:
         return socket.inet_ntop(socket.AF_INET, raw)  # the same text as ipaddress for IPv4
@@ -405,6 +447,19 @@ class WireEncoder:
         # a trace's summary is its TCP flags (written per flow: the shape is the same for all flags)
         shapes[key] = (source, destination, *looked, body, None if etype == EVENT_TRACE and kind < _UDP else summary)
         return self._response(body, l4, summary, ktime, flow_id)
+
+    def shape(self, record: bytes, endpoints: EndpointLookup) -> Shape | None:
+        """The record's shape (cilia.flows.shape): its `shape_key` and the lookups `encode` would
+        make for it now; None for a record whose flow is not cached by shape."""
+        key = shape_key(record)
+        if key is None:
+            return None
+        src_id, dst_id = _IDS.unpack_from(record, 20)
+        _ip_field, source, destination = self._ips.get(key[_ADDRESSES_AT:])
+        src_view, dst_view, extra = self._lookups(source, destination, src_id, dst_id,
+                                                  _rule_id(record[8], record[9], _SLOT.unpack_from(record, 36)[0]),
+                                                  endpoints)
+        return key, src_view, dst_view, extra
 
     def _lookups(self, source: str, destination: str, src_id: int, dst_id: int, rule_id: int,
                  endpoints: EndpointLookup) -> _Looked:

@@ -50,6 +50,9 @@ class _Context:
             return None
         return self._pump.encoder.encode(record, flow_id, self._views.get)
 
+    def encode_many(self, records: list[bytes], flow_ids: list[str]) -> list[bytes | None]:
+        return self._pump.encoder.encode_many(records, flow_ids, self._views.get)  # None for a sock event
+
     shape_key = staticmethod(shape_key)  # flows by shape, for the metrics' tap (cilia.flows.shape)
 
     def shape(self, record: bytes) -> Shape | None:

@@ -16,7 +16,7 @@ import threading
 import uuid
 from collections import deque
 from collections.abc import Callable, Iterable
-from typing import Protocol
+from typing import Protocol, cast
 
 from cilia.flows.build import Flow
 from cilia.flows.filter import FlowFilter
@@ -97,7 +97,8 @@ class RecordContext(Protocol):
         ...
 
     # Optional (looked up with getattr): `shape_key(record) -> bytes | None` and
-    # `shape(record) -> Shape | None` (cilia.flows.shape), for consumers that derive from shapes.
+    # `shape(record) -> Shape | None` (cilia.flows.shape), for consumers that derive from shapes;
+    # `encode_many(records, flow_ids) -> list[bytes | None]`, encode for a batch (encode_entries).
 
 
 class _Entry:
@@ -180,6 +181,31 @@ class RecordEntry(_Entry):
     def shape(self) -> Shape | None:
         shape_of = getattr(self.context, "shape", None)
         return shape_of(self.record) if shape_of is not None else None
+
+
+def encode_entries(entries: list[_Entry]) -> list[bytes | None]:
+    """Each entry's `encode()`, a context's record entries at once where the context can
+    (`encode_many(records, flow_ids)`, optional in a RecordContext); None where there is no fast
+    path, and for entries of other kinds (the caller's slow path decides)."""
+    out: list[bytes | None] = [None] * len(entries)
+    runs: dict[RecordContext, list[int]] = {}
+    for index, entry in enumerate(entries):
+        if type(entry) is RecordEntry:
+            run = runs.get(entry.context)
+            if run is None:
+                run = runs[entry.context] = []
+            run.append(index)
+    for context, indices in runs.items():
+        many = getattr(context, "encode_many", None)
+        if many is None:
+            for index in indices:
+                out[index] = entries[index].encode()
+            continue
+        records = [cast(RecordEntry, entries[index]).record for index in indices]
+        flow_ids = [cast(RecordEntry, entries[index]).flow_id for index in indices]
+        for index, data in zip(indices, many(records, flow_ids), strict=True):
+            out[index] = data
+    return out
 
 
 _PUBLISH = threading.Lock()

@@ -395,7 +395,17 @@ class WireEncoder:
         return field_bytes(_IP, body), source, destination
 
     # ----- the record ----------------------------------------------------------------------------
-    def encode(self, record: bytes, flow_id: str, endpoints: EndpointLookup) -> bytes | None:
+    def encode_many(self, records: list[bytes], flow_ids: list[str], endpoints: EndpointLookup,
+                    ) -> list[bytes | None]:
+        """`encode` of records read at once (a follower's batch): a shape met again in the batch
+        is not checked against the lookups again (they are made once a batch, as they would be
+        for one record; the check is most of what a record of a known shape costs)."""
+        checked: dict[bytes, _Shape] = {}
+        encode = self.encode
+        return [encode(record, flow_id, endpoints, checked) for record, flow_id in zip(records, flow_ids, strict=True)]
+
+    def encode(self, record: bytes, flow_id: str, endpoints: EndpointLookup,
+               checked: dict[bytes, _Shape] | None = None) -> bytes | None:
         """GetFlowsResponse bytes for a trace / drop / policy-verdict record; None: the slow path's.
 
         A TCP or UDP packet over IPv4 or IPv6 (nearly every event) is encoded from its shape's
@@ -434,9 +444,13 @@ class WireEncoder:
         cached = shapes.get(key)
         if cached is not None:
             source, destination, src_view, dst_view, extra, body, shape_summary = cached
-            if (endpoints(source) is src_view and endpoints(destination) is dst_view
-                    and (extra is None or extra == self._extra(source, destination, src_view, dst_view, src_id,
-                                                               dst_id, rule_id))):
+            # `checked`: the shapes this batch has checked (the key fixes every lookup's argument)
+            if ((checked is not None and checked.get(key) is cached)
+                    or (endpoints(source) is src_view and endpoints(destination) is dst_view
+                        and (extra is None or extra == self._extra(source, destination, src_view, dst_view, src_id,
+                                                                   dst_id, rule_id)))):
+                if checked is not None:
+                    checked[key] = cached
                 summary = _FLAGS_SUMMARY[kind] if shape_summary is None else shape_summary
                 return self._response(body, _l4(kind, sport, dport), summary, ktime, flow_id)
         _ip_field, source, destination = self._ips.get(addresses)
@@ -445,7 +459,10 @@ class WireEncoder:
         if len(shapes) >= _SHAPES:
             shapes.clear()
         # a trace's summary is its TCP flags (written per flow: the shape is the same for all flags)
-        shapes[key] = (source, destination, *looked, body, None if etype == EVENT_TRACE and kind < _UDP else summary)
+        made = shapes[key] = (source, destination, *looked, body,
+                              None if etype == EVENT_TRACE and kind < _UDP else summary)
+        if checked is not None:
+            checked[key] = made
         return self._response(body, l4, summary, ktime, flow_id)
 
     def shape(self, record: bytes, endpoints: EndpointLookup) -> Shape | None:

@@ -135,6 +135,7 @@ _RESPONSE_FLOW, _RESPONSE_NODE_NAME, _RESPONSE_TIME = 1, 1000, 1001
 _RESPONSE_FLOW_TAG = _t(_RESPONSE_FLOW)
 _RESPONSE_TIME_TAG = _t(_RESPONSE_TIME)
 _TIME_TAG = _t(_TIME)
+_FIVE_BYTE_NANOS = -(-(1 << 28) // 1000)  # microseconds from which nanos' varint takes five bytes
 _UUID_TAG = _t(34)
 # (source view, destination view, _extra's: labels of a side with no view, DNS names, the rule)
 _Looked = tuple[EndpointView | None, EndpointView | None, tuple[Any, ...] | None]
@@ -338,7 +339,7 @@ class WireEncoder:
         self._traces = _Cache(self._trace_fields)
         self._interfaces = _Cache(lambda index: field_bytes(_INTERFACE, field_varint(1, index)))
         self._summaries = _Cache(lambda text: field_string(_SUMMARY, text))
-        self._second: tuple[float, bytes, bytes] = (-1.0, b"", b"")
+        self._second: tuple[float, bytes, bytes, bytes] = (-1.0, b"", b"", b"")
         # TCP's and UDP's shapes: key -> (source, destination, their views, _extra's, the fields but
         # L4, summary, time and uuid, the summary field or None: by TCP flags)
         self._tcp_shapes: dict[bytes, _Shape] = {}
@@ -509,36 +510,32 @@ class WireEncoder:
         # fraction to microseconds half-even), without making a datetime.
         fraction, whole = modf((self._boot_time_ns + ktime) / 1e9)
         micros = round(fraction * 1e6)
-        second = self._second  # one attribute (the float, its field, + nanos' tag): two threads see a whole
+        second = self._second  # one attribute (the float, its stamps' starts): two threads see a whole
         if second[0] != whole or micros >= 1_000_000:
             seconds = int(whole)
             if micros >= 1_000_000:
                 seconds, micros = seconds + 1, micros - 1_000_000
             made = field_varint(1, seconds)
-            second = (whole, made, made + b"\x10")
+            # the Timestamp with no nanos (its size, its seconds), the start of one whose nanos take
+            # five bytes (the size, the seconds, nanos' tag), and the seconds with nanos' tag
+            second = (whole, _SMALL[len(made)] + made, _SMALL[len(made) + 6] + made + b"\x10", made + b"\x10")
             if micros < 1_000_000:
                 self._second = second
-        # the stamp in up to four pieces, each written twice (the flow's time, the response's)
-        if micros:
-            nanos = micros * 1000  # 1,000 .. 999,999,000: most take 5 bytes
-            first = second[2]
-            if nanos >= 1 << 28:
-                low, middle, high = _LOW14[nanos & 0x3FFF], _LOW14[nanos >> 14 & 0x3FFF], _SMALL[nanos >> 28]
-                stamp_size = _SMALL[len(first) + 5]
-            else:
-                low, middle, high = varint(nanos), b"", b""
-                stamp_size = _SMALL[len(first) + len(low)]
+        # the stamp (size and all), written twice: the flow's time, the response's
+        if micros >= _FIVE_BYTE_NANOS:  # most do: 1 << 28 ns .. 1 s
+            nanos = micros * 1000
+            stamp = second[2] + _LOW14[nanos & 0x3FFF] + _LOW14[nanos >> 14 & 0x3FFF] + _SMALL[nanos >> 28]
+        elif micros:
+            low, first = varint(micros * 1000), second[3]
+            stamp = _SMALL[len(first) + len(low)] + first + low
         else:
-            first, low, middle, high = second[1], b"", b"", b""
-            stamp_size = _SMALL[len(first)]
+            stamp = second[1]
         uuid = flow_id.encode()
-        uuid_size = (_SMALL[len(uuid)] if len(uuid) < 16384 else varint(len(uuid))) if uuid else b""
-        size = (len(body) + len(l4) + len(summary) + 1 + len(stamp_size) + stamp_size[0]
-                + (2 + len(uuid_size) + len(uuid) if uuid else 0))
+        uuid_field = _UUID_TAG + (_SMALL[len(uuid)] if len(uuid) < 16384 else varint(len(uuid))) + uuid \
+            if uuid else b""
+        size = len(body) + len(l4) + len(summary) + 1 + len(stamp) + len(uuid_field)
         return b"".join((_RESPONSE_FLOW_TAG, _SMALL[size] if size < 16384 else varint(size), body, l4, summary,
-                         _TIME_TAG,
-                         stamp_size, first, low, middle, high, _UUID_TAG if uuid else b"", uuid_size, uuid,
-                         self._response_node, _RESPONSE_TIME_TAG, stamp_size, first, low, middle, high))
+                         _TIME_TAG, stamp, uuid_field, self._response_node, _RESPONSE_TIME_TAG, stamp))
 
     def _fields(self, record: bytes, endpoints: EndpointLookup, looked: _Looked | None = None,
                 ) -> tuple[bytes, bytes, bytes]:

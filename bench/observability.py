@@ -34,9 +34,14 @@ from bench.tools import cps, iperf3, sockperf, write_results
 from cilia.bpf import BpfMap
 from cilia.flows.build import EndpointView, Flow, FlowBuilder
 from cilia.flows.ring import FlowRing
+from cilia.flows.shape import Shape
+from cilia.flows.tap import FlowTap
 from cilia.hubble.convert import convert
+from cilia.hubble.metrics.options import parse_metrics
+from cilia.hubble.metrics.processor import FlowMetrics
+from cilia.hubble.namespaces import NamespaceTracker
 from cilia.hubble.pb import flow_pb2, observer_pb2
-from cilia.hubble.wire import WireEncoder
+from cilia.hubble.wire import WireEncoder, shape_key
 from cilia.lab.lab import PYTHON, Lab, cleanup_leftovers
 from cilia.lab.topology import parse_topology
 from cilia.maps.events import LOST_KEY, lost_total
@@ -84,6 +89,16 @@ class _Context:
 
     def encode(self, record: bytes, flow_id: str) -> bytes | None:
         return self.encoder.encode(record, flow_id, self.views) if self.fast else None
+
+    def encode_many(self, records: list[bytes], flow_ids: list[str]) -> list[bytes | None]:
+        if not self.fast:
+            return [None] * len(records)
+        return self.encoder.encode_many(records, flow_ids, self.views)
+
+    shape_key = staticmethod(shape_key)
+
+    def shape(self, record: bytes) -> Shape | None:
+        return self.encoder.shape(record, self.views)
 
 
 _STREAM_CLIENT = """
@@ -233,6 +248,13 @@ def pipeline_stages(count: int = 20_000) -> dict[str, Any]:
         return ring
 
     out["ingest_us"], out["ingest_per_cpu_s"] = _per_flow(ingest, count)
+    # the Hubble metrics (the overhead bench's) and the namespace tracker fed by a tap: by shape (one
+    # flow built a shape), and by flow (every flow built, as a consumer that reads ports must be fed)
+    for label, consumers in (("by_shape", lambda: [FlowMetrics(parse_metrics(OBS_ON[3])), NamespaceTracker()]),
+                             ("by_flow", lambda: [FlowMetrics(parse_metrics(f"{OBS_ON[3]} port-distribution"))])):
+        tap = FlowTap(ingest(), consumers(), budget=None)
+        tap._cursor = 0
+        out[f"metrics_tap_{label}_us"], out[f"metrics_tap_{label}_per_cpu_s"] = _per_flow(tap.step, count)
     flows: list[Flow] = []
     out["decode_build_us"], out["decode_build_per_cpu_s"] = _per_flow(
         lambda: flows.extend(builder.build(decode(r)) for r in records), count)

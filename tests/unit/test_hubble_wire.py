@@ -232,16 +232,22 @@ def test_records_of_close_shapes_each_get_the_slow_paths_message(raws: list[byte
         assert got is not None and observer_pb2.GetFlowsResponse.FromString(got) == want
 
 
-def test_a_shape_is_made_again_when_its_lookups_change() -> None:
-    """Everything a cached shape was made of besides the record is looked up again for every flow:
-    an endpoint's view (replaced), an identity's labels, DNS names and the rule (even changed in place)."""
+@pytest.mark.parametrize("batched", [False, True])
+def test_a_shape_is_made_again_when_its_lookups_change(batched: bool) -> None:
+    """Everything a cached shape was made of besides the record is looked up again for every flow
+    (batched: every batch, encode_many): an endpoint's view (replaced), an identity's labels, DNS
+    names and the rule (even changed in place)."""
     views: dict[str, EndpointView] = dict(VIEWS6)
     labels: dict[int, list[str]] = {k: list(v) for k, v in LABELS.items()}
     names: dict[tuple[int, str], list[str]] = {k: list(v) for k, v in NAMES.items()}
     rules: dict[int, dict[str, Any]] = {k: dict(v) for k, v in RULES_ALL.items()}
 
     def check(raw: bytes) -> observer_pb2.GetFlowsResponse:
-        encoder_out = encoder.encode(raw, "u", views.get)
+        if batched:  # the record twice in a batch: the second is not checked again, the same bytes
+            first, encoder_out = encoder.encode_many([raw, raw], ["u", "u"], views.get)
+            assert first == encoder_out
+        else:
+            encoder_out = encoder.encode(raw, "u", views.get)
         builder = FlowBuilder("n1", views.get, lambda i: list(labels.get(i, [])), BOOT_NS, rules.get, SERVICES.get,
                               names=lambda e, ip: list(names.get((e, ip), [])))
         want = _response(convert(builder.build(decode(raw), views.get, "u")), None)
@@ -272,6 +278,22 @@ def test_a_shape_is_made_again_when_its_lookups_change() -> None:
     del rules[5]
     assert not check(verdict).flow.ingress_allowed_by
     assert len(encoder._tcp_shapes) == 3  # one a shape: remade, not added
+
+
+@settings(max_examples=500, deadline=None)
+@given(close_records(), st.lists(records(), max_size=6), st.randoms(use_true_random=False))
+def test_a_batch_is_encoded_as_each_record_alone(close: list[bytes], others: list[bytes], rng: Any) -> None:
+    """encode_many (a shape's lookups checked once a batch) gives, byte for byte, what a fresh
+    encoder gives each record alone, for a batch of close shapes, others, and repeats."""
+    raws = close + others + close
+    rng.shuffle(raws)
+    ids = [f"u{n}" for n in range(len(raws))]
+    encoder = WireEncoder("n1", identities, BOOT_NS, RULES_ALL.get, SERVICES.get, names_of)
+    for _ in range(2):  # shapes made in the batch, then all met before
+        got = encoder.encode_many(raws, ids, VIEWS6.get)
+        for raw, flow_id, data in zip(raws, ids, got, strict=True):
+            alone = WireEncoder("n1", identities, BOOT_NS, RULES_ALL.get, SERVICES.get, names_of)
+            assert data == alone.encode(raw, flow_id, VIEWS6.get)
 
 
 def test_fixed_records_of_every_kind() -> None:
@@ -390,9 +412,23 @@ def test_record_entries_are_served_as_the_slow_path_would(tmp_path: Path) -> Non
         slow_server.stop(0)
 
 
-def test_a_follower_gets_new_record_batches_once(tmp_path: Path) -> None:
+class BatchContext(Context):
+    """The pump's context with its batch path (encode_many), as the Hubble server's follower uses it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.batches: list[int] = []
+
+    def encode_many(self, raws: list[bytes], flow_ids: list[str]) -> list[bytes | None]:
+        self.batches.append(len(raws))
+        return ENCODER.encode_many(raws, flow_ids, VIEWS6.get)
+
+
+@pytest.mark.parametrize("batched", [False, True])
+def test_a_follower_gets_new_record_batches_once(tmp_path: Path, batched: bool) -> None:
     ring = FlowRing(64)
-    ring.add_records(RECORDS[:2], Context())
+    make: Any = BatchContext if batched else Context
+    ring.add_records(RECORDS[:2], make())
     server = serve(ring, tmp_path)
     got: list[observer_pb2.GetFlowsResponse] = []
     try:
@@ -407,7 +443,8 @@ def test_a_follower_gets_new_record_batches_once(tmp_path: Path) -> None:
             reader = threading.Thread(target=read)
             reader.start()
             wait_for(lambda: len(got) == 1, timeout=5)
-            ring.add_records(RECORDS[2:], Context())
+            context = make()
+            ring.add_records(RECORDS[2:], context)
             wait_for(lambda: len(got) == 4, timeout=5)
             stream.cancel()
             reader.join(5)
@@ -416,6 +453,10 @@ def test_a_follower_gets_new_record_batches_once(tmp_path: Path) -> None:
     entries = ring.entries()
     assert [r.flow.uuid for r in got] == [entries[i].flow_id for i in (1, 2, 3, 5)]
     assert got[3].flow.l4.WhichOneof("protocol") == "ICMPv6"
+    assert [r.SerializeToString() for r in got[1:]] == [slow(RECORDS[i], entries[i].flow_id).SerializeToString()
+                                                        for i in (2, 3, 5)]
+    if batched:  # the followed batch went to encode_many at once (the history's record alone)
+        assert context.batches == [len(RECORDS) - 2]
 
 
 MASK_PATHS = ["time", "time.seconds", "uuid", "verdict", "drop_reason", "drop_reason_desc", "ethernet",

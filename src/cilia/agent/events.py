@@ -22,7 +22,8 @@ from cilia.bpf import RingBufferReader
 from cilia.endpoint.manager import EndpointManager
 from cilia.flows.build import EndpointView, Flow, FlowBuilder, NameLookup, RuleLookup, ServiceLookup
 from cilia.flows.ring import FlowRing, RecordRing
-from cilia.hubble.wire import WireEncoder
+from cilia.flows.shape import Shape
+from cilia.hubble.wire import WireEncoder, shape_key
 from cilia.identity.allocator import IdentityAllocator
 from cilia.monitor.events import EVENT_SOCK, DecodeError, decode, decode_sock, event_type
 from cilia.netlink.netns import netns_cookie
@@ -48,6 +49,14 @@ class _Context:
         if event_type(record) == EVENT_SOCK:
             return None
         return self._pump.encoder.encode(record, flow_id, self._views.get)
+
+    def encode_many(self, records: list[bytes], flow_ids: list[str]) -> list[bytes | None]:
+        return self._pump.encoder.encode_many(records, flow_ids, self._views.get)  # None for a sock event
+
+    shape_key = staticmethod(shape_key)  # flows by shape, for the metrics' tap (cilia.flows.shape)
+
+    def shape(self, record: bytes) -> Shape | None:
+        return self._pump.encoder.shape(record, self._views.get)
 
 
 class _RawContext:

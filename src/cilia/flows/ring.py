@@ -16,10 +16,11 @@ import threading
 import uuid
 from collections import deque
 from collections.abc import Callable, Iterable
-from typing import Protocol
+from typing import Protocol, cast
 
 from cilia.flows.build import Flow
 from cilia.flows.filter import FlowFilter
+from cilia.flows.shape import Shape
 
 
 class Subscriber:
@@ -95,6 +96,10 @@ class RecordContext(Protocol):
         """Wire bytes of the record's flow, or None when the context has no fast path for it."""
         ...
 
+    # Optional (looked up with getattr): `shape_key(record) -> bytes | None` and
+    # `shape(record) -> Shape | None` (cilia.flows.shape), for consumers that derive from shapes;
+    # `encode_many(records, flow_ids) -> list[bytes | None]`, encode for a batch (encode_entries).
+
 
 class _Entry:
     __slots__ = ("_make", "_value", "seq", "wire")
@@ -129,6 +134,15 @@ class _Entry:
         """The flow's wire bytes by a fast path, if the entry has one (record entries)."""
         return None
 
+    def shape_key(self) -> tuple[RecordContext, bytes] | None:
+        """The record's shape key (cilia.flows.shape) with the context it came in (whose endpoint
+        views the shape's lookups use), if the entry has a record and its context knows shapes."""
+        return None
+
+    def shape(self) -> Shape | None:
+        """The record's shape with its lookups made now (cilia.flows.shape), or None."""
+        return None
+
 
 def _UNBUILT() -> Flow | None:
     raise AssertionError("a record entry is built by its context")
@@ -158,6 +172,40 @@ class RecordEntry(_Entry):
 
     def encode(self) -> bytes | None:
         return self.context.encode(self.record, self.flow_id)
+
+    def shape_key(self) -> tuple[RecordContext, bytes] | None:
+        key_of = getattr(self.context, "shape_key", None)  # optional in a RecordContext
+        key = key_of(self.record) if key_of is not None else None
+        return (self.context, key) if key is not None else None
+
+    def shape(self) -> Shape | None:
+        shape_of = getattr(self.context, "shape", None)
+        return shape_of(self.record) if shape_of is not None else None
+
+
+def encode_entries(entries: list[_Entry]) -> list[bytes | None]:
+    """Each entry's `encode()`, a context's record entries at once where the context can
+    (`encode_many(records, flow_ids)`, optional in a RecordContext); None where there is no fast
+    path, and for entries of other kinds (the caller's slow path decides)."""
+    out: list[bytes | None] = [None] * len(entries)
+    runs: dict[RecordContext, list[int]] = {}
+    for index, entry in enumerate(entries):
+        if type(entry) is RecordEntry:
+            run = runs.get(entry.context)
+            if run is None:
+                run = runs[entry.context] = []
+            run.append(index)
+    for context, indices in runs.items():
+        many = getattr(context, "encode_many", None)
+        if many is None:
+            for index in indices:
+                out[index] = entries[index].encode()
+            continue
+        records = [cast(RecordEntry, entries[index]).record for index in indices]
+        flow_ids = [cast(RecordEntry, entries[index]).flow_id for index in indices]
+        for index, data in zip(indices, many(records, flow_ids), strict=True):
+            out[index] = data
+    return out
 
 
 _PUBLISH = threading.Lock()

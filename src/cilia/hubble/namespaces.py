@@ -20,6 +20,8 @@ import time
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
+from cilia.flows.ring import FlowEntry
+from cilia.flows.shape import Shape, ShapeCache
 from cilia.hubble.pb import flow_pb2, observer_pb2
 
 TTL_NS = 3600 * 10**9
@@ -41,6 +43,7 @@ class NamespaceTracker:
         self._cluster = cluster
         self._seen: dict[str, int] = {}  # namespace -> last seen (ns since the epoch)
         self._lock = threading.Lock()
+        self._by_shape: ShapeCache[tuple[str, str]] = ShapeCache(_namespaces)
 
     def add(self, namespace: str, seen_ns: int) -> None:
         if not namespace:
@@ -67,12 +70,27 @@ class NamespaceTracker:
     # ----- cilia.flows.tap.FlowConsumer -----------------------------------------------------------
     def consume(self, flow: Mapping[str, Any]) -> None:
         now = self._clock()
-        for side in ("source", "destination"):
-            endpoint = flow.get(side) or {}
-            self.add(str(endpoint.get("namespace") or ""), now)
+        for namespace in _namespaces(flow):
+            self.add(namespace, now)
+
+    # the namespaces are a shape's (cilia.flows.shape): the tap hands flows grouped by shape
+    takes_shapes = True
+
+    def consume_shape(self, shape: Shape, entry: FlowEntry, count: int) -> None:
+        names = self._by_shape.get(shape, entry)
+        if names:
+            now = self._clock()
+            for namespace in names:
+                self.add(namespace, now)
 
     def flush(self) -> None:
         pass
 
     def missed(self, count: int) -> None:
         pass  # flows the tap skipped are still read from the buffer at the next GetNamespaces
+
+
+def _namespaces(flow: Mapping[str, Any]) -> tuple[str, str]:
+    """The namespaces of a flow's source and destination ("" for none)."""
+    return (str((flow.get("source") or {}).get("namespace") or ""),
+            str((flow.get("destination") or {}).get("namespace") or ""))

@@ -39,7 +39,7 @@ from grpc_health.v1.health import aio as health_aio
 
 from cilia import __version__
 from cilia.agent.config import AgentConfig
-from cilia.flows.ring import EntrySubscriber, FlowEntry, FlowRing
+from cilia.flows.ring import EntrySubscriber, FlowEntry, FlowRing, encode_entries
 from cilia.flows.tap import FlowTap
 from cilia.hubble import agent_events
 from cilia.hubble.agent_events import AgentEventLog
@@ -163,6 +163,20 @@ class FlowSource:
             data = _response(message, None).SerializeToString() if message is not None else b""
         entry.wire = data
         return data
+
+    def wire_many(self, entries: list[FlowEntry]) -> list[bytes]:
+        """`wire` of each entry, those not encoded yet a context's batch at once (a follower's
+        batch: cilia.flows.ring.encode_entries); any the batch does not give go as `wire` sends them."""
+        fresh = [entry for entry in entries if entry.wire is None]
+        if fresh:
+            try:
+                encoded = encode_entries(fresh)
+            except (KeyError, TypeError, ValueError, AttributeError, IndexError):
+                encoded = []  # one record the batch could not take: each is tried alone, below
+            for entry, data in zip(fresh, encoded, strict=False):
+                if data is not None:
+                    entry.wire = data
+        return [entry.wire if entry.wire is not None else self.wire(entry) for entry in entries]
 
     def history(self) -> tuple[list[Served], int]:
         """Every buffered flow, oldest first, and the sequence number the history ends at."""
@@ -338,38 +352,56 @@ class ObserverService(observer_pb2_grpc.ObserverServicer):
                     entries, pending = pending, None
                 else:
                     entries = await subscriber.batch()
-                if budget is not None:
-                    budget.start()
-                for index, entry in enumerate(entries):
-                    if budget is not None and budget.spent():
-                        over_budget += sum(1 for e in entries[index:] if e.seq > last_seq)
-                        if subscriber.lost + over_budget > lost:  # told now: nothing else may come soon
+                if budget is None and not parse and masked is None:
+                    # the common follower (`hubble observe -f`: no filter, mask or budget): the
+                    # batch encoded at once, sent after what was lost before it
+                    fresh = [entry for entry in entries if entry.seq > last_seq]  # not sent with the history
+                    if fresh:
+                        if subscriber.lost > lost:
+                            out.append(_lost(flow_pb2.HUBBLE_RING_BUFFER, subscriber.lost - lost, node)
+                                       .SerializeToString())
+                            lost = subscriber.lost
+                        if ring.events_lost > datapath_lost:
+                            out.append(_lost(flow_pb2.PERF_EVENT_RING_BUFFER, ring.events_lost - datapath_lost,
+                                             node).SerializeToString())
+                            datapath_lost = ring.events_lost
+                        out.extend([data for data in source.wire_many(fresh) if data])
+                else:
+                    if budget is not None:
+                        budget.start()
+                        wires = None  # encoded one at a time: the budget may stop the batch anywhere
+                    else:
+                        wires = source.wire_many(entries)
+                    for index, entry in enumerate(entries):
+                        if budget is not None and budget.spent():
+                            over_budget += sum(1 for e in entries[index:] if e.seq > last_seq)
+                            if subscriber.lost + over_budget > lost:  # told now: nothing else may come soon
+                                out.append(_lost(flow_pb2.HUBBLE_RING_BUFFER, subscriber.lost + over_budget - lost,
+                                                 node).SerializeToString())
+                                lost = subscriber.lost + over_budget
+                            break
+                        if entry.seq <= last_seq:
+                            continue  # sent with the history
+                        if subscriber.lost + over_budget > lost:
                             out.append(_lost(flow_pb2.HUBBLE_RING_BUFFER, subscriber.lost + over_budget - lost,
                                              node).SerializeToString())
                             lost = subscriber.lost + over_budget
-                        break
-                    if entry.seq <= last_seq:
-                        continue  # sent with the history
-                    if subscriber.lost + over_budget > lost:
-                        out.append(_lost(flow_pb2.HUBBLE_RING_BUFFER, subscriber.lost + over_budget - lost,
-                                         node).SerializeToString())
-                        lost = subscriber.lost + over_budget
-                    if ring.events_lost > datapath_lost:
-                        out.append(_lost(flow_pb2.PERF_EVENT_RING_BUFFER, ring.events_lost - datapath_lost,
-                                         node).SerializeToString())
-                        datapath_lost = ring.events_lost
-                    data = source.wire(entry)
-                    if not data:
-                        continue
-                    if parse:
-                        new = Served(data).flow()
-                        if until is not None and new.time.ToNanoseconds() > until:
-                            if out:
-                                yield out
-                            return
-                        if not filters.matches(new):
+                        if ring.events_lost > datapath_lost:
+                            out.append(_lost(flow_pb2.PERF_EVENT_RING_BUFFER, ring.events_lost - datapath_lost,
+                                             node).SerializeToString())
+                            datapath_lost = ring.events_lost
+                        data = wires[index] if wires is not None else source.wire(entry)
+                        if not data:
                             continue
-                    out.append(data if masked is None else masked(data))
+                        if parse:
+                            new = Served(data).flow()
+                            if until is not None and new.time.ToNanoseconds() > until:
+                                if out:
+                                    yield out
+                                return
+                            if not filters.matches(new):
+                                continue
+                        out.append(data if masked is None else masked(data))
                 if budget is not None:
                     budget.stop()
                 if follow_only and last_seq < pending_upto:

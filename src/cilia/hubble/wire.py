@@ -27,6 +27,7 @@ from typing import Any
 from cilia import __version__
 from cilia.flows.build import _OBS_TO_HUBBLE as OBS_TO_HUBBLE  # the slow path's table: one source
 from cilia.flows.build import EndpointLookup, EndpointView, IdentityLookup, NameLookup, RuleLookup, ServiceLookup
+from cilia.flows.shape import Shape
 from cilia.hostport import host_port
 from cilia.hubble.convert import DROP_REASONS, EMITTER, POLICY_VERDICT_DROP_REASONS, TRACE_POINTS
 from cilia.hubble.pb import flow_pb2
@@ -134,6 +135,7 @@ _RESPONSE_FLOW, _RESPONSE_NODE_NAME, _RESPONSE_TIME = 1, 1000, 1001
 _RESPONSE_FLOW_TAG = _t(_RESPONSE_FLOW)
 _RESPONSE_TIME_TAG = _t(_RESPONSE_TIME)
 _TIME_TAG = _t(_TIME)
+_FIVE_BYTE_NANOS = -(-(1 << 28) // 1000)  # microseconds from which nanos' varint takes five bytes
 _UUID_TAG = _t(34)
 # (source view, destination view, _extra's: labels of a side with no view, DNS names, the rule)
 _Looked = tuple[EndpointView | None, EndpointView | None, tuple[Any, ...] | None]
@@ -229,6 +231,47 @@ _IS_REPLY_FALSE = field_bytes(_IS_REPLY, b"")
 _EMPTY_ETHERNET = field_bytes(_ETHERNET, b"")
 
 
+_IDS = struct.Struct("<II")
+_SLOT = struct.Struct("<I")
+_ADDRESSES_AT = 1 + 20 + 20  # in a shape key: the L4 kind, record[8:28], record[34:54], then the addresses
+
+
+def shape_key(record: bytes) -> bytes | None:
+    """The key `WireEncoder.encode` caches a TCP or UDP record's fields by, with the L4 kind (TCP's
+    flags, or UDP) first: what the record's flow is made of besides lookups, its time, lengths,
+    ports and sequence numbers (cilia.flows.shape). None for a record not cached by shape (not
+    TCP / UDP over IPv4 / IPv6, cut short, a trace through a service, not a trace / drop /
+    policy verdict). The same tests as encode's, which stay inline there (its hot path)."""
+    size = len(record)
+    if size < 74:
+        return None
+    etype = record[8]
+    if not ((etype == EVENT_TRACE and record[36:40] == b"\0\0\0\0") or etype in _DROP_OR_VERDICT):
+        return None
+    end = HEADER_SIZE + (record[32] | record[33] << 8)
+    if end > size:
+        end = size
+    if end < 74:
+        return None
+    ethertype = record[52:54]
+    if ethertype == b"\x08\x00":
+        at, proto, addresses = 54 + (record[54] & 0x0F) * 4, record[63], record[66:74]
+    elif ethertype == b"\x86\xdd" and end >= 94:
+        at, proto, addresses = 94, record[60], record[62:94]
+    else:
+        return None
+    if proto == 6 and end >= at + 14:
+        kind = record[at + 13] & 0x3F
+    elif proto == 17 and end >= at + 4:
+        kind = _UDP
+    else:
+        return None
+    return _KIND_BYTES[kind] + record[8:28] + record[34:54] + addresses
+
+
+_KIND_BYTES = [bytes([kind]) for kind in range(_UDP + 1)]
+
+
 def _ip_string(raw: bytes) -> str:
     if len(raw) == 4:
         return socket.inet_ntop(socket.AF_INET, raw)  # the same text as ipaddress for IPv4
@@ -296,7 +339,7 @@ class WireEncoder:
         self._traces = _Cache(self._trace_fields)
         self._interfaces = _Cache(lambda index: field_bytes(_INTERFACE, field_varint(1, index)))
         self._summaries = _Cache(lambda text: field_string(_SUMMARY, text))
-        self._second: tuple[float, bytes, bytes] = (-1.0, b"", b"")
+        self._second: tuple[float, bytes, bytes, bytes] = (-1.0, b"", b"", b"")
         # TCP's and UDP's shapes: key -> (source, destination, their views, _extra's, the fields but
         # L4, summary, time and uuid, the summary field or None: by TCP flags)
         self._tcp_shapes: dict[bytes, _Shape] = {}
@@ -353,7 +396,17 @@ class WireEncoder:
         return field_bytes(_IP, body), source, destination
 
     # ----- the record ----------------------------------------------------------------------------
-    def encode(self, record: bytes, flow_id: str, endpoints: EndpointLookup) -> bytes | None:
+    def encode_many(self, records: list[bytes], flow_ids: list[str], endpoints: EndpointLookup,
+                    ) -> list[bytes | None]:
+        """`encode` of records read at once (a follower's batch): a shape met again in the batch
+        is not checked against the lookups again (they are made once a batch, as they would be
+        for one record; the check is most of what a record of a known shape costs)."""
+        checked: dict[bytes, _Shape] = {}
+        encode = self.encode
+        return [encode(record, flow_id, endpoints, checked) for record, flow_id in zip(records, flow_ids, strict=True)]
+
+    def encode(self, record: bytes, flow_id: str, endpoints: EndpointLookup,
+               checked: dict[bytes, _Shape] | None = None) -> bytes | None:
         """GetFlowsResponse bytes for a trace / drop / policy-verdict record; None: the slow path's.
 
         A TCP or UDP packet over IPv4 or IPv6 (nearly every event) is encoded from its shape's
@@ -392,9 +445,13 @@ class WireEncoder:
         cached = shapes.get(key)
         if cached is not None:
             source, destination, src_view, dst_view, extra, body, shape_summary = cached
-            if (endpoints(source) is src_view and endpoints(destination) is dst_view
-                    and (extra is None or extra == self._extra(source, destination, src_view, dst_view, src_id,
-                                                               dst_id, rule_id))):
+            # `checked`: the shapes this batch has checked (the key fixes every lookup's argument)
+            if ((checked is not None and checked.get(key) is cached)
+                    or (endpoints(source) is src_view and endpoints(destination) is dst_view
+                        and (extra is None or extra == self._extra(source, destination, src_view, dst_view, src_id,
+                                                                   dst_id, rule_id)))):
+                if checked is not None:
+                    checked[key] = cached
                 summary = _FLAGS_SUMMARY[kind] if shape_summary is None else shape_summary
                 return self._response(body, _l4(kind, sport, dport), summary, ktime, flow_id)
         _ip_field, source, destination = self._ips.get(addresses)
@@ -403,8 +460,24 @@ class WireEncoder:
         if len(shapes) >= _SHAPES:
             shapes.clear()
         # a trace's summary is its TCP flags (written per flow: the shape is the same for all flags)
-        shapes[key] = (source, destination, *looked, body, None if etype == EVENT_TRACE and kind < _UDP else summary)
+        made = shapes[key] = (source, destination, *looked, body,
+                              None if etype == EVENT_TRACE and kind < _UDP else summary)
+        if checked is not None:
+            checked[key] = made
         return self._response(body, l4, summary, ktime, flow_id)
+
+    def shape(self, record: bytes, endpoints: EndpointLookup) -> Shape | None:
+        """The record's shape (cilia.flows.shape): its `shape_key` and the lookups `encode` would
+        make for it now; None for a record whose flow is not cached by shape."""
+        key = shape_key(record)
+        if key is None:
+            return None
+        src_id, dst_id = _IDS.unpack_from(record, 20)
+        _ip_field, source, destination = self._ips.get(key[_ADDRESSES_AT:])
+        src_view, dst_view, extra = self._lookups(source, destination, src_id, dst_id,
+                                                  _rule_id(record[8], record[9], _SLOT.unpack_from(record, 36)[0]),
+                                                  endpoints)
+        return key, src_view, dst_view, extra
 
     def _lookups(self, source: str, destination: str, src_id: int, dst_id: int, rule_id: int,
                  endpoints: EndpointLookup) -> _Looked:
@@ -437,36 +510,32 @@ class WireEncoder:
         # fraction to microseconds half-even), without making a datetime.
         fraction, whole = modf((self._boot_time_ns + ktime) / 1e9)
         micros = round(fraction * 1e6)
-        second = self._second  # one attribute (the float, its field, + nanos' tag): two threads see a whole
+        second = self._second  # one attribute (the float, its stamps' starts): two threads see a whole
         if second[0] != whole or micros >= 1_000_000:
             seconds = int(whole)
             if micros >= 1_000_000:
                 seconds, micros = seconds + 1, micros - 1_000_000
             made = field_varint(1, seconds)
-            second = (whole, made, made + b"\x10")
+            # the Timestamp with no nanos (its size, its seconds), the start of one whose nanos take
+            # five bytes (the size, the seconds, nanos' tag), and the seconds with nanos' tag
+            second = (whole, _SMALL[len(made)] + made, _SMALL[len(made) + 6] + made + b"\x10", made + b"\x10")
             if micros < 1_000_000:
                 self._second = second
-        # the stamp in up to four pieces, each written twice (the flow's time, the response's)
-        if micros:
-            nanos = micros * 1000  # 1,000 .. 999,999,000: most take 5 bytes
-            first = second[2]
-            if nanos >= 1 << 28:
-                low, middle, high = _LOW14[nanos & 0x3FFF], _LOW14[nanos >> 14 & 0x3FFF], _SMALL[nanos >> 28]
-                stamp_size = _SMALL[len(first) + 5]
-            else:
-                low, middle, high = varint(nanos), b"", b""
-                stamp_size = _SMALL[len(first) + len(low)]
+        # the stamp (size and all), written twice: the flow's time, the response's
+        if micros >= _FIVE_BYTE_NANOS:  # most do: 1 << 28 ns .. 1 s
+            nanos = micros * 1000
+            stamp = second[2] + _LOW14[nanos & 0x3FFF] + _LOW14[nanos >> 14 & 0x3FFF] + _SMALL[nanos >> 28]
+        elif micros:
+            low, first = varint(micros * 1000), second[3]
+            stamp = _SMALL[len(first) + len(low)] + first + low
         else:
-            first, low, middle, high = second[1], b"", b"", b""
-            stamp_size = _SMALL[len(first)]
+            stamp = second[1]
         uuid = flow_id.encode()
-        uuid_size = (_SMALL[len(uuid)] if len(uuid) < 16384 else varint(len(uuid))) if uuid else b""
-        size = (len(body) + len(l4) + len(summary) + 1 + len(stamp_size) + stamp_size[0]
-                + (2 + len(uuid_size) + len(uuid) if uuid else 0))
+        uuid_field = _UUID_TAG + (_SMALL[len(uuid)] if len(uuid) < 16384 else varint(len(uuid))) + uuid \
+            if uuid else b""
+        size = len(body) + len(l4) + len(summary) + 1 + len(stamp) + len(uuid_field)
         return b"".join((_RESPONSE_FLOW_TAG, _SMALL[size] if size < 16384 else varint(size), body, l4, summary,
-                         _TIME_TAG,
-                         stamp_size, first, low, middle, high, _UUID_TAG if uuid else b"", uuid_size, uuid,
-                         self._response_node, _RESPONSE_TIME_TAG, stamp_size, first, low, middle, high))
+                         _TIME_TAG, stamp, uuid_field, self._response_node, _RESPONSE_TIME_TAG, stamp))
 
     def _fields(self, record: bytes, endpoints: EndpointLookup, looked: _Looked | None = None,
                 ) -> tuple[bytes, bytes, bytes]:

@@ -168,3 +168,6 @@ HANDLERS["port-distribution"] = PortDistributionHandler
 HANDLERS["dns"] = DnsHandler
 HANDLERS["http"] = HttpHandler
 HANDLERS["httpV2"] = HttpV2Handler
+# The handlers whose series a record's shape fixes (cilia.flows.shape: they read no port, time,
+# length or L7 field of a TCP / UDP flow), so the metrics can be counted by shape.
+SHAPE_HANDLERS: frozenset[type] = frozenset({FlowHandler, DropHandler, TcpHandler, PolicyHandler})

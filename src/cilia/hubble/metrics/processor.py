@@ -22,14 +22,17 @@ from typing import Any, cast
 from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from cilia.flows.ring import FlowEntry
+from cilia.flows.shape import Shape, ShapeCache
 from cilia.hubble.metrics.context import LabelContext, Pod
 from cilia.hubble.metrics.families import Family, MultiHandler, Sample
-from cilia.hubble.metrics.handlers import HANDLERS, Handler
+from cilia.hubble.metrics.handlers import HANDLERS, SHAPE_HANDLERS, Handler
 from cilia.hubble.metrics.options import MetricSpec
 
 DEFAULT_POD_GRACE = 60.0
 DEFAULT_MAX_SERIES = 50_000
 SeriesKey = tuple[int, tuple[str, ...]]  # (family index, label values)
+Increment = tuple[SeriesKey, float, frozenset[Pod]]  # a series, the value a flow adds, the pods it names
 
 
 class _Metric:
@@ -66,8 +69,10 @@ class FlowMetrics(Collector):
                  pod_grace: float = DEFAULT_POD_GRACE, clock: Callable[[], float] = time.monotonic) -> None:
         self.metrics: list[_Metric] = []
         self.families: list[Family] = []
+        handlers = []
         for spec in specs:
-            metric = _Metric(HANDLERS[spec.name](), spec, len(self.families))
+            handlers.append(HANDLERS[spec.name]())
+            metric = _Metric(handlers[-1], spec, len(self.families))
             self.metrics.append(metric)
             self.families.extend(metric.families)
         self._counts: dict[SeriesKey, float] = {}
@@ -81,45 +86,73 @@ class FlowMetrics(Collector):
         self._pods: set[Pod] = set()
         self._deleted: dict[Pod, float] = {}  # pod -> when its series go
         self.overflow = 0
+        # by shape when every metric's series are fixed by a record's shape (not ports, not L7)
+        self._by_shape: ShapeCache[list[Increment]] | None = ShapeCache(self._increments) \
+            if all(type(handler) in SHAPE_HANDLERS for handler in handlers) else None
         self.ring_lost = 0
         self.datapath_lost: Callable[[], int] = lambda: 0
 
     # ----- counting ------------------------------------------------------------------------------
     def process(self, flow: Mapping[str, Any]) -> None:
+        self._count(self._increments(flow), 1)
+
+    def _increments(self, flow: Mapping[str, Any]) -> list[Increment]:
+        """The series the flow adds to: (key, value, the pods the series names), in order."""
+        out: list[Increment] = []
+        for metric in self.metrics:
+            samples: list[Sample] = metric.samples(flow)
+            if not samples:
+                continue
+            context = metric.context
+            if context.names:
+                values, pods = context.values(_swapped(flow) if metric.invert else flow)
+            else:
+                values, pods = (), frozenset()
+            for family_index, labels, value in samples:
+                out.append(((metric.offset + family_index, labels + values), value, pods))
+        return out
+
+    def _count(self, increments: list[Increment], times: int) -> None:
+        """`times` flows that each add `increments` (a counter's value is 1 a flow)."""
         with self._lock:
-            for metric in self.metrics:
-                samples: list[Sample] = metric.samples(flow)
-                if not samples:
-                    continue
-                context = metric.context
-                if context.names:
-                    values, pods = context.values(_swapped(flow) if metric.invert else flow)
-                else:
-                    values, pods = (), frozenset()
-                for family_index, labels, value in samples:
-                    index = metric.offset + family_index
-                    key = (index, labels + values)
-                    buckets = self.families[index].buckets
-                    if key not in self._counts and key not in self._histograms:
-                        if len(self._counts) + len(self._histograms) >= self._max_series:
-                            self.overflow += 1
-                            continue
-                        if buckets:
-                            self._histograms[key] = [0.0] * (len(buckets) + 2)
-                        else:
-                            self._counts[key] = 0.0
-                        for pod in pods:
-                            self._by_pod.setdefault(pod, set()).add(key)
+            for key, value, pods in increments:
+                buckets = self.families[key[0]].buckets
+                if key not in self._counts and key not in self._histograms:
+                    if len(self._counts) + len(self._histograms) >= self._max_series:
+                        self.overflow += times  # the series is not made for the later ones either
+                        continue
                     if buckets:
-                        series = self._histograms[key]
-                        series[bisect_left(buckets, value)] += 1  # le: the first bound >= value
-                        series[-1] += value
+                        self._histograms[key] = [0.0] * (len(buckets) + 2)
                     else:
-                        self._counts[key] += 1
+                        self._counts[key] = 0.0
+                    for pod in pods:
+                        self._by_pod.setdefault(pod, set()).add(key)
+                if buckets:
+                    series = self._histograms[key]
+                    series[bisect_left(buckets, value)] += times  # le: the first bound >= value
+                    series[-1] += value * times
+                else:
+                    self._counts[key] += times
 
     # ----- cilia.flows.tap.FlowConsumer -----------------------------------------------------------
     def consume(self, flow: Mapping[str, Any]) -> None:
         self.process(flow)
+
+    @property
+    def takes_shapes(self) -> bool:
+        """Whether every enabled metric's series are fixed by a record's shape (cilia.flows.shape:
+        not by its ports, as port-distribution's, nor L7, as http's and dns'): a tap then hands
+        this flows grouped by shape (consume_shape)."""
+        return self._by_shape is not None
+
+    def consume_shape(self, shape: Shape, entry: FlowEntry, count: int) -> None:
+        """`count` flows of one shape (cilia.flows.tap.ShapeConsumer), `entry` one of them: the
+        series they add, from the shape's cache (made of one of its flows)."""
+        if self._by_shape is None:
+            raise TypeError("these metrics are not made of shapes alone (takes_shapes is false)")
+        increments = self._by_shape.get(shape, entry)
+        if increments:
+            self._count(increments, count)
 
     def flush(self) -> None:
         self.expire()

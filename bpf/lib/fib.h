@@ -1,6 +1,7 @@
 /* Forwarding a pod's packet to another node without the node's IP stack (native routing; what
  * Cilium calls BPF host routing): the route comes from a FIB lookup made as the kernel's forwarding
- * path makes it (on the ingress device, so the node's routes and forwarding settings decide), the
+ * path makes it (on the ingress device, so the node's routes and forwarding settings decide), in
+ * the main table (see fib_forward: the node's policy rules are not walked), the
  * hop is a router's (TTL lowered, MACs of the next hop) and the packet is redirected straight to the
  * egress device. It skips the node's netfilter (PREROUTING/FORWARD/POSTROUTING, and so netfilter
  * conntrack), which is why bpf_lxc.c uses it only where netfilter would do nothing to the packet:
@@ -40,8 +41,16 @@ __always_inline_fn int fib_forward(struct __sk_buff *ctx, const struct pkt *p, _
 		__builtin_memcpy(fib.ipv6_src, p->t.saddr.w, 16);
 		__builtin_memcpy(fib.ipv6_dst, p->t.daddr.w, 16);
 	}
-	/* tot_len 0: the kernel checks the packet (GSO included) against the egress MTU itself */
-	long rc = bpf_fib_lookup(ctx, &fib, sizeof(fib), 0);
+	/* tot_len 0: the kernel checks the packet (GSO included) against the egress MTU itself.
+	 * BPF_FIB_LOOKUP_DIRECT: the main table, where the agent routes the other nodes' pod CIDRs
+	 * (cilia.netlink.routes), without walking the node's policy rules. The node has one rule of
+	 * its own, the L7 proxy's fwmark rule (cilia.proxy.transparent), which a lookup with mark 0
+	 * never matches, yet its presence alone sends every full lookup through the rules (the local
+	 * table, the fwmark rule, then main): about a third of the lookup's cost. A destination the
+	 * main table does not route (e.g. one that only a policy rule's table routes) is not
+	 * forwarded here: it falls back to the node's stack, whose routing consults every rule. Given
+	 * up: a policy rule that would send a pod CIDR the main table routes somewhere else. */
+	long rc = bpf_fib_lookup(ctx, &fib, sizeof(fib), BPF_FIB_LOOKUP_DIRECT);
 	if (rc != BPF_FIB_LKUP_RET_SUCCESS && rc != BPF_FIB_LKUP_RET_NO_NEIGH)
 		return FIB_FALLBACK;
 	*oif = fib.ifindex;

@@ -16,31 +16,7 @@
  * masqueraded. Distinct from the service mark (0x0c1a high half, lib/lb.h). */
 #define REPLY_MARK 0x0c1b0000
 
-/* The router's hop by bpf_skb_* helpers: TTL (IPv4, checksum kept right) or hop limit lowered by
- * one. Returns 0, or the DROP_* reason the caller reports. */
-__always_inline_fn int ttl_decrement(struct __sk_buff *ctx, const struct pkt *p)
-{
-	if (p->t.family == AF_INET_) {
-		/* ttl shares a 16-bit word with protocol: fix the checksum for that word */
-		__u32 off = ETH_HLEN_ + offsetof(struct iphdr, ttl);
-		__u16 old_word, new_word;
-		if (bpf_skb_load_bytes(ctx, off, &old_word, 2) < 0)
-			return DROP_INVALID_PACKET;
-		__u8 ttl = p->ttl - 1;
-		new_word = old_word;
-		((__u8 *)&new_word)[0] = ttl;
-		if (bpf_l3_csum_replace(ctx, ETH_HLEN_ + offsetof(struct iphdr, check), old_word, new_word, 2) < 0 ||
-		    bpf_skb_store_bytes(ctx, off, &ttl, 1, 0) < 0)
-			return DROP_INVALID_PACKET;
-	} else {
-		__u8 hop = p->ttl - 1;
-		if (bpf_skb_store_bytes(ctx, ETH_HLEN_ + offsetof(struct ipv6hdr, hop_limit), &hop, 1, 0) < 0)
-			return DROP_INVALID_PACKET;
-	}
-	return 0;
-}
-
-/* The same hop by direct packet access, and the Ethernet addresses (`macs`: destination then
+/* The router's hop by direct packet access: TTL or hop limit lowered by one, and the Ethernet addresses (`macs`: destination then
  * source, 12 bytes; NULL: left as they are): false when the IP header is not in the linear part
  * (nothing written then). The IPv4 checksum is updated incrementally for the TTL's word (RFC 1624),
  * as the kernel's own forwarding does. */
@@ -67,6 +43,43 @@ __always_inline_fn bool route_hop_direct(struct __sk_buff *ctx, const struct pkt
 	return true;
 }
 
+/* The same hop through the helpers, in one write: the Ethernet header and the IP header's first
+ * words (through the IPv4 checksum; for IPv6 through the hop limit and the start of the source
+ * address, rewritten unchanged) are read (directly when linear), changed on the stack and stored
+ * back by one bpf_skb_store_bytes, which makes a clone's header writable only then. One helper
+ * call where a load, a checksum replace and two stores were four: each is a call and a return,
+ * costly with the CPU's return-stack mitigation, on every packet of the native path (lib/fib.h).
+ * The IPv4 checksum is updated incrementally as in route_hop_direct. */
+#define HOP_SPAN (ETH_HLEN_ + 12) /* through the IPv4 header checksum; inside any IPv6 header */
+
+__always_inline_fn int route_hop_helpers(struct __sk_buff *ctx, const struct pkt *p, const __u8 *macs)
+{
+	__u8 buf[HOP_SPAN];
+	void *data = (void *)(long)ctx->data;
+	void *data_end = (void *)(long)ctx->data_end;
+	if (data + HOP_SPAN <= data_end)
+		__builtin_memcpy(buf, data, HOP_SPAN);
+	else if (bpf_skb_load_bytes(ctx, 0, buf, HOP_SPAN) < 0)
+		return DROP_INVALID_PACKET;
+	if (p->t.family == AF_INET_) {
+		struct iphdr *ip = (struct iphdr *)(buf + ETH_HLEN_);
+		if (ip->ttl != p->ttl)
+			return DROP_INVALID_PACKET;
+		__u32 check = ip->check;
+		check += bpf_htons(0x0100);
+		ip->check = (__u16)(check + (check >= 0xffff));
+		ip->ttl = p->ttl - 1;
+	} else {
+		struct ipv6hdr *ip6 = (struct ipv6hdr *)(buf + ETH_HLEN_);
+		ip6->hop_limit = p->ttl - 1;
+	}
+	if (macs)
+		__builtin_memcpy(buf, macs, 12);
+	if (bpf_skb_store_bytes(ctx, 0, buf, HOP_SPAN, 0) < 0)
+		return DROP_INVALID_PACKET;
+	return 0;
+}
+
 /* The router's hop: TTL or hop limit lowered by one and, when `macs` is given, the Ethernet header
  * rewritten. Returns 0, or the DROP_* reason the caller reports.
  *
@@ -83,12 +96,7 @@ __always_inline_fn int route_hop(struct __sk_buff *ctx, const struct pkt *p, con
 	if (route_hop_direct(ctx, p, macs))
 		return 0;
 #endif
-	int reason = ttl_decrement(ctx, p);
-	if (reason)
-		return reason;
-	if (macs && bpf_skb_store_bytes(ctx, 0, macs, 12, 0) < 0)
-		return DROP_INVALID_PACKET;
-	return 0;
+	return route_hop_helpers(ctx, p, macs);
 }
 
 /* Returns 0, or the DROP_* reason the caller reports. */

@@ -137,6 +137,48 @@ def test_native_mode_forwards_to_the_other_node_without_the_nodes_stack(cluster:
     assert b.worker.run(_conntrack_lines, PORT) == []
 
 
+RULE_TABLE, RULE_PRIORITY = 100, 50
+
+
+def _ip(netns: str, *args: str) -> str:
+    return subprocess.run(["ip", "-n", netns, *args], capture_output=True, text=True, timeout=10, check=True).stdout
+
+
+@pytest.mark.parametrize("version", [4, 6])
+def test_native_forwarding_takes_the_main_tables_route_and_leaves_the_rest_to_the_stack(cluster: TwoNodes,
+                                                                                         version: int) -> None:
+    """The pod's program looks the route up in the main table only (lib/fib.h BPF_FIB_LOOKUP_DIRECT,
+    where the agent routes the other nodes' pod CIDRs), without walking the node's policy rules: with
+    the other node's pod CIDR routed only by a rule's table, the packet is not forwarded by the
+    program but goes up the node's stack (TO_STACK), whose routing follows the rule to the other
+    node: still delivered, the pod's address kept."""
+    native_only(cluster)
+    a, b = cluster.a, cluster.b
+    family = "-4" if version == 4 else "-6"
+    cidr = str(b.pod_cidr4 if version == 4 else b.pod_cidr6)
+    route = json.loads(_ip(a.netns, family, "-j", "route", "show", cidr))[0]
+    via = ["via", route["gateway"]] if "gateway" in route else []
+    hop = [*via, "dev", route["dev"]]
+    _ip(a.netns, family, "route", "del", cidr)
+    try:
+        _ip(a.netns, family, "route", "add", cidr, *hop, "table", str(RULE_TABLE))
+        _ip(a.netns, family, "rule", "add", "to", cidr, "lookup", str(RULE_TABLE), "priority", str(RULE_PRIORITY))
+        with RingEvents(a.adapter.datapath.events_map) as events:
+            reply, peer = tcp_exchange(cluster, version)
+            decoded = [decode(record) for record in events.poll()]
+    finally:
+        subprocess.run(["ip", "-n", a.netns, family, "rule", "del", "priority", str(RULE_PRIORITY)],
+                       capture_output=True, timeout=10, check=False)
+        subprocess.run(["ip", "-n", a.netns, family, "route", "del", cidr, "table", str(RULE_TABLE)],
+                       capture_output=True, timeout=10, check=False)
+        cluster.sync()  # the agent's own route back, exactly as it installs it
+    assert reply == b"HELLO ACROSS NODES"
+    assert ipaddress.ip_address(peer) == (a.pod_ipv4 if version == 4 else a.pod_ipv6)
+    sent = [e for e in decoded if e.source_file == "bpf_lxc.c" and e.dst_identity == b.identity
+            and e.observation_point in ("TO_NETWORK", "TO_STACK")]
+    assert sent and {e.observation_point for e in sent} == {"TO_STACK"}
+
+
 def _link(netns: str, ifname: str) -> dict[str, Any]:
     out = subprocess.run(["ip", "-n", netns, "-j", "-s", "link", "show", "dev", ifname], capture_output=True,
                          text=True, timeout=10, check=True).stdout

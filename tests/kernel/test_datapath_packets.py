@@ -20,9 +20,11 @@ from cilia.testing.bpf import RingEvents
 from cilia.testing.packets import (
     LXC_MAC,
     PEER,
+    PEER6,
     PEER_LXC_MAC,
     PEER_MAC,
     POD,
+    POD6,
     POD_MAC,
     TC_ACT_OK,
     TC_ACT_REDIRECT,
@@ -30,6 +32,7 @@ from cilia.testing.packets import (
     WORLD,
     csum,
     mac,
+    tcp_packet,
 )
 
 
@@ -99,6 +102,49 @@ def test_pod_to_local_pod_is_redirected_with_rewrites(lxc: tuple[BpfObject, Ring
     assert out[14 + 8] == 63 and csum(out[14:34]) == 0  # TTL lowered, checksum still valid
     trace = decode(events.poll()[-1])
     assert trace.observation_point == "TO_ENDPOINT" and trace.ct_status == "new" and trace.dst_identity == 257
+
+
+def _with_checksum(header: bytes, target: int) -> bytes:
+    """`header` (IPv4, 20 bytes) with the IP id that makes its checksum `target`."""
+    for ident in range(0x10000):
+        candidate = header[:4] + struct.pack("!H", ident) + header[6:10] + b"\0\0" + header[12:]
+        if csum(candidate) == target:
+            return candidate[:10] + struct.pack("!H", target) + candidate[12:]
+    raise AssertionError(f"no IP id gives checksum {target:#06x}")
+
+
+# 0xfeff: the incremental update's end-around carry (the TTL's word is the checksum's high byte)
+@pytest.mark.parametrize("checksum", [0xFEFF, 0xFEFE, 0xFF00, 0x0000, 0x00FF, 0x0100, 0x1234])
+def test_the_router_hop_keeps_the_ipv4_checksum_right_at_every_carry(lxc: tuple[BpfObject, RingEvents],
+                                                                     checksum: int) -> None:
+    """The hop's TTL and MACs go in one store from a stack copy (lib/forward.h route_hop_helpers), the
+    checksum updated incrementally: checksums next to the update's wrap-around still leave the
+    checksum computed from scratch, and the bytes between the MACs and the checksum unchanged."""
+    obj, _ = lxc
+    packet = ipv4_tcp(POD, PEER, ttl=9)
+    header = _with_checksum(packet[14:34], checksum)
+    verdict, out = run(obj, packet[:14] + header + packet[34:])
+    assert verdict == TC_ACT_REDIRECT
+    assert out[0:6] == mac(PEER_MAC) and out[6:12] == mac(PEER_LXC_MAC) and out[12:14] == b"\x08\x00"
+    assert out[14 + 8] == 8 and csum(out[14:34]) == 0
+    # the checksum a router computes from scratch (0x0000, never its other zero 0xffff)
+    assert out[24:26] == struct.pack("!H", csum(out[14:24] + b"\0\0" + out[26:34]))
+    assert out[14:22] == header[:8] and out[14 + 9] == 6 and out[26:] == (header + packet[34:])[12:]
+
+
+def test_pod_to_local_pod_over_ipv6_lowers_the_hop_limit_only(lxc: tuple[BpfObject, RingEvents]) -> None:
+    """IPv6: the one store covers the hop limit and, unchanged, the header's first words and the
+    start of the source address."""
+    obj, _ = lxc
+    EndpointsMap(obj.map("cilia_endpoints_v1")).upsert(
+        ipaddress.IPv6Address(PEER6), EndpointInfo(ifindex=6, endpoint_id=2, mac=PEER_MAC, lxc_mac=PEER_LXC_MAC,
+                                                   identity=257))
+    packet = tcp_packet(POD6, PEER6, 40000, 80)
+    verdict, out = run(obj, packet)
+    assert verdict == TC_ACT_REDIRECT
+    assert out[0:6] == mac(PEER_MAC) and out[6:12] == mac(PEER_LXC_MAC)
+    assert out[14 + 7] == 63
+    assert out[12:21] == packet[12:21] and out[22:] == packet[22:]
 
 
 def test_spoofed_source_is_dropped_with_reason(lxc: tuple[BpfObject, RingEvents]) -> None:
